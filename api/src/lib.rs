@@ -1,0 +1,49 @@
+//! Flotilla's shared vocabulary: the objects every part of the cluster speaks
+//! about, the manifests users write, the wire protocol and the identities
+//! that secure it.
+//!
+//! This crate does no I/O of its own (the optional `quic` feature adds thin
+//! frame helpers over quinn streams), so the master, the edge node and the CLI
+//! can all depend on it without pulling each other in.
+//!
+//! Layout:
+//! - [`time`]: millisecond timestamps that print as RFC 3339.
+//! - [`quantity`]: `100m` CPUs and `64Mi` bytes.
+//! - [`meta`]: the envelope every object carries (name, uid, labels, revisions).
+//! - [`objects`]: Pod, Node, Module and the [`objects::Object`] sum type.
+//! - [`selector`]: label selectors (`app=web,tier!=db`).
+//! - [`manifest`]: multi-document YAML manifests and validation with field paths.
+//! - [`protocol`]: requests, responses and length-prefixed postcard frames.
+//! - [`config`]: the client configuration file (`~/.flotilla/config`).
+//! - [`identity`]: the cluster CA, certificates, caller identities, join tokens.
+//! - [`tls`]: rustls configurations for every hop (mutual TLS, CA pinning on join).
+//! - `net` (feature `quic`): frame I/O over quinn streams.
+
+pub mod config;
+pub mod identity;
+pub mod manifest;
+pub mod meta;
+#[cfg(feature = "quic")]
+pub mod net;
+pub mod objects;
+pub mod protocol;
+pub mod quantity;
+pub mod selector;
+pub mod time;
+pub mod tls;
+
+pub use meta::ObjectMeta;
+pub use objects::{Kind, Module, Node, Object, Pod};
+
+/// The `apiVersion` every Flotilla manifest carries.
+pub const API_VERSION: &str = "flotilla.dev/v1";
+
+/// Label keys the node sets on its own Node object.
+pub mod labels {
+    /// `amd64`, `arm64` or `arm`, as in Kubernetes' `kubernetes.io/arch`.
+    pub const ARCH: &str = "flotilla.dev/arch";
+    /// `linux`, as in Kubernetes' `kubernetes.io/os`.
+    pub const OS: &str = "flotilla.dev/os";
+    /// The node's name.
+    pub const HOSTNAME: &str = "flotilla.dev/hostname";
+}

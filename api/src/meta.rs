@@ -1,0 +1,51 @@
+//! The envelope every object carries, as in Kubernetes' `ObjectMeta`.
+
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Namespace used when a manifest names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Name, identity, labels and versioning of an object.
+///
+/// `uid`, `resourceVersion`, `generation` and `creationTimestamp` are set by
+/// the master; values in a manifest are ignored on create and used for
+/// compare-and-swap on update.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    /// Empty for cluster-scoped kinds (Node, Module).
+    pub namespace: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The store revision of this object's last write; 0 before it is stored.
+    pub resource_version: u64,
+    /// Bumped on every change of the spec.
+    pub generation: u64,
+    pub creation_timestamp: Option<Time>,
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// Points at the object that owns this one (garbage collection follows it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    pub controller: bool,
+}
+
+impl ObjectMeta {
+    /// Metadata with just a name and namespace.
+    pub fn named(namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            ..ObjectMeta::default()
+        }
+    }
+}

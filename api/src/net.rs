@@ -1,0 +1,204 @@
+//! Frame I/O over quinn streams and a small client, shared by the master,
+//! the edge node and the CLI (feature `quic`).
+
+use crate::identity::MASTER_SERVER_NAME;
+use crate::protocol::{decode_body, encode_frame, frame_len, ApiError, FrameError, Request, Response, PROTOCOL_VERSION};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{de::DeserializeOwned, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a handshake (and hello) may take before a master counts as not answering.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// Keep-alives keep NAT bindings open and let both sides notice a dead peer.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A peer silent this long is gone (a few missed keep-alives).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Why talking to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read failed: {0}")]
+    Read(String),
+    #[error("bad frame from peer: {0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer closed the stream before answering")]
+    Closed,
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), NetError> {
+    let bytes = encode_frame(msg)?;
+    send.write_all(&bytes).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => NetError::Connection(c),
+        other => NetError::Write(other),
+    })
+}
+
+/// Reads one frame; `None` when the peer finished the stream cleanly between frames.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, NetError> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated("stream ended inside a length prefix").into()),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
+    }
+    let len = frame_len(prefix)?;
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated("stream ended inside a frame").into()),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
+    }
+    Ok(Some(decode_body(&body)?))
+}
+
+fn read_error(e: quinn::ReadError) -> NetError {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => NetError::Connection(c),
+        other => NetError::Read(other.to_string()),
+    }
+}
+
+/// Transport settings shared by every endpoint.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
+    // Watches, log streams and module transfers are long-lived; leave room for many.
+    t.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// A server endpoint bound to `addr`.
+pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<quinn::Endpoint, NetError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    quinn::Endpoint::server(cfg, addr).map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
+}
+
+/// A client endpoint on an ephemeral port.
+pub fn client_endpoint(tls: rustls::ClientConfig) -> Result<quinn::Endpoint, NetError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| NetError::Connect(format!("cannot open a UDP socket: {e}")))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
+
+/// Resolves `host:port` (a bare host gets `default_port`).
+pub async fn resolve(addr: &str, default_port: u16) -> Result<SocketAddr, NetError> {
+    let with_port = if addr.parse::<SocketAddr>().is_ok() || addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        addr.to_string()
+    } else {
+        format!("{addr}:{default_port}")
+    };
+    tokio::net::lookup_host(&with_port)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| NetError::Connect(format!("cannot resolve {addr:?}; give host:port, e.g. 127.0.0.1:7443")))
+}
+
+/// Sends one request on a new stream and reads one response; an error
+/// response becomes [`NetError::Api`].
+pub async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, NetError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    match read_frame::<Response>(&mut recv).await? {
+        Some(Response::Error(e)) => Err(NetError::Api(e)),
+        Some(r) => Ok(r),
+        None => Err(NetError::Closed),
+    }
+}
+
+/// What the master said in its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// How the master sees us (`admin`, `node n1`, `anonymous`).
+    pub identity: String,
+    /// Every master's address, for failover.
+    pub masters: Vec<String>,
+}
+
+/// A connection to one master, after the hello.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub conn: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+    pub addr: String,
+    pub hello: HelloInfo,
+}
+
+impl Client {
+    /// Connects to the first master of `addrs` that answers, and says hello.
+    pub async fn connect(addrs: &[String], tls: rustls::ClientConfig, agent: &str) -> Result<Client, NetError> {
+        let endpoint = client_endpoint(tls)?;
+        let mut last = NetError::Connect("no master address configured; pass --master host:port".into());
+        for addr in addrs {
+            match Self::connect_one(&endpoint, addr, agent).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(endpoint: &quinn::Endpoint, addr: &str, agent: &str) -> Result<Client, NetError> {
+        let sock = resolve(addr, 7443).await?;
+        let attempt = async {
+            let connecting = endpoint
+                .connect(sock, MASTER_SERVER_NAME)
+                .map_err(|e| NetError::Connect(format!("cannot connect to {addr}: {e}")))?;
+            let conn = connecting.await?;
+            let hello = Request::Hello { version: PROTOCOL_VERSION, agent: agent.to_string() };
+            match call(&conn, &hello).await? {
+                Response::Hello { version, identity, masters } if version == PROTOCOL_VERSION => {
+                    Ok(Client { conn, endpoint: endpoint.clone(), addr: addr.to_string(), hello: HelloInfo { identity, masters } })
+                }
+                Response::Hello { version, .. } => Err(NetError::Unexpected(format!(
+                    "master at {addr} speaks protocol version {version}, this build speaks {PROTOCOL_VERSION}; upgrade the older side"
+                ))),
+                other => Err(NetError::Unexpected(format!("{other:?}"))),
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(NetError::Connect(format!(
+                "no master answers at {addr} — is `flotilla master` running there, and is UDP port {} reachable?",
+                sock.port()
+            ))),
+        }
+    }
+
+    /// One request, one response.
+    pub async fn call(&self, req: &Request) -> Result<Response, NetError> {
+        call(&self.conn, req).await
+    }
+
+    /// Opens a stream and sends a request, for streaming responses.
+    pub async fn open(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        write_frame(&mut send, req).await?;
+        Ok((send, recv))
+    }
+}
