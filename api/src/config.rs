@@ -24,8 +24,10 @@ pub struct ClientConfigFile {
 impl ClientConfigFile {
     /// The caller's certificate and key, if the file has them.
     pub fn client_key(&self) -> Option<CertifiedKey> {
-        (!self.cert_pem.is_empty() && !self.key_pem.is_empty())
-            .then(|| CertifiedKey { cert_pem: self.cert_pem.clone(), key_pem: self.key_pem.clone() })
+        (!self.cert_pem.is_empty() && !self.key_pem.is_empty()).then(|| CertifiedKey {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        })
     }
 
     /// Parses the YAML text of a config file.
@@ -44,6 +46,8 @@ pub fn default_path() -> PathBuf {
     if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".flotilla").join("config")
 }

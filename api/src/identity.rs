@@ -6,8 +6,8 @@
 //! verified client certificate of each connection; nothing else is trusted.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::Digest;
 use std::fmt;
@@ -24,7 +24,9 @@ pub enum IdentityError {
     Cert(#[from] rcgen::Error),
     #[error("certificate is not readable: {0}")]
     Parse(String),
-    #[error("certificate names no Flotilla identity ({0:?}); it was not issued by this cluster's CA")]
+    #[error(
+        "certificate names no Flotilla identity ({0:?}); it was not issued by this cluster's CA"
+    )]
     UnknownSubject(String),
     #[error("malformed join token: {0} (tokens look like flt1.<ca hash>.<id>.<secret>; create one with `flotilla token create`)")]
     Token(&'static str),
@@ -65,7 +67,8 @@ impl Identity {
 
     /// Reads the identity out of a DER certificate (already verified by TLS).
     pub fn from_cert_der(der: &[u8]) -> Result<Identity, IdentityError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
         let cn = cert
             .subject()
             .iter_common_name()
@@ -96,7 +99,9 @@ pub struct CertifiedKey {
 
 impl fmt::Debug for CertifiedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertifiedKey").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("CertifiedKey")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,14 +123,27 @@ impl ClusterCa {
     /// Creates a new CA for a cluster.
     pub fn generate(cluster: &str) -> Result<ClusterCa, IdentityError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, format!("flotilla-ca:{cluster}"));
-        params.distinguished_name.push(DnType::OrganizationName, "flotilla");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("flotilla-ca:{cluster}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "flotilla");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         validity(&mut params, 10);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(ClusterCa { key: CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() } })
+        Ok(ClusterCa {
+            key: CertifiedKey {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+        })
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, IdentityError> {
@@ -151,20 +169,31 @@ impl ClusterCa {
                 params.subject_alt_names.push(san);
             }
         }
-        params.distinguished_name.push(DnType::CommonName, "flotilla:master");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "flotilla:master");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, 2);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(CertifiedKey { cert_pem: format!("{}{}", cert.pem(), self.key.cert_pem), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey {
+            cert_pem: format!("{}{}", cert.pem(), self.key.cert_pem),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Issues a client certificate for an identity, with a fresh key.
     pub fn issue_client(&self, identity: &Identity) -> Result<CertifiedKey, IdentityError> {
         let key = KeyPair::generate()?;
         let cert = client_params(identity)?.signed_by(&key, &self.issuer()?)?;
-        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs the public key of a CSR for an identity the master chose; nothing
@@ -178,8 +207,12 @@ impl ClusterCa {
 
 fn client_params(identity: &Identity) -> Result<CertificateParams, IdentityError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, identity.common_name());
-    params.distinguished_name.push(DnType::OrganizationName, "flotilla");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, identity.common_name());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "flotilla");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 1);
@@ -196,7 +229,9 @@ pub fn new_csr(identity: &Identity) -> Result<(String, String), IdentityError> {
 /// SHA-256 of the CA certificate's DER, hex, as pinned by tokens.
 pub fn ca_hash(ca_pem: &str) -> Result<String, IdentityError> {
     let der = crate::tls::parse_certs(ca_pem).map_err(|e| IdentityError::Parse(e.to_string()))?;
-    let first = der.first().ok_or_else(|| IdentityError::Parse("no certificate in PEM".into()))?;
+    let first = der
+        .first()
+        .ok_or_else(|| IdentityError::Parse("no certificate in PEM".into()))?;
     Ok(hex::encode(sha2::Sha256::digest(first.as_ref())))
 }
 
@@ -210,7 +245,10 @@ pub struct JoinToken {
 
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinToken").field("ca_hash", &self.ca_hash).field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("JoinToken")
+            .field("ca_hash", &self.ca_hash)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,9 +260,15 @@ impl JoinToken {
         use rand::Rng;
         let mut rng = rand::rng();
         let mut word = |n: usize| -> String {
-            (0..n).map(|_| TOKEN_ALPHABET[rng.random_range(0..TOKEN_ALPHABET.len())] as char).collect()
+            (0..n)
+                .map(|_| TOKEN_ALPHABET[rng.random_range(0..TOKEN_ALPHABET.len())] as char)
+                .collect()
         };
-        JoinToken { ca_hash: ca_hash.to_string(), id: word(6), secret: word(16) }
+        JoinToken {
+            ca_hash: ca_hash.to_string(),
+            id: word(6),
+            secret: word(16),
+        }
     }
 
     /// Parses `flt1.<ca hash>.<id>.<secret>`.
@@ -233,7 +277,9 @@ impl JoinToken {
         if parts.next() != Some("flt1") {
             return Err(IdentityError::Token("it does not start with flt1."));
         }
-        let (Some(ca_hash), Some(id), Some(secret), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(ca_hash), Some(id), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(IdentityError::Token("expected four dot-separated parts"));
         };
         if ca_hash.len() != 64 || !ca_hash.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -241,9 +287,15 @@ impl JoinToken {
         }
         let ok = |w: &str, n: usize| w.len() == n && w.bytes().all(|c| TOKEN_ALPHABET.contains(&c));
         if !ok(id, 6) || !ok(secret, 16) {
-            return Err(IdentityError::Token("the id or secret has the wrong length or characters"));
+            return Err(IdentityError::Token(
+                "the id or secret has the wrong length or characters",
+            ));
         }
-        Ok(JoinToken { ca_hash: ca_hash.to_ascii_lowercase(), id: id.into(), secret: secret.into() })
+        Ok(JoinToken {
+            ca_hash: ca_hash.to_ascii_lowercase(),
+            id: id.into(),
+            secret: secret.into(),
+        })
     }
 
     /// SHA-256 of the secret, which is all the master keeps.
@@ -265,10 +317,17 @@ mod tests {
     #[test]
     fn identities_round_trip_through_certificates() {
         let ca = ClusterCa::generate("test").expect("ca");
-        for id in [Identity::Admin, Identity::Viewer, Identity::Node("n1".into())] {
+        for id in [
+            Identity::Admin,
+            Identity::Viewer,
+            Identity::Node("n1".into()),
+        ] {
             let ck = ca.issue_client(&id).expect("issue");
             let der = crate::tls::parse_certs(&ck.cert_pem).expect("pem");
-            assert_eq!(Identity::from_cert_der(der[0].as_ref()).expect("identity"), id);
+            assert_eq!(
+                Identity::from_cert_der(der[0].as_ref()).expect("identity"),
+                id
+            );
         }
     }
 
@@ -277,9 +336,14 @@ mod tests {
         let ca = ClusterCa::generate("test").expect("ca");
         // The node asks to be admin; the master signs it as node n2 anyway.
         let (csr, _key) = new_csr(&Identity::Admin).expect("csr");
-        let pem = ca.sign_csr(&csr, &Identity::Node("n2".into())).expect("sign");
+        let pem = ca
+            .sign_csr(&csr, &Identity::Node("n2".into()))
+            .expect("sign");
         let der = crate::tls::parse_certs(&pem).expect("pem");
-        assert_eq!(Identity::from_cert_der(der[0].as_ref()).expect("id"), Identity::Node("n2".into()));
+        assert_eq!(
+            Identity::from_cert_der(der[0].as_ref()).expect("id"),
+            Identity::Node("n2".into())
+        );
         assert!(ca.sign_csr("garbage", &Identity::Admin).is_err());
     }
 
@@ -287,7 +351,13 @@ mod tests {
     fn tokens() {
         let t = JoinToken::generate(&"ab".repeat(32));
         assert_eq!(JoinToken::parse(&t.to_string()).expect("parses"), t);
-        for bad in ["", "flt1.x.y.z", "flt2.a.b.c", &format!("flt1.{}.abc.def", "ab".repeat(32)), &format!("{t}.extra")] {
+        for bad in [
+            "",
+            "flt1.x.y.z",
+            "flt2.a.b.c",
+            &format!("flt1.{}.abc.def", "ab".repeat(32)),
+            &format!("{t}.extra"),
+        ] {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Identity::from_common_name("flotilla:node:../x"), None);

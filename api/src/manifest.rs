@@ -22,7 +22,11 @@ impl fmt::Display for ManifestError {
         if self.path.is_empty() {
             write!(f, "document {}: {}", self.document, self.message)
         } else {
-            write!(f, "document {}: {}: {}", self.document, self.path, self.message)
+            write!(
+                f,
+                "document {}: {}: {}",
+                self.document, self.path, self.message
+            )
         }
     }
 }
@@ -41,7 +45,10 @@ impl fmt::Display for FieldError {
 }
 
 fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError { path: path.into(), message: message.into() }
+    FieldError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 /// Kinds a user may apply.
@@ -59,7 +66,11 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
         let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(ManifestError { document, path: String::new(), message: format!("not valid YAML: {e}") });
+                errors.push(ManifestError {
+                    document,
+                    path: String::new(),
+                    message: format!("not valid YAML: {e}"),
+                });
                 // The YAML stream cannot be resynchronised after a syntax error.
                 break;
             }
@@ -69,11 +80,19 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
         }
         match parse_document(value) {
             Ok(o) => objects.push(o),
-            Err(errs) => errors.extend(errs.into_iter().map(|e| ManifestError { document, path: e.path, message: e.message })),
+            Err(errs) => errors.extend(errs.into_iter().map(|e| ManifestError {
+                document,
+                path: e.path,
+                message: e.message,
+            })),
         }
     }
     if objects.is_empty() && errors.is_empty() {
-        errors.push(ManifestError { document: 1, path: String::new(), message: "the file holds no objects".into() });
+        errors.push(ManifestError {
+            document: 1,
+            path: String::new(),
+            message: "the file holds no objects".into(),
+        });
     }
     if errors.is_empty() {
         Ok(objects)
@@ -85,26 +104,44 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
 /// Turns one YAML document into a validated object.
 pub fn parse_document(value: serde_yaml::Value) -> Result<Object, Vec<FieldError>> {
     let serde_yaml::Value::Mapping(mut map) = value else {
-        return Err(vec![fe("", "expected a mapping with apiVersion, kind, metadata and spec")]);
+        return Err(vec![fe(
+            "",
+            "expected a mapping with apiVersion, kind, metadata and spec",
+        )]);
     };
     let mut errors = Vec::new();
     let text = |m: &mut serde_yaml::Mapping, k: &str| -> Option<String> {
         m.remove(k).map(|v| match v {
             serde_yaml::Value::String(s) => s,
-            other => serde_yaml::to_string(&other).unwrap_or_default().trim().to_string(),
+            other => serde_yaml::to_string(&other)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         })
     };
     match text(&mut map, "apiVersion") {
         Some(v) if v == crate::API_VERSION => {}
-        Some(v) => errors.push(fe("apiVersion", format!("{v:?} is not supported; use {}", crate::API_VERSION))),
-        None => errors.push(fe("apiVersion", format!("required; use {}", crate::API_VERSION))),
+        Some(v) => errors.push(fe(
+            "apiVersion",
+            format!("{v:?} is not supported; use {}", crate::API_VERSION),
+        )),
+        None => errors.push(fe(
+            "apiVersion",
+            format!("required; use {}", crate::API_VERSION),
+        )),
     }
     let kind_text = text(&mut map, "kind");
     let kind = match kind_text.as_deref().map(|k| (k, Kind::parse(k))) {
         Some((k, Some(kind))) if APPLYABLE.contains(&kind) && k == kind.as_str() => Some(kind),
         Some((k, _)) => {
             let list: Vec<&str> = APPLYABLE.iter().map(|k| k.as_str()).collect();
-            errors.push(fe("kind", format!("{k:?} cannot be applied; supported kinds: {}", list.join(", "))));
+            errors.push(fe(
+                "kind",
+                format!(
+                    "{k:?} cannot be applied; supported kinds: {}",
+                    list.join(", ")
+                ),
+            ));
             None
         }
         None => {
@@ -157,22 +194,42 @@ fn validate_meta(m: &crate::meta::ObjectMeta, kind: Kind) -> Vec<FieldError> {
         errors.push(fe("metadata.name", format!("{:?} must be lowercase letters, digits, '-' and '.', start and end with a letter or digit, at most 253 characters", m.name)));
     }
     if kind.namespaced() && !is_dns_label(&m.namespace) {
-        errors.push(fe("metadata.namespace", format!("{:?} must be a DNS label (lowercase letters, digits, '-', at most 63)", m.namespace)));
+        errors.push(fe(
+            "metadata.namespace",
+            format!(
+                "{:?} must be a DNS label (lowercase letters, digits, '-', at most 63)",
+                m.namespace
+            ),
+        ));
     }
     if !kind.namespaced() && !m.namespace.is_empty() {
-        errors.push(fe("metadata.namespace", format!("{} objects are not namespaced; remove the namespace", kind)));
+        errors.push(fe(
+            "metadata.namespace",
+            format!("{} objects are not namespaced; remove the namespace", kind),
+        ));
     }
     for (k, v) in &m.labels {
         if !is_label_key(k) {
-            errors.push(fe(format!("metadata.labels.{k}"), "not a valid label key (name or prefix/name, alphanumerics, '-', '_', '.')"));
+            errors.push(fe(
+                format!("metadata.labels.{k}"),
+                "not a valid label key (name or prefix/name, alphanumerics, '-', '_', '.')",
+            ));
         }
         if !is_label_value(v) {
-            errors.push(fe(format!("metadata.labels.{k}"), format!("{v:?} is not a valid label value (at most 63 alphanumerics, '-', '_', '.')")));
+            errors.push(fe(
+                format!("metadata.labels.{k}"),
+                format!(
+                    "{v:?} is not a valid label value (at most 63 alphanumerics, '-', '_', '.')"
+                ),
+            ));
         }
     }
     for k in m.annotations.keys() {
         if !is_label_key(k) {
-            errors.push(fe(format!("metadata.annotations.{k}"), "not a valid annotation key"));
+            errors.push(fe(
+                format!("metadata.annotations.{k}"),
+                "not a valid annotation key",
+            ));
         }
     }
     errors
@@ -186,27 +243,55 @@ fn validate_pod(p: &Pod) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let s = &p.spec;
     if s.module.trim().is_empty() {
-        errors.push(fe("spec.module", "required: a path to a .wasm file, or a sha256: digest"));
+        errors.push(fe(
+            "spec.module",
+            "required: a path to a .wasm file, or a sha256: digest",
+        ));
     } else if s.module.starts_with("sha256:") && !crate::objects::is_digest(&s.module) {
-        errors.push(fe("spec.module", format!("{:?} is not a sha256:<64 hex digits> digest", s.module)));
+        errors.push(fe(
+            "spec.module",
+            format!("{:?} is not a sha256:<64 hex digits> digest", s.module),
+        ));
     }
     if s.args.len() > MAX_ARGS {
         errors.push(fe("spec.args", format!("at most {MAX_ARGS} arguments")));
     }
-    let text: usize = s.args.iter().map(String::len).sum::<usize>() + s.env.iter().map(|e| e.name.len() + e.value.len()).sum::<usize>();
+    let text: usize = s.args.iter().map(String::len).sum::<usize>()
+        + s.env
+            .iter()
+            .map(|e| e.name.len() + e.value.len())
+            .sum::<usize>();
     if text > MAX_SPEC_TEXT {
-        errors.push(fe("spec", format!("args and env add up to {text} bytes; the limit is {MAX_SPEC_TEXT}")));
+        errors.push(fe(
+            "spec",
+            format!("args and env add up to {text} bytes; the limit is {MAX_SPEC_TEXT}"),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, e) in s.env.iter().enumerate() {
         if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
-            errors.push(fe(format!("spec.env[{i}].name"), format!("{:?} is not a valid variable name (non-empty, no '=')", e.name)));
+            errors.push(fe(
+                format!("spec.env[{i}].name"),
+                format!(
+                    "{:?} is not a valid variable name (non-empty, no '=')",
+                    e.name
+                ),
+            ));
         } else if !seen.insert(&e.name) {
-            errors.push(fe(format!("spec.env[{i}].name"), format!("{:?} is set twice", e.name)));
+            errors.push(fe(
+                format!("spec.env[{i}].name"),
+                format!("{:?} is set twice", e.name),
+            ));
         }
     }
     let mut amounts = [[None; 2]; 2];
-    for (j, (section, list)) in [("requests", &s.resources.requests), ("limits", &s.resources.limits)].into_iter().enumerate() {
+    for (j, (section, list)) in [
+        ("requests", &s.resources.requests),
+        ("limits", &s.resources.limits),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if let Some(q) = &list.cpu {
             match parse_millicores(&q.0) {
                 Ok(v) => amounts[j][0] = Some(v),
@@ -215,27 +300,42 @@ fn validate_pod(p: &Pod) -> Vec<FieldError> {
         }
         if let Some(q) = &list.memory {
             match parse_bytes(&q.0) {
-                Ok(0) => errors.push(fe(format!("spec.resources.{section}.memory"), "must be more than 0")),
+                Ok(0) => errors.push(fe(
+                    format!("spec.resources.{section}.memory"),
+                    "must be more than 0",
+                )),
                 Ok(v) => amounts[j][1] = Some(v),
-                Err(e) => errors.push(fe(format!("spec.resources.{section}.memory"), e.to_string())),
+                Err(e) => errors.push(fe(
+                    format!("spec.resources.{section}.memory"),
+                    e.to_string(),
+                )),
             }
         }
     }
     for (i, name) in ["cpu", "memory"].iter().enumerate() {
         if let (Some(req), Some(lim)) = (amounts[0][i], amounts[1][i]) {
             if req > lim {
-                errors.push(fe(format!("spec.resources.requests.{name}"), format!("must not exceed spec.resources.limits.{name}")));
+                errors.push(fe(
+                    format!("spec.resources.requests.{name}"),
+                    format!("must not exceed spec.resources.limits.{name}"),
+                ));
             }
         }
     }
     for (k, v) in &s.node_selector {
         if !is_label_key(k) || !is_label_value(v) {
-            errors.push(fe(format!("spec.nodeSelector.{k}"), "not a valid label key and value"));
+            errors.push(fe(
+                format!("spec.nodeSelector.{k}"),
+                "not a valid label key and value",
+            ));
         }
     }
     if let Some(n) = &s.node_name {
         if !is_dns_subdomain(n) {
-            errors.push(fe("spec.nodeName", format!("{n:?} is not a valid node name")));
+            errors.push(fe(
+                "spec.nodeName",
+                format!("{n:?} is not a valid node name"),
+            ));
         }
     }
     errors
@@ -246,7 +346,8 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -270,7 +371,8 @@ pub fn is_label_value(v: &str) -> bool {
     let b = v.as_bytes();
     b.is_empty()
         || (b.len() <= 63
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
@@ -294,45 +396,101 @@ spec:
 ";
 
     fn errors_of(text: &str) -> Vec<String> {
-        parse_manifests(text).err().unwrap_or_default().iter().map(ToString::to_string).collect()
+        parse_manifests(text)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn parses_a_pod() {
         let objs = parse_manifests(GOOD).expect("valid");
-        let Object::Pod(p) = &objs[0] else { panic!("not a pod") };
+        let Object::Pod(p) = &objs[0] else {
+            panic!("not a pod")
+        };
         assert_eq!(p.metadata.namespace, "default");
         assert_eq!(p.spec.args, ["a", "b"]);
-        assert_eq!(p.spec.resources.limits.memory.as_ref().and_then(|q| q.bytes().ok()), Some(64 << 20));
-        assert_eq!(p.spec.resources.limits.cpu.as_ref().and_then(|q| q.millicores().ok()), Some(1000));
+        assert_eq!(
+            p.spec
+                .resources
+                .limits
+                .memory
+                .as_ref()
+                .and_then(|q| q.bytes().ok()),
+            Some(64 << 20)
+        );
+        assert_eq!(
+            p.spec
+                .resources
+                .limits
+                .cpu
+                .as_ref()
+                .and_then(|q| q.millicores().ok()),
+            Some(1000)
+        );
     }
 
     #[test]
     fn multi_document_files() {
-        let two = format!("{GOOD}---\n{}\n---\n", GOOD.replace("name: hello", "name: hello2"));
+        let two = format!(
+            "{GOOD}---\n{}\n---\n",
+            GOOD.replace("name: hello", "name: hello2")
+        );
         assert_eq!(parse_manifests(&two).map(|v| v.len()), Ok(2));
     }
 
     #[test]
     fn errors_name_the_field_path() {
         let cases: &[(&str, &str)] = &[
-            (&GOOD.replace("64Mi", "12Q"), "document 1: spec.resources.limits.memory: \"12Q\" is not a quantity"),
-            (&GOOD.replace("cpu: 1", "cpu: lots"), "spec.resources.limits.cpu: \"lots\" is not a quantity"),
-            (&GOOD.replace("Never", "Sometimes"), "spec.restartPolicy: unknown variant `Sometimes`"),
-            (&GOOD.replace("name: hello", "name: Hello_World"), "metadata.name: \"Hello_World\" must be lowercase"),
+            (
+                &GOOD.replace("64Mi", "12Q"),
+                "document 1: spec.resources.limits.memory: \"12Q\" is not a quantity",
+            ),
+            (
+                &GOOD.replace("cpu: 1", "cpu: lots"),
+                "spec.resources.limits.cpu: \"lots\" is not a quantity",
+            ),
+            (
+                &GOOD.replace("Never", "Sometimes"),
+                "spec.restartPolicy: unknown variant `Sometimes`",
+            ),
+            (
+                &GOOD.replace("name: hello", "name: Hello_World"),
+                "metadata.name: \"Hello_World\" must be lowercase",
+            ),
             (&GOOD.replace("name: X", "name: ''"), "spec.env[0].name:"),
-            (&GOOD.replace("args: [a, b]", "args: 7"), "spec.args: invalid type"),
-            (&GOOD.replace("restartPolicy", "restartPolcy"), "spec.restartPolcy: unknown field `restartPolcy`, expected one of"),
-            (&GOOD.replace("kind: Pod", "kind: Deployment"), "kind: \"Deployment\" cannot be applied"),
-            (&GOOD.replace("flotilla.dev/v1", "v1"), "apiVersion: \"v1\" is not supported"),
-            (&GOOD.replace("module: ./hello.wasm", "module: sha256:abc"), "spec.module: \"sha256:abc\" is not a sha256"),
+            (
+                &GOOD.replace("args: [a, b]", "args: 7"),
+                "spec.args: invalid type",
+            ),
+            (
+                &GOOD.replace("restartPolicy", "restartPolcy"),
+                "spec.restartPolcy: unknown field `restartPolcy`, expected one of",
+            ),
+            (
+                &GOOD.replace("kind: Pod", "kind: Deployment"),
+                "kind: \"Deployment\" cannot be applied",
+            ),
+            (
+                &GOOD.replace("flotilla.dev/v1", "v1"),
+                "apiVersion: \"v1\" is not supported",
+            ),
+            (
+                &GOOD.replace("module: ./hello.wasm", "module: sha256:abc"),
+                "spec.module: \"sha256:abc\" is not a sha256",
+            ),
             ("just a string", "document 1: expected a mapping"),
             ("a: [unclosed", "not valid YAML"),
             ("", "holds no objects"),
         ];
         for (text, want) in cases {
             let errs = errors_of(text);
-            assert!(errs.iter().any(|e| e.contains(want)), "want {want:?} in {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "want {want:?} in {errs:?}"
+            );
         }
     }
 
@@ -341,7 +499,10 @@ spec:
         let text = format!("{GOOD}---\n{}", GOOD.replace("64Mi", "12Q"));
         let errs = errors_of(&text);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("document 2: spec.resources.limits.memory"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("document 2: spec.resources.limits.memory"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! the edge node and the CLI (feature `quic`).
 
 use crate::identity::MASTER_SERVER_NAME;
-use crate::protocol::{decode_body, encode_frame, frame_len, ApiError, FrameError, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{
+    decode_body, encode_frame, frame_len, ApiError, FrameError, Request, Response, PROTOCOL_VERSION,
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::SocketAddr;
@@ -41,7 +43,10 @@ pub enum NetError {
 }
 
 /// Writes one frame.
-pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) -> Result<(), NetError> {
+pub async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), NetError> {
     let bytes = encode_frame(msg)?;
     send.write_all(&bytes).await.map_err(|e| match e {
         quinn::WriteError::ConnectionLost(c) => NetError::Connection(c),
@@ -50,19 +55,25 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) ->
 }
 
 /// Reads one frame; `None` when the peer finished the stream cleanly between frames.
-pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<Option<T>, NetError> {
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<T>, NetError> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated("stream ended inside a length prefix").into()),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(FrameError::Truncated("stream ended inside a length prefix").into())
+        }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     let len = frame_len(prefix)?;
     let mut body = vec![0u8; len];
     match recv.read_exact(&mut body).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated("stream ended inside a frame").into()),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(FrameError::Truncated("stream ended inside a frame").into())
+        }
         Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     Ok(Some(decode_body(&body)?))
@@ -86,11 +97,15 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// A server endpoint bound to `addr`.
-pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig) -> Result<quinn::Endpoint, NetError> {
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::Endpoint, NetError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(transport());
-    quinn::Endpoint::server(cfg, addr).map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
+    quinn::Endpoint::server(cfg, addr)
+        .map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
 }
 
 /// A client endpoint on an ephemeral port.
@@ -99,14 +114,19 @@ pub fn client_endpoint(tls: rustls::ClientConfig) -> Result<quinn::Endpoint, Net
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport());
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-    let mut ep = quinn::Endpoint::client(bind).map_err(|e| NetError::Connect(format!("cannot open a UDP socket: {e}")))?;
+    let mut ep = quinn::Endpoint::client(bind)
+        .map_err(|e| NetError::Connect(format!("cannot open a UDP socket: {e}")))?;
     ep.set_default_client_config(cfg);
     Ok(ep)
 }
 
 /// Resolves `host:port` (a bare host gets `default_port`).
 pub async fn resolve(addr: &str, default_port: u16) -> Result<SocketAddr, NetError> {
-    let with_port = if addr.parse::<SocketAddr>().is_ok() || addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if addr.parse::<SocketAddr>().is_ok()
+        || addr
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         addr.to_string()
     } else {
         format!("{addr}:{default_port}")
@@ -115,7 +135,11 @@ pub async fn resolve(addr: &str, default_port: u16) -> Result<SocketAddr, NetErr
         .await
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| NetError::Connect(format!("cannot resolve {addr:?}; give host:port, e.g. 127.0.0.1:7443")))
+        .ok_or_else(|| {
+            NetError::Connect(format!(
+                "cannot resolve {addr:?}; give host:port, e.g. 127.0.0.1:7443"
+            ))
+        })
 }
 
 /// Sends one request on a new stream and reads one response; an error
@@ -151,9 +175,14 @@ pub struct Client {
 
 impl Client {
     /// Connects to the first master of `addrs` that answers, and says hello.
-    pub async fn connect(addrs: &[String], tls: rustls::ClientConfig, agent: &str) -> Result<Client, NetError> {
+    pub async fn connect(
+        addrs: &[String],
+        tls: rustls::ClientConfig,
+        agent: &str,
+    ) -> Result<Client, NetError> {
         let endpoint = client_endpoint(tls)?;
-        let mut last = NetError::Connect("no master address configured; pass --master host:port".into());
+        let mut last =
+            NetError::Connect("no master address configured; pass --master host:port".into());
         for addr in addrs {
             match Self::connect_one(&endpoint, addr, agent).await {
                 Ok(c) => return Ok(c),
@@ -163,14 +192,21 @@ impl Client {
         Err(last)
     }
 
-    async fn connect_one(endpoint: &quinn::Endpoint, addr: &str, agent: &str) -> Result<Client, NetError> {
+    async fn connect_one(
+        endpoint: &quinn::Endpoint,
+        addr: &str,
+        agent: &str,
+    ) -> Result<Client, NetError> {
         let sock = resolve(addr, 7443).await?;
         let attempt = async {
             let connecting = endpoint
                 .connect(sock, MASTER_SERVER_NAME)
                 .map_err(|e| NetError::Connect(format!("cannot connect to {addr}: {e}")))?;
             let conn = connecting.await?;
-            let hello = Request::Hello { version: PROTOCOL_VERSION, agent: agent.to_string() };
+            let hello = Request::Hello {
+                version: PROTOCOL_VERSION,
+                agent: agent.to_string(),
+            };
             match call(&conn, &hello).await? {
                 Response::Hello { version, identity, masters } if version == PROTOCOL_VERSION => {
                     Ok(Client { conn, endpoint: endpoint.clone(), addr: addr.to_string(), hello: HelloInfo { identity, masters } })
@@ -196,9 +232,33 @@ impl Client {
     }
 
     /// Opens a stream and sends a request, for streaming responses.
-    pub async fn open(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+    pub async fn open(
+        &self,
+        req: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
         let (mut send, recv) = self.conn.open_bi().await?;
         write_frame(&mut send, req).await?;
         Ok((send, recv))
     }
+}
+
+/// Writes a file atomically (temporary file, fsync, rename), readable only by
+/// its owner: keys and credentials live in these files.
+pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }

@@ -356,7 +356,12 @@ impl Object {
         if m.namespace.is_empty() {
             format!("{}/{}", self.kind().plural(), m.name)
         } else {
-            format!("{}/{} in namespace {}", self.kind().plural(), m.name, m.namespace)
+            format!(
+                "{}/{} in namespace {}",
+                self.kind().plural(),
+                m.name,
+                m.namespace
+            )
         }
     }
 

@@ -9,7 +9,7 @@
 //!
 //! Most requests get one response. Streams: `Watch` (events until either
 //! side closes), `Logs` with `follow`, `GetModule` (chunks then `End`), and
-//! `PutModule`, where the client sends `Chunk` frames after the request.
+//! `PutModule`, where the client sends the module's raw bytes after the master's `Ok`.
 
 use crate::objects::{Kind, Object};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -31,9 +31,16 @@ pub const MAX_MODULE_SIZE: u64 = 64 << 20;
 #[non_exhaustive]
 pub enum Request {
     /// First request on a connection.
-    Hello { version: u32, agent: String },
+    Hello {
+        version: u32,
+        agent: String,
+    },
     /// A node without a certificate yet asks for one.
-    Join { token: String, node_name: String, csr_pem: String },
+    Join {
+        token: String,
+        node_name: String,
+        csr_pem: String,
+    },
     /// Create an object; fails with `AlreadyExists`.
     Create(Object),
     /// Replace an object's spec and metadata; compare-and-swap on
@@ -41,18 +48,45 @@ pub enum Request {
     Update(Object),
     /// Replace only the status (what nodes do).
     UpdateStatus(Object),
-    Get { kind: Kind, namespace: String, name: String },
+    Get {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
     List(ListOptions),
-    Delete { kind: Kind, namespace: String, name: String, resource_version: u64 },
+    Delete {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        resource_version: u64,
+    },
     /// Events after `from_revision` (0: now), until the stream is closed.
     Watch(WatchOptions),
-    /// Upload a module: this frame, then `Chunk` frames adding up to `size`, then the client finishes its side.
-    PutModule { digest: String, size: u64, source: String },
-    GetModule { digest: String },
-    Logs { namespace: String, name: String, follow: bool, tail_lines: Option<u32> },
+    /// Upload a module. The master answers `ModuleStored` if it has it already,
+    /// else `Ok`, after which the client sends exactly `size` raw bytes and
+    /// the master answers `ModuleStored` once they are stored.
+    PutModule {
+        digest: String,
+        size: u64,
+        source: String,
+    },
+    GetModule {
+        digest: String,
+    },
+    Logs {
+        namespace: String,
+        name: String,
+        follow: bool,
+        tail_lines: Option<u32>,
+    },
     /// A node says it is alive.
-    Heartbeat { node: String },
-    CreateToken { ttl_seconds: u64, description: String },
+    Heartbeat {
+        node: String,
+    },
+    CreateToken {
+        ttl_seconds: u64,
+        description: String,
+    },
 }
 
 /// Filters of a list.
@@ -79,15 +113,33 @@ pub struct WatchOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Response {
-    Hello { version: u32, identity: String, masters: Vec<String> },
-    Joined { cert_pem: String, ca_pem: String, masters: Vec<String> },
+    Hello {
+        version: u32,
+        identity: String,
+        masters: Vec<String>,
+    },
+    Joined {
+        cert_pem: String,
+        ca_pem: String,
+        masters: Vec<String>,
+    },
     Object(Object),
-    List { revision: u64, items: Vec<Object> },
+    List {
+        revision: u64,
+        items: Vec<Object>,
+    },
     Event(WatchEvent),
     /// Module bytes or raw log bytes.
     Chunk(Vec<u8>),
-    ModuleStored { digest: String, size: u64, existed: bool },
-    Token { token: String, expires: crate::time::Time },
+    ModuleStored {
+        digest: String,
+        size: u64,
+        existed: bool,
+    },
+    Token {
+        token: String,
+        expires: crate::time::Time,
+    },
     Ok,
     /// The end of a stream of chunks.
     End,
@@ -145,7 +197,10 @@ pub enum ErrorCode {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -203,9 +258,14 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 
 /// Decodes one whole frame (length prefix included); the buffer must hold exactly one.
 pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
-    let prefix: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or(FrameError::Truncated("shorter than the length prefix"))?;
+    let prefix: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(FrameError::Truncated("shorter than the length prefix"))?;
     let len = frame_len(prefix)?;
-    let body = bytes.get(4..).ok_or(FrameError::Truncated("missing body"))?;
+    let body = bytes
+        .get(4..)
+        .ok_or(FrameError::Truncated("missing body"))?;
     if body.len() != len {
         return Err(FrameError::Truncated("body length differs from its prefix"));
     }
@@ -220,13 +280,32 @@ mod tests {
     fn sample_requests() -> Vec<Request> {
         let mut pod = Pod::default();
         pod.metadata.name = "p".into();
-        pod.spec = PodSpec { module: "sha256:00".into(), args: vec!["x".into()], ..PodSpec::default() };
+        pod.spec = PodSpec {
+            module: "sha256:00".into(),
+            args: vec!["x".into()],
+            ..PodSpec::default()
+        };
         vec![
-            Request::Hello { version: PROTOCOL_VERSION, agent: "test".into() },
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "test".into(),
+            },
             Request::Create(Object::Pod(pod)),
-            Request::List(ListOptions { kind: Some(Kind::Pod), label_selector: "a=b".into(), ..ListOptions::default() }),
-            Request::Watch(WatchOptions { from_revision: 7, ..WatchOptions::default() }),
-            Request::Logs { namespace: "default".into(), name: "p".into(), follow: true, tail_lines: Some(3) },
+            Request::List(ListOptions {
+                kind: Some(Kind::Pod),
+                label_selector: "a=b".into(),
+                ..ListOptions::default()
+            }),
+            Request::Watch(WatchOptions {
+                from_revision: 7,
+                ..WatchOptions::default()
+            }),
+            Request::Logs {
+                namespace: "default".into(),
+                name: "p".into(),
+                follow: true,
+                tail_lines: Some(3),
+            },
         ]
     }
 
@@ -240,7 +319,10 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_refused() {
-        assert!(matches!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(_))
+        ));
         let big = Response::Chunk(vec![0; MAX_FRAME + 1]);
         assert!(matches!(encode_frame(&big), Err(FrameError::TooLarge(_))));
     }

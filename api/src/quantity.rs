@@ -95,11 +95,16 @@ fn decimal(s: &str) -> Option<f64> {
 
 /// Formats bytes the short way: `64Mi`, `1.5Gi`, `512`.
 pub fn format_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
     for (name, size) in UNITS {
         if b >= size {
             let v = b as f64 / size as f64;
-            return if b % size == 0 {
+            return if b.is_multiple_of(size) {
                 format!("{}{name}", b / size)
             } else {
                 format!("{v:.1}{name}")
@@ -151,11 +156,27 @@ mod tests {
 
     #[test]
     fn memory_quantities() {
-        let cases = [("64Mi", 64 << 20), ("1Gi", 1 << 30), ("129M", 129_000_000), ("512", 512), ("1.5Ki", 1536), ("0", 0)];
+        let cases = [
+            ("64Mi", 64 << 20),
+            ("1Gi", 1 << 30),
+            ("129M", 129_000_000),
+            ("512", 512),
+            ("1.5Ki", 1536),
+            ("0", 0),
+        ];
         for (s, want) in cases {
             assert_eq!(parse_bytes(s), Ok(want), "{s}");
         }
-        for bad in ["", "12Q", "Mi", "-1", "1..2Mi", "1e9", "99999999999999999999999Ti", ".5Mi"] {
+        for bad in [
+            "",
+            "12Q",
+            "Mi",
+            "-1",
+            "1..2Mi",
+            "1e9",
+            "99999999999999999999999Ti",
+            ".5Mi",
+        ] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
     }

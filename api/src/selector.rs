@@ -29,7 +29,10 @@ pub struct SelectorError {
 impl Selector {
     /// Parses a selector string.
     pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-        let err = |why: &str| SelectorError { input: input.to_string(), why: why.to_string() };
+        let err = |why: &str| SelectorError {
+            input: input.to_string(),
+            why: why.to_string(),
+        };
         let mut reqs = Vec::new();
         for term in split_terms(input) {
             let term = term.trim();
@@ -42,13 +45,25 @@ impl Selector {
             let req = if let Some(k) = term.strip_prefix('!') {
                 Requirement::NotExists(checked_key(k.trim()).map_err(|w| err(&w))?)
             } else if let Some((k, v)) = term.split_once("!=") {
-                Requirement::NotEquals(checked_key(k.trim()).map_err(|w| err(&w))?, v.trim().to_string())
+                Requirement::NotEquals(
+                    checked_key(k.trim()).map_err(|w| err(&w))?,
+                    v.trim().to_string(),
+                )
             } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Requirement::Equals(checked_key(k.trim()).map_err(|w| err(&w))?, v.trim().to_string())
+                Requirement::Equals(
+                    checked_key(k.trim()).map_err(|w| err(&w))?,
+                    v.trim().to_string(),
+                )
             } else if let Some((k, rest)) = split_set_op(term, " notin ") {
-                Requirement::NotIn(checked_key(k).map_err(|w| err(&w))?, parse_set(rest).ok_or_else(|| err("expected (a,b) after notin"))?)
+                Requirement::NotIn(
+                    checked_key(k).map_err(|w| err(&w))?,
+                    parse_set(rest).ok_or_else(|| err("expected (a,b) after notin"))?,
+                )
             } else if let Some((k, rest)) = split_set_op(term, " in ") {
-                Requirement::In(checked_key(k).map_err(|w| err(&w))?, parse_set(rest).ok_or_else(|| err("expected (a,b) after in"))?)
+                Requirement::In(
+                    checked_key(k).map_err(|w| err(&w))?,
+                    parse_set(rest).ok_or_else(|| err("expected (a,b) after in"))?,
+                )
             } else {
                 Requirement::Exists(checked_key(term).map_err(|w| err(&w))?)
             };
@@ -71,7 +86,11 @@ impl Selector {
 
     /// A selector requiring every pair of a map (a pod's `nodeSelector`).
     pub fn from_map(map: &BTreeMap<String, String>) -> Selector {
-        Selector(map.iter().map(|(k, v)| Requirement::Equals(k.clone(), v.clone())).collect())
+        Selector(
+            map.iter()
+                .map(|(k, v)| Requirement::Equals(k.clone(), v.clone()))
+                .collect(),
+        )
     }
 }
 
@@ -95,12 +114,19 @@ fn split_terms(s: &str) -> Vec<&str> {
 }
 
 fn split_set_op<'a>(term: &'a str, op: &str) -> Option<(&'a str, &'a str)> {
-    term.find(op).map(|i| (term[..i].trim(), term[i + op.len()..].trim()))
+    term.find(op)
+        .map(|i| (term[..i].trim(), term[i + op.len()..].trim()))
 }
 
 fn parse_set(s: &str) -> Option<Vec<String>> {
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 fn checked_key(k: &str) -> Result<String, String> {
@@ -116,7 +142,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

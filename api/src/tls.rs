@@ -57,7 +57,11 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// A master's server configuration: its chain and key, client certificates
 /// from the CA verified when presented (a caller without one may only join).
-pub fn server_config(server: &CertifiedKey, ca_pem: &str, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_config(
+    server: &CertifiedKey,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .allow_unauthenticated()
         .build()
@@ -71,12 +75,18 @@ pub fn server_config(server: &CertifiedKey, ca_pem: &str, alpn: &[u8]) -> Result
 }
 
 /// A client configuration that trusts the cluster CA and presents `client` if given.
-pub fn client_config(ca_pem: &str, client: Option<&CertifiedKey>, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+pub fn client_config(
+    ca_pem: &str,
+    client: Option<&CertifiedKey>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca_pem)?);
     let mut cfg = match client {
-        Some(ck) => builder.with_client_auth_cert(parse_certs(&ck.cert_pem)?, parse_key(&ck.key_pem)?)?,
+        Some(ck) => {
+            builder.with_client_auth_cert(parse_certs(&ck.cert_pem)?, parse_key(&ck.key_pem)?)?
+        }
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![alpn.to_vec()];
@@ -86,7 +96,10 @@ pub fn client_config(ca_pem: &str, client: Option<&CertifiedKey>, alpn: &[u8]) -
 /// A client configuration for joining: the server's chain must contain a CA
 /// certificate whose SHA-256 is `ca_hash`, and must verify against it.
 pub fn pinned_client_config(ca_hash: &str, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
-    let verifier = Arc::new(PinnedCaVerifier { ca_hash: ca_hash.to_ascii_lowercase(), provider: provider() });
+    let verifier = Arc::new(PinnedCaVerifier {
+        ca_hash: ca_hash.to_ascii_lowercase(),
+        provider: provider(),
+    });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous() // a custom verifier, not a disabled one: see PinnedCaVerifier
@@ -128,9 +141,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(pinned.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -140,7 +154,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -149,10 +168,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -1,0 +1,601 @@
+//! The client commands: each connects to a master with the client config,
+//! does one thing, and prints what happened the way kubectl would.
+
+use crate::output::{self, Format};
+use anyhow::{anyhow, bail, Context};
+use flotilla_api::config::ClientConfigFile;
+use flotilla_api::manifest::parse_manifests;
+use flotilla_api::net::{read_frame, Client, NetError};
+use flotilla_api::objects::{digest_of, is_digest, module_name};
+use flotilla_api::protocol::{
+    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
+    MAX_MODULE_SIZE,
+};
+use flotilla_api::time::Time;
+use flotilla_api::{Kind, Object};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Connects to the first master in the config that answers.
+pub async fn connect(config: &Path) -> anyhow::Result<Client> {
+    let text = std::fs::read_to_string(config).map_err(|e| {
+        anyhow!(
+            "cannot read the client config {}: {e}\n  start a master (`flotilla master` or `flotilla up`) — it writes one — or pass --config / set FLOTILLA_CONFIG",
+            config.display()
+        )
+    })?;
+    let cfg = ClientConfigFile::parse(&text)
+        .map_err(|e| anyhow!("{} is not a Flotilla client config: {e}", config.display()))?;
+    let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    Client::connect(&cfg.masters, tls, "flotilla-cli")
+        .await
+        .map_err(explain)
+}
+
+/// Turns transport errors into advice.
+fn explain(e: NetError) -> anyhow::Error {
+    match e {
+        NetError::Connection(quinn::ConnectionError::ConnectionClosed(c)) if c.reason.is_empty() => anyhow!(
+            "the master closed the connection during the handshake: {c}; is the client certificate in your config from this cluster?"
+        ),
+        NetError::Connection(quinn::ConnectionError::TransportError(t)) => {
+            anyhow!("TLS handshake with the master failed: {t}; check that your config belongs to this cluster")
+        }
+        NetError::Api(ApiError { code, message }) => anyhow!("{message} ({code:?})"),
+        other => anyhow!("{other}"),
+    }
+}
+
+async fn call(client: &Client, req: &Request) -> anyhow::Result<Response> {
+    client.call(req).await.map_err(explain)
+}
+
+/// Parses durations like `500ms`, `30s`, `10m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow!("{s:?} is not a duration; write e.g. 30s, 10m, 24h, 7d"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("{s:?} is not a duration; write e.g. 30s, 10m, 24h, 7d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses `key=value` labels.
+pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for i in items {
+        let (k, v) = i
+            .split_once('=')
+            .ok_or_else(|| anyhow!("label {i:?} must be key=value"))?;
+        if !flotilla_api::manifest::is_label_key(k) || !flotilla_api::manifest::is_label_value(v) {
+            bail!("label {i:?} is not a valid key=value label");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))
+    }
+}
+
+/// Reads and validates every file first: a bad document anywhere changes nothing.
+fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Object)>> {
+    let mut all = Vec::new();
+    let mut problems = Vec::new();
+    for f in files {
+        let text = read_input(f)?;
+        match parse_manifests(&text) {
+            Ok(objs) => all.extend(objs.into_iter().map(|o| (f.clone(), o))),
+            Err(errs) => problems.extend(errs.iter().map(|e| format!("{}: {e}", f.display()))),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "invalid manifest, nothing was applied:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(all)
+}
+
+/// A local module: its bytes, checked to be Wasm.
+fn read_module(manifest: &Path, module: &str) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let base = if manifest == Path::new("-") {
+        Path::new(".")
+    } else {
+        manifest.parent().unwrap_or(Path::new("."))
+    };
+    let path = base.join(module);
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_MODULE_SIZE {
+        bail!(
+            "spec.module: {} is {} bytes; the cluster accepts modules up to {MAX_MODULE_SIZE}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
+    if !bytes.starts_with(b"\0asm") {
+        bail!("spec.module: {} is not a WebAssembly file (build it for wasm32-wasip2 or wasm32-wasip1)", path.display());
+    }
+    Ok((path, bytes))
+}
+
+/// Uploads module bytes unless the master has them; shows progress for big ones.
+async fn upload(client: &Client, digest: &str, bytes: &[u8], source: &str) -> anyhow::Result<bool> {
+    let req = Request::PutModule {
+        digest: digest.to_string(),
+        size: bytes.len() as u64,
+        source: source.to_string(),
+    };
+    let (mut send, mut recv) = client.open(&req).await.map_err(explain)?;
+    match read_frame::<Response>(&mut recv).await.map_err(explain)? {
+        Some(Response::ModuleStored { .. }) => return Ok(false),
+        Some(Response::Ok) => {}
+        Some(Response::Error(e)) => bail!("uploading {source}: {}", e.message),
+        other => bail!("uploading {source}: unexpected answer {other:?}"),
+    }
+    let show = bytes.len() > (1 << 20) && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (i, chunk) in bytes.chunks(256 << 10).enumerate() {
+        send.write_all(chunk)
+            .await
+            .map_err(|e| anyhow!("uploading {source}: {e}"))?;
+        if show {
+            let done = ((i + 1) * (256 << 10)).min(bytes.len());
+            let pct = done * 100 / bytes.len();
+            let bar: String = (0..30)
+                .map(|j| if j * 100 / 30 < pct { '#' } else { '-' })
+                .collect();
+            eprint!("\r  uploading {source} [{bar}] {pct:>3}%");
+        }
+    }
+    if show {
+        eprintln!();
+    }
+    let _ = send.finish();
+    match read_frame::<Response>(&mut recv).await.map_err(explain)? {
+        Some(Response::ModuleStored { .. }) => Ok(true),
+        Some(Response::Error(e)) => bail!("uploading {source}: {}", e.message),
+        other => bail!("uploading {source}: unexpected answer {other:?}"),
+    }
+}
+
+pub async fn apply(
+    config: &Path,
+    files: &[PathBuf],
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut objects = load_manifests(files)?;
+    // Resolve local modules before connecting, so a missing file changes nothing either.
+    let mut modules = Vec::new();
+    for (file, obj) in &mut objects {
+        if let Some(ns) = namespace {
+            obj.meta_mut().namespace = ns.to_string();
+        }
+        if let Object::Pod(p) = obj {
+            if !is_digest(&p.spec.module) {
+                let (path, bytes) = read_module(file, &p.spec.module)
+                    .with_context(|| format!("pod {}", p.metadata.name))?;
+                let digest = digest_of(&bytes);
+                let source = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                p.spec.module = digest.clone();
+                modules.push((digest, bytes, source));
+            }
+        }
+    }
+    let client = connect(config).await?;
+    modules.sort_by(|a, b| a.0.cmp(&b.0));
+    modules.dedup_by(|a, b| a.0 == b.0);
+    for (digest, bytes, source) in &modules {
+        if upload(&client, digest, bytes, source).await? {
+            eprintln!(
+                "module/{} uploaded ({source}, {} bytes)",
+                &module_name(digest)[..19],
+                bytes.len()
+            );
+        }
+    }
+    for (_, obj) in objects {
+        let what = format!("{}/{}", obj.kind().as_str().to_lowercase(), obj.meta().name);
+        match client.call(&Request::Create(obj.clone())).await {
+            Ok(_) => println!("{what} created"),
+            Err(NetError::Api(ApiError {
+                code: ErrorCode::AlreadyExists,
+                ..
+            })) => {
+                let m = obj.meta();
+                let current = match call(
+                    &client,
+                    &Request::Get {
+                        kind: obj.kind(),
+                        namespace: m.namespace.clone(),
+                        name: m.name.clone(),
+                    },
+                )
+                .await?
+                {
+                    Response::Object(o) => o,
+                    other => bail!("unexpected answer {other:?}"),
+                };
+                if same_desired(&current, &obj) {
+                    println!("{what} unchanged");
+                    continue;
+                }
+                let mut updated = obj.clone();
+                let cm = current.meta();
+                let um = updated.meta_mut();
+                um.resource_version = cm.resource_version;
+                um.uid = cm.uid.clone();
+                call(&client, &Request::Update(updated)).await?;
+                println!("{what} configured");
+            }
+            Err(e) => return Err(explain(e).context(format!("applying {what}"))),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn same_desired(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Pod(x), Object::Pod(y)) => {
+            let mut ys = y.spec.clone();
+            if ys.node_name.is_none() {
+                ys.node_name = x.spec.node_name.clone();
+            }
+            x.spec == ys
+                && x.metadata.labels == y.metadata.labels
+                && x.metadata.annotations == y.metadata.annotations
+        }
+        _ => false,
+    }
+}
+
+/// Arguments of `get`.
+#[derive(clap::Args, Debug)]
+pub struct GetArgs {
+    /// pods, nodes or modules.
+    kind: String,
+    /// Only this object.
+    name: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Label selector, e.g. app=web,tier!=db.
+    #[arg(short = 'l', long, default_value = "")]
+    selector: String,
+    /// After listing, keep printing changes.
+    #[arg(short, long)]
+    watch: bool,
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    Kind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        anyhow!("unknown kind {s:?}; use one of {}", all.join(", "))
+    })
+}
+
+fn render(
+    kind: Kind,
+    objs: &[Object],
+    format: Format,
+    single: bool,
+    with_header: bool,
+) -> anyhow::Result<String> {
+    let now = Time::now();
+    let out = match format {
+        Format::Json | Format::Yaml => return output::structured(objs, format, single),
+        Format::Table | Format::Wide => {
+            let wide = format == Format::Wide;
+            match kind {
+                Kind::Pod => output::pods(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_pod().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                Kind::Node => output::nodes(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_node().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                _ => output::modules(
+                    &objs
+                        .iter()
+                        .filter_map(|o| {
+                            if let Object::Module(m) = o {
+                                Some(m.clone())
+                            } else {
+                                None
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                    now,
+                ),
+            }
+        }
+    };
+    Ok(if with_header {
+        out
+    } else {
+        out.lines().skip(1).map(|l| format!("{l}\n")).collect()
+    })
+}
+
+pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
+    let kind = parse_kind(&a.kind)?;
+    flotilla_api::selector::Selector::parse(&a.selector)?;
+    let client = connect(config).await?;
+    let namespace = if !kind.namespaced() {
+        String::new()
+    } else {
+        a.namespace.clone()
+    };
+    let (revision, objs) = if let Some(name) = &a.name {
+        match call(
+            &client,
+            &Request::Get {
+                kind,
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+        )
+        .await?
+        {
+            Response::Object(o) => (0, vec![o]),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    } else {
+        let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
+        match call(
+            &client,
+            &Request::List(ListOptions {
+                kind: Some(kind),
+                namespace: ns,
+                label_selector: a.selector.clone(),
+                node_name: None,
+            }),
+        )
+        .await?
+        {
+            Response::List { revision, items } => (revision, items),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    };
+    if objs.is_empty() && !a.watch {
+        eprintln!("No {} found.", kind.plural());
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render(kind, &objs, a.output, a.name.is_some(), true)?);
+    if !a.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let revision = if revision == 0 {
+        objs.first().map(|o| o.meta().resource_version).unwrap_or(0)
+    } else {
+        revision
+    };
+    let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
+    let list = ListOptions {
+        kind: Some(kind),
+        namespace: ns,
+        label_selector: a.selector.clone(),
+        node_name: None,
+    };
+    let (_send, mut recv) = client
+        .open(&Request::Watch(WatchOptions {
+            list,
+            from_revision: revision,
+        }))
+        .await
+        .map_err(explain)?;
+    loop {
+        match read_frame::<Response>(&mut recv).await.map_err(explain)? {
+            Some(Response::Event(ev)) => {
+                if a.name.as_ref().is_some_and(|n| *n != ev.object.meta().name)
+                    || ev.kind == EventType::Bookmark
+                {
+                    continue;
+                }
+                print!(
+                    "{}",
+                    render(
+                        kind,
+                        std::slice::from_ref(&ev.object),
+                        a.output,
+                        true,
+                        false
+                    )?
+                );
+                let _ = std::io::stdout().flush();
+            }
+            Some(Response::Error(e)) => bail!("watch ended: {}", e.message),
+            Some(_) => {}
+            None => bail!("the master ended the watch"),
+        }
+    }
+}
+
+pub async fn describe(
+    config: &Path,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let kind = parse_kind(kind)?;
+    let client = connect(config).await?;
+    let ns = if kind.namespaced() {
+        namespace.to_string()
+    } else {
+        String::new()
+    };
+    let obj = match call(
+        &client,
+        &Request::Get {
+            kind,
+            namespace: ns,
+            name: name.to_string(),
+        },
+    )
+    .await?
+    {
+        Response::Object(o) => o,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let v = output::prune(obj.to_manifest_value()).unwrap_or_default();
+    let mut text = serde_yaml::to_string(&v)?;
+    if let Object::Pod(p) = &obj {
+        text.push_str(&format!(
+            "\nSummary: {} on {}",
+            output::pod_status(p),
+            p.spec.node_name.as_deref().unwrap_or("<unbound>")
+        ));
+        if !p.status.message.is_empty() {
+            text.push_str(&format!(" — {}", p.status.message));
+        }
+        text.push('\n');
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn logs(
+    config: &Path,
+    pod: &str,
+    namespace: &str,
+    follow: bool,
+    tail: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    let req = Request::Logs {
+        namespace: namespace.to_string(),
+        name: pod.to_string(),
+        follow,
+        tail_lines: tail,
+    };
+    let (_send, mut recv) = client.open(&req).await.map_err(explain)?;
+    let mut out = std::io::stdout();
+    loop {
+        match read_frame::<Response>(&mut recv).await.map_err(explain)? {
+            Some(Response::Chunk(b)) => {
+                out.write_all(&b)?;
+                out.flush()?;
+            }
+            Some(Response::End) | None => return Ok(ExitCode::SUCCESS),
+            Some(Response::Error(e)) => bail!("{}", e.message),
+            Some(_) => {}
+        }
+    }
+}
+
+pub async fn delete(
+    config: &Path,
+    kind: Option<&str>,
+    names: &[String],
+    files: &[PathBuf],
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut targets: Vec<(Kind, String, String)> = Vec::new();
+    if !files.is_empty() {
+        for (_, o) in load_manifests(files)? {
+            targets.push((o.kind(), o.meta().namespace.clone(), o.meta().name.clone()));
+        }
+    }
+    if let Some(k) = kind {
+        let kind = parse_kind(k)?;
+        if names.is_empty() {
+            bail!(
+                "name the {} to delete, e.g. `flotilla delete {} NAME`",
+                kind.plural(),
+                kind.as_str().to_lowercase()
+            );
+        }
+        let ns = if kind.namespaced() {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
+        targets.extend(names.iter().map(|n| (kind, ns.clone(), n.clone())));
+    }
+    if targets.is_empty() {
+        bail!("nothing to delete: give a kind and names, or -f FILE");
+    }
+    let client = connect(config).await?;
+    let mut failed = false;
+    for (kind, namespace, name) in targets {
+        let req = Request::Delete {
+            kind,
+            namespace,
+            name: name.clone(),
+            resource_version: 0,
+        };
+        match client.call(&req).await {
+            Ok(_) => println!("{} \"{name}\" deleted", kind.as_str().to_lowercase()),
+            Err(e) => {
+                eprintln!("error: {}", explain(e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn token_create(config: &Path, ttl: &str, description: &str) -> anyhow::Result<ExitCode> {
+    let ttl = parse_duration(ttl)?;
+    let client = connect(config).await?;
+    match call(
+        &client,
+        &Request::CreateToken {
+            ttl_seconds: ttl.as_secs().max(1),
+            description: description.to_string(),
+        },
+    )
+    .await?
+    {
+        Response::Token { token, expires } => {
+            println!("{token}");
+            eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name <NAME>", client.addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}

@@ -1,0 +1,352 @@
+//! `flotilla`: the one binary. It runs a master (`flotilla master`), an edge
+//! node (`flotilla node`), both in one process (`flotilla up`), and is the
+//! kubectl-like client for everything else.
+//!
+//! Layout:
+//! - `main.rs`: the command line and process wiring (signals, logging).
+//! - [`commands`]: the client commands (apply, get, describe, logs, delete, token).
+//! - [`output`]: tables, YAML and JSON.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Orchestrates WebAssembly pods on edge devices",
+    propagate_version = true
+)]
+struct Cli {
+    /// Client config file (masters, CA, credentials).
+    #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a master: the store, the API service, binding and node lifecycle.
+    #[cfg(feature = "master")]
+    Master(MasterArgs),
+    /// Run an edge node agent that runs pods.
+    #[cfg(feature = "node")]
+    Node(NodeArgs),
+    /// Run a master and a node in one process (a laptop, a single Pi).
+    #[cfg(all(feature = "master", feature = "node"))]
+    Up(UpArgs),
+    /// Create or update objects from manifest files.
+    Apply {
+        /// Manifest files (YAML, several documents each); `-` reads standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// List objects: pods, nodes or modules.
+    Get(commands::GetArgs),
+    /// Show an object in detail.
+    Describe {
+        kind: String,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Print a pod's logs.
+    Logs {
+        pod: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Keep streaming new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+    },
+    /// Delete objects by kind and name, or those in manifest files.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Join tokens for new nodes.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a join token; prints it (and the node command that uses it).
+    Create {
+        /// How long the token is valid, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[cfg(feature = "master")]
+#[derive(clap::Args, Debug)]
+struct MasterArgs {
+    #[arg(long, default_value = "./flotilla-master")]
+    data_dir: PathBuf,
+    /// Address to listen on (UDP, QUIC).
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    listen: std::net::SocketAddr,
+    /// Address clients and nodes use to reach this master (repeatable); default: the listen address.
+    #[arg(long)]
+    advertise: Vec<String>,
+    #[arg(long, default_value = "flotilla")]
+    cluster_name: String,
+    /// A node silent this long is NotReady, e.g. 20s.
+    #[arg(long, default_value = "20s")]
+    node_grace: String,
+    /// Initialise the data directory (CA, certificates, admin config) and exit.
+    #[arg(long)]
+    init: bool,
+}
+
+#[cfg(feature = "node")]
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// A master's host:port (repeatable); more are learned when joining.
+    #[arg(long = "master", default_value = "127.0.0.1:7443")]
+    masters: Vec<String>,
+    /// Join token from `flotilla token create` (only needed the first time).
+    #[arg(long, env = "FLOTILLA_TOKEN")]
+    token: Option<String>,
+    #[arg(long, default_value = "./flotilla-node")]
+    data_dir: PathBuf,
+    /// Node name; default: the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Extra node labels, key=value (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+#[cfg(all(feature = "master", feature = "node"))]
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// One shutdown token for the process, cancelled by SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(flotilla_api::config::default_path);
+    match cli.command {
+        #[cfg(feature = "master")]
+        Command::Master(a) => {
+            init_logging();
+            let cfg = flotilla_master::MasterConfig {
+                data_dir: a.data_dir,
+                listen: a.listen,
+                advertise: a.advertise,
+                cluster_name: a.cluster_name,
+                node_grace: commands::parse_duration(&a.node_grace)?,
+                admin_config: Some(config),
+            };
+            if a.init {
+                flotilla_master::start(cfg).await?;
+                println!("initialised; start the master with the same --data-dir");
+                return Ok(ExitCode::SUCCESS);
+            }
+            flotilla_master::run(cfg, shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "node")]
+        Command::Node(a) => {
+            init_logging();
+            let name = match a.name {
+                Some(n) => n,
+                None => hostname()?,
+            };
+            let cfg = flotilla_node::NodeConfig {
+                data_dir: a.data_dir,
+                name,
+                masters: a.masters,
+                token: a.token,
+                labels: commands::parse_labels(&a.labels)?,
+            };
+            flotilla_node::run(cfg, shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(all(feature = "master", feature = "node"))]
+        Command::Up(a) => {
+            init_logging();
+            up(a, config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { files, namespace } => {
+            commands::apply(&config, &files, namespace.as_deref()).await
+        }
+        Command::Get(args) => commands::get(&config, args).await,
+        Command::Describe {
+            kind,
+            name,
+            namespace,
+        } => commands::describe(&config, &kind, &name, &namespace).await,
+        Command::Logs {
+            pod,
+            namespace,
+            follow,
+            tail,
+        } => commands::logs(&config, &pod, &namespace, follow, tail).await,
+        Command::Delete {
+            kind,
+            names,
+            files,
+            namespace,
+        } => commands::delete(&config, kind.as_deref(), &names, &files, &namespace).await,
+        Command::Token(TokenCommand::Create { ttl, description }) => {
+            commands::token_create(&config, &ttl, &description).await
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "flotilla",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(feature = "node")]
+fn hostname() -> anyhow::Result<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = raw.trim().to_ascii_lowercase();
+    if flotilla_api::manifest::is_dns_subdomain(&name) {
+        Ok(name)
+    } else {
+        anyhow::bail!("the host name {name:?} is not a valid node name; pass --name")
+    }
+}
+
+/// Master and node in one process: the master's own token lets the node join.
+#[cfg(all(feature = "master", feature = "node"))]
+async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => config
+            .parent()
+            .map(|p| p.join("up"))
+            .unwrap_or_else(|| PathBuf::from("./flotilla-up")),
+    };
+    let shutdown = shutdown_on_signals();
+    let cfg = flotilla_master::MasterConfig {
+        data_dir: data_dir.join("master"),
+        listen: a.listen,
+        advertise: vec![],
+        cluster_name: "flotilla".into(),
+        node_grace: std::time::Duration::from_secs(20),
+        admin_config: Some(config.clone()),
+    };
+    let (master, running) = flotilla_master::start(cfg).await?;
+    let addr = master.local_addr.to_string();
+    let node_dir = data_dir.join("node");
+    let token = if node_dir
+        .join(flotilla_node::join::CREDENTIALS_FILE)
+        .exists()
+    {
+        None
+    } else {
+        Some(flotilla_master::service::local_token(
+            &master,
+            "flotilla up",
+            std::time::Duration::from_secs(600),
+        )?)
+    };
+    let name = a.name.map(Ok).unwrap_or_else(hostname)?;
+    let node_cfg = flotilla_node::NodeConfig {
+        data_dir: node_dir,
+        name,
+        masters: vec![addr.clone()],
+        token,
+        labels: Default::default(),
+    };
+    eprintln!(
+        "flotilla up: master on {addr}, client config {}",
+        config.display()
+    );
+    let m = tokio::spawn(running.serve(shutdown.clone()));
+    let n = tokio::spawn(flotilla_node::run(node_cfg, shutdown.clone()));
+    let (m, n) = tokio::join!(m, n);
+    m??;
+    n??;
+    Ok(())
+}

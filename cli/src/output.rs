@@ -1,0 +1,208 @@
+//! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
+
+use flotilla_api::objects::{Module, Node, Pod};
+use flotilla_api::quantity::format_bytes;
+use flotilla_api::time::{age, Time};
+use flotilla_api::Object;
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// Renders rows as columns separated by three spaces, as kubectl does.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Pod STATUS column: the reason when there is one (CrashLoopBackOff, OOMKilled), else the phase.
+pub fn pod_status(p: &Pod) -> String {
+    if !p.status.reason.is_empty() && p.status.reason != "Completed" {
+        p.status.reason.clone()
+    } else {
+        p.status.phase.to_string()
+    }
+}
+
+pub fn pods(items: &[Pod], wide: bool, now: Time) -> String {
+    let mut header = vec!["NAMESPACE", "NAME", "STATUS", "RESTARTS", "AGE"];
+    if wide {
+        header.extend(["NODE", "EXIT", "MODULE"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|p| {
+            let mut r = vec![
+                p.metadata.namespace.clone(),
+                p.metadata.name.clone(),
+                pod_status(p),
+                p.status.restart_count.to_string(),
+                p.metadata
+                    .creation_timestamp
+                    .map(|t| age(t, now))
+                    .unwrap_or_default(),
+            ];
+            if wide {
+                r.push(or_none(p.spec.node_name.as_deref().unwrap_or("")));
+                r.push(
+                    p.status
+                        .exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "<none>".into()),
+                );
+                r.push(p.spec.module.chars().take(19).collect());
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
+    let mut header = vec!["NAME", "STATUS", "ARCH", "AGE"];
+    if wide {
+        header.extend(["CPU", "MEMORY", "ENGINE", "VERSION"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|n| {
+            let mut status = n.status.ready.to_string();
+            if n.spec.unschedulable {
+                status.push_str(",SchedulingDisabled");
+            }
+            let mut r = vec![
+                n.metadata.name.clone(),
+                status,
+                or_none(&n.status.node_info.architecture),
+                n.metadata
+                    .creation_timestamp
+                    .map(|t| age(t, now))
+                    .unwrap_or_default(),
+            ];
+            if wide {
+                r.push(format!("{}m", n.status.capacity.cpu_millis));
+                r.push(format_bytes(n.status.capacity.memory_bytes));
+                r.push(or_none(&n.status.node_info.wasm_engine));
+                r.push(or_none(&n.status.node_info.agent_version));
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+pub fn modules(items: &[Module], now: Time) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|m| {
+            vec![
+                m.spec.digest.chars().take(19).collect(),
+                format_bytes(m.spec.size),
+                or_none(&m.spec.source),
+                m.metadata
+                    .creation_timestamp
+                    .map(|t| age(t, now))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["DIGEST", "SIZE", "SOURCE", "AGE"], &rows)
+}
+
+/// Drops nulls, empty maps, empty lists and empty strings so YAML/JSON read like manifests.
+pub fn prune(v: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match v {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::Array(a) => {
+            let a: Vec<Value> = a.into_iter().filter_map(prune).collect();
+            (!a.is_empty()).then_some(Value::Array(a))
+        }
+        Value::Object(m) => {
+            let m: serde_json::Map<String, Value> = m
+                .into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect();
+            (!m.is_empty()).then_some(Value::Object(m))
+        }
+        other => Some(other),
+    }
+}
+
+/// YAML or JSON of objects; several objects become a `List`, as kubectl prints them.
+pub fn structured(objects: &[Object], format: Format, single: bool) -> anyhow::Result<String> {
+    let values: Vec<serde_json::Value> = objects
+        .iter()
+        .filter_map(|o| prune(o.to_manifest_value()))
+        .collect();
+    let value = if single && values.len() == 1 {
+        values.into_iter().next().unwrap_or_default()
+    } else {
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values})
+    };
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&value)?),
+        _ => serde_yaml::to_string(&value)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up() {
+        let t = table(
+            &["NAME", "STATUS"],
+            &[
+                vec!["a".into(), "Running".into()],
+                vec!["longer".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "NAME     STATUS\na        Running\nlonger   x\n");
+    }
+
+    #[test]
+    fn prune_drops_empties() {
+        let v = serde_json::json!({"a": null, "b": "", "c": [], "d": {"e": {}}, "f": 1});
+        assert_eq!(prune(v), Some(serde_json::json!({"f": 1})));
+    }
+}

@@ -1,0 +1,511 @@
+//! The node agent (our kubelet). It keeps three loops:
+//! - the connection loop: connect to a master (failing over among all known,
+//!   with back-off), register the Node, heartbeat, list and watch the pods
+//!   bound here, and reconcile the workers with them;
+//! - the report loop: the latest status of each pod, sent when a master is
+//!   connected and kept until one takes it;
+//! - the log server: answers the master's log requests over the node's own
+//!   connection.
+//!
+//! Workers are started from the local store before any master answers, so a
+//! node restarted while the masters are down runs its pods again.
+
+use crate::join;
+use crate::local::LocalStore;
+use crate::logs::LogBuffer;
+use crate::runtime::Runtime;
+use crate::worker::{self, WorkerCtx, WorkerHandle};
+use crate::NodeError;
+use flotilla_api::net::{read_frame, write_frame, Client, NetError};
+use flotilla_api::objects::{NodeCapacity, NodeInfo};
+use flotilla_api::protocol::{
+    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
+};
+use flotilla_api::{labels, Kind, Node, Object, ObjectMeta, Pod};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How a node is run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub name: String,
+    /// Master addresses given by the operator (more are learned at join).
+    pub masters: Vec<String>,
+    /// A join token, needed only the first time.
+    pub token: Option<String>,
+    /// Extra labels for the Node object.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How often the node tells the master it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Longest wait between reconnection attempts.
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// How often undelivered status reports are retried.
+const REPORT_RETRY: Duration = Duration::from_secs(1);
+
+type Logs = Arc<Mutex<HashMap<String, Arc<LogBuffer>>>>;
+
+struct Agent {
+    name: String,
+    ctx: Arc<WorkerCtx>,
+    workers: HashMap<String, WorkerHandle>,
+    logs: Logs,
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!("{}/{}", p.metadata.namespace, p.metadata.name)
+}
+
+impl Agent {
+    fn log_buffer(&self, key: &str) -> Arc<LogBuffer> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Makes sure a worker runs `pod` (replacing one for an older pod of the same name).
+    fn ensure(&mut self, pod: Pod) {
+        let key = pod_key(&pod);
+        if self
+            .workers
+            .get(&key)
+            .is_some_and(|w| w.uid == pod.metadata.uid && !w.task.is_finished())
+        {
+            return;
+        }
+        if let Some(old) = self.workers.remove(&key) {
+            old.stop.cancel();
+        }
+        if let Err(e) = self.ctx.local.put_pod(&pod) {
+            tracing::warn!(pod = %key, error = %e, "cannot persist pod locally");
+        }
+        let logs = self.log_buffer(&key);
+        tracing::info!(pod = %key, "starting worker");
+        self.workers
+            .insert(key, worker::spawn(pod, self.ctx.clone(), logs));
+    }
+
+    /// Stops and forgets a pod that is no longer bound here.
+    fn remove(&mut self, key: &str) {
+        if let Some(w) = self.workers.remove(key) {
+            w.stop.cancel();
+        }
+        if let Some((ns, name)) = key.split_once('/') {
+            if let Err(e) = self.ctx.local.remove_pod(ns, name) {
+                tracing::warn!(pod = %key, error = %e, "cannot remove pod from local store");
+            }
+        }
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Brings the workers in line with the full list of pods bound here.
+    fn reconcile(&mut self, desired: Vec<Pod>) {
+        let keys: std::collections::HashSet<String> = desired.iter().map(pod_key).collect();
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.remove(&k);
+        }
+        for p in desired {
+            // The master's copy may lag the node's own latest status; keep ours for a pod we already run.
+            self.ensure(p);
+        }
+    }
+}
+
+/// Runs the node until `shutdown` fires.
+pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| NodeError::Config(format!("{}: {e}", cfg.data_dir.display())))?;
+    let creds = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = join::credentials(&cfg.data_dir, &cfg.name, &cfg.masters, cfg.token.as_deref()) => c?,
+    };
+    let client_key = creds
+        .client_key()
+        .ok_or_else(|| NodeError::Config("credentials hold no certificate".into()))?;
+    let tls = flotilla_api::tls::client_config(&creds.ca_pem, Some(&client_key), ALPN)
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let local = LocalStore::open(&cfg.data_dir.join("node.redb"))?;
+    let runtime = Runtime::new(&cfg.data_dir.join("compiled"))?;
+    let (client_tx, client_rx) = watch::channel(None::<Client>);
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(WorkerCtx {
+        runtime,
+        local: local.clone(),
+        client: client_rx.clone(),
+        programs: Mutex::default(),
+        reports: report_tx,
+    });
+    let mut agent = Agent {
+        name: cfg.name.clone(),
+        ctx,
+        workers: HashMap::new(),
+        logs: Logs::default(),
+    };
+    let restored = local.pods()?;
+    if !restored.is_empty() {
+        tracing::info!(
+            count = restored.len(),
+            "restarting pods from the local store"
+        );
+    }
+    for p in restored {
+        agent.ensure(p);
+    }
+    let reporter = tokio::spawn(report_loop(report_rx, client_rx.clone(), shutdown.clone()));
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = Client::connect(&creds.masters, tls.clone(), "flotilla-node") => c,
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "no master reachable; pods keep running");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RECONNECT);
+                continue;
+            }
+        };
+        delay = Duration::from_millis(200);
+        tracing::info!(master = %client.addr, "connected to master");
+        let conn_done = shutdown.child_token();
+        client_tx.send_replace(Some(client.clone()));
+        tokio::spawn(heartbeat_loop(
+            client.clone(),
+            cfg.name.clone(),
+            conn_done.clone(),
+        ));
+        tokio::spawn(serve_master(
+            client.conn.clone(),
+            agent.logs.clone(),
+            conn_done.clone(),
+        ));
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            r = session(&client, &cfg, &mut agent) => r,
+        };
+        conn_done.cancel();
+        client_tx.send_replace(None);
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "lost the master; pods keep running");
+        }
+    }
+    // Pods stop with the node but stay in the local store, to start again with it.
+    for (_, w) in agent.workers.drain() {
+        w.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
+    }
+    reporter.abort();
+    Ok(())
+}
+
+/// One connected period: register, list, then follow the watch.
+async fn session(client: &Client, cfg: &NodeConfig, agent: &mut Agent) -> Result<(), NetError> {
+    register(client, cfg).await?;
+    let list = ListOptions {
+        kind: Some(Kind::Pod),
+        namespace: None,
+        label_selector: String::new(),
+        node_name: Some(agent.name.clone()),
+    };
+    let (revision, items) = match client.call(&Request::List(list.clone())).await? {
+        Response::List { revision, items } => (revision, items),
+        other => return Err(NetError::Unexpected(format!("{other:?}"))),
+    };
+    agent.reconcile(
+        items
+            .into_iter()
+            .filter_map(|o| o.as_pod().cloned())
+            .collect(),
+    );
+    let (_send, mut recv) = client
+        .open(&Request::Watch(WatchOptions {
+            list,
+            from_revision: revision,
+        }))
+        .await?;
+    loop {
+        let ev = match read_frame::<Response>(&mut recv).await? {
+            Some(Response::Event(ev)) => ev,
+            Some(Response::Error(e)) => return Err(NetError::Api(e)),
+            Some(_) => continue,
+            None => return Err(NetError::Closed),
+        };
+        let Object::Pod(pod) = ev.object else {
+            continue;
+        };
+        match ev.kind {
+            EventType::Deleted => agent.remove(&pod_key(&pod)),
+            EventType::Added | EventType::Modified => agent.ensure(pod),
+            EventType::Bookmark => {}
+        }
+    }
+}
+
+/// Creates or refreshes this node's Node object.
+async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), NetError> {
+    let node = describe_node(cfg);
+    match client
+        .call(&Request::Create(Object::Node(node.clone())))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(NetError::Api(ApiError {
+            code: ErrorCode::AlreadyExists,
+            ..
+        })) => {
+            let stored = match client
+                .call(&Request::Get {
+                    kind: Kind::Node,
+                    namespace: String::new(),
+                    name: cfg.name.clone(),
+                })
+                .await?
+            {
+                Response::Object(Object::Node(n)) => n,
+                other => return Err(NetError::Unexpected(format!("{other:?}"))),
+            };
+            let mut updated = stored.clone();
+            updated.metadata.labels = node.metadata.labels.clone();
+            updated.metadata.resource_version = 0;
+            client
+                .call(&Request::Update(Object::Node(updated.clone())))
+                .await?;
+            updated.status.capacity = node.status.capacity;
+            updated.status.node_info = node.status.node_info;
+            updated.status.addresses = node.status.addresses;
+            client
+                .call(&Request::UpdateStatus(Object::Node(updated)))
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `amd64`, `arm64` or `arm`, as Kubernetes names architectures.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+fn describe_node(cfg: &NodeConfig) -> Node {
+    let mut labels = cfg.labels.clone();
+    labels.insert(labels::ARCH.into(), arch().into());
+    labels.insert(labels::OS.into(), std::env::consts::OS.into());
+    labels.insert(labels::HOSTNAME.into(), cfg.name.clone());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let mut node = Node {
+        metadata: ObjectMeta {
+            name: cfg.name.clone(),
+            labels,
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    node.status.capacity = NodeCapacity {
+        cpu_millis: cpus * 1000,
+        memory_bytes: total_memory(),
+        pods: 110,
+    };
+    node.status.node_info = NodeInfo {
+        architecture: arch().into(),
+        operating_system: std::env::consts::OS.into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        wasm_engine: if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            "cranelift"
+        } else {
+            "pulley"
+        }
+        .into(),
+    };
+    node
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+async fn heartbeat_loop(client: Client, name: String, done: CancellationToken) {
+    loop {
+        if let Err(e) = client
+            .call(&Request::Heartbeat { node: name.clone() })
+            .await
+        {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+    }
+}
+
+/// Sends the newest status of each pod to the master, keeping what could not be delivered.
+async fn report_loop(
+    mut rx: mpsc::UnboundedReceiver<Pod>,
+    client: watch::Receiver<Option<Client>>,
+    shutdown: CancellationToken,
+) {
+    let mut pending: BTreeMap<String, Pod> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = rx.recv() => match p {
+                Some(p) => { pending.insert(pod_key(&p), p); }
+                None => return,
+            },
+            _ = tokio::time::sleep(REPORT_RETRY), if !pending.is_empty() => {}
+        }
+        while let Ok(p) = rx.try_recv() {
+            pending.insert(pod_key(&p), p);
+        }
+        let Some(c) = client.borrow().clone() else {
+            continue;
+        };
+        let keys: Vec<String> = pending.keys().cloned().collect();
+        for k in keys {
+            let Some(p) = pending.get(&k).cloned() else {
+                continue;
+            };
+            match c.call(&Request::UpdateStatus(Object::Pod(p))).await {
+                Ok(_) => {
+                    pending.remove(&k);
+                }
+                // The pod is gone or no longer ours: the status has no one to go to.
+                Err(NetError::Api(ApiError {
+                    code:
+                        ErrorCode::NotFound
+                        | ErrorCode::Forbidden
+                        | ErrorCode::Conflict
+                        | ErrorCode::Invalid,
+                    message,
+                })) => {
+                    tracing::debug!(pod = %k, %message, "dropping status report");
+                    pending.remove(&k);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "status report failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Answers the master's requests on this node's connection (pod logs).
+async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationToken) {
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            _ = done.cancelled() => return,
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+        };
+        let logs = logs.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let req = match read_frame::<Request>(&mut recv).await {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
+            let Request::Logs {
+                namespace,
+                name,
+                follow,
+                tail_lines,
+            } = req
+            else {
+                let err = ApiError::new(ErrorCode::Invalid, "nodes answer only log requests");
+                let _ = write_frame(&mut send, &Response::Error(err)).await;
+                return;
+            };
+            let key = format!("{namespace}/{name}");
+            let buf = logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            let Some(buf) = buf else {
+                let err = ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("pod {key} has no logs on this node (it has not started here)"),
+                );
+                let _ = write_frame(&mut send, &Response::Error(err)).await;
+                return;
+            };
+            let (snapshot, rx) = buf.snapshot(tail_lines, follow);
+            drop(buf);
+            if !snapshot.is_empty()
+                && write_frame(&mut send, &Response::Chunk(snapshot))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            if let Some(mut rx) = rx {
+                loop {
+                    let msg = tokio::select! {
+                        _ = done.cancelled() => break,
+                        _ = send.stopped() => return,
+                        m = rx.recv() => m,
+                    };
+                    match msg {
+                        Ok(bytes) => {
+                            if write_frame(&mut send, &Response::Chunk(bytes))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let note = format!(
+                                "[flotilla: {n} log chunks dropped: the reader was too slow]\n"
+                            );
+                            let _ =
+                                write_frame(&mut send, &Response::Chunk(note.into_bytes())).await;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+            let _ = write_frame(&mut send, &Response::End).await;
+            let _ = send.finish();
+        });
+    }
+}

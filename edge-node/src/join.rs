@@ -1,0 +1,86 @@
+//! Joining a cluster: a node without credentials proves it holds a join token
+//! over a connection that trusts only the CA the token pins, sends a CSR for a
+//! key that never leaves the node, and keeps the signed certificate in
+//! `<data-dir>/credentials.yaml` for every later (mutual TLS) connection.
+
+use crate::NodeError;
+use flotilla_api::config::ClientConfigFile;
+use flotilla_api::identity::{new_csr, Identity, JoinToken};
+use flotilla_api::net::{write_private_file, Client};
+use flotilla_api::protocol::{Request, Response, ALPN};
+use std::path::Path;
+
+/// File in the data directory holding the node's credentials.
+pub const CREDENTIALS_FILE: &str = "credentials.yaml";
+
+/// Loads the node's credentials, joining the cluster first if it has none.
+pub async fn credentials(
+    data_dir: &Path,
+    name: &str,
+    masters: &[String],
+    token: Option<&str>,
+) -> Result<ClientConfigFile, NodeError> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut creds = ClientConfigFile::parse(&text)
+                .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+            // Addresses given on the command line come first; the rest were learned at join.
+            let mut all: Vec<String> = masters.to_vec();
+            all.extend(
+                creds
+                    .masters
+                    .iter()
+                    .filter(|m| !masters.contains(m))
+                    .cloned(),
+            );
+            creds.masters = all;
+            return Ok(creds);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NodeError::Config(format!("{}: {e}", path.display()))),
+    }
+    let token = token.ok_or_else(|| {
+        NodeError::Config(format!(
+            "this node has not joined a cluster yet ({} has no {CREDENTIALS_FILE}): pass --token from `flotilla token create`",
+            data_dir.display()
+        ))
+    })?;
+    let token = JoinToken::parse(token).map_err(|e| NodeError::Config(e.to_string()))?;
+    let tls = flotilla_api::tls::pinned_client_config(&token.ca_hash, ALPN)
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let client = Client::connect(masters, tls, "flotilla-node/join").await?;
+    let (csr_pem, key_pem) =
+        new_csr(&Identity::Node(name.to_string())).map_err(|e| NodeError::Config(e.to_string()))?;
+    let req = Request::Join {
+        token: token.to_string(),
+        node_name: name.to_string(),
+        csr_pem,
+    };
+    let (cert_pem, ca_pem, learned) = match client.call(&req).await? {
+        Response::Joined {
+            cert_pem,
+            ca_pem,
+            masters,
+        } => (cert_pem, ca_pem, masters),
+        other => {
+            return Err(NodeError::Config(format!(
+                "unexpected join answer: {other:?}"
+            )))
+        }
+    };
+    client.conn.close(0u32.into(), b"joined");
+    let mut all: Vec<String> = masters.to_vec();
+    all.extend(learned.into_iter().filter(|m| !masters.contains(m)));
+    let creds = ClientConfigFile {
+        cluster: String::new(),
+        masters: all,
+        ca_pem,
+        cert_pem,
+        key_pem,
+    };
+    write_private_file(&path, &creds.render())
+        .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;
+    tracing::info!(node = name, "joined the cluster");
+    Ok(creds)
+}

@@ -1,0 +1,476 @@
+//! The life of one pod on a node, as an explicit state machine: a pure
+//! function of (state, event, now) returning what the worker must do next.
+//! The worker (see [`crate::worker`]) performs the actions and feeds back
+//! events; nothing here sleeps, reads clocks or touches the runtime, so every
+//! transition is tested as data.
+
+use flotilla_api::objects::{PodPhase, PodStatus, RestartPolicy};
+use flotilla_api::time::Time;
+use std::time::Duration;
+
+/// First delay before restarting a pod that ended and must run again.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// The delay doubles up to this (Kubernetes caps CrashLoopBackOff at 5 minutes too).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A run this long counts as healthy and resets the back-off.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// Where the pod is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Getting the module (local cache or master) and compiling it.
+    Preparing,
+    /// Waiting to retry preparing after a failure.
+    PrepareBackOff { until: Time, message: String },
+    /// An instance is running.
+    Running { since: Time },
+    /// Waiting to start the next instance.
+    CrashBackOff { until: Time },
+    /// Ended for good.
+    Completed { phase: PodPhase },
+    /// Stopped because the pod was deleted or moved away.
+    Stopped,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    /// Empty for a plain exit; `OOMKilled`, `Trap`, `StartError` otherwise.
+    pub reason: String,
+    pub message: String,
+    pub at: Time,
+}
+
+impl Exit {
+    fn success(&self) -> bool {
+        self.code == Some(0) && self.reason.is_empty()
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The module is compiled and ready to start.
+    Prepared,
+    PrepareFailed {
+        message: String,
+    },
+    /// An instance started.
+    Started,
+    Exited(Exit),
+    /// A back-off delay is over.
+    BackOffElapsed,
+    /// The pod is no longer wanted here.
+    Stop,
+}
+
+/// What the worker must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Prepare,
+    Start,
+    /// Deliver `BackOffElapsed` after this long.
+    Wait(Duration),
+    /// Send the current status to the master.
+    Report,
+    /// Stop the running instance and end the worker.
+    Kill,
+}
+
+/// One pod's state plus what the status reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMachine {
+    pub state: State,
+    pub policy: RestartPolicy,
+    pub restart_count: u32,
+    /// The delay the next back-off will use.
+    pub next_backoff: Duration,
+    pub last_exit: Option<Exit>,
+    pub start_time: Option<Time>,
+    /// Set while in back-off: the delay used, for the status message.
+    pub current_backoff: Duration,
+}
+
+impl PodMachine {
+    /// A pod about to be prepared; `restart_count` carries over from a status
+    /// the node persisted before a reboot.
+    pub fn new(policy: RestartPolicy, restart_count: u32) -> (PodMachine, Vec<Action>) {
+        let m = PodMachine {
+            state: State::Preparing,
+            policy,
+            restart_count,
+            next_backoff: BACKOFF_INITIAL,
+            last_exit: None,
+            start_time: None,
+            current_backoff: Duration::ZERO,
+        };
+        (m, vec![Action::Report, Action::Prepare])
+    }
+
+    /// A pod that already ended before (restored after a node restart): it stays ended.
+    pub fn completed(policy: RestartPolicy, status: &PodStatus) -> PodMachine {
+        PodMachine {
+            state: State::Completed {
+                phase: status.phase,
+            },
+            policy,
+            restart_count: status.restart_count,
+            next_backoff: BACKOFF_INITIAL,
+            last_exit: Some(Exit {
+                code: status.exit_code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                at: status.finish_time.unwrap_or_default(),
+            }),
+            start_time: status.start_time,
+            current_backoff: Duration::ZERO,
+        }
+    }
+
+    fn wants_restart(&self, exit: &Exit) -> bool {
+        match self.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Never => false,
+        }
+    }
+
+    fn backoff(&mut self, now: Time) -> Duration {
+        let d = self.next_backoff;
+        self.next_backoff = (d * 2).min(BACKOFF_MAX);
+        self.current_backoff = d;
+        let _ = now;
+        d
+    }
+
+    /// Applies an event; returns the actions to perform, in order.
+    pub fn step(&mut self, event: Event, now: Time) -> Vec<Action> {
+        use Action::*;
+        match (&self.state, event) {
+            (State::Stopped, _) => vec![],
+            (_, Event::Stop) => {
+                self.state = State::Stopped;
+                vec![Kill]
+            }
+            (State::Preparing, Event::Prepared) => vec![Start],
+            (State::Preparing, Event::PrepareFailed { message }) => {
+                let d = self.backoff(now);
+                self.state = State::PrepareBackOff {
+                    until: add(now, d),
+                    message,
+                };
+                vec![Report, Wait(d)]
+            }
+            (State::PrepareBackOff { .. }, Event::BackOffElapsed) => {
+                self.state = State::Preparing;
+                vec![Prepare]
+            }
+            (State::Preparing, Event::Started) | (State::CrashBackOff { .. }, Event::Started) => {
+                self.state = State::Running { since: now };
+                self.start_time.get_or_insert(now);
+                vec![Report]
+            }
+            (State::Running { since }, Event::Exited(exit)) => {
+                if now.since(*since) >= BACKOFF_RESET_AFTER.as_millis() as i64 {
+                    self.next_backoff = BACKOFF_INITIAL;
+                }
+                self.finish(exit, now)
+            }
+            // An instance that failed to start ends like one that exited at once.
+            (State::Preparing, Event::Exited(exit))
+            | (State::CrashBackOff { .. }, Event::Exited(exit)) => self.finish(exit, now),
+            (State::CrashBackOff { .. }, Event::BackOffElapsed) => {
+                self.restart_count += 1;
+                vec![Start]
+            }
+            // Anything else is a stale event (e.g. a timer racing a stop); ignore it.
+            (
+                State::Preparing
+                | State::PrepareBackOff { .. }
+                | State::Running { .. }
+                | State::CrashBackOff { .. }
+                | State::Completed { .. },
+                Event::Prepared
+                | Event::PrepareFailed { .. }
+                | Event::Started
+                | Event::Exited(_)
+                | Event::BackOffElapsed,
+            ) => vec![],
+        }
+    }
+
+    fn finish(&mut self, exit: Exit, now: Time) -> Vec<Action> {
+        let restart = self.wants_restart(&exit);
+        let success = exit.success();
+        self.last_exit = Some(exit);
+        if restart {
+            let d = self.backoff(now);
+            self.state = State::CrashBackOff { until: add(now, d) };
+            vec![Action::Report, Action::Wait(d)]
+        } else {
+            self.state = State::Completed {
+                phase: if success {
+                    PodPhase::Succeeded
+                } else {
+                    PodPhase::Failed
+                },
+            };
+            vec![Action::Report]
+        }
+    }
+
+    /// The status to report for the current state.
+    pub fn status(&self) -> PodStatus {
+        let mut s = PodStatus {
+            restart_count: self.restart_count,
+            start_time: self.start_time,
+            exit_code: self.last_exit.as_ref().and_then(|e| e.code),
+            ..PodStatus::default()
+        };
+        let exit_desc = |e: &Exit| match (&e.code, e.reason.as_str()) {
+            (_, r) if !r.is_empty() => format!("{r}: {}", e.message),
+            (Some(c), _) => format!("exit code {c}"),
+            (None, _) => "ended".to_string(),
+        };
+        match &self.state {
+            State::Preparing => {
+                s.phase = PodPhase::Pending;
+                s.reason = "Preparing".into();
+                s.message = "fetching and compiling the module".into();
+            }
+            State::PrepareBackOff { message, .. } => {
+                s.phase = PodPhase::Pending;
+                s.reason = "ModuleBackOff".into();
+                s.message = format!(
+                    "back-off {}s before retrying: {message}",
+                    self.current_backoff.as_secs()
+                );
+            }
+            State::Running { .. } => {
+                s.phase = PodPhase::Running;
+            }
+            State::CrashBackOff { .. } => {
+                s.phase = PodPhase::Running;
+                s.reason = "CrashLoopBackOff".into();
+                let last = self.last_exit.as_ref().map(exit_desc).unwrap_or_default();
+                s.message = format!(
+                    "back-off {}s restarting pod (last run: {last})",
+                    self.current_backoff.as_secs()
+                );
+            }
+            State::Completed { phase } => {
+                s.phase = *phase;
+                if let Some(e) = &self.last_exit {
+                    s.finish_time = Some(e.at);
+                    if *phase == PodPhase::Succeeded {
+                        s.reason = "Completed".into();
+                    } else {
+                        s.reason = if e.reason.is_empty() {
+                            "Error".into()
+                        } else {
+                            e.reason.clone()
+                        };
+                        s.message = if e.reason.is_empty() {
+                            exit_desc(e)
+                        } else {
+                            e.message.clone()
+                        };
+                    }
+                }
+            }
+            State::Stopped => {
+                s.phase = PodPhase::Failed;
+                s.reason = "Stopped".into();
+                s.message = "stopped by the node: the pod is no longer bound here".into();
+            }
+        }
+        s
+    }
+}
+
+fn add(t: Time, d: Duration) -> Time {
+    Time(t.0.saturating_add(d.as_millis() as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    fn exit(code: i32) -> Event {
+        Event::Exited(Exit {
+            code: Some(code),
+            reason: String::new(),
+            message: String::new(),
+            at: Time(0),
+        })
+    }
+
+    fn oom() -> Event {
+        Event::Exited(Exit {
+            code: None,
+            reason: "OOMKilled".into(),
+            message: "memory limit of 33554432 bytes exceeded".into(),
+            at: Time(0),
+        })
+    }
+
+    /// Runs a script of (event, expected actions, expected phase, expected reason).
+    fn script(policy: RestartPolicy, steps: &[(Event, Vec<Action>, PodPhase, &str)]) -> PodMachine {
+        let (mut m, first) = PodMachine::new(policy, 0);
+        assert_eq!(first, vec![Report, Prepare]);
+        for (i, (ev, actions, phase, reason)) in steps.iter().enumerate() {
+            let got = m.step(ev.clone(), Time(i as i64 * 1000));
+            assert_eq!(&got, actions, "step {i} {ev:?}");
+            let st = m.status();
+            assert_eq!(
+                (st.phase, st.reason.as_str()),
+                (*phase, *reason),
+                "step {i} {ev:?}"
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn never_runs_once() {
+        script(
+            RestartPolicy::Never,
+            &[
+                (Event::Prepared, vec![Start], PodPhase::Pending, "Preparing"),
+                (Event::Started, vec![Report], PodPhase::Running, ""),
+                (exit(0), vec![Report], PodPhase::Succeeded, "Completed"),
+                (
+                    Event::BackOffElapsed,
+                    vec![],
+                    PodPhase::Succeeded,
+                    "Completed",
+                ),
+            ],
+        );
+        let m = script(
+            RestartPolicy::Never,
+            &[
+                (Event::Prepared, vec![Start], PodPhase::Pending, "Preparing"),
+                (Event::Started, vec![Report], PodPhase::Running, ""),
+                (oom(), vec![Report], PodPhase::Failed, "OOMKilled"),
+            ],
+        );
+        assert!(m.status().message.contains("memory limit"));
+    }
+
+    #[test]
+    fn on_failure_backs_off_exponentially() {
+        let mut steps = vec![(Event::Prepared, vec![Start], PodPhase::Pending, "Preparing")];
+        let mut delay = BACKOFF_INITIAL;
+        for _ in 0..5 {
+            steps.push((Event::Started, vec![Report], PodPhase::Running, ""));
+            steps.push((
+                exit(1),
+                vec![Report, Wait(delay)],
+                PodPhase::Running,
+                "CrashLoopBackOff",
+            ));
+            steps.push((
+                Event::BackOffElapsed,
+                vec![Start],
+                PodPhase::Running,
+                "CrashLoopBackOff",
+            ));
+            delay *= 2;
+        }
+        steps.push((Event::Started, vec![Report], PodPhase::Running, ""));
+        steps.push((exit(0), vec![Report], PodPhase::Succeeded, "Completed"));
+        let m = script(RestartPolicy::OnFailure, &steps);
+        assert_eq!(m.restart_count, 5);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_reset_after_a_long_run() {
+        let (mut m, _) = PodMachine::new(RestartPolicy::Always, 0);
+        m.step(Event::Prepared, Time(0));
+        let mut last = Duration::ZERO;
+        for i in 0..20 {
+            m.step(Event::Started, Time(i));
+            if let [Report, Wait(d)] = m.step(exit(0), Time(i)).as_slice() {
+                last = *d;
+            }
+            m.step(Event::BackOffElapsed, Time(i));
+        }
+        assert_eq!(last, BACKOFF_MAX);
+        m.step(Event::Started, Time(0));
+        let long = BACKOFF_RESET_AFTER.as_millis() as i64 + 1;
+        assert_eq!(
+            m.step(exit(0), Time(long)),
+            vec![Report, Wait(BACKOFF_INITIAL)]
+        );
+    }
+
+    #[test]
+    fn prepare_failures_retry() {
+        script(
+            RestartPolicy::Never,
+            &[
+                (
+                    Event::PrepareFailed {
+                        message: "master unreachable".into(),
+                    },
+                    vec![Report, Wait(BACKOFF_INITIAL)],
+                    PodPhase::Pending,
+                    "ModuleBackOff",
+                ),
+                (
+                    Event::BackOffElapsed,
+                    vec![Prepare],
+                    PodPhase::Pending,
+                    "Preparing",
+                ),
+                (Event::Prepared, vec![Start], PodPhase::Pending, "Preparing"),
+            ],
+        );
+    }
+
+    #[test]
+    fn stop_kills_from_any_state_and_is_final() {
+        for policy in [RestartPolicy::Always, RestartPolicy::Never] {
+            let (mut m, _) = PodMachine::new(policy, 0);
+            m.step(Event::Prepared, Time(0));
+            m.step(Event::Started, Time(0));
+            assert_eq!(m.step(Event::Stop, Time(1)), vec![Kill]);
+            assert_eq!(m.step(exit(1), Time(2)), vec![]);
+            assert_eq!(m.state, State::Stopped);
+        }
+    }
+
+    #[test]
+    fn start_errors_count_as_failures() {
+        let (mut m, _) = PodMachine::new(RestartPolicy::OnFailure, 2);
+        m.step(Event::Prepared, Time(0));
+        let start_err = Event::Exited(Exit {
+            code: None,
+            reason: "StartError".into(),
+            message: "missing import".into(),
+            at: Time(0),
+        });
+        assert_eq!(
+            m.step(start_err, Time(0)),
+            vec![Report, Wait(BACKOFF_INITIAL)]
+        );
+        assert_eq!(m.status().restart_count, 2);
+    }
+
+    #[test]
+    fn restored_completed_pods_stay_completed() {
+        let st = PodStatus {
+            phase: PodPhase::Succeeded,
+            restart_count: 3,
+            exit_code: Some(0),
+            ..PodStatus::default()
+        };
+        let mut m = PodMachine::completed(RestartPolicy::Never, &st);
+        assert_eq!(m.step(Event::BackOffElapsed, Time(0)), vec![]);
+        assert_eq!(m.status().phase, PodPhase::Succeeded);
+        assert_eq!(m.status().restart_count, 3);
+    }
+}

@@ -1,0 +1,161 @@
+//! The per-run resource limiter: caps a pod's linear memory and remembers
+//! whether the cap was hit, so a run that dies of it reads as `OOMKilled`.
+
+use wasmtime::ResourceLimiter;
+
+/// Most table elements one instance may have. Each costs a pointer on the
+/// host, so without a cap a guest could make the host allocate gigabytes.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Caps on how many instances, tables and memories one store may create.
+/// A Rust command component uses a handful of each; these only stop abuse.
+const MAX_INSTANCES: usize = 1_000;
+const MAX_TABLES: usize = 1_000;
+const MAX_MEMORIES: usize = 100;
+
+/// A denied memory growth: what the guest asked for against the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemoryDenial {
+    pub limit: u64,
+    /// Total linear memory of the run had the growth been allowed.
+    pub requested: u64,
+}
+
+/// Error returned from `memory_growing` to trap the guest at the failing
+/// `memory.grow` instead of letting it see -1 (a Rust guest would abort with
+/// a less precise message; a C guest might carry on in a degraded state).
+#[derive(Debug)]
+struct MemoryLimitExceeded(MemoryDenial);
+
+impl std::fmt::Display for MemoryLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit of {} bytes exceeded (growth to {} bytes denied)",
+            self.0.limit, self.0.requested
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimitExceeded {}
+
+/// Counts the linear memory of all memories in one store against one limit.
+#[derive(Debug, Default)]
+pub(super) struct Limiter {
+    limit: Option<u64>,
+    /// Bytes currently granted across all linear memories of the store.
+    used: u64,
+    /// Bytes granted by the last `memory_growing` call, returned if the
+    /// growth then fails for another reason.
+    last_grant: u64,
+    denial: Option<MemoryDenial>,
+}
+
+impl Limiter {
+    pub(super) fn new(limit: Option<u64>) -> Self {
+        Limiter {
+            limit,
+            ..Limiter::default()
+        }
+    }
+
+    /// The growth that was refused, if the run hit its memory limit.
+    pub(super) fn denial(&self) -> Option<MemoryDenial> {
+        self.denial
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // usize -> u64 is lossless on every target wasmtime supports.
+        let delta = (desired as u64).saturating_sub(current as u64);
+        let requested = self.used.saturating_add(delta);
+        if let Some(limit) = self.limit {
+            if requested > limit {
+                let denial = MemoryDenial { limit, requested };
+                self.denial = Some(denial);
+                return Err(wasmtime::Error::new(MemoryLimitExceeded(denial)));
+            }
+        }
+        self.used = requested;
+        self.last_grant = delta;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Allowed by us but refused by wasmtime (e.g. past the memory's own
+        // maximum): the guest sees -1, and the bytes were never used.
+        self.used = self.used.saturating_sub(self.last_grant);
+        self.last_grant = 0;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 64 * 1024;
+
+    #[test]
+    fn counts_all_memories_against_one_limit() {
+        let mut l = Limiter::new(Some(4 * PAGE as u64));
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(l.denial().is_none());
+        assert!(l.memory_growing(2 * PAGE, 3 * PAGE, None).is_err());
+        assert_eq!(
+            l.denial(),
+            Some(MemoryDenial {
+                limit: 4 * PAGE as u64,
+                requested: 5 * PAGE as u64
+            })
+        );
+    }
+
+    #[test]
+    fn failed_growth_is_given_back() {
+        let mut l = Limiter::new(Some(2 * PAGE as u64));
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(l
+            .memory_grow_failed(wasmtime::Error::msg("past maximum"))
+            .is_ok());
+        assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
+        assert!(l.denial().is_none());
+    }
+
+    #[test]
+    fn no_limit_allows_everything() {
+        let mut l = Limiter::new(None);
+        assert!(matches!(
+            l.memory_growing(0, usize::MAX / 2, None),
+            Ok(true)
+        ));
+        assert!(l.denial().is_none());
+    }
+}

@@ -1,0 +1,771 @@
+//! The API service's QUIC front end. Each connection's caller is read from
+//! its verified client certificate; each bidirectional stream carries one
+//! request, checked by [`crate::authz`] and answered from the store.
+
+use crate::authz::{authorize, authorize_pod_status, Caller};
+use crate::lifecycle::Heartbeats;
+use crate::nodes::NodeConnections;
+use crate::pki::Pki;
+use crate::store::{Command, Outcome, Store, StoreError, TokenRecord};
+use flotilla_api::identity::{Identity, JoinToken};
+use flotilla_api::net::{read_frame, write_frame, NetError};
+use flotilla_api::objects::{digest_of, is_digest, module_name, ModuleSpec};
+use flotilla_api::protocol::{
+    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, MAX_MODULE_SIZE,
+    MODULE_CHUNK, PROTOCOL_VERSION,
+};
+use flotilla_api::selector::Selector;
+use flotilla_api::time::Time;
+use flotilla_api::{Kind, Module, Object, ObjectMeta};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What request handlers share.
+pub struct Context {
+    pub store: Store,
+    pub pki: Arc<Pki>,
+    pub masters: Vec<String>,
+    pub nodes: NodeConnections,
+    pub heartbeats: Heartbeats,
+}
+
+/// A request must arrive this soon after its stream opens.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Join tokens live this long unless asked otherwise (as kubeadm's do).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Accepts connections until `shutdown` fires.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let t = tracker.clone();
+        tracker.spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, ctx, shutdown, t).await,
+                Err(e) => tracing::debug!(error = %e, "handshake failed"),
+            }
+        });
+    }
+}
+
+fn caller_of(conn: &quinn::Connection) -> Caller {
+    let certs = conn.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    match certs.as_deref().and_then(|c| c.first()) {
+        // TLS verified the chain against the cluster CA; the name inside says who it is.
+        Some(leaf) => match Identity::from_cert_der(leaf.as_ref()) {
+            Ok(id) => Caller::Known(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate names no identity; treating caller as anonymous");
+                Caller::Anonymous
+            }
+        },
+        None => Caller::Anonymous,
+    }
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let caller = Arc::new(caller_of(&conn));
+    let node_name = match &*caller {
+        Caller::Known(Identity::Node(n)) => Some(n.clone()),
+        _ => None,
+    };
+    if let Some(n) = &node_name {
+        ctx.nodes.insert(n, conn.clone());
+        ctx.heartbeats.beat(n);
+    }
+    tracing::debug!(remote = %conn.remote_address(), caller = %caller, "connection");
+    let hello = Arc::new(AtomicBool::new(false));
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = conn.accept_bi() => s,
+        };
+        let (send, recv) = match stream {
+            Ok(s) => s,
+            Err(_) => break,
+        };
+        let (ctx, caller, hello, conn2) =
+            (ctx.clone(), caller.clone(), hello.clone(), conn.clone());
+        tracker.spawn(async move { serve_stream(send, recv, &ctx, &caller, &hello, &conn2).await });
+    }
+    if let Some(n) = &node_name {
+        ctx.nodes.remove(n, &conn);
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    ctx: &Context,
+    caller: &Caller,
+    hello: &AtomicBool,
+    conn: &quinn::Connection,
+) {
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(NetError::Frame(e))) => {
+            let err = ApiError::new(
+                ErrorCode::Invalid,
+                format!("bad request frame: {e}; is the client the same Flotilla version?"),
+            );
+            let _ = write_frame(&mut send, &Response::Error(err)).await;
+            let _ = send.finish();
+            return;
+        }
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let result = handle(req, &mut send, &mut recv, ctx, caller, hello, conn).await;
+    if let Err(e) = result {
+        let _ = write_frame(&mut send, &Response::Error(e)).await;
+    }
+    let _ = send.finish();
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    let code = match &e {
+        StoreError::NotFound(_) => ErrorCode::NotFound,
+        StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+        StoreError::Conflict { .. } => ErrorCode::Conflict,
+        StoreError::TooOld { .. } => ErrorCode::TooOld,
+        StoreError::Invalid(_) => ErrorCode::Invalid,
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Applies a command off the async threads (redb commits fsync).
+async fn apply(store: &Store, cmd: Command) -> Result<Outcome, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.apply(cmd))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
+        .map_err(store_err)
+}
+
+async fn reply(send: &mut quinn::SendStream, r: Response) -> Result<(), ApiError> {
+    write_frame(send, &r)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Invalid, msg)
+}
+
+async fn handle(
+    req: Request,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    ctx: &Context,
+    caller: &Caller,
+    hello: &AtomicBool,
+    conn: &quinn::Connection,
+) -> Result<(), ApiError> {
+    if let Request::Hello { version, .. } = &req {
+        if *version != PROTOCOL_VERSION {
+            return Err(ApiError::new(
+                ErrorCode::VersionMismatch,
+                format!("this master speaks protocol {PROTOCOL_VERSION}, the client {version}; upgrade the older side"),
+            ));
+        }
+        hello.store(true, Ordering::Relaxed);
+        return reply(
+            send,
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                identity: caller.to_string(),
+                masters: ctx.masters.clone(),
+            },
+        )
+        .await;
+    }
+    if !hello.load(Ordering::Relaxed) {
+        return Err(invalid("the connection must open with a Hello request"));
+    }
+    authorize(caller, &req)?;
+    match req {
+        Request::Hello { .. } => Ok(()),
+        Request::Join {
+            token,
+            node_name,
+            csr_pem,
+        } => {
+            let r = join(ctx, &token, &node_name, &csr_pem).await?;
+            reply(send, r).await
+        }
+        Request::Create(obj) => {
+            let obj = prepare_create(ctx, caller, obj)?;
+            match apply(&ctx.store, Command::Create { object: obj }).await? {
+                Outcome::Object(o) => reply(send, Response::Object(o)).await,
+                other => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("unexpected outcome {other:?}"),
+                )),
+            }
+        }
+        Request::Update(obj) => {
+            check_valid(&obj)?;
+            if let Object::Pod(p) = &obj {
+                check_module(ctx, &p.spec.module)?;
+            }
+            let rv = obj.meta().resource_version;
+            let out = apply(
+                &ctx.store,
+                Command::Update {
+                    object: obj,
+                    expected_rv: (rv != 0).then_some(rv),
+                    status_only: false,
+                },
+            )
+            .await?;
+            reply(send, outcome_object(out)?).await
+        }
+        Request::UpdateStatus(obj) => {
+            let obj = prepare_status(ctx, caller, obj)?;
+            let out = apply(
+                &ctx.store,
+                Command::Update {
+                    object: obj,
+                    expected_rv: None,
+                    status_only: true,
+                },
+            )
+            .await?;
+            reply(send, outcome_object(out)?).await
+        }
+        Request::Get {
+            kind,
+            namespace,
+            name,
+        } => match ctx.store.get(kind, &namespace, &name).map_err(store_err)? {
+            Some(o) => reply(send, Response::Object(o)).await,
+            None => Err(not_found(kind, &namespace, &name)),
+        },
+        Request::List(opts) => {
+            let (revision, items) = list(ctx, &opts)?;
+            reply(send, Response::List { revision, items }).await
+        }
+        Request::Delete {
+            kind,
+            namespace,
+            name,
+            resource_version,
+        } => {
+            let cmd = Command::Delete {
+                kind,
+                namespace,
+                name,
+                expected_rv: (resource_version != 0).then_some(resource_version),
+            };
+            match apply(&ctx.store, cmd).await? {
+                Outcome::Deleted(o) => reply(send, Response::Object(o)).await,
+                other => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("unexpected outcome {other:?}"),
+                )),
+            }
+        }
+        Request::Watch(opts) => watch(ctx, opts, send).await,
+        Request::PutModule {
+            digest,
+            size,
+            source,
+        } => put_module(ctx, &digest, size, source, send, recv).await,
+        Request::GetModule { digest } => {
+            let bytes = ctx
+                .store
+                .module_bytes(&digest)
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("module {digest} is not stored on this master"),
+                    )
+                })?;
+            for chunk in bytes.chunks(MODULE_CHUNK) {
+                reply(send, Response::Chunk(chunk.to_vec())).await?;
+            }
+            reply(send, Response::End).await
+        }
+        Request::Logs {
+            namespace,
+            name,
+            follow,
+            tail_lines,
+        } => {
+            logs(
+                ctx,
+                send,
+                conn,
+                Request::Logs {
+                    namespace,
+                    name,
+                    follow,
+                    tail_lines,
+                },
+            )
+            .await
+        }
+        Request::Heartbeat { node } => {
+            ctx.heartbeats.beat(&node);
+            reply(send, Response::Ok).await
+        }
+        Request::CreateToken {
+            ttl_seconds,
+            description,
+        } => {
+            let ttl = if ttl_seconds == 0 {
+                DEFAULT_TOKEN_TTL
+            } else {
+                Duration::from_secs(ttl_seconds)
+            };
+            let token = JoinToken::generate(&ctx.pki.ca_hash);
+            let expires = Time(
+                Time::now()
+                    .0
+                    .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            );
+            let record = TokenRecord {
+                id: token.id.clone(),
+                secret_hash: token.secret_hash(),
+                expires,
+                description,
+            };
+            apply(&ctx.store, Command::PutToken { record }).await?;
+            reply(
+                send,
+                Response::Token {
+                    token: token.to_string(),
+                    expires,
+                },
+            )
+            .await
+        }
+        _ => Err(invalid("this master does not serve that request")),
+    }
+}
+
+fn outcome_object(out: Outcome) -> Result<Response, ApiError> {
+    match out {
+        Outcome::Object(o) => Ok(Response::Object(o)),
+        other => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("unexpected outcome {other:?}"),
+        )),
+    }
+}
+
+fn not_found(kind: Kind, namespace: &str, name: &str) -> ApiError {
+    let where_ = if namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {namespace}")
+    };
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "{} {name:?} not found{where_}",
+            kind.as_str().to_lowercase()
+        ),
+    )
+}
+
+fn check_valid(obj: &Object) -> Result<(), ApiError> {
+    let errs = flotilla_api::manifest::validate(obj);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+}
+
+fn check_module(ctx: &Context, module: &str) -> Result<(), ApiError> {
+    if !is_digest(module) {
+        return Err(invalid(format!(
+            "spec.module: {module:?} is not an uploaded module digest; `flotilla apply` uploads local .wasm files and rewrites the path"
+        )));
+    }
+    match ctx.store.get(Kind::Module, "", &module_name(module)).map_err(store_err)? {
+        Some(_) => Ok(()),
+        None => Err(invalid(format!("spec.module: module {module} is not uploaded; apply the manifest with a local path so the CLI uploads it"))),
+    }
+}
+
+fn prepare_create(ctx: &Context, caller: &Caller, mut obj: Object) -> Result<Object, ApiError> {
+    check_valid(&obj)?;
+    match &mut obj {
+        Object::Pod(p) => {
+            check_module(ctx, &p.spec.module)?;
+            p.status = Default::default();
+        }
+        Object::Node(_) => {}
+        Object::Module(_) => {
+            return Err(invalid(
+                "modules are created by uploading them (`flotilla apply` does it)",
+            ))
+        }
+        _ => return Err(invalid("this kind cannot be created")),
+    }
+    let m = obj.meta_mut();
+    m.uid = new_uid();
+    m.creation_timestamp = Some(Time::now());
+    m.resource_version = 0;
+    m.generation = 0;
+    tracing::debug!(caller = %caller, key = %obj.key(), "create");
+    Ok(obj)
+}
+
+fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<Object, ApiError> {
+    let m = obj.meta().clone();
+    let stored = ctx
+        .store
+        .get(obj.kind(), &m.namespace, &m.name)
+        .map_err(store_err)?
+        .ok_or_else(|| not_found(obj.kind(), &m.namespace, &m.name))?;
+    match (obj, stored) {
+        (Object::Pod(mut new), Object::Pod(old)) => {
+            authorize_pod_status(caller, &old)?;
+            if !m.uid.is_empty() && m.uid != old.metadata.uid {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "pod {}/{} was replaced (uid changed); drop this status",
+                        m.namespace, m.name
+                    ),
+                ));
+            }
+            // Conditions the master set (PodScheduled) survive a node's report that lacks them.
+            for c in &old.status.conditions {
+                if new.status.condition(&c.type_).is_none() {
+                    new.status.conditions.push(c.clone());
+                }
+            }
+            Ok(Object::Pod(new))
+        }
+        (Object::Node(mut new), Object::Node(old)) => {
+            if matches!(caller, Caller::Known(Identity::Node(_))) {
+                // Readiness is the master's judgement, not the node's claim.
+                new.status.ready = old.status.ready;
+                new.status.reason = old.status.reason;
+                new.status.message = old.status.message;
+                new.status.last_transition_time = old.status.last_transition_time;
+            }
+            Ok(Object::Node(new))
+        }
+        (o, _) => Ok(o),
+    }
+}
+
+fn new_uid() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::rng().random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn list(ctx: &Context, opts: &ListOptions) -> Result<(u64, Vec<Object>), ApiError> {
+    let selector = Selector::parse(&opts.label_selector).map_err(|e| invalid(e.to_string()))?;
+    let kind = opts.kind.ok_or_else(|| invalid("a list needs a kind"))?;
+    let (rev, items) = ctx
+        .store
+        .list(kind, opts.namespace.as_deref(), &selector)
+        .map_err(store_err)?;
+    let items = items
+        .into_iter()
+        .filter(|o| on_node(o, opts.node_name.as_deref()))
+        .collect();
+    Ok((rev, items))
+}
+
+fn on_node(o: &Object, node: Option<&str>) -> bool {
+    match (node, o) {
+        (None, _) => true,
+        (Some(n), Object::Pod(p)) => p.spec.node_name.as_deref() == Some(n),
+        (Some(_), _) => false,
+    }
+}
+
+fn matches(o: &Object, opts: &ListOptions, selector: &Selector) -> bool {
+    opts.kind.is_none_or(|k| k == o.kind())
+        && opts
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| ns == o.meta().namespace)
+        && selector.matches(&o.meta().labels)
+}
+
+async fn watch(
+    ctx: &Context,
+    opts: WatchOptions,
+    send: &mut quinn::SendStream,
+) -> Result<(), ApiError> {
+    let selector =
+        Selector::parse(&opts.list.label_selector).map_err(|e| invalid(e.to_string()))?;
+    let from = if opts.from_revision == 0 {
+        ctx.store.revision().map_err(store_err)?
+    } else {
+        opts.from_revision
+    };
+    let mut w = ctx.store.watch(from).map_err(store_err)?;
+    // An object that stops matching (e.g. its labels change) must still reach the watcher,
+    // as a deletion: remember which keys this watch has delivered as present.
+    let mut present = std::collections::HashSet::new();
+    loop {
+        let mut ev = tokio::select! {
+            ev = w.next() => ev.map_err(store_err)?,
+            _ = send.stopped() => return Ok(()),
+        };
+        let key = ev.object.key();
+        let here = matches(&ev.object, &opts.list, &selector)
+            && on_node(&ev.object, opts.list.node_name.as_deref());
+        let deliver = match ev.kind {
+            EventType::Deleted => present.remove(&key) || here,
+            _ if here => {
+                present.insert(key);
+                true
+            }
+            _ => {
+                ev.kind = EventType::Deleted;
+                present.remove(&key)
+            }
+        };
+        if deliver {
+            reply(send, Response::Event(ev)).await?;
+        }
+    }
+}
+
+async fn put_module(
+    ctx: &Context,
+    digest: &str,
+    size: u64,
+    source: String,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), ApiError> {
+    if !is_digest(digest) {
+        return Err(invalid(format!("{digest:?} is not a sha256:<hex> digest")));
+    }
+    if size > MAX_MODULE_SIZE {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("module is {size} bytes; the limit is {MAX_MODULE_SIZE}"),
+        ));
+    }
+    if ctx
+        .store
+        .get(Kind::Module, "", &module_name(digest))
+        .map_err(store_err)?
+        .is_some()
+    {
+        return reply(
+            send,
+            Response::ModuleStored {
+                digest: digest.to_string(),
+                size,
+                existed: true,
+            },
+        )
+        .await;
+    }
+    // Ask for the bytes only now, so an existing module costs no transfer.
+    reply(send, Response::Ok).await?;
+    let mut bytes = vec![0u8; size as usize];
+    recv.read_exact(&mut bytes)
+        .await
+        .map_err(|e| invalid(format!("upload ended early: {e}")))?;
+    let actual = digest_of(&bytes);
+    if actual != digest {
+        return Err(invalid(format!(
+            "uploaded bytes hash to {actual}, not {digest}; the file changed during upload?"
+        )));
+    }
+    let module = Module {
+        metadata: ObjectMeta {
+            name: module_name(digest),
+            uid: new_uid(),
+            creation_timestamp: Some(Time::now()),
+            ..ObjectMeta::default()
+        },
+        spec: ModuleSpec {
+            digest: digest.to_string(),
+            size,
+            source,
+        },
+    };
+    let existed = match apply(&ctx.store, Command::PutModule { module, bytes }).await? {
+        Outcome::ModuleStored { existed } => existed,
+        _ => false,
+    };
+    reply(
+        send,
+        Response::ModuleStored {
+            digest: digest.to_string(),
+            size,
+            existed,
+        },
+    )
+    .await
+}
+
+async fn logs(
+    ctx: &Context,
+    send: &mut quinn::SendStream,
+    _conn: &quinn::Connection,
+    req: Request,
+) -> Result<(), ApiError> {
+    let Request::Logs {
+        namespace, name, ..
+    } = &req
+    else {
+        return Ok(());
+    };
+    let pod = match ctx
+        .store
+        .get(Kind::Pod, namespace, name)
+        .map_err(store_err)?
+    {
+        Some(Object::Pod(p)) => p,
+        _ => return Err(not_found(Kind::Pod, namespace, name)),
+    };
+    let node = pod.spec.node_name.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("pod {name} is not bound to a node yet; it has no logs"),
+        )
+    })?;
+    let node_conn = ctx.nodes.get(&node).ok_or_else(|| {
+        ApiError::new(ErrorCode::Unavailable, format!("node {node} is not connected to this master; its logs stay on the node until it reconnects"))
+    })?;
+    let (mut nsend, mut nrecv) = node_conn
+        .open_bi()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
+    write_frame(&mut nsend, &req)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
+    let _ = nsend.finish();
+    loop {
+        let frame = tokio::select! {
+            f = read_frame::<Response>(&mut nrecv) => f,
+            _ = send.stopped() => return Ok(()),
+        };
+        match frame {
+            Ok(Some(r)) => {
+                let end = matches!(r, Response::End | Response::Error(_));
+                reply(send, r).await?;
+                if end {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return reply(send, Response::End).await,
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("node {node}: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn join(
+    ctx: &Context,
+    token: &str,
+    node_name: &str,
+    csr_pem: &str,
+) -> Result<Response, ApiError> {
+    let deny = |why: &str| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("join refused: {why}; create a new token with `flotilla token create`"),
+        )
+    };
+    if !flotilla_api::manifest::is_dns_subdomain(node_name) {
+        return Err(invalid(format!(
+            "node name {node_name:?} must be lowercase letters, digits, '-' and '.'"
+        )));
+    }
+    let token = JoinToken::parse(token).map_err(|e| invalid(e.to_string()))?;
+    if token.ca_hash != ctx.pki.ca_hash {
+        return Err(deny("the token belongs to another cluster"));
+    }
+    let record = ctx
+        .store
+        .token(&token.id)
+        .map_err(store_err)?
+        .ok_or_else(|| deny("unknown token"))?;
+    if record.secret_hash != token.secret_hash() {
+        return Err(deny("wrong token secret"));
+    }
+    if record.expires < Time::now() {
+        return Err(deny("the token has expired"));
+    }
+    let cert_pem = ctx
+        .pki
+        .ca
+        .sign_csr(csr_pem, &Identity::Node(node_name.to_string()))
+        .map_err(|e| invalid(format!("certificate request: {e}")))?;
+    tracing::info!(node = node_name, token = %token.id, "node joined");
+    Ok(Response::Joined {
+        cert_pem,
+        ca_pem: ctx.pki.ca.key.cert_pem.clone(),
+        masters: ctx.masters.clone(),
+    })
+}
+
+/// Creates a join token without a request (for `flotilla up`, whose node joins its own master).
+pub fn local_token(
+    master: &crate::Master,
+    description: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
+    let token = JoinToken::generate(&master.pki.ca_hash);
+    let expires = Time(
+        Time::now()
+            .0
+            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+    );
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        expires,
+        description: description.to_string(),
+    };
+    master.store.apply(Command::PutToken { record })?;
+    Ok(token.to_string())
+}

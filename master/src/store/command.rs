@@ -1,0 +1,69 @@
+//! The writes the store accepts ([`Command`]) and what they return
+//! ([`Outcome`]): the entries a replicated log will carry, so they are plain
+//! serde data (postcard-friendly) with every uid and timestamp filled in by
+//! whoever proposes them.
+
+use flotilla_api::objects::{Kind, Module, Object};
+use flotilla_api::time::Time;
+use serde::{Deserialize, Serialize};
+
+/// One write to the cluster state; applied deterministically by
+/// [`Store::apply`](super::Store::apply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Stores a new object; `AlreadyExists` if the key exists. The store sets
+    /// `metadata.resourceVersion` to the new revision and `generation` to 1;
+    /// `uid` and `creationTimestamp` come from the caller. Modules are
+    /// created with [`Command::PutModule`] instead, so their bytes come along.
+    Create { object: Object },
+    /// Replaces spec and metadata (labels, annotations, ownerReferences),
+    /// keeping the stored status, uid and creationTimestamp; `generation`
+    /// grows by one if the spec changed. With `status_only`, replaces only the
+    /// status. `expected_rv: Some(rv)` is a compare-and-swap: `Conflict`
+    /// unless the stored resourceVersion is `rv`. `NotFound` if absent. An
+    /// update that changes nothing writes nothing and uses no revision.
+    Update {
+        object: Object,
+        expected_rv: Option<u64>,
+        status_only: bool,
+    },
+    /// Removes an object (compare-and-swap as for `Update`); deleting a
+    /// Module removes its bytes too.
+    Delete {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        expected_rv: Option<u64>,
+    },
+    /// Stores a Module object (cluster-scoped, named
+    /// `flotilla_api::objects::module_name(digest)`) and its bytes together.
+    /// Idempotent: if the module exists, nothing changes and no revision is
+    /// used. `Invalid` unless `module.spec.digest` is the digest of `bytes`.
+    PutModule { module: Module, bytes: Vec<u8> },
+    /// Stores (or replaces) a join token.
+    PutToken { record: TokenRecord },
+    /// Removes a join token; `NotFound` if absent.
+    DeleteToken { id: String },
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The object as stored by a create or update.
+    Object(Object),
+    /// The object as it was last, with `resourceVersion` = the delete's revision.
+    Deleted(Object),
+    /// A module was stored (`existed: false`) or was already there.
+    ModuleStored { existed: bool },
+    /// A token command succeeded.
+    Done,
+}
+
+/// A join token as the master keeps it: only a hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_hash: String,
+    pub expires: Time,
+    pub description: String,
+}

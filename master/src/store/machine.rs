@@ -1,0 +1,305 @@
+//! The state machine: applies one [`Command`] to the tables inside one redb
+//! write transaction. Deterministic: the result depends only on the command
+//! and the tables (no clock, no randomness), so every replica that applies
+//! the same commands in the same order holds the same state.
+
+use super::command::{Command, Outcome};
+use super::error::{db, StoreError};
+use super::rules;
+use super::tables::{self, decode, encode, meta, HISTORY, META, MODULES, OBJECTS, TOKENS};
+use flotilla_api::objects::{object_key, Kind, Object};
+use flotilla_api::protocol::{EventType, WatchEvent};
+use redb::{ReadableTable, Table, WriteTransaction};
+
+/// The tables of one write transaction, and the revision counter as it moves.
+pub(crate) struct Machine<'t> {
+    objects: Table<'t, &'static str, &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+    history: Table<'t, u64, &'static [u8]>,
+    modules: Table<'t, &'static str, &'static [u8]>,
+    tokens: Table<'t, &'static str, &'static [u8]>,
+    revision: u64,
+    events: Vec<WatchEvent>,
+    changed: bool,
+}
+
+impl<'t> Machine<'t> {
+    /// Opens (creating if needed) every table in `txn`.
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Machine<'t>, StoreError> {
+        let meta = txn.open_table(META).map_err(db("opening the meta table"))?;
+        let revision = read_meta(&meta, meta::REVISION)?;
+        Ok(Machine {
+            objects: txn
+                .open_table(OBJECTS)
+                .map_err(db("opening the objects table"))?,
+            history: txn
+                .open_table(HISTORY)
+                .map_err(db("opening the history table"))?,
+            modules: txn
+                .open_table(MODULES)
+                .map_err(db("opening the modules table"))?,
+            tokens: txn
+                .open_table(TOKENS)
+                .map_err(db("opening the tokens table"))?,
+            meta,
+            revision,
+            events: Vec::new(),
+            changed: false,
+        })
+    }
+
+    /// Checks the format marker of the file, writing it into a new one.
+    pub(crate) fn check_format(&mut self) -> Result<(), StoreError> {
+        let format = self
+            .meta
+            .get(meta::FORMAT)
+            .map_err(db("reading the format version"))?
+            .map(|v| v.value());
+        match format {
+            Some(v) if v == tables::FORMAT_VERSION => Ok(()),
+            Some(v) => Err(StoreError::Db(format!(
+                "the database is in format {v}, this master reads format {}: run the flotilla version that wrote it",
+                tables::FORMAT_VERSION
+            ))),
+            None => {
+                self.meta.insert(meta::FORMAT, tables::FORMAT_VERSION).map_err(db("writing the format version"))?;
+                self.changed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies one command, then [`finish`](Machine::finish) must run before commit.
+    pub(crate) fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+        match cmd {
+            Command::Create { object } => self.create(object),
+            Command::Update {
+                object,
+                expected_rv,
+                status_only,
+            } => self.update(object, expected_rv, status_only),
+            Command::Delete {
+                kind,
+                namespace,
+                name,
+                expected_rv,
+            } => self.delete(kind, &namespace, &name, expected_rv),
+            Command::PutModule { module, bytes } => self.put_module(module, &bytes),
+            Command::PutToken { record } => {
+                if record.id.is_empty() {
+                    return Err(StoreError::Invalid("a token needs an id".into()));
+                }
+                let value = encode("a token", &record)?;
+                self.tokens
+                    .insert(record.id.as_str(), value.as_slice())
+                    .map_err(db("writing a token"))?;
+                self.changed = true;
+                Ok(Outcome::Done)
+            }
+            Command::DeleteToken { id } => {
+                if self
+                    .tokens
+                    .remove(id.as_str())
+                    .map_err(db("removing a token"))?
+                    .is_none()
+                {
+                    return Err(StoreError::NotFound(format!("token {id}")));
+                }
+                self.changed = true;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn create(&mut self, object: Object) -> Result<Outcome, StoreError> {
+        rules::check_create(&object)?;
+        let key = object.key();
+        if self
+            .objects
+            .get(key.as_str())
+            .map_err(db("reading an object"))?
+            .is_some()
+        {
+            return Err(StoreError::AlreadyExists(rules::describe(&object)));
+        }
+        let revision = self.next_revision();
+        let object = rules::stamp_create(object, revision);
+        self.put_object(&key, &object)?;
+        self.record(EventType::Added, object.clone())?;
+        Ok(Outcome::Object(object))
+    }
+
+    fn update(
+        &mut self,
+        object: Object,
+        expected_rv: Option<u64>,
+        status_only: bool,
+    ) -> Result<Outcome, StoreError> {
+        let key = object.key();
+        let Some(stored) = self.get_object(&key)? else {
+            return Err(StoreError::NotFound(rules::describe(&object)));
+        };
+        rules::check_cas(
+            &rules::describe(&stored),
+            expected_rv,
+            stored.meta().resource_version,
+        )?;
+        let mut merged = rules::merge_update(&stored, object, status_only)?;
+        if merged == stored {
+            // Nothing to write: no revision, no event (as Kubernetes does), so
+            // controllers that write the same status again do not wake watchers.
+            return Ok(Outcome::Object(stored));
+        }
+        merged.meta_mut().resource_version = self.next_revision();
+        self.put_object(&key, &merged)?;
+        self.record(EventType::Modified, merged.clone())?;
+        Ok(Outcome::Object(merged))
+    }
+
+    fn delete(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        expected_rv: Option<u64>,
+    ) -> Result<Outcome, StoreError> {
+        let key = object_key(kind, namespace, name);
+        let display = rules::display_key(kind, namespace, name);
+        let Some(mut stored) = self.get_object(&key)? else {
+            return Err(StoreError::NotFound(display));
+        };
+        rules::check_cas(&display, expected_rv, stored.meta().resource_version)?;
+        stored.meta_mut().resource_version = self.next_revision();
+        self.objects
+            .remove(key.as_str())
+            .map_err(db("removing an object"))?;
+        if let Object::Module(m) = &stored {
+            self.modules
+                .remove(m.spec.digest.as_str())
+                .map_err(db("removing module bytes"))?;
+        }
+        self.record(EventType::Deleted, stored.clone())?;
+        Ok(Outcome::Deleted(stored))
+    }
+
+    fn put_module(
+        &mut self,
+        module: flotilla_api::Module,
+        bytes: &[u8],
+    ) -> Result<Outcome, StoreError> {
+        let module = rules::prepare_module(module, bytes)?;
+        let digest = module.spec.digest.clone();
+        let object = Object::Module(module);
+        let key = object.key();
+        let has_bytes = self
+            .modules
+            .get(digest.as_str())
+            .map_err(db("reading module bytes"))?
+            .is_some();
+        if self
+            .objects
+            .get(key.as_str())
+            .map_err(db("reading an object"))?
+            .is_some()
+        {
+            if !has_bytes {
+                // The object survived without its bytes (a damaged file): put
+                // them back; the object, and so the revision, stay as they are.
+                self.put_module_bytes(&digest, bytes)?;
+            }
+            return Ok(Outcome::ModuleStored { existed: true });
+        }
+        let revision = self.next_revision();
+        let object = rules::stamp_create(object, revision);
+        self.put_object(&key, &object)?;
+        self.put_module_bytes(&digest, bytes)?;
+        self.record(EventType::Added, object)?;
+        Ok(Outcome::ModuleStored { existed: false })
+    }
+
+    /// Persists the revision and drops history older than the window of
+    /// `keep` revisions; returns whether anything was written (if not, the
+    /// transaction need not commit) and the events written, in revision order.
+    pub(crate) fn finish(mut self, keep: u64) -> Result<(bool, Vec<WatchEvent>), StoreError> {
+        if !self.events.is_empty() {
+            self.meta
+                .insert(meta::REVISION, self.revision)
+                .map_err(db("writing the revision"))?;
+        }
+        self.compact(keep)?;
+        Ok((self.changed, self.events))
+    }
+
+    /// Removes history at or below `revision - keep`.
+    pub(crate) fn compact(&mut self, keep: u64) -> Result<(), StoreError> {
+        let compacted = read_meta(&self.meta, meta::COMPACTED)?;
+        let target = self.revision.saturating_sub(keep);
+        if target > compacted {
+            self.history
+                .retain_in(compacted + 1..=target, |_, _| false)
+                .map_err(db("compacting the history"))?;
+            self.meta
+                .insert(meta::COMPACTED, target)
+                .map_err(db("writing the compacted revision"))?;
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn get_object(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        match self.objects.get(key).map_err(db("reading an object"))? {
+            Some(v) => decode("objects", &key, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_object(&mut self, key: &str, object: &Object) -> Result<(), StoreError> {
+        let value = encode("an object", object)?;
+        self.objects
+            .insert(key, value.as_slice())
+            .map_err(db("writing an object"))?;
+        self.changed = true;
+        Ok(())
+    }
+
+    fn put_module_bytes(&mut self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.modules
+            .insert(digest, bytes)
+            .map_err(db("writing module bytes"))?;
+        self.changed = true;
+        Ok(())
+    }
+
+    /// Writes the event of the current revision to the history.
+    fn record(&mut self, kind: EventType, object: Object) -> Result<(), StoreError> {
+        let event = WatchEvent {
+            revision: self.revision,
+            kind,
+            object,
+        };
+        let value = encode("a watch event", &event)?;
+        self.history
+            .insert(self.revision, value.as_slice())
+            .map_err(db("writing the history"))?;
+        self.events.push(event);
+        self.changed = true;
+        Ok(())
+    }
+}
+
+/// Reads a counter of the meta table (0 when absent).
+pub(crate) fn read_meta(
+    table: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(table
+        .get(key)
+        .map_err(db("reading the meta table"))?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}

@@ -1,0 +1,459 @@
+//! The pure rules of the state machine: which keys are acceptable, what
+//! compare-and-swap accepts, how a create is stamped, how an update merges
+//! into the stored object (and when `generation` grows), what a module upload
+//! must look like. No I/O and no clock: `machine` reads and writes the tables
+//! around these.
+
+use super::error::StoreError;
+use flotilla_api::meta::ObjectMeta;
+use flotilla_api::objects::{self, Kind, Module, Object};
+use flotilla_api::protocol::MAX_MODULE_SIZE;
+
+/// A key as people read it: `pods/default/web`, `nodes/pi-1`.
+pub(crate) fn display_key(kind: Kind, namespace: &str, name: &str) -> String {
+    if namespace.is_empty() {
+        format!("{}/{name}", kind.plural())
+    } else {
+        format!("{}/{namespace}/{name}", kind.plural())
+    }
+}
+
+/// [`display_key`] of an object.
+pub(crate) fn describe(object: &Object) -> String {
+    let m = object.meta();
+    display_key(object.kind(), &m.namespace, &m.name)
+}
+
+/// Refuses names and namespaces that would break the key space
+/// (`Kind/namespace/name`, listed by prefix). Full validation of names is
+/// the API's job (`flotilla_api::manifest::validate`); this only keeps keys unambiguous.
+pub(crate) fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
+    let plural = kind.plural();
+    if name.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{plural}: metadata.name is required"
+        )));
+    }
+    if name.contains('/') || namespace.contains('/') {
+        return Err(StoreError::Invalid(format!(
+            "{}: names and namespaces cannot contain '/'",
+            display_key(kind, namespace, name)
+        )));
+    }
+    if kind.namespaced() && namespace.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{plural}/{name}: {kind} objects live in a namespace; set metadata.namespace (e.g. default)"
+        )));
+    }
+    if !kind.namespaced() && !namespace.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{plural}/{name}: {kind} objects are not namespaced; remove metadata.namespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Compare-and-swap: `expected: None` accepts any stored resourceVersion.
+pub(crate) fn check_cas(key: &str, expected: Option<u64>, actual: u64) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a `Create` before the store looks at its key.
+pub(crate) fn check_create(object: &Object) -> Result<(), StoreError> {
+    let m = object.meta();
+    check_key(object.kind(), &m.namespace, &m.name)?;
+    if object.kind() == Kind::Module {
+        return Err(StoreError::Invalid(format!(
+            "{}: modules are stored together with their bytes; upload the module (PutModule) instead of creating the object",
+            describe(object)
+        )));
+    }
+    Ok(())
+}
+
+/// A created object as stored: first written at `revision`, first generation.
+pub(crate) fn stamp_create(mut object: Object, revision: u64) -> Object {
+    let m = object.meta_mut();
+    m.resource_version = revision;
+    m.generation = 1;
+    object
+}
+
+/// Whether [`merge_update`] knows the spec and status of a kind. A test checks
+/// every `Kind::ALL`, so a new kind fails there rather than at runtime.
+#[cfg(test)]
+pub(crate) fn merge_supported(kind: Kind) -> bool {
+    matches!(kind, Kind::Pod | Kind::Node | Kind::Module)
+}
+
+/// The object an `Update` leaves in the store, before its new
+/// resourceVersion is set (it keeps the stored one, so an update that
+/// changes nothing returns an object equal to `stored`).
+///
+/// Spec update: spec, labels, annotations and ownerReferences come from
+/// `incoming`; status, uid, creationTimestamp and everything else stay;
+/// `generation` grows by one if the spec differs. Status update: only the
+/// status comes from `incoming`.
+pub(crate) fn merge_update(
+    stored: &Object,
+    incoming: Object,
+    status_only: bool,
+) -> Result<Object, StoreError> {
+    let key = describe(stored);
+    if stored.kind() != incoming.kind() {
+        return Err(StoreError::Invalid(format!(
+            "{key}: cannot replace a {} with a {}",
+            stored.kind(),
+            incoming.kind()
+        )));
+    }
+    Ok(match (stored, incoming) {
+        (Object::Pod(old), Object::Pod(new)) => {
+            Object::Pod(merge_parts(old, new, status_only, |p| (&mut p.metadata, &mut p.spec, &mut p.status)))
+        }
+        (Object::Node(old), Object::Node(new)) => {
+            Object::Node(merge_parts(old, new, status_only, |n| (&mut n.metadata, &mut n.spec, &mut n.status)))
+        }
+        (Object::Module(old), Object::Module(new)) => {
+            if status_only {
+                return Err(StoreError::Invalid(format!("{key}: modules have no status to update")));
+            }
+            if old.spec != new.spec {
+                return Err(StoreError::Invalid(format!(
+                    "{key}: a module's spec (digest, size, source) cannot change; upload a new module instead"
+                )));
+            }
+            let mut out = old.clone();
+            out.metadata = merge_meta(&old.metadata, new.metadata, false);
+            Object::Module(out)
+        }
+        _ => {
+            return Err(StoreError::Invalid(format!(
+                "{key}: the store cannot update {} objects yet (store::rules::merge_update needs their spec and status)",
+                stored.kind()
+            )))
+        }
+    })
+}
+
+/// Merges an object made of metadata, spec and status; `parts` borrows the three.
+fn merge_parts<O: Clone, S: PartialEq, T>(
+    stored: &O,
+    mut incoming: O,
+    status_only: bool,
+    parts: fn(&mut O) -> (&mut ObjectMeta, &mut S, &mut T),
+) -> O {
+    let mut out = stored.clone();
+    let (meta, spec, status) = parts(&mut out);
+    let (new_meta, new_spec, new_status) = parts(&mut incoming);
+    if status_only {
+        std::mem::swap(status, new_status);
+    } else {
+        let spec_changed = *spec != *new_spec;
+        *meta = merge_meta(meta, std::mem::take(new_meta), spec_changed);
+        std::mem::swap(spec, new_spec);
+    }
+    out
+}
+
+/// Metadata after a spec update: the user-owned fields from `incoming`, the
+/// rest (identity, timestamps, versions, and any field added later) as stored.
+fn merge_meta(stored: &ObjectMeta, incoming: ObjectMeta, spec_changed: bool) -> ObjectMeta {
+    let mut out = stored.clone();
+    out.labels = incoming.labels;
+    out.annotations = incoming.annotations;
+    out.owner_references = incoming.owner_references;
+    if spec_changed {
+        out.generation = stored.generation.saturating_add(1);
+    }
+    out
+}
+
+/// Checks a module upload and fills in what follows from its bytes: the
+/// name (from the digest) and the size, when the caller left them empty.
+pub(crate) fn prepare_module(mut module: Module, bytes: &[u8]) -> Result<Module, StoreError> {
+    let digest = module.spec.digest.clone();
+    if !objects::is_digest(&digest) {
+        return Err(StoreError::Invalid(format!(
+            "module digest {digest:?} is not of the form sha256:<64 lowercase hex digits>"
+        )));
+    }
+    let size = bytes.len() as u64;
+    if size > MAX_MODULE_SIZE {
+        return Err(StoreError::Invalid(format!(
+            "module {digest} is {size} bytes; the cluster accepts modules up to {MAX_MODULE_SIZE} bytes"
+        )));
+    }
+    let actual = objects::digest_of(bytes);
+    if actual != digest {
+        return Err(StoreError::Invalid(format!(
+            "module bytes have digest {actual}, not the {digest} they were sent with: upload the module again"
+        )));
+    }
+    if module.spec.size == 0 {
+        module.spec.size = size;
+    } else if module.spec.size != size {
+        return Err(StoreError::Invalid(format!(
+            "module {digest}: spec.size says {} bytes but {size} were sent",
+            module.spec.size
+        )));
+    }
+    let name = objects::module_name(&digest);
+    let m = &mut module.metadata;
+    if m.name.is_empty() {
+        m.name = name;
+    } else if m.name != name {
+        return Err(StoreError::Invalid(format!(
+            "module {digest} must be named {name}, not {:?}",
+            m.name
+        )));
+    }
+    if !m.namespace.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "module {digest}: modules are not namespaced; remove metadata.namespace"
+        )));
+    }
+    Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::objects::{ModuleSpec, Node, Pod, PodPhase};
+
+    fn pod(name: &str) -> Pod {
+        let mut p = Pod {
+            metadata: ObjectMeta::named("default", name),
+            ..Pod::default()
+        };
+        p.metadata.uid = "uid-1".into();
+        p.metadata.resource_version = 4;
+        p.metadata.generation = 2;
+        p.spec.module = "sha256:aa".into();
+        p.status.phase = PodPhase::Running;
+        p
+    }
+
+    #[test]
+    fn every_kind_can_be_updated() {
+        for kind in Kind::ALL {
+            assert!(
+                merge_supported(kind),
+                "teach store::rules::merge_update about {kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_read_like_kubectl_paths() {
+        assert_eq!(display_key(Kind::Pod, "default", "x"), "pods/default/x");
+        assert_eq!(display_key(Kind::Node, "", "pi-1"), "nodes/pi-1");
+    }
+
+    #[test]
+    fn key_checks() {
+        let cases: &[(Kind, &str, &str, bool)] = &[
+            (Kind::Pod, "default", "web", true),
+            (Kind::Pod, "", "web", false),
+            (Kind::Pod, "default", "", false),
+            (Kind::Pod, "a/b", "web", false),
+            (Kind::Pod, "default", "we/b", false),
+            (Kind::Node, "", "pi-1", true),
+            (Kind::Node, "default", "pi-1", false),
+        ];
+        for &(kind, ns, name, ok) in cases {
+            assert_eq!(
+                check_key(kind, ns, name).is_ok(),
+                ok,
+                "{kind} {ns:?} {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cas_accepts_only_the_stored_version() {
+        assert!(check_cas("pods/default/x", None, 7).is_ok());
+        assert!(check_cas("pods/default/x", Some(7), 7).is_ok());
+        let err = check_cas("pods/default/x", Some(5), 7).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict {
+                expected: 5,
+                actual: 7,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "pods/default/x was changed (resourceVersion 7, you sent 5): read it again and retry"
+        );
+    }
+
+    #[test]
+    fn create_is_stamped_with_its_revision_and_generation_one() {
+        let mut p = pod("x");
+        p.metadata.resource_version = 99;
+        p.metadata.generation = 42;
+        let out = stamp_create(Object::Pod(p), 8);
+        assert_eq!(out.meta().resource_version, 8);
+        assert_eq!(out.meta().generation, 1);
+        assert_eq!(out.meta().uid, "uid-1");
+    }
+
+    #[test]
+    fn spec_update_keeps_status_and_identity() {
+        let old = pod("x");
+        let mut new = pod("x");
+        new.metadata.uid = "someone-elses".into();
+        new.metadata.labels.insert("app".into(), "web".into());
+        new.spec.args = vec!["--fast".into()];
+        new.status.phase = PodPhase::Failed;
+        let Object::Pod(out) =
+            merge_update(&Object::Pod(old.clone()), Object::Pod(new), false).unwrap()
+        else {
+            panic!("not a pod")
+        };
+        assert_eq!(out.spec.args, vec!["--fast".to_string()]);
+        assert_eq!(out.status, old.status);
+        assert_eq!(out.metadata.uid, "uid-1");
+        assert_eq!(
+            out.metadata.labels.get("app").map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(out.metadata.generation, 3);
+        assert_eq!(
+            out.metadata.resource_version, 4,
+            "the machine sets the new revision"
+        );
+    }
+
+    #[test]
+    fn generation_grows_only_when_the_spec_changes() {
+        let old = Object::Pod(pod("x"));
+        let mut labels_only = pod("x");
+        labels_only.metadata.labels.insert("a".into(), "b".into());
+        let out = merge_update(&old, Object::Pod(labels_only), false).unwrap();
+        assert_eq!(out.meta().generation, 2);
+        let same = merge_update(&old, old.clone(), false).unwrap();
+        assert_eq!(same, old, "an identical update changes nothing");
+    }
+
+    #[test]
+    fn status_update_keeps_spec_and_metadata() {
+        let old = pod("x");
+        let mut new = pod("x");
+        new.spec.module = "sha256:bb".into();
+        new.metadata.labels.insert("a".into(), "b".into());
+        new.status.phase = PodPhase::Succeeded;
+        let Object::Pod(out) =
+            merge_update(&Object::Pod(old.clone()), Object::Pod(new), true).unwrap()
+        else {
+            panic!("not a pod")
+        };
+        assert_eq!(out.spec, old.spec);
+        assert_eq!(out.metadata, old.metadata);
+        assert_eq!(out.status.phase, PodPhase::Succeeded);
+    }
+
+    #[test]
+    fn nodes_merge_like_pods() {
+        let mut old = Node {
+            metadata: ObjectMeta::named("", "pi-1"),
+            ..Node::default()
+        };
+        old.metadata.generation = 1;
+        let mut new = old.clone();
+        new.spec.unschedulable = true;
+        new.status.reason = "ignored".into();
+        let Object::Node(out) =
+            merge_update(&Object::Node(old.clone()), Object::Node(new), false).unwrap()
+        else {
+            panic!("not a node")
+        };
+        assert!(out.spec.unschedulable);
+        assert_eq!(out.status, old.status);
+        assert_eq!(out.metadata.generation, 2);
+    }
+
+    #[test]
+    fn modules_are_immutable_but_their_labels_are_not() {
+        let bytes = b"\0asm";
+        let mut m = Module::default();
+        m.spec.digest = objects::digest_of(bytes);
+        let m = prepare_module(m, bytes).unwrap();
+        let old = Object::Module(m.clone());
+        let mut relabelled = m.clone();
+        relabelled
+            .metadata
+            .labels
+            .insert("team".into(), "edge".into());
+        let out = merge_update(&old, Object::Module(relabelled), false).unwrap();
+        assert_eq!(out.meta().labels.len(), 1);
+        let mut respecced = m.clone();
+        respecced.spec.source = "other.wasm".into();
+        assert!(matches!(
+            merge_update(&old, Object::Module(respecced), false),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            merge_update(&old, Object::Module(m), true),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn kinds_cannot_be_swapped() {
+        let n = Node {
+            metadata: ObjectMeta::named("default", "x"),
+            ..Node::default()
+        };
+        assert!(matches!(
+            merge_update(&Object::Pod(pod("x")), Object::Node(n), false),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn modules_are_checked_against_their_bytes() {
+        let bytes = b"\0asm\x01\0\0\0";
+        let digest = objects::digest_of(bytes);
+        let good = Module {
+            spec: ModuleSpec {
+                digest: digest.clone(),
+                size: 0,
+                source: "a.wasm".into(),
+            },
+            ..Module::default()
+        };
+        let out = prepare_module(good.clone(), bytes).unwrap();
+        assert_eq!(out.metadata.name, objects::module_name(&digest));
+        assert_eq!(out.spec.size, bytes.len() as u64);
+
+        let mut wrong_digest = good.clone();
+        wrong_digest.spec.digest = objects::digest_of(b"other");
+        let mut wrong_size = good.clone();
+        wrong_size.spec.size = 3;
+        let mut wrong_name = good.clone();
+        wrong_name.metadata.name = "mine".into();
+        let mut namespaced = good.clone();
+        namespaced.metadata.namespace = "default".into();
+        let mut malformed = good;
+        malformed.spec.digest = "sha256:XYZ".into();
+        for bad in [wrong_digest, wrong_size, wrong_name, namespaced, malformed] {
+            assert!(
+                matches!(
+                    prepare_module(bad.clone(), bytes),
+                    Err(StoreError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,963 @@
+//! Tests of the store through its public interface, on real redb files in
+//! temporary directories.
+
+use super::*;
+use flotilla_api::meta::ObjectMeta;
+use flotilla_api::objects::{self, Module, ModuleSpec, Node, Pod, PodPhase};
+use flotilla_api::protocol::EventType;
+use flotilla_api::time::Time;
+use std::collections::BTreeMap;
+use std::sync::Barrier;
+use std::time::Duration;
+
+fn open(dir: &tempfile::TempDir, history: u64) -> Store {
+    Store::open(&dir.path().join("state.redb"), history).expect("store opens")
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn pod(namespace: &str, name: &str, l: &[(&str, &str)]) -> Pod {
+    let mut p = Pod {
+        metadata: ObjectMeta::named(namespace, name),
+        ..Pod::default()
+    };
+    p.metadata.uid = format!("uid-{namespace}-{name}");
+    p.metadata.creation_timestamp = Some(Time(1_700_000_000_000));
+    p.metadata.labels = labels(l);
+    p.spec.module = "sha256:00".into();
+    p
+}
+
+fn node(name: &str, l: &[(&str, &str)]) -> Node {
+    let mut n = Node {
+        metadata: ObjectMeta::named("", name),
+        ..Node::default()
+    };
+    n.metadata.labels = labels(l);
+    n
+}
+
+fn create(store: &Store, object: impl Into<ObjectArg>) -> Object {
+    match store.apply(Command::Create {
+        object: object.into().0,
+    }) {
+        Ok(Outcome::Object(o)) => o,
+        other => panic!("create: {other:?}"),
+    }
+}
+
+fn update(
+    store: &Store,
+    object: Object,
+    expected_rv: Option<u64>,
+    status_only: bool,
+) -> Result<Object, StoreError> {
+    match store.apply(Command::Update {
+        object,
+        expected_rv,
+        status_only,
+    })? {
+        Outcome::Object(o) => Ok(o),
+        other => panic!("update: {other:?}"),
+    }
+}
+
+fn get_pod(store: &Store, namespace: &str, name: &str) -> Pod {
+    match store.get(Kind::Pod, namespace, name) {
+        Ok(Some(Object::Pod(p))) => p,
+        other => panic!("get {namespace}/{name}: {other:?}"),
+    }
+}
+
+fn names(objects: &[Object]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| format!("{}/{}", o.meta().namespace, o.meta().name))
+        .collect()
+}
+
+/// Lets tests pass a Pod or a Node where an Object is meant.
+struct ObjectArg(Object);
+impl From<Pod> for ObjectArg {
+    fn from(p: Pod) -> Self {
+        ObjectArg(Object::Pod(p))
+    }
+}
+impl From<Node> for ObjectArg {
+    fn from(n: Node) -> Self {
+        ObjectArg(Object::Node(n))
+    }
+}
+impl From<Object> for ObjectArg {
+    fn from(o: Object) -> Self {
+        ObjectArg(o)
+    }
+}
+
+/// The next event, failing the test instead of hanging.
+async fn next(watch: &mut Watch) -> Result<WatchEvent, StoreError> {
+    tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("an event within 30s")
+}
+
+fn module_with(bytes: &[u8]) -> Module {
+    Module {
+        spec: ModuleSpec {
+            digest: objects::digest_of(bytes),
+            size: bytes.len() as u64,
+            source: "app.wasm".into(),
+        },
+        ..Module::default()
+    }
+}
+
+#[test]
+fn create_get_and_list_with_label_selectors() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    assert_eq!(store.revision().unwrap(), 0);
+    let web1 = create(
+        &store,
+        pod("default", "web-1", &[("app", "web"), ("tier", "front")]),
+    );
+    create(&store, pod("other", "web-2", &[("app", "web")]));
+    create(&store, pod("default", "db-1", &[("app", "db")]));
+    create(&store, pod("def", "x", &[]));
+    create(&store, node("pi-1", &[("flotilla.dev/arch", "arm64")]));
+    assert_eq!(store.revision().unwrap(), 5);
+
+    assert_eq!(web1.meta().resource_version, 1);
+    assert_eq!(web1.meta().generation, 1);
+    assert_eq!(
+        web1.meta().uid,
+        "uid-default-web-1",
+        "the uid comes from the caller"
+    );
+    assert_eq!(
+        store.get(Kind::Pod, "default", "web-1").unwrap(),
+        Some(web1)
+    );
+    assert_eq!(store.get(Kind::Pod, "default", "nope").unwrap(), None);
+    assert_eq!(
+        store
+            .get(Kind::Node, "", "pi-1")
+            .unwrap()
+            .map(|o| o.meta().resource_version),
+        Some(5)
+    );
+
+    let sel = |s: &str| Selector::parse(s).expect("selector parses");
+    let cases: &[(Kind, Option<&str>, &str, &[&str])] = &[
+        (
+            Kind::Pod,
+            None,
+            "app=web",
+            &["default/web-1", "other/web-2"],
+        ),
+        (
+            Kind::Pod,
+            Some("default"),
+            "",
+            &["default/db-1", "default/web-1"],
+        ),
+        (Kind::Pod, Some("def"), "", &["def/x"]),
+        (
+            Kind::Pod,
+            None,
+            "!tier",
+            &["def/x", "default/db-1", "other/web-2"],
+        ),
+        (Kind::Pod, None, "app in (db,web),tier", &["default/web-1"]),
+        (Kind::Pod, Some("nowhere"), "", &[]),
+        (Kind::Node, None, "flotilla.dev/arch=arm64", &["/pi-1"]),
+        (Kind::Node, None, "flotilla.dev/arch=arm", &[]),
+        (Kind::Module, None, "", &[]),
+    ];
+    for &(kind, ns, selector, want) in cases {
+        let (revision, items) = store.list(kind, ns, &sel(selector)).unwrap();
+        assert_eq!(revision, 5);
+        assert_eq!(names(&items), want, "{kind} {ns:?} {selector:?}");
+    }
+}
+
+#[test]
+fn creates_are_checked() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "web", &[]));
+    let err = store
+        .apply(Command::Create {
+            object: Object::Pod(pod("default", "web", &[])),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::AlreadyExists(k) if k == "pods/default/web"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "pods/default/web already exists: update it instead, or delete it first"
+    );
+    for bad in [
+        Object::Pod(pod("", "web", &[])),
+        Object::Pod(pod("default", "", &[])),
+        Object::Pod(pod("default", "a/b", &[])),
+        Object::Node(node("pi/1", &[])),
+        Object::Module(module_with(b"x")),
+    ] {
+        let err = store
+            .apply(Command::Create {
+                object: bad.clone(),
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
+    }
+    assert_eq!(
+        store.revision().unwrap(),
+        1,
+        "refused commands use no revision"
+    );
+}
+
+#[test]
+fn update_compare_and_swap() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let created = create(&store, pod("default", "x", &[]));
+    let mut p = get_pod(&store, "default", "x");
+    p.spec.args = vec!["a".into()];
+    let updated = update(&store, Object::Pod(p.clone()), Some(1), false).unwrap();
+    assert_eq!(updated.meta().resource_version, 2);
+    assert_eq!(updated.meta().uid, created.meta().uid);
+
+    p.spec.args = vec!["b".into()];
+    let err = update(&store, Object::Pod(p.clone()), Some(1), false).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { key, expected: 1, actual: 2 } if key == "pods/default/x"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "pods/default/x was changed (resourceVersion 2, you sent 1): read it again and retry"
+    );
+    assert!(!err.is_fatal());
+    assert_eq!(
+        get_pod(&store, "default", "x").spec.args,
+        vec!["a".to_string()],
+        "a conflict writes nothing"
+    );
+
+    let forced = update(&store, Object::Pod(p.clone()), None, false).unwrap();
+    assert_eq!(forced.meta().resource_version, 3);
+
+    let err = update(
+        &store,
+        Object::Pod(pod("default", "missing", &[])),
+        None,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(k) if k == "pods/default/missing"),
+        "{err:?}"
+    );
+    let err = store
+        .apply(Command::Delete {
+            kind: Kind::Pod,
+            namespace: "default".into(),
+            name: "x".into(),
+            expected_rv: Some(2),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict {
+                expected: 2,
+                actual: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.revision().unwrap(), 3);
+}
+
+#[test]
+fn concurrent_compare_and_swap_has_one_winner() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "x", &[]));
+    for round in 0..10 {
+        let current = get_pod(&store, "default", "x");
+        let rv = current.metadata.resource_version;
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (store, barrier, mut p) = (store.clone(), barrier.clone(), current.clone());
+                std::thread::spawn(move || {
+                    p.spec.args = vec![format!("round {round} thread {t}")];
+                    barrier.wait();
+                    update(&store, Object::Pod(p), Some(rv), false)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results
+            .iter()
+            .filter(|r| matches!(r, Err(StoreError::Conflict { expected, actual, .. }) if *expected == rv && *actual == rv + 1))
+            .count();
+        assert_eq!((wins, conflicts), (1, 1), "round {round}: {results:?}");
+        assert_eq!(store.revision().unwrap(), rv + 1);
+    }
+}
+
+#[test]
+fn status_and_spec_updates_leave_each_other_alone() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "x", &[]));
+
+    let mut from_node = get_pod(&store, "default", "x");
+    from_node.status.phase = PodPhase::Running;
+    from_node.spec.module = "sha256:ff".into(); // a node cannot change the spec through a status update
+    from_node
+        .metadata
+        .labels
+        .insert("sneaky".into(), "yes".into());
+    update(&store, Object::Pod(from_node), Some(1), true).unwrap();
+    let p = get_pod(&store, "default", "x");
+    assert_eq!(p.status.phase, PodPhase::Running);
+    assert_eq!(p.spec.module, "sha256:00");
+    assert!(p.metadata.labels.is_empty());
+    assert_eq!((p.metadata.resource_version, p.metadata.generation), (2, 1));
+
+    let mut from_user = pod("default", "x", &[]); // a manifest knows nothing of the status
+    from_user.spec.args = vec!["--v".into()];
+    update(&store, Object::Pod(from_user), Some(2), false).unwrap();
+    let p = get_pod(&store, "default", "x");
+    assert_eq!(
+        p.status.phase,
+        PodPhase::Running,
+        "a spec update keeps the status"
+    );
+    assert_eq!(p.spec.args, vec!["--v".to_string()]);
+    assert_eq!((p.metadata.resource_version, p.metadata.generation), (3, 2));
+}
+
+#[test]
+fn generation_grows_only_with_the_spec_and_no_op_updates_write_nothing() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "x", &[]));
+    let mut watch = store.watch(0).unwrap();
+
+    let relabelled = update(
+        &store,
+        Object::Pod(pod("default", "x", &[("a", "b")])),
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            relabelled.meta().resource_version,
+            relabelled.meta().generation
+        ),
+        (2, 1)
+    );
+
+    let same = update(&store, relabelled.clone(), Some(2), false).unwrap();
+    assert_eq!(same, relabelled);
+    let same_status = update(&store, relabelled.clone(), Some(2), true).unwrap();
+    assert_eq!(same_status, relabelled);
+    assert_eq!(
+        store.revision().unwrap(),
+        2,
+        "identical updates use no revision"
+    );
+
+    let mut respecced = pod("default", "x", &[("a", "b")]);
+    respecced.spec.args = vec!["new".into()];
+    let respecced = update(&store, Object::Pod(respecced), Some(2), false).unwrap();
+    assert_eq!(
+        (
+            respecced.meta().resource_version,
+            respecced.meta().generation
+        ),
+        (3, 2)
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let revisions: Vec<u64> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.push(next(&mut watch).await.unwrap().revision);
+        }
+        out
+    });
+    assert_eq!(revisions, [2, 3], "no event for the no-op updates");
+}
+
+#[tokio::test]
+async fn delete_removes_and_emits_the_last_state() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "x", &[("app", "web")]));
+    let mut watch = store.watch(0).unwrap();
+    let outcome = store
+        .apply(Command::Delete {
+            kind: Kind::Pod,
+            namespace: "default".into(),
+            name: "x".into(),
+            expected_rv: Some(1),
+        })
+        .unwrap();
+    let Outcome::Deleted(gone) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        gone.meta().resource_version,
+        2,
+        "carries the delete's revision"
+    );
+    assert_eq!(gone.meta().labels, labels(&[("app", "web")]));
+    assert_eq!(store.get(Kind::Pod, "default", "x").unwrap(), None);
+    let event = next(&mut watch).await.unwrap();
+    assert_eq!((event.revision, event.kind), (2, EventType::Deleted));
+    assert_eq!(event.object, gone);
+    let err = store
+        .apply(Command::Delete {
+            kind: Kind::Pod,
+            namespace: "default".into(),
+            name: "x".into(),
+            expected_rv: None,
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    // The name can be used again, as a new object.
+    assert_eq!(
+        create(&store, pod("default", "x", &[]))
+            .meta()
+            .resource_version,
+        3
+    );
+}
+
+/// Drains a watch up to `last`, checking that revisions follow one another
+/// and that every event agrees with `seen` (what other watches delivered).
+async fn drain(watch: &mut Watch, last: u64, seen: &mut BTreeMap<u64, WatchEvent>) {
+    let mut expect = watch.revision() + 1;
+    while expect <= last {
+        let event = next(watch).await.unwrap();
+        assert_eq!(event.revision, expect, "no gap, no duplicate");
+        assert_eq!(event.object.meta().resource_version, event.revision);
+        if let Some(other) = seen.get(&event.revision) {
+            assert_eq!(
+                other, &event,
+                "every watch sees the same event at revision {expect}"
+            );
+        } else {
+            seen.insert(event.revision, event);
+        }
+        expect += 1;
+    }
+    assert_eq!(watch.revision(), last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_replay_history_then_follow_live_without_gaps() {
+    let dir = tmp();
+    let store = open(&dir, 100_000);
+    for i in 0..30 {
+        create(&store, pod("default", &format!("seed-{i}"), &[]));
+    }
+    let mut early = store.watch(10).unwrap();
+
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..60 {
+                    let name = format!("w{t}-{i}");
+                    create(&store, pod("default", &name, &[]));
+                    let mut p = get_pod(&store, "default", &name);
+                    p.status.phase = PodPhase::Running;
+                    update(&store, Object::Pod(p), None, true).unwrap();
+                    if i % 3 == 0 {
+                        store
+                            .apply(Command::Delete {
+                                kind: Kind::Pod,
+                                namespace: "default".into(),
+                                name,
+                                expected_rv: None,
+                            })
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Watches set up while the writers run: from now, and from a little while ago.
+    let mut during = Vec::new();
+    let mut seen = BTreeMap::new();
+    for _ in 0..20 {
+        during.push(store.watch(0).unwrap());
+        let back = store.revision().unwrap().saturating_sub(7).max(1);
+        during.push(store.watch(back).unwrap());
+        // Read some events meanwhile, so live delivery is exercised too.
+        let target = early.revision() + 15;
+        drain(&mut early, target, &mut seen).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let last = store.revision().unwrap();
+    assert_eq!(last, 30 + 3 * (60 * 2 + 20));
+    drain(&mut early, last, &mut seen).await;
+    for w in &mut during {
+        drain(w, last, &mut seen).await;
+    }
+    for kind in [EventType::Added, EventType::Modified, EventType::Deleted] {
+        assert!(seen.values().any(|e| e.kind == kind), "some {kind:?} event");
+    }
+
+    // And the stream stays live afterwards.
+    let late = create(&store, pod("default", "late", &[]));
+    let event = next(&mut early).await.unwrap();
+    assert_eq!(
+        (event.revision, event.kind, event.object),
+        (last + 1, EventType::Added, late)
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_watch_catches_up_from_history() {
+    let dir = tmp();
+    let store = open(&dir, 100_000);
+    create(&store, pod("default", "first", &[]));
+    let mut watch = store.watch(0).unwrap();
+    // Let it go live, then fall further behind than the live channel holds.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), watch.next())
+            .await
+            .is_err()
+    );
+    let n = LIVE_CAPACITY as u64 + 200;
+    for i in 0..n {
+        create(&store, pod("default", &format!("p-{i}"), &[]));
+    }
+    drain(&mut watch, 1 + n, &mut BTreeMap::new()).await;
+}
+
+#[tokio::test]
+async fn watches_older_than_the_history_are_refused() {
+    let dir = tmp();
+    let store = open(&dir, 5);
+    for i in 0..20 {
+        create(&store, pod("default", &format!("p-{i}"), &[]));
+    }
+    let err = store.watch(3).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::TooOld {
+                requested: 3,
+                oldest: 15
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("list again"), "{err}");
+    assert!(matches!(
+        store.watch(14),
+        Err(StoreError::TooOld {
+            requested: 14,
+            oldest: 15
+        })
+    ));
+    let mut w = store.watch(15).unwrap();
+    drain(&mut w, 20, &mut BTreeMap::new()).await;
+
+    // A live watch that lags past the window finds its history gone.
+    let mut live = store.watch(0).unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(50), live.next())
+        .await
+        .is_err());
+    for i in 0..LIVE_CAPACITY + 10 {
+        create(&store, pod("other", &format!("p-{i}"), &[]));
+    }
+    let err = next(&mut live).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooOld { requested: 20, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn state_and_history_survive_reopening() {
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path, 100).unwrap();
+        create(&store, pod("default", "x", &[]));
+        create(&store, node("pi-1", &[]));
+        update(
+            &store,
+            Object::Pod(pod("default", "x", &[("v", "2")])),
+            Some(1),
+            false,
+        )
+        .unwrap();
+        store
+            .apply(Command::PutToken {
+                record: token("t1"),
+            })
+            .unwrap();
+        assert!(
+            matches!(Store::open(&path, 100), Err(StoreError::Db(_))),
+            "one store per file"
+        );
+    }
+    let store = Store::open(&path, 100).unwrap();
+    assert_eq!(store.revision().unwrap(), 3);
+    let p = get_pod(&store, "default", "x");
+    assert_eq!(
+        (p.metadata.resource_version, p.metadata.labels.len()),
+        (3, 1)
+    );
+    assert_eq!(store.token("t1").unwrap(), Some(token("t1")));
+    let mut watch = store.watch(1).unwrap();
+    assert_eq!(
+        create(&store, pod("default", "y", &[]))
+            .meta()
+            .resource_version,
+        4,
+        "revisions are never reused"
+    );
+    drain(&mut watch, 4, &mut BTreeMap::new()).await;
+    drop((store, watch));
+
+    // A smaller window on reopening drops the older history at once.
+    let store = Store::open(&path, 2).unwrap();
+    assert!(matches!(
+        store.watch(1),
+        Err(StoreError::TooOld {
+            requested: 1,
+            oldest: 2
+        })
+    ));
+    assert!(store.watch(2).is_ok());
+}
+
+#[test]
+fn modules_are_stored_once_with_their_bytes() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let bytes = b"\0asm\x01\0\0\0 pretend program".to_vec();
+    let module = module_with(&bytes);
+    let digest = module.spec.digest.clone();
+    let outcome = store
+        .apply(Command::PutModule {
+            module: module.clone(),
+            bytes: bytes.clone(),
+        })
+        .unwrap();
+    assert_eq!(outcome, Outcome::ModuleStored { existed: false });
+    assert_eq!(store.revision().unwrap(), 1);
+    assert_eq!(store.module_bytes(&digest).unwrap(), Some(bytes.clone()));
+    let stored = store
+        .get(Kind::Module, "", &objects::module_name(&digest))
+        .unwrap();
+    let Some(Object::Module(stored)) = stored else {
+        panic!("{stored:?}")
+    };
+    assert_eq!(
+        (stored.metadata.resource_version, stored.spec.size),
+        (1, bytes.len() as u64)
+    );
+
+    let again = store
+        .apply(Command::PutModule {
+            module,
+            bytes: bytes.clone(),
+        })
+        .unwrap();
+    assert_eq!(again, Outcome::ModuleStored { existed: true });
+    assert_eq!(
+        store.revision().unwrap(),
+        1,
+        "a second upload uses no revision"
+    );
+
+    let mut lying = module_with(&bytes);
+    lying.spec.digest = objects::digest_of(b"something else");
+    let err = store
+        .apply(Command::PutModule {
+            module: lying,
+            bytes: bytes.clone(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("digest")),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .module_bytes(&objects::digest_of(b"something else"))
+            .unwrap(),
+        None
+    );
+
+    let name = objects::module_name(&digest);
+    let outcome = store
+        .apply(Command::Delete {
+            kind: Kind::Module,
+            namespace: String::new(),
+            name,
+            expected_rv: None,
+        })
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Deleted(Object::Module(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        store.module_bytes(&digest).unwrap(),
+        None,
+        "the bytes go with the object"
+    );
+}
+
+fn token(id: &str) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        secret_hash: "sha256:beef".into(),
+        expires: Time(1_800_000_000_000),
+        description: "for pi-1".into(),
+    }
+}
+
+#[test]
+fn tokens_are_kept_and_removed() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    assert_eq!(
+        store
+            .apply(Command::PutToken { record: token("a") })
+            .unwrap(),
+        Outcome::Done
+    );
+    let mut replaced = token("a");
+    replaced.description = "renamed".into();
+    store
+        .apply(Command::PutToken {
+            record: replaced.clone(),
+        })
+        .unwrap();
+    assert_eq!(store.token("a").unwrap(), Some(replaced));
+    assert_eq!(store.token("b").unwrap(), None);
+    assert_eq!(
+        store.revision().unwrap(),
+        0,
+        "tokens are not watched objects"
+    );
+    assert_eq!(
+        store
+            .apply(Command::DeleteToken { id: "a".into() })
+            .unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(store.token("a").unwrap(), None);
+    let err = store
+        .apply(Command::DeleteToken { id: "a".into() })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(m) if m == "token a"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.apply(Command::PutToken { record: token("") }),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn damaged_values_are_reported_not_panicked_on() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "good", &[]));
+    store
+        .write_raw_object("Pod/default/garbage", &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x01])
+        .unwrap();
+    let err = store.get(Kind::Pod, "default", "garbage").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("Pod/default/garbage")),
+        "{err:?}"
+    );
+    assert!(err.is_fatal());
+    assert!(matches!(
+        store.list(Kind::Pod, None, &Selector::default()),
+        Err(StoreError::Corrupt(_))
+    ));
+    let err = update(
+        &store,
+        Object::Pod(pod("default", "garbage", &[])),
+        None,
+        false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    assert_eq!(store.revision().unwrap(), 1);
+
+    let mut trailing =
+        postcard::to_allocvec(&Object::Pod(pod("default", "trailing", &[]))).unwrap();
+    trailing.push(0);
+    store
+        .write_raw_object("Pod/default/trailing", &trailing)
+        .unwrap();
+    assert!(matches!(
+        store.get(Kind::Pod, "default", "trailing"),
+        Err(StoreError::Corrupt(_))
+    ));
+    // Other objects stay readable.
+    assert_eq!(
+        get_pod(&store, "default", "good").metadata.resource_version,
+        1
+    );
+}
+
+#[test]
+fn commands_and_outcomes_round_trip_through_postcard() {
+    let commands = vec![
+        Command::Create {
+            object: Object::Pod(pod("default", "x", &[("a", "b")])),
+        },
+        Command::Update {
+            object: Object::Node(node("n", &[])),
+            expected_rv: Some(7),
+            status_only: true,
+        },
+        Command::Delete {
+            kind: Kind::Pod,
+            namespace: "default".into(),
+            name: "x".into(),
+            expected_rv: None,
+        },
+        Command::PutModule {
+            module: module_with(b"m"),
+            bytes: b"m".to_vec(),
+        },
+        Command::PutToken { record: token("t") },
+        Command::DeleteToken { id: "t".into() },
+    ];
+    for c in commands {
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), c);
+    }
+    let outcomes = vec![
+        Outcome::Object(Object::Pod(pod("default", "x", &[]))),
+        Outcome::Deleted(Object::Node(node("n", &[]))),
+        Outcome::ModuleStored { existed: true },
+        Outcome::Done,
+    ];
+    for o in outcomes {
+        let bytes = postcard::to_allocvec(&o).unwrap();
+        assert_eq!(postcard::from_bytes::<Outcome>(&bytes).unwrap(), o);
+    }
+}
+
+/// What a replica would hold: every object, the revision and the history.
+fn snapshot(store: &Store) -> (u64, Vec<Object>, Vec<WatchEvent>) {
+    let mut objects = Vec::new();
+    for kind in Kind::ALL {
+        objects.extend(store.list(kind, None, &Selector::default()).unwrap().1);
+    }
+    (
+        store.revision().unwrap(),
+        objects,
+        store.history_after(0, usize::MAX).unwrap(),
+    )
+}
+
+#[test]
+fn the_same_commands_give_the_same_state() {
+    let mut moved = pod("default", "a", &[]);
+    moved.spec.node_name = Some("pi-1".into());
+    let mut running = pod("default", "a", &[]);
+    running.status.phase = PodPhase::Running;
+    let log = vec![
+        Command::Create {
+            object: Object::Pod(pod("default", "a", &[])),
+        },
+        Command::Create {
+            object: Object::Pod(pod("default", "a", &[])),
+        }, // refused
+        Command::Create {
+            object: Object::Node(node("pi-1", &[])),
+        },
+        Command::Update {
+            object: Object::Pod(moved),
+            expected_rv: Some(1),
+            status_only: false,
+        },
+        Command::Update {
+            object: Object::Pod(running.clone()),
+            expected_rv: Some(1),
+            status_only: true,
+        }, // conflict
+        Command::Update {
+            object: Object::Pod(running),
+            expected_rv: Some(3),
+            status_only: true,
+        },
+        Command::PutModule {
+            module: module_with(b"m"),
+            bytes: b"m".to_vec(),
+        },
+        Command::PutModule {
+            module: module_with(b"m"),
+            bytes: b"m".to_vec(),
+        },
+        Command::Delete {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: "pi-1".into(),
+            expected_rv: None,
+        },
+        Command::PutToken { record: token("t") },
+    ];
+    let (d1, d2) = (tmp(), tmp());
+    let (s1, s2) = (open(&d1, 100), open(&d2, 100));
+    let o1: Vec<String> = log
+        .iter()
+        .map(|c| format!("{:?}", s1.apply(c.clone())))
+        .collect();
+    let o2: Vec<String> = log
+        .iter()
+        .map(|c| format!("{:?}", s2.apply(c.clone())))
+        .collect();
+    assert_eq!(o1, o2);
+    assert_eq!(snapshot(&s1), snapshot(&s2));
+    assert_eq!(snapshot(&s1).0, 6);
+    assert_eq!(s1.token("t").unwrap(), s2.token("t").unwrap());
+}

@@ -1,0 +1,17 @@
+//! Sleeps, complains on stderr and exits with code 1: a workload for
+//! restart-policy and back-off tests.
+//!
+//! Usage: `crasher [SECONDS]` (default 1; fractions such as `0.1` work).
+
+use std::time::Duration;
+
+fn main() {
+    let seconds = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(1.0);
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    eprintln!("crashing now");
+    std::process::exit(1);
+}
