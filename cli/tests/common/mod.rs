@@ -1,0 +1,229 @@
+//! Test harness: real `flotilla` processes (a master and nodes) on loopback,
+//! each cluster in its own temporary directory, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A free UDP port on loopback (QUIC listens on UDP).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: String,
+    pub grace: String,
+    master: Option<Child>,
+    nodes: HashMap<String, Child>,
+}
+
+impl Cluster {
+    /// Starts a master and waits until it answers.
+    pub fn start(grace: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut c = Cluster {
+            dir,
+            config,
+            addr,
+            grace: grace.into(),
+            master: None,
+            nodes: HashMap::new(),
+        };
+        c.start_master();
+        c
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn log_file(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{name}.log")))
+            .expect("log file")
+    }
+
+    pub fn start_master(&mut self) {
+        let log = self.log_file("master");
+        let child = Command::new(BIN)
+            .args([
+                "master",
+                "--listen",
+                &self.addr,
+                "--node-grace",
+                &self.grace,
+                "--data-dir",
+            ])
+            .arg(self.path("master"))
+            .env("FLOTILLA_CONFIG", &self.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start master");
+        self.master = Some(child);
+        wait_for("the master to answer", Duration::from_secs(20), || {
+            self.run(&["get", "nodes"]).status.success().then_some(())
+        });
+    }
+
+    /// Kills the master (SIGKILL).
+    pub fn kill_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    /// `flotilla ARGS` with this cluster's config.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, &self.config)
+    }
+
+    pub fn run_with(&self, args: &[&str], config: &Path) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("FLOTILLA_CONFIG", config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flotilla")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "flotilla {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn token(&self) -> String {
+        self.ok(&["token", "create"]).trim().to_string()
+    }
+
+    /// Starts (or restarts) node `name`; joins with a fresh token the first time.
+    pub fn start_node(&mut self, name: &str) {
+        let data = self.path(name);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "--master", &self.addr, "--name", name, "--data-dir"])
+            .arg(&data);
+        if !data.join("credentials.yaml").exists() {
+            cmd.args(["--token", &self.token()]);
+        }
+        let log = self.log_file(name);
+        let child = cmd
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        self.nodes.insert(name.to_string(), child);
+    }
+
+    pub fn kill_node(&mut self, name: &str) {
+        if let Some(mut n) = self.nodes.remove(name) {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+
+    pub fn node_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// One object as JSON (`get KIND NAME -o json`), or None if it does not exist.
+    pub fn get_json(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        let out = self.run(&["get", kind, name, "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("json"))
+    }
+
+    /// A status field of a pod (`phase`, `reason`, ...) as a string ("" if absent).
+    pub fn pod_field(&self, pod: &str, field: &str) -> String {
+        self.get_json("pod", pod)
+            .and_then(|v| {
+                v["status"][field]
+                    .as_str()
+                    .map(String::from)
+                    .or_else(|| v["status"][field].as_u64().map(|n| n.to_string()))
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn wait_node_ready(&self, name: &str, ready: &str, timeout: Duration) {
+        wait_for(&format!("node {name} to be {ready}"), timeout, || {
+            self.get_json("node", name)
+                .filter(|v| v["status"]["ready"] == ready)
+                .map(|_| ())
+        });
+    }
+
+    pub fn wait_phase(&self, pod: &str, phase: &str, timeout: Duration) {
+        wait_for(&format!("pod {pod} to be {phase}"), timeout, || {
+            (self.pod_field(pod, "phase") == phase).then_some(())
+        });
+    }
+
+    /// Writes a manifest into the cluster's directory and returns its path.
+    pub fn manifest(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut n) in self.nodes.drain() {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+        self.kill_master();
+    }
+}
+
+/// A pod manifest running a sample workload.
+pub fn pod_yaml(
+    name: &str,
+    workload: &str,
+    args: &[&str],
+    policy: &str,
+    extra_spec: &str,
+) -> String {
+    let module = flotilla_workloads::path(workload);
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  module: {}\n  args: [{}]\n  restartPolicy: {policy}\n{extra_spec}",
+        module.display(),
+        args.join(", ")
+    )
+}

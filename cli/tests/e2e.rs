@@ -1,0 +1,393 @@
+//! End to end with the real `flotilla` binary: a master and nodes as
+//! processes on loopback, driven through the CLI as a user would.
+
+mod common;
+
+use common::{pod_yaml, wait_for, Cluster};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn pods_run_restart_fail_and_stop_on_two_nodes() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.start_node("n2");
+    c.wait_node_ready("n1", "Ready", T);
+    c.wait_node_ready("n2", "Ready", T);
+    let nodes = c.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(nodes.starts_with("NAME"), "{nodes}");
+    assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
+
+    // hello (p2 component, from the manifest beside the program) succeeds with its output in the log.
+    let hello = flotilla_workloads::manifest("hello");
+    let out = c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    assert!(out.contains("pod/hello created"), "{out}");
+    c.wait_phase("hello", "Succeeded", T);
+    let logs = c.ok(&["logs", "hello"]);
+    for want in [
+        "arg[0]=hello",
+        "arg[1]=world",
+        "GREETING=hi",
+        "hello from flotilla",
+    ] {
+        assert!(logs.contains(want), "{want:?} missing from:\n{logs}");
+    }
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(
+        wide.lines().any(|l| l.contains("hello")
+            && l.contains("Succeeded")
+            && (l.contains("n1") || l.contains("n2"))),
+        "{wide}"
+    );
+    // Applying the same manifest again changes nothing.
+    assert!(c
+        .ok(&["apply", "-f", hello.to_str().expect("utf8")])
+        .contains("unchanged"));
+
+    // The same program as a WASI p1 module.
+    let p1 = c.manifest(
+        "p1.yaml",
+        &pod_yaml("hello-p1", "hello", &["x"], "Never", "").replace(
+            flotilla_workloads::path("hello").to_str().expect("utf8"),
+            flotilla_workloads::hello_p1().to_str().expect("utf8"),
+        ),
+    );
+    c.ok(&["apply", "-f", p1.to_str().expect("utf8")]);
+    c.wait_phase("hello-p1", "Succeeded", T);
+    assert!(c.ok(&["logs", "hello-p1"]).contains("arg[1]=x"));
+
+    // ticker runs, and `logs -f` streams its lines as they come.
+    let ticker = c.manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "ticker", &[], "Always", ""),
+    );
+    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    c.wait_phase("ticker", "Running", T);
+    let mut follow = Command::new(common::BIN)
+        .args(["logs", "-f", "ticker"])
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf8");
+    let t0 = Instant::now();
+    let mut later = String::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        later = lines.next().expect("more lines").expect("utf8");
+        if t0.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        first.starts_with("tick ") && later.starts_with("tick ") && first != later,
+        "{first:?} then {later:?}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "lines kept arriving while the pod ran"
+    );
+
+    // crasher exits 1 after a moment; OnFailure restarts it with a growing back-off.
+    let crasher = c.manifest(
+        "crasher.yaml",
+        &pod_yaml("crasher", "crasher", &["0.2"], "OnFailure", ""),
+    );
+    c.ok(&["apply", "-f", crasher.to_str().expect("utf8")]);
+    let mut backoffs: Vec<u64> = Vec::new();
+    wait_for(
+        "back-offs of 1s, 2s and 4s",
+        Duration::from_secs(40),
+        || {
+            let msg = c.pod_field("crasher", "message");
+            if let Some(secs) = msg
+                .strip_prefix("back-off ")
+                .and_then(|m| m.split('s').next())
+                .and_then(|n| n.parse().ok())
+            {
+                if backoffs.last() != Some(&secs) {
+                    backoffs.push(secs);
+                }
+            }
+            (backoffs.len() >= 3).then_some(())
+        },
+    );
+    assert_eq!(&backoffs[..3], &[1, 2, 4], "back-off doubles: {backoffs:?}");
+    assert_eq!(c.pod_field("crasher", "reason"), "CrashLoopBackOff");
+    assert!(
+        c.pod_field("crasher", "restartCount")
+            .parse::<u32>()
+            .expect("count")
+            >= 2
+    );
+    assert!(c.ok(&["logs", "crasher"]).contains("crashing now"));
+
+    // hog grows memory past its limit: it fails with a clear reason, and ticker keeps running.
+    let hog = c.manifest(
+        "hog.yaml",
+        &pod_yaml(
+            "hog",
+            "hog",
+            &["memory"],
+            "Never",
+            "  resources:\n    limits: {memory: 32Mi}\n",
+        ),
+    );
+    c.ok(&["apply", "-f", hog.to_str().expect("utf8")]);
+    c.wait_phase("hog", "Failed", T);
+    assert_eq!(c.pod_field("hog", "reason"), "OOMKilled");
+    assert!(
+        c.pod_field("hog", "message")
+            .contains("memory limit of 33554432 bytes"),
+        "{}",
+        c.pod_field("hog", "message")
+    );
+    let spin = c.manifest(
+        "spin.yaml",
+        &pod_yaml("spin", "hog", &["spin"], "Never", ""),
+    );
+    c.ok(&["apply", "-f", spin.to_str().expect("utf8")]);
+    c.wait_phase("spin", "Running", T);
+    let before = c.ok(&["logs", "ticker", "--tail", "1"]);
+    wait_for("ticker to keep ticking", T, || {
+        (c.ok(&["logs", "ticker", "--tail", "1"]) != before).then_some(())
+    });
+    assert_eq!(c.pod_field("ticker", "phase"), "Running");
+
+    // delete stops a pod on its node (even one spinning forever).
+    let node = c.get_json("pod", "spin").expect("spin")["spec"]["nodeName"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    assert!(c
+        .ok(&["delete", "pod", "spin"])
+        .contains("pod \"spin\" deleted"));
+    wait_for("the node to stop the pod", T, || {
+        c.node_log(&node)
+            .contains("stopped pod pod=default/spin")
+            .then_some(())
+    });
+    assert!(c.get_json("pod", "spin").is_none());
+    let missing = c.run(&["delete", "pod", "spin"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    // A pod no node can take stays Pending and says why.
+    let arm = c.manifest(
+        "arm.yaml",
+        &pod_yaml(
+            "arm-only",
+            "hello",
+            &[],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: riscv64}\n",
+        ),
+    );
+    c.ok(&["apply", "-f", arm.to_str().expect("utf8")]);
+    wait_for("an Unschedulable reason", T, || {
+        (c.pod_field("arm-only", "reason") == "Unschedulable").then_some(())
+    });
+    assert!(c
+        .pod_field("arm-only", "message")
+        .contains("do not match the pod's nodeSelector"));
+}
+
+#[test]
+fn nodes_survive_their_own_and_the_masters_failures() {
+    let mut c = Cluster::start("3s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let ticker = c.manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "ticker", &[], "Always", ""),
+    );
+    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    c.wait_phase("ticker", "Running", T);
+
+    // A killed node turns NotReady after the grace period, and Ready again when it returns.
+    c.kill_node("n1");
+    c.wait_node_ready("n1", "NotReady", T);
+    let nodes = c.ok(&["get", "nodes"]);
+    assert!(nodes.contains("NotReady"), "{nodes}");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+
+    // With the master gone, a node restarted from scratch runs its pods again from its local store.
+    c.kill_master();
+    c.kill_node("n1");
+    let before = c
+        .node_log("n1")
+        .matches("started pod pod=default/ticker")
+        .count();
+    c.start_node("n1");
+    wait_for("the node to restart ticker with no master", T, || {
+        let log = c.node_log("n1");
+        (log.matches("started pod pod=default/ticker").count() > before).then_some(())
+    });
+    wait_for("the node to notice the master is gone", T, || {
+        c.node_log("n1")
+            .contains("no master reachable; pods keep running")
+            .then_some(())
+    });
+    // When the master is back, the node reconnects and its status flows again.
+    c.start_master();
+    c.wait_node_ready("n1", "Ready", T);
+    c.wait_phase("ticker", "Running", T);
+    wait_for("ticker's logs through the master", T, || {
+        c.ok(&["logs", "ticker"]).contains("tick").then_some(())
+    });
+}
+
+#[test]
+fn broken_input_changes_nothing() {
+    let c = Cluster::start("10s");
+    let good = pod_yaml("good", "hello", &[], "Never", "");
+    let bad = pod_yaml(
+        "bad",
+        "hello",
+        &[],
+        "Never",
+        "  resources:\n    limits: {memory: 12Q}\n",
+    );
+    let file = c.manifest("mixed.yaml", &format!("{good}---\n{bad}"));
+    let out = c.run(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 2: spec.resources.limits.memory: \"12Q\" is not a quantity"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+
+    let typo = c.manifest("typo.yaml", &good.replace("restartPolicy", "restartPolcy"));
+    let err =
+        String::from_utf8_lossy(&c.run(&["apply", "-f", typo.to_str().expect("utf8")]).stderr)
+            .into_owned();
+    assert!(err.contains("spec.restartPolcy: unknown field"), "{err}");
+
+    let missing = c.manifest(
+        "missing.yaml",
+        &good.replace(
+            flotilla_workloads::path("hello").to_str().expect("utf8"),
+            "nowhere.wasm",
+        ),
+    );
+    let err = String::from_utf8_lossy(
+        &c.run(&["apply", "-f", missing.to_str().expect("utf8")])
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("spec.module: cannot read"), "{err}");
+
+    std::fs::write(c.path("notwasm.wasm"), b"#!/bin/sh\necho hi\n").expect("write");
+    let notwasm = c.manifest(
+        "notwasm.yaml",
+        &good.replace(
+            flotilla_workloads::path("hello").to_str().expect("utf8"),
+            "notwasm.wasm",
+        ),
+    );
+    let err = String::from_utf8_lossy(
+        &c.run(&["apply", "-f", notwasm.to_str().expect("utf8")])
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("is not a WebAssembly file"), "{err}");
+
+    let out = c.run(&["get", "pods"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No pods found"),
+        "nothing was created"
+    );
+    let modules = c.run(&["get", "modules"]);
+    assert!(
+        String::from_utf8_lossy(&modules.stderr).contains("No modules found"),
+        "nothing was uploaded"
+    );
+
+    // Usage errors say what to do and exit non-zero.
+    let out = c.run(&["get", "widgets"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("unknown kind \"widgets\"; use one of pods, nodes, modules"));
+    let out = c.run(&["get", "pods", "-l", "bad key=1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid label selector"));
+}
+
+#[test]
+fn no_master_gives_advice() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(common::BIN)
+        .args(["get", "pods"])
+        .env("FLOTILLA_CONFIG", dir.path().join("none"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("start a master"));
+    // A config pointing at a port where nothing listens.
+    let c = Cluster::start("10s");
+    let text = std::fs::read_to_string(&c.config)
+        .expect("config")
+        .replace(&c.addr, &format!("127.0.0.1:{}", common::free_port()));
+    let other = c.path("other-config");
+    std::fs::write(&other, text).expect("write");
+    let out = c.run_with(&["get", "pods"], &other);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no master answers at 127.0.0.1:")
+            && err.contains("is `flotilla master` running"),
+        "{err}"
+    );
+}
+
+#[test]
+fn up_runs_master_and_node_in_one_process() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("config");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
+    let mut up = Command::new(common::BIN)
+        .args(["up", "--listen", &addr, "--name", "laptop", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("FLOTILLA_CONFIG", &config)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("up");
+    let run = |args: &[&str]| {
+        Command::new(common::BIN)
+            .args(args)
+            .env("FLOTILLA_CONFIG", &config)
+            .output()
+            .expect("run")
+    };
+    wait_for("the node of `up` to be Ready", T, || {
+        let out = run(&["get", "nodes"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("laptop   Ready")
+            .then_some(())
+    });
+    let hello = flotilla_workloads::manifest("hello");
+    assert!(run(&["apply", "-f", hello.to_str().expect("utf8")])
+        .status
+        .success());
+    wait_for("hello to succeed", T, || {
+        String::from_utf8_lossy(&run(&["get", "pods"]).stdout)
+            .contains("Succeeded")
+            .then_some(())
+    });
+    assert!(
+        String::from_utf8_lossy(&run(&["logs", "hello"]).stdout).contains("hello from flotilla")
+    );
+    // SIGTERM stops both cleanly.
+    let _ = Command::new("kill").arg(up.id().to_string()).status();
+    let status = wait_for("up to exit", T, || up.try_wait().expect("wait"));
+    assert!(status.success(), "{status:?}");
+}
