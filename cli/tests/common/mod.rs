@@ -132,8 +132,14 @@ impl Cluster {
 
     /// Starts (or restarts) node `name`; joins with a fresh token the first time.
     pub fn start_node(&mut self, name: &str) {
+        self.start_node_with(name, &[BIN]);
+    }
+
+    /// Starts node `name` with another program line, e.g. the aarch64 build under qemu-user.
+    pub fn start_node_with(&mut self, name: &str, program: &[&str]) {
         let data = self.path(name);
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(program[0]);
+        cmd.args(&program[1..]);
         cmd.args(["node", "--master", &self.addr, "--name", name, "--data-dir"])
             .arg(&data);
         if !data.join("credentials.yaml").exists() {

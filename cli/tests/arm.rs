@@ -1,0 +1,49 @@
+//! ARM from day one: the aarch64 build of `flotilla` (node feature only),
+//! run under qemu-user, joins an x86_64 master and runs the hello pod.
+//!
+//! Needs the cross build (`scripts/test.sh` makes it) and qemu-user, so it is
+//! ignored by a plain `cargo test`; run it with
+//! `cargo test -p flotilla --test arm -- --ignored`.
+
+mod common;
+
+use common::{pod_yaml, Cluster};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn aarch64_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_AARCH64_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("aarch64-unknown-linux-gnu/debug/flotilla")
+}
+
+#[test]
+#[ignore = "needs the aarch64 cross build and qemu-user: run by scripts/test.sh"]
+fn aarch64_node_under_qemu_runs_hello() {
+    let bin = aarch64_binary();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p flotilla --no-default-features --features node --target aarch64-unknown-linux-gnu`",
+        bin.display()
+    );
+    let mut c = Cluster::start("30s");
+    let bin = bin.to_string_lossy().into_owned();
+    c.start_node_with("pi", &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", &bin]);
+    // Emulated start-up and the first compile are slow: be patient, not flaky.
+    let slow = Duration::from_secs(180);
+    c.wait_node_ready("pi", "Ready", slow);
+    let node = c.get_json("node", "pi").expect("node");
+    assert_eq!(node["status"]["nodeInfo"]["architecture"], "arm64", "{node}");
+    assert_eq!(node["metadata"]["labels"]["flotilla.dev/arch"], "arm64");
+    let pod = c.manifest("hello-arm.yaml", &pod_yaml("hello-arm", "hello", &["from-arm"], "Never", "  nodeSelector: {flotilla.dev/arch: arm64}\n"));
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    c.wait_phase("hello-arm", "Succeeded", slow);
+    let logs = c.ok(&["logs", "hello-arm"]);
+    assert!(logs.contains("arg[1]=from-arm") && logs.contains("hello from flotilla"), "{logs}");
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.lines().any(|l| l.contains("hello-arm") && l.contains("pi")), "{wide}");
+}
