@@ -10,8 +10,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Name, identity, labels and versioning of an object.
 ///
 /// `uid`, `resourceVersion`, `generation` and `creationTimestamp` are set by
-/// the master; values in a manifest are ignored on create and used for
-/// compare-and-swap on update.
+/// the master; values in a manifest are ignored on create. API clients that
+/// send `resourceVersion` on update get compare-and-swap (`flotilla apply`
+/// sends the version it just read).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ObjectMeta {
@@ -29,7 +30,7 @@ pub struct ObjectMeta {
     pub owner_references: Vec<OwnerReference>,
 }
 
-/// Points at the object that owns this one (garbage collection follows it).
+/// Points at the object that owns this one (set by controllers).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct OwnerReference {

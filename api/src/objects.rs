@@ -95,7 +95,7 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// Requests (for placement) and limits (enforced by the runtime).
+/// Requests and limits; today the runtime enforces `limits.memory` (see docs/manifests.md).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ResourceRequirements {
@@ -149,7 +149,7 @@ impl fmt::Display for PodPhase {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodStatus {
     pub phase: PodPhase,
-    /// A CamelCase word: `CrashLoopBackOff`, `OOMKilled`, `Completed`, `Error`, `ModuleFetchFailed`.
+    /// A CamelCase word: `Preparing`, `ModuleBackOff`, `CrashLoopBackOff`, `OOMKilled`, `Trap`, `StartError`, `Completed`, `Error`, `Unschedulable`.
     pub reason: String,
     pub message: String,
     pub restart_count: u32,
@@ -158,7 +158,7 @@ pub struct PodStatus {
     pub start_time: Option<Time>,
     pub finish_time: Option<Time>,
     pub conditions: Vec<PodCondition>,
-    /// Bumped by the node on every report, so the master can drop stale ones.
+    /// Bumped by the node on every report it makes (a sequence number of the node's reports).
     pub observed_generation: u64,
 }
 

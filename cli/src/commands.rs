@@ -252,6 +252,12 @@ pub async fn apply(
                 let um = updated.meta_mut();
                 um.resource_version = cm.resource_version;
                 um.uid = cm.uid.clone();
+                if let (Object::Pod(new), Object::Pod(old)) = (&mut updated, &current) {
+                    // The binding is the master's; a manifest without nodeName keeps it.
+                    if new.spec.node_name.is_none() {
+                        new.spec.node_name = old.spec.node_name.clone();
+                    }
+                }
                 call(&client, &Request::Update(updated)).await?;
                 println!("{what} configured");
             }

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
     propagate_version = true
 )]
 struct Cli {
-    /// Client config file (masters, CA, credentials).
-    #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
+    /// Client config file (masters, CA, credentials) [default: $FLOTILLA_CONFIG, else ~/.flotilla/config].
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -123,7 +123,7 @@ struct MasterArgs {
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
     /// A master's host:port (repeatable); more are learned when joining.
-    #[arg(long = "master", default_value = "127.0.0.1:7443")]
+    #[arg(long = "master")]
     masters: Vec<String>,
     /// Join token from `flotilla token create` (only needed the first time).
     #[arg(long, env = "FLOTILLA_TOKEN")]

@@ -32,18 +32,40 @@ fn aarch64_node_under_qemu_runs_hello() {
     );
     let mut c = Cluster::start("30s");
     let bin = bin.to_string_lossy().into_owned();
-    c.start_node_with("pi", &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", &bin]);
+    c.start_node_with(
+        "pi",
+        &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", &bin],
+    );
     // Emulated start-up and the first compile are slow: be patient, not flaky.
     let slow = Duration::from_secs(180);
     c.wait_node_ready("pi", "Ready", slow);
     let node = c.get_json("node", "pi").expect("node");
-    assert_eq!(node["status"]["nodeInfo"]["architecture"], "arm64", "{node}");
+    assert_eq!(
+        node["status"]["nodeInfo"]["architecture"], "arm64",
+        "{node}"
+    );
     assert_eq!(node["metadata"]["labels"]["flotilla.dev/arch"], "arm64");
-    let pod = c.manifest("hello-arm.yaml", &pod_yaml("hello-arm", "hello", &["from-arm"], "Never", "  nodeSelector: {flotilla.dev/arch: arm64}\n"));
+    let pod = c.manifest(
+        "hello-arm.yaml",
+        &pod_yaml(
+            "hello-arm",
+            "hello",
+            &["from-arm"],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: arm64}\n",
+        ),
+    );
     c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
     c.wait_phase("hello-arm", "Succeeded", slow);
     let logs = c.ok(&["logs", "hello-arm"]);
-    assert!(logs.contains("arg[1]=from-arm") && logs.contains("hello from flotilla"), "{logs}");
+    assert!(
+        logs.contains("arg[1]=from-arm") && logs.contains("hello from flotilla"),
+        "{logs}"
+    );
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
-    assert!(wide.lines().any(|l| l.contains("hello-arm") && l.contains("pi")), "{wide}");
+    assert!(
+        wide.lines()
+            .any(|l| l.contains("hello-arm") && l.contains("pi")),
+        "{wide}"
+    );
 }

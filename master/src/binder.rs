@@ -229,12 +229,13 @@ mod tests {
                 .collect::<BTreeMap<_, _>>()
         };
         // (pod selector, nodes, load, expected node or error fragment)
-        let cases: Vec<(
-            Vec<(&str, &str)>,
-            &[Node],
+        type Case<'a> = (
+            Vec<(&'a str, &'a str)>,
+            &'a [Node],
             BTreeMap<String, usize>,
-            Result<&str, &str>,
-        )> = vec![
+            Result<&'a str, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (vec![], &nodes, load(&[]), Ok("a")),
             (vec![], &nodes, load(&[("a", 2)]), Ok("b")),
             (vec![(arch, "arm64")], &nodes, load(&[("b", 9)]), Ok("b")),

@@ -229,6 +229,9 @@ async fn handle(
             check_valid(&obj)?;
             if let Object::Pod(p) = &obj {
                 check_module(ctx, &p.spec.module)?;
+                if let Some(Object::Pod(stored)) = ctx.store.get(Kind::Pod, &p.metadata.namespace, &p.metadata.name).map_err(store_err)? {
+                    check_pod_update(&stored, p)?;
+                }
             }
             let rv = obj.meta().resource_version;
             let out = apply(
@@ -341,29 +344,29 @@ async fn handle(
             } else {
                 Duration::from_secs(ttl_seconds)
             };
-            let token = JoinToken::generate(&ctx.pki.ca_hash);
-            let expires = Time(
-                Time::now()
-                    .0
-                    .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-            );
-            let record = TokenRecord {
-                id: token.id.clone(),
-                secret_hash: token.secret_hash(),
-                expires,
-                description,
-            };
+            let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl);
+            let expires = record.expires;
             apply(&ctx.store, Command::PutToken { record }).await?;
-            reply(
-                send,
-                Response::Token {
-                    token: token.to_string(),
-                    expires,
-                },
-            )
-            .await
+            reply(send, Response::Token { token: token.to_string(), expires }).await
         }
         _ => Err(invalid("this master does not serve that request")),
+    }
+}
+
+/// A pod's spec is fixed once created, as in Kubernetes, except that an
+/// unbound pod may be bound once (that is how the binder places it).
+fn check_pod_update(stored: &flotilla_api::Pod, new: &flotilla_api::Pod) -> Result<(), ApiError> {
+    let mut before = stored.spec.clone();
+    if before.node_name.is_none() {
+        before.node_name = new.spec.node_name.clone();
+    }
+    if before == new.spec {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "spec: the spec of pod {}/{} cannot change once created (only labels and annotations can); delete it and apply it again",
+            stored.metadata.namespace, stored.metadata.name
+        )))
     }
 }
 
@@ -748,24 +751,18 @@ async fn join(
     })
 }
 
+/// A fresh token and the record the store keeps of it (only the secret's hash).
+fn new_token(ca_hash: &str, description: String, ttl: Duration) -> (JoinToken, TokenRecord) {
+    let token = JoinToken::generate(ca_hash);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires = Time(Time::now().0.saturating_add(ttl_ms));
+    let record = TokenRecord { id: token.id.clone(), secret_hash: token.secret_hash(), expires, description };
+    (token, record)
+}
+
 /// Creates a join token without a request (for `flotilla up`, whose node joins its own master).
-pub fn local_token(
-    master: &crate::Master,
-    description: &str,
-    ttl: Duration,
-) -> Result<String, StoreError> {
-    let token = JoinToken::generate(&master.pki.ca_hash);
-    let expires = Time(
-        Time::now()
-            .0
-            .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-    );
-    let record = TokenRecord {
-        id: token.id.clone(),
-        secret_hash: token.secret_hash(),
-        expires,
-        description: description.to_string(),
-    };
+pub fn local_token(master: &crate::Master, description: &str, ttl: Duration) -> Result<String, StoreError> {
+    let (token, record) = new_token(&master.pki.ca_hash, description.to_string(), ttl);
     master.store.apply(Command::PutToken { record })?;
     Ok(token.to_string())
 }

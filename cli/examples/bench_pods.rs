@@ -1,0 +1,221 @@
+//! Benchmark: pod start latency on one warm node, and idle memory.
+//!
+//! Starts a real master and node (the `flotilla` binary next to this
+//! program, or `$FLOTILLA_BIN`), then:
+//! 1. idle RSS of the master and of the node with one node joined;
+//! 2. one hello pod on a fresh node: cold compile;
+//! 3. 100 hello pods in one `apply`: p50/p99 from creation to Succeeded,
+//!    split into scheduling, module preparation (fetch + compile) and run;
+//! 4. the node restarted: compiled code loaded from its disk cache.
+//!
+//! Figures are printed with their ratio to the project's goals; nothing is
+//! asserted (timings on shared machines are noisy).
+//!
+//! Run: `cargo run --release -p flotilla --example bench_pods`
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PODS: usize = 100;
+
+fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/examples/bench_pods → target/<profile>/flotilla
+    exe.parent().and_then(Path::parent).map(|d| d.join("flotilla")).expect("binary path")
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn flotilla(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin()).args(args).env("FLOTILLA_CONFIG", config).output().expect("run flotilla");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn time_ms(v: &Value) -> Option<i64> {
+    let s = v.as_str()?;
+    // 2026-11-26T20:33:44.125Z → millis via the API's own parser semantics (UTC).
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let t = rest.trim_end_matches('Z');
+    let mut p = t.split(':');
+    let (h, mi) = (p.next()?.parse::<i64>().ok()?, p.next()?.parse::<i64>().ok()?);
+    let sec: f64 = p.next()?.parse().ok()?;
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + (sec * 1000.0).round() as i64)
+}
+
+fn condition<'a>(pod: &'a Value, ty: &str) -> Option<&'a Value> {
+    pod["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == ty)
+}
+
+/// `fetch 3ms (master), compile 61ms (cold)` → (3, "master", 61, "cold")
+fn module_timings(pod: &Value) -> Option<(i64, String, i64, String)> {
+    let msg = condition(pod, "ModuleReady")?["message"].as_str()?;
+    let mut it = msg.split(|c: char| c == ' ' || c == ',' || c == '(' || c == ')').filter(|s| !s.is_empty());
+    let _ = it.next();
+    let fetch = it.next()?.trim_end_matches("ms").parse().ok()?;
+    let src = it.next()?.to_string();
+    let _ = it.next();
+    let compile = it.next()?.trim_end_matches("ms").parse().ok()?;
+    let kind = it.next()?.to_string();
+    Some((fetch, src, compile, kind))
+}
+
+fn pct(v: &mut [i64], p: f64) -> i64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn pod_yaml(name: &str, module: &Path) -> String {
+    format!("apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  module: {}\n  args: [bench]\n  restartPolicy: Never\n", module.display())
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("config");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let hello = flotilla_workloads::path("hello");
+    println!("flotilla pod benchmark — binary {}", bin().display());
+
+    let master = Proc(
+        Command::new(bin())
+            .args(["master", "--listen", &addr, "--data-dir"])
+            .arg(dir.path().join("m"))
+            .env("FLOTILLA_CONFIG", &config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("master"),
+    );
+    wait("master", Duration::from_secs(20), || flotilla(&config, &["get", "nodes"]).0);
+    let token = flotilla(&config, &["token", "create"]).1.trim().to_string();
+    let start_node = |token: Option<&str>| {
+        let mut c = Command::new(bin());
+        c.args(["node", "--master", &addr, "--name", "bench", "--data-dir"]).arg(dir.path().join("n"));
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        Proc(c.stderr(Stdio::null()).spawn().expect("node"))
+    };
+    let mut node = start_node(Some(&token));
+    let ready = || flotilla(&config, &["get", "nodes"]).1.contains(" Ready ");
+    wait("node Ready", Duration::from_secs(30), ready);
+    std::thread::sleep(Duration::from_secs(3));
+    let (m_rss, n_rss) = (rss_kib(master.0.id()), rss_kib(node.0.id()));
+
+    let get = |name: &str| -> Option<Value> {
+        let (ok, out) = flotilla(&config, &["get", "pod", name, "-o", "json"]);
+        if ok {
+            serde_json::from_str(&out).ok()
+        } else {
+            None
+        }
+    };
+    let apply = |name: &str, text: &str| {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&f, text).expect("write");
+        let t = Instant::now();
+        let (ok, _) = flotilla(&config, &["apply", "-f", f.to_str().expect("utf8")]);
+        assert!(ok, "apply failed");
+        t.elapsed()
+    };
+    let succeeded = |p: &Value| p["status"]["phase"] == "Succeeded";
+
+    // Cold: the first pod on the node compiles the module.
+    apply("cold", &pod_yaml("cold", &hello));
+    wait("cold pod", Duration::from_secs(60), || get("cold").is_some_and(|p| succeeded(&p)));
+    let cold = get("cold").expect("cold");
+    let cold_t = module_timings(&cold);
+
+    // Warm: 100 pods in one apply.
+    let text: String = (0..PODS).map(|i| pod_yaml(&format!("warm-{i}"), &hello)).collect::<Vec<_>>().join("---\n");
+    let t0 = Instant::now();
+    let apply_wall = apply("warm", &text);
+    wait("100 pods", Duration::from_secs(300), || {
+        let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["items"].as_array().is_some_and(|a| a.iter().filter(|p| succeeded(p)).count() == PODS + 1)
+    });
+    let batch_wall = t0.elapsed();
+    let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
+    let all: Value = serde_json::from_str(&out).expect("json");
+    let (mut total, mut sched, mut prep, mut run) = (vec![], vec![], vec![], vec![]);
+    for p in all["items"].as_array().expect("items").iter().filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("warm-"))) {
+        let created = time_ms(&p["metadata"]["creationTimestamp"]).unwrap_or(0);
+        let scheduled = condition(p, "PodScheduled").and_then(|c| time_ms(&c["lastTransitionTime"])).unwrap_or(created);
+        let prepared = condition(p, "ModuleReady").and_then(|c| time_ms(&c["lastTransitionTime"])).unwrap_or(scheduled);
+        let started = time_ms(&p["status"]["startTime"]).unwrap_or(prepared);
+        let finished = time_ms(&p["status"]["finishTime"]).unwrap_or(started);
+        total.push(finished - created);
+        sched.push(scheduled - created);
+        prep.push(prepared - scheduled);
+        run.push(finished - started);
+    }
+
+    // Restart the node: compiled code comes from its disk cache.
+    drop(node);
+    node = start_node(None);
+    wait("node Ready again", Duration::from_secs(30), ready);
+    apply("after-restart", &pod_yaml("after-restart", &hello));
+    wait("pod after restart", Duration::from_secs(60), || get("after-restart").is_some_and(|p| succeeded(&p)));
+    let disk_t = get("after-restart").as_ref().and_then(module_timings);
+    drop(node);
+    drop(master);
+
+    let show = |label: &str, v: &mut Vec<i64>| {
+        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        println!("  {label:<34} p50 {p50:>5} ms   p99 {p99:>5} ms");
+        (p50, p99)
+    };
+    println!("\nidle memory (RSS, one node joined, 3 s after Ready)");
+    println!("  master {:>6.1} MiB   goal ≤ 50 MiB   ratio {:.2}", m_rss as f64 / 1024.0, m_rss as f64 / 1024.0 / 50.0);
+    println!("  node   {:>6.1} MiB   goal ≤ 15 MiB   ratio {:.2}", n_rss as f64 / 1024.0, n_rss as f64 / 1024.0 / 15.0);
+    println!("\nmodule preparation (hello, {} bytes)", std::fs::metadata(&hello).map(|m| m.len()).unwrap_or(0));
+    if let Some((f, s, c, k)) = cold_t {
+        println!("  first pod on a fresh node          fetch {f} ms ({s}), compile {c} ms ({k})");
+    }
+    if let Some((f, s, c, k)) = disk_t {
+        println!("  after a node restart               fetch {f} ms ({s}), compile {c} ms ({k})");
+    }
+    println!("\n{PODS} hello pods in one apply to one warm node (apply took {} ms, all Succeeded after {} ms)", apply_wall.as_millis(), batch_wall.as_millis());
+    let (_, p99) = show("creation → Succeeded", &mut total);
+    show("  scheduling (creation → bound)", &mut sched);
+    show("  module ready (bound → compiled)", &mut prep);
+    show("  run (start → exit)", &mut run);
+    println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds Flotilla, starts a local cluster (`flotilla up`: master and node in
+# one process) and runs the sample workloads on it. The cluster keeps
+# running afterwards; the script prints how to use and stop it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/setup.sh
+echo "== building flotilla (release) and the sample Wasm workloads =="
+cargo build --release -p flotilla -p flotilla-workloads
+
+demo=${FLOTILLA_DEMO_DIR:-$HOME/.flotilla/demo}
+listen=${FLOTILLA_LISTEN:-127.0.0.1:7443}
+mkdir -p "$demo"
+export FLOTILLA_CONFIG="$demo/config"
+flotilla="$root/target/release/flotilla"
+
+if [ -f "$demo/up.pid" ] && kill -0 "$(cat "$demo/up.pid")" 2>/dev/null; then
+    echo "== a demo cluster is already running (pid $(cat "$demo/up.pid")) =="
+else
+    echo "== starting a local cluster on $listen (logs: $demo/up.log) =="
+    nohup "$flotilla" up --data-dir "$demo/data" --listen "$listen" --name local >"$demo/up.log" 2>&1 &
+    echo $! >"$demo/up.pid"
+fi
+
+wait_until() { # description, command...
+    local what=$1; shift
+    for _ in $(seq 1 150); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    echo "timed out waiting for $what; see $demo/up.log" >&2
+    exit 1
+}
+node_ready() { "$flotilla" get nodes | grep -q ' Ready '; }
+hello_done() { "$flotilla" get pods hello -o json | grep -q '"phase": "Succeeded"'; }
+wait_until "the node to be Ready" node_ready
+"$flotilla" get nodes -o wide
+
+echo "== applying workloads/hello and workloads/ticker =="
+"$flotilla" apply -f workloads/hello/pod.yaml -f workloads/ticker/pod.yaml
+wait_until "hello to finish" hello_done
+sleep 2
+"$flotilla" get pods -o wide
+echo "== flotilla logs hello =="
+"$flotilla" logs hello
+echo "== flotilla logs ticker --tail 3 =="
+"$flotilla" logs ticker --tail 3
+
+cat <<EOT
+
+The cluster keeps running (pid $(cat "$demo/up.pid")). Try:
+  export FLOTILLA_CONFIG=$FLOTILLA_CONFIG
+  $flotilla get pods -o wide
+  $flotilla logs -f ticker
+  $flotilla delete pod ticker
+Stop it with: kill $(cat "$demo/up.pid")
+EOT

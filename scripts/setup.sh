@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing Flotilla needs beyond the Rust toolchain:
+# the Wasm targets for the sample workloads and, with --cross, the aarch64
+# cross toolchain and qemu-user for the ARM test. Safe to run again.
+set -euo pipefail
+
+cross=0
+[ "${1:-}" = "--cross" ] && cross=1
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "setup: need root to run: $*" >&2; exit 1
+    fi
+}
+
+targets="wasm32-wasip2 wasm32-wasip1"
+[ $cross = 1 ] && targets="$targets aarch64-unknown-linux-gnu"
+installed=$(rustup target list --installed 2>/dev/null || true)
+missing=""
+for t in $targets; do
+    grep -qx "$t" <<<"$installed" || missing="$missing $t"
+done
+if [ -n "$missing" ]; then
+    echo "setup: adding Rust targets:$missing"
+    rustup target add $missing
+fi
+for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+if [ $cross = 1 ]; then
+    pkgs=""
+    command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"
+    if [ -n "$pkgs" ]; then
+        echo "setup: installing Debian packages:$pkgs"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs
+    fi
+fi
