@@ -14,7 +14,7 @@ demo=${FLOTILLA_DEMO_DIR:-$HOME/.flotilla/demo}
 listen=${FLOTILLA_LISTEN:-127.0.0.1:7443}
 mkdir -p "$demo"
 export FLOTILLA_CONFIG="$demo/config"
-flotilla="$root/target/release/flotilla"
+flotilla="${CARGO_TARGET_DIR:-$root/target}/release/flotilla"
 
 if [ -f "$demo/up.pid" ] && kill -0 "$(cat "$demo/up.pid")" 2>/dev/null; then
     echo "== a demo cluster is already running (pid $(cat "$demo/up.pid")) =="
