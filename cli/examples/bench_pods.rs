@@ -28,7 +28,10 @@ fn bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/examples/bench_pods → target/<profile>/flotilla
-    exe.parent().and_then(Path::parent).map(|d| d.join("flotilla")).expect("binary path")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("flotilla"))
+        .expect("binary path")
 }
 
 struct Proc(Child);
@@ -40,8 +43,15 @@ impl Drop for Proc {
 }
 
 fn flotilla(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin()).args(args).env("FLOTILLA_CONFIG", config).output().expect("run flotilla");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(bin())
+        .args(args)
+        .env("FLOTILLA_CONFIG", config)
+        .output()
+        .expect("run flotilla");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -55,7 +65,11 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -67,7 +81,10 @@ fn time_ms(v: &Value) -> Option<i64> {
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let t = rest.trim_end_matches('Z');
     let mut p = t.split(':');
-    let (h, mi) = (p.next()?.parse::<i64>().ok()?, p.next()?.parse::<i64>().ok()?);
+    let (h, mi) = (
+        p.next()?.parse::<i64>().ok()?,
+        p.next()?.parse::<i64>().ok()?,
+    );
     let sec: f64 = p.next()?.parse().ok()?;
     let yy = if m <= 2 { y - 1 } else { y };
     let era = yy.div_euclid(400);
@@ -78,13 +95,18 @@ fn time_ms(v: &Value) -> Option<i64> {
 }
 
 fn condition<'a>(pod: &'a Value, ty: &str) -> Option<&'a Value> {
-    pod["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == ty)
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
 }
 
 /// `fetch 3ms (master), compile 61ms (cold)` → (3, "master", 61, "cold")
 fn module_timings(pod: &Value) -> Option<(i64, String, i64, String)> {
     let msg = condition(pod, "ModuleReady")?["message"].as_str()?;
-    let mut it = msg.split(|c: char| c == ' ' || c == ',' || c == '(' || c == ')').filter(|s| !s.is_empty());
+    let mut it = msg
+        .split(|c: char| c == ' ' || c == ',' || c == '(' || c == ')')
+        .filter(|s| !s.is_empty());
     let _ = it.next();
     let fetch = it.next()?.trim_end_matches("ms").parse().ok()?;
     let src = it.next()?.to_string();
@@ -110,7 +132,11 @@ fn pod_yaml(name: &str, module: &Path) -> String {
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("config");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let hello = flotilla_workloads::path("hello");
     println!("flotilla pod benchmark — binary {}", bin().display());
@@ -124,11 +150,14 @@ fn main() {
             .spawn()
             .expect("master"),
     );
-    wait("master", Duration::from_secs(20), || flotilla(&config, &["get", "nodes"]).0);
+    wait("master", Duration::from_secs(20), || {
+        flotilla(&config, &["get", "nodes"]).0
+    });
     let token = flotilla(&config, &["token", "create"]).1.trim().to_string();
     let start_node = |token: Option<&str>| {
         let mut c = Command::new(bin());
-        c.args(["node", "--master", &addr, "--name", "bench", "--data-dir"]).arg(dir.path().join("n"));
+        c.args(["node", "--master", &addr, "--name", "bench", "--data-dir"])
+            .arg(dir.path().join("n"));
         if let Some(t) = token {
             c.args(["--token", t]);
         }
@@ -160,27 +189,42 @@ fn main() {
 
     // Cold: the first pod on the node compiles the module.
     apply("cold", &pod_yaml("cold", &hello));
-    wait("cold pod", Duration::from_secs(60), || get("cold").is_some_and(|p| succeeded(&p)));
+    wait("cold pod", Duration::from_secs(60), || {
+        get("cold").is_some_and(|p| succeeded(&p))
+    });
     let cold = get("cold").expect("cold");
     let cold_t = module_timings(&cold);
 
     // Warm: 100 pods in one apply.
-    let text: String = (0..PODS).map(|i| pod_yaml(&format!("warm-{i}"), &hello)).collect::<Vec<_>>().join("---\n");
+    let text: String = (0..PODS)
+        .map(|i| pod_yaml(&format!("warm-{i}"), &hello))
+        .collect::<Vec<_>>()
+        .join("---\n");
     let t0 = Instant::now();
     let apply_wall = apply("warm", &text);
     wait("100 pods", Duration::from_secs(300), || {
         let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
         let v: Value = serde_json::from_str(&out).unwrap_or_default();
-        v["items"].as_array().is_some_and(|a| a.iter().filter(|p| succeeded(p)).count() == PODS + 1)
+        v["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|p| succeeded(p)).count() == PODS + 1)
     });
     let batch_wall = t0.elapsed();
     let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
     let all: Value = serde_json::from_str(&out).expect("json");
     let (mut total, mut sched, mut prep, mut run) = (vec![], vec![], vec![], vec![]);
-    for p in all["items"].as_array().expect("items").iter().filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("warm-"))) {
+    for p in all["items"].as_array().expect("items").iter().filter(|p| {
+        p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("warm-"))
+    }) {
         let created = time_ms(&p["metadata"]["creationTimestamp"]).unwrap_or(0);
-        let scheduled = condition(p, "PodScheduled").and_then(|c| time_ms(&c["lastTransitionTime"])).unwrap_or(created);
-        let prepared = condition(p, "ModuleReady").and_then(|c| time_ms(&c["lastTransitionTime"])).unwrap_or(scheduled);
+        let scheduled = condition(p, "PodScheduled")
+            .and_then(|c| time_ms(&c["lastTransitionTime"]))
+            .unwrap_or(created);
+        let prepared = condition(p, "ModuleReady")
+            .and_then(|c| time_ms(&c["lastTransitionTime"]))
+            .unwrap_or(scheduled);
         let started = time_ms(&p["status"]["startTime"]).unwrap_or(prepared);
         let finished = time_ms(&p["status"]["finishTime"]).unwrap_or(started);
         total.push(finished - created);
@@ -194,7 +238,9 @@ fn main() {
     for i in 0..SINGLE {
         let name = format!("single-{i}");
         apply(&name, &pod_yaml(&name, &hello));
-        wait("single pod", Duration::from_secs(60), || get(&name).is_some_and(|p| succeeded(&p)));
+        wait("single pod", Duration::from_secs(60), || {
+            get(&name).is_some_and(|p| succeeded(&p))
+        });
         let p = get(&name).expect("pod");
         let created = time_ms(&p["metadata"]["creationTimestamp"]).unwrap_or(0);
         single.push(time_ms(&p["status"]["finishTime"]).unwrap_or(created) - created);
@@ -205,7 +251,9 @@ fn main() {
     node = start_node(None);
     wait("node Ready again", Duration::from_secs(30), ready);
     apply("after-restart", &pod_yaml("after-restart", &hello));
-    wait("pod after restart", Duration::from_secs(60), || get("after-restart").is_some_and(|p| succeeded(&p)));
+    wait("pod after restart", Duration::from_secs(60), || {
+        get("after-restart").is_some_and(|p| succeeded(&p))
+    });
     let disk_t = get("after-restart").as_ref().and_then(module_timings);
     drop(node);
     drop(master);
@@ -216,9 +264,20 @@ fn main() {
         (p50, p99)
     };
     println!("\nidle memory (RSS, one node joined, 3 s after Ready)");
-    println!("  master {:>6.1} MiB   goal ≤ 50 MiB   ratio {:.2}", m_rss as f64 / 1024.0, m_rss as f64 / 1024.0 / 50.0);
-    println!("  node   {:>6.1} MiB   goal ≤ 15 MiB   ratio {:.2}", n_rss as f64 / 1024.0, n_rss as f64 / 1024.0 / 15.0);
-    println!("\nmodule preparation (hello, {} bytes)", std::fs::metadata(&hello).map(|m| m.len()).unwrap_or(0));
+    println!(
+        "  master {:>6.1} MiB   goal ≤ 50 MiB   ratio {:.2}",
+        m_rss as f64 / 1024.0,
+        m_rss as f64 / 1024.0 / 50.0
+    );
+    println!(
+        "  node   {:>6.1} MiB   goal ≤ 15 MiB   ratio {:.2}",
+        n_rss as f64 / 1024.0,
+        n_rss as f64 / 1024.0 / 15.0
+    );
+    println!(
+        "\nmodule preparation (hello, {} bytes)",
+        std::fs::metadata(&hello).map(|m| m.len()).unwrap_or(0)
+    );
     if let Some((f, s, c, k)) = cold_t {
         println!("  first pod on a fresh node          fetch {f} ms ({s}), compile {c} ms ({k})");
     }

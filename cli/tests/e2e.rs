@@ -50,19 +50,36 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     // A changed label is applied and keeps the binding; a changed spec is refused.
     let bound = c.get_json("pod", "hello").expect("hello")["spec"]["nodeName"].clone();
     let text = std::fs::read_to_string(&hello).expect("manifest");
-    let module = hello.parent().expect("dir").join("../../target/guests/wasm32-wasip2/release/hello.wasm");
+    let module = hello
+        .parent()
+        .expect("dir")
+        .join("../../target/guests/wasm32-wasip2/release/hello.wasm");
     let relabeled = c.manifest(
         "hello-relabeled.yaml",
-        &text.replace("app: hello", "app: hello2").replace("../../target/guests/wasm32-wasip2/release/hello.wasm", module.to_str().expect("utf8")),
+        &text.replace("app: hello", "app: hello2").replace(
+            "../../target/guests/wasm32-wasip2/release/hello.wasm",
+            module.to_str().expect("utf8"),
+        ),
     );
-    assert!(c.ok(&["apply", "-f", relabeled.to_str().expect("utf8")]).contains("pod/hello configured"));
+    assert!(c
+        .ok(&["apply", "-f", relabeled.to_str().expect("utf8")])
+        .contains("pod/hello configured"));
     let after = c.get_json("pod", "hello").expect("hello");
     assert_eq!(after["spec"]["nodeName"], bound);
     assert_eq!(after["metadata"]["labels"]["app"], "hello2");
-    let changed = c.manifest("hello-changed.yaml", &std::fs::read_to_string(&relabeled).expect("read").replace("world", "moon"));
+    let changed = c.manifest(
+        "hello-changed.yaml",
+        &std::fs::read_to_string(&relabeled)
+            .expect("read")
+            .replace("world", "moon"),
+    );
     let out = c.run(&["apply", "-f", changed.to_str().expect("utf8")]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot change once created"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot change once created"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The same program as a WASI p1 module.
     let p1 = c.manifest(

@@ -41,7 +41,9 @@ pub async fn credentials(
         Err(e) => return Err(NodeError::Config(format!("{}: {e}", path.display()))),
     }
     if masters.is_empty() {
-        return Err(NodeError::Config("no master address: pass --master host:port (e.g. --master 192.168.1.10:7443)".into()));
+        return Err(NodeError::Config(
+            "no master address: pass --master host:port (e.g. --master 192.168.1.10:7443)".into(),
+        ));
     }
     let token = token.ok_or_else(|| {
         NodeError::Config(format!(

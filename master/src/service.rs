@@ -229,7 +229,11 @@ async fn handle(
             check_valid(&obj)?;
             if let Object::Pod(p) = &obj {
                 check_module(ctx, &p.spec.module)?;
-                if let Some(Object::Pod(stored)) = ctx.store.get(Kind::Pod, &p.metadata.namespace, &p.metadata.name).map_err(store_err)? {
+                if let Some(Object::Pod(stored)) = ctx
+                    .store
+                    .get(Kind::Pod, &p.metadata.namespace, &p.metadata.name)
+                    .map_err(store_err)?
+                {
                     check_pod_update(&stored, p)?;
                 }
             }
@@ -347,7 +351,14 @@ async fn handle(
             let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl);
             let expires = record.expires;
             apply(&ctx.store, Command::PutToken { record }).await?;
-            reply(send, Response::Token { token: token.to_string(), expires }).await
+            reply(
+                send,
+                Response::Token {
+                    token: token.to_string(),
+                    expires,
+                },
+            )
+            .await
         }
         _ => Err(invalid("this master does not serve that request")),
     }
@@ -756,12 +767,21 @@ fn new_token(ca_hash: &str, description: String, ttl: Duration) -> (JoinToken, T
     let token = JoinToken::generate(ca_hash);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires = Time(Time::now().0.saturating_add(ttl_ms));
-    let record = TokenRecord { id: token.id.clone(), secret_hash: token.secret_hash(), expires, description };
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        expires,
+        description,
+    };
     (token, record)
 }
 
 /// Creates a join token without a request (for `flotilla up`, whose node joins its own master).
-pub fn local_token(master: &crate::Master, description: &str, ttl: Duration) -> Result<String, StoreError> {
+pub fn local_token(
+    master: &crate::Master,
+    description: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
     let (token, record) = new_token(&master.pki.ca_hash, description.to_string(), ttl);
     master.store.apply(Command::PutToken { record })?;
     Ok(token.to_string())
