@@ -104,9 +104,7 @@ fn condition<'a>(pod: &'a Value, ty: &str) -> Option<&'a Value> {
 /// `fetch 3ms (master), compile 61ms (cold)` → (3, "master", 61, "cold")
 fn module_timings(pod: &Value) -> Option<(i64, String, i64, String)> {
     let msg = condition(pod, "ModuleReady")?["message"].as_str()?;
-    let mut it = msg
-        .split(|c: char| c == ' ' || c == ',' || c == '(' || c == ')')
-        .filter(|s| !s.is_empty());
+    let mut it = msg.split([' ', ',', '(', ')']).filter(|s| !s.is_empty());
     let _ = it.next();
     let fetch = it.next()?.trim_end_matches("ms").parse().ok()?;
     let src = it.next()?.to_string();
