@@ -9,6 +9,8 @@
 //! - [`binder`]: places pending pods on Ready nodes that match their selector.
 //! - [`lifecycle`]: turns nodes whose heartbeats stop NotReady.
 //! - [`nodes`]: live connections of nodes, for requests the master makes to them (logs).
+//! - [`raft`]: openraft's storage over the store (log, state machine, snapshots);
+//!   not wired into [`run`] yet.
 //!
 //! [`run`] wires them and runs until the shutdown token fires.
 
@@ -17,6 +19,7 @@ pub mod binder;
 pub mod lifecycle;
 pub mod nodes;
 pub mod pki;
+pub mod raft;
 pub mod service;
 pub mod store;
 

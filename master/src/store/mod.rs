@@ -15,18 +15,22 @@
 //! - `machine`: applies one command to the tables of one write transaction.
 //! - `tables`: every redb table and how its values are encoded.
 //! - `watch`: [`Watch`], history first, then live events.
+//! - `replica`: what raft needs: bookkeeping applied with commands, whole-state
+//!   [`Image`]s for snapshots.
 
 mod command;
 mod error;
 mod machine;
+mod replica;
 mod rules;
-mod tables;
+pub(crate) mod tables;
 #[cfg(test)]
 mod tests;
 mod watch;
 
 pub use command::{Command, Outcome, TokenRecord};
 pub use error::StoreError;
+pub use replica::{Image, RaftMark, RaftMeta};
 pub use watch::Watch;
 
 use error::db;
@@ -39,8 +43,9 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use tables::{decode, meta, HISTORY, META, MODULES, OBJECTS, TOKENS};
+use tables::{decode, meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS};
 use tokio::sync::broadcast;
+use watch::Live;
 
 /// Live events buffered for each watcher; one that falls further behind
 /// catches up from the history table instead.
@@ -57,7 +62,7 @@ struct Inner {
     path: PathBuf,
     /// How many recent revisions the history table keeps for watches.
     history: u64,
-    live: broadcast::Sender<WatchEvent>,
+    live: broadcast::Sender<Live>,
     /// Held from the start of a write until its events are sent, so that live
     /// events go out in revision order even when threads write concurrently.
     write: Mutex<()>,
@@ -96,6 +101,9 @@ impl Store {
             machine.check_format()?;
             machine.compact(history)?;
         }
+        // Created up front so that reads of the raft bookkeeping never meet a
+        // missing table (files written before raft have none).
+        txn.open_table(RAFT).map_err(db("opening the raft table"))?;
         txn.commit().map_err(db("committing the opened tables"))?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Ok(Store {
@@ -143,7 +151,7 @@ impl Store {
         }
         for event in events {
             // An error only means nobody is watching right now.
-            let _ = self.inner.live.send(event);
+            let _ = self.inner.live.send(Live::Event(event));
         }
         Ok(outcome)
     }

@@ -1,7 +1,8 @@
-//! Every redb table of the store and how its keys and values are encoded:
-//! the on-disk format in one place. `docs/store.md` describes the same
-//! format for people; change both together and bump [`FORMAT_VERSION`] when
-//! old files can no longer be read.
+//! Every redb table of the master and how its keys and values are encoded:
+//! the on-disk format in one place. That is the store's file (`state.redb`)
+//! and the raft log's (`raft-log.redb`, used by `crate::raft`).
+//! `docs/store.md` describes the same format for people; change both together
+//! and bump [`FORMAT_VERSION`] when old files can no longer be read.
 
 use super::error::StoreError;
 use redb::TableDefinition;
@@ -23,6 +24,42 @@ pub(crate) const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("m
 
 /// Join token id → postcard of `TokenRecord`.
 pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+/// Raft bookkeeping written in the same transaction as the state it
+/// describes, keyed by the names in [`raft_meta`]. The store does not read the
+/// values; `crate::raft` encodes them (postcard of openraft types).
+pub(crate) const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+
+/// Keys of the [`RAFT`] table.
+pub(crate) mod raft_meta {
+    /// The log id of the last entry applied to the state.
+    pub(crate) const APPLIED: &str = "applied";
+    /// The last membership config applied (with the log id that carried it).
+    pub(crate) const MEMBERSHIP: &str = "membership";
+}
+
+// The raft log lives in its own file (`raft-log.redb`, see
+// `crate::raft::log_store`): it is written far more often than the state and
+// purged behind snapshots, and keeping it apart lets either file be replaced
+// (restored, resent by a peer) without the other. Its tables are defined here
+// so that every table of the master is in one place.
+
+/// Raft log index → postcard of `openraft::Entry<crate::raft::TypeConfig>`.
+pub(crate) const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+
+/// Raft's own durable state beside the log, keyed by the names in [`raft_log_meta`].
+pub(crate) const RAFT_LOG_META: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("raft_log_meta");
+
+/// Keys of the [`RAFT_LOG_META`] table.
+pub(crate) mod raft_log_meta {
+    /// Postcard of `openraft::Vote<u64>`: the term and vote to survive restarts.
+    pub(crate) const VOTE: &str = "vote";
+    /// Postcard of `Option<openraft::LogId<u64>>`: the last log id known committed.
+    pub(crate) const COMMITTED: &str = "committed";
+    /// Postcard of `openraft::LogId<u64>`: every entry at or below it was removed.
+    pub(crate) const LAST_PURGED: &str = "last_purged";
+}
 
 /// Keys of the [`META`] table.
 pub(crate) mod meta {

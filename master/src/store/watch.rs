@@ -1,6 +1,7 @@
 //! A watch: every change after a revision, in order, exactly once. It reads
 //! the history table until it has caught up, then follows the live channel,
-//! and goes back to the history whenever the channel drops events for it.
+//! and goes back to the history whenever the channel drops events for it or
+//! the whole state was replaced (a raft snapshot was installed).
 
 use super::error::StoreError;
 use super::Store;
@@ -9,6 +10,19 @@ use std::collections::VecDeque;
 use std::fmt;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+/// What the store sends live watchers after each commit.
+// Boxing events to shrink the rare `Reset` would allocate once per event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub(super) enum Live {
+    /// The event of one revision.
+    Event(WatchEvent),
+    /// The whole state was replaced (`Store::install`) and the history
+    /// cleared: watchers must check the history again, which answers `TooOld`
+    /// to those that had not reached the new state's revision.
+    Reset,
+}
+
 /// History events read per read transaction while catching up; bounds the
 /// time one `next` holds the database and the memory a slow watcher pins.
 const CATCH_UP_BATCH: usize = 256;
@@ -16,7 +30,7 @@ const CATCH_UP_BATCH: usize = 256;
 /// Change events after a revision, from [`Store::watch`].
 pub struct Watch {
     store: Store,
-    live: broadcast::Receiver<WatchEvent>,
+    live: broadcast::Receiver<Live>,
     /// The revision of the last event delivered (or the starting revision).
     last: u64,
     /// History events read but not yet delivered.
@@ -37,7 +51,7 @@ impl fmt::Debug for Watch {
 impl Watch {
     /// A watch delivering events after `last`; `live` must have been
     /// subscribed before the store's revision was read.
-    pub(super) fn new(store: Store, live: broadcast::Receiver<WatchEvent>, last: u64) -> Watch {
+    pub(super) fn new(store: Store, live: broadcast::Receiver<Live>, last: u64) -> Watch {
         Watch {
             store,
             live,
@@ -76,13 +90,16 @@ impl Watch {
                 continue;
             }
             match self.live.recv().await {
-                Ok(event) if event.revision <= self.last => {} // read from the history already
-                Ok(event) if event.revision == self.last + 1 => {
+                Ok(Live::Event(event)) if event.revision <= self.last => {} // read from the history already
+                Ok(Live::Event(event)) if event.revision == self.last + 1 => {
                     self.last = event.revision;
                     return Ok(event);
                 }
-                // A gap: the events in between are in the history.
-                Ok(_) | Err(RecvError::Lagged(_)) => self.catching_up = true,
+                // A gap: the events in between are in the history. After a
+                // reset the history tells whether this watcher can go on.
+                Ok(Live::Event(_) | Live::Reset) | Err(RecvError::Lagged(_)) => {
+                    self.catching_up = true
+                }
                 Err(RecvError::Closed) => {
                     // The store (held by this watch) owns the sender, so this
                     // cannot happen; say so rather than spin.

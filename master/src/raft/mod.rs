@@ -1,0 +1,217 @@
+//! Raft storage for the master: openraft's log and state machine on redb, so
+//! that a replicated log can carry [`store::Command`]s and every master apply
+//! them in the same order. Only storage lives here; the network, membership
+//! changes and the wiring into the running master come later.
+//!
+//! Layout:
+//! - this file: [`TypeConfig`] (what the log carries), [`RaftResponse`] (what
+//!   applying an entry answers), [`Refusal`], [`RaftStoreError`].
+//! - `log_store`: [`LogStore`], the raft log, vote and committed id in their
+//!   own redb file ([`LOG_FILE`]).
+//! - `state_machine`: [`StateMachine`] and [`SnapshotBuilder`] over the
+//!   [`Store`](crate::store::Store): each entry's effects and raft's
+//!   bookkeeping in one transaction; snapshots are whole-state images kept in
+//!   [`SNAPSHOT_FILE`].
+//!
+//! `docs/store.md` ("Raft storage") describes the files and what is atomic
+//! with what.
+
+mod log_store;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+
+pub use log_store::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachine};
+
+use crate::store::{self, Outcome, StoreError};
+use openraft::{AnyError, BasicNode, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+// `declare_raft_types!` names `Cursor` in its defaults; it is our snapshot data too.
+use std::io::Cursor;
+use std::path::PathBuf;
+
+/// The raft log's file in the data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+
+/// The current snapshot's file in the data directory.
+pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+
+openraft::declare_raft_types!(
+    /// Flotilla's raft types: the log carries store commands between masters
+    /// named by number and reached at an address.
+    pub TypeConfig:
+        D = store::Command,
+        R = RaftResponse,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A raft log entry of Flotilla.
+pub type Entry = openraft::Entry<TypeConfig>;
+
+/// The raft log id of an entry.
+pub type LogId = openraft::LogId<u64>;
+
+/// What openraft's storage traits fail with.
+pub type RaftStorageError = StorageError<u64>;
+
+/// What applying one log entry answered, for whoever proposed it.
+// Boxing the outcome would cost an allocation per entry to shrink a value
+// that is moved once, to the proposer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RaftResponse {
+    /// A blank or membership entry: only raft's bookkeeping changed.
+    Bookkeeping,
+    /// A command's answer. A refusal is a normal outcome, the same on every
+    /// master; the entry is applied all the same (nothing of the command is
+    /// written).
+    Command(Result<Outcome, Refusal>),
+}
+
+impl RaftResponse {
+    /// The command's answer as [`Store::apply`](crate::store::Store::apply)
+    /// gives it; `None` for an entry that carried no command.
+    pub fn into_store_result(self) -> Option<Result<Outcome, StoreError>> {
+        match self {
+            RaftResponse::Bookkeeping => None,
+            RaftResponse::Command(answer) => Some(answer.map_err(StoreError::from)),
+        }
+    }
+}
+
+/// Why the state refused a command: the caller errors of [`StoreError`], in a
+/// form the raft response can carry (fatal errors never get here: they stop
+/// the state machine instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Refusal {
+    NotFound(String),
+    AlreadyExists(String),
+    Conflict {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
+    TooOld {
+        requested: u64,
+        oldest: u64,
+    },
+    Invalid(String),
+}
+
+impl Refusal {
+    /// The refusal of a caller error; gives a fatal error back.
+    pub fn from_store(e: StoreError) -> Result<Refusal, StoreError> {
+        Ok(match e {
+            StoreError::NotFound(what) => Refusal::NotFound(what),
+            StoreError::AlreadyExists(what) => Refusal::AlreadyExists(what),
+            StoreError::Conflict {
+                key,
+                expected,
+                actual,
+            } => Refusal::Conflict {
+                key,
+                expected,
+                actual,
+            },
+            StoreError::TooOld { requested, oldest } => Refusal::TooOld { requested, oldest },
+            StoreError::Invalid(why) => Refusal::Invalid(why),
+            fatal @ (StoreError::Db(_) | StoreError::Corrupt(_)) => return Err(fatal),
+        })
+    }
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> StoreError {
+        match r {
+            Refusal::NotFound(what) => StoreError::NotFound(what),
+            Refusal::AlreadyExists(what) => StoreError::AlreadyExists(what),
+            Refusal::Conflict {
+                key,
+                expected,
+                actual,
+            } => StoreError::Conflict {
+                key,
+                expected,
+                actual,
+            },
+            Refusal::TooOld { requested, oldest } => StoreError::TooOld { requested, oldest },
+            Refusal::Invalid(why) => StoreError::Invalid(why),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The same words as the store's own error, which people already see.
+        StoreError::from(self.clone()).fmt(f)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Why the raft storage could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftStoreError {
+    /// The raft log file could not be opened or prepared.
+    #[error("raft log {path}: {message} (is another master using this data directory?)")]
+    Log { path: PathBuf, message: String },
+    /// The state store failed while recovering from the snapshot file.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The snapshot file could not be read.
+    #[error("raft snapshot {path}: {source}")]
+    SnapshotIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The snapshot file does not decode or does not match its own meta.
+    #[error("raft snapshot {path} is damaged ({message}): remove it; the leader sends a new one")]
+    SnapshotCorrupt { path: PathBuf, message: String },
+}
+
+/// A storage error of openraft about `subject`, from anything displayable.
+fn storage_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl fmt::Display,
+) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e)).into()
+}
+
+/// A storage error on its way out of a blocking task or helper: boxed, as
+/// openraft's error is large and would bloat every `Result` it passes through.
+type Failure = Box<RaftStorageError>;
+
+/// [`storage_error`], boxed.
+fn failure(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl fmt::Display) -> Failure {
+    Box::new(storage_error(subject, verb, e))
+}
+
+/// Encodes a value as postcard for the raft tables and files.
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode {what}: {e}")))
+}
+
+/// Runs blocking storage work (redb commits wait for fsync) off the async
+/// workers, so a slow disk stalls no other task of the runtime.
+async fn blocking<T, F>(subject: ErrorSubject<u64>, f: F) -> Result<T, RaftStorageError>
+where
+    F: FnOnce() -> Result<T, Failure> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| *e),
+        Err(e) => Err(storage_error(
+            subject,
+            ErrorVerb::Write,
+            format!("the storage task failed: {e}"),
+        )),
+    }
+}

@@ -1,0 +1,374 @@
+//! openraft's state machine over the [`Store`]: each log entry's effects and
+//! raft's bookkeeping (last applied log id, last membership) are written in
+//! one redb transaction, so after a crash the state and `applied_state` agree.
+//!
+//! Snapshots are whole-state [`Image`]s (postcard) built from one read
+//! transaction. The current one is kept in [`SNAPSHOT_FILE`](super::SNAPSHOT_FILE)
+//! as postcard of [`SnapshotFile`] (its meta and its bytes), replaced
+//! atomically (write a temporary file, fsync, rename, fsync the directory).
+//! An installed snapshot is written there *before* it replaces the state;
+//! opening the state machine re-installs a snapshot file that is ahead of the
+//! state, which finishes an install a crash interrupted.
+
+use super::{
+    blocking, encode, failure, storage_error, Entry, Failure, LogId, RaftResponse,
+    RaftStorageError, RaftStoreError, Refusal, TypeConfig,
+};
+use crate::store::tables::decode;
+use crate::store::{Image, RaftMark, Store, StoreError};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    BasicNode, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Raft's view of the store.
+pub struct StateMachine {
+    store: Store,
+    snapshots: Arc<Snapshots>,
+}
+
+/// Builds snapshots of the store (openraft runs it beside the state machine).
+pub struct SnapshotBuilder {
+    store: Store,
+    snapshots: Arc<Snapshots>,
+}
+
+/// The snapshot file, shared by the state machine and its builders.
+struct Snapshots {
+    path: PathBuf,
+    /// The meta of the snapshot in the file. Held while the file is written
+    /// or read, so that a builder finishing late cannot replace a newer
+    /// snapshot (one installed meanwhile) with its older one.
+    current: Mutex<Option<Meta>>,
+    /// Makes snapshot ids unique within a process.
+    built: AtomicU64,
+}
+
+type Meta = SnapshotMeta<u64, BasicNode>;
+
+/// The contents of the snapshot file.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    /// Postcard of an [`Image`].
+    data: Vec<u8>,
+}
+
+impl fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("store", &self.store)
+            .field("snapshot", &self.snapshots.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SnapshotBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotBuilder")
+            .field("snapshot", &self.snapshots.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateMachine {
+    /// The state machine over `store`, keeping its current snapshot at
+    /// `snapshot_path` (conventionally `<data dir>/raft-snapshot.bin`). If
+    /// that snapshot is ahead of the store (a crash interrupted its install),
+    /// it is installed now.
+    pub fn open(store: Store, snapshot_path: &Path) -> Result<StateMachine, RaftStoreError> {
+        let corrupt = |message: String| RaftStoreError::SnapshotCorrupt {
+            path: snapshot_path.to_path_buf(),
+            message,
+        };
+        let file = read_snapshot_file(snapshot_path)?;
+        let current = match file {
+            None => None,
+            Some(file) => {
+                let image = checked_image(&file.meta, &file.data).map_err(corrupt)?;
+                let applied = applied_state(&store.raft_meta()?)
+                    .map_err(|m| RaftStoreError::Store(StoreError::Corrupt(m)))?
+                    .0;
+                if file.meta.last_log_id > applied {
+                    store.install(&image)?;
+                }
+                Some(file.meta)
+            }
+        };
+        Ok(StateMachine {
+            store,
+            snapshots: Arc::new(Snapshots {
+                path: snapshot_path.to_path_buf(),
+                current: Mutex::new(current),
+                built: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The store this state machine applies to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Snapshots {
+    /// Makes `meta` and `data` the current snapshot, unless the file already
+    /// holds a newer one.
+    fn save(&self, meta: &Meta, data: &[u8]) -> Result<(), Failure> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = current.as_ref() {
+            if held.last_log_id > meta.last_log_id {
+                return Ok(());
+            }
+        }
+        let fail = |e: String| {
+            failure(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                format!("{}: {e}", self.path.display()),
+            )
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        let bytes = encode("a snapshot", &file).map_err(|e| fail(e.to_string()))?;
+        write_atomically(&self.path, &bytes).map_err(|e| fail(e.to_string()))?;
+        *current = Some(meta.clone());
+        Ok(())
+    }
+
+    /// The current snapshot, if any.
+    fn load(&self) -> Result<Option<Snapshot<TypeConfig>>, Failure> {
+        let _held = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let file = read_snapshot_file(&self.path)
+            .map_err(|e| failure(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(file.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(f.data)),
+        }))
+    }
+}
+
+/// Reads and decodes the snapshot file; `None` if there is none.
+fn read_snapshot_file(path: &Path) -> Result<Option<SnapshotFile>, RaftStoreError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(RaftStoreError::SnapshotIo {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    decode("snapshot file", &path.display(), &bytes)
+        .map(Some)
+        .map_err(|e| RaftStoreError::SnapshotCorrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves either the
+/// old file or the new one, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    // The rename is durable only once the directory is.
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Decodes a snapshot's data and checks it is the state `meta` describes.
+fn checked_image(meta: &Meta, data: &[u8]) -> Result<Image, String> {
+    let image: Image = decode("snapshot", &meta.snapshot_id, data).map_err(|e| e.to_string())?;
+    let (applied, membership) = applied_state(&image.raft)?;
+    if applied != meta.last_log_id || membership != meta.last_membership {
+        return Err(format!(
+            "the data was taken at {applied:?} with {membership:?}, its meta says {:?} with {:?}",
+            meta.last_log_id, meta.last_membership
+        ));
+    }
+    Ok(image)
+}
+
+/// Decodes raft's bookkeeping as the store keeps it.
+fn applied_state(
+    raft: &crate::store::RaftMeta,
+) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), String> {
+    let applied = match &raft.applied {
+        Some(bytes) => Some(decode::<LogId>("raft", &"applied", bytes).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let membership = match &raft.membership {
+        Some(bytes) => decode("raft", &"membership", bytes).map_err(|e| e.to_string())?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+fn read_state_machine(e: impl fmt::Display) -> RaftStorageError {
+    storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, e)
+}
+
+/// Applies one entry in one store transaction.
+fn apply_entry(store: &Store, entry: Entry) -> Result<RaftResponse, Failure> {
+    let log_id = entry.log_id;
+    let fail = |e: StoreError| failure(ErrorSubject::Apply(log_id), ErrorVerb::Write, e);
+    let applied = encode("a log id", &log_id).map_err(fail)?;
+    match entry.payload {
+        EntryPayload::Blank => {
+            store
+                .mark_raft(RaftMark {
+                    applied: &applied,
+                    membership: None,
+                })
+                .map_err(fail)?;
+            Ok(RaftResponse::Bookkeeping)
+        }
+        EntryPayload::Membership(membership) => {
+            let stored = StoredMembership::new(Some(log_id), membership);
+            let membership = encode("a membership", &stored).map_err(fail)?;
+            store
+                .mark_raft(RaftMark {
+                    applied: &applied,
+                    membership: Some(&membership),
+                })
+                .map_err(fail)?;
+            Ok(RaftResponse::Bookkeeping)
+        }
+        EntryPayload::Normal(cmd) => {
+            let answer = store.apply_raft(
+                RaftMark {
+                    applied: &applied,
+                    membership: None,
+                },
+                cmd,
+            );
+            match answer.map_err(fail)? {
+                Ok(outcome) => Ok(RaftResponse::Command(Ok(outcome))),
+                Err(refused) => {
+                    let refusal = Refusal::from_store(refused).map_err(fail)?;
+                    Ok(RaftResponse::Command(Err(refusal)))
+                }
+            }
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let raft = self.store.raft_meta().map_err(read_state_machine)?;
+        applied_state(&raft).map_err(read_state_machine)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<RaftResponse>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.store.clone();
+        // One transaction per entry: a refused command must not undo the
+        // entries around it, and each commit leaves a consistent state.
+        blocking(ErrorSubject::StateMachine, move || {
+            entries
+                .into_iter()
+                .map(|entry| apply_entry(&store, entry))
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        let store = self.store.clone();
+        let snapshots = self.snapshots.clone();
+        blocking(ErrorSubject::Snapshot(Some(meta.signature())), move || {
+            let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+            let image =
+                checked_image(&meta, &data).map_err(|e| failure(subject(), ErrorVerb::Read, e))?;
+            // The file first: if a crash comes before the state is replaced,
+            // opening the state machine finishes the install from the file.
+            snapshots.save(&meta, &data)?;
+            store
+                .install(&image)
+                .map_err(|e| failure(subject(), ErrorVerb::Write, e))
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let snapshots = self.snapshots.clone();
+        blocking(ErrorSubject::Snapshot(None), move || snapshots.load()).await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let store = self.store.clone();
+        let snapshots = self.snapshots.clone();
+        blocking(ErrorSubject::Snapshot(None), move || {
+            let fail = |e: String| failure(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+            // One read transaction: the data and the applied log id agree.
+            let image = store.export().map_err(|e| fail(e.to_string()))?;
+            let (last_log_id, last_membership) = applied_state(&image.raft).map_err(fail)?;
+            let data = encode("a snapshot", &image).map_err(|e| fail(e.to_string()))?;
+            let seq = snapshots.built.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match &last_log_id {
+                Some(id) => format!("{id}-{seq}"),
+                None => format!("empty-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id,
+                last_membership,
+                snapshot_id,
+            };
+            snapshots.save(&meta, &data)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,325 @@
+//! What replication needs from the store: raft's bookkeeping (the last
+//! applied log id, the last membership) written in the same redb transaction
+//! as the command it accounts for, and whole-state [`Image`]s for raft
+//! snapshots. The bookkeeping is opaque bytes here, so the store knows
+//! nothing of openraft; `crate::raft` encodes and decodes it.
+
+use super::command::{Command, Outcome, TokenRecord};
+use super::error::{db, StoreError};
+use super::machine::{read_meta, Machine};
+use super::tables::{
+    self, decode, encode, meta, raft_meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS,
+};
+use super::watch::Live;
+use super::Store;
+use flotilla_api::objects::Object;
+use redb::{ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use std::sync::PoisonError;
+
+/// Raft's bookkeeping for one applied log entry, encoded by the raft layer.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftMark<'a> {
+    /// The applied entry's log id.
+    pub applied: &'a [u8],
+    /// The membership config with the log id that carried it, when this
+    /// entry changes it (`None`: the stored one stays).
+    pub membership: Option<&'a [u8]>,
+}
+
+/// Raft's bookkeeping as stored with the state (`None` where never written).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMeta {
+    pub applied: Option<Vec<u8>>,
+    pub membership: Option<Vec<u8>>,
+}
+
+/// The whole state at one revision, as a raft snapshot carries it. The change
+/// history is not included: a store that installs an image has no history
+/// before the image's revision (watches from older revisions get `TooOld`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// The store format the image was taken from (`tables::FORMAT_VERSION`);
+    /// objects are postcard inside, so another format cannot be installed.
+    pub format: u64,
+    /// The revision of the last write in the image.
+    pub revision: u64,
+    /// Every object, in key order.
+    pub objects: Vec<Object>,
+    /// Module digest → bytes, in digest order.
+    pub modules: Vec<(String, Vec<u8>)>,
+    /// Every join token, in id order.
+    pub tokens: Vec<TokenRecord>,
+    /// The raft bookkeeping of the same transaction as the data.
+    pub raft: RaftMeta,
+}
+
+impl Store {
+    /// Applies one command from the raft log together with its bookkeeping,
+    /// in one redb write transaction (durable on return).
+    ///
+    /// The outer error is fatal (`Db`, `Corrupt`): nothing was written and the
+    /// replica must stop. The inner result is the command's answer: a refusal
+    /// (`Conflict`, `NotFound`, ...) is as deterministic as a success, so the
+    /// entry still counts as applied: its partial writes, if any, are dropped
+    /// and only the bookkeeping is committed.
+    pub fn apply_raft(
+        &self,
+        mark: RaftMark<'_>,
+        cmd: Command,
+    ) -> Result<Result<Outcome, StoreError>, StoreError> {
+        match self.apply_marked(mark, Some(cmd))? {
+            Some(answer) => Ok(answer),
+            // apply_marked answers every command it is given.
+            None => Err(StoreError::Db(
+                "a raft command was applied without an answer".into(),
+            )),
+        }
+    }
+
+    /// Records a raft entry that carries no command (a leader's blank entry,
+    /// a membership change): only the bookkeeping changes.
+    pub fn mark_raft(&self, mark: RaftMark<'_>) -> Result<(), StoreError> {
+        self.apply_marked(mark, None).map(|_| ())
+    }
+
+    /// The raft bookkeeping of the last committed transaction.
+    pub fn raft_meta(&self) -> Result<RaftMeta, StoreError> {
+        let txn = self.read()?;
+        let raft = txn.open_table(RAFT).map_err(db("opening the raft table"))?;
+        read_raft(&raft)
+    }
+
+    /// The whole state, read in one read transaction: the data and the raft
+    /// bookkeeping belong to the same commit.
+    pub fn export(&self) -> Result<Image, StoreError> {
+        let txn = self.read()?;
+        let revision = read_meta(
+            &txn.open_table(META).map_err(db("opening the meta table"))?,
+            meta::REVISION,
+        )?;
+        let mut objects = Vec::new();
+        for entry in txn
+            .open_table(OBJECTS)
+            .map_err(db("opening the objects table"))?
+            .iter()
+            .map_err(db("reading the objects"))?
+        {
+            let (k, v) = entry.map_err(db("reading the objects"))?;
+            objects.push(decode("objects", &k.value(), v.value())?);
+        }
+        let mut modules = Vec::new();
+        for entry in txn
+            .open_table(MODULES)
+            .map_err(db("opening the modules table"))?
+            .iter()
+            .map_err(db("reading the modules"))?
+        {
+            let (k, v) = entry.map_err(db("reading the modules"))?;
+            modules.push((k.value().to_string(), v.value().to_vec()));
+        }
+        let mut tokens = Vec::new();
+        for entry in txn
+            .open_table(TOKENS)
+            .map_err(db("opening the tokens table"))?
+            .iter()
+            .map_err(db("reading the tokens"))?
+        {
+            let (k, v) = entry.map_err(db("reading the tokens"))?;
+            tokens.push(decode("tokens", &k.value(), v.value())?);
+        }
+        let raft = read_raft(&txn.open_table(RAFT).map_err(db("opening the raft table"))?)?;
+        Ok(Image {
+            format: tables::FORMAT_VERSION,
+            revision,
+            objects,
+            modules,
+            tokens,
+            raft,
+        })
+    }
+
+    /// Replaces the whole state with `image` in one write transaction: the
+    /// objects, modules, tokens, revision and raft bookkeeping become the
+    /// image's, the history is emptied and `compacted` set to the image's
+    /// revision. Live watchers are then told to check the history again: those
+    /// that had not reached the image's revision get `TooOld` (list again)
+    /// rather than silently missing what the image changed.
+    ///
+    /// `Invalid` if the image is of another format or older than the state
+    /// (revisions never go back; raft only installs snapshots ahead of what a
+    /// replica applied).
+    pub fn install(&self, image: &Image) -> Result<(), StoreError> {
+        if image.format != tables::FORMAT_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "the snapshot is in store format {}, this master reads format {}: \
+                 run the same flotilla version on every master",
+                image.format,
+                tables::FORMAT_VERSION
+            )));
+        }
+        let _serial = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(db("starting a write transaction"))?;
+        {
+            let mut meta_table = txn.open_table(META).map_err(db("opening the meta table"))?;
+            let revision = read_meta(&meta_table, meta::REVISION)?;
+            if image.revision < revision {
+                return Err(StoreError::Invalid(format!(
+                    "the snapshot is at revision {}, older than this store's {revision}",
+                    image.revision
+                )));
+            }
+            meta_table
+                .insert(meta::REVISION, image.revision)
+                .map_err(db("writing the revision"))?;
+            meta_table
+                .insert(meta::COMPACTED, image.revision)
+                .map_err(db("writing the compacted revision"))?;
+        }
+        // Deleting a table frees its pages at once, where removing every row
+        // would rewrite them first.
+        for (table, name) in [
+            (OBJECTS, "objects"),
+            (MODULES, "modules"),
+            (TOKENS, "tokens"),
+            (RAFT, "raft"),
+        ] {
+            txn.delete_table(table)
+                .map_err(|e| StoreError::Db(format!("clearing the {name} table: {e}")))?;
+        }
+        txn.delete_table(HISTORY)
+            .map_err(db("clearing the history table"))?;
+        write_image(&txn, image)?;
+        txn.commit().map_err(db("committing a snapshot"))?;
+        // An error only means nobody is watching right now.
+        let _ = self.inner.live.send(Live::Reset);
+        Ok(())
+    }
+
+    /// Applies `cmd` (if any) and writes `mark`; `None` when there was no command.
+    fn apply_marked(
+        &self,
+        mark: RaftMark<'_>,
+        cmd: Option<Command>,
+    ) -> Result<Option<Result<Outcome, StoreError>>, StoreError> {
+        // A poisoned lock guards no data (see `Store::apply`).
+        let _serial = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(db("starting a write transaction"))?;
+        let mut machine = Machine::open(&txn)?;
+        let answer = cmd.map(|cmd| machine.apply(cmd));
+        if let Some(Err(refused)) = answer {
+            drop(machine);
+            if refused.is_fatal() {
+                return Err(refused);
+            }
+            // The command may have written part of itself before it was
+            // refused: drop all of it, and record only that the entry was applied.
+            txn.abort().map_err(db("dropping a refused command"))?;
+            let txn = self
+                .inner
+                .db
+                .begin_write()
+                .map_err(db("starting a write transaction"))?;
+            write_mark(&txn, mark)?;
+            txn.commit()
+                .map_err(db("committing the raft bookkeeping"))?;
+            return Ok(Some(Err(refused)));
+        }
+        let (_, events) = machine.finish(self.inner.history)?;
+        write_mark(&txn, mark)?;
+        // Always committed, even when the command changed no object: the
+        // bookkeeping moved.
+        txn.commit().map_err(db("committing a raft entry"))?;
+        for event in events {
+            // An error only means nobody is watching right now.
+            let _ = self.inner.live.send(Live::Event(event));
+        }
+        Ok(answer)
+    }
+}
+
+/// Writes the bookkeeping of one applied entry.
+fn write_mark(txn: &WriteTransaction, mark: RaftMark<'_>) -> Result<(), StoreError> {
+    let mut raft = txn.open_table(RAFT).map_err(db("opening the raft table"))?;
+    raft.insert(raft_meta::APPLIED, mark.applied)
+        .map_err(db("writing the applied log id"))?;
+    if let Some(membership) = mark.membership {
+        raft.insert(raft_meta::MEMBERSHIP, membership)
+            .map_err(db("writing the membership"))?;
+    }
+    Ok(())
+}
+
+/// Writes the rows of an image into freshly emptied tables.
+fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> {
+    let mut objects = txn
+        .open_table(OBJECTS)
+        .map_err(db("opening the objects table"))?;
+    for object in &image.objects {
+        let value = encode("an object", object)?;
+        objects
+            .insert(object.key().as_str(), value.as_slice())
+            .map_err(db("writing an object"))?;
+    }
+    let mut modules = txn
+        .open_table(MODULES)
+        .map_err(db("opening the modules table"))?;
+    for (digest, bytes) in &image.modules {
+        modules
+            .insert(digest.as_str(), bytes.as_slice())
+            .map_err(db("writing module bytes"))?;
+    }
+    let mut tokens = txn
+        .open_table(TOKENS)
+        .map_err(db("opening the tokens table"))?;
+    for token in &image.tokens {
+        let value = encode("a token", token)?;
+        tokens
+            .insert(token.id.as_str(), value.as_slice())
+            .map_err(db("writing a token"))?;
+    }
+    // Recreated empty: the history starts after the image's revision.
+    txn.open_table(HISTORY)
+        .map_err(db("opening the history table"))?;
+    let mut raft = txn.open_table(RAFT).map_err(db("opening the raft table"))?;
+    if let Some(applied) = &image.raft.applied {
+        raft.insert(raft_meta::APPLIED, applied.as_slice())
+            .map_err(db("writing the applied log id"))?;
+    }
+    if let Some(membership) = &image.raft.membership {
+        raft.insert(raft_meta::MEMBERSHIP, membership.as_slice())
+            .map_err(db("writing the membership"))?;
+    }
+    Ok(())
+}
+
+fn read_raft(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<RaftMeta, StoreError> {
+    let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(table
+            .get(key)
+            .map_err(db("reading the raft table"))?
+            .map(|v| v.value().to_vec()))
+    };
+    Ok(RaftMeta {
+        applied: get(raft_meta::APPLIED)?,
+        membership: get(raft_meta::MEMBERSHIP)?,
+    })
+}
