@@ -151,6 +151,9 @@ struct UpArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_client() {
+        quiet_broken_pipe();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -168,6 +171,33 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl Command {
+    /// Whether this command prints for a pipe (`flotilla get pods | head`) rather than running a service.
+    fn is_client(&self) -> bool {
+        match self {
+            #[cfg(feature = "master")]
+            Command::Master(_) => false,
+            #[cfg(feature = "node")]
+            Command::Node(_) => false,
+            #[cfg(all(feature = "master", feature = "node"))]
+            Command::Up(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// A reader that closes early (`| head`) ends a client command quietly, as
+/// with other Unix tools, instead of a panic inside `println!`.
+#[allow(unsafe_code)]
+fn quiet_broken_pipe() {
+    // SAFETY: called at the start of `main`, before any other thread exists;
+    // it only restores the default disposition of SIGPIPE, which Rust's
+    // runtime set to "ignore".
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
