@@ -2,7 +2,7 @@
 //! identity a certificate carries, and join tokens that pin the CA.
 //!
 //! Every certificate's common name says who holds it: `flotilla:admin`,
-//! `flotilla:viewer` or `flotilla:node:<name>`. The master reads it from the
+//! `flotilla:viewer`, `flotilla:node:<name>` or `flotilla:master:<raft id>`. The master reads it from the
 //! verified client certificate of each connection; nothing else is trusted.
 
 use rcgen::{
@@ -41,6 +41,9 @@ pub enum Identity {
     Viewer,
     /// An edge node: may write its own Node and the status of its pods.
     Node(String),
+    /// A master, by its raft node id: may exchange raft messages with the
+    /// other masters (and do what admins do, to forward writes).
+    Master(u64),
 }
 
 impl Identity {
@@ -50,6 +53,7 @@ impl Identity {
             Identity::Admin => "flotilla:admin".into(),
             Identity::Viewer => "flotilla:viewer".into(),
             Identity::Node(n) => format!("flotilla:node:{n}"),
+            Identity::Master(id) => format!("flotilla:master:{id}"),
         }
     }
 
@@ -58,10 +62,20 @@ impl Identity {
         match cn {
             "flotilla:admin" => Some(Identity::Admin),
             "flotilla:viewer" => Some(Identity::Viewer),
-            _ => cn
-                .strip_prefix("flotilla:node:")
-                .filter(|n| crate::manifest::is_dns_subdomain(n))
-                .map(|n| Identity::Node(n.to_string())),
+            _ => {
+                if let Some(id) = cn.strip_prefix("flotilla:master:") {
+                    // Only the canonical decimal form: `+1` or `01` would give
+                    // one master two names.
+                    return id
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| n.to_string() == id)
+                        .map(Identity::Master);
+                }
+                cn.strip_prefix("flotilla:node:")
+                    .filter(|n| crate::manifest::is_dns_subdomain(n))
+                    .map(|n| Identity::Node(n.to_string()))
+            }
         }
     }
 
@@ -86,6 +100,7 @@ impl fmt::Display for Identity {
             Identity::Admin => f.write_str("admin"),
             Identity::Viewer => f.write_str("viewer"),
             Identity::Node(n) => write!(f, "node {n}"),
+            Identity::Master(id) => write!(f, "master {id}"),
         }
     }
 }
@@ -321,6 +336,7 @@ mod tests {
             Identity::Admin,
             Identity::Viewer,
             Identity::Node("n1".into()),
+            Identity::Master(3),
         ] {
             let ck = ca.issue_client(&id).expect("issue");
             let der = crate::tls::parse_certs(&ck.cert_pem).expect("pem");
@@ -361,5 +377,26 @@ mod tests {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Identity::from_common_name("flotilla:node:../x"), None);
+    }
+
+    #[test]
+    fn master_names() {
+        assert_eq!(
+            Identity::from_common_name("flotilla:master:7"),
+            Some(Identity::Master(7))
+        );
+        assert_eq!(Identity::Master(7).common_name(), "flotilla:master:7");
+        assert_eq!(Identity::Master(7).to_string(), "master 7");
+        // The serving certificate's name is no client identity.
+        for bad in [
+            "flotilla:master",
+            "flotilla:master:",
+            "flotilla:master:+7",
+            "flotilla:master:07",
+            "flotilla:master:x",
+            "flotilla:master:18446744073709551616",
+        ] {
+            assert_eq!(Identity::from_common_name(bad), None, "{bad}");
+        }
     }
 }

@@ -87,6 +87,21 @@ pub enum Request {
         ttl_seconds: u64,
         description: String,
     },
+    /// A raft message from another master. The payload is postcard of the
+    /// raft library's request type for `rpc`; this crate does not look inside.
+    Raft {
+        rpc: RaftRpc,
+        payload: Vec<u8>,
+    },
+}
+
+/// Which raft message a [`Request::Raft`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RaftRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
 }
 
 /// Filters of a list.
@@ -144,6 +159,10 @@ pub enum Response {
     /// The end of a stream of chunks.
     End,
     Error(ApiError),
+    /// The answer to a [`Request::Raft`]: postcard of the raft library's
+    /// whole result (its response or its error). Last, like `Request::Raft`,
+    /// so that the earlier variants keep their postcard tags.
+    Raft(Vec<u8>),
 }
 
 /// One change seen by a watch.
@@ -306,6 +325,14 @@ mod tests {
                 follow: true,
                 tail_lines: Some(3),
             },
+            Request::Raft {
+                rpc: RaftRpc::AppendEntries,
+                payload: vec![0, 1, 2, 255],
+            },
+            Request::Raft {
+                rpc: RaftRpc::InstallSnapshot,
+                payload: Vec::new(),
+            },
         ]
     }
 
@@ -314,6 +341,14 @@ mod tests {
         for req in sample_requests() {
             let bytes = encode_frame(&req).expect("encodes");
             assert_eq!(decode_frame::<Request>(&bytes).expect("decodes"), req);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        for resp in [Response::Raft(vec![9, 8, 7]), Response::Ok, Response::End] {
+            let bytes = encode_frame(&resp).expect("encodes");
+            assert_eq!(decode_frame::<Response>(&bytes).expect("decodes"), resp);
         }
     }
 

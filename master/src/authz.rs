@@ -2,6 +2,8 @@
 //! admins may do anything, viewers may read, and a node may write only its
 //! own Node object and the status of pods bound to it (Kubernetes'
 //! NodeRestriction). A connection without a certificate may only join.
+//! Raft messages come only from masters, which may otherwise do what admins
+//! do (they will forward writes to the leader).
 
 use flotilla_api::identity::Identity;
 use flotilla_api::protocol::{ApiError, ErrorCode, Request};
@@ -39,6 +41,20 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             | Request::Watch(_)
             | Request::GetModule { .. }
     );
+    if let Request::Raft { .. } = req {
+        // Whoever may send raft messages can rewrite the cluster's history:
+        // only masters, whatever else a caller may do.
+        return match caller {
+            Caller::Known(Identity::Master(_)) => Ok(()),
+            Caller::Anonymous => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "raft messages need a master's client certificate",
+            )),
+            Caller::Known(other) => Err(forbidden(format!(
+                "{other} may not send raft messages; only masters may"
+            ))),
+        };
+    }
     match caller {
         Caller::Anonymous => match req {
             Request::Hello { .. } | Request::Join { .. } => Ok(()),
@@ -47,7 +63,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
                 "this connection presented no client certificate of this cluster; use the credentials in ~/.flotilla/config (or --config / FLOTILLA_CONFIG)",
             )),
         },
-        Caller::Known(Identity::Admin) => Ok(()),
+        Caller::Known(Identity::Admin) | Caller::Known(Identity::Master(_)) => Ok(()),
         Caller::Known(Identity::Viewer) => {
             if read_only || matches!(req, Request::Logs { .. }) {
                 Ok(())
@@ -128,7 +144,20 @@ mod tests {
             version: 1,
             agent: String::new(),
         };
+        let m2 = Caller::Known(Identity::Master(2));
+        let raft = Request::Raft {
+            rpc: flotilla_api::protocol::RaftRpc::Vote,
+            payload: Vec::new(),
+        };
         let cases: Vec<(&Caller, &Request, Option<ErrorCode>)> = vec![
+            (&m2, &raft, None),
+            (&m2, &create_pod, None),
+            (&m2, &token, None),
+            (&m2, &hello, None),
+            (&admin, &raft, Some(ErrorCode::Forbidden)),
+            (&viewer, &raft, Some(ErrorCode::Forbidden)),
+            (&n1, &raft, Some(ErrorCode::Forbidden)),
+            (&anon, &raft, Some(ErrorCode::Unauthenticated)),
             (&admin, &create_pod, None),
             (&admin, &token, None),
             (&viewer, &get, None),

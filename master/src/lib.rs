@@ -9,8 +9,8 @@
 //! - [`binder`]: places pending pods on Ready nodes that match their selector.
 //! - [`lifecycle`]: turns nodes whose heartbeats stop NotReady.
 //! - [`nodes`]: live connections of nodes, for requests the master makes to them (logs).
-//! - [`raft`]: openraft's storage over the store (log, state machine, snapshots);
-//!   not wired into [`run`] yet.
+//! - [`raft`]: openraft's storage over the store (log, state machine, snapshots)
+//!   and raft messages between masters over QUIC; not wired into [`run`] yet.
 //!
 //! [`run`] wires them and runs until the shutdown token fires.
 
@@ -137,6 +137,8 @@ impl Running {
             masters: self.advertise.clone(),
             nodes: nodes.clone(),
             heartbeats: heartbeats.clone(),
+            // Raft is not wired into the running master yet.
+            raft: None,
         });
         tracker.spawn(binder::run(self.store.clone(), shutdown.clone()));
         tracker.spawn(lifecycle::run(

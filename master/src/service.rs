@@ -30,6 +30,9 @@ pub struct Context {
     pub masters: Vec<String>,
     pub nodes: NodeConnections,
     pub heartbeats: Heartbeats,
+    /// This master's raft, which [`Request::Raft`] messages from other
+    /// masters are handed to; `None` while the master runs without raft.
+    pub raft: Option<openraft::Raft<crate::raft::TypeConfig>>,
 }
 
 /// A request must arrive this soon after its stream opens.
@@ -360,6 +363,16 @@ async fn handle(
             )
             .await
         }
+        Request::Raft { rpc, payload } => match &ctx.raft {
+            Some(raft) => {
+                let answer = crate::raft::rpc::handle(raft, rpc, &payload).await?;
+                reply(send, Response::Raft(answer)).await
+            }
+            None => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this master does not run raft yet",
+            )),
+        },
         _ => Err(invalid("this master does not serve that request")),
     }
 }

@@ -1,7 +1,7 @@
 //! Raft storage for the master: openraft's log and state machine on redb, so
 //! that a replicated log can carry [`store::Command`]s and every master apply
-//! them in the same order. Only storage lives here; the network, membership
-//! changes and the wiring into the running master come later.
+//! them in the same order. Storage and the raft messages between masters live
+//! here; membership changes and the wiring into the running master come later.
 //!
 //! Layout:
 //! - this file: [`TypeConfig`] (what the log carries), [`RaftResponse`] (what
@@ -12,16 +12,24 @@
 //!   [`Store`](crate::store::Store): each entry's effects and raft's
 //!   bookkeeping in one transaction; snapshots are whole-state images kept in
 //!   [`SNAPSHOT_FILE`].
+//! - `network`: [`Network`], the sending side of raft messages over QUIC with
+//!   mutual TLS, with a [`Hook`] for tests to drop or delay messages.
+//! - `rpc`: the receiving side, [`rpc::handle`], which the service calls.
 //!
 //! `docs/store.md` ("Raft storage") describes the files and what is atomic
 //! with what.
 
+#[cfg(test)]
+mod cluster_tests;
 mod log_store;
+mod network;
+pub mod rpc;
 mod state_machine;
 #[cfg(test)]
 mod tests;
 
 pub use log_store::LogStore;
+pub use network::{Hook, Network, Peer, RaftNetError, Verdict};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 use crate::store::{self, Outcome, StoreError};
