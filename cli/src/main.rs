@@ -111,6 +111,9 @@ struct MasterArgs {
     advertise: Vec<String>,
     #[arg(long, default_value = "flotilla")]
     cluster_name: String,
+    /// This master's raft node id, unique among the cluster's masters.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
     /// A node silent this long is NotReady, e.g. 20s.
     #[arg(long, default_value = "20s")]
     node_grace: String,
@@ -203,7 +206,8 @@ fn quiet_broken_pipe() {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // openraft narrates every election and vote at info; its warnings are what an operator needs.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -241,6 +245,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master(a) => {
             init_logging();
             let cfg = flotilla_master::MasterConfig {
+                node_id: a.node_id,
                 data_dir: a.data_dir,
                 listen: a.listen,
                 advertise: a.advertise,
@@ -249,7 +254,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_config: Some(config),
             };
             if a.init {
-                flotilla_master::start(cfg).await?;
+                let (master, _) = flotilla_master::start(cfg).await?;
+                // Let raft finish writing its founding entries before exiting.
+                master.raft.shutdown().await?;
                 println!("initialised; start the master with the same --data-dir");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -339,6 +346,8 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
     };
     let shutdown = shutdown_on_signals();
     let cfg = flotilla_master::MasterConfig {
+        // `up` runs one master: the one member of its raft cluster.
+        node_id: 1,
         data_dir: data_dir.join("master"),
         listen: a.listen,
         advertise: vec![],
@@ -355,11 +364,14 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
     {
         None
     } else {
-        Some(flotilla_master::service::local_token(
-            &master,
-            "flotilla up",
-            std::time::Duration::from_secs(600),
-        )?)
+        Some(
+            flotilla_master::service::local_token(
+                &master,
+                "flotilla up",
+                std::time::Duration::from_secs(600),
+            )
+            .await?,
+        )
     };
     let name = a.name.map(Ok).unwrap_or_else(hostname)?;
     let node_cfg = flotilla_node::NodeConfig {

@@ -270,6 +270,12 @@ fn nodes_survive_their_own_and_the_masters_failures() {
     });
     // When the master is back, the node reconnects and its status flows again.
     c.start_master();
+    // What was written before the kill -9 is all there: the restarted master
+    // leads its one-member raft cluster again over the same state.
+    let pods = c.ok(&["get", "pods"]);
+    assert!(pods.contains("ticker"), "{pods}");
+    let nodes = c.ok(&["get", "nodes"]);
+    assert!(nodes.contains("n1"), "{nodes}");
     c.wait_node_ready("n1", "Ready", T);
     c.wait_phase("ticker", "Running", T);
     // The master may answer before the node has reconnected to it: poll.

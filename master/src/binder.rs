@@ -1,8 +1,10 @@
 //! Binding: puts each pending pod on a Ready node whose labels match its
 //! `nodeSelector`, spreading pods over the fewest-loaded nodes. The decision
 //! is [`pick_node`], a pure function; [`run`] feeds it from a watch and
-//! writes the binding with compare-and-swap, so a pod is never bound twice.
+//! writes the binding with compare-and-swap through raft, so a pod is never
+//! bound twice. It runs only on the leader.
 
+use crate::raft::{propose, Raft};
 use crate::store::{Command, Store, StoreError};
 use flotilla_api::objects::{condition, PodCondition};
 use flotilla_api::selector::Selector;
@@ -56,12 +58,12 @@ pub fn pick_node(
 
 /// Binds pending pods until `shutdown` fires. Level-triggered: every change
 /// (or a periodic tick) re-examines all unbound pods.
-pub async fn run(store: Store, shutdown: CancellationToken) {
+pub async fn run(store: Store, raft: Raft, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = bind_loop(&store, &shutdown) => r,
+            r = bind_loop(&store, &raft, &shutdown) => r,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "binder failed; restarting");
@@ -78,11 +80,15 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
 /// node appears later (or becomes Ready) is bound without another event.
 const RESYNC: Duration = Duration::from_secs(1);
 
-async fn bind_loop(store: &Store, shutdown: &CancellationToken) -> Result<(), StoreError> {
+async fn bind_loop(
+    store: &Store,
+    raft: &Raft,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
     let mut watch = store.watch(store.revision()?)?;
     let mut last_reason: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        bind_pending(store, &mut last_reason)?;
+        bind_pending(store, raft, &mut last_reason).await?;
         // Wait for a relevant change, then drain whatever else arrived.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -92,8 +98,9 @@ async fn bind_loop(store: &Store, shutdown: &CancellationToken) -> Result<(), St
     }
 }
 
-fn bind_pending(
+async fn bind_pending(
     store: &Store,
+    raft: &Raft,
     last_reason: &mut BTreeMap<String, String>,
 ) -> Result<(), StoreError> {
     let everything = Selector::default();
@@ -122,11 +129,16 @@ fn bind_pending(
             Ok(node) => {
                 let rv = pod.metadata.resource_version;
                 pod.spec.node_name = Some(node.clone());
-                match store.apply(Command::Update {
-                    object: Object::Pod(pod.clone()),
-                    expected_rv: Some(rv),
-                    status_only: false,
-                }) {
+                match propose(
+                    raft,
+                    Command::Update {
+                        object: Object::Pod(pod.clone()),
+                        expected_rv: Some(rv),
+                        status_only: false,
+                    },
+                )
+                .await
+                {
                     Ok(_) => {
                         *load.entry(node.clone()).or_default() += 1;
                         last_reason.remove(&key);
@@ -142,11 +154,15 @@ fn bind_pending(
                                 reason: "Scheduled".into(),
                                 message: format!("bound to {node}"),
                             });
-                            let _ = store.apply(Command::Update {
-                                object: Object::Pod(bound),
-                                expected_rv: Some(rv),
-                                status_only: true,
-                            });
+                            let _ = propose(
+                                raft,
+                                Command::Update {
+                                    object: Object::Pod(bound),
+                                    expected_rv: Some(rv),
+                                    status_only: true,
+                                },
+                            )
+                            .await;
                         }
                         tracing::info!(pod = %key, %node, "bound pod");
                     }
@@ -167,11 +183,16 @@ fn bind_pending(
                     });
                     pod.status.reason = "Unschedulable".into();
                     pod.status.message = reason.clone();
-                    match store.apply(Command::Update {
-                        object: Object::Pod(pod),
-                        expected_rv: Some(rv),
-                        status_only: true,
-                    }) {
+                    match propose(
+                        raft,
+                        Command::Update {
+                            object: Object::Pod(pod),
+                            expected_rv: Some(rv),
+                            status_only: true,
+                        },
+                    )
+                    .await
+                    {
                         Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
                         Err(e) => return Err(e),
                     }

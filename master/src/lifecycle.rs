@@ -1,9 +1,11 @@
 //! Node lifecycle: a node whose heartbeats stop is NotReady after a grace
 //! period, and Ready again once they resume. Heartbeats are kept in memory
-//! (they are too frequent to be writes); only transitions reach the store.
+//! (they are too frequent to be writes); only transitions reach the store,
+//! through raft, from the leader.
 //! A master that just started counts every node as seen at its start, so a
 //! restart does not turn the whole cluster NotReady.
 
+use crate::raft::{propose, Raft};
 use crate::store::{Command, Store, StoreError};
 use flotilla_api::objects::ReadyState;
 use flotilla_api::selector::Selector;
@@ -71,12 +73,13 @@ const TICK: Duration = Duration::from_millis(500);
 /// Watches heartbeats and writes transitions until `shutdown` fires.
 pub async fn run(
     store: Store,
+    raft: Raft,
     heartbeats: Heartbeats,
     grace: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
-        if let Err(e) = examine(&store, &heartbeats, grace) {
+        if let Err(e) = examine(&store, &raft, &heartbeats, grace).await {
             tracing::warn!(error = %e, "node lifecycle pass failed");
         }
         tokio::select! {
@@ -87,7 +90,12 @@ pub async fn run(
     }
 }
 
-fn examine(store: &Store, heartbeats: &Heartbeats, grace: Duration) -> Result<(), StoreError> {
+async fn examine(
+    store: &Store,
+    raft: &Raft,
+    heartbeats: &Heartbeats,
+    grace: Duration,
+) -> Result<(), StoreError> {
     let (_, nodes) = store.list(Kind::Node, None, &Selector::default())?;
     let now = Instant::now();
     for obj in nodes {
@@ -115,11 +123,16 @@ fn examine(store: &Store, heartbeats: &Heartbeats, grace: Duration) -> Result<()
             );
         }
         tracing::info!(node = %node.metadata.name, state = %next, "node transition");
-        match store.apply(Command::Update {
-            object: Object::Node(node),
-            expected_rv: Some(rv),
-            status_only: true,
-        }) {
+        match propose(
+            raft,
+            Command::Update {
+                object: Object::Node(node),
+                expected_rv: Some(rv),
+                status_only: true,
+            },
+        )
+        .await
+        {
             Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }

@@ -1,5 +1,6 @@
 //! The master's PKI on disk: the cluster CA, the serving certificate and the
-//! admin identity, created on first start under `<data-dir>/pki/`.
+//! admin identity, created on first start under `<data-dir>/pki/`, and the
+//! master's own client certificate for raft messages to other masters.
 
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{CertifiedKey, ClusterCa, Identity, IdentityError};
@@ -104,6 +105,36 @@ impl Pki {
         Ok(flotilla_api::tls::server_config(
             &self.server,
             &self.ca.key.cert_pem,
+            ALPN,
+        )?)
+    }
+
+    /// The client certificate this master presents to other masters as
+    /// `Identity::Master(node_id)`, kept in `dir` (the pki directory) and
+    /// issued on first use; per node id, so a renumbered master gets its own.
+    pub fn master_client(&self, dir: &Path, node_id: u64) -> Result<CertifiedKey, PkiError> {
+        let (cert, key) = (
+            dir.join(format!("master-{node_id}-client.crt")),
+            dir.join(format!("master-{node_id}-client.key")),
+        );
+        if let (Some(cert_pem), Some(key_pem)) = (read(&cert)?, read(&key)?) {
+            return Ok(CertifiedKey { cert_pem, key_pem });
+        }
+        let issued = self.ca.issue_client(&Identity::Master(node_id))?;
+        write_private(&key, &issued.key_pem)?;
+        write_private(&cert, &issued.cert_pem)?;
+        Ok(issued)
+    }
+
+    /// The client TLS configuration for raft messages to other masters:
+    /// trusts the cluster CA and presents `client`.
+    pub fn master_client_tls(
+        &self,
+        client: &CertifiedKey,
+    ) -> Result<rustls::ClientConfig, PkiError> {
+        Ok(flotilla_api::tls::client_config(
+            &self.ca.key.cert_pem,
+            Some(client),
             ALPN,
         )?)
     }

@@ -153,18 +153,22 @@ fn store_err(e: StoreError) -> ApiError {
         StoreError::Conflict { .. } => ErrorCode::Conflict,
         StoreError::TooOld { .. } => ErrorCode::TooOld,
         StoreError::Invalid(_) => ErrorCode::Invalid,
+        StoreError::Unavailable(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     };
     ApiError::new(code, e.to_string())
 }
 
-/// Applies a command off the async threads (redb commits fsync).
-async fn apply(store: &Store, cmd: Command) -> Result<Outcome, ApiError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.apply(cmd))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
-        .map_err(store_err)
+/// Writes a command through raft (storage does its fsyncs off the async threads).
+async fn apply(ctx: &Context, cmd: Command) -> Result<Outcome, ApiError> {
+    match &ctx.raft {
+        Some(raft) => crate::raft::propose(raft, cmd).await.map_err(store_err),
+        // Every running master has raft; a context without it serves no writes.
+        None => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this master does not accept writes (it runs without raft)",
+        )),
+    }
 }
 
 async fn reply(send: &mut quinn::SendStream, r: Response) -> Result<(), ApiError> {
@@ -220,7 +224,7 @@ async fn handle(
         }
         Request::Create(obj) => {
             let obj = prepare_create(ctx, caller, obj)?;
-            match apply(&ctx.store, Command::Create { object: obj }).await? {
+            match apply(ctx, Command::Create { object: obj }).await? {
                 Outcome::Object(o) => reply(send, Response::Object(o)).await,
                 other => Err(ApiError::new(
                     ErrorCode::Internal,
@@ -242,7 +246,7 @@ async fn handle(
             }
             let rv = obj.meta().resource_version;
             let out = apply(
-                &ctx.store,
+                ctx,
                 Command::Update {
                     object: obj,
                     expected_rv: (rv != 0).then_some(rv),
@@ -255,7 +259,7 @@ async fn handle(
         Request::UpdateStatus(obj) => {
             let obj = prepare_status(ctx, caller, obj)?;
             let out = apply(
-                &ctx.store,
+                ctx,
                 Command::Update {
                     object: obj,
                     expected_rv: None,
@@ -289,7 +293,7 @@ async fn handle(
                 name,
                 expected_rv: (resource_version != 0).then_some(resource_version),
             };
-            match apply(&ctx.store, cmd).await? {
+            match apply(ctx, cmd).await? {
                 Outcome::Deleted(o) => reply(send, Response::Object(o)).await,
                 other => Err(ApiError::new(
                     ErrorCode::Internal,
@@ -353,7 +357,7 @@ async fn handle(
             };
             let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl);
             let expires = record.expires;
-            apply(&ctx.store, Command::PutToken { record }).await?;
+            apply(ctx, Command::PutToken { record }).await?;
             reply(
                 send,
                 Response::Token {
@@ -654,7 +658,7 @@ async fn put_module(
             source,
         },
     };
-    let existed = match apply(&ctx.store, Command::PutModule { module, bytes }).await? {
+    let existed = match apply(ctx, Command::PutModule { module, bytes }).await? {
         Outcome::ModuleStored { existed } => existed,
         _ => false,
     };
@@ -790,12 +794,12 @@ fn new_token(ca_hash: &str, description: String, ttl: Duration) -> (JoinToken, T
 }
 
 /// Creates a join token without a request (for `flotilla up`, whose node joins its own master).
-pub fn local_token(
+pub async fn local_token(
     master: &crate::Master,
     description: &str,
     ttl: Duration,
 ) -> Result<String, StoreError> {
     let (token, record) = new_token(&master.pki.ca_hash, description.to_string(), ttl);
-    master.store.apply(Command::PutToken { record })?;
+    crate::raft::propose(&master.raft, Command::PutToken { record }).await?;
     Ok(token.to_string())
 }

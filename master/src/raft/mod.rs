@@ -23,6 +23,7 @@
 mod cluster_tests;
 mod log_store;
 mod network;
+mod propose;
 pub mod rpc;
 mod state_machine;
 #[cfg(test)]
@@ -30,6 +31,7 @@ mod tests;
 
 pub use log_store::LogStore;
 pub use network::{Hook, Network, Peer, RaftNetError, Verdict};
+pub use propose::{propose, raft_config, Raft};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 use crate::store::{self, Outcome, StoreError};
@@ -128,7 +130,11 @@ impl Refusal {
             },
             StoreError::TooOld { requested, oldest } => Refusal::TooOld { requested, oldest },
             StoreError::Invalid(why) => Refusal::Invalid(why),
-            fatal @ (StoreError::Db(_) | StoreError::Corrupt(_)) => return Err(fatal),
+            // Never produced by applying a command (only by proposing one); kept
+            // out of the log's answers all the same.
+            fatal @ (StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_)) => {
+                return Err(fatal)
+            }
         })
     }
 }

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// written by an incompatible version.
     #[error("store holds a value that does not decode ({0}): restore the data directory from a backup or a peer")]
     Corrupt(String),
+    /// The write could not be put to raft: this master is not the leader, or
+    /// no leader is known yet (the message says which and names the leader).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

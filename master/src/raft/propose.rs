@@ -1,0 +1,111 @@
+//! Writing through raft: [`propose`] puts a [`Command`] into the replicated
+//! log and gives back what applying it answered, in the same shape as
+//! [`Store::apply`](crate::store::Store::apply), so callers need not know
+//! whether one master or five stand behind it. [`raft_config`] is the raft
+//! configuration the running master uses.
+
+use super::TypeConfig;
+use crate::store::{Command, Outcome, StoreError};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+use std::time::Duration;
+
+/// Flotilla's raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How long a write waits for a leader to be elected when none is known yet
+/// (a master that just started elects itself within an election timeout).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Proposes `cmd` and waits until it is committed and applied; the answer is
+/// the state machine's. Fails with [`StoreError::Unavailable`] when this
+/// master is not the leader (naming the leader when known) or no leader
+/// appears within a few seconds.
+pub async fn propose(raft: &Raft, cmd: Command) -> Result<Outcome, StoreError> {
+    match write_once(raft, cmd.clone()).await {
+        // No leader yet: a fresh or restarted master is electing itself;
+        // waiting briefly beats failing requests that arrive in that moment.
+        Err(Unplaced::NoLeader) => {
+            let _ = raft
+                .wait(Some(LEADER_WAIT))
+                .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                .await;
+            match write_once(raft, cmd).await {
+                Err(Unplaced::NoLeader) => Err(StoreError::Unavailable(
+                    "no master is the leader yet (an election is under way or a majority of masters is unreachable); retry shortly".into(),
+                )),
+                other => other.map_err(Unplaced::into_store),
+            }
+        }
+        other => other.map_err(Unplaced::into_store),
+    }
+}
+
+/// Why a write was not applied.
+enum Unplaced {
+    /// No leader is known.
+    NoLeader,
+    /// Anything else, already as the caller sees it.
+    Failed(StoreError),
+}
+
+impl Unplaced {
+    fn into_store(self) -> StoreError {
+        match self {
+            Unplaced::NoLeader => StoreError::Unavailable("no master is the leader yet".into()),
+            Unplaced::Failed(e) => e,
+        }
+    }
+}
+
+async fn write_once(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
+    match raft.client_write(cmd).await {
+        Ok(resp) => match resp.data.into_store_result() {
+            Some(answer) => answer.map_err(Unplaced::Failed),
+            // A command entry always answers with the command's result.
+            None => Err(Unplaced::Failed(StoreError::Invalid(
+                "raft answered a command with bookkeeping".into(),
+            ))),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
+            None => Err(Unplaced::NoLeader),
+            // Forwarding to the leader comes with multi-master support.
+            Some(id) => {
+                let addr = f
+                    .leader_node
+                    .map(|n| n.addr)
+                    .unwrap_or_else(|| "an unknown address".into());
+                Err(Unplaced::Failed(StoreError::Unavailable(format!(
+                    "this master is not the leader; the leader is master {id} at {addr}"
+                ))))
+            }
+        },
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(Unplaced::Failed(StoreError::Unavailable(format!(
+                "raft refused the write: {e}"
+            ))))
+        }
+        Err(RaftError::Fatal(e)) => Err(Unplaced::Failed(StoreError::Unavailable(format!(
+            "this master's raft has stopped ({e}); restart the master"
+        )))),
+    }
+}
+
+/// The raft configuration of a master: timings for a handful of masters on
+/// a LAN, snapshots that keep the log short, and snapshot chunks well inside
+/// one frame (frames are capped at 4 MiB).
+// Boxed: openraft's error is large and this runs once per start.
+pub fn raft_config(cluster_name: &str) -> Result<Config, Box<openraft::ConfigError>> {
+    Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: 150,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        snapshot_max_chunk_size: 1 << 20,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(Box::new)
+}
