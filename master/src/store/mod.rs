@@ -117,6 +117,24 @@ impl Store {
         })
     }
 
+    /// Starts a write transaction while holding the writer lock, so that
+    /// transactions and the live events they send happen in revision order.
+    pub(crate) fn begin_write(
+        &self,
+    ) -> Result<(std::sync::MutexGuard<'_, ()>, redb::WriteTransaction), StoreError> {
+        let serial = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(db("starting a write transaction"))?;
+        Ok((serial, txn))
+    }
+
     /// Applies one command in one redb write transaction (durable on return),
     /// bumps the global revision for each object written, records the changes
     /// in the history table, compacts history older than the window, then
@@ -127,16 +145,7 @@ impl Store {
     pub fn apply(&self, cmd: Command) -> Result<Outcome, StoreError> {
         // A poisoned lock guards no data: the state is in redb, whose
         // transaction the panicking writer never committed.
-        let _serial = self
-            .inner
-            .write
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write transaction"))?;
+        let (_serial, txn) = self.begin_write()?;
         let (outcome, changed, events) = {
             let mut machine = Machine::open(&txn)?;
             let outcome = machine.apply(cmd)?;

@@ -15,7 +15,6 @@ use super::Store;
 use flotilla_api::objects::Object;
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use std::sync::PoisonError;
 
 /// Raft's bookkeeping for one applied log entry, encoded by the raft layer.
 #[derive(Debug, Clone, Copy)]
@@ -158,16 +157,7 @@ impl Store {
                 tables::FORMAT_VERSION
             )));
         }
-        let _serial = self
-            .inner
-            .write
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write transaction"))?;
+        let (_serial, txn) = self.begin_write()?;
         {
             let mut meta_table = txn.open_table(META).map_err(db("opening the meta table"))?;
             let revision = read_meta(&meta_table, meta::REVISION)?;
@@ -211,16 +201,7 @@ impl Store {
         cmd: Option<Command>,
     ) -> Result<Option<Result<Outcome, StoreError>>, StoreError> {
         // A poisoned lock guards no data (see `Store::apply`).
-        let _serial = self
-            .inner
-            .write
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write transaction"))?;
+        let (_serial, txn) = self.begin_write()?;
         let mut machine = Machine::open(&txn)?;
         let answer = cmd.map(|cmd| machine.apply(cmd));
         if let Some(Err(refused)) = answer {
