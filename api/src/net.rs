@@ -13,6 +13,8 @@ use std::time::Duration;
 
 /// How long a handshake (and hello) may take before a master counts as not answering.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long [`Client::connect`] waits on one master before also trying the next.
+pub const FAILOVER_STAGGER: Duration = Duration::from_millis(300);
 /// Keep-alives keep NAT bindings open and let both sides notice a dead peer.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// A peer silent this long is gone (a few missed keep-alives).
@@ -174,22 +176,52 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the first master of `addrs` that answers, and says hello.
+    /// Connects to a master of `addrs` and says hello. The first address is
+    /// tried first; each next one starts [`FAILOVER_STAGGER`] later (or as
+    /// soon as the ones before it have failed), and the first to answer wins,
+    /// so a master that is down costs a fraction of a second, not a timeout.
     pub async fn connect(
         addrs: &[String],
         tls: rustls::ClientConfig,
         agent: &str,
     ) -> Result<Client, NetError> {
         let endpoint = client_endpoint(tls)?;
-        let mut last =
-            NetError::Connect("no master address configured; pass --master host:port".into());
-        for addr in addrs {
-            match Self::connect_one(&endpoint, addr, agent).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
+        let mut first_error = None;
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut pending = addrs.iter();
+        loop {
+            if let Some(addr) = pending.next() {
+                let (endpoint, addr, agent) = (endpoint.clone(), addr.clone(), agent.to_string());
+                attempts.spawn(async move { Self::connect_one(&endpoint, &addr, &agent).await });
+            }
+            if attempts.is_empty() {
+                break;
+            }
+            let finished = if pending.len() > 0 {
+                match tokio::time::timeout(FAILOVER_STAGGER, attempts.join_next()).await {
+                    Ok(done) => done,
+                    // Nothing yet: start the next address alongside.
+                    Err(_) => continue,
+                }
+            } else {
+                attempts.join_next().await
+            };
+            match finished {
+                Some(Ok(Ok(client))) => return Ok(client),
+                Some(Ok(Err(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    first_error.get_or_insert(NetError::Connect(format!(
+                        "connection attempt failed: {e}"
+                    )));
+                }
+                None => break,
             }
         }
-        Err(last)
+        Err(first_error.unwrap_or_else(|| {
+            NetError::Connect("no master address configured; pass --master host:port".into())
+        }))
     }
 
     async fn connect_one(

@@ -18,7 +18,7 @@ use std::fmt;
 /// ALPN protocol name for clients and nodes talking to masters.
 pub const ALPN: &[u8] = b"flotilla/1";
 /// Version carried in the hello; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted (a module chunk plus envelope fits easily).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Size of module chunks on the wire.
@@ -48,10 +48,12 @@ pub enum Request {
     Update(Object),
     /// Replace only the status (what nodes do).
     UpdateStatus(Object),
+    /// Read one object. Linearizable unless `stale` (see [`ListOptions::stale`]).
     Get {
         kind: Kind,
         namespace: String,
         name: String,
+        stale: bool,
     },
     List(ListOptions),
     Delete {
@@ -86,12 +88,35 @@ pub enum Request {
     CreateToken {
         ttl_seconds: u64,
         description: String,
+        /// A token for a master to join with (it hands out the CA key),
+        /// instead of one for a node.
+        master: bool,
     },
     /// A raft message from another master. The payload is postcard of the
     /// raft library's request type for `rpc`; this crate does not look inside.
     Raft {
         rpc: RaftRpc,
         payload: Vec<u8>,
+    },
+    /// A new master asks for the cluster's CA with a master join token
+    /// (`flotilla token create --master`), over a connection that pinned the
+    /// CA named in the token. `node_id` 0 asks the cluster to pick one.
+    JoinMaster {
+        token: String,
+        node_id: u64,
+        addr: String,
+    },
+    /// The masters, the leader and how far each member has replicated.
+    ClusterStatus,
+    /// Take a master out of the raft membership.
+    RemoveMaster {
+        node_id: u64,
+    },
+    /// A master that joined (and now serves at `addr`) asks to become a
+    /// member: a learner until it has caught up, then a voter.
+    AddMaster {
+        node_id: u64,
+        addr: String,
     },
 }
 
@@ -102,6 +127,19 @@ pub enum RaftRpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// A write a follower received, for the leader to propose.
+    Forward,
+    /// A follower asks the leader up to which log index it must have applied
+    /// before it serves a linearizable read.
+    ReadIndex,
+    /// Add a master to the membership (a master that joined asks this) or
+    /// remove one (`flotilla cluster remove`).
+    ChangeMembership,
+    /// A follower asks the leader for the cluster's status (only the leader
+    /// knows how far each member has replicated).
+    Status,
+    /// A follower passes on a node's heartbeat to the leader, which tracks them.
+    Heartbeat,
 }
 
 /// Filters of a list.
@@ -114,6 +152,10 @@ pub struct ListOptions {
     pub label_selector: String,
     /// Only pods bound to this node.
     pub node_name: Option<String>,
+    /// Serve from this master's copy without confirming with the leader:
+    /// faster and available without a majority, but possibly behind the
+    /// latest writes. Reads are linearizable otherwise.
+    pub stale: bool,
 }
 
 /// What to watch and from when.
@@ -160,9 +202,47 @@ pub enum Response {
     End,
     Error(ApiError),
     /// The answer to a [`Request::Raft`]: postcard of the raft library's
-    /// whole result (its response or its error). Last, like `Request::Raft`,
-    /// so that the earlier variants keep their postcard tags.
+    /// whole result (its response or its error).
     Raft(Vec<u8>),
+    /// What a joining master needs: its id and the cluster's CA (key
+    /// included: every master signs node certificates).
+    MasterJoined {
+        node_id: u64,
+        cluster: String,
+        ca_cert_pem: String,
+        ca_key_pem: String,
+        masters: Vec<String>,
+    },
+    ClusterStatus(ClusterStatus),
+}
+
+/// The raft cluster of masters as the leader sees it (or, when the leader
+/// cannot be reached, as the answering master does).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    /// The master that produced this view.
+    pub reported_by: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The highest log index known committed and applied by the reporter.
+    pub commit_index: u64,
+    pub members: Vec<MasterStatus>,
+}
+
+/// One master of a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MasterStatus {
+    pub node_id: u64,
+    pub addr: String,
+    /// Voters elect and commit; a learner only receives the log (a master
+    /// that is catching up after joining).
+    pub voter: bool,
+    /// The highest log index the leader knows this member holds (None: not
+    /// known, e.g. the reporter is not the leader).
+    pub matched: Option<u64>,
+    /// How many entries this member is behind the leader.
+    pub lag: Option<u64>,
 }
 
 /// One change seen by a watch.

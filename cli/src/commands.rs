@@ -236,6 +236,7 @@ pub async fn apply(
                         kind: obj.kind(),
                         namespace: m.namespace.clone(),
                         name: m.name.clone(),
+                        stale: false,
                     },
                 )
                 .await?
@@ -302,6 +303,10 @@ pub struct GetArgs {
     /// After listing, keep printing changes.
     #[arg(short, long)]
     watch: bool,
+    /// Read the answering master's copy without confirming with the leader:
+    /// works without a majority of masters, but may miss the latest writes.
+    #[arg(long)]
+    stale: bool,
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
@@ -379,6 +384,7 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
                 kind,
                 namespace: namespace.clone(),
                 name: name.clone(),
+                stale: a.stale,
             },
         )
         .await?
@@ -395,6 +401,7 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
                 namespace: ns,
                 label_selector: a.selector.clone(),
                 node_name: None,
+                stale: a.stale,
             }),
         )
         .await?
@@ -422,6 +429,7 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
         namespace: ns,
         label_selector: a.selector.clone(),
         node_name: None,
+        stale: a.stale,
     };
     let (_send, mut recv) = client
         .open(&Request::Watch(WatchOptions {
@@ -476,6 +484,7 @@ pub async fn describe(
             kind,
             namespace: ns,
             name: name.to_string(),
+            stale: false,
         },
     )
     .await?
@@ -585,7 +594,12 @@ pub async fn delete(
     })
 }
 
-pub async fn token_create(config: &Path, ttl: &str, description: &str) -> anyhow::Result<ExitCode> {
+pub async fn token_create(
+    config: &Path,
+    ttl: &str,
+    description: &str,
+    master: bool,
+) -> anyhow::Result<ExitCode> {
     let ttl = parse_duration(ttl)?;
     let client = connect(config).await?;
     match call(
@@ -593,13 +607,51 @@ pub async fn token_create(config: &Path, ttl: &str, description: &str) -> anyhow
         &Request::CreateToken {
             ttl_seconds: ttl.as_secs().max(1),
             description: description.to_string(),
+            master,
         },
     )
     .await?
     {
         Response::Token { token, expires } => {
             println!("{token}");
-            eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name <NAME>", client.addr);
+            if master {
+                eprintln!("valid until {expires}; it hands out the cluster CA's key: keep it secret. Join a master with:\n  flotilla master --join {} --token {token} --advertise <HOST:PORT> --data-dir <DIR>", client.addr);
+            } else {
+                eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name <NAME>", client.addr);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// `flotilla cluster status`: the masters, the leader, the term, the commit
+/// index and each member's lag, as the leader sees them.
+pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    let status = match call(&client, &Request::ClusterStatus).await? {
+        Response::ClusterStatus(s) => s,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    print!("{}", output::cluster_status(&status, format)?);
+    if status.leader.is_none() {
+        eprintln!("no leader: a majority of masters is unreachable or an election is under way; writes wait until one is elected");
+    } else if status.leader != Some(status.reported_by) {
+        eprintln!(
+            "the leader could not be reached; this is master {}'s own view (lags unknown)",
+            status.reported_by
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla cluster remove ID`: takes a master out of the membership.
+pub async fn cluster_remove(config: &Path, node_id: u64) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    match call(&client, &Request::RemoveMaster { node_id }).await? {
+        Response::Ok => {
+            println!("master {node_id} removed");
+            eprintln!("stop its process and delete its data directory; to add it again, join it with a new `flotilla token create --master`");
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unexpected answer {other:?}"),

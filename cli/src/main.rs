@@ -79,9 +79,12 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-    /// Join tokens for new nodes.
+    /// Join tokens for new nodes and masters.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The masters' raft cluster: members, leader, membership changes.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
 }
@@ -95,7 +98,22 @@ enum TokenCommand {
         ttl: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// A token for a new master (`flotilla master --join`) instead of a
+        /// node. It hands out the cluster CA's key: keep it as secret as the key.
+        #[arg(long)]
+        master: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Show the masters, the leader, the term, the commit index and each member's lag.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: output::Format,
+    },
+    /// Remove a master from the membership (by its id, from `cluster status`).
+    Remove { node_id: u64 },
 }
 
 #[cfg(feature = "master")]
@@ -111,9 +129,18 @@ struct MasterArgs {
     advertise: Vec<String>,
     #[arg(long, default_value = "flotilla")]
     cluster_name: String,
-    /// This master's raft node id, unique among the cluster's masters.
-    #[arg(long, default_value_t = 1)]
-    node_id: u64,
+    /// This master's raft node id, unique among the cluster's masters
+    /// [default: the one kept in --data-dir; else 1 when founding a cluster,
+    /// or one the cluster picks when joining].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+    /// Join the cluster of the master at this host:port (with --token)
+    /// instead of founding a new one. Only the first start needs it.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// A master join token from `flotilla token create --master`.
+    #[arg(long, env = "FLOTILLA_TOKEN", requires = "join")]
+    token: Option<String>,
     /// A node silent this long is NotReady, e.g. 20s.
     #[arg(long, default_value = "20s")]
     node_grace: String,
@@ -244,8 +271,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "master")]
         Command::Master(a) => {
             init_logging();
+            let join = match (a.join, a.token) {
+                (Some(addr), Some(token)) => Some(flotilla_master::JoinConfig { addr, token }),
+                _ => None,
+            };
             let cfg = flotilla_master::MasterConfig {
                 node_id: a.node_id,
+                join,
                 data_dir: a.data_dir,
                 listen: a.listen,
                 advertise: a.advertise,
@@ -307,8 +339,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
             namespace,
         } => commands::delete(&config, kind.as_deref(), &names, &files, &namespace).await,
-        Command::Token(TokenCommand::Create { ttl, description }) => {
-            commands::token_create(&config, &ttl, &description).await
+        Command::Token(TokenCommand::Create {
+            ttl,
+            description,
+            master,
+        }) => commands::token_create(&config, &ttl, &description, master).await,
+        Command::Cluster(ClusterCommand::Status { output }) => {
+            commands::cluster_status(&config, output).await
+        }
+        Command::Cluster(ClusterCommand::Remove { node_id }) => {
+            commands::cluster_remove(&config, node_id).await
         }
         Command::Completion { shell } => {
             use clap::CommandFactory;
@@ -347,7 +387,8 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     let cfg = flotilla_master::MasterConfig {
         // `up` runs one master: the one member of its raft cluster.
-        node_id: 1,
+        node_id: None,
+        join: None,
         data_dir: data_dir.join("master"),
         listen: a.listen,
         advertise: vec![],

@@ -184,6 +184,49 @@ pub fn structured(objects: &[Object], format: Format, single: bool) -> anyhow::R
     })
 }
 
+/// `cluster status`: a summary line, then one row per master.
+pub fn cluster_status(
+    s: &flotilla_api::protocol::ClusterStatus,
+    format: Format,
+) -> anyhow::Result<String> {
+    match format {
+        Format::Json => return Ok(serde_json::to_string_pretty(s)? + "\n"),
+        Format::Yaml => return Ok(serde_yaml::to_string(s)?),
+        Format::Table | Format::Wide => {}
+    }
+    let leader = s
+        .leader
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "<none>".into());
+    let mut out = format!(
+        "cluster {}: leader {leader}, term {}, commit index {}\n",
+        s.cluster, s.term, s.commit_index
+    );
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            let role = if Some(m.node_id) == s.leader {
+                "leader"
+            } else if m.voter {
+                "follower"
+            } else {
+                "learner"
+            };
+            let known = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+            vec![
+                m.node_id.to_string(),
+                m.addr.clone(),
+                role.to_string(),
+                known(m.matched),
+                known(m.lag),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED", "LAG"], &rows));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

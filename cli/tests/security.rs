@@ -156,6 +156,7 @@ fn nodes_may_write_only_their_own_objects() {
             kind: Kind::Node,
             namespace: String::new(),
             name: name.into(),
+            stale: false,
         };
         let Ok(Response::Object(mut n2)) = client.call(&get("n2")).await else {
             panic!("n1 may read")
@@ -183,6 +184,7 @@ fn nodes_may_write_only_their_own_objects() {
                 kind: Kind::Pod,
                 namespace: "default".into(),
                 name: "p".into(),
+                stale: false,
             })
             .await
         else {
@@ -203,6 +205,7 @@ fn nodes_may_write_only_their_own_objects() {
         let tok = Request::CreateToken {
             ttl_seconds: 60,
             description: String::new(),
+            master: false,
         };
         assert_eq!(code(client.call(&tok).await), Some(ErrorCode::Forbidden));
         let del = Request::Delete {

@@ -133,7 +133,7 @@ impl Agent {
 pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| NodeError::Config(format!("{}: {e}", cfg.data_dir.display())))?;
-    let creds = tokio::select! {
+    let mut creds = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         c = join::credentials(&cfg.data_dir, &cfg.name, &cfg.masters, cfg.token.as_deref()) => c?,
     };
@@ -190,6 +190,13 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         };
         delay = Duration::from_millis(200);
         tracing::info!(master = %client.addr, "connected to master");
+        if let Some(all) = join::learn_masters(&creds.masters, &client.hello.masters) {
+            tracing::info!(masters = ?all, "learned the cluster's masters");
+            creds.masters = all;
+            if let Err(e) = join::save_credentials(&cfg.data_dir, &creds) {
+                tracing::warn!(error = %e, "cannot keep the learned masters; they are used until the node restarts");
+            }
+        }
         let conn_done = shutdown.child_token();
         client_tx.send_replace(Some(client.clone()));
         tokio::spawn(heartbeat_loop(
@@ -229,6 +236,7 @@ async fn session(client: &Client, cfg: &NodeConfig, agent: &mut Agent) -> Result
         namespace: None,
         label_selector: String::new(),
         node_name: Some(agent.name.clone()),
+        stale: false,
     };
     let (revision, items) = match client.call(&Request::List(list.clone())).await? {
         Response::List { revision, items } => (revision, items),
@@ -281,6 +289,7 @@ async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), NetError> {
                     kind: Kind::Node,
                     namespace: String::new(),
                     name: cfg.name.clone(),
+                    stale: false,
                 })
                 .await?
             {

@@ -89,3 +89,37 @@ pub async fn credentials(
     tracing::info!(node = name, "joined the cluster");
     Ok(creds)
 }
+
+/// The masters to fail over among after a master listed `told` (every
+/// member's address): what we knew, then the new ones. None when nothing is new.
+pub fn learn_masters(known: &[String], told: &[String]) -> Option<Vec<String>> {
+    let new: Vec<&String> = told.iter().filter(|m| !known.contains(m)).collect();
+    if new.is_empty() {
+        return None;
+    }
+    let mut all = known.to_vec();
+    all.extend(new.into_iter().cloned());
+    Some(all)
+}
+
+/// Rewrites the node's credentials file (e.g. with newly learned masters).
+pub fn save_credentials(data_dir: &Path, creds: &ClientConfigFile) -> Result<(), NodeError> {
+    let path = data_dir.join(CREDENTIALS_FILE);
+    write_private_file(&path, &creds.render())
+        .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_masters_come_after_known_ones() {
+        let known = vec!["a:1".to_string(), "b:1".to_string()];
+        assert_eq!(learn_masters(&known, &["b:1".into(), "a:1".into()]), None);
+        assert_eq!(
+            learn_masters(&known, &["c:1".into(), "a:1".into()]),
+            Some(vec!["a:1".into(), "b:1".into(), "c:1".into()])
+        );
+    }
+}

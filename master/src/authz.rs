@@ -40,6 +40,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             | Request::List(_)
             | Request::Watch(_)
             | Request::GetModule { .. }
+            | Request::ClusterStatus
     );
     if let Request::Raft { .. } = req {
         // Whoever may send raft messages can rewrite the cluster's history:
@@ -57,7 +58,8 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
     }
     match caller {
         Caller::Anonymous => match req {
-            Request::Hello { .. } | Request::Join { .. } => Ok(()),
+            // Joins prove themselves with a token instead.
+            Request::Hello { .. } | Request::Join { .. } | Request::JoinMaster { .. } => Ok(()),
             _ => Err(ApiError::new(
                 ErrorCode::Unauthenticated,
                 "this connection presented no client certificate of this cluster; use the credentials in ~/.flotilla/config (or --config / FLOTILLA_CONFIG)",
@@ -130,6 +132,7 @@ mod tests {
             kind: Kind::Pod,
             namespace: "default".into(),
             name: "x".into(),
+            stale: false,
         };
         let list = Request::List(ListOptions::default());
         let create_pod = Request::Create(Object::Pod(Pod::default()));
@@ -139,6 +142,7 @@ mod tests {
         let token = Request::CreateToken {
             ttl_seconds: 60,
             description: String::new(),
+            master: false,
         };
         let hello = Request::Hello {
             version: 1,

@@ -34,8 +34,12 @@ use tokio_util::sync::CancellationToken;
 /// How a master is run.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
-    /// This master's raft node id, unique among the cluster's masters.
-    pub node_id: u64,
+    /// This master's raft node id, unique among the cluster's masters. None:
+    /// the id kept in the data directory, else 1 for a founding master or
+    /// one the cluster picks for a joining one.
+    pub node_id: Option<u64>,
+    /// Join the cluster of the master at this address instead of founding one.
+    pub join: Option<JoinConfig>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// Addresses clients and nodes use to reach this master (put in its certificate and in hellos).
@@ -46,6 +50,18 @@ pub struct MasterConfig {
     /// Where to write the admin client config on first start (None: don't).
     pub admin_config: Option<PathBuf>,
 }
+
+/// How a new master joins an existing cluster.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// Address of any master of the cluster.
+    pub addr: String,
+    /// A master join token (`flotilla token create --master`).
+    pub token: String,
+}
+
+/// The file in the data directory that keeps this master's raft id.
+pub const NODE_ID_FILE: &str = "node-id";
 
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,10 @@ pub enum MasterError {
     RaftStore(#[from] raft::RaftStoreError),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("joining the cluster at {addr}: {message}")]
+    Join { addr: String, message: String },
 }
 
 /// A running master's handles, for `flotilla up` and tests.
@@ -76,8 +96,10 @@ pub struct Master {
     pub pki: Arc<pki::Pki>,
     pub local_addr: SocketAddr,
     pub node_id: u64,
-    /// This master's raft; write with [`raft::propose`].
+    /// This master's raft; the leader's own loops write with [`raft::propose`].
     pub raft: raft::Raft,
+    /// Writes and reads that reach the leader from any master.
+    pub cluster: raft::Cluster,
 }
 
 /// Opens the store and PKI and binds the endpoint; `serve` then runs it.
@@ -90,8 +112,42 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
     if advertise.is_empty() {
         advertise.push(default_advertise(config.listen));
     }
+    let mut cluster_name = config.cluster_name.clone();
+    let stored_id = read_node_id(&config.data_dir)?;
+    if let (Some(stored), Some(asked)) = (stored_id, config.node_id) {
+        if stored != asked {
+            return Err(MasterError::Config(format!(
+                "{} belongs to master {stored}, not {asked}; drop --node-id or use another --data-dir",
+                config.data_dir.display()
+            )));
+        }
+    }
+    let pki_dir = config.data_dir.join("pki");
+    let mut joined_id = None;
+    if let Some(join) = &config.join {
+        if !pki_dir.join("ca.crt").exists() {
+            let (id, name) = fetch_cluster_ca(
+                join,
+                stored_id.or(config.node_id).unwrap_or(0),
+                &advertise[0],
+                &pki_dir,
+            )
+            .await?;
+            joined_id = Some(id);
+            cluster_name = name;
+        }
+    }
+    let node_id = stored_id.or(joined_id).or(config.node_id).unwrap_or(1);
+    if stored_id.is_none() {
+        write_node_id(&config.data_dir, node_id)?;
+    }
+    let config = MasterConfig {
+        node_id: Some(node_id),
+        cluster_name,
+        ..config
+    };
     let pki = Arc::new(pki::Pki::load_or_init(
-        &config.data_dir.join("pki"),
+        &pki_dir,
         &config.cluster_name,
         &advertise,
     )?);
@@ -108,12 +164,14 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             path: config.data_dir.clone(),
             source,
         })?;
+    let cluster = raft::Cluster::new(raft.clone(), network.clone(), &config.cluster_name);
     let master = Master {
         store: store.clone(),
         pki: pki.clone(),
         local_addr,
-        node_id: config.node_id,
+        node_id,
         raft: raft.clone(),
+        cluster: cluster.clone(),
     };
     Ok((
         master,
@@ -125,8 +183,95 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             config,
             raft,
             network,
+            cluster,
         },
     ))
+}
+
+fn read_node_id(dir: &std::path::Path) -> Result<Option<u64>, MasterError> {
+    let path = dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            MasterError::Config(format!(
+                "{} does not hold a master id ({:?}); it should hold the number this master was given",
+                path.display(),
+                text.trim()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(MasterError::DataDir { path, source }),
+    }
+}
+
+fn write_node_id(dir: &std::path::Path, id: u64) -> Result<(), MasterError> {
+    let path = dir.join(NODE_ID_FILE);
+    flotilla_api::net::write_private_file(&path, &format!("{id}\n"))
+        .map_err(|source| MasterError::DataDir { path, source })
+}
+
+/// Asks a master of the cluster for the cluster CA with a master join token,
+/// over a connection that trusts only the CA the token pins, and keeps it in
+/// `pki_dir`. Gives back this master's id and the cluster's name.
+async fn fetch_cluster_ca(
+    join: &JoinConfig,
+    node_id: u64,
+    advertise: &str,
+    pki_dir: &std::path::Path,
+) -> Result<(u64, String), MasterError> {
+    use flotilla_api::protocol::{Request, Response, ALPN};
+    let fail = |message: String| MasterError::Join {
+        addr: join.addr.clone(),
+        message,
+    };
+    let token = flotilla_api::identity::JoinToken::parse(&join.token).map_err(|e| {
+        fail(format!(
+            "{e}; pass the token `flotilla token create --master` printed"
+        ))
+    })?;
+    let tls = flotilla_api::tls::pinned_client_config(&token.ca_hash, ALPN)
+        .map_err(|e| fail(e.to_string()))?;
+    let client = flotilla_api::net::Client::connect(
+        std::slice::from_ref(&join.addr),
+        tls,
+        "flotilla-master/join",
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let req = Request::JoinMaster {
+        token: join.token.clone(),
+        node_id,
+        addr: advertise.to_string(),
+    };
+    let answer = client.call(&req).await.map_err(|e| fail(e.to_string()));
+    client.conn.close(0u32.into(), b"joined");
+    match answer? {
+        Response::MasterJoined {
+            node_id,
+            cluster,
+            ca_cert_pem,
+            ca_key_pem,
+            ..
+        } => {
+            if flotilla_api::identity::ca_hash(&ca_cert_pem)
+                .ok()
+                .as_deref()
+                != Some(token.ca_hash.as_str())
+            {
+                return Err(fail("the master sent a CA other than the token's".into()));
+            }
+            // The key first: a CA certificate without its key would read as
+            // a half-written directory.
+            pki::write_private(&pki_dir.join("ca.key"), &ca_key_pem)?;
+            pki::write_private(&pki_dir.join("ca.crt"), &ca_cert_pem)?;
+            tracing::info!(
+                node_id,
+                cluster,
+                "received the cluster CA; joining as master {node_id}"
+            );
+            Ok((node_id, cluster))
+        }
+        other => Err(fail(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// Opens the raft log and state machine, starts raft and, on a fresh data
@@ -139,37 +284,29 @@ async fn start_raft(
 ) -> Result<(raft::Raft, raft::Network), MasterError> {
     let log = raft::LogStore::open(&config.data_dir.join(raft::LOG_FILE))?;
     let sm = raft::StateMachine::open(store.clone(), &config.data_dir.join(raft::SNAPSHOT_FILE))?;
-    let client = pki.master_client(&config.data_dir.join("pki"), config.node_id)?;
-    let network = raft::Network::new(config.node_id, pki.master_client_tls(&client)?)?;
+    let node_id = config.node_id.unwrap_or(1);
+    let client = pki.master_client(&config.data_dir.join("pki"), node_id)?;
+    let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;
     let raft_config = raft::raft_config(&config.cluster_name)
         .map_err(|e| MasterError::Raft(format!("invalid configuration: {e}")))?;
-    let raft = raft::Raft::new(
-        config.node_id,
-        Arc::new(raft_config),
-        network.clone(),
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| MasterError::Raft(format!("cannot start: {e}")))?;
+    let raft = raft::Raft::new(node_id, Arc::new(raft_config), network.clone(), log, sm)
+        .await
+        .map_err(|e| MasterError::Raft(format!("cannot start: {e}")))?;
     let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| MasterError::Raft(format!("cannot read raft state: {e}")))?;
     // A restarted master keeps the membership in its log; only a fresh one
-    // founds its cluster (initializing twice is refused by openraft anyway).
-    if !initialized {
+    // founds its cluster (initializing twice is refused by openraft anyway),
+    // and one that joins waits to be added by the leader instead.
+    if !initialized && config.join.is_none() {
         let addr = advertise
             .first()
             .cloned()
             .unwrap_or_else(|| default_advertise(config.listen));
-        let members =
-            std::collections::BTreeMap::from([(config.node_id, openraft::BasicNode::new(addr))]);
+        let members = std::collections::BTreeMap::from([(node_id, openraft::BasicNode::new(addr))]);
         match raft.initialize(members).await {
-            Ok(()) => tracing::info!(
-                node_id = config.node_id,
-                "founded a one-master raft cluster"
-            ),
+            Ok(()) => tracing::info!(node_id, "founded a one-master raft cluster"),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::InitializeError::NotAllowed(_),
             )) => {}
@@ -196,6 +333,7 @@ pub struct Running {
     config: MasterConfig,
     raft: raft::Raft,
     network: raft::Network,
+    cluster: raft::Cluster,
 }
 
 impl Running {
@@ -204,17 +342,28 @@ impl Running {
         let nodes = nodes::NodeConnections::default();
         let heartbeats = lifecycle::Heartbeats::new();
         let tracker = tokio_util::task::TaskTracker::new();
+        let node_id = self.cluster.id();
         let ctx = Arc::new(service::Context {
             store: self.store.clone(),
             pki: self.pki.clone(),
-            masters: self.advertise.clone(),
+            advertise: self.advertise.clone(),
             nodes: nodes.clone(),
             heartbeats: heartbeats.clone(),
-            raft: Some(self.raft.clone()),
+            cluster: self.cluster.clone(),
         });
+        if let Some(join) = &self.config.join {
+            tracker.spawn(become_member(
+                self.cluster.clone(),
+                self.pki.clone(),
+                self.config.data_dir.join("pki"),
+                join.addr.clone(),
+                self.advertise[0].clone(),
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(leader_work(
             self.raft.clone(),
-            self.config.node_id,
+            node_id,
             self.store.clone(),
             heartbeats,
             self.config.node_grace,
@@ -234,6 +383,75 @@ impl Running {
         }
         self.network.close();
         Ok(())
+    }
+}
+
+/// Asks the cluster, through the master this one joined with, to make this
+/// master a voting member, until it is one. Nothing to do once it is (a
+/// restart of a member); a master that crashed half-way through joining
+/// finishes here.
+async fn become_member(
+    cluster: raft::Cluster,
+    pki: Arc<pki::Pki>,
+    pki_dir: PathBuf,
+    join_addr: String,
+    advertise: String,
+    shutdown: CancellationToken,
+) {
+    use flotilla_api::protocol::{Request, Response};
+    let id = cluster.id();
+    let is_voter = |c: &raft::Cluster| {
+        let m = c.raft().metrics().borrow().clone();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        voter
+    };
+    let mut delay = Duration::from_millis(500);
+    while !shutdown.is_cancelled() && !is_voter(&cluster) {
+        let attempt = async {
+            let client_cert = pki.master_client(&pki_dir, id).map_err(|e| e.to_string())?;
+            let tls = pki
+                .master_client_tls(&client_cert)
+                .map_err(|e| e.to_string())?;
+            let mut addrs = vec![join_addr.clone()];
+            addrs.extend(
+                cluster
+                    .masters()
+                    .into_iter()
+                    .filter(|a| *a != join_addr && *a != advertise),
+            );
+            let client = flotilla_api::net::Client::connect(&addrs, tls, "flotilla-master/member")
+                .await
+                .map_err(|e| e.to_string())?;
+            let req = Request::AddMaster {
+                node_id: id,
+                addr: advertise.clone(),
+            };
+            let answer = client.call(&req).await;
+            client.conn.close(0u32.into(), b"done");
+            match answer {
+                Ok(Response::Ok) => Ok(()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match attempt.await {
+            Ok(()) => {
+                tracing::info!(node_id = id, "this master is now a voting member");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node_id = id, error = %e, retry_in = ?delay, "not a member yet");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -2,8 +2,10 @@
 //! period, and Ready again once they resume. Heartbeats are kept in memory
 //! (they are too frequent to be writes); only transitions reach the store,
 //! through raft, from the leader.
-//! A master that just started counts every node as seen at its start, so a
-//! restart does not turn the whole cluster NotReady.
+//! A master that just started, or just became the leader, counts every node
+//! as seen at that moment, so a restart or a change of leader does not turn
+//! the whole cluster NotReady. Followers relay the heartbeats they receive to
+//! the leader.
 
 use crate::raft::{propose, Raft};
 use crate::store::{Command, Store, StoreError};
@@ -78,8 +80,12 @@ pub async fn run(
     grace: Duration,
     shutdown: CancellationToken,
 ) {
+    // Heartbeats went to whichever master each node was connected to; a
+    // master that just became leader has heard from nodes only since then
+    // (through the other masters' relays): count from the start of its term.
+    let leading_since = Instant::now();
     loop {
-        if let Err(e) = examine(&store, &raft, &heartbeats, grace).await {
+        if let Err(e) = examine(&store, &raft, &heartbeats, grace, leading_since).await {
             tracing::warn!(error = %e, "node lifecycle pass failed");
         }
         tokio::select! {
@@ -95,6 +101,7 @@ async fn examine(
     raft: &Raft,
     heartbeats: &Heartbeats,
     grace: Duration,
+    leading_since: Instant,
 ) -> Result<(), StoreError> {
     let (_, nodes) = store.list(Kind::Node, None, &Selector::default())?;
     let now = Instant::now();
@@ -102,7 +109,9 @@ async fn examine(
         let Object::Node(mut node) = obj else {
             continue;
         };
-        let silence = heartbeats.silence(&node.metadata.name, now);
+        let silence = heartbeats
+            .silence(&node.metadata.name, now)
+            .min(now.saturating_duration_since(leading_since));
         let Some(next) = transition(node.status.ready, silence, grace) else {
             continue;
         };

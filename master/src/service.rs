@@ -6,17 +6,19 @@ use crate::authz::{authorize, authorize_pod_status, Caller};
 use crate::lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
-use crate::store::{Command, Outcome, Store, StoreError, TokenRecord};
+use crate::raft::Cluster;
+use crate::store::{Command, Outcome, Store, StoreError, TokenRecord, TokenUsage, UPLOAD_CHUNK};
 use flotilla_api::identity::{Identity, JoinToken};
 use flotilla_api::net::{read_frame, write_frame, NetError};
 use flotilla_api::objects::{digest_of, is_digest, module_name, ModuleSpec};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, MAX_MODULE_SIZE,
-    MODULE_CHUNK, PROTOCOL_VERSION,
+    ApiError, ErrorCode, EventType, ListOptions, RaftRpc, Request, Response, WatchOptions,
+    MAX_MODULE_SIZE, MODULE_CHUNK, PROTOCOL_VERSION,
 };
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Module, Object, ObjectMeta};
+use sha2::Digest as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +29,34 @@ use tokio_util::task::TaskTracker;
 pub struct Context {
     pub store: Store,
     pub pki: Arc<Pki>,
-    pub masters: Vec<String>,
+    /// This master's own addresses (what it advertises).
+    pub advertise: Vec<String>,
     pub nodes: NodeConnections,
     pub heartbeats: Heartbeats,
-    /// This master's raft, which [`Request::Raft`] messages from other
-    /// masters are handed to; `None` while the master runs without raft.
-    pub raft: Option<openraft::Raft<crate::raft::TypeConfig>>,
+    /// This master's raft and its links to the other masters: writes,
+    /// linearizable reads and [`Request::Raft`] messages go through it.
+    pub cluster: Cluster,
+}
+
+impl Context {
+    /// Every master's address, the leader's first (what hellos and joins hand out).
+    fn masters(&self) -> Vec<String> {
+        let mut all = self.cluster.masters();
+        for a in &self.advertise {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
+
+    /// The read barrier before a read: linearizable unless `stale`.
+    async fn before_read(&self, stale: bool) -> Result<(), ApiError> {
+        if stale {
+            return Ok(());
+        }
+        self.cluster.linearize().await.map_err(store_err)
+    }
 }
 
 /// A request must arrive this soon after its stream opens.
@@ -159,16 +183,9 @@ fn store_err(e: StoreError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
-/// Writes a command through raft (storage does its fsyncs off the async threads).
+/// Writes a command through raft, via the leader wherever it is.
 async fn apply(ctx: &Context, cmd: Command) -> Result<Outcome, ApiError> {
-    match &ctx.raft {
-        Some(raft) => crate::raft::propose(raft, cmd).await.map_err(store_err),
-        // Every running master has raft; a context without it serves no writes.
-        None => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "this master does not accept writes (it runs without raft)",
-        )),
-    }
+    ctx.cluster.write(cmd).await.map_err(store_err)
 }
 
 async fn reply(send: &mut quinn::SendStream, r: Response) -> Result<(), ApiError> {
@@ -203,7 +220,7 @@ async fn handle(
             Response::Hello {
                 version: PROTOCOL_VERSION,
                 identity: caller.to_string(),
-                masters: ctx.masters.clone(),
+                masters: ctx.masters(),
             },
         )
         .await;
@@ -273,11 +290,16 @@ async fn handle(
             kind,
             namespace,
             name,
-        } => match ctx.store.get(kind, &namespace, &name).map_err(store_err)? {
-            Some(o) => reply(send, Response::Object(o)).await,
-            None => Err(not_found(kind, &namespace, &name)),
-        },
+            stale,
+        } => {
+            ctx.before_read(stale).await?;
+            match ctx.store.get(kind, &namespace, &name).map_err(store_err)? {
+                Some(o) => reply(send, Response::Object(o)).await,
+                None => Err(not_found(kind, &namespace, &name)),
+            }
+        }
         Request::List(opts) => {
+            ctx.before_read(opts.stale).await?;
             let (revision, items) = list(ctx, &opts)?;
             reply(send, Response::List { revision, items }).await
         }
@@ -344,18 +366,28 @@ async fn handle(
         }
         Request::Heartbeat { node } => {
             ctx.heartbeats.beat(&node);
+            // The leader tracks heartbeats; pass this one on without making
+            // the node wait for it.
+            let cluster = ctx.cluster.clone();
+            tokio::spawn(async move { cluster.relay_heartbeat(&node).await });
             reply(send, Response::Ok).await
         }
         Request::CreateToken {
             ttl_seconds,
             description,
+            master,
         } => {
             let ttl = if ttl_seconds == 0 {
                 DEFAULT_TOKEN_TTL
             } else {
                 Duration::from_secs(ttl_seconds)
             };
-            let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl);
+            let usage = if master {
+                TokenUsage::Master
+            } else {
+                TokenUsage::Node
+            };
+            let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl, usage);
             let expires = record.expires;
             apply(ctx, Command::PutToken { record }).await?;
             reply(
@@ -367,16 +399,40 @@ async fn handle(
             )
             .await
         }
-        Request::Raft { rpc, payload } => match &ctx.raft {
-            Some(raft) => {
-                let answer = crate::raft::rpc::handle(raft, rpc, &payload).await?;
-                reply(send, Response::Raft(answer)).await
-            }
-            None => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "this master does not run raft yet",
-            )),
-        },
+        Request::Raft { rpc, payload } => {
+            let answer = match rpc {
+                RaftRpc::AppendEntries | RaftRpc::Vote | RaftRpc::InstallSnapshot => {
+                    crate::raft::rpc::handle(ctx.cluster.raft(), rpc, &payload).await?
+                }
+                _ => ctx.cluster.serve(&ctx.heartbeats, rpc, &payload).await?,
+            };
+            reply(send, Response::Raft(answer)).await
+        }
+        Request::JoinMaster {
+            token,
+            node_id,
+            addr,
+        } => {
+            let r = join_master(ctx, &token, node_id, &addr).await?;
+            reply(send, r).await
+        }
+        Request::ClusterStatus => {
+            reply(send, Response::ClusterStatus(ctx.cluster.status().await)).await
+        }
+        Request::AddMaster { node_id, addr } => {
+            ctx.cluster
+                .add_member(node_id, &addr)
+                .await
+                .map_err(store_err)?;
+            reply(send, Response::Ok).await
+        }
+        Request::RemoveMaster { node_id } => {
+            ctx.cluster
+                .remove_member(node_id)
+                .await
+                .map_err(store_err)?;
+            reply(send, Response::Ok).await
+        }
         _ => Err(invalid("this master does not serve that request")),
     }
 }
@@ -635,16 +691,6 @@ async fn put_module(
     }
     // Ask for the bytes only now, so an existing module costs no transfer.
     reply(send, Response::Ok).await?;
-    let mut bytes = vec![0u8; size as usize];
-    recv.read_exact(&mut bytes)
-        .await
-        .map_err(|e| invalid(format!("upload ended early: {e}")))?;
-    let actual = digest_of(&bytes);
-    if actual != digest {
-        return Err(invalid(format!(
-            "uploaded bytes hash to {actual}, not {digest}; the file changed during upload?"
-        )));
-    }
     let module = Module {
         metadata: ObjectMeta {
             name: module_name(digest),
@@ -658,7 +704,7 @@ async fn put_module(
             source,
         },
     };
-    let existed = match apply(ctx, Command::PutModule { module, bytes }).await? {
+    let existed = match upload(ctx, digest, size, module, recv).await? {
         Outcome::ModuleStored { existed } => existed,
         _ => false,
     };
@@ -671,6 +717,73 @@ async fn put_module(
         },
     )
     .await
+}
+
+/// Reads exactly `n` bytes of an upload.
+async fn read_upload(recv: &mut quinn::RecvStream, n: usize) -> Result<Vec<u8>, ApiError> {
+    let mut buf = vec![0u8; n];
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|e| invalid(format!("upload ended early: {e}")))?;
+    Ok(buf)
+}
+
+/// Receives a module's `size` bytes and stores them through raft: in one
+/// entry when small, else staged in [`UPLOAD_CHUNK`] pieces and committed,
+/// so no raft entry (nor message between masters) outgrows a frame.
+async fn upload(
+    ctx: &Context,
+    digest: &str,
+    size: u64,
+    module: Module,
+    recv: &mut quinn::RecvStream,
+) -> Result<Outcome, ApiError> {
+    let mismatch = |actual: String| {
+        invalid(format!(
+            "uploaded bytes hash to {actual}, not {digest}; the file changed during upload?"
+        ))
+    };
+    if size as usize <= UPLOAD_CHUNK {
+        let bytes = read_upload(recv, size as usize).await?;
+        let actual = digest_of(&bytes);
+        if actual != digest {
+            return Err(mismatch(actual));
+        }
+        return apply(ctx, Command::PutModule { module, bytes }).await;
+    }
+    let staged = async {
+        let mut hasher = sha2::Sha256::new();
+        let mut offset = 0u64;
+        while offset < size {
+            let n = (size - offset).min(UPLOAD_CHUNK as u64) as usize;
+            let bytes = read_upload(recv, n).await?;
+            sha2::Digest::update(&mut hasher, &bytes);
+            let cmd = Command::PutModuleChunk {
+                digest: digest.to_string(),
+                offset,
+                bytes,
+            };
+            apply(ctx, cmd).await?;
+            offset += n as u64;
+        }
+        let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)));
+        if actual != digest {
+            return Err(mismatch(actual));
+        }
+        apply(ctx, Command::CommitModule { module }).await
+    };
+    let result = staged.await;
+    if result.is_err() {
+        // Best effort: a later upload of the same module starts over anyway.
+        let _ = apply(
+            ctx,
+            Command::DiscardUpload {
+                digest: digest.to_string(),
+            },
+        )
+        .await;
+    }
+    result
 }
 
 async fn logs(
@@ -740,21 +853,43 @@ async fn join(
     node_name: &str,
     csr_pem: &str,
 ) -> Result<Response, ApiError> {
-    let deny = |why: &str| {
-        ApiError::new(
-            ErrorCode::Forbidden,
-            format!("join refused: {why}; create a new token with `flotilla token create`"),
-        )
-    };
     if !flotilla_api::manifest::is_dns_subdomain(node_name) {
         return Err(invalid(format!(
             "node name {node_name:?} must be lowercase letters, digits, '-' and '.'"
         )));
     }
+    let token = check_token(ctx, token, TokenUsage::Node).await?;
+    let cert_pem = ctx
+        .pki
+        .ca
+        .sign_csr(csr_pem, &Identity::Node(node_name.to_string()))
+        .map_err(|e| invalid(format!("certificate request: {e}")))?;
+    tracing::info!(node = node_name, token = %token.id, "node joined");
+    Ok(Response::Joined {
+        cert_pem,
+        ca_pem: ctx.pki.ca.key.cert_pem.clone(),
+        masters: ctx.masters(),
+    })
+}
+
+/// Checks a join token against the store (linearizably: a token just
+/// created on another master counts) for `usage`.
+async fn check_token(ctx: &Context, token: &str, usage: TokenUsage) -> Result<JoinToken, ApiError> {
+    let create = match usage {
+        TokenUsage::Node => "`flotilla token create`",
+        TokenUsage::Master => "`flotilla token create --master`",
+    };
+    let deny = |why: &str| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("join refused: {why}; create a new token with {create}"),
+        )
+    };
     let token = JoinToken::parse(token).map_err(|e| invalid(e.to_string()))?;
     if token.ca_hash != ctx.pki.ca_hash {
         return Err(deny("the token belongs to another cluster"));
     }
+    ctx.before_read(false).await?;
     let record = ctx
         .store
         .token(&token.id)
@@ -766,21 +901,53 @@ async fn join(
     if record.expires < Time::now() {
         return Err(deny("the token has expired"));
     }
-    let cert_pem = ctx
-        .pki
-        .ca
-        .sign_csr(csr_pem, &Identity::Node(node_name.to_string()))
-        .map_err(|e| invalid(format!("certificate request: {e}")))?;
-    tracing::info!(node = node_name, token = %token.id, "node joined");
-    Ok(Response::Joined {
-        cert_pem,
-        ca_pem: ctx.pki.ca.key.cert_pem.clone(),
-        masters: ctx.masters.clone(),
+    if record.usage != usage {
+        return Err(deny(match usage {
+            TokenUsage::Node => "this token is for joining masters, not nodes",
+            TokenUsage::Master => "this token is for joining nodes, not masters",
+        }));
+    }
+    Ok(token)
+}
+
+/// A master joins: with a master token it gets the cluster CA (key
+/// included, as every master signs node certificates) and its raft id. It
+/// becomes a member afterwards, once it serves, by asking the leader
+/// ([`Cluster::add_member`]).
+async fn join_master(
+    ctx: &Context,
+    token: &str,
+    node_id: u64,
+    addr: &str,
+) -> Result<Response, ApiError> {
+    check_token(ctx, token, TokenUsage::Master).await?;
+    if addr.trim().is_empty() {
+        return Err(invalid(
+            "the joining master gave no address; pass --advertise host:port",
+        ));
+    }
+    let node_id = ctx
+        .cluster
+        .reserve_member(node_id, addr)
+        .await
+        .map_err(store_err)?;
+    tracing::info!(node_id, addr, "master joining");
+    Ok(Response::MasterJoined {
+        node_id,
+        cluster: ctx.pki.cluster.clone(),
+        ca_cert_pem: ctx.pki.ca.key.cert_pem.clone(),
+        ca_key_pem: ctx.pki.ca.key.key_pem.clone(),
+        masters: ctx.masters(),
     })
 }
 
 /// A fresh token and the record the store keeps of it (only the secret's hash).
-fn new_token(ca_hash: &str, description: String, ttl: Duration) -> (JoinToken, TokenRecord) {
+fn new_token(
+    ca_hash: &str,
+    description: String,
+    ttl: Duration,
+    usage: TokenUsage,
+) -> (JoinToken, TokenRecord) {
     let token = JoinToken::generate(ca_hash);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let expires = Time(Time::now().0.saturating_add(ttl_ms));
@@ -789,6 +956,7 @@ fn new_token(ca_hash: &str, description: String, ttl: Duration) -> (JoinToken, T
         secret_hash: token.secret_hash(),
         expires,
         description,
+        usage,
     };
     (token, record)
 }
@@ -799,7 +967,12 @@ pub async fn local_token(
     description: &str,
     ttl: Duration,
 ) -> Result<String, StoreError> {
-    let (token, record) = new_token(&master.pki.ca_hash, description.to_string(), ttl);
+    let (token, record) = new_token(
+        &master.pki.ca_hash,
+        description.to_string(),
+        ttl,
+        TokenUsage::Node,
+    );
     crate::raft::propose(&master.raft, Command::PutToken { record }).await?;
     Ok(token.to_string())
 }

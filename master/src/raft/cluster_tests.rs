@@ -112,7 +112,13 @@ impl Cluster {
             let raft = Raft::new(id, config.clone(), network.clone(), log, sm)
                 .await
                 .expect("raft starts");
-            let ctx = context(&ca, store.clone(), server_cert, Some(raft.clone()));
+            let ctx = context(
+                &ca,
+                store.clone(),
+                server_cert,
+                raft.clone(),
+                network.clone(),
+            );
             let (shutdown, tracker) = serve(server.clone(), ctx);
             addrs.insert(id, addr);
             masters.push(Master {
@@ -186,6 +192,13 @@ impl Cluster {
         .await
     }
 
+    /// The request-side handle of `master` (what its service writes and
+    /// reads through).
+    fn handle(&self, master: u64) -> super::Cluster {
+        let m = self.master(master);
+        super::Cluster::new(m.raft.clone(), m.network.clone(), "raft-test")
+    }
+
     async fn stop(&self) {
         for m in &self.masters {
             m.kill().await;
@@ -210,12 +223,13 @@ fn raft_config() -> Arc<Config> {
     )
 }
 
-/// What the service of a master shares, with `raft` as given.
+/// What the service of a master shares, with `raft` and `network` as given.
 fn context(
     ca: &ClusterCa,
     store: Store,
     server_cert: flotilla_api::identity::CertifiedKey,
-    raft: Option<Raft<TypeConfig>>,
+    raft: Raft<TypeConfig>,
+    network: Network,
 ) -> Arc<Context> {
     Arc::new(Context {
         store,
@@ -225,10 +239,10 @@ fn context(
             server: server_cert,
             ca_hash: ca.hash().expect("ca hash"),
         }),
-        masters: Vec::new(),
+        advertise: Vec::new(),
         nodes: NodeConnections::default(),
         heartbeats: Heartbeats::new(),
-        raft,
+        cluster: super::Cluster::new(raft, network, "raft-test"),
     })
 }
 
@@ -305,6 +319,130 @@ async fn raft_leader_elected_and_writes_replicate() {
     for id in [1, 2, 3] {
         cluster.has_pod(id, "first").await;
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_followers_forward_writes_and_serve_linearizable_reads() {
+    let cluster = Cluster::start().await;
+    let (leader, _) = cluster.leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (f1, f2) = (cluster.handle(followers[0]), cluster.handle(followers[1]));
+    // A write made on a follower is applied by the leader and answered as if local.
+    let out = bounded("a forwarded write", f1.write(create("forwarded")))
+        .await
+        .expect("forwarded write applies");
+    let Outcome::Object(Object::Pod(stored)) = out else {
+        panic!("{out:?}")
+    };
+    // Right after it, a linearizable read on the other follower sees it.
+    bounded("read barrier", f2.linearize())
+        .await
+        .expect("read index");
+    assert!(
+        cluster
+            .master(followers[1])
+            .store
+            .get(Kind::Pod, "default", "forwarded")
+            .expect("store reads")
+            .is_some(),
+        "a read after the barrier missed an acknowledged write"
+    );
+    // Refusals come back as the same errors.
+    let stale = Command::Update {
+        object: Object::Pod(stored.clone()),
+        expected_rv: Some(stored.metadata.resource_version + 100),
+        status_only: false,
+    };
+    let err = bounded("a forwarded conflict", f2.write(stale))
+        .await
+        .expect_err("a stale compare-and-swap is refused");
+    assert!(
+        matches!(err, crate::store::StoreError::Conflict { .. }),
+        "{err:?}"
+    );
+    // The status is the leader's, from any master.
+    let status = bounded("status", f1.status()).await;
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.reported_by, leader);
+    assert_eq!(status.members.len(), 3);
+    assert!(status.members.iter().all(|m| m.voter && m.lag.is_some()));
+
+    // A follower cut off from the others can neither write nor read
+    // linearizably; it says so within a bounded time instead of hanging.
+    cluster.isolate(followers[0]);
+    let err = bounded("an isolated write", f1.write(create("lost")))
+        .await
+        .expect_err("an isolated follower cannot write");
+    assert!(
+        matches!(err, crate::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    let err = bounded("an isolated read", f1.linearize())
+        .await
+        .expect_err("an isolated follower cannot read linearizably");
+    assert!(
+        matches!(err, crate::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    cluster.heal();
+    bounded("write after healing", async {
+        loop {
+            if f1.write(create("after")).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    for id in [1, 2, 3] {
+        cluster.has_pod(id, "after").await;
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_membership_shrinks_and_refuses_removing_the_last_voter() {
+    let cluster = Cluster::start().await;
+    let (leader, _) = cluster.leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let gone = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader && *id != follower)
+        .expect("a third master");
+    // Asked of a follower, done by the leader.
+    bounded("remove", cluster.handle(follower).remove_member(gone))
+        .await
+        .expect("removed");
+    cluster.master(gone).kill().await;
+    let status = bounded("status", cluster.handle(leader).status()).await;
+    let ids: Vec<u64> = status.members.iter().map(|m| m.node_id).collect();
+    assert!(!ids.contains(&gone), "{status:?}");
+    // Two voters left: writes still commit with both.
+    bounded(
+        "write with two",
+        cluster.handle(follower).write(create("two")),
+    )
+    .await
+    .expect("two masters commit");
+    bounded(
+        "remove one more",
+        cluster.handle(leader).remove_member(follower),
+    )
+    .await
+    .expect("removed");
+    let (last, _) = cluster.leader(&[leader]).await;
+    let err = bounded("remove the last", cluster.handle(last).remove_member(last))
+        .await
+        .expect_err("the last voter stays");
+    assert!(err.to_string().contains("only voting member"), "{err}");
+    let err = bounded("remove a stranger", cluster.handle(last).remove_member(42))
+        .await
+        .expect_err("not a member");
+    assert!(err.to_string().contains("not a member"), "{err}");
     cluster.stop().await;
 }
 
@@ -518,11 +656,11 @@ impl Lone {
             flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&cert), ALPN).expect("tls")
         };
         let network = Network::new(1, client_tls(1)).expect("network");
-        let raft = Raft::new(1, raft_config(), network, log, sm)
+        let raft = Raft::new(1, raft_config(), network.clone(), log, sm)
             .await
             .expect("raft starts");
         let server_cert = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
-        let ctx = context(&ca, store, server_cert, Some(raft.clone()));
+        let ctx = context(&ca, store, server_cert, raft.clone(), network);
         let mut sender = Network::new(2, client_tls(2)).expect("network");
         if let Some(hook) = hook {
             sender = sender.with_hook(hook);
@@ -658,36 +796,10 @@ async fn raft_peer_errors_are_openraft_errors() {
     }
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    // A master without raft: unreachable (retry later), not a raft answer.
+    // A raft error on the receiving master comes back as that raft error.
     let mut delayed = network
         .clone()
         .with_hook(Arc::new(|_, _| Verdict::Delay(Duration::from_millis(20))));
-    let store_dir = tempfile::tempdir().expect("temporary directory");
-    let store = Store::open(&store_dir.path().join("state.redb"), 10).expect("store");
-    let cert = lone.ca.issue_server(&["127.0.0.1".into()]).expect("cert");
-    let tls = flotilla_api::tls::server_config(&cert, &lone.ca.key.cert_pem, ALPN).expect("tls");
-    let no_raft =
-        flotilla_api::net::server_endpoint(([127, 0, 0, 1], 0).into(), tls).expect("endpoint");
-    let no_raft_addr = no_raft.local_addr().expect("address");
-    let (stop, _) = serve(no_raft.clone(), context(&lone.ca, store, cert, None));
-    let mut to_no_raft = delayed
-        .new_client(4, &BasicNode::new(no_raft_addr.to_string()))
-        .await;
-    match bounded(
-        "vote to a master without raft",
-        to_no_raft.vote(vote_request(), ttl()),
-    )
-    .await
-    {
-        Err(RPCError::Unreachable(e)) => {
-            assert!(e.to_string().contains("does not run raft yet"), "{e}")
-        }
-        other => panic!("a master without raft did not refuse: {other:?}"),
-    }
-    stop.cancel();
-    no_raft.close(0u32.into(), b"done");
-
-    // A raft error on the receiving master comes back as that raft error.
     lone.raft.shutdown().await.expect("raft stops");
     let mut to_lone = delayed
         .new_client(1, &BasicNode::new(lone.addr.to_string()))

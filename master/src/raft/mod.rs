@@ -19,6 +19,7 @@
 //! `docs/store.md` ("Raft storage") describes the files and what is atomic
 //! with what.
 
+mod cluster;
 #[cfg(test)]
 mod cluster_tests;
 mod log_store;
@@ -29,8 +30,9 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::{Cluster, LeaderAnswer, MembershipChange};
 pub use log_store::LogStore;
-pub use network::{Hook, Network, Peer, RaftNetError, Verdict};
+pub use network::{CallError, Hook, Network, Peer, RaftNetError, Verdict};
 pub use propose::{propose, raft_config, Raft};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 

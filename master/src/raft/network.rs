@@ -36,8 +36,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What the test hook decides for one message from one master to another.
@@ -92,12 +93,64 @@ pub enum RaftNetError {
     Unexpected { target: u64, answer: String },
 }
 
+/// How a [`Network::call`] failed: whether the request may have been acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request never left: no connection could be made.
+    #[error("{0}")]
+    NotSent(RaftNetError),
+    /// The target answered with an error.
+    #[error("{0}")]
+    Refused(RaftNetError),
+    /// The request was sent but its answer was lost: it may have been acted on.
+    #[error("{0}")]
+    Lost(RaftNetError),
+}
+
+/// Connects to master `target` at `addr` and exchanges hellos.
+async fn connect_master(
+    endpoint: &quinn::Endpoint,
+    target: u64,
+    addr: &str,
+) -> Result<quinn::Connection, RaftNetError> {
+    let connect_err = |source: NetError| RaftNetError::Connect {
+        target,
+        addr: addr.to_string(),
+        source,
+    };
+    let sock = net::resolve(addr, 7443).await.map_err(connect_err)?;
+    let conn = endpoint
+        .connect(sock, MASTER_SERVER_NAME)
+        .map_err(|e| connect_err(NetError::Connect(e.to_string())))?
+        .await
+        .map_err(|e| connect_err(NetError::Connection(e)))?;
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+        agent: AGENT.into(),
+    };
+    match net::call(&conn, &hello).await {
+        Ok(Response::Hello { version, .. }) if version == PROTOCOL_VERSION => Ok(conn),
+        Ok(other) => {
+            conn.close(0u32.into(), b"unexpected greeting");
+            Err(RaftNetError::Greeting {
+                target,
+                addr: addr.to_string(),
+                answer: format!("{other:?}"),
+            })
+        }
+        Err(e) => Err(connect_err(e)),
+    }
+}
+
 /// Creates the per-target clients openraft asks for.
 #[derive(Clone)]
 pub struct Network {
     id: u64,
     endpoint: quinn::Endpoint,
     hook: Option<Hook>,
+    /// Connections for requests other than raft's own messages (forwarded
+    /// writes, read indexes, membership), one per target and address.
+    calls: Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>,
 }
 
 impl fmt::Debug for Network {
@@ -118,7 +171,82 @@ impl Network {
             id,
             endpoint: net::client_endpoint(tls)?,
             hook: None,
+            calls: Arc::default(),
         })
+    }
+
+    /// This master's raft node id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends `req` to master `target` at `addr` and waits for its answer
+    /// (within `ttl`), over a connection kept for such calls. The test hook
+    /// judges these messages like raft's own.
+    pub async fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        req: &Request,
+        ttl: Duration,
+    ) -> Result<Response, CallError> {
+        if let Some(hook) = &self.hook {
+            match hook(self.id, target) {
+                Verdict::Deliver => {}
+                Verdict::Drop => {
+                    return Err(CallError::NotSent(RaftNetError::Dropped {
+                        from: self.id,
+                        to: target,
+                    }))
+                }
+                Verdict::Delay(d) => tokio::time::sleep(d).await,
+            }
+        }
+        let key = (target, addr.to_string());
+        let cached = {
+            let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls
+                .get(&key)
+                .filter(|c| c.close_reason().is_none())
+                .cloned()
+        };
+        let conn = match cached {
+            Some(c) => c,
+            None => {
+                let c = tokio::time::timeout(ttl, connect_master(&self.endpoint, target, addr))
+                    .await
+                    .map_err(|_| {
+                        CallError::NotSent(RaftNetError::Connect {
+                            target,
+                            addr: addr.to_string(),
+                            source: NetError::Connect(format!("no answer within {ttl:?}")),
+                        })
+                    })?
+                    .map_err(CallError::NotSent)?;
+                self.calls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone(), c.clone());
+                c
+            }
+        };
+        match tokio::time::timeout(ttl, net::call(&conn, req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(NetError::Api(error))) => {
+                Err(CallError::Refused(RaftNetError::Refused { target, error }))
+            }
+            Ok(Err(source)) => {
+                self.calls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                Err(CallError::Lost(RaftNetError::Transport { target, source }))
+            }
+            Err(_) => Err(CallError::Lost(RaftNetError::Transport {
+                target,
+                source: NetError::Connect(format!("no answer within {ttl:?}")),
+            })),
+        }
     }
 
     /// The same network with every message judged by `hook` first (tests).
@@ -192,36 +320,9 @@ impl Peer {
             }
             self.conn = None;
         }
-        let connect_err = |source: NetError| {
-            Failure::Unreachable(RaftNetError::Connect {
-                target: self.target,
-                addr: self.addr.clone(),
-                source,
-            })
-        };
-        let sock = net::resolve(&self.addr, 7443).await.map_err(connect_err)?;
-        let conn = self
-            .endpoint
-            .connect(sock, MASTER_SERVER_NAME)
-            .map_err(|e| connect_err(NetError::Connect(e.to_string())))?
+        let conn = connect_master(&self.endpoint, self.target, &self.addr)
             .await
-            .map_err(|e| connect_err(NetError::Connection(e)))?;
-        let hello = Request::Hello {
-            version: PROTOCOL_VERSION,
-            agent: AGENT.into(),
-        };
-        match net::call(&conn, &hello).await {
-            Ok(Response::Hello { version, .. }) if version == PROTOCOL_VERSION => {}
-            Ok(other) => {
-                conn.close(0u32.into(), b"unexpected greeting");
-                return Err(Failure::Unreachable(RaftNetError::Greeting {
-                    target: self.target,
-                    addr: self.addr.clone(),
-                    answer: format!("{other:?}"),
-                }));
-            }
-            Err(e) => return Err(connect_err(e)),
-        }
+            .map_err(Failure::Unreachable)?;
         self.conn = Some(conn.clone());
         Ok(conn)
     }

@@ -17,48 +17,60 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// (a master that just started elects itself within an election timeout).
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
-/// Proposes `cmd` and waits until it is committed and applied; the answer is
-/// the state machine's. Fails with [`StoreError::Unavailable`] when this
-/// master is not the leader (naming the leader when known) or no leader
-/// appears within a few seconds.
+/// Proposes `cmd` on this master and waits until it is committed and
+/// applied; the answer is the state machine's. Fails with
+/// [`StoreError::Unavailable`] when this master is not the leader (naming the
+/// leader when known) or no leader appears within a few seconds. The leader's
+/// own loops (binder, lifecycle) write this way; requests write through
+/// [`Cluster::write`](super::Cluster::write), which forwards to the leader.
 pub async fn propose(raft: &Raft, cmd: Command) -> Result<Outcome, StoreError> {
-    match write_once(raft, cmd.clone()).await {
+    match propose_here(raft, cmd.clone()).await {
         // No leader yet: a fresh or restarted master is electing itself;
         // waiting briefly beats failing requests that arrive in that moment.
         Err(Unplaced::NoLeader) => {
-            let _ = raft
-                .wait(Some(LEADER_WAIT))
-                .metrics(|m| m.current_leader.is_some(), "a leader is known")
-                .await;
-            match write_once(raft, cmd).await {
-                Err(Unplaced::NoLeader) => Err(StoreError::Unavailable(
-                    "no master is the leader yet (an election is under way or a majority of masters is unreachable); retry shortly".into(),
-                )),
-                other => other.map_err(Unplaced::into_store),
-            }
+            wait_for_leader(raft, LEADER_WAIT).await;
+            propose_here(raft, cmd).await.map_err(Unplaced::into_store)
         }
         other => other.map_err(Unplaced::into_store),
     }
 }
 
-/// Why a write was not applied.
-enum Unplaced {
+/// Waits up to `limit` for some master to be known as the leader.
+pub(crate) async fn wait_for_leader(raft: &Raft, limit: Duration) {
+    let _ = raft
+        .wait(Some(limit))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await;
+}
+
+/// Why a write was not applied here.
+#[derive(Debug)]
+pub(crate) enum Unplaced {
     /// No leader is known.
     NoLeader,
+    /// Another master leads.
+    NotLeader { id: u64, addr: Option<String> },
     /// Anything else, already as the caller sees it.
     Failed(StoreError),
 }
 
 impl Unplaced {
-    fn into_store(self) -> StoreError {
+    pub(crate) fn into_store(self) -> StoreError {
         match self {
-            Unplaced::NoLeader => StoreError::Unavailable("no master is the leader yet".into()),
+            Unplaced::NoLeader => StoreError::Unavailable(
+                "no master is the leader yet (an election is under way or a majority of masters is unreachable); retry shortly".into(),
+            ),
+            Unplaced::NotLeader { id, addr } => StoreError::Unavailable(format!(
+                "this master is not the leader; the leader is master {id} at {}",
+                addr.as_deref().unwrap_or("an unknown address")
+            )),
             Unplaced::Failed(e) => e,
         }
     }
 }
 
-async fn write_once(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
+/// Proposes `cmd` to this master's raft, once.
+pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
     match raft.client_write(cmd).await {
         Ok(resp) => match resp.data.into_store_result() {
             Some(answer) => answer.map_err(Unplaced::Failed),
@@ -69,16 +81,10 @@ async fn write_once(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
         },
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
             None => Err(Unplaced::NoLeader),
-            // Forwarding to the leader comes with multi-master support.
-            Some(id) => {
-                let addr = f
-                    .leader_node
-                    .map(|n| n.addr)
-                    .unwrap_or_else(|| "an unknown address".into());
-                Err(Unplaced::Failed(StoreError::Unavailable(format!(
-                    "this master is not the leader; the leader is master {id} at {addr}"
-                ))))
-            }
+            Some(id) => Err(Unplaced::NotLeader {
+                id,
+                addr: f.leader_node.map(|n| n.addr),
+            }),
         },
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
             Err(Unplaced::Failed(StoreError::Unavailable(format!(

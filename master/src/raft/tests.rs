@@ -4,7 +4,7 @@
 //! stays with the data across reopening, and snapshots move the whole state.
 
 use super::*;
-use crate::store::{Command, Image, Store, StoreError, TokenRecord};
+use crate::store::{Command, Image, Store, StoreError, TokenRecord, TokenUsage};
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::objects::{self, Kind, Module, ModuleSpec, Node, Object, Pod, PodPhase};
 use flotilla_api::time::Time;
@@ -106,6 +106,7 @@ fn token(id: &str) -> TokenRecord {
         secret_hash: "hash".into(),
         expires: Time(1_800_000_000_000),
         description: "a test token".into(),
+        usage: TokenUsage::Node,
     }
 }
 

@@ -7,6 +7,9 @@ use flotilla_api::objects::{Kind, Module, Object};
 use flotilla_api::time::Time;
 use serde::{Deserialize, Serialize};
 
+/// The largest piece of a module one raft entry carries.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
+
 /// One write to the cluster state; applied deterministically by
 /// [`Store::apply`](super::Store::apply).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,21 @@ pub enum Command {
     /// Idempotent: if the module exists, nothing changes and no revision is
     /// used. `Invalid` unless `module.spec.digest` is the digest of `bytes`.
     PutModule { module: Module, bytes: Vec<u8> },
+    /// Stages `bytes` at `offset` of the module `digest` being uploaded in
+    /// pieces (a raft entry stays small however big the module). Offset 0
+    /// starts the upload over. At most [`UPLOAD_CHUNK`] bytes; nothing is
+    /// visible until [`Command::CommitModule`].
+    PutModuleChunk {
+        digest: String,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Joins the staged chunks of `module.spec.digest` and stores them as with
+    /// `PutModule`: `Invalid` unless they are contiguous from 0 and hash to the
+    /// digest. The staged chunks are gone afterwards.
+    CommitModule { module: Module },
+    /// Drops the staged chunks of an upload that will not be committed.
+    DiscardUpload { digest: String },
     /// Stores (or replaces) a join token.
     PutToken { record: TokenRecord },
     /// Removes a join token; `NotFound` if absent.
@@ -66,4 +84,16 @@ pub struct TokenRecord {
     pub secret_hash: String,
     pub expires: Time,
     pub description: String,
+    /// What the token lets its holder do.
+    pub usage: TokenUsage,
+}
+
+/// What a join token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TokenUsage {
+    /// Join an edge node (get a node certificate).
+    #[default]
+    Node,
+    /// Join a master (get the cluster CA, key included).
+    Master,
 }

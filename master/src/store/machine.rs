@@ -6,7 +6,10 @@
 use super::command::{Command, Outcome};
 use super::error::{db, StoreError};
 use super::rules;
-use super::tables::{self, decode, encode, meta, HISTORY, META, MODULES, OBJECTS, TOKENS};
+use super::tables::{
+    self, decode, encode, meta, upload_key, upload_range, HISTORY, META, MODULES, OBJECTS, TOKENS,
+    UPLOADS,
+};
 use flotilla_api::objects::{object_key, Kind, Object};
 use flotilla_api::protocol::{EventType, WatchEvent};
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -18,6 +21,7 @@ pub(crate) struct Machine<'t> {
     history: Table<'t, u64, &'static [u8]>,
     modules: Table<'t, &'static str, &'static [u8]>,
     tokens: Table<'t, &'static str, &'static [u8]>,
+    uploads: Table<'t, &'static str, &'static [u8]>,
     revision: u64,
     events: Vec<WatchEvent>,
     changed: bool,
@@ -41,6 +45,9 @@ impl<'t> Machine<'t> {
             tokens: txn
                 .open_table(TOKENS)
                 .map_err(db("opening the tokens table"))?,
+            uploads: txn
+                .open_table(UPLOADS)
+                .map_err(db("opening the uploads table"))?,
             meta,
             revision,
             events: Vec::new(),
@@ -85,6 +92,19 @@ impl<'t> Machine<'t> {
                 expected_rv,
             } => self.delete(kind, &namespace, &name, expected_rv),
             Command::PutModule { module, bytes } => self.put_module(module, &bytes),
+            Command::PutModuleChunk {
+                digest,
+                offset,
+                bytes,
+            } => self.put_chunk(&digest, offset, &bytes),
+            Command::CommitModule { module } => {
+                let bytes = self.take_upload(&module.spec.digest)?;
+                self.put_module(module, &bytes)
+            }
+            Command::DiscardUpload { digest } => {
+                self.drop_upload(&digest)?;
+                Ok(Outcome::Done)
+            }
             Command::PutToken { record } => {
                 if record.id.is_empty() {
                     return Err(StoreError::Invalid("a token needs an id".into()));
@@ -265,6 +285,94 @@ impl<'t> Machine<'t> {
             .map_err(db("writing an object"))?;
         self.changed = true;
         Ok(())
+    }
+
+    /// Stages one chunk of an upload.
+    fn put_chunk(
+        &mut self,
+        digest: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Outcome, StoreError> {
+        if !flotilla_api::objects::is_digest(digest) {
+            return Err(StoreError::Invalid(format!(
+                "{digest:?} is not a sha256:<hex> digest"
+            )));
+        }
+        if bytes.len() > super::UPLOAD_CHUNK {
+            return Err(StoreError::Invalid(format!(
+                "an upload chunk holds at most {} bytes, not {}",
+                super::UPLOAD_CHUNK,
+                bytes.len()
+            )));
+        }
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > flotilla_api::protocol::MAX_MODULE_SIZE {
+            return Err(StoreError::Invalid(format!(
+                "an upload may not pass {} bytes",
+                flotilla_api::protocol::MAX_MODULE_SIZE
+            )));
+        }
+        if offset == 0 {
+            self.drop_upload(digest)?;
+        }
+        self.uploads
+            .insert(upload_key(digest, offset).as_str(), bytes)
+            .map_err(db("writing an upload chunk"))?;
+        self.changed = true;
+        Ok(Outcome::Done)
+    }
+
+    /// Removes whatever is staged for `digest`.
+    fn drop_upload(&mut self, digest: &str) -> Result<(), StoreError> {
+        let (from, to) = upload_range(digest);
+        let mut keys = Vec::new();
+        for entry in self
+            .uploads
+            .range(from.as_str()..to.as_str())
+            .map_err(db("reading the upload chunks"))?
+        {
+            let (k, _) = entry.map_err(db("reading the upload chunks"))?;
+            keys.push(k.value().to_string());
+        }
+        for k in keys {
+            self.uploads
+                .remove(k.as_str())
+                .map_err(db("removing an upload chunk"))?;
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Removes the staged chunks of `digest` and gives them back joined;
+    /// `Invalid` if they leave a gap.
+    fn take_upload(&mut self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let (from, to) = upload_range(digest);
+        let mut joined = Vec::new();
+        for entry in self
+            .uploads
+            .range(from.as_str()..to.as_str())
+            .map_err(db("reading the upload chunks"))?
+        {
+            let (k, v) = entry.map_err(db("reading the upload chunks"))?;
+            let offset: u64 = k
+                .value()
+                .rsplit('/')
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("table uploads, key {}: no offset", k.value()))
+                })?;
+            if offset != joined.len() as u64 {
+                return Err(StoreError::Invalid(format!(
+                    "the upload of {digest} has a gap at byte {}; upload it again",
+                    joined.len()
+                )));
+            }
+            joined.extend_from_slice(v.value());
+        }
+        self.drop_upload(digest)?;
+        Ok(joined)
     }
 
     fn put_module_bytes(&mut self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {

@@ -28,7 +28,7 @@ pub(crate) mod tables;
 mod tests;
 mod watch;
 
-pub use command::{Command, Outcome, TokenRecord};
+pub use command::{Command, Outcome, TokenRecord, TokenUsage, UPLOAD_CHUNK};
 pub use error::StoreError;
 pub use replica::{Image, RaftMark, RaftMeta};
 pub use watch::Watch;

@@ -8,7 +8,7 @@ use super::command::{Command, Outcome, TokenRecord};
 use super::error::{db, StoreError};
 use super::machine::{read_meta, Machine};
 use super::tables::{
-    self, decode, encode, meta, raft_meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS,
+    self, decode, encode, meta, raft_meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS, UPLOADS,
 };
 use super::watch::Live;
 use super::Store;
@@ -49,6 +49,9 @@ pub struct Image {
     pub modules: Vec<(String, Vec<u8>)>,
     /// Every join token, in id order.
     pub tokens: Vec<TokenRecord>,
+    /// Chunks of uploads not committed yet, by key (`digest/offset`): a
+    /// replica that installs the image mid-upload commits it like the others.
+    pub uploads: Vec<(String, Vec<u8>)>,
     /// The raft bookkeeping of the same transaction as the data.
     pub raft: RaftMeta,
 }
@@ -127,6 +130,16 @@ impl Store {
             let (k, v) = entry.map_err(db("reading the tokens"))?;
             tokens.push(decode("tokens", &k.value(), v.value())?);
         }
+        let mut uploads = Vec::new();
+        for entry in txn
+            .open_table(UPLOADS)
+            .map_err(db("opening the uploads table"))?
+            .iter()
+            .map_err(db("reading the uploads"))?
+        {
+            let (k, v) = entry.map_err(db("reading the uploads"))?;
+            uploads.push((k.value().to_string(), v.value().to_vec()));
+        }
         let raft = read_raft(&txn.open_table(RAFT).map_err(db("opening the raft table"))?)?;
         Ok(Image {
             format: tables::FORMAT_VERSION,
@@ -134,6 +147,7 @@ impl Store {
             objects,
             modules,
             tokens,
+            uploads,
             raft,
         })
     }
@@ -180,6 +194,7 @@ impl Store {
             (OBJECTS, "objects"),
             (MODULES, "modules"),
             (TOKENS, "tokens"),
+            (UPLOADS, "uploads"),
             (RAFT, "raft"),
         ] {
             txn.delete_table(table)
@@ -274,6 +289,14 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         tokens
             .insert(token.id.as_str(), value.as_slice())
             .map_err(db("writing a token"))?;
+    }
+    let mut uploads = txn
+        .open_table(UPLOADS)
+        .map_err(db("opening the uploads table"))?;
+    for (key, bytes) in &image.uploads {
+        uploads
+            .insert(key.as_str(), bytes.as_slice())
+            .map_err(db("writing an upload chunk"))?;
     }
     // Recreated empty: the history starts after the image's revision.
     txn.open_table(HISTORY)

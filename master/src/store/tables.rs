@@ -22,6 +22,21 @@ pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("hi
 /// `sha256:<hex>` digest → the module's raw bytes.
 pub(crate) const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 
+/// `<digest>/<offset, 20 digits>` → one staged chunk of a module being
+/// uploaded in several raft entries (see `Command::PutModuleChunk`); emptied
+/// for a digest when its upload is committed or discarded.
+pub(crate) const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+/// The key of a staged upload chunk.
+pub(crate) fn upload_key(digest: &str, offset: u64) -> String {
+    format!("{digest}/{offset:020}")
+}
+
+/// The key range holding every staged chunk of `digest` ('/' sorts just before '0').
+pub(crate) fn upload_range(digest: &str) -> (String, String) {
+    (format!("{digest}/"), format!("{digest}0"))
+}
+
 /// Join token id → postcard of `TokenRecord`.
 pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 

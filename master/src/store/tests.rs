@@ -748,12 +748,87 @@ fn modules_are_stored_once_with_their_bytes() {
     );
 }
 
+#[test]
+fn big_modules_are_staged_in_chunks_and_committed_whole() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let bytes: Vec<u8> = (0..(2 * UPLOAD_CHUNK + 123))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let module = module_with(&bytes);
+    let digest = module.spec.digest.clone();
+    let chunk = |offset: usize| Command::PutModuleChunk {
+        digest: digest.clone(),
+        offset: offset as u64,
+        bytes: bytes[offset..(offset + UPLOAD_CHUNK).min(bytes.len())].to_vec(),
+    };
+    // A gap (the middle chunk missing) is refused, and nothing is stored.
+    store.apply(chunk(0)).unwrap();
+    store.apply(chunk(2 * UPLOAD_CHUNK)).unwrap();
+    let err = store
+        .apply(Command::CommitModule {
+            module: module.clone(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("gap")),
+        "{err:?}"
+    );
+    assert_eq!(store.module_bytes(&digest).unwrap(), None);
+    // Starting over at offset 0 drops what was staged; all three then commit.
+    for offset in [0, UPLOAD_CHUNK, 2 * UPLOAD_CHUNK] {
+        store.apply(chunk(offset)).unwrap();
+    }
+    assert_eq!(
+        store.export().unwrap().uploads.len(),
+        3,
+        "staged chunks are part of the state (and of snapshots)"
+    );
+    let out = store
+        .apply(Command::CommitModule {
+            module: module.clone(),
+        })
+        .unwrap();
+    assert_eq!(out, Outcome::ModuleStored { existed: false });
+    assert_eq!(store.module_bytes(&digest).unwrap(), Some(bytes.clone()));
+    assert!(store.export().unwrap().uploads.is_empty());
+
+    // Oversized chunks, chunks past the module limit and bad digests are refused.
+    let too_big = Command::PutModuleChunk {
+        digest: digest.clone(),
+        offset: 0,
+        bytes: vec![0; UPLOAD_CHUNK + 1],
+    };
+    assert!(matches!(store.apply(too_big), Err(StoreError::Invalid(_))));
+    let past = Command::PutModuleChunk {
+        digest: digest.clone(),
+        offset: flotilla_api::protocol::MAX_MODULE_SIZE,
+        bytes: vec![0; 1],
+    };
+    assert!(matches!(store.apply(past), Err(StoreError::Invalid(_))));
+    let bad = Command::PutModuleChunk {
+        digest: "sha256:nothex".into(),
+        offset: 0,
+        bytes: vec![0; 1],
+    };
+    assert!(matches!(store.apply(bad), Err(StoreError::Invalid(_))));
+    // A discarded upload leaves nothing behind.
+    store.apply(chunk(0)).unwrap();
+    store
+        .apply(Command::DiscardUpload {
+            digest: digest.clone(),
+        })
+        .unwrap();
+    assert!(store.export().unwrap().uploads.is_empty());
+}
+
 fn token(id: &str) -> TokenRecord {
     TokenRecord {
         id: id.into(),
         secret_hash: "sha256:beef".into(),
         expires: Time(1_800_000_000_000),
         description: "for pi-1".into(),
+        usage: TokenUsage::Node,
     }
 }
 
