@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Flotilla needs beyond the Rust toolchain:
-# the Wasm targets for the sample workloads and, with --cross, the aarch64
+# the Wasm targets for the sample workloads, iproute2 and nftables for the
+# chaos tests (network namespaces, packet loss) and, with --cross, the aarch64
 # cross toolchain and qemu-user for the ARM test. Safe to run again.
 set -euo pipefail
 
@@ -28,13 +29,15 @@ for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
+pkgs=""
+command -v ip >/dev/null || pkgs="$pkgs iproute2"
+command -v nft >/dev/null || pkgs="$pkgs nftables"
 if [ $cross = 1 ]; then
-    pkgs=""
     command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
     command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"
-    if [ -n "$pkgs" ]; then
-        echo "setup: installing Debian packages:$pkgs"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs
-    fi
+fi
+if [ -n "$pkgs" ]; then
+    echo "setup: installing Debian packages:$pkgs"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs
 fi

@@ -233,3 +233,13 @@ pub fn pod_yaml(
         args.join(", ")
     )
 }
+
+/// `flotilla ARGS` with the client config at `config`.
+pub fn run_flotilla(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("FLOTILLA_CONFIG", config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flotilla")
+}

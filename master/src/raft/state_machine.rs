@@ -33,7 +33,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub struct StateMachine {
     store: Store,
     snapshots: Arc<Snapshots>,
+    /// When an applied entry last waited for the disk.
+    last_durable: std::time::Instant,
 }
+
+/// How often an applied entry waits for the disk. The raft log holds every
+/// entry durably before it is applied, so the state need not: after a crash
+/// the entries since its last durable commit are applied again from the log
+/// (or the snapshot file, which is durable, when the log was purged behind
+/// it). Waiting now and then bounds that replay and lets redb reuse pages.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Builds snapshots of the store (openraft runs it beside the state machine).
 pub struct SnapshotBuilder {
@@ -110,6 +119,7 @@ impl StateMachine {
                 current: Mutex::new(current),
                 built: AtomicU64::new(0),
             }),
+            last_durable: std::time::Instant::now(),
         })
     }
 
@@ -227,7 +237,7 @@ fn read_state_machine(e: impl fmt::Display) -> RaftStorageError {
 }
 
 /// Applies one entry in one store transaction.
-fn apply_entry(store: &Store, entry: Entry) -> Result<RaftResponse, Failure> {
+fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftResponse, Failure> {
     let log_id = entry.log_id;
     let fail = |e: StoreError| failure(ErrorSubject::Apply(log_id), ErrorVerb::Write, e);
     let applied = encode("a log id", &log_id).map_err(fail)?;
@@ -237,6 +247,7 @@ fn apply_entry(store: &Store, entry: Entry) -> Result<RaftResponse, Failure> {
                 .mark_raft(RaftMark {
                     applied: &applied,
                     membership: None,
+                    durable,
                 })
                 .map_err(fail)?;
             Ok(RaftResponse::Bookkeeping)
@@ -248,6 +259,8 @@ fn apply_entry(store: &Store, entry: Entry) -> Result<RaftResponse, Failure> {
                 .mark_raft(RaftMark {
                     applied: &applied,
                     membership: Some(&membership),
+                    // Rare, and worth having on disk at once.
+                    durable: true,
                 })
                 .map_err(fail)?;
             Ok(RaftResponse::Bookkeeping)
@@ -257,6 +270,7 @@ fn apply_entry(store: &Store, entry: Entry) -> Result<RaftResponse, Failure> {
                 RaftMark {
                     applied: &applied,
                     membership: None,
+                    durable,
                 },
                 cmd,
             );
@@ -288,12 +302,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.store.clone();
+        // The last entry of a batch waits for the disk if none did lately.
+        let durable_last = self.last_durable.elapsed() >= DURABLE_EVERY;
+        if durable_last {
+            self.last_durable = std::time::Instant::now();
+        }
+        let last = entries.len().saturating_sub(1);
         // One transaction per entry: a refused command must not undo the
         // entries around it, and each commit leaves a consistent state.
         blocking(ErrorSubject::StateMachine, move || {
             entries
                 .into_iter()
-                .map(|entry| apply_entry(&store, entry))
+                .enumerate()
+                .map(|(i, entry)| apply_entry(&store, entry, durable_last && i == last))
                 .collect()
         })
         .await

@@ -24,6 +24,10 @@ pub struct RaftMark<'a> {
     /// The membership config with the log id that carried it, when this
     /// entry changes it (`None`: the stored one stays).
     pub membership: Option<&'a [u8]>,
+    /// Whether the commit waits for the disk. The raft log already holds
+    /// the entry durably, so a commit that is lost in a crash is applied
+    /// again from the log on restart; only some commits need to wait.
+    pub durable: bool,
 }
 
 /// Raft's bookkeeping as stored with the state (`None` where never written).
@@ -216,7 +220,16 @@ impl Store {
         cmd: Option<Command>,
     ) -> Result<Option<Result<Outcome, StoreError>>, StoreError> {
         // A poisoned lock guards no data (see `Store::apply`).
-        let (_serial, txn) = self.begin_write()?;
+        let durability = |durable: bool| {
+            if durable {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            }
+        };
+        let (_serial, mut txn) = self.begin_write()?;
+        txn.set_durability(durability(mark.durable))
+            .map_err(db("choosing the durability of a write"))?;
         let mut machine = Machine::open(&txn)?;
         let answer = cmd.map(|cmd| machine.apply(cmd));
         if let Some(Err(refused)) = answer {
@@ -227,11 +240,13 @@ impl Store {
             // The command may have written part of itself before it was
             // refused: drop all of it, and record only that the entry was applied.
             txn.abort().map_err(db("dropping a refused command"))?;
-            let txn = self
+            let mut txn = self
                 .inner
                 .db
                 .begin_write()
                 .map_err(db("starting a write transaction"))?;
+            txn.set_durability(durability(mark.durable))
+                .map_err(db("choosing the durability of a write"))?;
             write_mark(&txn, mark)?;
             txn.commit()
                 .map_err(db("committing the raft bookkeeping"))?;

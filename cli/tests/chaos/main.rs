@@ -1,0 +1,310 @@
+//! Chaos tests of the replicated control plane with real processes:
+//!
+//! - three masters and two nodes, each in its own network namespace, while
+//!   clients write and read registers through every master: the leader is
+//!   killed with SIGKILL, then partitioned away, then a master's link gets
+//!   delay and loss. Afterwards every acknowledged create is on every master,
+//!   the recorded register history is linearizable, the nodes' pods run and
+//!   the masters agree on one leader again.
+//! - one master killed with SIGKILL twenty times in the middle of writes and
+//!   restarted on the same data directory: it rejoins every time and ends
+//!   with the same state as the others.
+//!
+//! Needs root (network namespaces); CI runs as root.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod fleet;
+mod linearizable;
+mod netns;
+mod workload;
+
+use common::wait_for;
+use fleet::Fleet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use workload::{ClientRun, Record};
+
+/// The chaos tests run one at a time: each loads both cores on its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Sleeps in a test thread without blocking the clients' runtime.
+async fn pause(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Starts `count` clients spread over the masters.
+fn start_clients(
+    fleet: &Fleet,
+    count: usize,
+    module: &str,
+    epoch: Instant,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<ClientRun>> {
+    let (addrs, tls) = workload::admin_tls(&fleet.config);
+    (0..count)
+        .map(|id| {
+            tokio::spawn(workload::run_client(
+                id,
+                addrs.clone(),
+                id,
+                tls.clone(),
+                module.to_string(),
+                epoch,
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Stops the clients and gathers what they did.
+async fn finish(
+    clients: Vec<tokio::task::JoinHandle<ClientRun>>,
+    stop: &Arc<AtomicBool>,
+) -> (Vec<Record>, Vec<String>, usize) {
+    stop.store(true, Ordering::Relaxed);
+    let mut records = Vec::new();
+    let mut created = Vec::new();
+    let mut errors = 0;
+    for c in clients {
+        let run = c.await.expect("client task");
+        records.extend(run.records);
+        created.extend(run.created);
+        errors += run.errors.len();
+    }
+    (records, created, errors)
+}
+
+/// Every master holds every acknowledged create (after it caught up).
+async fn every_master_has(fleet: &Fleet, created: &[String]) {
+    let (_, tls) = workload::admin_tls(&fleet.config);
+    for addr in &fleet.addrs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pods = workload::pods_on(addr, tls.clone())
+                .await
+                .unwrap_or_default();
+            let missing: Vec<&String> = created.iter().filter(|c| !pods.contains(c)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {addr} lacks {} acknowledged pods, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+            pause(200).await;
+        }
+    }
+}
+
+/// Checks the register history and prints what was checked.
+fn check_history(records: &[Record]) {
+    let ops: Vec<linearizable::Op> = records.iter().map(to_op).collect();
+    let acknowledged = records
+        .iter()
+        .filter(|r| matches!(r.result, workload::Result_::Ok(_)))
+        .count();
+    let report = linearizable::check(&ops);
+    eprintln!(
+        "history: {} operations ({acknowledged} acknowledged) on {} registers: {:?}",
+        report.ops, report.keys, report.verdict
+    );
+    assert!(
+        acknowledged > 50,
+        "too few operations succeeded to say anything ({acknowledged})"
+    );
+    match report.verdict {
+        linearizable::Verdict::Linearizable => {}
+        other => panic!("the register history is not linearizable: {other:?}"),
+    }
+}
+
+fn to_op(r: &Record) -> linearizable::Op {
+    use linearizable::{Op, OpKind, Outcome};
+    use workload::{Action, Result_};
+    let kind = match r.action {
+        Action::Write(v) => OpKind::Write { value: v },
+        Action::Read => OpKind::Read,
+    };
+    let (complete, outcome) = match (&r.result, &r.action) {
+        (Result_::Ok(v), Action::Read) => (Some(r.complete), Outcome::Ok { read: *v }),
+        (Result_::Ok(_), Action::Write(_)) => (Some(r.complete), Outcome::Ok { read: None }),
+        (Result_::Failed, _) => (Some(r.complete), Outcome::Failed),
+        (Result_::Unknown, _) => (None, Outcome::Unknown),
+    };
+    Op {
+        client: r.client,
+        key: r.key.clone(),
+        kind,
+        invoke: r.invoke,
+        complete,
+        outcome,
+    }
+}
+
+/// The module the registers name: the ticker's, uploaded by applying pods.
+fn ticker_digest() -> String {
+    let bytes = std::fs::read(flotilla_workloads::path("ticker")).expect("ticker module");
+    flotilla_api::objects::digest_of(&bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_masters_in_namespaces_survive_kill_partition_and_loss() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::netns(3, 2);
+    fleet.start_all();
+    fleet.start_node("edge-a", 3);
+    fleet.start_node("edge-b", 4);
+    for n in ["edge-a", "edge-b"] {
+        wait_for(&format!("node {n} Ready"), Duration::from_secs(60), || {
+            let out = fleet.cli(&["get", "node", n, "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["status"]["ready"] == "Ready").then_some(())
+        });
+    }
+    let pods = format!(
+        "{}---\n{}",
+        common::pod_yaml("tick-a", "ticker", &[], "Always", ""),
+        common::pod_yaml("tick-b", "ticker", &[], "Always", "")
+    );
+    let manifest = fleet.path("ticks.yaml");
+    std::fs::write(&manifest, pods).expect("manifest");
+    fleet.ok(&["apply", "-f", manifest.to_str().expect("path")]);
+    let module = ticker_digest();
+    let (addrs, tls) = workload::admin_tls(&fleet.config);
+    workload::create_registers(&addrs, tls, &module).await;
+
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_clients(&fleet, 6, &module, epoch, &stop);
+    pause(2000).await;
+
+    // 1. The leader dies without a word, and comes back.
+    let leader = fleet.leader();
+    eprintln!("killing the leader, master {}", leader + 1);
+    fleet.kill_master(leader);
+    pause(3000).await;
+    fleet.restart_master(leader);
+    pause(2000).await;
+
+    // 2. The (new) leader is cut off from everyone, then the link heals.
+    let leader = fleet.leader();
+    eprintln!("partitioning the leader, master {}", leader + 1);
+    fleet.net.as_ref().expect("netns").cut(leader);
+    pause(4000).await;
+    fleet.net.as_ref().expect("netns").heal(leader);
+    pause(2000).await;
+
+    // 3. A follower's link gets slow and lossy.
+    let leader = fleet.leader();
+    let slow = (leader + 1) % 3;
+    let how = fleet.net.as_ref().expect("netns").degrade(slow, 30, 5);
+    eprintln!("slow, lossy link on master {}: {how}", slow + 1);
+    pause(3000).await;
+    fleet.net.as_ref().expect("netns").restore(slow);
+    pause(1000).await;
+
+    let (records, created, errors) = finish(clients, &stop).await;
+    eprintln!(
+        "{} register operations, {} creates acknowledged, {errors} errors seen by clients",
+        records.len(),
+        created.len()
+    );
+    fleet.wait_voters(3);
+    every_master_has(&fleet, &created).await;
+    check_history(&records);
+    // The nodes' pods ran through it all and still run.
+    for p in ["tick-a", "tick-b"] {
+        wait_for(&format!("pod {p} Running"), Duration::from_secs(60), || {
+            let out = fleet.cli(&["get", "pod", p, "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["status"]["phase"] == "Running").then_some(())
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::loopback(3);
+    fleet.start_all();
+    let manifest = fleet.path("tick.yaml");
+    std::fs::write(
+        &manifest,
+        common::pod_yaml("tick", "ticker", &[], "Never", ""),
+    )
+    .expect("manifest");
+    fleet.ok(&["apply", "-f", manifest.to_str().expect("path")]);
+    let module = ticker_digest();
+    let (addrs, tls) = workload::admin_tls(&fleet.config);
+    workload::create_registers(&addrs, tls.clone(), &module).await;
+
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_clients(&fleet, 4, &module, epoch, &stop);
+    // Master 3 (index 2), whether it leads or not at the time.
+    for round in 0..20 {
+        pause(300 + (round % 4) * 150).await;
+        fleet.kill_master(2);
+        pause(100 + (round % 3) * 200).await;
+        fleet.restart_master(2);
+        // It answers again before the next kill.
+        wait_for("master 3 answers", Duration::from_secs(30), || {
+            let out = common::run_flotilla(
+                &["get", "pods", "--stale"],
+                &single_master_config(&fleet, 2),
+            );
+            out.status.success().then_some(())
+        });
+    }
+    let (records, created, _) = finish(clients, &stop).await;
+    fleet.wait_voters(3);
+    every_master_has(&fleet, &created).await;
+    check_history(&records);
+    // Every master ends with the same objects at the same revision.
+    let mut views = Vec::new();
+    for addr in &fleet.addrs {
+        let c =
+            flotilla_api::net::Client::connect(std::slice::from_ref(addr), tls.clone(), "check")
+                .await
+                .expect("connect");
+        let req = flotilla_api::protocol::Request::List(flotilla_api::protocol::ListOptions {
+            kind: Some(flotilla_api::Kind::Pod),
+            stale: true,
+            ..Default::default()
+        });
+        match c.call(&req).await.expect("list") {
+            flotilla_api::protocol::Response::List { revision, items } => {
+                let mut pods: Vec<(String, u64)> = items
+                    .iter()
+                    .map(|o| (o.meta().name.clone(), o.meta().resource_version))
+                    .collect();
+                pods.sort();
+                views.push((revision, pods));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "the masters disagree after the restarts: {:?}",
+        views.iter().map(|(r, p)| (r, p.len())).collect::<Vec<_>>()
+    );
+    let log = fleet.log_text("m2");
+    assert!(!log.contains("panicked"), "master 3 panicked:\n{log}");
+}
+
+/// A config naming only master `i`, to ask that one and no other.
+fn single_master_config(fleet: &Fleet, i: usize) -> std::path::PathBuf {
+    let path = fleet.path(&format!("config-m{i}"));
+    if !path.exists() {
+        let text = std::fs::read_to_string(&fleet.config).expect("config");
+        let mut cfg = flotilla_api::config::ClientConfigFile::parse(&text).expect("parses");
+        cfg.masters = vec![fleet.addrs[i].clone()];
+        std::fs::write(&path, cfg.render()).expect("config");
+    }
+    path
+}
