@@ -118,6 +118,9 @@ pub enum Request {
         node_id: u64,
         addr: String,
     },
+    /// A backup of the whole state, as of a linearizable read: answered with
+    /// `Chunk`s of the encoded image, then `End`.
+    Snapshot,
 }
 
 /// Which raft message a [`Request::Raft`] carries.

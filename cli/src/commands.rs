@@ -657,3 +657,26 @@ pub async fn cluster_remove(config: &Path, node_id: u64) -> anyhow::Result<ExitC
         other => bail!("unexpected answer {other:?}"),
     }
 }
+
+/// `flotilla cluster snapshot FILE`: the whole state, as of a linearizable
+/// read, written to FILE atomically.
+pub async fn cluster_snapshot(config: &Path, file: &Path) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    let (_send, mut recv) = client.open(&Request::Snapshot).await.map_err(explain)?;
+    let mut bytes = Vec::new();
+    loop {
+        match read_frame::<Response>(&mut recv).await.map_err(explain)? {
+            Some(Response::Chunk(c)) => bytes.extend_from_slice(&c),
+            Some(Response::End) => break,
+            Some(Response::Error(e)) => bail!("{} ({:?})", e.message, e.code),
+            Some(other) => bail!("unexpected answer {other:?}"),
+            None => bail!("the master ended the backup early; try again"),
+        }
+    }
+    let tmp = file.with_extension("partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    println!("saved {} bytes to {}", bytes.len(), file.display());
+    eprintln!("it holds join token records and every object; restore with `flotilla master --restore {} --data-dir <NEW DIR>`", file.display());
+    Ok(ExitCode::SUCCESS)
+}

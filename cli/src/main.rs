@@ -114,6 +114,9 @@ enum ClusterCommand {
     },
     /// Remove a master from the membership (by its id, from `cluster status`).
     Remove { node_id: u64 },
+    /// Save a backup of the whole cluster state to FILE (restore it with
+    /// `flotilla master --restore FILE`).
+    Snapshot { file: PathBuf },
 }
 
 #[cfg(feature = "master")]
@@ -141,6 +144,10 @@ struct MasterArgs {
     /// A master join token from `flotilla token create --master`.
     #[arg(long, env = "FLOTILLA_TOKEN", requires = "join")]
     token: Option<String>,
+    /// Found a new cluster from a backup made with `flotilla cluster
+    /// snapshot` (the data directory must be new).
+    #[arg(long, conflicts_with = "join")]
+    restore: Option<PathBuf>,
     /// A node silent this long is NotReady, e.g. 20s.
     #[arg(long, default_value = "20s")]
     node_grace: String,
@@ -278,6 +285,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = flotilla_master::MasterConfig {
                 node_id: a.node_id,
                 join,
+                restore: a.restore,
                 data_dir: a.data_dir,
                 listen: a.listen,
                 advertise: a.advertise,
@@ -350,6 +358,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Remove { node_id }) => {
             commands::cluster_remove(&config, node_id).await
         }
+        Command::Cluster(ClusterCommand::Snapshot { file }) => {
+            commands::cluster_snapshot(&config, &file).await
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -389,6 +400,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         // `up` runs one master: the one member of its raft cluster.
         node_id: None,
         join: None,
+        restore: None,
         data_dir: data_dir.join("master"),
         listen: a.listen,
         advertise: vec![],

@@ -435,3 +435,82 @@ fn up_runs_master_and_node_in_one_process() {
     let status = wait_for("up to exit", T, || up.try_wait().expect("wait"));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_backup_founds_a_new_cluster_with_the_same_objects() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let hello = flotilla_workloads::manifest("hello");
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello", "Succeeded", T);
+    let uid = c.get_json("pod", "hello").expect("pod")["metadata"]["uid"].clone();
+    let backup = c.path("backup.bin");
+    let out = c.ok(&["cluster", "snapshot", backup.to_str().expect("utf8")]);
+    assert!(out.contains("saved"), "{out}");
+
+    // Every master disk is lost but the backup and the CA (pki/) are kept.
+    c.kill_master();
+    let restored = c.path("restored");
+    std::fs::create_dir_all(restored.join("pki")).expect("dir");
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(c.path("master/pki").join(f), restored.join("pki").join(f)).expect("copy");
+    }
+    let master = |extra: &[&str], dir: &std::path::Path, log: &str| {
+        let log = std::fs::File::create(c.path(log)).expect("log");
+        Command::new(common::BIN)
+            .args(["master", "--listen", &c.addr, "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("FLOTILLA_CONFIG", &c.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("master")
+    };
+    // Garbage, and a directory that holds a cluster already, are refused at once.
+    let junk = c.path("junk.bin");
+    std::fs::write(&junk, b"not a backup").expect("junk");
+    let refused = master(
+        &["--restore", junk.to_str().expect("utf8")],
+        &c.path("fresh"),
+        "junk.log",
+    )
+    .wait_with_output()
+    .expect("exit");
+    assert!(!refused.status.success());
+    assert!(std::fs::read_to_string(c.path("junk.log"))
+        .unwrap_or_default()
+        .contains("not a Flotilla backup"));
+    let refused = master(
+        &["--restore", backup.to_str().expect("utf8")],
+        &c.path("master"),
+        "busy.log",
+    )
+    .wait_with_output()
+    .expect("exit");
+    assert!(!refused.status.success());
+    assert!(std::fs::read_to_string(c.path("busy.log"))
+        .unwrap_or_default()
+        .contains("needs a new data directory"));
+
+    let mut m = master(
+        &["--restore", backup.to_str().expect("utf8")],
+        &restored,
+        "restored.log",
+    );
+    let pod = wait_for("the restored pod", T, || c.get_json("pod", "hello"));
+    assert_eq!(pod["metadata"]["uid"], uid, "the pod keeps its uid");
+    let status = c.ok(&["cluster", "status"]);
+    assert!(status.contains("leader 1"), "{status}");
+    // The node's certificate is from the same CA: it reconnects and serves
+    // the pod's logs again.
+    wait_for("the node to reconnect", T, || {
+        let out = c.run(&["logs", "hello"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("hello from flotilla")
+            .then_some(())
+    });
+    let _ = m.kill();
+    let _ = m.wait();
+}

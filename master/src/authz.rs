@@ -56,6 +56,15 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             ))),
         };
     }
+    if let Request::Snapshot = req {
+        // A backup holds every object and token record: admins (and masters) only.
+        return match caller {
+            Caller::Known(Identity::Admin) | Caller::Known(Identity::Master(_)) => Ok(()),
+            other => Err(forbidden(format!(
+                "{other} may not take a backup of the cluster state; use an admin config"
+            ))),
+        };
+    }
     match caller {
         Caller::Anonymous => match req {
             // Joins prove themselves with a token instead.

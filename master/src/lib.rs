@@ -40,6 +40,9 @@ pub struct MasterConfig {
     pub node_id: Option<u64>,
     /// Join the cluster of the master at this address instead of founding one.
     pub join: Option<JoinConfig>,
+    /// Found the cluster from this backup (`flotilla cluster snapshot`); the
+    /// data directory must be new.
+    pub restore: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// Addresses clients and nodes use to reach this master (put in its certificate and in hellos).
@@ -113,6 +116,10 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
         advertise.push(default_advertise(config.listen));
     }
     let mut cluster_name = config.cluster_name.clone();
+    let backup = match &config.restore {
+        None => None,
+        Some(path) => Some(read_backup(path, &config)?),
+    };
     let stored_id = read_node_id(&config.data_dir)?;
     if let (Some(stored), Some(asked)) = (stored_id, config.node_id) {
         if stored != asked {
@@ -156,6 +163,9 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
     }
     let store = store::Store::open(&config.data_dir.join("state.redb"), HISTORY_WINDOW)?;
     let (raft, network) = start_raft(&config, &pki, &store, &advertise).await?;
+    if let Some(image) = backup {
+        restore(&raft, image).await?;
+    }
     let tls = pki.server_tls()?;
     let endpoint = flotilla_api::net::server_endpoint(config.listen, tls)?;
     let local_addr = endpoint
@@ -186,6 +196,86 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             cluster,
         },
     ))
+}
+
+/// Reads and checks a backup before anything is written.
+fn read_backup(path: &std::path::Path, config: &MasterConfig) -> Result<store::Image, MasterError> {
+    if config.join.is_some() {
+        return Err(MasterError::Config(
+            "--restore founds a new cluster; it cannot be combined with --join".into(),
+        ));
+    }
+    if config.data_dir.join("state.redb").exists() {
+        return Err(MasterError::Config(format!(
+            "--restore needs a new data directory; {} already holds a cluster's state",
+            config.data_dir.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|source| MasterError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    store::decode_backup(&bytes)
+        .map_err(|e| MasterError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Writes a backup's contents through raft into the new cluster this master
+/// just founded: modules (in chunks when big), then every other object,
+/// then the join tokens. Objects keep their uids and creation times; their
+/// resourceVersions are new (clients relist after a restore).
+async fn restore(raft: &raft::Raft, image: store::Image) -> Result<(), MasterError> {
+    use flotilla_api::objects::module_name;
+    use store::Command;
+    let fail = |e: store::StoreError| MasterError::Raft(format!("restoring the backup: {e}"));
+    let (mut modules, mut others) = (std::collections::HashMap::new(), Vec::new());
+    for object in image.objects {
+        match object {
+            flotilla_api::Object::Module(m) => {
+                modules.insert(m.metadata.name.clone(), m);
+            }
+            other => others.push(other),
+        }
+    }
+    let count = (modules.len(), others.len(), image.tokens.len());
+    for (digest, bytes) in image.modules {
+        let Some(module) = modules.remove(&module_name(&digest)) else {
+            continue;
+        };
+        if bytes.len() <= store::UPLOAD_CHUNK {
+            raft::propose(raft, Command::PutModule { module, bytes })
+                .await
+                .map_err(fail)?;
+            continue;
+        }
+        for (i, chunk) in bytes.chunks(store::UPLOAD_CHUNK).enumerate() {
+            let cmd = Command::PutModuleChunk {
+                digest: digest.clone(),
+                offset: (i * store::UPLOAD_CHUNK) as u64,
+                bytes: chunk.to_vec(),
+            };
+            raft::propose(raft, cmd).await.map_err(fail)?;
+        }
+        raft::propose(raft, Command::CommitModule { module })
+            .await
+            .map_err(fail)?;
+    }
+    for object in others {
+        raft::propose(raft, Command::Create { object })
+            .await
+            .map_err(fail)?;
+    }
+    for record in image.tokens {
+        raft::propose(raft, Command::PutToken { record })
+            .await
+            .map_err(fail)?;
+    }
+    tracing::info!(
+        modules = count.0,
+        objects = count.1,
+        tokens = count.2,
+        "restored the backup"
+    );
+    Ok(())
 }
 
 fn read_node_id(dir: &std::path::Path) -> Result<Option<u64>, MasterError> {

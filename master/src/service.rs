@@ -132,9 +132,8 @@ async fn serve_connection(
             Ok(s) => s,
             Err(_) => break,
         };
-        let (ctx, caller, hello, conn2) =
-            (ctx.clone(), caller.clone(), hello.clone(), conn.clone());
-        tracker.spawn(async move { serve_stream(send, recv, &ctx, &caller, &hello, &conn2).await });
+        let (ctx, caller, hello) = (ctx.clone(), caller.clone(), hello.clone());
+        tracker.spawn(async move { serve_stream(send, recv, &ctx, &caller, &hello).await });
     }
     if let Some(n) = &node_name {
         ctx.nodes.remove(n, &conn);
@@ -147,7 +146,6 @@ async fn serve_stream(
     ctx: &Context,
     caller: &Caller,
     hello: &AtomicBool,
-    conn: &quinn::Connection,
 ) {
     let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
         Ok(Ok(Some(r))) => r,
@@ -163,7 +161,7 @@ async fn serve_stream(
         }
         Ok(Err(_)) | Err(_) => return,
     };
-    let result = handle(req, &mut send, &mut recv, ctx, caller, hello, conn).await;
+    let result = handle(req, &mut send, &mut recv, ctx, caller, hello).await;
     if let Err(e) = result {
         let _ = write_frame(&mut send, &Response::Error(e)).await;
     }
@@ -205,7 +203,6 @@ async fn handle(
     ctx: &Context,
     caller: &Caller,
     hello: &AtomicBool,
-    conn: &quinn::Connection,
 ) -> Result<(), ApiError> {
     if let Request::Hello { version, .. } = &req {
         if *version != PROTOCOL_VERSION {
@@ -354,7 +351,7 @@ async fn handle(
             logs(
                 ctx,
                 send,
-                conn,
+                caller,
                 Request::Logs {
                     namespace,
                     name,
@@ -415,6 +412,15 @@ async fn handle(
         } => {
             let r = join_master(ctx, &token, node_id, &addr).await?;
             reply(send, r).await
+        }
+        Request::Snapshot => {
+            ctx.before_read(false).await?;
+            let image = ctx.store.export().map_err(store_err)?;
+            let bytes = crate::store::encode_backup(&image).map_err(store_err)?;
+            for chunk in bytes.chunks(MODULE_CHUNK) {
+                reply(send, Response::Chunk(chunk.to_vec())).await?;
+            }
+            reply(send, Response::End).await
         }
         Request::ClusterStatus => {
             reply(send, Response::ClusterStatus(ctx.cluster.status().await)).await
@@ -786,10 +792,33 @@ async fn upload(
     result
 }
 
+/// Finds the master a node is connected to and opens the log stream there:
+/// the first other master whose first answer is not an error (an error
+/// means the node is not connected to it). Gives that first answer along.
+async fn relay_logs(
+    ctx: &Context,
+    node: &str,
+    req: &Request,
+) -> Result<(quinn::SendStream, quinn::RecvStream, Response), ApiError> {
+    for (id, addr) in ctx.cluster.peers() {
+        let Ok((send, mut recv)) = ctx.cluster.open_on(id, &addr, req).await else {
+            continue;
+        };
+        match read_frame::<Response>(&mut recv).await {
+            Ok(Some(Response::Error(_))) | Ok(None) | Err(_) => continue,
+            Ok(Some(first)) => return Ok((send, recv, first)),
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Unavailable,
+        format!("node {node} is not connected to any master; its logs stay on the node until it reconnects"),
+    ))
+}
+
 async fn logs(
     ctx: &Context,
     send: &mut quinn::SendStream,
-    _conn: &quinn::Connection,
+    caller: &Caller,
     req: Request,
 ) -> Result<(), ApiError> {
     let Request::Logs {
@@ -812,16 +841,35 @@ async fn logs(
             format!("pod {name} is not bound to a node yet; it has no logs"),
         )
     })?;
-    let node_conn = ctx.nodes.get(&node).ok_or_else(|| {
-        ApiError::new(ErrorCode::Unavailable, format!("node {node} is not connected to this master; its logs stay on the node until it reconnects"))
-    })?;
-    let (mut nsend, mut nrecv) = node_conn
-        .open_bi()
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
-    write_frame(&mut nsend, &req)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
+    let (mut nsend, mut nrecv) = match ctx.nodes.get(&node) {
+        Some(node_conn) => {
+            let (mut nsend, nrecv) = node_conn
+                .open_bi()
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
+            write_frame(&mut nsend, &req)
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}")))?;
+            (nsend, nrecv)
+        }
+        // The node is connected to another master (or to none): ask the
+        // others, unless this request already comes from one.
+        None if !matches!(caller, Caller::Known(Identity::Master(_))) => {
+            let (nsend, nrecv, first) = relay_logs(ctx, &node, &req).await?;
+            let end = matches!(first, Response::End | Response::Error(_));
+            reply(send, first).await?;
+            if end {
+                return Ok(());
+            }
+            (nsend, nrecv)
+        }
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("node {node} is not connected to this master"),
+            ))
+        }
+    };
     let _ = nsend.finish();
     loop {
         let frame = tokio::select! {

@@ -77,10 +77,9 @@ impl Conn {
             Conn::Etcd(c) => c.put(&format!("bench-{key}"), value).await,
             Conn::Flotilla { client, module } => {
                 let mut pod = register(key, module);
-                pod.metadata.annotations.insert(
-                    "v".into(),
-                    String::from_utf8_lossy(value).into_owned(),
-                );
+                pod.metadata
+                    .annotations
+                    .insert("v".into(), String::from_utf8_lossy(value).into_owned());
                 match client.call(&Request::Update(Object::Pod(pod))).await {
                     Ok(Response::Object(_)) => Ok(()),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -150,8 +149,8 @@ impl Flotilla {
             .collect();
         let config = dir.join("config");
         let spawn = |i: usize, join: Option<&str>| -> Result<Child, String> {
-            let log = std::fs::File::create(dir.join(format!("m{i}.log")))
-                .map_err(|e| e.to_string())?;
+            let log =
+                std::fs::File::create(dir.join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(bin());
             cmd.args(["master", "--listen", &addrs[i], "--advertise", &addrs[i]])
                 .args(["--node-id", &(i + 1).to_string(), "--data-dir"])
@@ -163,7 +162,8 @@ impl Flotilla {
             if let Some(token) = join {
                 cmd.args(["--join", &addrs[0], "--token", token]);
             }
-            cmd.spawn().map_err(|e| format!("cannot run {}: {e}", bin().display()))
+            cmd.spawn()
+                .map_err(|e| format!("cannot run {}: {e}", bin().display()))
         };
         let cli = |args: &[&str]| -> Result<String, String> {
             let out = Command::new(bin())
@@ -179,14 +179,17 @@ impl Flotilla {
         };
         let mut procs = vec![Some(spawn(0, None)?)];
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::copy(dir.join("m0-config"), &config).is_err() || cli(&["get", "nodes"]).is_err() {
+        while std::fs::copy(dir.join("m0-config"), &config).is_err()
+            || cli(&["get", "nodes"]).is_err()
+        {
             if Instant::now() > deadline {
                 return Err("the first master did not start".into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut cfg = ClientConfigFile::parse(&std::fs::read_to_string(&config).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        let mut cfg =
+            ClientConfigFile::parse(&std::fs::read_to_string(&config).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
         cfg.masters = addrs.clone();
         std::fs::write(&config, cfg.render()).map_err(|e| e.to_string())?;
         let token = cli(&["token", "create", "--master"])?.trim().to_string();
@@ -204,7 +207,8 @@ impl Flotilla {
         )
         .map_err(|e| e.to_string())?;
         cli(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
-        let module = flotilla_api::objects::digest_of(&std::fs::read(&hello).map_err(|e| e.to_string())?);
+        let module =
+            flotilla_api::objects::digest_of(&std::fs::read(&hello).map_err(|e| e.to_string())?);
         let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
             .map_err(|e| e.to_string())?;
         let fl = Flotilla {
@@ -223,7 +227,11 @@ impl Flotilla {
             let voters = status
                 .as_ref()
                 .and_then(|s| s["members"].as_array().cloned())
-                .map(|m| m.iter().filter(|m| m["voter"] == true && m["lag"] == 0).count())
+                .map(|m| {
+                    m.iter()
+                        .filter(|m| m["voter"] == true && m["lag"] == 0)
+                        .count()
+                })
                 .unwrap_or(0);
             if voters == 3 {
                 break;
@@ -264,7 +272,8 @@ impl System for Flotilla {
                 continue;
             };
             if let Ok(Ok(Response::ClusterStatus(s))) =
-                tokio::time::timeout(Duration::from_millis(500), c.call(&Request::ClusterStatus)).await
+                tokio::time::timeout(Duration::from_millis(500), c.call(&Request::ClusterStatus))
+                    .await
             {
                 if s.leader.is_some() && s.leader == Some(s.reported_by) {
                     return s.leader.map(|l| l as usize - 1);
@@ -388,7 +397,11 @@ async fn failover(sys: &mut impl System) -> Duration {
     sys.kill(leader);
     let mut next = 0;
     loop {
-        assert!(killed.elapsed() < Duration::from_secs(60), "{}: no write after the kill", sys.name());
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "{}: no write after the kill",
+            sys.name()
+        );
         let at = next % conns.len();
         match tokio::time::timeout(ATTEMPT, conns[at].put(0, &v)).await {
             Ok(Ok(())) => return killed.elapsed(),
@@ -426,7 +439,12 @@ async fn measure<S: System>(start: impl AsyncFn(usize) -> S) -> Figures {
     {
         let sys = start(0).await;
         let (p50, p99) = latency(&sys).await;
-        println!("  {}: 1 client p50 {:.2} ms, p99 {:.2} ms", sys.name(), ms(p50), ms(p99));
+        println!(
+            "  {}: 1 client p50 {:.2} ms, p99 {:.2} ms",
+            sys.name(),
+            ms(p50),
+            ms(p99)
+        );
         f.p50 = p50;
         f.p99 = p99;
         f.tput64 = throughput(&sys, 64).await;
@@ -437,7 +455,12 @@ async fn measure<S: System>(start: impl AsyncFn(usize) -> S) -> Figures {
     for trial in 0..TRIALS {
         let mut sys = start(trial + 1).await;
         let d = failover(&mut sys).await;
-        println!("  {}: failover trial {} {:.0} ms", sys.name(), trial + 1, ms(d));
+        println!(
+            "  {}: failover trial {} {:.0} ms",
+            sys.name(),
+            trial + 1,
+            ms(d)
+        );
         f.failover.push(d);
     }
     f
@@ -455,7 +478,10 @@ async fn main() {
         .prefix("flotilla-bench-raft")
         .tempdir_in("/tmp")
         .expect("temporary directory");
-    println!("raft benchmark: 3 members on loopback, {VALUE_SIZE}-byte values, binary {}", bin().display());
+    println!(
+        "raft benchmark: 3 members on loopback, {VALUE_SIZE}-byte values, binary {}",
+        bin().display()
+    );
     println!("etcd:");
     let etcd = measure(async |run: usize| {
         let dir = root.path().join(format!("etcd-{run}"));
@@ -479,7 +505,10 @@ async fn main() {
     .await;
     let (fe, ff) = (median(&etcd.failover), median(&ours.failover));
     println!();
-    println!("{:<28} {:>12} {:>12} {:>8} {:>8}", "", "flotilla", "etcd 3.4", "ratio", "goal");
+    println!(
+        "{:<28} {:>12} {:>12} {:>8} {:>8}",
+        "", "flotilla", "etcd 3.4", "ratio", "goal"
+    );
     println!(
         "{:<28} {:>9.2} ms {:>9.2} ms {:>8.2} {:>8}",
         "write p50, 1 client",

@@ -216,13 +216,27 @@ async fn chaos_masters_in_namespaces_survive_kill_partition_and_loss() {
     fleet.wait_voters(3);
     every_master_has(&fleet, &created).await;
     check_history(&records);
-    // The nodes' pods ran through it all and still run.
+    // The nodes' pods ran through it all and still run, and their logs
+    // come through every master, whichever one the node is connected to.
     for p in ["tick-a", "tick-b"] {
         wait_for(&format!("pod {p} Running"), Duration::from_secs(60), || {
             let out = fleet.cli(&["get", "pod", p, "-o", "json"]);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             (v["status"]["phase"] == "Running").then_some(())
         });
+        for m in 0..3 {
+            let config = single_master_config(&fleet, m);
+            wait_for(
+                &format!("logs of {p} through master {}", m + 1),
+                Duration::from_secs(30),
+                || {
+                    let out = common::run_flotilla(&["logs", p, "--tail", "2"], &config);
+                    String::from_utf8_lossy(&out.stdout)
+                        .contains("tick ")
+                        .then_some(())
+                },
+            );
+        }
     }
 }
 
@@ -264,37 +278,62 @@ async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
     fleet.wait_voters(3);
     every_master_has(&fleet, &created).await;
     check_history(&records);
-    // Every master ends with the same objects at the same revision.
-    let mut views = Vec::new();
-    for addr in &fleet.addrs {
-        let c =
-            flotilla_api::net::Client::connect(std::slice::from_ref(addr), tls.clone(), "check")
-                .await
-                .expect("connect");
-        let req = flotilla_api::protocol::Request::List(flotilla_api::protocol::ListOptions {
-            kind: Some(flotilla_api::Kind::Pod),
-            stale: true,
-            ..Default::default()
-        });
-        match c.call(&req).await.expect("list") {
-            flotilla_api::protocol::Response::List { revision, items } => {
-                let mut pods: Vec<(String, u64)> = items
-                    .iter()
-                    .map(|o| (o.meta().name.clone(), o.meta().resource_version))
-                    .collect();
-                pods.sort();
-                views.push((revision, pods));
-            }
-            other => panic!("{other:?}"),
+    // Every master ends with the same objects at the same revision (once the
+    // last writes, e.g. the binder's, have reached all of them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views = Vec::new();
+        for addr in &fleet.addrs {
+            views.push(pods_and_revision(addr, tls.clone()).await);
         }
+        if views.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the masters disagree after the restarts: {:?}",
+            views.iter().map(|(r, p)| (r, p.len())).collect::<Vec<_>>()
+        );
+        pause(200).await;
     }
-    assert!(
-        views.windows(2).all(|w| w[0] == w[1]),
-        "the masters disagree after the restarts: {:?}",
-        views.iter().map(|(r, p)| (r, p.len())).collect::<Vec<_>>()
-    );
     let log = fleet.log_text("m2");
     assert!(!log.contains("panicked"), "master 3 panicked:\n{log}");
+    // The operator takes master 3 out; the other two go on.
+    let out = fleet.ok(&["cluster", "remove", "3"]);
+    assert!(out.contains("master 3 removed"), "{out}");
+    fleet.kill_master(2);
+    fleet.wait_voters(2);
+    fleet.ok(&["delete", "pod", "tick"]);
+    let out = fleet.cli(&["cluster", "remove", "3"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One master's own copy: its revision and every pod with its resourceVersion.
+async fn pods_and_revision(addr: &str, tls: rustls::ClientConfig) -> (u64, Vec<(String, u64)>) {
+    let c = flotilla_api::net::Client::connect(&[addr.to_string()], tls, "check")
+        .await
+        .expect("connect");
+    let req = flotilla_api::protocol::Request::List(flotilla_api::protocol::ListOptions {
+        kind: Some(flotilla_api::Kind::Pod),
+        stale: true,
+        ..Default::default()
+    });
+    match c.call(&req).await.expect("list") {
+        flotilla_api::protocol::Response::List { revision, items } => {
+            let mut pods: Vec<(String, u64)> = items
+                .iter()
+                .map(|o| (o.meta().name.clone(), o.meta().resource_version))
+                .collect();
+            pods.sort();
+            (revision, pods)
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A config naming only master `i`, to ask that one and no other.

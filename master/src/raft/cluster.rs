@@ -97,6 +97,27 @@ impl Cluster {
         self.network.id()
     }
 
+    /// The other masters of the membership, with their addresses.
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != m.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// Opens a streaming request on another master.
+    pub async fn open_on(
+        &self,
+        id: u64,
+        addr: &str,
+        req: &Request,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), CallError> {
+        self.network.open(id, addr, req, CALL_TTL).await
+    }
+
     /// Whether this master leads now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();

@@ -148,8 +148,10 @@ pub struct Network {
     id: u64,
     endpoint: quinn::Endpoint,
     hook: Option<Hook>,
-    /// Connections for requests other than raft's own messages (forwarded
-    /// writes, read indexes, membership), one per target and address.
+    /// One connection per target and address, shared by every client of
+    /// that target (openraft makes a new client for each leadership check)
+    /// and by requests other than raft's own messages (forwarded writes,
+    /// read indexes, membership).
     calls: Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>,
 }
 
@@ -180,6 +182,66 @@ impl Network {
         self.id
     }
 
+    /// Opens a stream to master `target` at `addr` and sends `req` on it, for
+    /// answers that stream (logs of a node connected to that master).
+    pub async fn open(
+        &self,
+        target: u64,
+        addr: &str,
+        req: &Request,
+        ttl: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), CallError> {
+        let conn = self.connection(target, addr, ttl).await?;
+        let opened = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(NetError::from)?;
+            net::write_frame(&mut send, req).await?;
+            Ok::<_, NetError>((send, recv))
+        };
+        match tokio::time::timeout(ttl, opened).await {
+            Ok(Ok(streams)) => Ok(streams),
+            Ok(Err(source)) => Err(CallError::Lost(RaftNetError::Transport { target, source })),
+            Err(_) => Err(CallError::Lost(RaftNetError::Transport {
+                target,
+                source: NetError::Connect(format!("no answer within {ttl:?}")),
+            })),
+        }
+    }
+
+    /// The shared connection to `target` at `addr`, made if needed.
+    async fn connection(
+        &self,
+        target: u64,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<quinn::Connection, CallError> {
+        let key = (target, addr.to_string());
+        let cached = {
+            let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls
+                .get(&key)
+                .filter(|c| c.close_reason().is_none())
+                .cloned()
+        };
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let c = tokio::time::timeout(ttl, connect_master(&self.endpoint, target, addr))
+            .await
+            .map_err(|_| {
+                CallError::NotSent(RaftNetError::Connect {
+                    target,
+                    addr: addr.to_string(),
+                    source: NetError::Connect(format!("no answer within {ttl:?}")),
+                })
+            })?
+            .map_err(CallError::NotSent)?;
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, c.clone());
+        Ok(c)
+    }
+
     /// Sends `req` to master `target` at `addr` and waits for its answer
     /// (within `ttl`), over a connection kept for such calls. The test hook
     /// judges these messages like raft's own.
@@ -203,33 +265,7 @@ impl Network {
             }
         }
         let key = (target, addr.to_string());
-        let cached = {
-            let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-            calls
-                .get(&key)
-                .filter(|c| c.close_reason().is_none())
-                .cloned()
-        };
-        let conn = match cached {
-            Some(c) => c,
-            None => {
-                let c = tokio::time::timeout(ttl, connect_master(&self.endpoint, target, addr))
-                    .await
-                    .map_err(|_| {
-                        CallError::NotSent(RaftNetError::Connect {
-                            target,
-                            addr: addr.to_string(),
-                            source: NetError::Connect(format!("no answer within {ttl:?}")),
-                        })
-                    })?
-                    .map_err(CallError::NotSent)?;
-                self.calls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone(), c.clone());
-                c
-            }
-        };
+        let conn = self.connection(target, addr, ttl).await?;
         match tokio::time::timeout(ttl, net::call(&conn, req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(NetError::Api(error))) => {
@@ -274,6 +310,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             endpoint: self.endpoint.clone(),
             hook: self.hook.clone(),
             conn: None,
+            shared: self.calls.clone(),
         }
     }
 }
@@ -287,6 +324,8 @@ pub struct Peer {
     hook: Option<Hook>,
     /// The greeted connection, once made and while it lives.
     conn: Option<quinn::Connection>,
+    /// The network's connections, to reuse one another client made.
+    shared: Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>,
 }
 
 impl fmt::Debug for Peer {
@@ -320,9 +359,27 @@ impl Peer {
             }
             self.conn = None;
         }
-        let conn = connect_master(&self.endpoint, self.target, &self.addr)
-            .await
-            .map_err(Failure::Unreachable)?;
+        let key = (self.target, self.addr.clone());
+        let cached = {
+            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared
+                .get(&key)
+                .filter(|c| c.close_reason().is_none())
+                .cloned()
+        };
+        let conn = match cached {
+            Some(c) => c,
+            None => {
+                let c = connect_master(&self.endpoint, self.target, &self.addr)
+                    .await
+                    .map_err(Failure::Unreachable)?;
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, c.clone());
+                c
+            }
+        };
         self.conn = Some(conn.clone());
         Ok(conn)
     }

@@ -104,9 +104,11 @@ pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, U
 pub fn raft_config(cluster_name: &str) -> Result<Config, Box<openraft::ConfigError>> {
     Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 150,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        // A lost leader is replaced within about half a second: followers
+        // wait 300–600 ms of silence (two or more missed heartbeats) first.
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,
         snapshot_max_chunk_size: 1 << 20,

@@ -237,6 +237,52 @@ fn read_state_machine(e: impl fmt::Display) -> RaftStorageError {
 }
 
 /// Applies one entry in one store transaction.
+/// Applies `entries` in one transaction; `None` when they must be applied
+/// one by one instead (a single entry, a membership change, a refusal).
+fn apply_batch(
+    store: &Store,
+    entries: &[Entry],
+    durable: bool,
+) -> Result<Option<Vec<RaftResponse>>, Failure> {
+    let Some(last) = entries.last() else {
+        return Ok(Some(Vec::new()));
+    };
+    if entries.len() < 2
+        || entries
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+    {
+        return Ok(None);
+    }
+    let log_id = last.log_id;
+    let fail = |e: StoreError| failure(ErrorSubject::Apply(log_id), ErrorVerb::Write, e);
+    let applied = encode("a log id", &log_id).map_err(fail)?;
+    let cmds = entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(cmd) => Some(cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    let mark = RaftMark {
+        applied: &applied,
+        membership: None,
+        durable,
+    };
+    Ok(store
+        .apply_raft_batch(mark, cmds)
+        .map_err(fail)?
+        .map(|answers| {
+            answers
+                .into_iter()
+                .map(|a| match a {
+                    Some(outcome) => RaftResponse::Command(Ok(outcome)),
+                    None => RaftResponse::Bookkeeping,
+                })
+                .collect()
+        }))
+}
+
 fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftResponse, Failure> {
     let log_id = entry.log_id;
     let fail = |e: StoreError| failure(ErrorSubject::Apply(log_id), ErrorVerb::Write, e);
@@ -308,9 +354,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_durable = std::time::Instant::now();
         }
         let last = entries.len().saturating_sub(1);
-        // One transaction per entry: a refused command must not undo the
-        // entries around it, and each commit leaves a consistent state.
         blocking(ErrorSubject::StateMachine, move || {
+            // Several entries at once (clients writing concurrently): one
+            // transaction for all, unless a command is refused or the
+            // membership changes.
+            if let Some(answers) = apply_batch(&store, &entries, durable_last)? {
+                return Ok(answers);
+            }
+            // One transaction per entry: a refused command must not undo the
+            // entries around it, and each commit leaves a consistent state.
             entries
                 .into_iter()
                 .enumerate()

@@ -30,7 +30,7 @@ mod watch;
 
 pub use command::{Command, Outcome, TokenRecord, TokenUsage, UPLOAD_CHUNK};
 pub use error::StoreError;
-pub use replica::{Image, RaftMark, RaftMeta};
+pub use replica::{decode_backup, encode_backup, Image, RaftMark, RaftMeta};
 pub use watch::Watch;
 
 use error::db;

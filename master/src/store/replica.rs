@@ -83,6 +83,52 @@ impl Store {
         }
     }
 
+    /// Applies several raft entries in one write transaction (one commit,
+    /// one wait for the disk at most): `cmds` holds each entry's command
+    /// (`None` for an entry without one), `last` the bookkeeping of the last
+    /// entry. The answers come back in order.
+    ///
+    /// `Ok(None)` when one of the commands was refused: nothing is written
+    /// then, and the caller applies the entries one by one with
+    /// [`Store::apply_raft`], where a refusal drops only its own writes. So
+    /// the state after a batch is always the state after the same entries
+    /// applied one at a time.
+    pub fn apply_raft_batch(
+        &self,
+        last: RaftMark<'_>,
+        cmds: Vec<Option<Command>>,
+    ) -> Result<Option<Vec<Option<Outcome>>>, StoreError> {
+        let (_serial, mut txn) = self.begin_write()?;
+        txn.set_durability(if last.durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(db("choosing the durability of a write"))?;
+        let mut machine = Machine::open(&txn)?;
+        let mut answers = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match cmd.map(|cmd| machine.apply(cmd)) {
+                None => answers.push(None),
+                Some(Ok(outcome)) => answers.push(Some(outcome)),
+                Some(Err(e)) if e.is_fatal() => return Err(e),
+                Some(Err(_)) => {
+                    drop(machine);
+                    txn.abort().map_err(db("dropping a refused batch"))?;
+                    return Ok(None);
+                }
+            }
+        }
+        let (_, events) = machine.finish(self.inner.history)?;
+        write_mark(&txn, last)?;
+        txn.commit().map_err(db("committing raft entries"))?;
+        for event in events {
+            // An error only means nobody is watching right now.
+            let _ = self.inner.live.send(Live::Event(event));
+        }
+        Ok(Some(answers))
+    }
+
     /// Records a raft entry that carries no command (a leader's blank entry,
     /// a membership change): only the bookkeeping changes.
     pub fn mark_raft(&self, mark: RaftMark<'_>) -> Result<(), StoreError> {
@@ -341,4 +387,40 @@ fn read_raft(
         applied: get(raft_meta::APPLIED)?,
         membership: get(raft_meta::MEMBERSHIP)?,
     })
+}
+
+/// The magic at the start of a backup file (`flotilla cluster snapshot`).
+const BACKUP_MAGIC: &[u8; 8] = b"FLTBKUP1";
+
+/// A backup file's bytes: a magic, then postcard of the [`Image`].
+pub fn encode_backup(image: &Image) -> Result<Vec<u8>, StoreError> {
+    let mut out = BACKUP_MAGIC.to_vec();
+    out.extend(encode("a backup", image)?);
+    Ok(out)
+}
+
+/// The image in a backup file; `Invalid`, saying what is wrong, for anything
+/// else (another file, a damaged or truncated backup, another store format).
+pub fn decode_backup(bytes: &[u8]) -> Result<Image, StoreError> {
+    let body = bytes.strip_prefix(BACKUP_MAGIC).ok_or_else(|| {
+        StoreError::Invalid(
+            "this is not a Flotilla backup (make one with `flotilla cluster snapshot FILE`)".into(),
+        )
+    })?;
+    let image: Image = match postcard::take_from_bytes(body) {
+        Ok((image, [])) => image,
+        Ok(_) | Err(_) => {
+            return Err(StoreError::Invalid(
+                "the backup is damaged or truncated; use another copy".into(),
+            ))
+        }
+    };
+    if image.format != tables::FORMAT_VERSION {
+        return Err(StoreError::Invalid(format!(
+            "the backup is in store format {}, this master reads format {}",
+            image.format,
+            tables::FORMAT_VERSION
+        )));
+    }
+    Ok(image)
 }

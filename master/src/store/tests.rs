@@ -822,6 +822,48 @@ fn big_modules_are_staged_in_chunks_and_committed_whole() {
     assert!(store.export().unwrap().uploads.is_empty());
 }
 
+#[test]
+fn a_batch_of_raft_entries_is_all_or_nothing_and_equals_one_by_one() {
+    use super::replica::RaftMark;
+    let (a, b) = (tmp(), tmp());
+    let (batched, single) = (open(&a, 100), open(&b, 100));
+    let cmds = vec![
+        Command::Create {
+            object: Object::Pod(pod("default", "one", &[])),
+        },
+        Command::Create {
+            object: Object::Pod(pod("default", "two", &[])),
+        },
+    ];
+    let mark = |durable| RaftMark {
+        applied: b"opaque",
+        membership: None,
+        durable,
+    };
+    let answers = batched
+        .apply_raft_batch(mark(false), cmds.iter().cloned().map(Some).collect())
+        .unwrap()
+        .expect("no refusal");
+    for cmd in &cmds {
+        single.apply_raft(mark(true), cmd.clone()).unwrap().unwrap();
+    }
+    assert_eq!(answers.len(), 2);
+    assert_eq!(snapshot(&batched), snapshot(&single));
+    // A refused command leaves the whole batch unwritten.
+    let refused = vec![
+        Some(Command::Create {
+            object: Object::Pod(pod("default", "three", &[])),
+        }),
+        Some(cmds[0].clone()),
+    ];
+    assert_eq!(batched.apply_raft_batch(mark(true), refused).unwrap(), None);
+    assert!(batched
+        .get(Kind::Pod, "default", "three")
+        .unwrap()
+        .is_none());
+    assert_eq!(batched.revision().unwrap(), 2);
+}
+
 fn token(id: &str) -> TokenRecord {
     TokenRecord {
         id: id.into(),
