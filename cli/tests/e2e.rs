@@ -494,11 +494,19 @@ fn a_backup_founds_a_new_cluster_with_the_same_objects() {
         .unwrap_or_default()
         .contains("needs a new data directory"));
 
-    let mut m = master(
+    // Killed when the test ends, passed or failed.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _restored = Reaped(master(
         &["--restore", backup.to_str().expect("utf8")],
         &restored,
         "restored.log",
-    );
+    ));
     let pod = wait_for("the restored pod", T, || c.get_json("pod", "hello"));
     assert_eq!(pod["metadata"]["uid"], uid, "the pod keeps its uid");
     let status = c.ok(&["cluster", "status"]);
@@ -511,6 +519,4 @@ fn a_backup_founds_a_new_cluster_with_the_same_objects() {
             .contains("hello from flotilla")
             .then_some(())
     });
-    let _ = m.kill();
-    let _ = m.wait();
 }

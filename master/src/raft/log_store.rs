@@ -1,7 +1,15 @@
 //! The raft log on its own redb file ([`LOG_FILE`](super::LOG_FILE)):
 //! entries by index, plus the vote, the committed log id and the last purged
-//! log id. Every write is one redb transaction with `Immediate` durability,
-//! so whatever a call reports done is on disk.
+//! log id.
+//!
+//! Appends are group-committed: an append puts its entries in a pending
+//! buffer that readers see at once and returns; a flusher thread writes
+//! everything pending in one durable redb transaction, then tells openraft,
+//! through each append's callback, that those entries are on disk. Under
+//! load many appends share one transaction and one fsync; raft's core never
+//! waits for the disk to take the next client write. The vote, truncations
+//! and purges are durable before their call returns; truncations and purges
+//! first let the flusher write out everything before them.
 
 use super::{
     blocking, encode, failure, storage_error, Entry, LogId, RaftStorageError, RaftStoreError,
@@ -31,6 +39,21 @@ pub struct LogStore {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Entries appended but not yet written to the file, by index.
+    pending: std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
+    /// The committed log id raft last saved (None: not in this process); it
+    /// reaches the file with the next flush of entries.
+    committed: std::sync::Mutex<Option<Option<LogId>>>,
+    /// Work for the flusher, in order.
+    flushes: std::sync::Mutex<std::sync::mpsc::Sender<Flush>>,
+}
+
+/// What the flusher is asked to do.
+enum Flush {
+    /// Write what is pending; then report this append as flushed.
+    Append(LogFlushed<TypeConfig>),
+    /// Write what is pending, then say so (before a truncation or purge).
+    Barrier(std::sync::mpsc::SyncSender<Result<(), String>>),
 }
 
 impl fmt::Debug for LogStore {
@@ -60,12 +83,73 @@ impl LogStore {
             .map_err(|e| fail(format!("opening the log meta table: {e}")))?;
         txn.commit()
             .map_err(|e| fail(format!("committing the opened tables: {e}")))?;
-        Ok(LogStore {
+        let (flushes, pending) = std::sync::mpsc::channel();
+        let store = LogStore {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
+                pending: std::sync::Mutex::default(),
+                committed: std::sync::Mutex::default(),
+                flushes: std::sync::Mutex::new(flushes),
             }),
-        })
+        };
+        // The flusher holds the store weakly: it ends when the store is dropped
+        // (the channel closes with the last clone).
+        let weak = Arc::downgrade(&store.inner);
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher(weak, pending))
+            .map_err(|e| fail(format!("starting the flusher thread: {e}")))?;
+        Ok(store)
+    }
+
+    /// Writes every pending entry in one durable transaction, then drops
+    /// them from the buffer (readers find them in the file from then on).
+    fn flush(&self) -> Result<(), StoreError> {
+        // The committed id first: it names entries appended before it was
+        // saved, which the batch gathered next holds (or an earlier flush
+        // wrote), so the file never has it ahead of its entries.
+        let committed = *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let batch: Vec<Entry> = self.pending().values().cloned().collect();
+        let Some(last) = batch.last().map(|e| e.log_id.index) else {
+            // Nothing pending (a barrier before a truncation or purge): the
+            // committed id alone, if raft saved one.
+            return match committed {
+                Some(_) => self.append_now(&[], committed),
+                None => Ok(()),
+            };
+        };
+        self.append_now(&batch, committed)?;
+        self.pending().retain(|index, _| *index > last);
+        Ok(())
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Entry>> {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until the flusher has written everything appended before.
+    fn drain(&self) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let sent = self
+            .inner
+            .flushes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(Flush::Barrier(tx));
+        if sent.is_err() {
+            return Err(StoreError::Db("raft log: the flusher has stopped".into()));
+        }
+        rx.recv()
+            .map_err(|_| StoreError::Db("raft log: the flusher has stopped".into()))?
+            .map_err(StoreError::Db)
     }
 
     /// A value of the meta table.
@@ -108,21 +192,35 @@ impl LogStore {
     }
 
     /// The entries whose index is in `range`, in order.
+    /// The entries in `range`: from the file, and those still pending. The
+    /// pending ones are looked at first: the flusher writes an entry to the
+    /// file before it drops it from the buffer, so it is in one or the other.
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
+        let pending: Vec<Entry> = self
+            .pending()
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect();
         let txn = self.inner.db.begin_read().map_err(db("starting a read"))?;
         let table = txn
             .open_table(RAFT_LOG)
             .map_err(db("opening the log table"))?;
-        let mut out = Vec::new();
+        let mut out = std::collections::BTreeMap::new();
         for row in table.range(range).map_err(db("reading the log"))? {
             let (k, v) = row.map_err(db("reading the log"))?;
-            out.push(decode("raft_log", &k.value(), v.value())?);
+            out.insert(k.value(), decode("raft_log", &k.value(), v.value())?);
         }
-        Ok(out)
+        for e in pending {
+            out.insert(e.log_id.index, e);
+        }
+        Ok(out.into_values().collect())
     }
 
     /// The log id of the last entry in the table, if any.
     fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+        if let Some((_, e)) = self.pending().last_key_value() {
+            return Ok(Some(e.log_id));
+        }
         let txn = self.inner.db.begin_read().map_err(db("starting a read"))?;
         let table = txn
             .open_table(RAFT_LOG)
@@ -138,12 +236,25 @@ impl LogStore {
     }
 
     /// Writes `entries` in one durable transaction.
-    fn append_now(&self, entries: &[Entry]) -> Result<(), StoreError> {
+    /// With them, the committed log id raft saved last, if any.
+    fn append_now(
+        &self,
+        entries: &[Entry],
+        committed: Option<Option<LogId>>,
+    ) -> Result<(), StoreError> {
         let txn = self
             .inner
             .db
             .begin_write()
             .map_err(db("starting a write"))?;
+        if let Some(committed) = committed {
+            let bytes = encode("the committed log id", &committed)?;
+            let mut meta = txn
+                .open_table(RAFT_LOG_META)
+                .map_err(db("opening the log meta table"))?;
+            meta.insert(raft_log_meta::COMMITTED, bytes.as_slice())
+                .map_err(db("writing the committed log id"))?;
+        }
         {
             let mut table = txn
                 .open_table(RAFT_LOG)
@@ -202,6 +313,33 @@ impl LogStore {
 }
 
 /// Maps a redb error to [`StoreError::Db`], saying what the log was doing.
+/// Writes what is pending whenever appends are reported, in batches, and
+/// answers each append's callback (and each barrier) once its entries are on
+/// disk. Runs until the store is gone.
+fn flusher(store: std::sync::Weak<Inner>, work: std::sync::mpsc::Receiver<Flush>) {
+    while let Ok(first) = work.recv() {
+        let mut batch = vec![first];
+        batch.extend(work.try_iter());
+        let result = match store.upgrade() {
+            Some(inner) => LogStore { inner }.flush().map_err(|e| e.to_string()),
+            None => Err("raft log: closed before a flush".to_string()),
+        };
+        for item in batch {
+            match item {
+                Flush::Append(callback) => callback.log_io_completed(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.clone())),
+                ),
+                Flush::Barrier(done) => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
 fn db<E: fmt::Display>(doing: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Db(format!("raft log: {doing}: {e}"))
 }
@@ -267,15 +405,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     // it not to run ahead of the log): redb makes it durable with the next
     // durable commit of this file, and a stale value only means re-learning it.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
-        let this = self.clone();
-        blocking(ErrorSubject::Store, move || {
-            this.write_meta(raft_log_meta::COMMITTED, &committed, Durability::None)
-                .map_err(|e| failure(ErrorSubject::Store, ErrorVerb::Write, e))
-        })
-        .await
+        // Kept in memory and written with the next entries: raft only needs
+        // it not to run ahead of the log, and an older one after a restart
+        // only means applying fewer entries before the leader says more.
+        *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
+        if let Some(committed) = *self
+            .inner
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            return Ok(committed);
+        }
         let committed: Option<Option<LogId>> = self
             .read_meta(raft_log_meta::COMMITTED)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
@@ -291,29 +440,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let this = self.clone();
-        blocking(ErrorSubject::Logs, move || {
-            // The callback is what tells raft the entries are durable, so it
-            // fires only once the transaction has committed.
-            match this.append_now(&entries) {
-                Ok(()) => {
-                    callback.log_io_completed(Ok(()));
-                    Ok(())
-                }
-                Err(e) => {
-                    callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                    Err(Box::new(write_logs(e)))
-                }
+        // Readable at once from the buffer; the callback, which tells raft
+        // the entries are durable, fires once the flusher has written them.
+        {
+            let mut pending = self.pending();
+            for entry in entries {
+                pending.insert(entry.log_id.index, entry);
             }
-        })
-        .await
+        }
+        let sent = self
+            .inner
+            .flushes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(Flush::Append(callback));
+        if let Err(std::sync::mpsc::SendError(Flush::Append(callback))) = sent {
+            callback.log_io_completed(Err(std::io::Error::other(
+                "the raft log's flusher has stopped",
+            )));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let this = self.clone();
         blocking(ErrorSubject::Logs, move || {
-            this.truncate_now(log_id.index)
+            this.drain()
+                .and_then(|()| this.truncate_now(log_id.index))
                 .map_err(|e| Box::new(write_logs(e)))
         })
         .await
@@ -322,7 +475,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let this = self.clone();
         blocking(ErrorSubject::Logs, move || {
-            this.purge_now(log_id).map_err(|e| Box::new(write_logs(e)))
+            this.drain()
+                .and_then(|()| this.purge_now(log_id))
+                .map_err(|e| Box::new(write_logs(e)))
         })
         .await
     }
