@@ -18,8 +18,9 @@
 //! whose answer is lost is never resent: it may have been applied, and the
 //! caller is told so.
 
+use super::batcher::Batcher;
 use super::network::{CallError, Network, RaftNetError};
-use super::propose::{propose_here, Unplaced};
+use super::propose::Unplaced;
 use super::rpc::{decode, encode, CodecError};
 use super::{Raft, Refusal};
 use crate::lifecycle::Heartbeats;
@@ -77,15 +78,19 @@ pub struct Cluster {
     /// Held by the leader while it changes the membership, so that two
     /// joins never pick the same id.
     membership: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Proposes this master's writes when it leads, gathering concurrent ones.
+    batcher: Batcher,
 }
 
 impl Cluster {
     pub fn new(raft: Raft, network: Network, cluster_name: &str) -> Cluster {
+        let raft_clone = raft.clone();
         Cluster {
             raft,
             network,
             cluster_name: cluster_name.to_string(),
             membership: Default::default(),
+            batcher: Batcher::start(raft_clone),
         }
     }
 
@@ -144,7 +149,7 @@ impl Cluster {
         let payload = encode(&cmd).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let answer = self
             .on_leader(RaftRpc::Forward, payload, false, LEADER_WINDOW, || {
-                forward_here(&self.raft, cmd.clone())
+                forward_here(&self.batcher, cmd.clone())
             })
             .await?;
         answer.map_err(StoreError::from)
@@ -341,7 +346,7 @@ impl Cluster {
         let out = match rpc {
             RaftRpc::Forward => {
                 let cmd: Command = decode(payload).map_err(bad)?;
-                encode(&forward_here(&self.raft, cmd).await)
+                encode(&forward_here(&self.batcher, cmd).await)
             }
             RaftRpc::ReadIndex => encode(&read_index_here(&self.raft).await),
             RaftRpc::Status => encode(&if self.is_leader() {
@@ -546,8 +551,8 @@ impl Cluster {
 }
 
 /// The leader's side of a forwarded write.
-async fn forward_here(raft: &Raft, cmd: Command) -> LeaderAnswer<Result<Outcome, Refusal>> {
-    match propose_here(raft, cmd).await {
+async fn forward_here(batcher: &Batcher, cmd: Command) -> LeaderAnswer<Result<Outcome, Refusal>> {
+    match batcher.propose(cmd).await {
         Ok(o) => LeaderAnswer::Done(Ok(o)),
         Err(Unplaced::NoLeader) => LeaderAnswer::NotLeader(None),
         Err(Unplaced::NotLeader { id, .. }) => LeaderAnswer::NotLeader(Some(id)),

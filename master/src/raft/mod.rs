@@ -19,6 +19,7 @@
 //! `docs/store.md` ("Raft storage") describes the files and what is atomic
 //! with what.
 
+mod batcher;
 mod cluster;
 #[cfg(test)]
 mod cluster_tests;
@@ -82,6 +83,8 @@ pub enum RaftResponse {
     /// master; the entry is applied all the same (nothing of the command is
     /// written).
     Command(Result<Outcome, Refusal>),
+    /// The answers to the commands of a `Command::Batch`, in order.
+    Batch(Vec<Result<Outcome, Refusal>>),
 }
 
 impl RaftResponse {
@@ -89,7 +92,7 @@ impl RaftResponse {
     /// gives it; `None` for an entry that carried no command.
     pub fn into_store_result(self) -> Option<Result<Outcome, StoreError>> {
         match self {
-            RaftResponse::Bookkeeping => None,
+            RaftResponse::Bookkeeping | RaftResponse::Batch(_) => None,
             RaftResponse::Command(answer) => Some(answer.map_err(StoreError::from)),
         }
     }

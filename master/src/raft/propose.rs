@@ -55,6 +55,18 @@ pub(crate) enum Unplaced {
 }
 
 impl Unplaced {
+    /// The same failure again, for another waiter of the same proposal.
+    pub(crate) fn duplicate(&self) -> Unplaced {
+        match self {
+            Unplaced::NoLeader => Unplaced::NoLeader,
+            Unplaced::NotLeader { id, addr } => Unplaced::NotLeader {
+                id: *id,
+                addr: addr.clone(),
+            },
+            Unplaced::Failed(e) => Unplaced::Failed(StoreError::Unavailable(e.to_string())),
+        }
+    }
+
     pub(crate) fn into_store(self) -> StoreError {
         match self {
             Unplaced::NoLeader => StoreError::Unavailable(
@@ -69,6 +81,46 @@ impl Unplaced {
     }
 }
 
+/// Proposes several commands as one entry (`Command::Batch`), once; each
+/// gets the answer it would have had alone.
+pub(crate) async fn propose_batch_here(
+    raft: &Raft,
+    cmds: Vec<Command>,
+) -> Result<Vec<Result<Outcome, StoreError>>, Unplaced> {
+    let count = cmds.len();
+    match raft.client_write(Command::Batch(cmds)).await {
+        Ok(resp) => match resp.data {
+            super::RaftResponse::Batch(answers) if answers.len() == count => Ok(answers
+                .into_iter()
+                .map(|a| a.map_err(StoreError::from))
+                .collect()),
+            other => Err(Unplaced::Failed(StoreError::Invalid(format!(
+                "raft answered a batch of {count} with {other:?}"
+            )))),
+        },
+        Err(e) => Err(unplaced(e)),
+    }
+}
+
+/// Why a proposal was not placed, from openraft's error.
+fn unplaced(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> Unplaced {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            None => Unplaced::NoLeader,
+            Some(id) => Unplaced::NotLeader {
+                id,
+                addr: f.leader_node.map(|n| n.addr),
+            },
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Unplaced::Failed(
+            StoreError::Unavailable(format!("raft refused the write: {e}")),
+        ),
+        RaftError::Fatal(e) => Unplaced::Failed(StoreError::Unavailable(format!(
+            "this master's raft has stopped ({e}); restart the master"
+        ))),
+    }
+}
+
 /// Proposes `cmd` to this master's raft, once.
 pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
     match raft.client_write(cmd).await {
@@ -79,21 +131,7 @@ pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, U
                 "raft answered a command with bookkeeping".into(),
             ))),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
-            None => Err(Unplaced::NoLeader),
-            Some(id) => Err(Unplaced::NotLeader {
-                id,
-                addr: f.leader_node.map(|n| n.addr),
-            }),
-        },
-        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-            Err(Unplaced::Failed(StoreError::Unavailable(format!(
-                "raft refused the write: {e}"
-            ))))
-        }
-        Err(RaftError::Fatal(e)) => Err(Unplaced::Failed(StoreError::Unavailable(format!(
-            "this master's raft has stopped ({e}); restart the master"
-        )))),
+        Err(e) => Err(unplaced(e)),
     }
 }
 

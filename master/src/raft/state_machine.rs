@@ -248,9 +248,12 @@ fn apply_batch(
         return Ok(Some(Vec::new()));
     };
     if entries.len() < 2
-        || entries
-            .iter()
-            .any(|e| matches!(e.payload, EntryPayload::Membership(_)))
+        || entries.iter().any(|e| {
+            matches!(
+                e.payload,
+                EntryPayload::Membership(_) | EntryPayload::Normal(crate::store::Command::Batch(_))
+            )
+        })
     {
         return Ok(None);
     }
@@ -310,6 +313,27 @@ fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftRespons
                 })
                 .map_err(fail)?;
             Ok(RaftResponse::Bookkeeping)
+        }
+        EntryPayload::Normal(crate::store::Command::Batch(cmds)) => {
+            let answers = store
+                .apply_raft_batch_command(
+                    RaftMark {
+                        applied: &applied,
+                        membership: None,
+                        durable,
+                    },
+                    cmds,
+                )
+                .map_err(fail)?;
+            let answers = answers
+                .into_iter()
+                .map(|a| match a {
+                    Ok(outcome) => Ok(Ok(outcome)),
+                    Err(refused) => Refusal::from_store(refused).map(Err),
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+                .map_err(fail)?;
+            Ok(RaftResponse::Batch(answers))
         }
         EntryPayload::Normal(cmd) => {
             let answer = store.apply_raft(

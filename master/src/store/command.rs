@@ -58,6 +58,12 @@ pub enum Command {
     CommitModule { module: Module },
     /// Drops the staged chunks of an upload that will not be committed.
     DiscardUpload { digest: String },
+    /// Several commands proposed together as one raft entry (the leader
+    /// gathers concurrent writes this way, so they share one log write):
+    /// applied in order, each as if it were its own entry. A refused one
+    /// changes nothing and the others still apply. Applied only from the raft
+    /// log (`Store::apply_raft_batch_command`); batches do not nest.
+    Batch(Vec<Command>),
     /// Stores (or replaces) a join token.
     PutToken { record: TokenRecord },
     /// Removes a join token; `NotFound` if absent.

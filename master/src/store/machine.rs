@@ -105,6 +105,9 @@ impl<'t> Machine<'t> {
                 self.drop_upload(&digest)?;
                 Ok(Outcome::Done)
             }
+            Command::Batch(_) => Err(StoreError::Invalid(
+                "a batch of commands is applied from the raft log, one command at a time".into(),
+            )),
             Command::PutToken { record } => {
                 if record.id.is_empty() {
                     return Err(StoreError::Invalid("a token needs an id".into()));

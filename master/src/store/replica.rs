@@ -83,6 +83,70 @@ impl Store {
         }
     }
 
+    /// Applies one raft entry that carries a batch of commands: in one write
+    /// transaction, in order, each with the answer it would have had as an
+    /// entry of its own. A refused command must leave no partial writes, so
+    /// when one is refused the transaction is dropped and run again without
+    /// it (the others see the same state either way, as a refusal changes
+    /// nothing); the final run commits with the entry's bookkeeping. The
+    /// same on every master: the runs depend only on the commands and the state.
+    pub fn apply_raft_batch_command(
+        &self,
+        mark: RaftMark<'_>,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let mut refused: std::collections::BTreeMap<usize, StoreError> = Default::default();
+        loop {
+            let (_serial, mut txn) = self.begin_write()?;
+            txn.set_durability(if mark.durable {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
+            })
+            .map_err(db("choosing the durability of a write"))?;
+            let mut machine = Machine::open(&txn)?;
+            let mut answers: Vec<Option<Outcome>> = Vec::with_capacity(cmds.len());
+            let mut newly_refused = None;
+            for (i, cmd) in cmds.iter().enumerate() {
+                if refused.contains_key(&i) {
+                    answers.push(None);
+                    continue;
+                }
+                match machine.apply(cmd.clone()) {
+                    Ok(outcome) => answers.push(Some(outcome)),
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => {
+                        newly_refused = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            if let Some((i, e)) = newly_refused {
+                drop(machine);
+                txn.abort().map_err(db("dropping a refused command"))?;
+                refused.insert(i, e);
+                continue;
+            }
+            let (_, events) = machine.finish(self.inner.history)?;
+            write_mark(&txn, mark)?;
+            txn.commit().map_err(db("committing a batch of commands"))?;
+            for event in events {
+                // An error only means nobody is watching right now.
+                let _ = self.inner.live.send(Live::Event(event));
+            }
+            return Ok(answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| match a {
+                    Some(outcome) => Ok(outcome),
+                    None => Err(refused.remove(&i).unwrap_or_else(|| {
+                        StoreError::Invalid("a batched command had no answer".into())
+                    })),
+                })
+                .collect());
+        }
+    }
+
     /// Applies several raft entries in one write transaction (one commit,
     /// one wait for the disk at most): `cmds` holds each entry's command
     /// (`None` for an entry without one), `last` the bookkeeping of the last

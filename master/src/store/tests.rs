@@ -864,6 +864,53 @@ fn a_batch_of_raft_entries_is_all_or_nothing_and_equals_one_by_one() {
     assert_eq!(batched.revision().unwrap(), 2);
 }
 
+#[test]
+fn a_batch_command_answers_each_command_as_if_alone() {
+    use super::replica::RaftMark;
+    let (a, b) = (tmp(), tmp());
+    let (batched, single) = (open(&a, 100), open(&b, 100));
+    let create = |name: &str| Command::Create {
+        object: Object::Pod(pod("default", name, &[])),
+    };
+    let mut stale = pod("default", "one", &[]);
+    stale.metadata.labels.insert("x".into(), "y".into());
+    let cmds = vec![
+        create("one"),
+        create("one"),
+        Command::Update {
+            object: Object::Pod(stale),
+            expected_rv: Some(99),
+            status_only: false,
+        },
+        Command::Batch(vec![create("nested")]),
+        create("two"),
+    ];
+    let mark = RaftMark {
+        applied: b"opaque",
+        membership: None,
+        durable: false,
+    };
+    let answers = batched
+        .apply_raft_batch_command(mark, cmds.clone())
+        .unwrap();
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(_) => "ok",
+            Err(StoreError::AlreadyExists(_)) => "exists",
+            Err(StoreError::Conflict { .. }) => "conflict",
+            Err(StoreError::Invalid(_)) => "invalid",
+            Err(_) => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["ok", "exists", "conflict", "invalid", "ok"]);
+    for cmd in cmds {
+        let _ = single.apply_raft(mark, cmd).unwrap();
+    }
+    assert_eq!(snapshot(&batched), snapshot(&single));
+    assert_eq!(batched.revision().unwrap(), 2);
+}
+
 fn token(id: &str) -> TokenRecord {
     TokenRecord {
         id: id.into(),
