@@ -66,6 +66,10 @@ pub struct JoinConfig {
 /// The file in the data directory that keeps this master's raft id.
 pub const NODE_ID_FILE: &str = "node-id";
 
+/// Present while this master is joining a cluster (it holds the address it
+/// joins through): a restart goes on joining instead of founding a cluster.
+pub const JOINING_FILE: &str = "joining";
+
 /// Why the master stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,6 +137,9 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
     let mut joined_id = None;
     if let Some(join) = &config.join {
         if !pki_dir.join("ca.crt").exists() {
+            // Before anything else: from now on this data directory joins
+            // and never founds a cluster of its own.
+            write_joining(&config.data_dir, &join.addr)?;
             let (id, name) = fetch_cluster_ca(
                 join,
                 stored_id.or(config.node_id).unwrap_or(0),
@@ -148,6 +155,24 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
     if stored_id.is_none() {
         write_node_id(&config.data_dir, node_id)?;
     }
+    // Whether (and through whom) this master is still joining: from the
+    // flags on the first start, from the marker file on a restart until the
+    // master is a voter.
+    let joining = match (&config.join, read_joining(&config.data_dir)?) {
+        (Some(join), marker) => marker.or(Some(join.addr.clone())),
+        (None, marker) => marker,
+    };
+    let config = MasterConfig {
+        join: joining.clone().map(|addr| JoinConfig {
+            addr,
+            token: config
+                .join
+                .as_ref()
+                .map(|j| j.token.clone())
+                .unwrap_or_default(),
+        }),
+        ..config
+    };
     let config = MasterConfig {
         node_id: Some(node_id),
         cluster_name,
@@ -276,6 +301,21 @@ async fn restore(raft: &raft::Raft, image: store::Image) -> Result<(), MasterErr
         "restored the backup"
     );
     Ok(())
+}
+
+fn read_joining(dir: &std::path::Path) -> Result<Option<String>, MasterError> {
+    let path = dir.join(JOINING_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|a| !a.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(MasterError::DataDir { path, source }),
+    }
+}
+
+fn write_joining(dir: &std::path::Path, addr: &str) -> Result<(), MasterError> {
+    let path = dir.join(JOINING_FILE);
+    flotilla_api::net::write_private_file(&path, &format!("{addr}\n"))
+        .map_err(|source| MasterError::DataDir { path, source })
 }
 
 fn read_node_id(dir: &std::path::Path) -> Result<Option<u64>, MasterError> {
@@ -445,7 +485,7 @@ impl Running {
             tracker.spawn(become_member(
                 self.cluster.clone(),
                 self.pki.clone(),
-                self.config.data_dir.join("pki"),
+                self.config.data_dir.clone(),
                 join.addr.clone(),
                 self.advertise[0].clone(),
                 shutdown.clone(),
@@ -483,7 +523,7 @@ impl Running {
 async fn become_member(
     cluster: raft::Cluster,
     pki: Arc<pki::Pki>,
-    pki_dir: PathBuf,
+    data_dir: PathBuf,
     join_addr: String,
     advertise: String,
     shutdown: CancellationToken,
@@ -502,7 +542,9 @@ async fn become_member(
     let mut delay = Duration::from_millis(500);
     while !shutdown.is_cancelled() && !is_voter(&cluster) {
         let attempt = async {
-            let client_cert = pki.master_client(&pki_dir, id).map_err(|e| e.to_string())?;
+            let client_cert = pki
+                .master_client(&data_dir.join("pki"), id)
+                .map_err(|e| e.to_string())?;
             let tls = pki
                 .master_client_tls(&client_cert)
                 .map_err(|e| e.to_string())?;
@@ -531,6 +573,7 @@ async fn become_member(
         match attempt.await {
             Ok(()) => {
                 tracing::info!(node_id = id, "this master is now a voting member");
+                let _ = std::fs::remove_file(data_dir.join(JOINING_FILE));
                 return;
             }
             Err(e) => {
@@ -542,6 +585,10 @@ async fn become_member(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    if is_voter(&cluster) {
+        // A voter already (a restart after the join finished).
+        let _ = std::fs::remove_file(data_dir.join(JOINING_FILE));
     }
 }
 

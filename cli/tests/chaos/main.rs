@@ -245,6 +245,13 @@ async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut fleet = Fleet::loopback(3);
     fleet.start_all();
+    // The joined masters dropped their "still joining" marker: a restart
+    // without flags is a plain restart of a member.
+    for m in ["m1", "m2"] {
+        wait_for(&format!("{m} done joining"), Duration::from_secs(30), || {
+            (!fleet.path(m).join("joining").exists()).then_some(())
+        });
+    }
     let manifest = fleet.path("tick.yaml");
     std::fs::write(
         &manifest,
