@@ -248,9 +248,11 @@ async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
     // The joined masters dropped their "still joining" marker: a restart
     // without flags is a plain restart of a member.
     for m in ["m1", "m2"] {
-        wait_for(&format!("{m} done joining"), Duration::from_secs(30), || {
-            (!fleet.path(m).join("joining").exists()).then_some(())
-        });
+        wait_for(
+            &format!("{m} done joining"),
+            Duration::from_secs(30),
+            || (!fleet.path(m).join("joining").exists()).then_some(()),
+        );
     }
     let manifest = fleet.path("tick.yaml");
     std::fs::write(
