@@ -154,12 +154,7 @@ impl Fleet {
 
     /// `flotilla ARGS` with the admin config, from the test's side of the network.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("FLOTILLA_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run flotilla")
+        crate::common::run_flotilla(args, &self.config)
     }
 
     /// Runs and asserts success; returns stdout.

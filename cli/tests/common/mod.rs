@@ -106,12 +106,7 @@ impl Cluster {
     }
 
     pub fn run_with(&self, args: &[&str], config: &Path) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("FLOTILLA_CONFIG", config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run flotilla")
+        run_flotilla(args, config)
     }
 
     /// Runs and asserts success; returns stdout.

@@ -146,9 +146,8 @@ impl Cluster {
 
     /// Applies `cmd` through the leader, wherever it is.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, StoreError> {
-        let payload = encode(&cmd).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let answer = self
-            .on_leader(RaftRpc::Forward, payload, false, LEADER_WINDOW, || {
+            .on_leader(RaftRpc::Forward, &cmd, false, LEADER_WINDOW, || {
                 forward_here(&self.batcher, cmd.clone())
             })
             .await?;
@@ -159,7 +158,7 @@ impl Cluster {
     /// the call: reads made after it are linearizable.
     pub async fn linearize(&self) -> Result<(), StoreError> {
         let index: u64 = self
-            .on_leader(RaftRpc::ReadIndex, Vec::new(), true, LEADER_WINDOW, || {
+            .on_leader(RaftRpc::ReadIndex, &(), true, LEADER_WINDOW, || {
                 read_index_here(&self.raft)
             })
             .await?;
@@ -191,7 +190,7 @@ impl Cluster {
                 LeaderAnswer::NotLeader(None)
             }
         };
-        self.on_leader(RaftRpc::Status, Vec::new(), true, STATUS_WINDOW, here)
+        self.on_leader(RaftRpc::Status, &(), true, STATUS_WINDOW, here)
             .await
             .unwrap_or_else(|_| self.local_status())
     }
@@ -225,10 +224,9 @@ impl Cluster {
     }
 
     async fn change_membership(&self, change: MembershipChange) -> Result<u64, StoreError> {
-        let payload = encode(&change).map_err(|e| StoreError::Invalid(e.to_string()))?;
         self.on_leader(
             RaftRpc::ChangeMembership,
-            payload,
+            &change,
             true,
             LEADER_WINDOW,
             || self.change_here(change.clone()),
@@ -451,16 +449,17 @@ impl Cluster {
     /// `rpc` with `payload` on the leader, following leadership as it moves
     /// for a bounded time. A lost answer to a request that is not
     /// `idempotent` ends the attempt: it may have been acted on.
-    async fn on_leader<T, F, Fut>(
+    async fn on_leader<T, P, F, Fut>(
         &self,
         rpc: RaftRpc,
-        payload: Vec<u8>,
+        message: &P,
         idempotent: bool,
         window: Duration,
         here: F,
     ) -> Result<T, StoreError>
     where
         T: DeserializeOwned,
+        P: Serialize,
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = LeaderAnswer<T>>,
     {
@@ -478,10 +477,11 @@ impl Cluster {
                 Some(id) => match self.addr_of(id) {
                     None => LeaderAnswer::NotLeader(None),
                     Some(addr) => {
-                        let req = Request::Raft {
-                            rpc,
-                            payload: payload.clone(),
-                        };
+                        // Encoded only when it travels: the leader's own
+                        // writes (every write, on a single master) skip it.
+                        let payload =
+                            encode(message).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                        let req = Request::Raft { rpc, payload };
                         // A leader that is replaced while it handles the
                         // request will not answer (it may be dead): stop
                         // waiting for it as soon as another one is known.

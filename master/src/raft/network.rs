@@ -152,7 +152,48 @@ pub struct Network {
     /// that target (openraft makes a new client for each leadership check)
     /// and by requests other than raft's own messages (forwarded writes,
     /// read indexes, membership).
-    calls: Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>,
+    calls: Connections,
+}
+
+/// Live, greeted connections to other masters by (id, address), shared by
+/// everything that talks to them.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>);
+
+impl Connections {
+    /// The connection to `target` at `addr`, made and greeted if needed.
+    async fn get(
+        &self,
+        endpoint: &quinn::Endpoint,
+        target: u64,
+        addr: &str,
+    ) -> Result<quinn::Connection, RaftNetError> {
+        let key = (target, addr.to_string());
+        let cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.close_reason().is_none())
+            .cloned();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let c = connect_master(endpoint, target, addr).await?;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Drops the connection to `target` at `addr` after it failed.
+    fn forget(&self, target: u64, addr: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(target, addr.to_string()));
+    }
 }
 
 impl fmt::Debug for Network {
@@ -173,7 +214,7 @@ impl Network {
             id,
             endpoint: net::client_endpoint(tls)?,
             hook: None,
-            calls: Arc::default(),
+            calls: Connections::default(),
         })
     }
 
@@ -214,18 +255,7 @@ impl Network {
         addr: &str,
         ttl: Duration,
     ) -> Result<quinn::Connection, CallError> {
-        let key = (target, addr.to_string());
-        let cached = {
-            let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-            calls
-                .get(&key)
-                .filter(|c| c.close_reason().is_none())
-                .cloned()
-        };
-        if let Some(c) = cached {
-            return Ok(c);
-        }
-        let c = tokio::time::timeout(ttl, connect_master(&self.endpoint, target, addr))
+        tokio::time::timeout(ttl, self.calls.get(&self.endpoint, target, addr))
             .await
             .map_err(|_| {
                 CallError::NotSent(RaftNetError::Connect {
@@ -234,12 +264,7 @@ impl Network {
                     source: NetError::Connect(format!("no answer within {ttl:?}")),
                 })
             })?
-            .map_err(CallError::NotSent)?;
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, c.clone());
-        Ok(c)
+            .map_err(CallError::NotSent)
     }
 
     /// Sends `req` to master `target` at `addr` and waits for its answer
@@ -264,7 +289,6 @@ impl Network {
                 Verdict::Delay(d) => tokio::time::sleep(d).await,
             }
         }
-        let key = (target, addr.to_string());
         let conn = self.connection(target, addr, ttl).await?;
         match tokio::time::timeout(ttl, net::call(&conn, req)).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -272,10 +296,7 @@ impl Network {
                 Err(CallError::Refused(RaftNetError::Refused { target, error }))
             }
             Ok(Err(source)) => {
-                self.calls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                self.calls.forget(target, addr);
                 Err(CallError::Lost(RaftNetError::Transport { target, source }))
             }
             Err(_) => Err(CallError::Lost(RaftNetError::Transport {
@@ -309,7 +330,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             endpoint: self.endpoint.clone(),
             hook: self.hook.clone(),
-            conn: None,
             shared: self.calls.clone(),
         }
     }
@@ -322,10 +342,8 @@ pub struct Peer {
     addr: String,
     endpoint: quinn::Endpoint,
     hook: Option<Hook>,
-    /// The greeted connection, once made and while it lives.
-    conn: Option<quinn::Connection>,
     /// The network's connections, to reuse one another client made.
-    shared: Arc<Mutex<HashMap<(u64, String), quinn::Connection>>>,
+    shared: Connections,
 }
 
 impl fmt::Debug for Peer {
@@ -353,35 +371,10 @@ enum Failure {
 impl Peer {
     /// The live connection to the target, connecting and greeting if needed.
     async fn connection(&mut self) -> Result<quinn::Connection, Failure> {
-        if let Some(conn) = &self.conn {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
-            self.conn = None;
-        }
-        let key = (self.target, self.addr.clone());
-        let cached = {
-            let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            shared
-                .get(&key)
-                .filter(|c| c.close_reason().is_none())
-                .cloned()
-        };
-        let conn = match cached {
-            Some(c) => c,
-            None => {
-                let c = connect_master(&self.endpoint, self.target, &self.addr)
-                    .await
-                    .map_err(Failure::Unreachable)?;
-                self.shared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, c.clone());
-                c
-            }
-        };
-        self.conn = Some(conn.clone());
-        Ok(conn)
+        self.shared
+            .get(&self.endpoint, self.target, &self.addr)
+            .await
+            .map_err(Failure::Unreachable)
     }
 
     /// Sends one raft message and decodes openraft's result from the answer,
@@ -441,7 +434,7 @@ impl Peer {
                 })),
                 Err(source) => {
                     // The connection may be gone; make a new one next time.
-                    self.conn = None;
+                    self.shared.forget(target, &self.addr);
                     Err(Failure::Network(RaftNetError::Transport { target, source }))
                 }
             }

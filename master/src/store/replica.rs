@@ -98,12 +98,7 @@ impl Store {
         let mut refused: std::collections::BTreeMap<usize, StoreError> = Default::default();
         loop {
             let (_serial, mut txn) = self.begin_write()?;
-            txn.set_durability(if mark.durable {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            })
-            .map_err(db("choosing the durability of a write"))?;
+            set_durability(&mut txn, mark.durable)?;
             let mut machine = Machine::open(&txn)?;
             let mut answers: Vec<Option<Outcome>> = Vec::with_capacity(cmds.len());
             let mut newly_refused = None;
@@ -163,12 +158,7 @@ impl Store {
         cmds: Vec<Option<Command>>,
     ) -> Result<Option<Vec<Option<Outcome>>>, StoreError> {
         let (_serial, mut txn) = self.begin_write()?;
-        txn.set_durability(if last.durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        })
-        .map_err(db("choosing the durability of a write"))?;
+        set_durability(&mut txn, last.durable)?;
         let mut machine = Machine::open(&txn)?;
         let mut answers = Vec::with_capacity(cmds.len());
         for cmd in cmds {
@@ -330,16 +320,8 @@ impl Store {
         cmd: Option<Command>,
     ) -> Result<Option<Result<Outcome, StoreError>>, StoreError> {
         // A poisoned lock guards no data (see `Store::apply`).
-        let durability = |durable: bool| {
-            if durable {
-                redb::Durability::Immediate
-            } else {
-                redb::Durability::None
-            }
-        };
         let (_serial, mut txn) = self.begin_write()?;
-        txn.set_durability(durability(mark.durable))
-            .map_err(db("choosing the durability of a write"))?;
+        set_durability(&mut txn, mark.durable)?;
         let mut machine = Machine::open(&txn)?;
         let answer = cmd.map(|cmd| machine.apply(cmd));
         if let Some(Err(refused)) = answer {
@@ -355,8 +337,7 @@ impl Store {
                 .db
                 .begin_write()
                 .map_err(db("starting a write transaction"))?;
-            txn.set_durability(durability(mark.durable))
-                .map_err(db("choosing the durability of a write"))?;
+            set_durability(&mut txn, mark.durable)?;
             write_mark(&txn, mark)?;
             txn.commit()
                 .map_err(db("committing the raft bookkeeping"))?;
@@ -373,6 +354,16 @@ impl Store {
         }
         Ok(answer)
     }
+}
+
+/// Whether a commit of `txn` waits for the disk (see [`RaftMark::durable`]).
+fn set_durability(txn: &mut WriteTransaction, durable: bool) -> Result<(), StoreError> {
+    txn.set_durability(if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    })
+    .map_err(db("choosing the durability of a write"))
 }
 
 /// Writes the bookkeeping of one applied entry.
