@@ -151,6 +151,12 @@ struct MasterArgs {
     /// A node silent this long is NotReady, e.g. 20s.
     #[arg(long, default_value = "20s")]
     node_grace: String,
+    /// Raft election timeout, 50ms to 60s: followers that hear nothing from
+    /// the leader for 1.5 to 2 times this elect a new one, and the leader
+    /// heartbeats every fifth of it. Raise it for slow or lossy links
+    /// between masters; give every master the same value.
+    #[arg(long, default_value = "250ms")]
+    election_timeout: String,
     /// Initialise the data directory (CA, certificates, admin config) and exit.
     #[arg(long)]
     init: bool,
@@ -291,6 +297,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 advertise: a.advertise,
                 cluster_name: a.cluster_name,
                 node_grace: commands::parse_duration(&a.node_grace)?,
+                election_timeout: commands::parse_duration(&a.election_timeout)?,
                 admin_config: Some(config),
             };
             if a.init {
@@ -406,6 +413,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         advertise: vec![],
         cluster_name: "flotilla".into(),
         node_grace: std::time::Duration::from_secs(20),
+        election_timeout: flotilla_master::raft::DEFAULT_ELECTION_TIMEOUT,
         admin_config: Some(config.clone()),
     };
     let (master, running) = flotilla_master::start(cfg).await?;

@@ -50,6 +50,9 @@ pub struct MasterConfig {
     pub cluster_name: String,
     /// A node silent this long is NotReady.
     pub node_grace: Duration,
+    /// Raft's election timeout (see [`raft::raft_config`]); within
+    /// [`raft::ELECTION_TIMEOUT_RANGE`].
+    pub election_timeout: Duration,
     /// Where to write the admin client config on first start (None: don't).
     pub admin_config: Option<PathBuf>,
 }
@@ -417,7 +420,15 @@ async fn start_raft(
     let node_id = config.node_id.unwrap_or(1);
     let client = pki.master_client(&config.data_dir.join("pki"), node_id)?;
     let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;
-    let raft_config = raft::raft_config(&config.cluster_name)
+    let (shortest, longest) = raft::ELECTION_TIMEOUT_RANGE;
+    if !(shortest..=longest).contains(&config.election_timeout) {
+        return Err(MasterError::Raft(format!(
+            "an election timeout of {:?} is outside {shortest:?}..={longest:?}; the default is {:?}",
+            config.election_timeout,
+            raft::DEFAULT_ELECTION_TIMEOUT
+        )));
+    }
+    let raft_config = raft::raft_config(&config.cluster_name, config.election_timeout)
         .map_err(|e| MasterError::Raft(format!("invalid configuration: {e}")))?;
     let raft = raft::Raft::new(node_id, Arc::new(raft_config), network.clone(), log, sm)
         .await

@@ -1,33 +1,83 @@
-//! The raft log on its own redb file ([`LOG_FILE`](super::LOG_FILE)):
-//! entries by index, plus the vote, the committed log id and the last purged
-//! log id.
+//! The raft log in its own append-only file ([`LOG_FILE`](super::LOG_FILE)):
+//! entries, the vote, the committed log id and the last purged log id, as
+//! checksummed records written one after another.
 //!
-//! Appends are group-committed: an append puts its entries in a pending
-//! buffer that readers see at once and returns; a flusher thread writes
-//! everything pending in one durable redb transaction, then tells openraft,
-//! through each append's callback, that those entries are on disk. Under
-//! load many appends share one transaction and one fsync; raft's core never
-//! waits for the disk to take the next client write. The vote, truncations
-//! and purges are durable before their call returns; truncations and purges
-//! first let the flusher write out everything before them.
+//! File layout: an 8-byte magic ([`MAGIC`]), then records, each
+//! `len: u32 LE | crc32(body): u32 LE | body` where `body` is a kind byte
+//! and the postcard of the value:
+//!
+//! | kind | value | meaning when replayed |
+//! | --- | --- | --- |
+//! | 1 | `Entry` | the entry at its index |
+//! | 2 | `Vote` | the vote |
+//! | 3 | `Option<LogId>` | the committed log id |
+//! | 4 | `u64` | entries at this index and after are gone (truncation) |
+//! | 5 | `LogId` | entries up to this one are gone; it is the last purged |
+//!
+//! Appends are group-committed: an append writes its records into the file
+//! (the page cache) at once, so readers find them, and hands its callback to
+//! the flusher thread; the flusher `fdatasync`s once for every append that
+//! arrived while it was busy and only then tells openraft, through the
+//! callbacks, that those entries are on disk. The vote, truncations and
+//! purges are synced before their call returns. The committed id is written
+//! without a sync of its own: the next sync carries it, and raft only needs
+//! it not to run ahead of the log.
+//!
+//! Opening replays the records. A record cut short or failing its checksum
+//! at the end of the file is what a crash in the middle of a write leaves:
+//! the file is cut back to the last whole record (nothing after it was ever
+//! reported durable). A record that passes its checksum but does not decode
+//! is not a torn write, and opening fails rather than drop it.
+//!
+//! Memory holds where each entry's record is, not the entry: entries are read
+//! back with positioned reads (recent ones come from the page cache). When
+//! purges and truncations have left more dead bytes than live ones (and at
+//! least [`COMPACT_AT`]), the live state is copied into a new file that
+//! replaces the old one atomically (write, sync, rename, sync directory).
+//!
+//! A master whose data directory still has the earlier redb log
+//! (`raft-log.redb`) has it copied into the new file on first open, after
+//! which the redb file is removed.
 
-use super::{
-    blocking, encode, failure, storage_error, Entry, LogId, RaftStorageError, RaftStoreError,
-    TypeConfig,
-};
+use super::{blocking, failure, storage_error, Entry, LogId, RaftStoreError, TypeConfig};
 use crate::store::tables::{decode, raft_log_meta, RAFT_LOG, RAFT_LOG_META};
 use crate::store::StoreError;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader, StorageError, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
-use serde::de::DeserializeOwned;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::{self, Debug};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+
+/// The first bytes of a raft log file.
+pub const MAGIC: &[u8; 8] = b"FLTRLOG1";
+
+/// Bytes before a record's body: its length and its checksum.
+const HEADER: u64 = 8;
+
+/// No record is larger (a raft entry fits in a 4 MiB frame between masters).
+const MAX_RECORD: u32 = 64 << 20;
+
+/// Dead bytes in the file that make it worth rewriting (when they also
+/// outweigh the live ones).
+pub const COMPACT_AT: u64 = 64 << 20;
+
+/// The earlier log format's file, migrated on first open.
+const REDB_LOG_FILE: &str = "raft-log.redb";
+
+const KIND_ENTRY: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_COMMITTED: u8 = 3;
+const KIND_TRUNCATE: u8 = 4;
+const KIND_PURGE: u8 = 5;
 
 /// The raft log; cheap to clone (clones share the file), which is also how
 /// openraft gets its separate log readers.
@@ -37,23 +87,38 @@ pub struct LogStore {
 }
 
 struct Inner {
-    db: Database,
     path: PathBuf,
-    /// Entries appended but not yet written to the file, by index.
-    pending: std::sync::Mutex<std::collections::BTreeMap<u64, Entry>>,
-    /// The committed log id raft last saved (None: not in this process); it
-    /// reaches the file with the next flush of entries.
-    committed: std::sync::Mutex<Option<Option<LogId>>>,
-    /// Work for the flusher, in order.
-    flushes: std::sync::Mutex<std::sync::mpsc::Sender<Flush>>,
+    /// Dead bytes that make a rewrite worth it ([`COMPACT_AT`]; less in tests).
+    compact_at: u64,
+    state: Mutex<State>,
+    /// Appends waiting for the flusher's sync, in order.
+    flushes: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
 }
 
-/// What the flusher is asked to do.
-enum Flush {
-    /// Write what is pending; then report this append as flushed.
-    Append(LogFlushed<TypeConfig>),
-    /// Write what is pending, then say so (before a truncation or purge).
-    Barrier(std::sync::mpsc::SyncSender<Result<(), String>>),
+/// What the file holds, as replayed, and where the next record goes.
+struct State {
+    file: Arc<File>,
+    /// Where the next record starts.
+    end: u64,
+    /// Where each entry's record is, by index.
+    entries: BTreeMap<u64, Located>,
+    /// Bytes of the entries' records in `entries`.
+    live: u64,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    /// A write or sync failed: what the file holds is uncertain, so every
+    /// later operation fails with this until the master restarts and
+    /// replays the file.
+    broken: Option<String>,
+}
+
+/// One entry's record in the file.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    log_id: LogId,
+    offset: u64,
+    len: u64,
 }
 
 impl fmt::Debug for LogStore {
@@ -64,33 +129,287 @@ impl fmt::Debug for LogStore {
     }
 }
 
+/// A record: header and body, ready to write.
+fn record<T: Serialize>(kind: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let body = postcard::to_extend(value, vec![kind])
+        .map_err(|e| StoreError::Invalid(format!("raft log: cannot encode a record: {e}")))?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| *l <= MAX_RECORD)
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "raft log: a record of {} bytes is larger than the {MAX_RECORD} allowed",
+                body.len()
+            ))
+        })?;
+    let mut out = Vec::with_capacity(HEADER as usize + body.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// What replaying one record does.
+enum Replayed {
+    Entry(Box<Entry>),
+    Vote(Vote<u64>),
+    Committed(Option<LogId>),
+    Truncate(u64),
+    Purge(LogId),
+}
+
+/// Decodes a record's body (checksum already checked).
+fn decode_body(body: &[u8]) -> Result<Replayed, String> {
+    let (kind, value) = body.split_first().ok_or("an empty record")?;
+    fn value_of<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        match postcard::take_from_bytes(bytes) {
+            Ok((v, [])) => Ok(v),
+            Ok((_, rest)) => Err(format!("{} bytes after the value", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    Ok(match *kind {
+        KIND_ENTRY => Replayed::Entry(Box::new(value_of(value)?)),
+        KIND_VOTE => Replayed::Vote(value_of(value)?),
+        KIND_COMMITTED => Replayed::Committed(value_of(value)?),
+        KIND_TRUNCATE => Replayed::Truncate(value_of(value)?),
+        KIND_PURGE => Replayed::Purge(value_of(value)?),
+        other => return Err(format!("unknown record kind {other}")),
+    })
+}
+
+/// The header's length and checksum.
+fn parse_header(header: &[u8; HEADER as usize]) -> (u32, u32) {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    (len, crc)
+}
+
+fn io_err(doing: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Db(format!("raft log: {doing}: {e}"))
+}
+
+impl State {
+    fn empty(file: Arc<File>) -> State {
+        State {
+            file,
+            end: MAGIC.len() as u64,
+            entries: BTreeMap::new(),
+            live: 0,
+            vote: None,
+            committed: None,
+            last_purged: None,
+            broken: None,
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match &self.broken {
+            Some(why) => Err(StoreError::Db(format!(
+                "raft log: an earlier write failed ({why}); restart the master to recover from the file"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// What a record means for the state, at `offset` with `len` bytes.
+    fn replay(&mut self, what: Replayed, offset: u64, len: u64) {
+        match what {
+            Replayed::Entry(entry) => {
+                let index = entry.log_id.index;
+                self.drop_from(index);
+                self.entries.insert(
+                    index,
+                    Located {
+                        log_id: entry.log_id,
+                        offset,
+                        len,
+                    },
+                );
+                self.live += len;
+            }
+            Replayed::Vote(v) => self.vote = Some(v),
+            Replayed::Committed(c) => self.committed = c,
+            Replayed::Truncate(from) => self.drop_from(from),
+            Replayed::Purge(upto) => self.purge_upto(upto),
+        }
+    }
+
+    /// Forgets the entries up to `upto`, which becomes the last purged.
+    fn purge_upto(&mut self, upto: LogId) {
+        let kept = self.entries.split_off(&(upto.index + 1));
+        let gone = std::mem::replace(&mut self.entries, kept);
+        self.live -= gone.values().map(|l| l.len).sum::<u64>();
+        self.last_purged = Some(upto);
+    }
+
+    /// Forgets the entries at `from` and after.
+    fn drop_from(&mut self, from: u64) {
+        let gone = self.entries.split_off(&from);
+        self.live -= gone.values().map(|l| l.len).sum::<u64>();
+    }
+
+    /// Writes `bytes` at the end; on failure cuts the file back to the end
+    /// (a partial record must not stay) or, failing that too, breaks.
+    fn write(&mut self, bytes: &[u8]) -> Result<u64, StoreError> {
+        self.check()?;
+        let at = self.end;
+        if let Err(e) = self.file.write_all_at(bytes, at) {
+            if let Err(e2) = self.file.set_len(at) {
+                self.broken = Some(format!("writing: {e}; cutting back: {e2}"));
+            }
+            return Err(io_err("writing")(e));
+        }
+        self.end += bytes.len() as u64;
+        Ok(at)
+    }
+}
+
+/// Syncs `file`'s data; a failure breaks the log (after a failed fsync the
+/// kernel may have dropped the dirty pages, so the file cannot be trusted).
+fn sync(inner: &Inner) -> Result<(), StoreError> {
+    let file = {
+        let state = lock(&inner.state);
+        state.check()?;
+        state.file.clone()
+    };
+    if let Err(e) = file.sync_data() {
+        let mut state = lock(&inner.state);
+        state.broken = Some(format!("syncing: {e}"));
+        return Err(io_err("syncing")(e));
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Syncs the directory holding `path`, so that a file created or renamed
+/// there survives a crash.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing the data directory"))
+}
+
+/// Opens the log file for reading and writing, locked against a second
+/// master on the same data directory.
+fn open_locked(path: &Path, create: bool) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("opening"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Db(
+            "raft log: the file is locked by another process".into(),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking")(e)),
+    }
+}
+
+/// Reads the whole file into a state: replays every whole record, and cuts
+/// off a torn tail. Gives the state and how many bytes were cut off.
+fn replay(file: File, path: &Path) -> Result<(State, u64), StoreError> {
+    let size = file.metadata().map_err(io_err("reading its size"))?.len();
+    let file = Arc::new(file);
+    let mut state = State::empty(file.clone());
+    if size == 0 {
+        // A new file (or one whose magic never reached the disk).
+        file.write_all_at(MAGIC, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("writing the file's header"))?;
+        sync_dir(path)?;
+        return Ok((state, 0));
+    }
+    let mut reader = BufReader::with_capacity(1 << 20, &*file);
+    let mut magic = [0u8; 8];
+    if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(StoreError::Corrupt(format!(
+            "raft log {}: not a Flotilla raft log (the file does not start with {:?}); \
+             restore this master from a snapshot or remove it from the cluster and join it anew",
+            path.display(),
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let mut offset = MAGIC.len() as u64;
+    loop {
+        let mut header = [0u8; HEADER as usize];
+        if offset + HEADER > size || reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let (len, crc) = parse_header(&header);
+        if len > MAX_RECORD || offset + HEADER + u64::from(len) > size {
+            break;
+        }
+        let mut body = vec![0u8; len as usize];
+        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            break;
+        }
+        let what = decode_body(&body).map_err(|why| {
+            StoreError::Corrupt(format!(
+                "raft log {}: the record at byte {offset} is whole but does not decode ({why}); \
+                 was the file written by a newer Flotilla?",
+                path.display()
+            ))
+        })?;
+        let total = HEADER + u64::from(len);
+        state.replay(what, offset, total);
+        offset += total;
+    }
+    state.end = offset;
+    let cut = size - offset;
+    if cut > 0 {
+        file.set_len(offset)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("cutting off a torn record at the end"))?;
+    }
+    Ok((state, cut))
+}
+
 impl LogStore {
     /// Opens or creates the raft log at `path` (conventionally
-    /// `<data dir>/raft-log.redb`).
+    /// `<data dir>/raft-log.wal`), replaying it; an earlier redb log beside
+    /// it is migrated first.
     pub fn open(path: &Path) -> Result<LogStore, RaftStoreError> {
-        let fail = |message: String| RaftStoreError::Log {
+        Self::open_compacting_at(path, COMPACT_AT)
+    }
+
+    /// [`open`](Self::open), rewriting the file once `compact_at` dead bytes
+    /// (and more dead than live ones) have gathered.
+    pub(crate) fn open_compacting_at(
+        path: &Path,
+        compact_at: u64,
+    ) -> Result<LogStore, RaftStoreError> {
+        let fail = |e: StoreError| RaftStoreError::Log {
             path: path.to_path_buf(),
-            message,
+            message: e.to_string(),
         };
-        let db = Database::create(path).map_err(|e| fail(format!("opening: {e}")))?;
-        let txn = db
-            .begin_write()
-            .map_err(|e| fail(format!("starting the first write transaction: {e}")))?;
-        // Created up front so that reads never meet a missing table.
-        txn.open_table(RAFT_LOG)
-            .map_err(|e| fail(format!("opening the log table: {e}")))?;
-        txn.open_table(RAFT_LOG_META)
-            .map_err(|e| fail(format!("opening the log meta table: {e}")))?;
-        txn.commit()
-            .map_err(|e| fail(format!("committing the opened tables: {e}")))?;
-        let (flushes, pending) = std::sync::mpsc::channel();
+        let old = path.with_file_name(REDB_LOG_FILE);
+        if !path.exists() && old.exists() {
+            migrate(&old, path).map_err(fail)?;
+        }
+        let file = open_locked(path, true).map_err(fail)?;
+        let (state, cut) = replay(file, path).map_err(fail)?;
+        if cut > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = cut,
+                "raft log: cut off a record torn by a crash (it was never reported written)"
+            );
+        }
+        let (flushes, work) = mpsc::channel();
         let store = LogStore {
             inner: Arc::new(Inner {
-                db,
                 path: path.to_path_buf(),
-                pending: std::sync::Mutex::default(),
-                committed: std::sync::Mutex::default(),
-                flushes: std::sync::Mutex::new(flushes),
+                compact_at,
+                state: Mutex::new(state),
+                flushes: Mutex::new(flushes),
             }),
         };
         // The flusher holds the store weakly: it ends when the store is dropped
@@ -98,257 +417,199 @@ impl LogStore {
         let weak = Arc::downgrade(&store.inner);
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flusher(weak, pending))
-            .map_err(|e| fail(format!("starting the flusher thread: {e}")))?;
+            .spawn(move || flusher(weak, work))
+            .map_err(|e| fail(io_err("starting the flusher thread")(e)))?;
         Ok(store)
     }
 
-    /// Writes every pending entry in one durable transaction, then drops
-    /// them from the buffer (readers find them in the file from then on).
-    fn flush(&self) -> Result<(), StoreError> {
-        // The committed id first: it names entries appended before it was
-        // saved, which the batch gathered next holds (or an earlier flush
-        // wrote), so the file never has it ahead of its entries.
-        let committed = *self
-            .inner
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let batch: Vec<Entry> = self.pending().values().cloned().collect();
-        let Some(last) = batch.last().map(|e| e.log_id.index) else {
-            // Nothing pending (a barrier before a truncation or purge): the
-            // committed id alone, if raft saved one.
-            return match committed {
-                Some(_) => self.append_now(&[], committed),
-                None => Ok(()),
-            };
-        };
-        self.append_now(&batch, committed)?;
-        self.pending().retain(|index, _| *index > last);
-        Ok(())
-    }
-
-    fn pending(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Entry>> {
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits until the flusher has written everything appended before.
-    fn drain(&self) -> Result<(), StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let sent = self
-            .inner
-            .flushes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(Flush::Barrier(tx));
-        if sent.is_err() {
-            return Err(StoreError::Db("raft log: the flusher has stopped".into()));
-        }
-        rx.recv()
-            .map_err(|_| StoreError::Db("raft log: the flusher has stopped".into()))?
-            .map_err(StoreError::Db)
-    }
-
-    /// A value of the meta table.
-    fn read_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db("starting a read"))?;
-        let table = txn
-            .open_table(RAFT_LOG_META)
-            .map_err(db("opening the log meta table"))?;
-        let value = table.get(key).map_err(db("reading the log meta table"))?;
-        match value {
-            Some(v) => decode("raft_log_meta", &key, v.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Writes one value of the meta table, durably unless `durability` says otherwise.
-    fn write_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let bytes = encode(key, value)?;
-        let mut txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write"))?;
-        txn.set_durability(durability)
-            .map_err(db("choosing the durability of a write"))?;
-        {
-            let mut table = txn
-                .open_table(RAFT_LOG_META)
-                .map_err(db("opening the log meta table"))?;
-            table
-                .insert(key, bytes.as_slice())
-                .map_err(db("writing the log meta table"))?;
-        }
-        txn.commit().map_err(db("committing the log meta table"))
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
     }
 
     /// The entries whose index is in `range`, in order.
-    /// The entries in `range`: from the file, and those still pending. The
-    /// pending ones are looked at first: the flusher writes an entry to the
-    /// file before it drops it from the buffer, so it is in one or the other.
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
-        let pending: Vec<Entry> = self
-            .pending()
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let txn = self.inner.db.begin_read().map_err(db("starting a read"))?;
-        let table = txn
-            .open_table(RAFT_LOG)
-            .map_err(db("opening the log table"))?;
-        let mut out = std::collections::BTreeMap::new();
-        for row in table.range(range).map_err(db("reading the log"))? {
-            let (k, v) = row.map_err(db("reading the log"))?;
-            out.insert(k.value(), decode("raft_log", &k.value(), v.value())?);
-        }
-        for e in pending {
-            out.insert(e.log_id.index, e);
-        }
-        Ok(out.into_values().collect())
-    }
-
-    /// The log id of the last entry in the table, if any.
-    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
-        if let Some((_, e)) = self.pending().last_key_value() {
-            return Ok(Some(e.log_id));
-        }
-        let txn = self.inner.db.begin_read().map_err(db("starting a read"))?;
-        let table = txn
-            .open_table(RAFT_LOG)
-            .map_err(db("opening the log table"))?;
-        let last = match table.last().map_err(db("reading the log"))? {
-            Some((k, v)) => {
-                let entry: Entry = decode("raft_log", &k.value(), v.value())?;
-                Some(entry.log_id)
-            }
-            None => None,
+        let (file, located): (Arc<File>, Vec<Located>) = {
+            let state = self.state();
+            state.check()?;
+            (
+                state.file.clone(),
+                state.entries.range(range).map(|(_, l)| *l).collect(),
+            )
         };
-        Ok(last)
+        // Read outside the lock. A rewrite of the file meanwhile leaves this
+        // handle on the old file, where these offsets still hold.
+        located
+            .iter()
+            .map(|l| {
+                let mut buf = vec![0u8; l.len as usize];
+                file.read_exact_at(&mut buf, l.offset)
+                    .map_err(io_err("reading an entry"))?;
+                let (header, body) = buf.split_at(HEADER as usize);
+                let (_, crc) = parse_header(header.try_into().unwrap_or(&[0; 8]));
+                let bad = |why: String| {
+                    StoreError::Corrupt(format!(
+                        "raft log {}: entry {} at byte {} {why}",
+                        self.inner.path.display(),
+                        l.log_id.index,
+                        l.offset
+                    ))
+                };
+                if crc32fast::hash(body) != crc {
+                    return Err(bad("fails its checksum (the disk changed it)".into()));
+                }
+                match decode_body(body).map_err(|e| bad(format!("does not decode: {e}")))? {
+                    Replayed::Entry(e) if e.log_id == l.log_id => Ok(*e),
+                    _ => Err(bad("is not the entry expected there".into())),
+                }
+            })
+            .collect()
     }
 
-    /// Writes `entries` in one durable transaction.
-    /// With them, the committed log id raft saved last, if any.
-    fn append_now(
-        &self,
-        entries: &[Entry],
-        committed: Option<Option<LogId>>,
-    ) -> Result<(), StoreError> {
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write"))?;
-        if let Some(committed) = committed {
-            let bytes = encode("the committed log id", &committed)?;
-            let mut meta = txn
-                .open_table(RAFT_LOG_META)
-                .map_err(db("opening the log meta table"))?;
-            meta.insert(raft_log_meta::COMMITTED, bytes.as_slice())
-                .map_err(db("writing the committed log id"))?;
-        }
+    /// Writes a record and syncs the file before returning.
+    fn write_synced(&self, bytes: &[u8], then: impl FnOnce(&mut State)) -> Result<(), StoreError> {
         {
-            let mut table = txn
-                .open_table(RAFT_LOG)
-                .map_err(db("opening the log table"))?;
-            for entry in entries {
-                let bytes = encode("a log entry", entry)?;
-                table
-                    .insert(entry.log_id.index, bytes.as_slice())
-                    .map_err(db("writing a log entry"))?;
-            }
+            let mut state = self.state();
+            state.write(bytes)?;
+            then(&mut state);
         }
-        txn.commit().map_err(db("committing log entries"))
+        sync(&self.inner)
     }
 
-    /// Removes the entries with index ≥ `from`.
-    fn truncate_now(&self, from: u64) -> Result<(), StoreError> {
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write"))?;
-        {
-            let mut table = txn
-                .open_table(RAFT_LOG)
-                .map_err(db("opening the log table"))?;
-            table
-                .retain_in(from.., |_, _| false)
-                .map_err(db("truncating the log"))?;
+    /// Rewrites the file with only what is live, if dead records outweigh
+    /// live ones by enough to be worth it.
+    fn compact_if_worth_it(&self) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let dead = state.end.saturating_sub(state.live + MAGIC.len() as u64);
+        if dead < self.inner.compact_at || dead < state.live {
+            return Ok(());
         }
-        txn.commit().map_err(db("committing a truncation"))
+        self.rewrite(&mut state)
     }
 
-    /// Records `upto` as purged and removes the entries up to it, together.
-    fn purge_now(&self, upto: LogId) -> Result<(), StoreError> {
-        let bytes = encode("the last purged log id", &upto)?;
-        let txn = self
-            .inner
-            .db
-            .begin_write()
-            .map_err(db("starting a write"))?;
-        {
-            let mut meta = txn
-                .open_table(RAFT_LOG_META)
-                .map_err(db("opening the log meta table"))?;
-            meta.insert(raft_log_meta::LAST_PURGED, bytes.as_slice())
-                .map_err(db("writing the last purged log id"))?;
-            let mut table = txn
-                .open_table(RAFT_LOG)
-                .map_err(db("opening the log table"))?;
-            table
-                .retain_in(..=upto.index, |_, _| false)
-                .map_err(db("purging the log"))?;
+    /// Writes the live state into a new file beside the log and renames it
+    /// over the log. Appends wait (the state stays locked) meanwhile.
+    fn rewrite(&self, state: &mut State) -> Result<(), StoreError> {
+        state.check()?;
+        let path = &self.inner.path;
+        let tmp = path.with_extension("wal.new");
+        let _ = std::fs::remove_file(&tmp);
+        let file = open_locked(&tmp, true)?;
+        let mut fresh = State::empty(Arc::new(file));
+        let mut head = MAGIC.to_vec();
+        if let Some(v) = &state.vote {
+            head.extend(record(KIND_VOTE, v)?);
         }
-        txn.commit().map_err(db("committing a purge"))
+        if let Some(p) = &state.last_purged {
+            head.extend(record(KIND_PURGE, p)?);
+        }
+        head.extend(record(KIND_COMMITTED, &state.committed)?);
+        fresh
+            .file
+            .write_all_at(&head, 0)
+            .map_err(io_err("writing the rewritten log"))?;
+        fresh.end = head.len() as u64;
+        fresh.vote = state.vote;
+        fresh.last_purged = state.last_purged;
+        fresh.committed = state.committed;
+        for (index, l) in &state.entries {
+            let mut buf = vec![0u8; l.len as usize];
+            state
+                .file
+                .read_exact_at(&mut buf, l.offset)
+                .map_err(io_err("copying an entry"))?;
+            let at = fresh.write(&buf)?;
+            fresh.entries.insert(*index, Located { offset: at, ..*l });
+            fresh.live += l.len;
+        }
+        fresh
+            .file
+            .sync_all()
+            .map_err(io_err("syncing the rewritten log"))?;
+        std::fs::rename(&tmp, path).map_err(io_err("replacing the log with its rewrite"))?;
+        sync_dir(path)?;
+        *state = fresh;
+        Ok(())
     }
 }
 
-/// Maps a redb error to [`StoreError::Db`], saying what the log was doing.
-/// Writes what is pending whenever appends are reported, in batches, and
-/// answers each append's callback (and each barrier) once its entries are on
-/// disk. Runs until the store is gone.
-fn flusher(store: std::sync::Weak<Inner>, work: std::sync::mpsc::Receiver<Flush>) {
+/// Copies a raft log of the earlier redb format at `old` into a new file at
+/// `path`, then removes the old file.
+fn migrate(old: &Path, path: &Path) -> Result<(), StoreError> {
+    let db = redb::Database::open(old).map_err(|e| {
+        StoreError::Db(format!(
+            "raft log: opening the earlier log {}: {e}",
+            old.display()
+        ))
+    })?;
+    let redb_err = |e: &dyn fmt::Display| {
+        StoreError::Db(format!(
+            "raft log: reading the earlier log {}: {e}",
+            old.display()
+        ))
+    };
+    let txn = db.begin_read().map_err(|e| redb_err(&e))?;
+    let meta = txn.open_table(RAFT_LOG_META).map_err(|e| redb_err(&e))?;
+    let read_meta = |key: &'static str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(meta
+            .get(key)
+            .map_err(|e| redb_err(&e))?
+            .map(|v| v.value().to_vec()))
+    };
+    let mut out = MAGIC.to_vec();
+    if let Some(bytes) = read_meta(raft_log_meta::VOTE)? {
+        let vote: Vote<u64> = decode("raft_log_meta", &raft_log_meta::VOTE, &bytes)?;
+        out.extend(record(KIND_VOTE, &vote)?);
+    }
+    if let Some(bytes) = read_meta(raft_log_meta::LAST_PURGED)? {
+        let purged: LogId = decode("raft_log_meta", &raft_log_meta::LAST_PURGED, &bytes)?;
+        out.extend(record(KIND_PURGE, &purged)?);
+    }
+    if let Some(bytes) = read_meta(raft_log_meta::COMMITTED)? {
+        let committed: Option<LogId> = decode("raft_log_meta", &raft_log_meta::COMMITTED, &bytes)?;
+        out.extend(record(KIND_COMMITTED, &committed)?);
+    }
+    let table = txn.open_table(RAFT_LOG).map_err(|e| redb_err(&e))?;
+    for row in table.iter().map_err(|e| redb_err(&e))? {
+        let (k, v) = row.map_err(|e| redb_err(&e))?;
+        let entry: Entry = decode("raft_log", &k.value(), v.value())?;
+        out.extend(record(KIND_ENTRY, &entry)?);
+    }
+    drop((table, meta, txn, db));
+    let tmp = path.with_extension("wal.new");
+    let file = open_locked(&tmp, true)?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(&out, 0))
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("writing the migrated log"))?;
+    std::fs::rename(&tmp, path).map_err(io_err("putting the migrated log in place"))?;
+    sync_dir(path)?;
+    std::fs::remove_file(old).map_err(io_err("removing the earlier log after migrating it"))?;
+    tracing::info!(from = %old.display(), to = %path.display(), "raft log migrated to its own file format");
+    Ok(())
+}
+
+/// Syncs the file whenever appends are reported, once for all that arrived
+/// meanwhile, and answers their callbacks after. Runs until the store is
+/// gone.
+fn flusher(store: std::sync::Weak<Inner>, work: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = work.recv() {
         let mut batch = vec![first];
         batch.extend(work.try_iter());
         let result = match store.upgrade() {
-            Some(inner) => LogStore { inner }.flush().map_err(|e| e.to_string()),
-            None => Err("raft log: closed before a flush".to_string()),
+            Some(inner) => sync(&inner).map_err(|e| e.to_string()),
+            None => Err("raft log: closed before a sync".to_string()),
         };
-        for item in batch {
-            match item {
-                Flush::Append(callback) => callback.log_io_completed(
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| std::io::Error::other(e.clone())),
-                ),
-                Flush::Barrier(done) => {
-                    let _ = done.send(result.clone());
-                }
-            }
+        for callback in batch {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }
 
-fn db<E: fmt::Display>(doing: &'static str) -> impl FnOnce(E) -> StoreError {
-    move |e| StoreError::Db(format!("raft log: {doing}: {e}"))
-}
-
-fn read_logs(e: StoreError) -> RaftStorageError {
+fn read_logs(e: StoreError) -> StorageError<u64> {
     storage_error(ErrorSubject::Logs, ErrorVerb::Read, e)
 }
 
-fn write_logs(e: StoreError) -> RaftStorageError {
+fn write_logs(e: StoreError) -> StorageError<u64> {
     storage_error(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
@@ -366,16 +627,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged_log_id: Option<LogId> = self
-            .read_meta(raft_log_meta::LAST_PURGED)
-            .map_err(read_logs)?;
+        let state = self.state();
+        state.check().map_err(read_logs)?;
         // With every entry purged the log ends where the purge did.
-        let last_log_id = self
-            .last_entry_id()
-            .map_err(read_logs)?
-            .or(last_purged_log_id);
+        let last_log_id = state
+            .entries
+            .last_key_value()
+            .map(|(_, l)| l.log_id)
+            .or(state.last_purged);
         Ok(LogState {
-            last_purged_log_id,
+            last_purged_log_id: state.last_purged,
             last_log_id,
         })
     }
@@ -388,47 +649,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let this = self.clone();
         let vote = *vote;
         blocking(ErrorSubject::Vote, move || {
-            this.write_meta(raft_log_meta::VOTE, &vote, Durability::Immediate)
+            record(KIND_VOTE, &vote)
+                .and_then(|bytes| this.write_synced(&bytes, |s| s.vote = Some(vote)))
                 .map_err(|e| failure(ErrorSubject::Vote, ErrorVerb::Write, e))
         })
         .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.read_meta(raft_log_meta::VOTE)
-            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, e))
+        Ok(self.state().vote)
     }
 
     // Saving `committed` lets a restarted master re-apply committed entries
     // at once instead of waiting to hear from a leader. It is written without
-    // an fsync of its own (it changes with every commit, and raft only needs
-    // it not to run ahead of the log): redb makes it durable with the next
-    // durable commit of this file, and a stale value only means re-learning it.
+    // a sync of its own (it changes with every commit, and raft only needs it
+    // not to run ahead of the log): the next sync carries it, and an older
+    // one after a crash only means applying fewer entries before the leader
+    // says more.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
-        // Kept in memory and written with the next entries: raft only needs
-        // it not to run ahead of the log, and an older one after a restart
-        // only means applying fewer entries before the leader says more.
-        *self
-            .inner
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(committed);
+        let bytes = record(KIND_COMMITTED, &committed).map_err(write_logs)?;
+        let mut state = self.state();
+        state.write(&bytes).map_err(write_logs)?;
+        state.committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
-        if let Some(committed) = *self
-            .inner
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            return Ok(committed);
-        }
-        let committed: Option<Option<LogId>> = self
-            .read_meta(raft_log_meta::COMMITTED)
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
-        Ok(committed.flatten())
+        Ok(self.state().committed)
     }
 
     async fn append<I>(
@@ -440,21 +687,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Readable at once from the buffer; the callback, which tells raft
-        // the entries are durable, fires once the flusher has written them.
+        // Encoded outside the lock; written in one go, readable at once; the
+        // callback, which tells raft the entries are durable, fires after
+        // the flusher's next sync.
+        let mut bytes = Vec::new();
+        let mut located = Vec::new();
+        for entry in entries {
+            let rec = record(KIND_ENTRY, &entry).map_err(write_logs)?;
+            located.push((entry.log_id, bytes.len() as u64, rec.len() as u64));
+            bytes.extend(rec);
+        }
         {
-            let mut pending = self.pending();
-            for entry in entries {
-                pending.insert(entry.log_id.index, entry);
+            let mut state = self.state();
+            let at = state.write(&bytes).map_err(write_logs)?;
+            for (log_id, offset, len) in located {
+                state.drop_from(log_id.index);
+                state.entries.insert(
+                    log_id.index,
+                    Located {
+                        log_id,
+                        offset: at + offset,
+                        len,
+                    },
+                );
+                state.live += len;
             }
         }
-        let sent = self
-            .inner
-            .flushes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(Flush::Append(callback));
-        if let Err(std::sync::mpsc::SendError(Flush::Append(callback))) = sent {
+        let sent = lock(&self.inner.flushes).send(callback);
+        if let Err(mpsc::SendError(callback)) = sent {
             callback.log_io_completed(Err(std::io::Error::other(
                 "the raft log's flusher has stopped",
             )));
@@ -465,8 +725,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let this = self.clone();
         blocking(ErrorSubject::Logs, move || {
-            this.drain()
-                .and_then(|()| this.truncate_now(log_id.index))
+            record(KIND_TRUNCATE, &log_id.index)
+                .and_then(|bytes| this.write_synced(&bytes, |s| s.drop_from(log_id.index)))
+                .and_then(|()| this.compact_if_worth_it())
                 .map_err(|e| Box::new(write_logs(e)))
         })
         .await
@@ -475,8 +736,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
         let this = self.clone();
         blocking(ErrorSubject::Logs, move || {
-            this.drain()
-                .and_then(|()| this.purge_now(log_id))
+            record(KIND_PURGE, &log_id)
+                .and_then(|bytes| this.write_synced(&bytes, |s| s.purge_upto(log_id)))
+                .and_then(|()| this.compact_if_worth_it())
                 .map_err(|e| Box::new(write_logs(e)))
         })
         .await

@@ -24,6 +24,8 @@ mod cluster;
 #[cfg(test)]
 mod cluster_tests;
 mod log_store;
+#[cfg(test)]
+mod log_store_tests;
 mod network;
 mod propose;
 pub mod rpc;
@@ -34,7 +36,7 @@ mod tests;
 pub use cluster::{Cluster, LeaderAnswer, MembershipChange};
 pub use log_store::LogStore;
 pub use network::{CallError, Hook, Network, Peer, RaftNetError, Verdict};
-pub use propose::{propose, raft_config, Raft};
+pub use propose::{propose, raft_config, Raft, DEFAULT_ELECTION_TIMEOUT, ELECTION_TIMEOUT_RANGE};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 use crate::store::{self, Outcome, StoreError};
@@ -46,7 +48,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 /// The raft log's file in the data directory.
-pub const LOG_FILE: &str = "raft-log.redb";
+pub const LOG_FILE: &str = "raft-log.wal";
 
 /// The current snapshot's file in the data directory.
 pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";

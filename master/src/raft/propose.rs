@@ -135,18 +135,36 @@ pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, U
     }
 }
 
-/// The raft configuration of a master: timings for a handful of masters on
-/// a LAN, snapshots that keep the log short, and snapshot chunks well inside
-/// one frame (frames are capped at 4 MiB).
+/// How long a follower hears nothing from the leader before it may stand
+/// for election, by default (see [`raft_config`]).
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The shortest and longest election timeouts a master accepts.
+pub const ELECTION_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(50), Duration::from_secs(60));
+
+/// The raft configuration of a master: timings from `election_timeout`,
+/// snapshots that keep the log short, and snapshot chunks well inside one
+/// frame (frames are capped at 4 MiB).
+///
+/// openraft 0.9 makes a follower wait its leader lease (the longest election
+/// timeout) and then its own randomized election timeout before it stands
+/// for election, so with `election_timeout` = T a lost leader's followers
+/// start electing after 1.5–2 T of silence. The leader heartbeats every T/5,
+/// so a follower stands only after missing seven or more heartbeats in a row.
+/// The default (250 ms) replaces a lost leader in about half a second on a
+/// LAN; slow or lossy links between masters want a longer one.
 // Boxed: openraft's error is large and this runs once per start.
-pub fn raft_config(cluster_name: &str) -> Result<Config, Box<openraft::ConfigError>> {
+pub fn raft_config(
+    cluster_name: &str,
+    election_timeout: Duration,
+) -> Result<Config, Box<openraft::ConfigError>> {
+    let max = election_timeout.as_millis().try_into().unwrap_or(u64::MAX);
     Config {
         cluster_name: cluster_name.to_string(),
-        // A lost leader is replaced within about half a second: followers
-        // wait 300–600 ms of silence (two or more missed heartbeats) first.
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: (max / 5).max(1),
+        election_timeout_min: max / 2,
+        election_timeout_max: max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,
         snapshot_max_chunk_size: 1 << 20,
