@@ -1,11 +1,14 @@
 //! Benchmark: Flotilla's three-master control plane against etcd 3.4, with
 //! the same load program, on loopback, values of 256 bytes.
 //!
-//! For each system, on a fresh three-member cluster:
-//! 1. write latency with one client (sequential writes to the leader): p50, p99;
+//! One three-member cluster of each system is started, and both stay up for:
+//! 1. write latency with one client (sequential writes to the leader): p50,
+//!    p99 of 2,000 writes taken in four rounds that alternate between the
+//!    systems, so that a slow spell of this shared machine weighs on both;
 //! 2. throughput with 64 and then 256 concurrent clients, each on its own
-//!    connection to the leader, each writing its own key;
-//! 3. failover: one client writes without pause (each attempt bounded to
+//!    connection to the leader, each writing its own key (etcd, then
+//!    Flotilla, for each number of clients);
+//! 3. then, on fresh clusters, failover: one client writes without pause (each attempt bounded to
 //!    100 ms, moving to the next surviving member on failure) while the
 //!    leader is killed with SIGKILL; the time from the kill to the first
 //!    acknowledged write issued after it. Three trials, fresh clusters.
@@ -18,6 +21,11 @@
 //!
 //! Needs etcd 3.4 (`apt-get install etcd-server`). Run:
 //! `cargo run --release -p flotilla --example bench_raft`
+//!
+//! `BENCH_SYSTEMS=flotilla` (or `etcd`) measures one system only, and
+//! `BENCH_PHASES=latency,throughput,failover` a subset of the phases, for
+//! comparing builds of one system (`FLOTILLA_BIN` names the binary); the
+//! ratios need both systems and all phases.
 
 mod etcd;
 
@@ -34,6 +42,7 @@ use std::time::{Duration, Instant};
 
 const VALUE_SIZE: usize = 256;
 const LATENCY_WRITES: usize = 2000;
+const LATENCY_ROUNDS: usize = 4;
 const THROUGHPUT_RUN: Duration = Duration::from_secs(5);
 const ATTEMPT: Duration = Duration::from_millis(100);
 const TRIALS: usize = 3;
@@ -323,21 +332,22 @@ async fn leader_of(sys: &impl System) -> usize {
     }
 }
 
-/// p50 and p99 of sequential writes by one client on the leader.
-async fn latency(sys: &impl System) -> (Duration, Duration) {
+/// Times of `n` sequential writes by one client on the leader (after a
+/// short warm-up on a fresh connection).
+async fn latency_samples(sys: &impl System, n: usize) -> Vec<Duration> {
     let leader = leader_of(sys).await;
     let mut conn = sys.connect(leader).await.expect("connect");
     let v = value();
-    for i in 0..100 {
+    for i in 0..50 {
         conn.put(i % 8, &v).await.expect("warm-up write");
     }
-    let mut times = Vec::with_capacity(LATENCY_WRITES);
-    for i in 0..LATENCY_WRITES {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
         let t = Instant::now();
         conn.put(i % 8, &v).await.expect("write");
         times.push(t.elapsed());
     }
-    (pct(&mut times, 0.5), pct(&mut times, 0.99))
+    times
 }
 
 /// Acknowledged writes per second with `clients` concurrent clients on the leader.
@@ -434,41 +444,108 @@ struct Figures {
     failover: Vec<Duration>,
 }
 
-async fn measure<S: System>(start: impl AsyncFn(usize) -> S) -> Figures {
-    let mut f = Figures::default();
-    {
-        let sys = start(0).await;
-        let (p50, p99) = latency(&sys).await;
-        println!(
-            "  {}: 1 client p50 {:.2} ms, p99 {:.2} ms",
-            sys.name(),
-            ms(p50),
-            ms(p99)
-        );
-        f.p50 = p50;
-        f.p99 = p99;
-        f.tput64 = throughput(&sys, 64).await;
-        println!("  {}: 64 clients {:.0} writes/s", sys.name(), f.tput64);
-        f.tput256 = throughput(&sys, 256).await;
-        println!("  {}: 256 clients {:.0} writes/s", sys.name(), f.tput256);
-    }
-    for trial in 0..TRIALS {
-        let mut sys = start(trial + 1).await;
-        let d = failover(&mut sys).await;
-        println!(
-            "  {}: failover trial {} {:.0} ms",
-            sys.name(),
-            trial + 1,
-            ms(d)
-        );
-        f.failover.push(d);
-    }
-    f
+/// Whether `name` is in the comma-separated list of environment variable
+/// `var` (all names when it is unset).
+fn chosen(var: &str, name: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.split(',').any(|x| x.trim() == name))
 }
 
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     pct(&mut v, 0.5)
+}
+
+async fn start_etcd(root: &Path, run: usize) -> Etcd {
+    let dir = root.join(format!("etcd-{run}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    Etcd {
+        cluster: EtcdCluster::start(&dir, 23790 + (run as u16 % 4) * 20)
+            .await
+            .unwrap_or_else(|e| panic!("etcd: {e} (is etcd-server installed?)")),
+    }
+}
+
+async fn start_flotilla(root: &Path, run: usize) -> Flotilla {
+    let dir = root.join(format!("flotilla-{run}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    Flotilla::start(&dir, 27440 + (run as u16) * 10, 256)
+        .await
+        .unwrap_or_else(|e| panic!("flotilla: {e}"))
+}
+
+/// The latency and throughput phases, on one cluster of each system kept
+/// up together. Latency is taken in rounds that alternate between the
+/// systems, so that a slow spell of a shared machine weighs on both alike.
+async fn steady(root: &Path, etcd: &mut Figures, ours: &mut Figures) {
+    let e = match chosen("BENCH_SYSTEMS", "etcd") {
+        true => Some(start_etcd(root, 0).await),
+        false => None,
+    };
+    let f = match chosen("BENCH_SYSTEMS", "flotilla") {
+        true => Some(start_flotilla(root, 0).await),
+        false => None,
+    };
+    if chosen("BENCH_PHASES", "latency") {
+        let (mut es, mut fs) = (Vec::new(), Vec::new());
+        for _ in 0..LATENCY_ROUNDS {
+            if let Some(e) = &e {
+                es.extend(latency_samples(e, LATENCY_WRITES / LATENCY_ROUNDS).await);
+            }
+            if let Some(f) = &f {
+                fs.extend(latency_samples(f, LATENCY_WRITES / LATENCY_ROUNDS).await);
+            }
+        }
+        for (name, samples, figures) in [
+            ("etcd", &mut es, &mut *etcd),
+            ("flotilla", &mut fs, &mut *ours),
+        ] {
+            if samples.is_empty() {
+                continue;
+            }
+            figures.p50 = pct(samples, 0.5);
+            figures.p99 = pct(samples, 0.99);
+            println!(
+                "  {name}: 1 client p50 {:.2} ms, p99 {:.2} ms ({} writes)",
+                ms(figures.p50),
+                ms(figures.p99),
+                samples.len()
+            );
+        }
+    }
+    if chosen("BENCH_PHASES", "throughput") {
+        for clients in [64, 256] {
+            if let Some(e) = &e {
+                let t = throughput(e, clients).await;
+                println!("  etcd: {clients} clients {t:.0} writes/s");
+                *if clients == 64 {
+                    &mut etcd.tput64
+                } else {
+                    &mut etcd.tput256
+                } = t;
+            }
+            if let Some(f) = &f {
+                let t = throughput(f, clients).await;
+                println!("  flotilla: {clients} clients {t:.0} writes/s");
+                *if clients == 64 {
+                    &mut ours.tput64
+                } else {
+                    &mut ours.tput256
+                } = t;
+            }
+        }
+    }
+}
+
+/// One failover trial on a fresh cluster.
+async fn failover_trial(sys: &mut impl System, trial: usize) -> Duration {
+    let d = failover(sys).await;
+    println!(
+        "  {}: failover trial {} {:.0} ms",
+        sys.name(),
+        trial + 1,
+        ms(d)
+    );
+    d
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -482,27 +559,25 @@ async fn main() {
         "raft benchmark: 3 members on loopback, {VALUE_SIZE}-byte values, binary {}",
         bin().display()
     );
-    println!("etcd:");
-    let etcd = measure(async |run: usize| {
-        let dir = root.path().join(format!("etcd-{run}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        Etcd {
-            cluster: EtcdCluster::start(&dir, 23790 + (run as u16 % 4) * 20)
-                .await
-                .unwrap_or_else(|e| panic!("etcd: {e} (is etcd-server installed?)")),
+    let (mut etcd, mut ours) = (Figures::default(), Figures::default());
+    if chosen("BENCH_PHASES", "latency") || chosen("BENCH_PHASES", "throughput") {
+        steady(root.path(), &mut etcd, &mut ours).await;
+    }
+    if chosen("BENCH_PHASES", "failover") {
+        for trial in 0..TRIALS {
+            if chosen("BENCH_SYSTEMS", "etcd") {
+                let mut e = start_etcd(root.path(), trial + 1).await;
+                etcd.failover.push(failover_trial(&mut e, trial).await);
+            }
+            if chosen("BENCH_SYSTEMS", "flotilla") {
+                let mut f = start_flotilla(root.path(), trial + 1).await;
+                ours.failover.push(failover_trial(&mut f, trial).await);
+            }
         }
-    })
-    .await;
-    println!("flotilla:");
-    let ours = measure(async |run: usize| {
-        let dir = root.path().join(format!("flotilla-{run}"));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let port = 27440 + (run as u16) * 10;
-        Flotilla::start(&dir, port, 256)
-            .await
-            .unwrap_or_else(|e| panic!("flotilla: {e}"))
-    })
-    .await;
+    }
+    if !(chosen("BENCH_SYSTEMS", "etcd") && chosen("BENCH_SYSTEMS", "flotilla")) {
+        return;
+    }
     let (fe, ff) = (median(&etcd.failover), median(&ours.failover));
     println!();
     println!(

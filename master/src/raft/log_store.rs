@@ -344,7 +344,9 @@ fn replay(file: File, path: &Path) -> Result<(State, u64), StoreError> {
             break;
         }
         let (len, crc) = parse_header(&header);
-        if len > MAX_RECORD || offset + HEADER + u64::from(len) > size {
+        // No record is empty (it has a kind byte): zeros are a torn write
+        // (a file system may show a grown file's new blocks as zeros).
+        if len == 0 || len > MAX_RECORD || offset + HEADER + u64::from(len) > size {
             break;
         }
         let mut body = vec![0u8; len as usize];

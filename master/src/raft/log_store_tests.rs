@@ -56,10 +56,19 @@ fn written(path: &Path, rt: &tokio::runtime::Runtime, n: u64) {
         .unwrap();
 }
 
-fn append_bytes(path: &Path, bytes: &[u8]) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    f.write_all(bytes).unwrap();
+/// Where each record ends in a log file's bytes.
+fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = vec![];
+    let mut at = MAGIC.len();
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 8 + len;
+        ends.push(at);
+    }
+    ends
 }
 
 #[test]
@@ -68,19 +77,36 @@ fn a_record_torn_by_a_crash_is_cut_off_and_the_log_goes_on() {
     let path = dir.path().join(LOG_FILE);
     let rt = rt();
     written(&path, &rt, 5);
-    let whole = std::fs::metadata(&path).unwrap().len();
+    let bytes = std::fs::read(&path).unwrap();
+    let end = bytes.len();
     // A header announcing 100 bytes, and only 10 of them.
-    let mut torn = 100u32.to_le_bytes().to_vec();
+    let mut torn = bytes.clone();
+    torn.extend(100u32.to_le_bytes());
     torn.extend([7u8; 14]);
-    append_bytes(&path, &torn);
+    std::fs::write(&path, &torn).unwrap();
 
     let mut log = LogStore::open(&path).unwrap();
     assert_eq!(indexes(&rt, &mut log), vec![1, 2, 3, 4, 5]);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64);
     rt.block_on(log.blocking_append([entry(1, 6)])).unwrap();
     drop(log);
     let mut log = LogStore::open(&path).unwrap();
     assert_eq!(indexes(&rt, &mut log), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn zeros_where_a_record_should_start_are_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let rt = rt();
+    written(&path, &rt, 4);
+    let whole = std::fs::metadata(&path).unwrap().len();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend([0u8; 300]);
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&rt, &mut log), vec![1, 2, 3, 4]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
 }
 
 #[test]
@@ -90,7 +116,7 @@ fn a_last_record_failing_its_checksum_is_a_torn_write() {
     let rt = rt();
     written(&path, &rt, 3);
     let mut bytes = std::fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
+    let last = record_ends(&bytes).last().unwrap() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
 
@@ -108,10 +134,13 @@ fn a_whole_record_that_does_not_decode_stops_the_open() {
     written(&path, &rt, 2);
     // Checksummed, so not torn: a kind this version does not know.
     let body = [99u8, 1, 2, 3];
-    let mut rec = (body.len() as u32).to_le_bytes().to_vec();
-    rec.extend(crc32fast::hash(&body).to_le_bytes());
-    rec.extend(body);
-    append_bytes(&path, &rec);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = *record_ends(&bytes).last().unwrap();
+    bytes.truncate(end);
+    bytes.extend((body.len() as u32).to_le_bytes());
+    bytes.extend(crc32fast::hash(&body).to_le_bytes());
+    bytes.extend(body);
+    std::fs::write(&path, &bytes).unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
 
     let err = LogStore::open(&path).unwrap_err().to_string();
@@ -182,9 +211,9 @@ fn purges_rewrite_the_file_once_dead_bytes_outweigh_live_ones() {
         rt.block_on(log.save_vote(&Vote::new(1, 1))).unwrap();
         rt.block_on(log.save_committed(Some(log_id(1, 190))))
             .unwrap();
-        let before = std::fs::metadata(&path).unwrap().len();
+        let before = *record_ends(&std::fs::read(&path).unwrap()).last().unwrap();
         rt.block_on(log.purge(log_id(1, 180))).unwrap();
-        let after = std::fs::metadata(&path).unwrap().len();
+        let after = *record_ends(&std::fs::read(&path).unwrap()).last().unwrap();
         assert!(after * 5 < before, "{before} bytes before, {after} after");
         // Reads and appends go on in the rewritten file.
         assert_eq!(indexes(&rt, &mut log), (181..=200).collect::<Vec<_>>());
