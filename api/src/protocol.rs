@@ -143,6 +143,10 @@ pub enum RaftRpc {
     Status,
     /// A follower passes on a node's heartbeat to the leader, which tracks them.
     Heartbeat,
+    /// The leader tells a master it has just removed from the membership
+    /// (payload: that master's id), which then stops: the leader no longer
+    /// replicates to it, so it would not learn of it otherwise.
+    Removed,
 }
 
 /// Filters of a list.

@@ -96,6 +96,13 @@ pub enum MasterError {
     Config(String),
     #[error("joining the cluster at {addr}: {message}")]
     Join { addr: String, message: String },
+    /// This master is no longer in the cluster's membership.
+    #[error(
+        "master {id} was removed from the cluster (`flotilla cluster remove {id}`) and has stopped; \
+         its data directory belongs to the old membership: delete it, and join this machine \
+         anew (`flotilla token create --master`, then `flotilla master --join`) if it should serve again"
+    )]
+    Removed { id: u64 },
 }
 
 /// A running master's handles, for `flotilla up` and tests.
@@ -502,6 +509,15 @@ impl Running {
                 shutdown.clone(),
             ));
         }
+        let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tracker.spawn(stop_when_removed(
+            self.raft.clone(),
+            self.cluster.removed(),
+            node_id,
+            self.config.data_dir.clone(),
+            removed.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(leader_work(
             self.raft.clone(),
             node_id,
@@ -523,7 +539,63 @@ impl Running {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
         self.network.close();
+        if removed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(MasterError::Removed { id: node_id });
+        }
         Ok(())
+    }
+}
+
+/// Whether master `id` has been taken out of an applied membership (a
+/// membership entry only applies once committed). An uninitialized raft has
+/// no voters and is not "removed": it has not joined yet.
+fn removed_from(metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>, id: u64) -> bool {
+    let stored = &metrics.membership_config;
+    let membership = stored.membership();
+    membership.voter_ids().next().is_some()
+        && membership.get_node(&id).is_none()
+        && stored.log_id().is_some()
+        && *stored.log_id() <= metrics.last_applied
+}
+
+/// Stops this master once the cluster has removed it, as `flotilla cluster
+/// remove` asks: a removed leader would otherwise go on heartbeating (so the
+/// others keep following it), and a removed follower would go on calling
+/// elections nobody answers. A leader sees it in its own membership; a
+/// follower is told by the leader (`told`), which stops replicating to it. A
+/// master still joining (its log replays older memberships without it) is
+/// left alone.
+async fn stop_when_removed(
+    raft: raft::Raft,
+    mut told: tokio::sync::watch::Receiver<bool>,
+    node_id: u64,
+    data_dir: PathBuf,
+    removed: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let gone = removed_from(&metrics.borrow_and_update(), node_id) || *told.borrow_and_update();
+        if gone && !data_dir.join(JOINING_FILE).exists() {
+            tracing::error!(
+                node_id,
+                "this master was removed from the cluster's membership; stopping"
+            );
+            removed.store(true, std::sync::atomic::Ordering::SeqCst);
+            // A moment for the answer to the request that removed it (a
+            // leader removing itself is serving it) to reach the client.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+            changed = told.changed() => if changed.is_err() { return },
+        }
     }
 }
 

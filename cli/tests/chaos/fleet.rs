@@ -152,6 +152,19 @@ impl Fleet {
         }
     }
 
+    /// Waits for master `i` to stop by itself (within `limit`) and gives
+    /// how it ended.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> std::process::ExitStatus {
+        let child = self.masters[i].as_mut().expect("master is running");
+        let status = wait_for(
+            &format!("master {} to stop by itself", i + 1),
+            limit,
+            || child.try_wait().ok().flatten(),
+        );
+        self.masters[i] = None;
+        status
+    }
+
     /// `flotilla ARGS` with the admin config, from the test's side of the network.
     pub fn cli(&self, args: &[&str]) -> Output {
         crate::common::run_flotilla(args, &self.config)

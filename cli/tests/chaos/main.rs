@@ -307,12 +307,30 @@ async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
     }
     let log = fleet.log_text("m2");
     assert!(!log.contains("panicked"), "master 3 panicked:\n{log}");
-    // The operator takes master 3 out; the other two go on.
+    // The operator takes master 3 out: it stops by itself, saying why, and
+    // the other two go on.
     let out = fleet.ok(&["cluster", "remove", "3"]);
     assert!(out.contains("master 3 removed"), "{out}");
-    fleet.kill_master(2);
+    let status = fleet.wait_exit(2, Duration::from_secs(20));
+    assert!(!status.success(), "a removed master exits with an error");
+    let log = fleet.log_text("m2");
+    assert!(
+        log.contains("master 3 was removed from the cluster"),
+        "master 3 does not say why it stopped:\n{log}"
+    );
     fleet.wait_voters(2);
     fleet.ok(&["delete", "pod", "tick"]);
+    // Then the leader itself: it stops too, and the one master left leads
+    // alone and takes writes.
+    let leader = fleet.leader();
+    let out = fleet.ok(&["cluster", "remove", &(leader + 1).to_string()]);
+    assert!(out.contains("removed"), "{out}");
+    let status = fleet.wait_exit(leader, Duration::from_secs(20));
+    assert!(!status.success(), "a removed leader exits with an error");
+    let left = 1 - leader;
+    assert_eq!(fleet.leader(), left, "the remaining master leads");
+    fleet.wait_voters(1);
+    fleet.ok(&["token", "create"]);
     let out = fleet.cli(&["cluster", "remove", "3"]);
     assert!(!out.status.success());
     assert!(

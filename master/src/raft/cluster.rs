@@ -80,6 +80,8 @@ pub struct Cluster {
     membership: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Proposes this master's writes when it leads, gathering concurrent ones.
     batcher: Batcher,
+    /// Set once the leader said this master was removed from the membership.
+    removed: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Cluster {
@@ -91,7 +93,14 @@ impl Cluster {
             cluster_name: cluster_name.to_string(),
             membership: Default::default(),
             batcher: Batcher::start(raft_clone),
+            removed: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Turns true once the leader has told this master that it removed it
+    /// from the membership.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     pub fn raft(&self) -> &Raft {
@@ -321,7 +330,16 @@ impl Cluster {
                 } else {
                     ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
                 };
-                (node_id, raft.change_membership(change, false).await)
+                let removed = raft.change_membership(change, false).await;
+                // The leader stops replicating to a removed master, so it
+                // must be told; a leader removing itself sees it in its own
+                // membership. Best effort: a master that is down stays down.
+                if let (Ok(_), Some(node)) = (&removed, membership.get_node(&node_id)) {
+                    if node_id != self.id() {
+                        self.tell_removed(node_id, node.addr.clone());
+                    }
+                }
+                (node_id, removed)
             }
         };
         match result {
@@ -331,6 +349,26 @@ impl Cluster {
             }
             Err(e) => LeaderAnswer::Unavailable(format!("the membership change failed: {e}")),
         }
+    }
+
+    /// Tells master `node_id` at `addr`, in the background, that it was removed.
+    fn tell_removed(&self, node_id: u64, addr: String) {
+        let network = self.network.clone();
+        let Ok(payload) = encode(&node_id) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let req = Request::Raft {
+                rpc: RaftRpc::Removed,
+                payload,
+            };
+            if let Err(e) = network
+                .call(node_id, &addr, &req, Duration::from_secs(2))
+                .await
+            {
+                tracing::warn!(node_id, error = %e, "could not tell the removed master; stop it by hand");
+            }
+        });
     }
 
     /// Serves a request another master made of this one as the leader.
@@ -359,6 +397,13 @@ impl Cluster {
             RaftRpc::Heartbeat => {
                 let node: String = decode(payload).map_err(bad)?;
                 heartbeats.beat(&node);
+                encode(&LeaderAnswer::Done(()))
+            }
+            RaftRpc::Removed => {
+                let node_id: u64 = decode(payload).map_err(bad)?;
+                if node_id == self.id() {
+                    self.removed.send_replace(true);
+                }
                 encode(&LeaderAnswer::Done(()))
             }
             other => {
