@@ -1,13 +1,14 @@
-//! Raft storage for the master: openraft's log and state machine on redb, so
-//! that a replicated log can carry [`store::Command`]s and every master apply
-//! them in the same order. Storage and the raft messages between masters live
-//! here; membership changes and the wiring into the running master come later.
+//! Raft for the master: openraft's log in a file of its own and its state
+//! machine on redb, so that a replicated log can carry [`store::Command`]s
+//! and every master apply them in the same order; the raft messages between
+//! masters; and [`Cluster`], which routes requests to the leader and changes
+//! the membership.
 //!
 //! Layout:
 //! - this file: [`TypeConfig`] (what the log carries), [`RaftResponse`] (what
 //!   applying an entry answers), [`Refusal`], [`RaftStoreError`].
 //! - `log_store`: [`LogStore`], the raft log, vote and committed id in their
-//!   own redb file ([`LOG_FILE`]).
+//!   own append-only file of checksummed records ([`LOG_FILE`]).
 //! - `state_machine`: [`StateMachine`] and [`SnapshotBuilder`] over the
 //!   [`Store`](crate::store::Store): each entry's effects and raft's
 //!   bookkeeping in one transaction; snapshots are whole-state images kept in
