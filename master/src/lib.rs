@@ -121,6 +121,15 @@ pub struct Master {
 
 /// Opens the store and PKI and binds the endpoint; `serve` then runs it.
 pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterError> {
+    // Settings first: a bad one must not leave a half-made data directory.
+    let (shortest, longest) = raft::ELECTION_TIMEOUT_RANGE;
+    if !(shortest..=longest).contains(&config.election_timeout) {
+        return Err(MasterError::Config(format!(
+            "an election timeout of {:?} is outside {shortest:?}..={longest:?}; the default is {:?}",
+            config.election_timeout,
+            raft::DEFAULT_ELECTION_TIMEOUT
+        )));
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| MasterError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -427,14 +436,6 @@ async fn start_raft(
     let node_id = config.node_id.unwrap_or(1);
     let client = pki.master_client(&config.data_dir.join("pki"), node_id)?;
     let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;
-    let (shortest, longest) = raft::ELECTION_TIMEOUT_RANGE;
-    if !(shortest..=longest).contains(&config.election_timeout) {
-        return Err(MasterError::Raft(format!(
-            "an election timeout of {:?} is outside {shortest:?}..={longest:?}; the default is {:?}",
-            config.election_timeout,
-            raft::DEFAULT_ELECTION_TIMEOUT
-        )));
-    }
     let raft_config = raft::raft_config(&config.cluster_name, config.election_timeout)
         .map_err(|e| MasterError::Raft(format!("invalid configuration: {e}")))?;
     let raft = raft::Raft::new(node_id, Arc::new(raft_config), network.clone(), log, sm)

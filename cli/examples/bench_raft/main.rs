@@ -515,24 +515,24 @@ async fn steady(root: &Path, etcd: &mut Figures, ours: &mut Figures) {
     if chosen("BENCH_PHASES", "throughput") {
         for clients in [64, 256] {
             if let Some(e) = &e {
-                let t = throughput(e, clients).await;
-                println!("  etcd: {clients} clients {t:.0} writes/s");
-                *if clients == 64 {
-                    &mut etcd.tput64
-                } else {
-                    &mut etcd.tput256
-                } = t;
+                run_throughput(e, clients, etcd).await;
             }
             if let Some(f) = &f {
-                let t = throughput(f, clients).await;
-                println!("  flotilla: {clients} clients {t:.0} writes/s");
-                *if clients == 64 {
-                    &mut ours.tput64
-                } else {
-                    &mut ours.tput256
-                } = t;
+                run_throughput(f, clients, ours).await;
             }
         }
+    }
+}
+
+/// Measures and prints the throughput of `sys` with `clients` clients, into
+/// its figure for that many.
+async fn run_throughput(sys: &impl System, clients: usize, figures: &mut Figures) {
+    let t = throughput(sys, clients).await;
+    println!("  {}: {clients} clients {t:.0} writes/s", sys.name());
+    if clients == 64 {
+        figures.tput64 = t;
+    } else {
+        figures.tput256 = t;
     }
 }
 

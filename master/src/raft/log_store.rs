@@ -215,24 +215,24 @@ impl State {
     /// What a record means for the state, at `offset` with `len` bytes.
     fn replay(&mut self, what: Replayed, offset: u64, len: u64) {
         match what {
-            Replayed::Entry(entry) => {
-                let index = entry.log_id.index;
-                self.drop_from(index);
-                self.entries.insert(
-                    index,
-                    Located {
-                        log_id: entry.log_id,
-                        offset,
-                        len,
-                    },
-                );
-                self.live += len;
-            }
+            Replayed::Entry(entry) => self.put_entry(Located {
+                log_id: entry.log_id,
+                offset,
+                len,
+            }),
             Replayed::Vote(v) => self.vote = Some(v),
             Replayed::Committed(c) => self.committed = c,
             Replayed::Truncate(from) => self.drop_from(from),
             Replayed::Purge(upto) => self.purge_upto(upto),
         }
+    }
+
+    /// Records where an entry is; it replaces the entries at its index and
+    /// after (raft truncates before it overwrites, so normally there are none).
+    fn put_entry(&mut self, at: Located) {
+        self.drop_from(at.log_id.index);
+        self.entries.insert(at.log_id.index, at);
+        self.live += at.len;
     }
 
     /// Forgets the entries up to `upto`, which becomes the last purged.
@@ -296,11 +296,11 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
 
 /// Opens the log file for reading and writing, locked against a second
 /// master on the same data directory.
-fn open_locked(path: &Path, create: bool) -> Result<File, StoreError> {
+fn open_locked(path: &Path) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(create)
+        .create(true)
         .truncate(false)
         .open(path)
         .map_err(io_err("opening"))?;
@@ -311,6 +311,44 @@ fn open_locked(path: &Path, create: bool) -> Result<File, StoreError> {
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking")(e)),
     }
+}
+
+/// The start of a new log file: the magic, then the vote, the last purged
+/// log id and the committed log id as records (entries follow).
+fn head(
+    vote: Option<&Vote<u64>>,
+    last_purged: Option<&LogId>,
+    committed: Option<LogId>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = MAGIC.to_vec();
+    if let Some(v) = vote {
+        out.extend(record(KIND_VOTE, v)?);
+    }
+    if let Some(p) = last_purged {
+        out.extend(record(KIND_PURGE, p)?);
+    }
+    out.extend(record(KIND_COMMITTED, &committed)?);
+    Ok(out)
+}
+
+/// Where a new log file is written before it replaces `path`.
+fn new_path(path: &Path) -> PathBuf {
+    path.with_extension("wal.new")
+}
+
+/// An empty, locked file at [`new_path`] of `path`.
+fn new_file(path: &Path) -> Result<File, StoreError> {
+    let tmp = new_path(path);
+    let _ = std::fs::remove_file(&tmp);
+    open_locked(&tmp)
+}
+
+/// Syncs the new file written for `path` and renames it over `path`, durably.
+fn put_in_place(file: &File, path: &Path) -> Result<(), StoreError> {
+    file.sync_all()
+        .map_err(io_err("syncing the new log file"))?;
+    std::fs::rename(new_path(path), path).map_err(io_err("putting the new log file in place"))?;
+    sync_dir(path)
 }
 
 /// Reads the whole file into a state: replays every whole record, and cuts
@@ -396,7 +434,7 @@ impl LogStore {
         if !path.exists() && old.exists() {
             migrate(&old, path).map_err(fail)?;
         }
-        let file = open_locked(path, true).map_err(fail)?;
+        let file = open_locked(path).map_err(fail)?;
         let (state, cut) = replay(file, path).map_err(fail)?;
         if cut > 0 {
             tracing::warn!(
@@ -492,43 +530,26 @@ impl LogStore {
     /// over the log. Appends wait (the state stays locked) meanwhile.
     fn rewrite(&self, state: &mut State) -> Result<(), StoreError> {
         state.check()?;
-        let path = &self.inner.path;
-        let tmp = path.with_extension("wal.new");
-        let _ = std::fs::remove_file(&tmp);
-        let file = open_locked(&tmp, true)?;
-        let mut fresh = State::empty(Arc::new(file));
-        let mut head = MAGIC.to_vec();
-        if let Some(v) = &state.vote {
-            head.extend(record(KIND_VOTE, v)?);
-        }
-        if let Some(p) = &state.last_purged {
-            head.extend(record(KIND_PURGE, p)?);
-        }
-        head.extend(record(KIND_COMMITTED, &state.committed)?);
-        fresh
-            .file
-            .write_all_at(&head, 0)
-            .map_err(io_err("writing the rewritten log"))?;
-        fresh.end = head.len() as u64;
+        let mut fresh = State::empty(Arc::new(new_file(&self.inner.path)?));
+        fresh.end = 0; // the head starts with the magic
+        fresh.write(&head(
+            state.vote.as_ref(),
+            state.last_purged.as_ref(),
+            state.committed,
+        )?)?;
         fresh.vote = state.vote;
         fresh.last_purged = state.last_purged;
         fresh.committed = state.committed;
-        for (index, l) in &state.entries {
+        for l in state.entries.values() {
             let mut buf = vec![0u8; l.len as usize];
             state
                 .file
                 .read_exact_at(&mut buf, l.offset)
                 .map_err(io_err("copying an entry"))?;
-            let at = fresh.write(&buf)?;
-            fresh.entries.insert(*index, Located { offset: at, ..*l });
-            fresh.live += l.len;
+            let offset = fresh.write(&buf)?;
+            fresh.put_entry(Located { offset, ..*l });
         }
-        fresh
-            .file
-            .sync_all()
-            .map_err(io_err("syncing the rewritten log"))?;
-        std::fs::rename(&tmp, path).map_err(io_err("replacing the log with its rewrite"))?;
-        sync_dir(path)?;
+        put_in_place(&fresh.file, &self.inner.path)?;
         *state = fresh;
         Ok(())
     }
@@ -557,19 +578,16 @@ fn migrate(old: &Path, path: &Path) -> Result<(), StoreError> {
             .map_err(|e| redb_err(&e))?
             .map(|v| v.value().to_vec()))
     };
-    let mut out = MAGIC.to_vec();
-    if let Some(bytes) = read_meta(raft_log_meta::VOTE)? {
-        let vote: Vote<u64> = decode("raft_log_meta", &raft_log_meta::VOTE, &bytes)?;
-        out.extend(record(KIND_VOTE, &vote)?);
-    }
-    if let Some(bytes) = read_meta(raft_log_meta::LAST_PURGED)? {
-        let purged: LogId = decode("raft_log_meta", &raft_log_meta::LAST_PURGED, &bytes)?;
-        out.extend(record(KIND_PURGE, &purged)?);
-    }
-    if let Some(bytes) = read_meta(raft_log_meta::COMMITTED)? {
-        let committed: Option<LogId> = decode("raft_log_meta", &raft_log_meta::COMMITTED, &bytes)?;
-        out.extend(record(KIND_COMMITTED, &committed)?);
-    }
+    let vote: Option<Vote<u64>> = read_meta(raft_log_meta::VOTE)?
+        .map(|b| decode("raft_log_meta", &raft_log_meta::VOTE, &b))
+        .transpose()?;
+    let purged: Option<LogId> = read_meta(raft_log_meta::LAST_PURGED)?
+        .map(|b| decode("raft_log_meta", &raft_log_meta::LAST_PURGED, &b))
+        .transpose()?;
+    let committed: Option<Option<LogId>> = read_meta(raft_log_meta::COMMITTED)?
+        .map(|b| decode("raft_log_meta", &raft_log_meta::COMMITTED, &b))
+        .transpose()?;
+    let mut out = head(vote.as_ref(), purged.as_ref(), committed.flatten())?;
     let table = txn.open_table(RAFT_LOG).map_err(|e| redb_err(&e))?;
     for row in table.iter().map_err(|e| redb_err(&e))? {
         let (k, v) = row.map_err(|e| redb_err(&e))?;
@@ -577,14 +595,10 @@ fn migrate(old: &Path, path: &Path) -> Result<(), StoreError> {
         out.extend(record(KIND_ENTRY, &entry)?);
     }
     drop((table, meta, txn, db));
-    let tmp = path.with_extension("wal.new");
-    let file = open_locked(&tmp, true)?;
-    file.set_len(0)
-        .and_then(|()| file.write_all_at(&out, 0))
-        .and_then(|()| file.sync_all())
+    let file = new_file(path)?;
+    file.write_all_at(&out, 0)
         .map_err(io_err("writing the migrated log"))?;
-    std::fs::rename(&tmp, path).map_err(io_err("putting the migrated log in place"))?;
-    sync_dir(path)?;
+    put_in_place(&file, path)?;
     std::fs::remove_file(old).map_err(io_err("removing the earlier log after migrating it"))?;
     tracing::info!(from = %old.display(), to = %path.display(), "raft log migrated to its own file format");
     Ok(())
@@ -696,23 +710,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut located = Vec::new();
         for entry in entries {
             let rec = record(KIND_ENTRY, &entry).map_err(write_logs)?;
-            located.push((entry.log_id, bytes.len() as u64, rec.len() as u64));
+            located.push(Located {
+                log_id: entry.log_id,
+                offset: bytes.len() as u64,
+                len: rec.len() as u64,
+            });
             bytes.extend(rec);
         }
         {
             let mut state = self.state();
             let at = state.write(&bytes).map_err(write_logs)?;
-            for (log_id, offset, len) in located {
-                state.drop_from(log_id.index);
-                state.entries.insert(
-                    log_id.index,
-                    Located {
-                        log_id,
-                        offset: at + offset,
-                        len,
-                    },
-                );
-                state.live += len;
+            for l in located {
+                state.put_entry(Located {
+                    offset: at + l.offset,
+                    ..l
+                });
             }
         }
         let sent = lock(&self.inner.flushes).send(callback);
