@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Flotilla needs beyond the Rust toolchain:
 # the Wasm targets for the sample workloads, iproute2 and nftables for the
-# chaos tests (network namespaces, packet loss) and, with --cross, the aarch64
-# cross toolchain and qemu-user for the ARM test. Safe to run again.
+# chaos tests (network namespaces, packet loss) and, with --cross (what the
+# tests use), the aarch64 cross toolchain, qemu-user for the ARM test and
+# libfaketime for the certificate tests. Safe to run again.
 set -euo pipefail
 
 cross=0
@@ -35,6 +36,8 @@ command -v nft >/dev/null || pkgs="$pkgs nftables"
 if [ $cross = 1 ]; then
     command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
     command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"
+    # libfaketime: the certificate tests run processes with a faked wall clock.
+    [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || pkgs="$pkgs faketime"
 fi
 if [ -n "$pkgs" ]; then
     echo "setup: installing Debian packages:$pkgs"

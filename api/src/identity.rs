@@ -5,12 +5,14 @@
 //! `flotilla:viewer`, `flotilla:node:<name>` or `flotilla:master:<raft id>`. The master reads it from the
 //! verified client certificate of each connection; nothing else is trusted.
 
+use crate::time::Time;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::Digest;
 use std::fmt;
+use std::time::Duration;
 
 /// DNS name every master certificate carries and every client checks, so
 /// that masters can be reached by any address (IP, name) and still verified.
@@ -126,17 +128,142 @@ pub struct ClusterCa {
     pub key: CertifiedKey,
 }
 
-fn validity(params: &mut CertificateParams, years: i32) {
-    let now = crate::time::Time::now().to_string();
-    let year: i32 = now.get(..4).and_then(|y| y.parse().ok()).unwrap_or(2026);
-    // A day of slack on the start absorbs small clock differences between machines.
-    params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + years, 1, 1);
+/// One day, the unit certificate lifetimes are counted in.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// How far before its issue a certificate's validity starts. A Raspberry Pi
+/// has no battery-backed clock: until NTP answers it runs on the time it
+/// saved at shutdown or on its image's build date, often weeks or months
+/// behind. A certificate valid only from "now" would be refused by such a
+/// machine; one backdated by a year is not. Renewal reads the issue time back
+/// from this fixed offset ([`Validity::issued`]).
+pub const BACKDATE: Duration = Duration::from_secs(365 * 86_400);
+/// Lifetime of node, master and user certificates unless the master is told
+/// otherwise (`flotilla master --cert-lifetime`).
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// Shortest lifetime a master accepts for the certificates it issues.
+pub const MIN_CERT_LIFETIME: Duration = Duration::from_secs(60);
+/// Lifetime of a new cluster CA.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Under this much validity left, the CLI and the logs warn.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// When a certificate is valid, and when it should be renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: Time,
+    pub not_after: Time,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Validity {
+    /// The validity of a certificate issued at `now` for `lifetime`.
+    pub fn new(now: Time, lifetime: Duration) -> Validity {
+        Validity {
+            not_before: Time(now.0.saturating_sub(millis(BACKDATE))),
+            not_after: Time(now.0.saturating_add(millis(lifetime))),
+        }
+    }
+
+    /// The validity of the first certificate in a PEM chain.
+    pub fn of_pem(pem: &str) -> Result<Validity, IdentityError> {
+        let der = crate::tls::parse_certs(pem).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let first = der
+            .first()
+            .ok_or_else(|| IdentityError::Parse("no certificate in PEM".into()))?;
+        Validity::of_der(first.as_ref())
+    }
+
+    /// The validity of a DER certificate (as a TLS peer presents it).
+    pub fn of_der(der: &[u8]) -> Result<Validity, IdentityError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let v = cert.validity();
+        Ok(Validity {
+            not_before: Time(v.not_before.timestamp().saturating_mul(1000)),
+            not_after: Time(v.not_after.timestamp().saturating_mul(1000)),
+        })
+    }
+
+    /// When the certificate was issued: its start is backdated by [`BACKDATE`].
+    pub fn issued(&self) -> Time {
+        Time(self.not_before.0.saturating_add(millis(BACKDATE)))
+    }
+
+    /// When renewal is due: two thirds into the lifetime, as kubelet renews
+    /// (between 70% and 90%), so a year's certificate is renewed four months
+    /// before it expires and a node that is offline for a while still has
+    /// time to come back.
+    pub fn renew_at(&self) -> Time {
+        let issued = self.issued().0.min(self.not_after.0);
+        Time(issued + (self.not_after.0 - issued) / 3 * 2)
+    }
+
+    /// Whether a certificate should be renewed at `now`.
+    pub fn renewal_due(&self, now: Time) -> bool {
+        now >= self.renew_at()
+    }
+
+    /// Whether the certificate is no longer valid at `now`.
+    pub fn expired(&self, now: Time) -> bool {
+        now > self.not_after
+    }
+
+    /// Whether fewer than [`EXPIRY_WARNING`] (or, for short lifetimes, a
+    /// sixth of the lifetime) remain at `now`.
+    pub fn expires_soon(&self, now: Time) -> bool {
+        let lifetime = self.not_after.since(self.issued());
+        let margin = millis(EXPIRY_WARNING).min(lifetime / 6);
+        self.not_after.since(now) < margin
+    }
+
+    /// "in 12 days", "in 3h", "expired 2 days ago": how long is left at `now`.
+    pub fn left(&self, now: Time) -> String {
+        let ms = self.not_after.since(now);
+        let span = human_span(ms.unsigned_abs());
+        if ms < 0 {
+            format!("expired {span} ago")
+        } else {
+            format!("in {span}")
+        }
+    }
+
+    fn apply(&self, params: &mut CertificateParams) -> Result<(), IdentityError> {
+        let at = |t: Time| {
+            time::OffsetDateTime::from_unix_timestamp(t.0.div_euclid(1000))
+                .map_err(|e| IdentityError::Parse(format!("certificate time {t}: {e}")))
+        };
+        params.not_before = at(self.not_before)?;
+        params.not_after = at(self.not_after)?;
+        Ok(())
+    }
+}
+
+fn human_span(ms: u64) -> String {
+    let secs = ms / 1000;
+    let day = DAY.as_secs();
+    if secs >= 2 * day {
+        format!("{} days", secs / day)
+    } else if secs >= 3600 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 impl ClusterCa {
-    /// Creates a new CA for a cluster.
+    /// Creates a new CA for a cluster, valid for [`CA_LIFETIME`].
     pub fn generate(cluster: &str) -> Result<ClusterCa, IdentityError> {
+        ClusterCa::generate_at(cluster, Time::now())
+    }
+
+    /// Creates a new CA for a cluster as of `now`.
+    pub fn generate_at(cluster: &str, now: Time) -> Result<ClusterCa, IdentityError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -150,7 +277,7 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut params, 10);
+        Validity::new(now, CA_LIFETIME).apply(&mut params)?;
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(ClusterCa {
@@ -166,6 +293,21 @@ impl ClusterCa {
         Ok(Issuer::from_ca_cert_pem(&self.key.cert_pem, key)?)
     }
 
+    /// When the CA itself expires (it is not renewed: a new CA is a new cluster).
+    pub fn validity(&self) -> Result<Validity, IdentityError> {
+        Validity::of_pem(&self.key.cert_pem)
+    }
+
+    /// `validity`, ending no later than the CA: a certificate cannot
+    /// outlive the authority that vouches for it.
+    fn within(&self, validity: Validity) -> Result<Validity, IdentityError> {
+        let ca = self.validity()?;
+        Ok(Validity {
+            not_before: validity.not_before,
+            not_after: validity.not_after.min(ca.not_after),
+        })
+    }
+
     /// The CA's hash, as pinned by join tokens.
     pub fn hash(&self) -> Result<String, IdentityError> {
         ca_hash(&self.key.cert_pem)
@@ -173,7 +315,11 @@ impl ClusterCa {
 
     /// Issues a master's serving certificate, valid for `hosts` (IPs or DNS names) and [`MASTER_SERVER_NAME`].
     /// The returned chain holds the leaf then the CA, so that joining nodes can pin the CA.
-    pub fn issue_server(&self, hosts: &[String]) -> Result<CertifiedKey, IdentityError> {
+    pub fn issue_server(
+        &self,
+        hosts: &[String],
+        validity: Validity,
+    ) -> Result<CertifiedKey, IdentityError> {
         let mut params = CertificateParams::new(vec![MASTER_SERVER_NAME.to_string()])?;
         for h in hosts {
             let san = match h.parse::<std::net::IpAddr>() {
@@ -192,7 +338,7 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 2);
+        self.within(validity)?.apply(&mut params)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(CertifiedKey {
@@ -202,9 +348,14 @@ impl ClusterCa {
     }
 
     /// Issues a client certificate for an identity, with a fresh key.
-    pub fn issue_client(&self, identity: &Identity) -> Result<CertifiedKey, IdentityError> {
+    pub fn issue_client(
+        &self,
+        identity: &Identity,
+        validity: Validity,
+    ) -> Result<CertifiedKey, IdentityError> {
         let key = KeyPair::generate()?;
-        let cert = client_params(identity)?.signed_by(&key, &self.issuer()?)?;
+        let cert =
+            client_params(identity, self.within(validity)?)?.signed_by(&key, &self.issuer()?)?;
         Ok(CertifiedKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -213,14 +364,23 @@ impl ClusterCa {
 
     /// Signs the public key of a CSR for an identity the master chose; nothing
     /// else of the CSR (its names, its extensions) is taken over.
-    pub fn sign_csr(&self, csr_pem: &str, identity: &Identity) -> Result<String, IdentityError> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        validity: Validity,
+    ) -> Result<String, IdentityError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        let cert = client_params(identity)?.signed_by(&csr.public_key, &self.issuer()?)?;
+        let cert = client_params(identity, self.within(validity)?)?
+            .signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.pem())
     }
 }
 
-fn client_params(identity: &Identity) -> Result<CertificateParams, IdentityError> {
+fn client_params(
+    identity: &Identity,
+    validity: Validity,
+) -> Result<CertificateParams, IdentityError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
         .distinguished_name
@@ -230,14 +390,16 @@ fn client_params(identity: &Identity) -> Result<CertificateParams, IdentityError
         .push(DnType::OrganizationName, "flotilla");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, 1);
+    validity.apply(&mut params)?;
     Ok(params)
 }
 
 /// A new key and a CSR for it (what a joining node sends).
 pub fn new_csr(identity: &Identity) -> Result<(String, String), IdentityError> {
     let key = KeyPair::generate()?;
-    let csr = client_params(identity)?.serialize_request(&key)?;
+    // A CSR carries no validity; the signer chooses it.
+    let csr = client_params(identity, Validity::new(Time::now(), DEFAULT_CERT_LIFETIME))?
+        .serialize_request(&key)?;
     Ok((csr.pem()?, key.serialize_pem()))
 }
 
@@ -329,6 +491,86 @@ impl fmt::Display for JoinToken {
 mod tests {
     use super::*;
 
+    fn year_from_now() -> Validity {
+        Validity::new(Time::now(), DEFAULT_CERT_LIFETIME)
+    }
+
+    fn at(s: &str) -> Time {
+        Time::parse_rfc3339(s).expect("time")
+    }
+
+    /// The finding this guards against: every certificate ended on 1 January
+    /// of the next year, whatever the day it was issued.
+    #[test]
+    fn lifetimes_count_from_the_issue_time() {
+        let issued = at("2026-12-31T23:00:00Z");
+        let ca = ClusterCa::generate_at("test", issued).expect("ca");
+        let ck = ca
+            .issue_client(
+                &Identity::Node("n1".into()),
+                Validity::new(issued, DEFAULT_CERT_LIFETIME),
+            )
+            .expect("issue");
+        let v = Validity::of_pem(&ck.cert_pem).expect("validity");
+        assert_eq!(v.not_after, at("2027-12-31T23:00:00Z"));
+        // Backdated a year for Pis that boot with a stale clock.
+        assert_eq!(v.not_before, at("2025-12-31T23:00:00Z"));
+        assert_eq!(v.issued(), issued);
+        assert!(!v.expired(at("2027-01-02T00:00:00Z")));
+        assert!(v.expired(at("2028-01-01T00:00:00Z")));
+        let server = ca
+            .issue_server(
+                &["10.0.0.1".into()],
+                Validity::new(issued, DEFAULT_CERT_LIFETIME),
+            )
+            .expect("server");
+        assert_eq!(
+            Validity::of_pem(&server.cert_pem).expect("v").not_after,
+            at("2027-12-31T23:00:00Z")
+        );
+        let ca_v = ca.validity().expect("ca validity");
+        assert_eq!(ca_v.not_after, at("2036-12-28T23:00:00Z"));
+    }
+
+    #[test]
+    fn no_certificate_outlives_its_ca() {
+        let now = at("2026-06-01T00:00:00Z");
+        let ca = ClusterCa::generate_at("test", now).expect("ca");
+        let long = Validity::new(now, Duration::from_secs(20 * 365 * 86_400));
+        let ck = ca.issue_client(&Identity::Admin, long).expect("issue");
+        assert_eq!(
+            Validity::of_pem(&ck.cert_pem).expect("v").not_after,
+            ca.validity().expect("ca").not_after
+        );
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_into_the_lifetime() {
+        let issued = at("2026-12-01T00:00:00Z");
+        let v = Validity::new(issued, DEFAULT_CERT_LIFETIME);
+        assert!(!v.renewal_due(at("2027-06-01T00:00:00Z")));
+        assert!(v.renewal_due(at("2027-08-15T00:00:00Z")));
+        assert!(!v.expires_soon(at("2027-08-15T00:00:00Z")));
+        assert!(v.expires_soon(at("2027-11-15T00:00:00Z")));
+        // Short lifetimes (tests, short-lived users) scale the same way.
+        let short = Validity::new(issued, Duration::from_secs(90));
+        assert!(!short.renewal_due(Time(issued.0 + 59_000)));
+        assert!(short.renewal_due(Time(issued.0 + 60_000)));
+        assert!(short.expires_soon(Time(issued.0 + 80_000)));
+        assert!(!short.expires_soon(Time(issued.0 + 30_000)));
+        // A certificate of the old scheme (start on 1 January of the year
+        // before, end on 1 January of the next) is due at once.
+        let old = Validity {
+            not_before: at("2025-01-01T00:00:00Z"),
+            not_after: at("2027-01-01T00:00:00Z"),
+        };
+        assert!(old.renewal_due(at("2026-12-01T00:00:00Z")));
+        assert!(!old.expires_soon(at("2026-12-01T00:00:00Z")));
+        assert!(old.expires_soon(at("2026-12-05T00:00:00Z")));
+        assert_eq!(v.left(at("2027-11-21T00:00:00Z")), "in 10 days");
+        assert_eq!(v.left(at("2027-12-03T00:00:00Z")), "expired 2 days ago");
+    }
+
     #[test]
     fn identities_round_trip_through_certificates() {
         let ca = ClusterCa::generate("test").expect("ca");
@@ -338,7 +580,7 @@ mod tests {
             Identity::Node("n1".into()),
             Identity::Master(3),
         ] {
-            let ck = ca.issue_client(&id).expect("issue");
+            let ck = ca.issue_client(&id, year_from_now()).expect("issue");
             let der = crate::tls::parse_certs(&ck.cert_pem).expect("pem");
             assert_eq!(
                 Identity::from_cert_der(der[0].as_ref()).expect("identity"),
@@ -353,14 +595,16 @@ mod tests {
         // The node asks to be admin; the master signs it as node n2 anyway.
         let (csr, _key) = new_csr(&Identity::Admin).expect("csr");
         let pem = ca
-            .sign_csr(&csr, &Identity::Node("n2".into()))
+            .sign_csr(&csr, &Identity::Node("n2".into()), year_from_now())
             .expect("sign");
         let der = crate::tls::parse_certs(&pem).expect("pem");
         assert_eq!(
             Identity::from_cert_der(der[0].as_ref()).expect("id"),
             Identity::Node("n2".into())
         );
-        assert!(ca.sign_csr("garbage", &Identity::Admin).is_err());
+        assert!(ca
+            .sign_csr("garbage", &Identity::Admin, year_from_now())
+            .is_err());
     }
 
     #[test]

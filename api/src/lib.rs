@@ -3,7 +3,8 @@
 //! that secure it.
 //!
 //! This crate does no I/O of its own (the optional `quic` feature adds thin
-//! frame helpers over quinn streams), so the master, the edge node and the CLI
+//! frame helpers over quinn streams; [`perms`] sets and checks file modes
+//! with `std::fs`), so the master, the edge node and the CLI
 //! can all depend on it without pulling each other in.
 //!
 //! Layout:
@@ -17,6 +18,7 @@
 //! - [`config`]: the client configuration file (`~/.flotilla/config`).
 //! - [`identity`]: the cluster CA, certificates, caller identities, join tokens.
 //! - [`tls`]: rustls configurations for every hop (mutual TLS, CA pinning on join).
+//! - [`perms`]: owner-only data directories and files, and the start-up check of them.
 //! - `net` (feature `quic`): frame I/O over quinn streams.
 
 pub mod config;
@@ -26,6 +28,7 @@ pub mod meta;
 #[cfg(feature = "quic")]
 pub mod net;
 pub mod objects;
+pub mod perms;
 pub mod protocol;
 pub mod quantity;
 pub mod selector;
@@ -46,4 +49,25 @@ pub mod labels {
     pub const OS: &str = "flotilla.dev/os";
     /// The node's name.
     pub const HOSTNAME: &str = "flotilla.dev/hostname";
+
+    /// Labels a node may not set on itself, because they attract pods or
+    /// claim a role: keys under `flotilla.dev/` (and its subdomains) or
+    /// `node-role.`, except the three every node reports ([`ARCH`], [`OS`],
+    /// [`HOSTNAME`]). Only admins set these.
+    pub fn is_restricted_node_label(key: &str) -> bool {
+        if [ARCH, OS, HOSTNAME].contains(&key) {
+            return false;
+        }
+        let prefix = key.split_once('/').map_or("", |(p, _)| p);
+        prefix == "flotilla.dev"
+            || prefix.ends_with(".flotilla.dev")
+            || key.starts_with("node-role.")
+    }
+}
+
+/// Well-known annotation keys.
+pub mod annotations {
+    /// On a Node: when the node's certificate expires (RFC 3339), written
+    /// by the node when it registers and after each renewal.
+    pub const CERTIFICATE_EXPIRES: &str = "flotilla.dev/certificate-expires";
 }

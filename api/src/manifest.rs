@@ -57,8 +57,16 @@ pub const APPLYABLE: [Kind; 1] = [Kind::Pod];
 /// Parses every document of a YAML file into objects, validating each.
 ///
 /// Either every document is good and all objects are returned, or the list of
-/// every problem found is: callers apply all or nothing.
+/// every problem found is: callers apply all or nothing. Two documents naming
+/// the same object are found by [`duplicates`], over everything applied
+/// together.
 pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
+    parse_manifests_numbered(text).map(|objects| objects.into_iter().map(|(_, o)| o).collect())
+}
+
+/// [`parse_manifests`], with the 1-based number of the YAML document each
+/// object came from (empty documents are skipped but counted).
+pub fn parse_manifests_numbered(text: &str) -> Result<Vec<(usize, Object)>, Vec<ManifestError>> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -79,7 +87,7 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
             continue; // an empty document, e.g. a trailing `---`
         }
         match parse_document(value) {
-            Ok(o) => objects.push(o),
+            Ok(o) => objects.push((document, o)),
             Err(errs) => errors.extend(errs.into_iter().map(|e| ManifestError {
                 document,
                 path: e.path,
@@ -99,6 +107,73 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Object>, Vec<ManifestError>> {
     } else {
         Err(errors)
     }
+}
+
+/// Where an object of an apply came from: the file as the user named it
+/// and the 1-based number of its YAML document there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: String,
+    pub document: usize,
+}
+
+/// A document that names the same object (kind, namespace and name) as an
+/// earlier document of the same apply. Applying both would create the object
+/// from the first and overwrite it with the second, so neither is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub first: Source,
+    pub again: Source,
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for Duplicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let object = if self.namespace.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {}/{}", self.kind, self.namespace, self.name)
+        };
+        write!(
+            f,
+            "{}: document {} ({object}) has the same kind, namespace and name as document {}",
+            self.again.file, self.again.document, self.first.document
+        )?;
+        if self.first.file != self.again.file {
+            write!(f, " of {}", self.first.file)?;
+        }
+        f.write_str("; rename one")
+    }
+}
+
+/// Every document that names the same object as an earlier one, in the
+/// order given; each is paired with the first document naming its object.
+/// Run it on everything applied together, after any namespace override.
+pub fn duplicates<'a>(
+    objects: impl IntoIterator<Item = (&'a Source, &'a Object)>,
+) -> Vec<Duplicate> {
+    let mut seen: std::collections::HashMap<(Kind, &str, &str), &Source> =
+        std::collections::HashMap::new();
+    let mut found = Vec::new();
+    for (source, object) in objects {
+        let meta = object.meta();
+        let key = (object.kind(), meta.namespace.as_str(), meta.name.as_str());
+        match seen.get(&key) {
+            Some(first) => found.push(Duplicate {
+                first: (*first).clone(),
+                again: source.clone(),
+                kind: object.kind(),
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+            }),
+            None => {
+                seen.insert(key, source);
+            }
+        }
+    }
+    found
 }
 
 /// Turns one YAML document into a validated object.
@@ -503,6 +578,73 @@ spec:
             errs[0].starts_with("document 2: spec.resources.limits.memory"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn duplicate_objects_name_both_documents() {
+        let pod = |ns: &str, name: &str| {
+            let mut p = Pod::default();
+            p.metadata.namespace = ns.into();
+            p.metadata.name = name.into();
+            Object::Pod(p)
+        };
+        let at = |file: &str, document| Source {
+            file: file.into(),
+            document,
+        };
+        // (source, object) in apply order → the expected errors.
+        type Case = (Vec<(Source, Object)>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                vec![
+                    (at("a.yaml", 1), pod("default", "web")),
+                    (at("a.yaml", 2), pod("default", "db")),
+                    (at("a.yaml", 3), pod("default", "web")),
+                ],
+                vec!["a.yaml: document 3 (Pod default/web) has the same kind, namespace and name as document 1; rename one"],
+            ),
+            (
+                vec![
+                    (at("a.yaml", 1), pod("default", "web")),
+                    (at("b.yaml", 2), pod("default", "web")),
+                    (at("b.yaml", 4), pod("default", "web")),
+                ],
+                vec![
+                    "b.yaml: document 2 (Pod default/web) has the same kind, namespace and name as document 1 of a.yaml; rename one",
+                    "b.yaml: document 4 (Pod default/web) has the same kind, namespace and name as document 1 of a.yaml; rename one",
+                ],
+            ),
+            // Another namespace or another name is another object.
+            (
+                vec![
+                    (at("a.yaml", 1), pod("default", "web")),
+                    (at("a.yaml", 2), pod("prod", "web")),
+                    (at("a.yaml", 3), pod("default", "web2")),
+                ],
+                vec![],
+            ),
+        ];
+        for (objects, want) in cases {
+            let got: Vec<String> = duplicates(objects.iter().map(|(s, o)| (s, o)))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn documents_are_numbered_as_in_the_file() {
+        let text = format!(
+            "---\n{GOOD}---\n---\n{}",
+            GOOD.replace("name: hello", "name: hello2")
+        );
+        let numbers: Vec<usize> = parse_manifests_numbered(&text)
+            .expect("valid")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(numbers, [1, 3]);
     }
 
     #[test]

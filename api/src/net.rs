@@ -98,23 +98,35 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The QUIC server configuration for a rustls one (also used to put a
+/// renewed certificate in use on a running endpoint).
+pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, NetError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// The QUIC client configuration for a rustls one.
+pub fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, NetError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
 /// A server endpoint bound to `addr`.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
 ) -> Result<quinn::Endpoint, NetError> {
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport());
-    quinn::Endpoint::server(cfg, addr)
+    quinn::Endpoint::server(quic_server_config(tls)?, addr)
         .map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
 }
 
 /// A client endpoint on an ephemeral port.
 pub fn client_endpoint(tls: rustls::ClientConfig) -> Result<quinn::Endpoint, NetError> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport());
+    let cfg = quic_client_config(tls)?;
     let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
     let mut ep = quinn::Endpoint::client(bind)
         .map_err(|e| NetError::Connect(format!("cannot open a UDP socket: {e}")))?;
@@ -275,21 +287,30 @@ impl Client {
 }
 
 /// Writes a file atomically (temporary file, fsync, rename), readable only by
-/// its owner: keys and credentials live in these files.
+/// its owner, creating missing directories as private ones: keys and
+/// credentials live in these files.
 pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    write_private_bytes(path, contents.as_bytes())
+}
+
+/// [`write_private_file`] for bytes (backups).
+pub fn write_private_bytes(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use crate::perms;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        perms::create_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(perms::FILE_MODE)
         .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
+    // A temporary file left by a crash keeps its old mode when reopened.
+    f.set_permissions(std::fs::Permissions::from_mode(perms::FILE_MODE))?;
+    f.write_all(contents)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)

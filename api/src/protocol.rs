@@ -121,6 +121,21 @@ pub enum Request {
     /// A backup of the whole state, as of a linearizable read: answered with
     /// `Chunk`s of the encoded image, then `End`.
     Snapshot,
+    /// A caller whose certificate is still valid asks for a new one for the
+    /// same identity and a key of its own (the CSR's); answered `Renewed`.
+    RenewCertificate {
+        csr_pem: String,
+    },
+    /// The expiry of the cluster CA and of the answering master's
+    /// certificates (and of the other masters' it is connected to).
+    Certificates,
+    /// A join token for one node name, which may be taken already (a
+    /// machine that replaces a node keeps its name).
+    CreateNodeToken {
+        ttl_seconds: u64,
+        description: String,
+        node_name: String,
+    },
 }
 
 /// Which raft message a [`Request::Raft`] carries.
@@ -221,6 +236,21 @@ pub enum Response {
         masters: Vec<String>,
     },
     ClusterStatus(ClusterStatus),
+    /// A renewed certificate (PEM) and the CA that signed it.
+    Renewed {
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Certificates(Vec<CertificateStatus>),
+}
+
+/// One certificate a master knows of, for `flotilla cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// What it is: `cluster CA`, `master 1 serving`, `master 1 raft client`.
+    pub name: String,
+    pub not_before: crate::time::Time,
+    pub not_after: crate::time::Time,
 }
 
 /// The raft cluster of masters as the leader sees it (or, when the leader

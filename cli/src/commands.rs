@@ -4,7 +4,8 @@
 use crate::output::{self, Format};
 use anyhow::{anyhow, bail, Context};
 use flotilla_api::config::ClientConfigFile;
-use flotilla_api::manifest::parse_manifests;
+use flotilla_api::identity::{Identity, Validity};
+use flotilla_api::manifest::{duplicates, parse_manifests_numbered, Source};
 use flotilla_api::net::{read_frame, Client, NetError};
 use flotilla_api::objects::{digest_of, is_digest, module_name};
 use flotilla_api::protocol::{
@@ -19,21 +20,45 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Connects to the first master in the config that answers.
-pub async fn connect(config: &Path) -> anyhow::Result<Client> {
+/// Reads the client config file.
+fn read_config(config: &Path) -> anyhow::Result<ClientConfigFile> {
     let text = std::fs::read_to_string(config).map_err(|e| {
         anyhow!(
             "cannot read the client config {}: {e}\n  start a master (`flotilla master` or `flotilla up`) — it writes one — or pass --config / set FLOTILLA_CONFIG",
             config.display()
         )
     })?;
-    let cfg = ClientConfigFile::parse(&text)
-        .map_err(|e| anyhow!("{} is not a Flotilla client config: {e}", config.display()))?;
+    ClientConfigFile::parse(&text)
+        .map_err(|e| anyhow!("{} is not a Flotilla client config: {e}", config.display()))
+}
+
+/// Connects to the first master in the config that answers.
+pub async fn connect(config: &Path) -> anyhow::Result<Client> {
+    let cfg = read_config(config)?;
+    let validity = Validity::of_pem(&cfg.cert_pem).ok();
+    let now = Time::now();
+    if let Some(v) = validity.filter(|v| !v.expired(now) && v.expires_soon(now)) {
+        eprintln!(
+            "warning: the certificate in {} expires {} ({}); run `flotilla config renew`",
+            config.display(),
+            v.left(now),
+            v.not_after
+        );
+    }
     let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
-    Client::connect(&cfg.masters, tls, "flotilla-cli")
-        .await
-        .map_err(explain)
+    match Client::connect(&cfg.masters, tls, "flotilla-cli").await {
+        Ok(c) => Ok(c),
+        Err(e) => match validity.filter(|v| v.expired(now)) {
+            Some(v) => Err(explain(e).context(format!(
+                "the certificate in {} expired on {} and masters refuse it; get a new config from an admin, \
+                 or restart a `flotilla master` that writes this config (it renews the admin config it wrote)",
+                config.display(),
+                v.not_after
+            ))),
+            None => Err(explain(e)),
+        },
+    }
 }
 
 /// Turns transport errors into advice.
@@ -99,14 +124,15 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Reads and validates every file first: a bad document anywhere changes nothing.
-fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Object)>> {
+/// Reads and validates every file first: a bad document anywhere changes
+/// nothing. Each object comes with its file and its document number there.
+fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, usize, Object)>> {
     let mut all = Vec::new();
     let mut problems = Vec::new();
     for f in files {
         let text = read_input(f)?;
-        match parse_manifests(&text) {
-            Ok(objs) => all.extend(objs.into_iter().map(|o| (f.clone(), o))),
+        match parse_manifests_numbered(&text) {
+            Ok(objs) => all.extend(objs.into_iter().map(|(n, o)| (f.clone(), n, o))),
             Err(errs) => problems.extend(errs.iter().map(|e| format!("{}: {e}", f.display()))),
         }
     }
@@ -117,6 +143,27 @@ fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Object)>> {
         );
     }
     Ok(all)
+}
+
+/// Refuses two documents that name one object: the second would overwrite
+/// the first half-way through an apply that must be all or nothing.
+fn refuse_duplicates(objects: &[(PathBuf, usize, Object)]) -> anyhow::Result<()> {
+    let sources: Vec<Source> = objects
+        .iter()
+        .map(|(file, document, _)| Source {
+            file: file.display().to_string(),
+            document: *document,
+        })
+        .collect();
+    let found = duplicates(sources.iter().zip(objects.iter().map(|(_, _, o)| o)));
+    if found.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found.iter().map(ToString::to_string).collect();
+    bail!(
+        "invalid manifest, nothing was applied:\n  {}",
+        lines.join("\n  ")
+    )
 }
 
 /// A local module: its bytes, checked to be Wasm.
@@ -189,12 +236,16 @@ pub async fn apply(
     namespace: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let mut objects = load_manifests(files)?;
-    // Resolve local modules before connecting, so a missing file changes nothing either.
-    let mut modules = Vec::new();
-    for (file, obj) in &mut objects {
-        if let Some(ns) = namespace {
+    if let Some(ns) = namespace {
+        for (_, _, obj) in &mut objects {
             obj.meta_mut().namespace = ns.to_string();
         }
+    }
+    // After the override: it can make two documents name one object.
+    refuse_duplicates(&objects)?;
+    // Resolve local modules before connecting, so a missing file changes nothing either.
+    let mut modules = Vec::new();
+    for (file, _, obj) in &mut objects {
         if let Object::Pod(p) = obj {
             if !is_digest(&p.spec.module) {
                 let (path, bytes) = read_module(file, &p.spec.module)
@@ -221,7 +272,7 @@ pub async fn apply(
             );
         }
     }
-    for (_, obj) in objects {
+    for (_, _, obj) in objects {
         let what = format!("{}/{}", obj.kind().as_str().to_lowercase(), obj.meta().name);
         match client.call(&Request::Create(obj.clone())).await {
             Ok(_) => println!("{what} created"),
@@ -547,7 +598,7 @@ pub async fn delete(
 ) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(Kind, String, String)> = Vec::new();
     if !files.is_empty() {
-        for (_, o) in load_manifests(files)? {
+        for (_, _, o) in load_manifests(files)? {
             targets.push((o.kind(), o.meta().namespace.clone(), o.meta().name.clone()));
         }
     }
@@ -599,25 +650,30 @@ pub async fn token_create(
     ttl: &str,
     description: &str,
     master: bool,
+    node: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let ttl = parse_duration(ttl)?;
     let client = connect(config).await?;
-    match call(
-        &client,
-        &Request::CreateToken {
+    let req = match &node {
+        Some(name) => Request::CreateNodeToken {
+            ttl_seconds: ttl.as_secs().max(1),
+            description: description.to_string(),
+            node_name: name.clone(),
+        },
+        None => Request::CreateToken {
             ttl_seconds: ttl.as_secs().max(1),
             description: description.to_string(),
             master,
         },
-    )
-    .await?
-    {
+    };
+    match call(&client, &req).await? {
         Response::Token { token, expires } => {
             println!("{token}");
             if master {
                 eprintln!("valid until {expires}; it hands out the cluster CA's key: keep it secret. Join a master with:\n  flotilla master --join {} --token {token} --advertise <HOST:PORT> --data-dir <DIR>", client.addr);
             } else {
-                eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name <NAME>", client.addr);
+                let name = node.as_deref().unwrap_or("<NAME>");
+                eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name {name}", client.addr);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -634,6 +690,30 @@ pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<Exi
         other => bail!("unexpected answer {other:?}"),
     };
     print!("{}", output::cluster_status(&status, format)?);
+    if matches!(format, Format::Table | Format::Wide) {
+        // Masters older than certificate renewal do not answer this; the
+        // status above stands without it.
+        if let Ok(Response::Certificates(mut certs)) = client.call(&Request::Certificates).await {
+            let cfg = read_config(config)?;
+            if let Ok(v) = Validity::of_pem(&cfg.cert_pem) {
+                let who = Identity::from_cert_der(
+                    flotilla_api::tls::parse_certs(&cfg.cert_pem)?
+                        .first()
+                        .map(|c| c.as_ref())
+                        .unwrap_or_default(),
+                )
+                .map(|i| i.to_string())
+                .unwrap_or_else(|_| "unknown".into());
+                certs.push(flotilla_api::protocol::CertificateStatus {
+                    name: format!("this client ({who})"),
+                    not_before: v.not_before,
+                    not_after: v.not_after,
+                });
+            }
+            println!();
+            print!("{}", output::certificates(&certs, Time::now()));
+        }
+    }
     if status.leader.is_none() {
         eprintln!("no leader: a majority of masters is unreachable or an election is under way; writes wait until one is elected");
     } else if status.leader != Some(status.reported_by) {
@@ -659,7 +739,7 @@ pub async fn cluster_remove(config: &Path, node_id: u64) -> anyhow::Result<ExitC
 }
 
 /// `flotilla cluster snapshot FILE`: the whole state, as of a linearizable
-/// read, written to FILE atomically.
+/// read, written to FILE atomically and readable only by its owner.
 pub async fn cluster_snapshot(config: &Path, file: &Path) -> anyhow::Result<ExitCode> {
     let client = connect(config).await?;
     let (_send, mut recv) = client.open(&Request::Snapshot).await.map_err(explain)?;
@@ -673,10 +753,70 @@ pub async fn cluster_snapshot(config: &Path, file: &Path) -> anyhow::Result<Exit
             None => bail!("the master ended the backup early; try again"),
         }
     }
-    let tmp = file.with_extension("partial");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot write {}", file.display()))?;
+    // Owner-only: the backup holds every pod's env values and the join tokens.
+    flotilla_api::net::write_private_bytes(file, &bytes)
+        .with_context(|| format!("cannot write {}", file.display()))?;
     println!("saved {} bytes to {}", bytes.len(), file.display());
     eprintln!("it holds join token records and every object; restore with `flotilla master --restore {} --data-dir <NEW DIR>`", file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla config view`: what the client config holds, keys left out.
+pub fn config_view(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = read_config(config)?;
+    let now = Time::now();
+    println!("config:   {}", config.display());
+    println!("cluster:  {}", cfg.cluster);
+    println!("masters:  {}", cfg.masters.join(", "));
+    let der = flotilla_api::tls::parse_certs(&cfg.cert_pem)?;
+    let Some(leaf) = der.first() else {
+        println!("identity: none (no client certificate)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let who = Identity::from_cert_der(leaf.as_ref())
+        .map(|i| i.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    println!("identity: {who}");
+    let v = Validity::of_pem(&cfg.cert_pem)?;
+    println!("expires:  {} ({})", v.not_after, v.left(now));
+    if v.expired(now) {
+        eprintln!("the certificate has expired; get a new config from an admin");
+    } else if v.expires_soon(now) {
+        eprintln!("the certificate expires soon; run `flotilla config renew`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla config renew`: a new key and certificate for the same identity,
+/// signed by the master while the current certificate is still valid.
+pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = read_config(config)?;
+    let der = flotilla_api::tls::parse_certs(&cfg.cert_pem)?;
+    let identity = der
+        .first()
+        .map(|c| Identity::from_cert_der(c.as_ref()))
+        .transpose()?
+        .ok_or_else(|| anyhow!("{} holds no client certificate to renew", config.display()))?;
+    let client = connect(config).await?;
+    let (csr_pem, key_pem) = flotilla_api::identity::new_csr(&identity)?;
+    let (cert_pem, ca_pem) = match call(&client, &Request::RenewCertificate { csr_pem }).await? {
+        Response::Renewed { cert_pem, ca_pem } => (cert_pem, ca_pem),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let renewed = ClientConfigFile {
+        cert_pem,
+        key_pem,
+        ca_pem,
+        ..cfg
+    };
+    flotilla_api::net::write_private_file(config, &renewed.render())
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    let v = Validity::of_pem(&renewed.cert_pem)?;
+    println!(
+        "renewed the certificate of {identity} in {}: valid until {} ({})",
+        config.display(),
+        v.not_after,
+        v.left(Time::now())
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,9 @@ enum Command {
     /// The masters' raft cluster: members, leader, membership changes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The client config: its identity and certificate, and renewal.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
 }
@@ -102,7 +105,20 @@ enum TokenCommand {
         /// node. It hands out the cluster CA's key: keep it as secret as the key.
         #[arg(long)]
         master: bool,
+        /// A token for a node of this name only, which may take over the
+        /// name from a node that joined before (a machine that replaces it).
+        #[arg(long, conflicts_with = "master")]
+        node: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Show the config's cluster, masters, identity and certificate expiry (no keys).
+    View,
+    /// Replace the config's certificate with a new one (and a new key) from
+    /// the master, while the current one is still valid.
+    Renew,
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,6 +176,14 @@ struct MasterArgs {
     /// Initialise the data directory (CA, certificates, admin config) and exit.
     #[arg(long)]
     init: bool,
+    /// Lifetime of the certificates this master issues to nodes, users and
+    /// itself, e.g. 365d, 90d; renewed after two thirds of it.
+    #[arg(long, default_value = "365d")]
+    cert_lifetime: String,
+    /// Replace a client config (--config) that belongs to another cluster;
+    /// without it the master refuses to start rather than overwrite it.
+    #[arg(long)]
+    replace_config: bool,
 }
 
 #[cfg(feature = "node")]
@@ -190,6 +214,9 @@ struct UpArgs {
     listen: std::net::SocketAddr,
     #[arg(long)]
     name: Option<String>,
+    /// Replace a client config (--config) that belongs to another cluster.
+    #[arg(long)]
+    replace_config: bool,
 }
 
 /// A binary that can run a master allocates with mimalloc: under load the
@@ -306,6 +333,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 node_grace: commands::parse_duration(&a.node_grace)?,
                 election_timeout: commands::parse_duration(&a.election_timeout)?,
                 admin_config: Some(config),
+                replace_config: a.replace_config,
+                cert_lifetime: commands::parse_duration(&a.cert_lifetime)?,
             };
             if a.init {
                 let (master, _) = flotilla_master::start(cfg).await?;
@@ -365,7 +394,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ttl,
             description,
             master,
-        }) => commands::token_create(&config, &ttl, &description, master).await,
+            node,
+        }) => commands::token_create(&config, &ttl, &description, master, node).await,
         Command::Cluster(ClusterCommand::Status { output }) => {
             commands::cluster_status(&config, output).await
         }
@@ -375,6 +405,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cluster(ClusterCommand::Snapshot { file }) => {
             commands::cluster_snapshot(&config, &file).await
         }
+        Command::Config(ConfigCommand::View) => commands::config_view(&config),
+        Command::Config(ConfigCommand::Renew) => commands::config_renew(&config).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -422,6 +454,8 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         node_grace: std::time::Duration::from_secs(20),
         election_timeout: flotilla_master::raft::DEFAULT_ELECTION_TIMEOUT,
         admin_config: Some(config.clone()),
+        replace_config: a.replace_config,
+        cert_lifetime: flotilla_api::identity::DEFAULT_CERT_LIFETIME,
     };
     let (master, running) = flotilla_master::start(cfg).await?;
     let addr = master.local_addr.to_string();

@@ -98,7 +98,7 @@ pub fn pods(items: &[Pod], wide: bool, now: Time) -> String {
 pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
     let mut header = vec!["NAME", "STATUS", "ARCH", "AGE"];
     if wide {
-        header.extend(["CPU", "MEMORY", "ENGINE", "VERSION"]);
+        header.extend(["CPU", "MEMORY", "ENGINE", "VERSION", "CERT-EXPIRES"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -121,11 +121,32 @@ pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
                 r.push(format_bytes(n.status.capacity.memory_bytes));
                 r.push(or_none(&n.status.node_info.wasm_engine));
                 r.push(or_none(&n.status.node_info.agent_version));
+                r.push(cert_expiry(n, now));
             }
             r
         })
         .collect();
     table(&header, &rows)
+}
+
+/// When a node's certificate expires and how long that is from now, from
+/// what the node reported when it registered.
+fn cert_expiry(n: &Node, now: Time) -> String {
+    let Some(t) = n
+        .metadata
+        .annotations
+        .get(flotilla_api::annotations::CERTIFICATE_EXPIRES)
+        .and_then(|s| Time::parse_rfc3339(s))
+    else {
+        return "<unknown>".into();
+    };
+    let v = flotilla_api::identity::Validity {
+        not_before: t,
+        not_after: t,
+    };
+    let day = t.to_string();
+    let day = day.get(..10).unwrap_or(&day);
+    format!("{day} ({})", v.left(now))
 }
 
 pub fn modules(items: &[Module], now: Time) -> String {
@@ -225,6 +246,25 @@ pub fn cluster_status(
         .collect();
     out.push_str(&table(&["ID", "ADDRESS", "ROLE", "MATCHED", "LAG"], &rows));
     Ok(out)
+}
+
+/// The certificates section of `cluster status`: name, expiry, time left.
+pub fn certificates(certs: &[flotilla_api::protocol::CertificateStatus], now: Time) -> String {
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            let v = flotilla_api::identity::Validity {
+                not_before: c.not_before,
+                not_after: c.not_after,
+            };
+            let mut left = v.left(now);
+            if v.expires_soon(now) {
+                left.push_str(" (renew!)");
+            }
+            vec![c.name.clone(), c.not_after.to_string(), left]
+        })
+        .collect();
+    table(&["CERTIFICATE", "NOT-AFTER", "EXPIRES"], &rows)
 }
 
 #[cfg(test)]

@@ -365,6 +365,65 @@ fn broken_input_changes_nothing() {
 }
 
 #[test]
+fn two_documents_naming_one_object_change_nothing() {
+    let c = Cluster::start("10s");
+    let web = pod_yaml("web", "hello", &[], "Never", "");
+    let db = pod_yaml("db", "hello", &[], "Never", "");
+    let again = web.replace("restartPolicy: Never", "restartPolicy: Always");
+    let file = c.manifest("twice.yaml", &format!("{web}---\n{db}---\n{again}"));
+    let out = c.run(&["apply", "-f", file.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: document 3 (Pod default/web) has the same kind, namespace and name as document 1; rename one",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+
+    // Across files too, and where --namespace makes two namespaces one.
+    let prod = c.manifest(
+        "prod.yaml",
+        &web.replace("metadata:\n", "metadata:\n  namespace: prod\n"),
+    );
+    let single = c.manifest("web.yaml", &web);
+    let out = c.run(&[
+        "apply",
+        "-n",
+        "prod",
+        "-f",
+        single.to_str().expect("utf8"),
+        "-f",
+        prod.to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: document 1 (Pod prod/web) has the same kind, namespace and name as document 1 of {}; rename one",
+            prod.display(),
+            single.display()
+        )),
+        "{err}"
+    );
+
+    let pods = c.run(&["get", "pods", "-A"]);
+    assert!(pods.status.success());
+    assert!(
+        String::from_utf8_lossy(&pods.stderr).contains("No pods found"),
+        "nothing was created: {}",
+        String::from_utf8_lossy(&pods.stdout)
+    );
+    let modules = c.run(&["get", "modules"]);
+    assert!(
+        String::from_utf8_lossy(&modules.stderr).contains("No modules found"),
+        "nothing was uploaded"
+    );
+}
+
+#[test]
 fn no_master_gives_advice() {
     let dir = tempfile::tempdir().expect("tmp");
     let out = Command::new(common::BIN)
@@ -519,4 +578,85 @@ fn a_backup_founds_a_new_cluster_with_the_same_objects() {
             .contains("hello from flotilla")
             .then_some(())
     });
+}
+
+/// Every directory and file at or under `root` whose group or other users
+/// have a permission bit, with its mode; and every path seen.
+fn open_to_others(root: &std::path::Path) -> (Vec<String>, Vec<std::path::PathBuf>) {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut open, mut seen) = (Vec::new(), Vec::new());
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            open.push(format!("{} {mode:o}", path.display()));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                pending.push(entry.expect("entry").path());
+            }
+        }
+        seen.push(path);
+    }
+    (open, seen)
+}
+
+#[test]
+fn data_files_and_backups_are_private_to_their_owner() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    // hello carries an env value: what these files must not show to others.
+    let hello = flotilla_workloads::manifest("hello");
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello", "Succeeded", T);
+    let backup = c.path("backups/cluster.bin");
+    c.ok(&["cluster", "snapshot", backup.to_str().expect("utf8")]);
+
+    let mut open = Vec::new();
+    let mut seen = Vec::new();
+    for root in [
+        c.path("master"),
+        c.path("n1"),
+        c.path("backups"),
+        c.config.clone(),
+    ] {
+        let (o, s) = open_to_others(&root);
+        open.extend(o);
+        seen.extend(s);
+    }
+    assert!(
+        open.is_empty(),
+        "open to group or others:\n{}",
+        open.join("\n")
+    );
+    for want in [
+        "master/state.redb",
+        "master/raft-log.wal",
+        "master/pki/ca.key",
+        "n1/node.redb",
+        "n1/credentials.yaml",
+        "n1/compiled",
+        "backups/cluster.bin",
+    ] {
+        assert!(seen.contains(&c.path(want)), "{want} was not checked");
+    }
+    assert!(
+        seen.iter()
+            .any(|p| p.extension().is_some_and(|e| e == "cwasm")),
+        "no compiled code was checked: {seen:?}"
+    );
+
+    // A file opened up by hand is reported at the next start, with the fix.
+    c.kill_master();
+    let state = c.path("master/state.redb");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    c.start_master();
+    let log = std::fs::read_to_string(c.path("master.log")).expect("master log");
+    assert!(
+        log.contains(&format!("run `chmod 600 {}`", state.display())),
+        "{log}"
+    );
 }

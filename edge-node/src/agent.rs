@@ -16,12 +16,15 @@ use crate::logs::LogBuffer;
 use crate::runtime::Runtime;
 use crate::worker::{self, WorkerCtx, WorkerHandle};
 use crate::NodeError;
+use flotilla_api::config::ClientConfigFile;
+use flotilla_api::identity::Validity;
 use flotilla_api::net::{read_frame, write_frame, Client, NetError};
 use flotilla_api::objects::{NodeCapacity, NodeInfo};
 use flotilla_api::protocol::{
     ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
 };
-use flotilla_api::{labels, Kind, Node, Object, ObjectMeta, Pod};
+use flotilla_api::time::Time;
+use flotilla_api::{annotations, labels, Kind, Node, Object, ObjectMeta, Pod};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,6 +49,8 @@ pub struct NodeConfig {
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// How long after a failed certificate renewal the next is tried.
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often undelivered status reports are retried.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
 
@@ -137,11 +142,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         _ = shutdown.cancelled() => return Ok(()),
         c = join::credentials(&cfg.data_dir, &cfg.name, &cfg.masters, cfg.token.as_deref()) => c?,
     };
-    let client_key = creds
-        .client_key()
-        .ok_or_else(|| NodeError::Config("credentials hold no certificate".into()))?;
-    let tls = flotilla_api::tls::client_config(&creds.ca_pem, Some(&client_key), ALPN)
-        .map_err(|e| NodeError::Config(e.to_string()))?;
+    let mut tls = client_tls(&creds)?;
+    // When a renewal last failed, so that it is retried calmly, not on every connection.
+    let mut renewal_failed: Option<tokio::time::Instant> = None;
     let local = LocalStore::open(&cfg.data_dir.join("node.redb"))?;
     let runtime = Runtime::new(&cfg.data_dir.join("compiled"))?;
     let (client_tx, client_rx) = watch::channel(None::<Client>);
@@ -176,9 +179,19 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             _ = shutdown.cancelled() => break,
             c = Client::connect(&creds.masters, tls.clone(), "flotilla-node") => c,
         };
+        let validity = Validity::of_pem(&creds.cert_pem).ok();
+        let now = Time::now();
         let client = match client {
             Ok(c) => c,
             Err(e) => {
+                if let Some(v) = validity.filter(|v| v.expired(now)) {
+                    tracing::error!(
+                        not_after = %v.not_after,
+                        "this node's certificate has expired, so no master accepts it; pods keep running. \
+                         To rejoin: stop the node, remove {}, and start it again with --token from `flotilla token create`",
+                        cfg.data_dir.join(join::CREDENTIALS_FILE).display()
+                    );
+                }
                 tracing::warn!(error = %e, retry_in = ?delay, "no master reachable; pods keep running");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -190,6 +203,41 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         };
         delay = Duration::from_millis(200);
         tracing::info!(master = %client.addr, "connected to master");
+        let calm = renewal_failed.is_none_or(|t| t.elapsed() >= RENEW_RETRY);
+        if validity.is_none_or(|v| v.renewal_due(now)) && calm {
+            match join::renew(&client, &cfg.data_dir, &cfg.name, &creds).await {
+                Ok(renewed) => {
+                    creds = renewed;
+                    tls = client_tls(&creds)?;
+                    renewal_failed = None;
+                    tracing::info!(
+                        not_after = %Validity::of_pem(&creds.cert_pem).map(|v| v.not_after.to_string()).unwrap_or_default(),
+                        "renewed this node's certificate; reconnecting with it"
+                    );
+                    client.conn.close(0u32.into(), b"certificate renewed");
+                    continue;
+                }
+                Err(e) => {
+                    renewal_failed = Some(tokio::time::Instant::now());
+                    tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "cannot renew this node's certificate");
+                }
+            }
+        }
+        if let Some(v) = validity.filter(|v| v.expires_soon(now)) {
+            tracing::warn!(
+                not_after = %v.not_after,
+                "this node's certificate expires {}; it is renewed automatically while a master answers",
+                v.left(now)
+            );
+        }
+        // Wake up to renew while connected: at the renewal time, or for the
+        // next attempt after a failed one.
+        let renew_in = match validity {
+            Some(v) if !v.renewal_due(now) => {
+                Duration::from_millis(v.renew_at().since(now).unsigned_abs())
+            }
+            _ => RENEW_RETRY,
+        };
         if let Some(all) = join::learn_masters(&creds.masters, &client.hello.masters) {
             tracing::info!(masters = ?all, "learned the cluster's masters");
             creds.masters = all;
@@ -211,7 +259,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         ));
         let result = tokio::select! {
             _ = shutdown.cancelled() => Ok(()),
-            r = session(&client, &cfg, &mut agent) => r,
+            r = session(&client, &cfg, &creds, &mut agent) => r,
+            _ = tokio::time::sleep(renew_in) => {
+                tracing::info!("certificate renewal is due; reconnecting to renew it");
+                Ok(())
+            }
         };
         conn_done.cancel();
         client_tx.send_replace(None);
@@ -228,9 +280,23 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     Ok(())
 }
 
+/// The TLS configuration that presents the node's certificate.
+fn client_tls(creds: &ClientConfigFile) -> Result<rustls::ClientConfig, NodeError> {
+    let client_key = creds
+        .client_key()
+        .ok_or_else(|| NodeError::Config("credentials hold no certificate".into()))?;
+    flotilla_api::tls::client_config(&creds.ca_pem, Some(&client_key), ALPN)
+        .map_err(|e| NodeError::Config(e.to_string()))
+}
+
 /// One connected period: register, list, then follow the watch.
-async fn session(client: &Client, cfg: &NodeConfig, agent: &mut Agent) -> Result<(), NetError> {
-    register(client, cfg).await?;
+async fn session(
+    client: &Client,
+    cfg: &NodeConfig,
+    creds: &ClientConfigFile,
+    agent: &mut Agent,
+) -> Result<(), NetError> {
+    register(client, cfg, creds).await?;
     let list = ListOptions {
         kind: Some(Kind::Pod),
         namespace: None,
@@ -273,8 +339,18 @@ async fn session(client: &Client, cfg: &NodeConfig, agent: &mut Agent) -> Result
 }
 
 /// Creates or refreshes this node's Node object.
-async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), NetError> {
-    let node = describe_node(cfg);
+async fn register(
+    client: &Client,
+    cfg: &NodeConfig,
+    creds: &ClientConfigFile,
+) -> Result<(), NetError> {
+    let mut node = describe_node(cfg);
+    if let Ok(v) = Validity::of_pem(&creds.cert_pem) {
+        node.metadata.annotations.insert(
+            annotations::CERTIFICATE_EXPIRES.into(),
+            v.not_after.to_string(),
+        );
+    }
     match client
         .call(&Request::Create(Object::Node(node.clone())))
         .await
@@ -297,7 +373,20 @@ async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), NetError> {
                 other => return Err(NetError::Unexpected(format!("{other:?}"))),
             };
             let mut updated = stored.clone();
-            updated.metadata.labels = node.metadata.labels.clone();
+            // Labels an admin set that attract pods stay; the node's own replace the rest.
+            let mut labels: BTreeMap<String, String> = stored
+                .metadata
+                .labels
+                .iter()
+                .filter(|(k, _)| labels::is_restricted_node_label(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.extend(node.metadata.labels.clone());
+            updated.metadata.labels = labels;
+            updated
+                .metadata
+                .annotations
+                .extend(node.metadata.annotations.clone());
             updated.metadata.resource_version = 0;
             client
                 .call(&Request::Update(Object::Node(updated.clone())))
@@ -326,6 +415,13 @@ pub fn arch() -> &'static str {
 
 fn describe_node(cfg: &NodeConfig) -> Node {
     let mut labels = cfg.labels.clone();
+    labels.retain(|k, _| {
+        let keep = !labels::is_restricted_node_label(k);
+        if !keep {
+            tracing::warn!(label = %k, "ignoring --label {k}: labels under flotilla.dev/ and node-role. attract pods, so only an admin may set them");
+        }
+        keep
+    });
     labels.insert(labels::ARCH.into(), arch().into());
     labels.insert(labels::OS.into(), std::env::consts::OS.into());
     labels.insert(labels::HOSTNAME.into(), cfg.name.clone());

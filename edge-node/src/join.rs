@@ -102,6 +102,39 @@ pub fn learn_masters(known: &[String], told: &[String]) -> Option<Vec<String>> {
     Some(all)
 }
 
+/// Asks the master behind `client` (reached with the node's current,
+/// still valid certificate) for a new certificate for a new key, and keeps
+/// it in the credentials file. The old key is dropped with the old
+/// certificate: a copied credentials file stops working at its expiry.
+pub async fn renew(
+    client: &Client,
+    data_dir: &Path,
+    name: &str,
+    creds: &ClientConfigFile,
+) -> Result<ClientConfigFile, NodeError> {
+    let (csr_pem, key_pem) =
+        new_csr(&Identity::Node(name.to_string())).map_err(|e| NodeError::Config(e.to_string()))?;
+    let (cert_pem, ca_pem) = match client.call(&Request::RenewCertificate { csr_pem }).await? {
+        Response::Renewed { cert_pem, ca_pem } => (cert_pem, ca_pem),
+        other => {
+            return Err(NodeError::Config(format!(
+                "unexpected renewal answer: {other:?}"
+            )))
+        }
+    };
+    let renewed = ClientConfigFile {
+        cert_pem,
+        key_pem,
+        ca_pem,
+        ..creds.clone()
+    };
+    // A certificate this node cannot use would lock it out: check it first.
+    flotilla_api::tls::client_config(&renewed.ca_pem, renewed.client_key().as_ref(), ALPN)
+        .map_err(|e| NodeError::Config(format!("the renewed certificate is not usable: {e}")))?;
+    save_credentials(data_dir, &renewed)?;
+    Ok(renewed)
+}
+
 /// Rewrites the node's credentials file (e.g. with newly learned masters).
 pub fn save_credentials(data_dir: &Path, creds: &ClientConfigFile) -> Result<(), NodeError> {
     let path = data_dir.join(CREDENTIALS_FILE);

@@ -19,7 +19,27 @@ pub mod pod;
 pub mod runtime;
 pub mod worker;
 
-pub use agent::{run, NodeConfig};
+pub use agent::NodeConfig;
+
+/// Runs the node until `shutdown` fires ([`agent::run`]) in a data directory
+/// only this user can reach: it holds the node's key, its pods' env values and
+/// the native code it runs. A directory that exists keeps its mode; one
+/// warning per path that others can reach says the `chmod` to run.
+pub async fn run(
+    cfg: NodeConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), NodeError> {
+    flotilla_api::perms::create_dir(&cfg.data_dir).map_err(|e| {
+        NodeError::Config(format!(
+            "cannot create the data directory {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    for exposed in flotilla_api::perms::exposed(&cfg.data_dir) {
+        tracing::warn!("{exposed}");
+    }
+    agent::run(cfg, shutdown).await
+}
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]

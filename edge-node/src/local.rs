@@ -31,6 +31,8 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<LocalStore, LocalError> {
+        // redb would create the file with the default mode; it holds pod env values.
+        flotilla_api::perms::create_file(path).map_err(|x| e("create")(&x))?;
         let db = redb::Database::create(path).map_err(|x| e("open")(&x))?;
         let s = LocalStore { db: Arc::new(db) };
         // Create the tables so readers never meet a missing one.

@@ -41,6 +41,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             | Request::Watch(_)
             | Request::GetModule { .. }
             | Request::ClusterStatus
+            | Request::Certificates
     );
     if let Request::Raft { .. } = req {
         // Whoever may send raft messages can rewrite the cluster's history:
@@ -63,6 +64,17 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
             other => Err(forbidden(format!(
                 "{other} may not take a backup of the cluster state; use an admin config"
             ))),
+        };
+    }
+    if let Request::RenewCertificate { .. } = req {
+        // Renewal keeps the identity the caller already proved with a valid
+        // certificate; it grants nothing new.
+        return match caller {
+            Caller::Known(_) => Ok(()),
+            Caller::Anonymous => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "renewing a certificate needs a valid one of this cluster; an expired node joins again with a new token (`flotilla token create`)",
+            )),
         };
     }
     match caller {
@@ -99,6 +111,46 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
                 )))
             }
         }
+    }
+}
+
+/// Whether node `me` may read `obj` (Kubernetes' node authorizer): its own
+/// Node, the pods bound to it, and the modules `used` says its pods run.
+/// Everything else (other nodes' pods with their env values, every other
+/// module) is not the node's business.
+pub fn node_may_read(me: &str, obj: &Object, used: &dyn Fn(&str) -> bool) -> bool {
+    match obj {
+        Object::Node(n) => n.metadata.name == me,
+        Object::Pod(p) => p.spec.node_name.as_deref() == Some(me),
+        Object::Module(m) => used(&m.spec.digest),
+        _ => false,
+    }
+}
+
+/// A node writing its own Node may not add, change or remove restricted
+/// labels (`stored` is None on create).
+pub fn check_node_labels(
+    me: &str,
+    new: &flotilla_api::Node,
+    stored: Option<&flotilla_api::Node>,
+) -> Result<(), ApiError> {
+    let restricted = |n: Option<&flotilla_api::Node>| -> Vec<(String, String)> {
+        n.map(|n| {
+            n.metadata
+                .labels
+                .iter()
+                .filter(|(k, _)| flotilla_api::labels::is_restricted_node_label(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (want, have) = (restricted(Some(new)), restricted(stored));
+    match want.iter().chain(have.iter()).find(|kv| want.contains(kv) != have.contains(kv)) {
+        None => Ok(()),
+        Some((k, _)) => Err(forbidden(format!(
+            "node {me} may not set the label {k:?} on itself: labels under flotilla.dev/ and node-role. attract pods, so only an admin may set them"
+        ))),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod raft;
 pub mod service;
 pub mod store;
 
+use flotilla_api::identity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +56,12 @@ pub struct MasterConfig {
     pub election_timeout: Duration,
     /// Where to write the admin client config on first start (None: don't).
     pub admin_config: Option<PathBuf>,
+    /// Replace a client config at `admin_config` that belongs to another
+    /// cluster (otherwise the master refuses to start rather than lose it).
+    pub replace_config: bool,
+    /// How long the certificates this master issues (nodes', users', its
+    /// own) live; at least [`identity::MIN_CERT_LIFETIME`].
+    pub cert_lifetime: Duration,
 }
 
 /// How a new master joins an existing cluster.
@@ -130,10 +137,18 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             raft::DEFAULT_ELECTION_TIMEOUT
         )));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| MasterError::DataDir {
+    if config.cert_lifetime < identity::MIN_CERT_LIFETIME {
+        return Err(MasterError::Config(format!(
+            "a certificate lifetime of {:?} is shorter than the least, {:?}; the default is a year (365d)",
+            config.cert_lifetime,
+            identity::MIN_CERT_LIFETIME
+        )));
+    }
+    flotilla_api::perms::create_dir(&config.data_dir).map_err(|source| MasterError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
+    warn_exposed(&config.data_dir);
     let mut advertise = config.advertise.clone();
     if advertise.is_empty() {
         advertise.push(default_advertise(config.listen));
@@ -201,9 +216,10 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
         &pki_dir,
         &config.cluster_name,
         &advertise,
+        config.cert_lifetime,
     )?);
     if let Some(path) = &config.admin_config {
-        pki.write_admin_config(path, &advertise)?;
+        pki.check_admin_config(path, config.replace_config)?;
     }
     let store = store::Store::open(&config.data_dir.join("state.redb"), HISTORY_WINDOW)?;
     let (raft, network) = start_raft(&config, &pki, &store, &advertise).await?;
@@ -218,6 +234,11 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             path: config.data_dir.clone(),
             source,
         })?;
+    // Only now that the master listens: one that fails to start must not
+    // leave a config pointing at a cluster that is not there.
+    if let Some(path) = &config.admin_config {
+        pki.write_admin_config(path, &advertise, config.replace_config)?;
+    }
     let cluster = raft::Cluster::new(raft.clone(), network.clone(), &config.cluster_name);
     let master = Master {
         store: store.clone(),
@@ -240,6 +261,16 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             cluster,
         },
     ))
+}
+
+/// Logs one warning, with the `chmod` to run, for each path in the data
+/// directory that other users of the machine can reach: it holds the CA's
+/// key and every pod's env values. Modes are reported, not changed: they may
+/// be the operator's choice.
+fn warn_exposed(dir: &std::path::Path) {
+    for exposed in flotilla_api::perms::exposed(dir) {
+        tracing::warn!("{exposed}");
+    }
 }
 
 /// Reads and checks a backup before anything is written.
@@ -431,10 +462,19 @@ async fn start_raft(
     store: &store::Store,
     advertise: &[String],
 ) -> Result<(raft::Raft, raft::Network), MasterError> {
-    let log = raft::LogStore::open(&config.data_dir.join(raft::LOG_FILE))?;
+    let log_path = config.data_dir.join(raft::LOG_FILE);
+    let new_log = !log_path.exists();
+    let log = raft::LogStore::open(&log_path)?;
+    // The log store creates its file with the default mode.
+    if new_log {
+        flotilla_api::perms::restrict_file(&log_path).map_err(|source| MasterError::DataDir {
+            path: log_path.clone(),
+            source,
+        })?;
+    }
     let sm = raft::StateMachine::open(store.clone(), &config.data_dir.join(raft::SNAPSHOT_FILE))?;
     let node_id = config.node_id.unwrap_or(1);
-    let client = pki.master_client(&config.data_dir.join("pki"), node_id)?;
+    let client = pki.master_client(node_id)?;
     let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;
     let raft_config = raft::raft_config(&config.cluster_name, config.election_timeout)
         .map_err(|e| MasterError::Raft(format!("invalid configuration: {e}")))?;
@@ -528,6 +568,13 @@ impl Running {
             shutdown.clone(),
             tracker.clone(),
         ));
+        tracker.spawn(renew_certificates(
+            self.pki.clone(),
+            node_id,
+            self.endpoint.clone(),
+            self.network.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(addr = %self.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "master serving");
         service::accept_loop(self.endpoint.clone(), ctx, shutdown.clone(), &tracker).await;
         self.endpoint.close(0u32.into(), b"master shutting down");
@@ -544,6 +591,58 @@ impl Running {
             return Err(MasterError::Removed { id: node_id });
         }
         Ok(())
+    }
+}
+
+/// Renews this master's serving and raft client certificates when due, and
+/// puts the new ones in use: new connections get them, open ones go on
+/// (TLS checks a certificate only at the handshake).
+async fn renew_certificates(
+    pki: Arc<pki::Pki>,
+    node_id: u64,
+    endpoint: quinn::Endpoint,
+    network: raft::Network,
+    shutdown: CancellationToken,
+) {
+    use flotilla_api::time::Time;
+    // Checked at least hourly: a machine that slept or had its clock set
+    // forward finds its certificates due without waiting out a long timer.
+    const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+    const RETRY: Duration = Duration::from_secs(60);
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = Time::now();
+        let result = (|| -> Result<(), String> {
+            let renewed = pki.renew_due(node_id, now).map_err(|e| e.to_string())?;
+            if renewed.server {
+                let tls = pki.server_tls().map_err(|e| e.to_string())?;
+                let quic = flotilla_api::net::quic_server_config(tls).map_err(|e| e.to_string())?;
+                endpoint.set_server_config(Some(quic));
+                tracing::info!("serving with the renewed certificate");
+            }
+            if renewed.client {
+                let client = pki.master_client(node_id).map_err(|e| e.to_string())?;
+                let tls = pki.master_client_tls(&client).map_err(|e| e.to_string())?;
+                network.set_client_tls(tls).map_err(|e| e.to_string())?;
+                tracing::info!("talking to the other masters with the renewed certificate");
+            }
+            Ok(())
+        })();
+        pki.warn_if_expiring(now);
+        wait = match result {
+            Ok(()) => {
+                let until = pki.next_renewal(node_id).since(Time::now()).max(1000);
+                Duration::from_millis(until.unsigned_abs()).min(LONGEST_WAIT)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?RETRY, "cannot renew this master's certificates");
+                RETRY
+            }
+        };
     }
 }
 
@@ -626,9 +725,7 @@ async fn become_member(
     let mut delay = Duration::from_millis(500);
     while !shutdown.is_cancelled() && !is_voter(&cluster) {
         let attempt = async {
-            let client_cert = pki
-                .master_client(&data_dir.join("pki"), id)
-                .map_err(|e| e.to_string())?;
+            let client_cert = pki.master_client(id).map_err(|e| e.to_string())?;
             let tls = pki
                 .master_client_tls(&client_cert)
                 .map_err(|e| e.to_string())?;

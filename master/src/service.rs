@@ -2,7 +2,7 @@
 //! its verified client certificate; each bidirectional stream carries one
 //! request, checked by [`crate::authz`] and answered from the store.
 
-use crate::authz::{authorize, authorize_pod_status, Caller};
+use crate::authz::{authorize, authorize_pod_status, check_node_labels, node_may_read, Caller};
 use crate::lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
@@ -237,6 +237,9 @@ async fn handle(
             reply(send, r).await
         }
         Request::Create(obj) => {
+            if let (Caller::Known(Identity::Node(me)), Object::Node(n)) = (caller, &obj) {
+                check_node_labels(me, n, None)?;
+            }
             let obj = prepare_create(ctx, caller, obj)?;
             match apply(ctx, Command::Create { object: obj }).await? {
                 Outcome::Object(o) => reply(send, Response::Object(o)).await,
@@ -246,8 +249,23 @@ async fn handle(
                 )),
             }
         }
-        Request::Update(obj) => {
+        Request::Update(mut obj) => {
             check_valid(&obj)?;
+            if let (Caller::Known(Identity::Node(me)), Object::Node(n)) = (caller, &mut obj) {
+                let stored = match ctx
+                    .store
+                    .get(Kind::Node, "", &n.metadata.name)
+                    .map_err(store_err)?
+                {
+                    Some(Object::Node(stored)) => stored,
+                    _ => return Err(not_found(Kind::Node, "", &n.metadata.name)),
+                };
+                check_node_labels(me, n, Some(&stored))?;
+                // The check holds for the version it read: write only over that one.
+                if n.metadata.resource_version == 0 {
+                    n.metadata.resource_version = stored.metadata.resource_version;
+                }
+            }
             if let Object::Pod(p) = &obj {
                 check_module(ctx, &p.spec.module)?;
                 if let Some(Object::Pod(stored)) = ctx
@@ -271,16 +289,24 @@ async fn handle(
             reply(send, outcome_object(out)?).await
         }
         Request::UpdateStatus(obj) => {
-            let obj = prepare_status(ctx, caller, obj)?;
-            let out = apply(
-                ctx,
-                Command::Update {
-                    object: obj,
-                    expected_rv: None,
+            // The checks of `prepare_status` hold for the version they read:
+            // the write is a compare-and-swap on it, and is checked again
+            // against a newer one (a pod rebound meanwhile is refused).
+            let mut attempt = 0;
+            let out = loop {
+                let (prepared, rv) = prepare_status(ctx, caller, obj.clone())?;
+                let cmd = Command::Update {
+                    object: prepared,
+                    expected_rv: Some(rv),
                     status_only: true,
-                },
-            )
-            .await?;
+                };
+                match apply(ctx, cmd).await {
+                    Err(e) if e.code == ErrorCode::Conflict && attempt < STATUS_RETRIES => {
+                        attempt += 1;
+                    }
+                    other => break other?,
+                }
+            };
             reply(send, outcome_object(out)?).await
         }
         Request::Get {
@@ -291,13 +317,19 @@ async fn handle(
         } => {
             ctx.before_read(stale).await?;
             match ctx.store.get(kind, &namespace, &name).map_err(store_err)? {
-                Some(o) => reply(send, Response::Object(o)).await,
+                Some(o) => {
+                    check_node_read(ctx, caller, &o)?;
+                    reply(send, Response::Object(o)).await
+                }
                 None => Err(not_found(kind, &namespace, &name)),
             }
         }
         Request::List(opts) => {
             ctx.before_read(opts.stale).await?;
-            let (revision, items) = list(ctx, &opts)?;
+            let (revision, mut items) = list(ctx, &opts)?;
+            if let Some(view) = NodeView::of(ctx, caller)? {
+                items.retain(|o| view.may_read(o));
+            }
             reply(send, Response::List { revision, items }).await
         }
         Request::Delete {
@@ -320,13 +352,24 @@ async fn handle(
                 )),
             }
         }
-        Request::Watch(opts) => watch(ctx, opts, send).await,
+        Request::Watch(opts) => watch(ctx, caller, opts, send).await,
         Request::PutModule {
             digest,
             size,
             source,
         } => put_module(ctx, &digest, size, source, send, recv).await,
         Request::GetModule { digest } => {
+            if let Some(view) = NodeView::of(ctx, caller)? {
+                if !view.uses(&digest) {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "node {} may download only the modules of pods bound to it",
+                            view.me
+                        ),
+                    ));
+                }
+            }
             let bytes = ctx
                 .store
                 .module_bytes(&digest)
@@ -374,27 +417,25 @@ async fn handle(
             description,
             master,
         } => {
-            let ttl = if ttl_seconds == 0 {
-                DEFAULT_TOKEN_TTL
-            } else {
-                Duration::from_secs(ttl_seconds)
-            };
             let usage = if master {
                 TokenUsage::Master
             } else {
                 TokenUsage::Node
             };
-            let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl, usage);
-            let expires = record.expires;
-            apply(ctx, Command::PutToken { record }).await?;
-            reply(
-                send,
-                Response::Token {
-                    token: token.to_string(),
-                    expires,
-                },
-            )
-            .await
+            create_token(ctx, send, ttl_seconds, description, usage).await
+        }
+        Request::CreateNodeToken {
+            ttl_seconds,
+            description,
+            node_name,
+        } => {
+            if !flotilla_api::manifest::is_dns_subdomain(&node_name) {
+                return Err(invalid(format!(
+                    "node name {node_name:?} must be lowercase letters, digits, '-' and '.'"
+                )));
+            }
+            let usage = TokenUsage::NodeNamed(node_name);
+            create_token(ctx, send, ttl_seconds, description, usage).await
         }
         Request::Raft { rpc, payload } => {
             let answer = match rpc {
@@ -439,8 +480,69 @@ async fn handle(
                 .map_err(store_err)?;
             reply(send, Response::Ok).await
         }
+        Request::RenewCertificate { csr_pem } => {
+            let Caller::Known(identity) = caller else {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "renewing a certificate needs a valid one of this cluster",
+                ));
+            };
+            let cert_pem = ctx
+                .pki
+                .sign_for(&csr_pem, identity)
+                .map_err(|e| invalid(format!("certificate request: {e}")))?;
+            tracing::info!(caller = %identity, "renewed a certificate");
+            reply(
+                send,
+                Response::Renewed {
+                    cert_pem,
+                    ca_pem: ctx.pki.ca.key.cert_pem.clone(),
+                },
+            )
+            .await
+        }
+        Request::Certificates => {
+            let id = ctx.cluster.id();
+            let mut all = ctx.pki.certificates(Some(id));
+            for (peer, v) in ctx.cluster.network().peer_certificates() {
+                if peer != id {
+                    all.push(flotilla_api::protocol::CertificateStatus {
+                        name: format!("master {peer} serving"),
+                        not_before: v.not_before,
+                        not_after: v.not_after,
+                    });
+                }
+            }
+            reply(send, Response::Certificates(all)).await
+        }
         _ => Err(invalid("this master does not serve that request")),
     }
+}
+
+/// Creates a join token for `usage` and answers with it.
+async fn create_token(
+    ctx: &Context,
+    send: &mut quinn::SendStream,
+    ttl_seconds: u64,
+    description: String,
+    usage: TokenUsage,
+) -> Result<(), ApiError> {
+    let ttl = if ttl_seconds == 0 {
+        DEFAULT_TOKEN_TTL
+    } else {
+        Duration::from_secs(ttl_seconds)
+    };
+    let (token, record) = new_token(&ctx.pki.ca_hash, description, ttl, usage);
+    let expires = record.expires;
+    apply(ctx, Command::PutToken { record }).await?;
+    reply(
+        send,
+        Response::Token {
+            token: token.to_string(),
+            expires,
+        },
+    )
+    .await
 }
 
 /// A pod's spec is fixed once created, as in Kubernetes, except that an
@@ -535,16 +637,31 @@ fn prepare_create(ctx: &Context, caller: &Caller, mut obj: Object) -> Result<Obj
     Ok(obj)
 }
 
-fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<Object, ApiError> {
+/// How often a status write is tried again when the object changed
+/// between its checks and its write.
+const STATUS_RETRIES: u32 = 5;
+
+/// Checks a status write against the stored object and gives the object to
+/// write and the resourceVersion the checks were made against.
+fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<(Object, u64), ApiError> {
     let m = obj.meta().clone();
     let stored = ctx
         .store
         .get(obj.kind(), &m.namespace, &m.name)
         .map_err(store_err)?
         .ok_or_else(|| not_found(obj.kind(), &m.namespace, &m.name))?;
-    match (obj, stored) {
+    let rv = stored.meta().resource_version;
+    let by_node = matches!(caller, Caller::Known(Identity::Node(_)));
+    let obj = match (obj, stored) {
         (Object::Pod(mut new), Object::Pod(old)) => {
             authorize_pod_status(caller, &old)?;
+            if by_node && m.uid.is_empty() {
+                // Without a uid the report could land on a new pod of the same name.
+                return Err(invalid(format!(
+                    "metadata.uid: a node's status report for pod {}/{} must carry the pod's uid",
+                    m.namespace, m.name
+                )));
+            }
             if !m.uid.is_empty() && m.uid != old.metadata.uid {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
@@ -560,7 +677,7 @@ fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<Object,
                     new.status.conditions.push(c.clone());
                 }
             }
-            Ok(Object::Pod(new))
+            Object::Pod(new)
         }
         (Object::Node(mut new), Object::Node(old)) => {
             if matches!(caller, Caller::Known(Identity::Node(_))) {
@@ -570,9 +687,61 @@ fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<Object,
                 new.status.message = old.status.message;
                 new.status.last_transition_time = old.status.last_transition_time;
             }
-            Ok(Object::Node(new))
+            Object::Node(new)
         }
-        (o, _) => Ok(o),
+        (o, _) => o,
+    };
+    Ok((obj, rv))
+}
+
+/// What a node caller may read; None for every other caller.
+struct NodeView {
+    me: String,
+    /// The digests of the modules of the pods bound to the node.
+    modules: std::collections::HashSet<String>,
+}
+
+impl NodeView {
+    fn of(ctx: &Context, caller: &Caller) -> Result<Option<NodeView>, ApiError> {
+        let Caller::Known(Identity::Node(me)) = caller else {
+            return Ok(None);
+        };
+        let (_, pods) = ctx
+            .store
+            .list(Kind::Pod, None, &Selector::default())
+            .map_err(store_err)?;
+        let modules = pods
+            .iter()
+            .filter_map(|o| o.as_pod())
+            .filter(|p| p.spec.node_name.as_deref() == Some(me.as_str()))
+            .map(|p| p.spec.module.clone())
+            .collect();
+        Ok(Some(NodeView {
+            me: me.clone(),
+            modules,
+        }))
+    }
+
+    fn uses(&self, digest: &str) -> bool {
+        self.modules.contains(digest)
+    }
+
+    fn may_read(&self, o: &Object) -> bool {
+        node_may_read(&self.me, o, &|d| self.uses(d))
+    }
+}
+
+/// A node reads only its own Node, its pods and their modules.
+fn check_node_read(ctx: &Context, caller: &Caller, o: &Object) -> Result<(), ApiError> {
+    match NodeView::of(ctx, caller)? {
+        Some(view) if !view.may_read(o) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "node {} may read only its own Node, the pods bound to it and their modules",
+                view.me
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -623,9 +792,14 @@ fn matches(o: &Object, opts: &ListOptions, selector: &Selector) -> bool {
 
 async fn watch(
     ctx: &Context,
+    caller: &Caller,
     opts: WatchOptions,
     send: &mut quinn::SendStream,
 ) -> Result<(), ApiError> {
+    let node = match caller {
+        Caller::Known(Identity::Node(me)) => Some(me.clone()),
+        _ => None,
+    };
     let selector =
         Selector::parse(&opts.list.label_selector).map_err(|e| invalid(e.to_string()))?;
     let from = if opts.from_revision == 0 {
@@ -644,7 +818,13 @@ async fn watch(
         };
         let key = ev.object.key();
         let here = matches(&ev.object, &opts.list, &selector)
-            && on_node(&ev.object, opts.list.node_name.as_deref());
+            && on_node(&ev.object, opts.list.node_name.as_deref())
+            && match &node {
+                // Modules are immutable and a node fetches them by digest:
+                // only its Node and its pods reach its watches.
+                Some(me) => node_may_read(me, &ev.object, &|_| false),
+                None => true,
+            };
         let deliver = match ev.kind {
             EventType::Deleted => present.remove(&key) || here,
             _ if here => {
@@ -906,11 +1086,21 @@ async fn join(
             "node name {node_name:?} must be lowercase letters, digits, '-' and '.'"
         )));
     }
-    let token = check_token(ctx, token, TokenUsage::Node).await?;
+    let (token, usage) = check_token(ctx, token, TokenUsage::Node).await?;
+    match usage {
+        TokenUsage::NodeNamed(name) if name != node_name => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("join refused: this token is for node {name:?}, not {node_name:?}; join with --name {name}, or create a token with `flotilla token create`"),
+            ));
+        }
+        // The admin said this machine takes the name over.
+        TokenUsage::NodeNamed(_) => {}
+        _ => claim_node_name(ctx, node_name).await?,
+    }
     let cert_pem = ctx
         .pki
-        .ca
-        .sign_csr(csr_pem, &Identity::Node(node_name.to_string()))
+        .sign_for(csr_pem, &Identity::Node(node_name.to_string()))
         .map_err(|e| invalid(format!("certificate request: {e}")))?;
     tracing::info!(node = node_name, token = %token.id, "node joined");
     Ok(Response::Joined {
@@ -920,12 +1110,54 @@ async fn join(
     })
 }
 
+/// Binds `name` to the node that joins with it, by creating its Node object
+/// through raft: of two joins under one name, one creates it and the other
+/// is refused, and a name a node holds cannot be taken by another machine
+/// with a join token (it would receive that node's pods and their secrets).
+/// The name is free again once an admin deletes the Node.
+async fn claim_node_name(ctx: &Context, name: &str) -> Result<(), ApiError> {
+    let node = flotilla_api::Node {
+        metadata: ObjectMeta {
+            name: name.to_string(),
+            uid: new_uid(),
+            creation_timestamp: Some(Time::now()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    match apply(
+        ctx,
+        Command::Create {
+            object: Object::Node(node),
+        },
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == ErrorCode::AlreadyExists => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "join refused: the name {name:?} belongs to a node that has joined already; \
+                 pick another --name, or, if this machine replaces that node, delete the old one \
+                 (`flotilla delete node {name}`) or create a token for the name \
+                 (`flotilla token create --node {name}`)"
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// Checks a join token against the store (linearizably: a token just
-/// created on another master counts) for `usage`.
-async fn check_token(ctx: &Context, token: &str, usage: TokenUsage) -> Result<JoinToken, ApiError> {
+/// created on another master counts) for `usage`; a node token for one
+/// name counts as a node token. Gives the token and what it was made for.
+async fn check_token(
+    ctx: &Context,
+    token: &str,
+    usage: TokenUsage,
+) -> Result<(JoinToken, TokenUsage), ApiError> {
     let create = match usage {
-        TokenUsage::Node => "`flotilla token create`",
         TokenUsage::Master => "`flotilla token create --master`",
+        _ => "`flotilla token create`",
     };
     let deny = |why: &str| {
         ApiError::new(
@@ -949,13 +1181,18 @@ async fn check_token(ctx: &Context, token: &str, usage: TokenUsage) -> Result<Jo
     if record.expires < Time::now() {
         return Err(deny("the token has expired"));
     }
-    if record.usage != usage {
+    let fits = matches!(
+        (&record.usage, &usage),
+        (TokenUsage::Master, TokenUsage::Master)
+            | (TokenUsage::Node | TokenUsage::NodeNamed(_), TokenUsage::Node)
+    );
+    if !fits {
         return Err(deny(match usage {
-            TokenUsage::Node => "this token is for joining masters, not nodes",
             TokenUsage::Master => "this token is for joining nodes, not masters",
+            _ => "this token is for joining masters, not nodes",
         }));
     }
-    Ok(token)
+    Ok((token, record.usage))
 }
 
 /// A master joins: with a master token it gets the cluster CA (key

@@ -37,6 +37,25 @@ pub struct Cluster {
     pub grace: String,
     master: Option<Child>,
     nodes: HashMap<String, Child>,
+    /// When set, every process this cluster starts (master, nodes, CLI)
+    /// runs with its wall clock at this time (libfaketime, `@YYYY-MM-DD hh:mm:ss`).
+    pub fake_time: Option<String>,
+}
+
+/// libfaketime from Debian's `faketime` package (installed by scripts/setup.sh).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Makes `cmd` run with its wall clock starting at `at` (`@YYYY-MM-DD
+/// hh:mm:ss`); timers and timeouts (the monotonic clock) stay real.
+pub fn fake_clock(cmd: &mut Command, at: &str) {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: run scripts/setup.sh (it installs Debian's faketime)"
+    );
+    cmd.env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", at)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_NO_CACHE", "1");
 }
 
 impl Cluster {
@@ -52,6 +71,7 @@ impl Cluster {
             grace: grace.into(),
             master: None,
             nodes: HashMap::new(),
+            fake_time: None,
         };
         c.start_master();
         c
@@ -71,7 +91,11 @@ impl Cluster {
 
     pub fn start_master(&mut self) {
         let log = self.log_file("master");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(at) = &self.fake_time {
+            fake_clock(&mut cmd, at);
+        }
+        let child = cmd
             .args([
                 "master",
                 "--listen",
@@ -106,7 +130,15 @@ impl Cluster {
     }
 
     pub fn run_with(&self, args: &[&str], config: &Path) -> Output {
-        run_flotilla(args, config)
+        let mut cmd = Command::new(BIN);
+        if let Some(at) = &self.fake_time {
+            fake_clock(&mut cmd, at);
+        }
+        cmd.args(args)
+            .env("FLOTILLA_CONFIG", config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run flotilla")
     }
 
     /// Runs and asserts success; returns stdout.
@@ -134,6 +166,9 @@ impl Cluster {
     pub fn start_node_with(&mut self, name: &str, program: &[&str]) {
         let data = self.path(name);
         let mut cmd = Command::new(program[0]);
+        if let Some(at) = &self.fake_time {
+            fake_clock(&mut cmd, at);
+        }
         cmd.args(&program[1..]);
         cmd.args(["node", "--master", &self.addr, "--name", name, "--data-dir"])
             .arg(&data);

@@ -4,6 +4,7 @@
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,7 +81,12 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        // Owner-only like the directory: this is code the node will run.
+        let mut file = fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(flotilla_api::perms::FILE_MODE)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         // Edge devices lose power: without the sync a rename could expose a
         // truncated file after a crash.

@@ -103,6 +103,10 @@ impl Cluster {
         self.removed.subscribe()
     }
 
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
     pub fn raft(&self) -> &Raft {
         &self.raft
     }

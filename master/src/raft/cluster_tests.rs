@@ -93,10 +93,10 @@ impl Cluster {
             let sm = StateMachine::open(store.clone(), &dir.path().join(SNAPSHOT_FILE))
                 .expect("state machine");
             let server_cert = ca
-                .issue_server(&["127.0.0.1".to_string()])
+                .issue_server(&["127.0.0.1".to_string()], year())
                 .expect("server certificate");
             let client_cert = ca
-                .issue_client(&Identity::Master(id))
+                .issue_client(&Identity::Master(id), year())
                 .expect("client certificate");
             let server_tls = flotilla_api::tls::server_config(&server_cert, &ca.key.cert_pem, ALPN)
                 .expect("server tls");
@@ -233,17 +233,20 @@ fn context(
 ) -> Arc<Context> {
     Arc::new(Context {
         store,
-        pki: Arc::new(Pki {
-            cluster: "raft-test".into(),
-            ca: ca.clone(),
-            server: server_cert,
-            ca_hash: ca.hash().expect("ca hash"),
-        }),
+        pki: Arc::new(Pki::in_memory("raft-test", ca.clone(), server_cert).expect("pki")),
         advertise: Vec::new(),
         nodes: NodeConnections::default(),
         heartbeats: Heartbeats::new(),
         cluster: super::Cluster::new(raft, network, "raft-test"),
     })
+}
+
+/// A year's validity from now, for test certificates.
+fn year() -> flotilla_api::identity::Validity {
+    flotilla_api::identity::Validity::new(
+        flotilla_api::time::Time::now(),
+        flotilla_api::identity::DEFAULT_CERT_LIFETIME,
+    )
 }
 
 /// Serves `endpoint` with the real service until the token fires.
@@ -453,7 +456,7 @@ async fn raft_messages_need_a_master_and_a_valid_payload() {
     // An admin may do anything but speak raft.
     let admin = cluster
         .ca
-        .issue_client(&Identity::Admin)
+        .issue_client(&Identity::Admin, year())
         .expect("admin cert");
     let tls = flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&admin), ALPN)
         .expect("tls");
@@ -470,7 +473,10 @@ async fn raft_messages_need_a_master_and_a_valid_payload() {
     }
     // A master sending bytes that are no raft message gets Invalid, and the
     // receiving master keeps serving.
-    let m = cluster.ca.issue_client(&Identity::Master(9)).expect("cert");
+    let m = cluster
+        .ca
+        .issue_client(&Identity::Master(9), year())
+        .expect("cert");
     let tls =
         flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&m), ALPN).expect("tls");
     let client = bounded("master connects", Client::connect(&addr, tls, "test"))
@@ -652,14 +658,18 @@ impl Lone {
         let sm = StateMachine::open(store.clone(), &dir.path().join(SNAPSHOT_FILE))
             .expect("state machine");
         let client_tls = |id| {
-            let cert = ca.issue_client(&Identity::Master(id)).expect("cert");
+            let cert = ca
+                .issue_client(&Identity::Master(id), year())
+                .expect("cert");
             flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&cert), ALPN).expect("tls")
         };
         let network = Network::new(1, client_tls(1)).expect("network");
         let raft = Raft::new(1, raft_config(), network.clone(), log, sm)
             .await
             .expect("raft starts");
-        let server_cert = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
+        let server_cert = ca
+            .issue_server(&["127.0.0.1".into()], year())
+            .expect("cert");
         let ctx = context(&ca, store, server_cert, raft.clone(), network);
         let mut sender = Network::new(2, client_tls(2)).expect("network");
         if let Some(hook) = hook {
@@ -686,9 +696,12 @@ impl Lone {
     async fn listen(&mut self, addr: SocketAddr) {
         let deadline = std::time::Instant::now() + WAIT;
         self.server = loop {
-            let tls =
-                flotilla_api::tls::server_config(&self.ctx.pki.server, &self.ca.key.cert_pem, ALPN)
-                    .expect("server tls");
+            let tls = flotilla_api::tls::server_config(
+                &self.ctx.pki.server(),
+                &self.ca.key.cert_pem,
+                ALPN,
+            )
+            .expect("server tls");
             match flotilla_api::net::server_endpoint(addr, tls) {
                 Ok(endpoint) => break endpoint,
                 Err(e) => {
@@ -779,7 +792,12 @@ async fn raft_peer_errors_are_openraft_errors() {
         2,
         flotilla_api::tls::client_config(
             &lone.ca.key.cert_pem,
-            Some(&lone.ca.issue_client(&Identity::Master(2)).expect("cert")),
+            Some(
+                &lone
+                    .ca
+                    .issue_client(&Identity::Master(2), year())
+                    .expect("cert"),
+            ),
             ALPN,
         )
         .expect("tls"),

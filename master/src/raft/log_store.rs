@@ -23,11 +23,16 @@
 //! without a sync of its own: the next sync carries it, and raft only needs
 //! it not to run ahead of the log.
 //!
-//! Opening replays the records. A record cut short or failing its checksum
-//! at the end of the file is what a crash in the middle of a write leaves:
-//! the file is cut back to the last whole record (nothing after it was ever
-//! reported durable). A record that passes its checksum but does not decode
-//! is not a torn write, and opening fails rather than drop it.
+//! Opening replays the records. A bad record (cut short, failing its
+//! checksum, a length no record has, zeros) is what a crash in the middle of
+//! a write leaves, but only at the end of the file: when nothing whole
+//! follows it, the file is cut back to the last whole record (nothing after
+//! it was ever reported durable). When a whole record follows it, the file
+//! was damaged after it was written (a disk or file-system fault) and
+//! cutting would drop records raft was told are stored: opening fails with
+//! [`StoreError::Corrupt`], naming the file and the offset, and leaves the
+//! file as it is. A record that passes its checksum but does not decode is
+//! not a torn write either, and opening fails rather than drop it.
 //!
 //! Memory holds where each entry's record is, not the entry: entries are read
 //! back with positioned reads (recent ones come from the page cache). When
@@ -48,7 +53,8 @@ use openraft::{
 };
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::{self, Debug};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
@@ -297,11 +303,14 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
 /// Opens the log file for reading and writing, locked against a second
 /// master on the same data directory.
 fn open_locked(path: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // The log holds every command, pod env values included: owner only.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(path)
         .map_err(io_err("opening"))?;
     match file.try_lock() {
@@ -375,21 +384,37 @@ fn replay(file: File, path: &Path) -> Result<(State, u64), StoreError> {
             String::from_utf8_lossy(MAGIC)
         )));
     }
+    // Read errors are returned, not taken for a torn tail: the size says
+    // the bytes are there, and cutting on an I/O error would drop records.
     let mut offset = MAGIC.len() as u64;
-    loop {
+    let bad = loop {
         let mut header = [0u8; HEADER as usize];
-        if offset + HEADER > size || reader.read_exact(&mut header).is_err() {
-            break;
+        if offset + HEADER > size {
+            // Part of a header at most: nothing can follow it.
+            break None;
         }
+        reader.read_exact(&mut header).map_err(io_err("reading"))?;
         let (len, crc) = parse_header(&header);
         // No record is empty (it has a kind byte): zeros are a torn write
-        // (a file system may show a grown file's new blocks as zeros).
-        if len == 0 || len > MAX_RECORD || offset + HEADER + u64::from(len) > size {
-            break;
+        // when at the end (a file system may show a grown file's new blocks
+        // as zeros).
+        if len == 0 {
+            break Some("has a length of 0 (zeros where a record should start)".to_string());
+        }
+        if len > MAX_RECORD {
+            break Some(format!(
+                "claims {len} bytes, more than the {MAX_RECORD} a record may have"
+            ));
+        }
+        if offset + HEADER + u64::from(len) > size {
+            break Some(format!(
+                "claims {len} bytes, more than the file has after it"
+            ));
         }
         let mut body = vec![0u8; len as usize];
-        if reader.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
-            break;
+        reader.read_exact(&mut body).map_err(io_err("reading"))?;
+        if crc32fast::hash(&body) != crc {
+            break Some("fails its checksum".to_string());
         }
         let what = decode_body(&body).map_err(|why| {
             StoreError::Corrupt(format!(
@@ -401,6 +426,11 @@ fn replay(file: File, path: &Path) -> Result<(State, u64), StoreError> {
         let total = HEADER + u64::from(len);
         state.replay(what, offset, total);
         offset += total;
+    };
+    if let Some(why) = bad {
+        if let Some(next) = record_after(&file, offset, size)? {
+            return Err(damaged(path, offset, &why, next));
+        }
     }
     state.end = offset;
     let cut = size - offset;
@@ -410,6 +440,196 @@ fn replay(file: File, path: &Path) -> Result<(State, u64), StoreError> {
             .map_err(io_err("cutting off a torn record at the end"))?;
     }
     Ok((state, cut))
+}
+
+/// The error for a bad record at `offset` that a whole record at `next`
+/// follows: what happened, and the two ways to bring the master back.
+fn damaged(path: &Path, offset: u64, why: &str, next: u64) -> StoreError {
+    let dir = path.parent().unwrap_or(Path::new(".")).display();
+    StoreError::Corrupt(format!(
+        "raft log {}: the record at byte {offset} {why}, yet a whole record follows \
+         at byte {next}: the file was damaged after it was written (a disk or file-system \
+         fault), which is not what a crash leaves, and cutting it there would drop writes \
+         this master acknowledged, so the master does not start; the file is left as it is. \
+         Either let this master catch up from the other masters: remove it from the cluster \
+         (`flotilla cluster remove ID`; its id is in {dir}/node-id), delete {dir}, and join \
+         it anew (`flotilla token create --master`, then \
+         `flotilla master --join ADDRESS --token TOKEN`); or, with no other master to catch \
+         up from, restore a backup: move {dir} aside, copy its pki/ca.crt and pki/ca.key \
+         into a new data directory, and start `flotilla master --restore BACKUP` on it. \
+         docs/operations.md (\"A corruption error at start-up\") has the steps",
+        path.display()
+    ))
+}
+
+/// The reflected CRC-32 polynomial (IEEE), the checksum `crc32fast` computes.
+const CRC_POLY: u32 = 0xEDB8_8320;
+
+/// `c·x` modulo the CRC polynomial, in CRC-32's bit order (bit 31 is x⁰).
+const fn crc_times_x(c: u32) -> u32 {
+    (c >> 1) ^ (CRC_POLY & (c & 1).wrapping_neg())
+}
+
+/// The checksum register's step for each byte value, to update a checksum
+/// one byte at a time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = crc_times_x(c);
+            bit += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// `a·b` modulo the CRC polynomial, in CRC-32's bit order.
+pub(super) const fn crc_mul(a: u32, mut b: u32) -> u32 {
+    let mut product = 0;
+    let mut bit = 31;
+    loop {
+        if (a >> bit) & 1 == 1 {
+            product ^= b;
+        }
+        if bit == 0 {
+            return product;
+        }
+        b = crc_times_x(b);
+        bit -= 1;
+    }
+}
+
+/// `x^(8·2^k)` modulo the polynomial: what a checksum is multiplied by when
+/// `2^k` bytes follow it.
+const CRC_SHIFTS: [u32; 32] = {
+    let mut shifts = [0u32; 32];
+    shifts[0] = 1 << 23; // x⁸
+    let mut k = 1;
+    while k < 32 {
+        shifts[k] = crc_mul(shifts[k - 1], shifts[k - 1]);
+        k += 1;
+    }
+    shifts
+};
+
+/// `x^(8·len)` modulo the polynomial: crc(A‖B) = crc(A)·x^(8·|B|) ⊕ crc(B),
+/// so this turns the checksums of a prefix and of the whole into the
+/// checksum of the `len` bytes between (zlib's `crc32_combine`).
+pub(super) fn crc_shift(len: u32) -> u32 {
+    let mut shift = 1 << 31; // x⁰
+    for (k, step) in CRC_SHIFTS.iter().enumerate() {
+        if (len >> k) & 1 == 1 {
+            shift = crc_mul(shift, *step);
+        }
+    }
+    shift
+}
+
+/// A place after a bad record where a whole record might be.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    /// Where its body would end (first, so the heap gives the nearest end).
+    end: u64,
+    /// The running checksum at `end` if its body matches its checksum.
+    running_at_end: u32,
+    /// Where its header is.
+    at: u64,
+}
+
+/// Bytes read at a time when looking past a bad record.
+const SCAN_CHUNK: u64 = 1 << 20;
+
+/// Where the first whole record after the bad one at `bad` is: a header at
+/// any byte after `bad` whose length fits in the file, whose checksum matches
+/// the body and whose body decodes. `None` means nothing whole follows: a
+/// torn tail.
+///
+/// Any byte may start one, since a damaged length says nothing about where
+/// the next record is. Checking each candidate's checksum in turn would read
+/// up to [`MAX_RECORD`] bytes per candidate; instead one pass keeps the
+/// checksum of everything from `bad + 1` to here, and a candidate's body
+/// checksum follows from that running checksum at the body's start and end
+/// ([`crc_shift`]). So the rest of the file is read once, each candidate costs
+/// a few dozen multiplications, and memory holds only the candidates whose
+/// end is still ahead. A checksum matching by chance at a random offset is
+/// unlikely (about one in four billion); the body must also decode.
+fn record_after(file: &File, bad: u64, size: u64) -> Result<Option<u64>, StoreError> {
+    let from = bad + 1;
+    if from + HEADER >= size {
+        return Ok(None);
+    }
+    // The checksum register over the bytes from `from` up to `pos`.
+    let mut running = !0u32;
+    // The 8 bytes before `pos`: a candidate header whose body starts at `pos`.
+    let mut header = [0u8; HEADER as usize];
+    let mut pending = BinaryHeap::new();
+    // Damage often repeats one length (a run of one byte value): its shift is
+    // computed once.
+    let mut last_shift = (0u32, 1u32 << 31);
+    let mut chunk = vec![0u8; (size - from).min(SCAN_CHUNK) as usize];
+    let mut pos = from;
+    while pos < size {
+        let n = (size - pos).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], pos)
+            .map_err(io_err("reading past a bad record"))?;
+        for &byte in &chunk[..n] {
+            if let Some(at) = whole_ending_at(file, &mut pending, pos, !running)? {
+                return Ok(Some(at));
+            }
+            if pos >= from + HEADER {
+                let (len, crc) = parse_header(&header);
+                // `byte` would be the kind: only known kinds decode.
+                if (KIND_ENTRY..=KIND_PURGE).contains(&byte)
+                    && (1..=MAX_RECORD).contains(&len)
+                    && pos + u64::from(len) <= size
+                {
+                    if last_shift.0 != len {
+                        last_shift = (len, crc_shift(len));
+                    }
+                    pending.push(Reverse(Candidate {
+                        end: pos + u64::from(len),
+                        running_at_end: crc ^ crc_mul(last_shift.1, !running),
+                        at: pos - HEADER,
+                    }));
+                }
+            }
+            running = CRC_TABLE[((running ^ u32::from(byte)) & 0xff) as usize] ^ (running >> 8);
+            header.copy_within(1.., 0);
+            header[HEADER as usize - 1] = byte;
+            pos += 1;
+        }
+    }
+    whole_ending_at(file, &mut pending, size, !running)
+}
+
+/// Takes the candidates whose body ends at `pos` (`checksum` being the
+/// running checksum there) and gives the first that is a whole record.
+fn whole_ending_at(
+    file: &File,
+    pending: &mut BinaryHeap<Reverse<Candidate>>,
+    pos: u64,
+    checksum: u32,
+) -> Result<Option<u64>, StoreError> {
+    while pending.peek().is_some_and(|Reverse(c)| c.end == pos) {
+        let Some(Reverse(c)) = pending.pop() else {
+            break;
+        };
+        if c.running_at_end != checksum {
+            continue;
+        }
+        let mut body = vec![0u8; (c.end - c.at - HEADER) as usize];
+        file.read_exact_at(&mut body, c.at + HEADER)
+            .map_err(io_err("reading past a bad record"))?;
+        if decode_body(&body).is_ok() {
+            return Ok(Some(c.at));
+        }
+    }
+    Ok(None)
 }
 
 impl LogStore {
@@ -426,9 +646,14 @@ impl LogStore {
         path: &Path,
         compact_at: u64,
     ) -> Result<LogStore, RaftStoreError> {
-        let fail = |e: StoreError| RaftStoreError::Log {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        // Damage to the file is reported as such, without the hint about a
+        // second master that `Log` adds to failures to open or lock it.
+        let fail = |e: StoreError| match e {
+            StoreError::Corrupt(_) => RaftStoreError::Store(e),
+            e => RaftStoreError::Log {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
         };
         let old = path.with_file_name(REDB_LOG_FILE);
         if !path.exists() && old.exists() {
@@ -439,6 +664,7 @@ impl LogStore {
         if cut > 0 {
             tracing::warn!(
                 path = %path.display(),
+                at = state.end,
                 bytes = cut,
                 "raft log: cut off a record torn by a crash (it was never reported written)"
             );

@@ -1,9 +1,9 @@
 //! Tests of the raft log file beyond openraft's suite: what a crash leaves
-//! at the end of the file, damage that is not a crash, rewriting the file
-//! after purges, the earlier redb log's migration and a second process on
-//! the same file.
+//! at the end of the file, damage that is not a crash (a bad record with
+//! whole records after it), rewriting the file after purges, the earlier
+//! redb log's migration and a second process on the same file.
 
-use super::log_store::MAGIC;
+use super::log_store::{crc_mul, crc_shift, MAGIC};
 use super::*;
 use crate::store::tables::{raft_log_meta, RAFT_LOG, RAFT_LOG_META};
 use crate::store::Command;
@@ -71,6 +71,166 @@ fn record_ends(bytes: &[u8]) -> Vec<usize> {
     ends
 }
 
+/// Where each record starts in a log file's bytes.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let ends = record_ends(bytes);
+    std::iter::once(MAGIC.len())
+        .chain(ends.iter().copied())
+        .take(ends.len())
+        .collect()
+}
+
+/// Writes `damaged` over the log at `path`, opens it, and checks that the
+/// open is refused as damage at `offset` and leaves the file as it was.
+/// Gives the message.
+fn refused_at(path: &Path, damaged: &[u8], offset: usize) -> String {
+    std::fs::write(path, damaged).unwrap();
+    let err = LogStore::open(path).unwrap_err();
+    assert!(
+        matches!(err, RaftStoreError::Store(StoreError::Corrupt(_))),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains(&format!("the record at byte {offset} ")),
+        "{message}"
+    );
+    // Both ways out are named.
+    assert!(message.contains("flotilla cluster remove"), "{message}");
+    assert!(message.contains("flotilla master --restore"), "{message}");
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        damaged,
+        "the file must be left as it is"
+    );
+    message
+}
+
+/// Bytes that look like nothing in particular (xorshift), the same each run.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_checksum_of_a_range_follows_from_the_checksums_around_it() {
+    // What the scan past a bad record relies on.
+    let data = noise(5000);
+    for (a, b) in [(0, 0), (0, 1), (3, 4), (17, 4000), (1, 5000), (4999, 5000)] {
+        let before = crc32fast::hash(&data[..a]);
+        let range = crc32fast::hash(&data[a..b]);
+        let whole = crc32fast::hash(&data[..b]);
+        let shift = crc_shift(u32::try_from(b - a).unwrap());
+        assert_eq!(whole, crc_mul(shift, before) ^ range, "bytes {a}..{b}");
+    }
+}
+
+#[test]
+fn a_flipped_bit_with_records_after_it_stops_the_open() {
+    // The old replay took any bad checksum for a torn tail and cut
+    // everything from there: here 20 acknowledged entries.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let rt = rt();
+    written(&path, &rt, 30);
+    let bytes = std::fs::read(&path).unwrap();
+    let start = record_starts(&bytes)[10];
+    let end = record_ends(&bytes)[10];
+    // In the checksum, the kind byte, the middle and the last byte of the body.
+    for at in [start + 5, start + 8, (start + end) / 2, end - 1] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x08;
+        let message = refused_at(&path, &damaged, start);
+        assert!(message.contains("fails its checksum"), "{message}");
+        assert!(
+            message.contains(&format!("follows at byte {end}")),
+            "{message}"
+        );
+    }
+    // Put back, the file opens with every entry.
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&rt, &mut log), (1..=30).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_damaged_length_with_records_after_it_stops_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let rt = rt();
+    written(&path, &rt, 30);
+    let bytes = std::fs::read(&path).unwrap();
+    let start = record_starts(&bytes)[10];
+    let len = u32::from_le_bytes(bytes[start..start + 4].try_into().unwrap());
+    // Each was a torn tail to the old replay. The scan for later records must
+    // start right after the bad one, not where its length points.
+    let cases = [
+        (
+            len ^ 0x8000_0000,
+            "more than the 67108864 a record may have",
+        ),
+        (len ^ 0x0010_0000, "more than the file has after it"),
+        (len + 1, "fails its checksum"),
+        (len + 200, "fails its checksum"),
+        (len - 1, "fails its checksum"),
+        (0, "has a length of 0"),
+    ];
+    for (damaged_len, why) in cases {
+        let mut damaged = bytes.clone();
+        damaged[start..start + 4].copy_from_slice(&damaged_len.to_le_bytes());
+        let message = refused_at(&path, &damaged, start);
+        assert!(message.contains(why), "length {damaged_len}: {message}");
+    }
+}
+
+#[test]
+fn zeros_with_records_after_them_stop_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let rt = rt();
+    written(&path, &rt, 200);
+    let bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    let ends = record_ends(&bytes);
+    // Three whole records zeroed, then a 4 KiB block zeroed wherever it
+    // falls (the record it starts in fails its checksum).
+    let block = ends.iter().position(|e| *e > 4096).unwrap();
+    for (from, to, bad) in [
+        (starts[50], ends[52], starts[50]),
+        (4096, 8192, starts[block]),
+    ] {
+        assert!(to < bytes.len() - 1000, "records must follow the zeros");
+        let mut damaged = bytes.clone();
+        damaged[from..to].fill(0);
+        refused_at(&path, &damaged, bad);
+    }
+}
+
+#[test]
+fn a_long_torn_tail_of_noise_is_cut_off() {
+    // Nothing whole in 2 MiB of noise after the last record: the scan reads
+    // it once and finds no record, so it is a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(LOG_FILE);
+    let rt = rt();
+    written(&path, &rt, 5);
+    let whole = std::fs::metadata(&path).unwrap().len();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend(noise(2 << 20));
+    std::fs::write(&path, &bytes).unwrap();
+    let mut log = LogStore::open(&path).unwrap();
+    assert_eq!(indexes(&rt, &mut log), vec![1, 2, 3, 4, 5]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+}
+
 #[test]
 fn a_record_torn_by_a_crash_is_cut_off_and_the_log_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,19 +271,27 @@ fn zeros_where_a_record_should_start_are_a_torn_write() {
 
 #[test]
 fn a_last_record_failing_its_checksum_is_a_torn_write() {
+    // Nothing whole follows it, so it cannot be told from a write cut short:
+    // cut off, the records before it kept.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(LOG_FILE);
     let rt = rt();
     written(&path, &rt, 3);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let last = record_ends(&bytes).last().unwrap() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&path, &bytes).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let last = *record_starts(&bytes).last().unwrap();
+    let end = bytes.len();
+    // A bit of the body, then of the length (the body's rest is left over).
+    for at in [end - 1, last] {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x01;
+        std::fs::write(&path, &damaged).unwrap();
 
-    let mut log = LogStore::open(&path).unwrap();
-    assert_eq!(indexes(&rt, &mut log), vec![1, 2]);
-    let state = rt.block_on(log.get_log_state()).unwrap();
-    assert_eq!(state.last_log_id, Some(log_id(1, 2)));
+        let mut log = LogStore::open(&path).unwrap();
+        assert_eq!(indexes(&rt, &mut log), vec![1, 2]);
+        let state = rt.block_on(log.get_log_state()).unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 2)));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), last as u64);
+    }
 }
 
 #[test]

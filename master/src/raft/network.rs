@@ -107,9 +107,40 @@ pub enum CallError {
     Lost(RaftNetError),
 }
 
+/// A client endpoint and the TLS configuration it connects with, shared by
+/// every clone: a renewed certificate reaches all of them at once.
+#[derive(Clone)]
+struct Dialer {
+    endpoint: quinn::Endpoint,
+    config: Arc<Mutex<quinn::ClientConfig>>,
+}
+
+impl Dialer {
+    fn new(tls: rustls::ClientConfig) -> Result<Dialer, NetError> {
+        let config = net::quic_client_config(tls.clone())?;
+        Ok(Dialer {
+            endpoint: net::client_endpoint(tls)?,
+            config: Arc::new(Mutex::new(config)),
+        })
+    }
+
+    fn connect(
+        &self,
+        sock: std::net::SocketAddr,
+        name: &str,
+    ) -> Result<quinn::Connecting, quinn::ConnectError> {
+        let config = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.endpoint.connect_with(config, sock, name)
+    }
+}
+
 /// Connects to master `target` at `addr` and exchanges hellos.
 async fn connect_master(
-    endpoint: &quinn::Endpoint,
+    endpoint: &Dialer,
     target: u64,
     addr: &str,
 ) -> Result<quinn::Connection, RaftNetError> {
@@ -146,7 +177,7 @@ async fn connect_master(
 #[derive(Clone)]
 pub struct Network {
     id: u64,
-    endpoint: quinn::Endpoint,
+    endpoint: Dialer,
     hook: Option<Hook>,
     /// One connection per target and address, shared by every client of
     /// that target (openraft makes a new client for each leadership check)
@@ -164,7 +195,7 @@ impl Connections {
     /// The connection to `target` at `addr`, made and greeted if needed.
     async fn get(
         &self,
-        endpoint: &quinn::Endpoint,
+        endpoint: &Dialer,
         target: u64,
         addr: &str,
     ) -> Result<quinn::Connection, RaftNetError> {
@@ -212,7 +243,7 @@ impl Network {
     pub fn new(id: u64, tls: rustls::ClientConfig) -> Result<Network, NetError> {
         Ok(Network {
             id,
-            endpoint: net::client_endpoint(tls)?,
+            endpoint: Dialer::new(tls)?,
             hook: None,
             calls: Connections::default(),
         })
@@ -221,6 +252,47 @@ impl Network {
     /// This master's raft node id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Presents a new client certificate (a renewed one) on connections
+    /// made from now on; open connections keep theirs.
+    pub fn set_client_tls(&self, tls: rustls::ClientConfig) -> Result<(), NetError> {
+        let config = net::quic_client_config(tls)?;
+        *self
+            .endpoint
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The validity of the serving certificate each connected master presented.
+    pub fn peer_certificates(&self) -> Vec<(u64, flotilla_api::identity::Validity)> {
+        let conns: Vec<((u64, String), quinn::Connection)> = self
+            .calls
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for ((target, _), conn) in conns {
+            let certs = conn.peer_identity().and_then(|id| {
+                id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            });
+            let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
+                continue;
+            };
+            if let Ok(v) = flotilla_api::identity::Validity::of_der(leaf.as_ref()) {
+                if !out.iter().any(|(t, _)| *t == target) {
+                    out.push((target, v));
+                }
+            }
+        }
+        out.sort_by_key(|(t, _)| *t);
+        out
     }
 
     /// Opens a stream to master `target` at `addr` and sends `req` on it, for
@@ -314,7 +386,9 @@ impl Network {
 
     /// Closes the client endpoint: every connection to other masters ends.
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"master shutting down");
+        self.endpoint
+            .endpoint
+            .close(0u32.into(), b"master shutting down");
     }
 }
 
@@ -340,7 +414,7 @@ pub struct Peer {
     from: u64,
     target: u64,
     addr: String,
-    endpoint: quinn::Endpoint,
+    endpoint: Dialer,
     hook: Option<Hook>,
     /// The network's connections, to reuse one another client made.
     shared: Connections,

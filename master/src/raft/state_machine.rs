@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{Cursor, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -192,7 +193,16 @@ fn read_snapshot_file(path: &Path) -> Result<Option<SnapshotFile>, RaftStoreErro
 /// old file or the new one, never a mix.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(flotilla_api::perms::FILE_MODE)
+        .open(&tmp)?;
+    // A temporary file left by a crash keeps its old mode when reopened.
+    file.set_permissions(std::fs::Permissions::from_mode(
+        flotilla_api::perms::FILE_MODE,
+    ))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

@@ -95,11 +95,14 @@ pub struct TokenRecord {
 }
 
 /// What a join token is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum TokenUsage {
-    /// Join an edge node (get a node certificate).
+    /// Join an edge node (get a node certificate) under a name no node has.
     #[default]
     Node,
     /// Join a master (get the cluster CA, key included).
     Master,
+    /// Join an edge node under this name even if a node holds it (a machine
+    /// that replaces a dead one): `flotilla token create --node NAME`.
+    NodeNamed(String),
 }

@@ -87,6 +87,13 @@ impl Store {
                 "the store must keep at least one revision of history".into(),
             ));
         }
+        // redb would create the file with the default mode; it holds pod env values.
+        flotilla_api::perms::create_file(path).map_err(|e| {
+            StoreError::Db(format!(
+                "creating {}: {e} (does this user own the data directory?)",
+                path.display()
+            ))
+        })?;
         let database = Database::create(path).map_err(|e| {
             StoreError::Db(format!(
                 "opening {}: {e} (is another master using this data directory?)",
