@@ -245,6 +245,10 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Object, Vec<FieldError
         object.meta_mut().namespace = DEFAULT_NAMESPACE.to_string();
     }
     errors.extend(validate(&object));
+    // Checked here too, so that `apply` refuses before it uploads anything.
+    if let Err(e) = check_size(&object) {
+        errors.push(fe("", e.to_string()));
+    }
     if errors.is_empty() {
         Ok(object)
     } else {
@@ -252,7 +256,52 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Object, Vec<FieldError
     }
 }
 
-/// Validates an object as the master does before storing it.
+/// Largest an object may be, encoded as the store keeps it and the wire
+/// carries it (postcard): 1.5 MiB, as Kubernetes allows in etcd. One object
+/// then always fits in one 4 MiB frame with room to spare — as a `Get`
+/// answer, a watch event or a raft entry — and lists stream in frames of
+/// several objects each (see `Request::ListStream`).
+pub const MAX_OBJECT_SIZE: usize = 1536 << 10;
+
+/// An object larger than [`MAX_OBJECT_SIZE`]; the master answers it with
+/// `ErrorCode::TooLarge`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{object} is {size} bytes encoded; an object may be at most {MAX_OBJECT_SIZE} bytes (1.5 MiB): \
+     keep large data out of annotations, labels, args and env, and put it in a module or a file"
+)]
+pub struct ObjectTooLarge {
+    /// Which object, as [`Object::describe`] names it.
+    pub object: String,
+    pub size: usize,
+}
+
+/// The size of an object as the store keeps it (postcard), counted without
+/// encoding it.
+pub fn encoded_size(object: &Object) -> usize {
+    // Counting cannot run out of room; should it fail all the same, the
+    // object counts as too large rather than slipping through.
+    postcard::serialize_with_flavor(object, postcard::ser_flavors::Size::default())
+        .unwrap_or(usize::MAX)
+}
+
+/// Refuses an object larger than [`MAX_OBJECT_SIZE`]; gives its encoded
+/// size otherwise. The master checks every object it is asked to store
+/// (create, update and status update of every kind); `apply` checks
+/// manifests before it sends anything.
+pub fn check_size(object: &Object) -> Result<usize, ObjectTooLarge> {
+    let size = encoded_size(object);
+    if size > MAX_OBJECT_SIZE {
+        return Err(ObjectTooLarge {
+            object: object.describe(),
+            size,
+        });
+    }
+    Ok(size)
+}
+
+/// Validates an object as the master does before storing it (the size
+/// limit is checked apart, by [`check_size`], as it has its own error code).
 pub fn validate(object: &Object) -> Vec<FieldError> {
     let mut errors = validate_meta(object.meta(), object.kind());
     if let Object::Pod(p) = object {
@@ -469,6 +518,74 @@ spec:
   resources:
     limits: {memory: 64Mi, cpu: 1}
 ";
+
+    /// A pod whose one annotation holds `bytes` bytes.
+    fn pod_with_annotation(bytes: usize) -> Object {
+        let mut p = Pod::default();
+        p.metadata.name = "big".into();
+        p.metadata.namespace = "default".into();
+        p.spec.module = "sha256:00".into();
+        p.metadata
+            .annotations
+            .insert("example.com/blob".into(), "x".repeat(bytes));
+        Object::Pod(p)
+    }
+
+    #[test]
+    fn objects_are_limited_in_size() {
+        let overhead = encoded_size(&pod_with_annotation(0));
+        assert!(overhead < 200, "{overhead}");
+        // (annotation bytes, accepted?)
+        let cases = [
+            (0, true),
+            (1 << 20, true),
+            (MAX_OBJECT_SIZE - overhead - 8, true),
+            (MAX_OBJECT_SIZE, false),
+            (3 << 20, false),
+        ];
+        for (bytes, accepted) in cases {
+            let pod = pod_with_annotation(bytes);
+            match check_size(&pod) {
+                Ok(size) => {
+                    assert!(accepted, "{bytes} bytes were accepted");
+                    assert_eq!(size, postcard::to_allocvec(&pod).expect("encodes").len());
+                }
+                Err(e) => {
+                    assert!(!accepted, "{bytes} bytes were refused: {e}");
+                    assert_eq!(e.object, "pods/big in namespace default");
+                    assert!(e.size > MAX_OBJECT_SIZE);
+                    let message = e.to_string();
+                    for part in [
+                        "pods/big in namespace default",
+                        &e.size.to_string(),
+                        &MAX_OBJECT_SIZE.to_string(),
+                        "keep large data out of annotations",
+                    ] {
+                        assert!(message.contains(part), "{message:?} lacks {part:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn manifests_over_the_size_limit_are_refused() {
+        let text = GOOD.replace(
+            "  labels: {app: hello}\n",
+            &format!(
+                "  labels: {{app: hello}}\n  annotations: {{example.com/blob: {}}}\n",
+                "x".repeat(MAX_OBJECT_SIZE)
+            ),
+        );
+        let errors = errors_of(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("an object may be at most")),
+            "{errors:?}"
+        );
+        assert!(errors_of(GOOD).is_empty());
+    }
 
     fn errors_of(text: &str) -> Vec<String> {
         parse_manifests(text)

@@ -149,7 +149,7 @@ impl fmt::Display for PodPhase {
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodStatus {
     pub phase: PodPhase,
-    /// A CamelCase word: `Preparing`, `ModuleBackOff`, `CrashLoopBackOff`, `OOMKilled`, `Trap`, `StartError`, `Completed`, `Error`, `Unschedulable`.
+    /// A CamelCase word: `Preparing`, `ModuleBackOff`, `CrashLoopBackOff`, `OOMKilled`, `Trap`, `StartError`, `InvalidModule`, `Completed`, `Error`, `Unschedulable`, `NodeLost`.
     pub reason: String,
     pub message: String,
     pub restart_count: u32,

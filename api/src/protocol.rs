@@ -8,8 +8,15 @@
 //! peer speaking another version fails at the handshake with a clear reason.
 //!
 //! Most requests get one response. Streams: `Watch` (events until either
-//! side closes), `Logs` with `follow`, `GetModule` (chunks then `End`), and
-//! `PutModule`, where the client sends the module's raw bytes after the master's `Ok`.
+//! side closes), `ListStream` (`List` frames then `End`), `Logs` with
+//! `follow`, `GetModule` (chunks then `End`), and `PutModule`, where the
+//! client sends the module's raw bytes after the master's `Ok`.
+//!
+//! No answer needs a frame larger than [`MAX_FRAME`]: an object is at most
+//! 1.5 MiB (`manifest::MAX_OBJECT_SIZE`, checked when it is stored), so one
+//! object, one watch event or one `Get` answer always fits, and a list of
+//! any length streams in frames of [`LIST_FRAME_BYTES`] ([`list_frames`],
+//! gathered again by [`ListCollector`]).
 
 use crate::objects::{Kind, Object};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -25,6 +32,10 @@ pub const MAX_FRAME: usize = 4 << 20;
 pub const MODULE_CHUNK: usize = 256 << 10;
 /// Largest module the cluster accepts (they are kept in the store and on every node).
 pub const MAX_MODULE_SIZE: u64 = 64 << 20;
+/// Most encoded bytes of objects in one frame of a streamed list; a larger
+/// object (up to 1.5 MiB) goes alone. Small enough that no frame nears
+/// [`MAX_FRAME`], large enough that a list of small objects takes few frames.
+pub const LIST_FRAME_BYTES: usize = 1 << 20;
 
 /// What a caller asks of a master (or a master of a node, for `Logs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +107,7 @@ pub enum Request {
     /// raft library's request type for `rpc`; this crate does not look inside.
     Raft {
         rpc: RaftRpc,
+        #[serde(with = "bytes")]
         payload: Vec<u8>,
     },
     /// A new master asks for the cluster's CA with a master join token
@@ -136,6 +148,12 @@ pub enum Request {
         description: String,
         node_name: String,
     },
+    /// A list that may be larger than one frame: answered by one or more
+    /// `Response::List` frames, each with the list's revision and the next
+    /// of its items (see [`list_frames`]), then `End`. All frames come from
+    /// one read of the store, as one `List` answer would. `List` itself
+    /// stays for older clients and fails with `TooLarge` past one frame.
+    ListStream(ListOptions),
 }
 
 /// Which raft message a [`Request::Raft`] carries.
@@ -162,6 +180,16 @@ pub enum RaftRpc {
     /// (payload: that master's id), which then stops: the leader no longer
     /// replicates to it, so it would not learn of it otherwise.
     Removed,
+    /// The leader asks a master for the hash of its state right after the
+    /// log entry at an index (payload: the index), to compare the masters'
+    /// states.
+    StateHash,
+    /// The leader tells a master that its state differs from the other
+    /// masters' (payload: why); it refuses reads from then on.
+    StateDiffers,
+    /// A master that has just started asks the leader to compare the
+    /// masters' states now (payload: its id).
+    CheckStates,
 }
 
 /// Filters of a list.
@@ -178,6 +206,52 @@ pub struct ListOptions {
     /// faster and available without a majority, but possibly behind the
     /// latest writes. Reads are linearizable otherwise.
     pub stale: bool,
+}
+
+/// Byte buffers as one run of bytes: the same bytes on the wire as a
+/// `Vec<u8>` (postcard writes a length, then one byte per element), but
+/// encoded and decoded as a single copy instead of one call per byte —
+/// which, for a raft message near a megabyte, is the difference between
+/// well under a millisecond and most of a heartbeat interval.
+mod bytes {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        // Formats that write bytes as a sequence (not postcard) still decode.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// What to watch and from when.
@@ -209,7 +283,7 @@ pub enum Response {
     },
     Event(WatchEvent),
     /// Module bytes or raw log bytes.
-    Chunk(Vec<u8>),
+    Chunk(#[serde(with = "bytes")] Vec<u8>),
     ModuleStored {
         digest: String,
         size: u64,
@@ -225,7 +299,7 @@ pub enum Response {
     Error(ApiError),
     /// The answer to a [`Request::Raft`]: postcard of the raft library's
     /// whole result (its response or its error).
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "bytes")] Vec<u8>),
     /// What a joining master needs: its id and the cluster's CA (key
     /// included: every master signs node certificates).
     MasterJoined {
@@ -360,6 +434,76 @@ pub enum FrameError {
     Decode(#[from] postcard::Error),
 }
 
+/// Splits the items of a list into the frames of a [`Request::ListStream`]
+/// answer, in order: each frame holds at most `budget` bytes of encoded
+/// objects, or one larger object alone. Always at least one frame (an empty
+/// list is one empty frame), so the answer carries its revision.
+pub fn list_frames(items: Vec<Object>, budget: usize) -> Vec<Vec<Object>> {
+    let mut frames = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for item in items {
+        let size = postcard::serialize_with_flavor(&item, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX);
+        let current = frames.last().map_or(0, Vec::len);
+        if current > 0 && bytes.saturating_add(size) > budget {
+            frames.push(Vec::new());
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+        if let Some(frame) = frames.last_mut() {
+            frame.push(item);
+        }
+    }
+    frames
+}
+
+/// Why the answer to a [`Request::ListStream`] is not a list.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListStreamError {
+    /// The master answered with an error.
+    #[error("{0}")]
+    Api(ApiError),
+    /// A frame that has no place in a list stream.
+    #[error("unexpected answer in a list: {0}")]
+    Unexpected(String),
+}
+
+/// Gathers the frames of a [`Request::ListStream`] answer into the list.
+#[derive(Debug, Default)]
+pub struct ListCollector {
+    revision: Option<u64>,
+    items: Vec<Object>,
+}
+
+impl ListCollector {
+    /// Takes the next frame of the answer; gives the list's revision and
+    /// items once `End` arrives, `None` before.
+    pub fn take(&mut self, frame: Response) -> Result<Option<(u64, Vec<Object>)>, ListStreamError> {
+        match frame {
+            Response::List { revision, items } => {
+                if self.revision.is_some_and(|r| r != revision) {
+                    return Err(ListStreamError::Unexpected(format!(
+                        "a frame of revision {revision} in a list of revision {}",
+                        self.revision.unwrap_or_default()
+                    )));
+                }
+                self.revision = Some(revision);
+                self.items.extend(items);
+                Ok(None)
+            }
+            Response::End => match self.revision {
+                Some(revision) => Ok(Some((revision, std::mem::take(&mut self.items)))),
+                None => Err(ListStreamError::Unexpected(
+                    "the list ended before any of it arrived".into(),
+                )),
+            },
+            Response::Error(e) => Err(ListStreamError::Api(e)),
+            other => Err(ListStreamError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
 /// Encodes a message as one frame (length prefix included).
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; 4];
@@ -450,7 +594,144 @@ mod tests {
                 rpc: RaftRpc::InstallSnapshot,
                 payload: Vec::new(),
             },
+            Request::ListStream(ListOptions {
+                kind: Some(Kind::Pod),
+                node_name: Some("n1".into()),
+                ..ListOptions::default()
+            }),
         ]
+    }
+
+    fn pod_of(name: &str, bytes: usize) -> Object {
+        let mut pod = Pod::default();
+        pod.metadata.name = name.into();
+        pod.metadata
+            .annotations
+            .insert("example.com/blob".into(), "x".repeat(bytes));
+        Object::Pod(pod)
+    }
+
+    fn names(frame: &[Object]) -> Vec<&str> {
+        frame.iter().map(|o| o.meta().name.as_str()).collect()
+    }
+
+    #[test]
+    fn byte_buffers_keep_the_wire_format_of_a_vec() {
+        // What these variants were before their bytes were encoded as one run.
+        #[derive(Serialize)]
+        enum Before {
+            Raft { rpc: RaftRpc, payload: Vec<u8> },
+        }
+        let payload: Vec<u8> = (0..=255).chain(0..300).map(|b| b as u8).collect();
+        let now = Request::Raft {
+            rpc: RaftRpc::AppendEntries,
+            payload: payload.clone(),
+        };
+        let before = Before::Raft {
+            rpc: RaftRpc::AppendEntries,
+            payload: payload.clone(),
+        };
+        let (now, before) = (
+            postcard::to_allocvec(&now).expect("encodes"),
+            postcard::to_allocvec(&before).expect("encodes"),
+        );
+        // The variant index differs (Raft is not the first request); the rest must not.
+        assert_eq!(now[1..], before[1..]);
+        let chunk = postcard::to_allocvec(&Response::Chunk(payload.clone())).expect("encodes");
+        let plain = postcard::to_allocvec(&payload).expect("encodes");
+        assert_eq!(chunk[1..], plain[..]);
+        assert_eq!(
+            decode_body::<Response>(&chunk).expect("decodes"),
+            Response::Chunk(payload)
+        );
+    }
+
+    #[test]
+    fn lists_split_into_frames_that_fit() {
+        const KIB: usize = 1 << 10;
+        // (annotation sizes of the items, budget, names per frame)
+        let cases: Vec<(Vec<usize>, usize, Vec<Vec<&str>>)> = vec![
+            (vec![], 100 * KIB, vec![vec![]]),
+            (vec![10, 10, 10], 100 * KIB, vec![vec!["0", "1", "2"]]),
+            (
+                vec![40 * KIB; 5],
+                100 * KIB,
+                vec![vec!["0", "1"], vec!["2", "3"], vec!["4"]],
+            ),
+            // A larger object than the budget goes alone, never dropped.
+            (
+                vec![10, 300 * KIB, 10],
+                100 * KIB,
+                vec![vec!["0"], vec!["1"], vec!["2"]],
+            ),
+        ];
+        for (sizes, budget, expected) in cases {
+            let items = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| pod_of(&i.to_string(), *n))
+                .collect();
+            let frames = list_frames(items, budget);
+            let got: Vec<Vec<&str>> = frames.iter().map(|f| names(f)).collect();
+            assert_eq!(got, expected, "sizes {sizes:?}");
+        }
+    }
+
+    #[test]
+    fn a_list_of_large_objects_streams_in_frames_under_the_limit() {
+        // Eight objects at the 1.5 MiB limit: 12 MiB, three times a frame.
+        let items: Vec<Object> = (0..8)
+            .map(|i| pod_of(&i.to_string(), (1536 << 10) - 200))
+            .collect();
+        assert!(encode_frame(&Response::List {
+            revision: 9,
+            items: items.clone()
+        })
+        .is_err());
+        let mut collector = ListCollector::default();
+        for frame in list_frames(items.clone(), LIST_FRAME_BYTES) {
+            let bytes = encode_frame(&Response::List {
+                revision: 9,
+                items: frame,
+            })
+            .expect("every frame fits");
+            let frame = decode_frame::<Response>(&bytes).expect("decodes");
+            assert_eq!(collector.take(frame).expect("a list frame"), None);
+        }
+        assert_eq!(
+            collector.take(Response::End).expect("the end"),
+            Some((9, items))
+        );
+    }
+
+    #[test]
+    fn list_streams_that_are_not_lists_are_errors() {
+        let list = |revision| Response::List {
+            revision,
+            items: vec![pod_of("a", 1)],
+        };
+        let mut c = ListCollector::default();
+        assert!(matches!(
+            c.take(Response::End),
+            Err(ListStreamError::Unexpected(_))
+        ));
+        let mut c = ListCollector::default();
+        c.take(list(3)).expect("first frame");
+        assert!(matches!(
+            c.take(list(4)),
+            Err(ListStreamError::Unexpected(_))
+        ));
+        let mut c = ListCollector::default();
+        let e = ApiError::new(ErrorCode::Forbidden, "no");
+        assert_eq!(
+            c.take(Response::Error(e.clone())),
+            Err(ListStreamError::Api(e))
+        );
+        let mut c = ListCollector::default();
+        assert!(matches!(
+            c.take(Response::Ok),
+            Err(ListStreamError::Unexpected(_))
+        ));
     }
 
     #[test]

@@ -7,10 +7,10 @@ use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{Identity, Validity};
 use flotilla_api::manifest::{duplicates, parse_manifests_numbered, Source};
 use flotilla_api::net::{read_frame, Client, NetError};
-use flotilla_api::objects::{digest_of, is_digest, module_name};
+use flotilla_api::objects::{is_digest, module_name};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
-    MAX_MODULE_SIZE,
+    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Request, Response,
+    WatchOptions, ALPN, MAX_MODULE_SIZE,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object};
@@ -48,7 +48,10 @@ pub async fn connect(config: &Path) -> anyhow::Result<Client> {
     let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     match Client::connect(&cfg.masters, tls, "flotilla-cli").await {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            remember_masters(config, &cfg, &c);
+            Ok(c)
+        }
         Err(e) => match validity.filter(|v| v.expired(now)) {
             Some(v) => Err(explain(e).context(format!(
                 "the certificate in {} expired on {} and masters refuse it; get a new config from an admin, \
@@ -59,6 +62,39 @@ pub async fn connect(config: &Path) -> anyhow::Result<Client> {
             None => Err(explain(e)),
         },
     }
+}
+
+/// The config's master list after `answered` answered and listed the
+/// cluster's masters in `told`: the one that answered first (the next
+/// command tries it first, so a master that is down costs nothing), then
+/// the others known, then any the cluster knows that the config did not.
+/// None when nothing changes.
+fn masters_after(known: &[String], answered: &str, told: &[String]) -> Option<Vec<String>> {
+    let mut all = vec![answered.to_string()];
+    for m in known.iter().chain(told) {
+        if !all.contains(m) {
+            all.push(m.clone());
+        }
+    }
+    (all != known).then_some(all)
+}
+
+/// Keeps what a connection taught about the masters in the config file, so
+/// that users need not edit it as masters come and go. A config that cannot
+/// be written (read-only, say) is simply used as it is.
+fn remember_masters(config: &Path, cfg: &ClientConfigFile, client: &Client) {
+    let Some(masters) = masters_after(&cfg.masters, &client.addr, &client.hello.masters) else {
+        return;
+    };
+    // Re-read: keep whatever else changed in the file meanwhile.
+    let Ok(mut current) = read_config(config) else {
+        return;
+    };
+    if current.masters != cfg.masters {
+        return;
+    }
+    current.masters = masters;
+    let _ = flotilla_api::net::write_private_file(config, &current.render());
 }
 
 /// Turns transport errors into advice.
@@ -166,37 +202,108 @@ fn refuse_duplicates(objects: &[(PathBuf, usize, Object)]) -> anyhow::Result<()>
     )
 }
 
-/// A local module: its bytes, checked to be Wasm.
-fn read_module(manifest: &Path, module: &str) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+/// A local module file, read once to hash it; its bytes are read again,
+/// a chunk at a time, only to upload it.
+#[derive(Debug, Clone)]
+struct LocalModule {
+    path: PathBuf,
+    digest: String,
+    size: u64,
+    /// The file name, kept with the module for people.
+    source: String,
+}
+
+/// Where a pod's `spec.module` path points, relative to its manifest.
+fn module_path(manifest: &Path, module: &str) -> PathBuf {
     let base = if manifest == Path::new("-") {
         Path::new(".")
     } else {
         manifest.parent().unwrap_or(Path::new("."))
     };
-    let path = base.join(module);
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
-    if meta.len() > MAX_MODULE_SIZE {
-        bail!(
-            "spec.module: {} is {} bytes; the cluster accepts modules up to {MAX_MODULE_SIZE}",
-            path.display(),
-            meta.len()
-        );
-    }
-    let bytes = std::fs::read(&path)
-        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
-    if !bytes.starts_with(b"\0asm") {
-        bail!("spec.module: {} is not a WebAssembly file (build it for wasm32-wasip2 or wasm32-wasip1)", path.display());
-    }
-    Ok((path, bytes))
+    base.join(module)
 }
 
-/// Uploads module bytes unless the master has them; shows progress for big ones.
-async fn upload(client: &Client, digest: &str, bytes: &[u8], source: &str) -> anyhow::Result<bool> {
+/// Opens a module file, refusing anything but a regular file: reading a
+/// FIFO would wait for a writer forever, and a device such as /dev/zero
+/// never ends.
+fn open_regular(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || {
+        anyhow!(
+            "spec.module: {} is not a regular file (a directory, FIFO or device cannot be a module)",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    // Non-blocking, so a file swapped for a FIFO since the check cannot hang the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        _ => Err(not_regular()),
+    }
+}
+
+/// Reads a module file once, in chunks: its digest and size, checked to be
+/// Wasm and within the cluster's limit however the file lies about its size.
+fn hash_module(path: &Path) -> anyhow::Result<LocalModule> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let mut file = open_regular(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let (mut size, mut head) = (0u64, Vec::<u8>::with_capacity(4));
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| anyhow!("spec.module: cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 4 {
+            head.extend(buf[..n].iter().take(4 - head.len()));
+        }
+        size += n as u64;
+        if size > MAX_MODULE_SIZE {
+            bail!(
+                "spec.module: {} is larger than {MAX_MODULE_SIZE} bytes, the largest module the cluster accepts",
+                path.display()
+            );
+        }
+        hasher.update(&buf[..n]);
+    }
+    if head.as_slice() != b"\0asm" {
+        bail!("spec.module: {} is not a WebAssembly file (build it for wasm32-wasip2 or wasm32-wasip1)", path.display());
+    }
+    Ok(LocalModule {
+        path: path.to_path_buf(),
+        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+        size,
+        source: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+/// Uploads a module unless the master has it, streaming the file in chunks
+/// (never whole in memory); shows progress for big ones. The file must
+/// still hold the bytes that were hashed.
+async fn upload(client: &Client, m: &LocalModule) -> anyhow::Result<bool> {
+    use sha2::Digest as _;
+    use std::io::Read;
+    let source = &m.source;
     let req = Request::PutModule {
-        digest: digest.to_string(),
-        size: bytes.len() as u64,
-        source: source.to_string(),
+        digest: m.digest.clone(),
+        size: m.size,
+        source: source.clone(),
     };
     let (mut send, mut recv) = client.open(&req).await.map_err(explain)?;
     match read_frame::<Response>(&mut recv).await.map_err(explain)? {
@@ -205,14 +312,32 @@ async fn upload(client: &Client, digest: &str, bytes: &[u8], source: &str) -> an
         Some(Response::Error(e)) => bail!("uploading {source}: {}", e.message),
         other => bail!("uploading {source}: unexpected answer {other:?}"),
     }
-    let show = bytes.len() > (1 << 20) && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (i, chunk) in bytes.chunks(256 << 10).enumerate() {
-        send.write_all(chunk)
+    let changed = || {
+        anyhow!(
+            "uploading {source}: {} changed while it was uploaded; apply again",
+            m.path.display()
+        )
+    };
+    let mut file = open_regular(&m.path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let show = m.size > (1 << 20) && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut done = 0u64;
+    while done < m.size {
+        let want = buf.len().min(usize::try_from(m.size - done).unwrap_or(usize::MAX));
+        let n = file
+            .read(&mut buf[..want])
+            .map_err(|e| anyhow!("uploading {source}: {e}"))?;
+        if n == 0 {
+            return Err(changed());
+        }
+        hasher.update(&buf[..n]);
+        send.write_all(&buf[..n])
             .await
             .map_err(|e| anyhow!("uploading {source}: {e}"))?;
+        done += n as u64;
         if show {
-            let done = ((i + 1) * (256 << 10)).min(bytes.len());
-            let pct = done * 100 / bytes.len();
+            let pct = done * 100 / m.size;
             let bar: String = (0..30)
                 .map(|j| if j * 100 / 30 < pct { '#' } else { '-' })
                 .collect();
@@ -221,6 +346,11 @@ async fn upload(client: &Client, digest: &str, bytes: &[u8], source: &str) -> an
     }
     if show {
         eprintln!();
+    }
+    if format!("sha256:{}", hex::encode(hasher.finalize())) != m.digest {
+        // The master checks the digest too and stores nothing on a mismatch.
+        let _ = send.reset(0u32.into());
+        return Err(changed());
     }
     let _ = send.finish();
     match read_frame::<Response>(&mut recv).await.map_err(explain)? {
@@ -243,32 +373,38 @@ pub async fn apply(
     }
     // After the override: it can make two documents name one object.
     refuse_duplicates(&objects)?;
-    // Resolve local modules before connecting, so a missing file changes nothing either.
-    let mut modules = Vec::new();
+    // Resolve local modules before connecting, so a missing file changes
+    // nothing either. Each file is read once, however many pods use it.
+    let mut hashed: BTreeMap<PathBuf, LocalModule> = BTreeMap::new();
     for (file, _, obj) in &mut objects {
         if let Object::Pod(p) = obj {
             if !is_digest(&p.spec.module) {
-                let (path, bytes) = read_module(file, &p.spec.module)
-                    .with_context(|| format!("pod {}", p.metadata.name))?;
-                let digest = digest_of(&bytes);
-                let source = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                p.spec.module = digest.clone();
-                modules.push((digest, bytes, source));
+                let path = module_path(file, &p.spec.module);
+                let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                let m = match hashed.get(&key) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = hash_module(&path)
+                            .with_context(|| format!("pod {}", p.metadata.name))?;
+                        hashed.insert(key, m.clone());
+                        m
+                    }
+                };
+                p.spec.module = m.digest;
             }
         }
     }
     let client = connect(config).await?;
-    modules.sort_by(|a, b| a.0.cmp(&b.0));
-    modules.dedup_by(|a, b| a.0 == b.0);
-    for (digest, bytes, source) in &modules {
-        if upload(&client, digest, bytes, source).await? {
+    let mut modules: Vec<LocalModule> = hashed.into_values().collect();
+    modules.sort_by(|a, b| a.digest.cmp(&b.digest));
+    modules.dedup_by(|a, b| a.digest == b.digest);
+    for m in &modules {
+        if upload(&client, m).await? {
             eprintln!(
-                "module/{} uploaded ({source}, {} bytes)",
-                &module_name(digest)[..19],
-                bytes.len()
+                "module/{} uploaded ({}, {} bytes)",
+                &module_name(&m.digest)[..19],
+                m.source,
+                m.size
             );
         }
     }
@@ -419,6 +555,28 @@ fn render(
     })
 }
 
+/// Lists in as many frames as it takes (`ListStream`): a list of any
+/// number of objects, each up to the 1.5 MiB object limit, never needs one
+/// answer larger than a frame.
+async fn list_all(client: &Client, list: ListOptions) -> anyhow::Result<(u64, Vec<Object>)> {
+    let (_send, mut recv) = client
+        .open(&Request::ListStream(list))
+        .await
+        .map_err(explain)?;
+    let mut collector = ListCollector::default();
+    loop {
+        let Some(frame) = read_frame::<Response>(&mut recv).await.map_err(explain)? else {
+            bail!("the master ended the list before its end; try again");
+        };
+        match collector.take(frame) {
+            Ok(Some(list)) => return Ok(list),
+            Ok(None) => {}
+            Err(ListStreamError::Api(e)) => return Err(explain(NetError::Api(e))),
+            Err(e) => bail!("{e}"),
+        }
+    }
+}
+
 pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
     let kind = parse_kind(&a.kind)?;
     flotilla_api::selector::Selector::parse(&a.selector)?;
@@ -445,21 +603,17 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
-        match call(
+        list_all(
             &client,
-            &Request::List(ListOptions {
+            ListOptions {
                 kind: Some(kind),
                 namespace: ns,
                 label_selector: a.selector.clone(),
                 node_name: None,
                 stale: a.stale,
-            }),
+            },
         )
         .await?
-        {
-            Response::List { revision, items } => (revision, items),
-            other => bail!("unexpected answer {other:?}"),
-        }
     };
     if objs.is_empty() && !a.watch {
         eprintln!("No {} found.", kind.plural());
@@ -689,7 +843,13 @@ pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<Exi
         Response::ClusterStatus(s) => s,
         other => bail!("unexpected answer {other:?}"),
     };
-    print!("{}", output::cluster_status(&status, format)?);
+    let unreachable = unreachable_masters(config, &status, &client.addr).await;
+    print!("{}", output::cluster_status(&status, &unreachable, format)?);
+    if !unreachable.is_empty() {
+        eprintln!(
+            "masters {unreachable:?} did not answer from here within {PROBE_TIMEOUT:?}: down, or cut off from this machine"
+        );
+    }
     if matches!(format, Format::Table | Format::Wide) {
         // Masters older than certificate renewal do not answer this; the
         // status above stands without it.
@@ -723,6 +883,62 @@ pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<Exi
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `cluster status` waits for each master to answer a hello.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The members of `status` that do not answer a hello from here (all at
+/// once, each within [`PROBE_TIMEOUT`]); the one that answered the status
+/// counts as reachable.
+async fn unreachable_masters(
+    config: &Path,
+    status: &flotilla_api::protocol::ClusterStatus,
+    answered: &str,
+) -> Vec<u64> {
+    let Ok(cfg) = read_config(config) else {
+        return Vec::new();
+    };
+    let Ok(tls) = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
+    else {
+        return Vec::new();
+    };
+    let probes = status
+        .members
+        .iter()
+        .filter(|m| m.addr != answered && m.node_id != status.reported_by)
+        .map(|m| {
+            let (tls, addr, id) = (tls.clone(), m.addr.clone(), m.node_id);
+            async move {
+                let hello = Client::connect(std::slice::from_ref(&addr), tls, "flotilla-cli/probe");
+                match tokio::time::timeout(PROBE_TIMEOUT, hello).await {
+                    Ok(Ok(c)) => {
+                        c.conn.close(0u32.into(), b"probed");
+                        None
+                    }
+                    _ => Some(id),
+                }
+            }
+        });
+    let mut down: Vec<u64> = futures_join_all(probes).await.into_iter().flatten().collect();
+    down.sort_unstable();
+    down
+}
+
+/// Runs futures concurrently and gives their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// `flotilla cluster remove ID`: takes a master out of the membership.
@@ -819,4 +1035,24 @@ pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
         v.left(Time::now())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_master_that_answered_comes_first_and_learned_ones_last() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let known = v(&["a:1", "b:1"]);
+        assert_eq!(masters_after(&known, "a:1", &v(&["a:1", "b:1"])), None);
+        assert_eq!(
+            masters_after(&known, "b:1", &v(&["a:1", "b:1"])),
+            Some(v(&["b:1", "a:1"]))
+        );
+        assert_eq!(
+            masters_after(&known, "a:1", &v(&["c:1", "a:1"])),
+            Some(v(&["a:1", "b:1", "c:1"]))
+        );
+    }
 }

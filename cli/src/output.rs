@@ -1,6 +1,6 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
-use flotilla_api::objects::{Module, Node, Pod};
+use flotilla_api::objects::{Module, Node, Pod, PodPhase};
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
 use flotilla_api::Object;
@@ -53,7 +53,12 @@ fn or_none(s: &str) -> String {
 }
 
 /// Pod STATUS column: the reason when there is one (CrashLoopBackOff, OOMKilled), else the phase.
+/// `Unknown` (the pod's node is not ready) shows as such, as kubectl shows
+/// it; the reason (`NodeLost`) is in `describe`.
 pub fn pod_status(p: &Pod) -> String {
+    if p.status.phase == PodPhase::Unknown {
+        return p.status.phase.to_string();
+    }
     if !p.status.reason.is_empty() && p.status.reason != "Completed" {
         p.status.reason.clone()
     } else {
@@ -208,6 +213,7 @@ pub fn structured(objects: &[Object], format: Format, single: bool) -> anyhow::R
 /// `cluster status`: a summary line, then one row per master.
 pub fn cluster_status(
     s: &flotilla_api::protocol::ClusterStatus,
+    unreachable: &[u64],
     format: Format,
 ) -> anyhow::Result<String> {
     match format {
@@ -227,7 +233,9 @@ pub fn cluster_status(
         .members
         .iter()
         .map(|m| {
-            let role = if Some(m.node_id) == s.leader {
+            let role = if unreachable.contains(&m.node_id) {
+                "unreachable"
+            } else if Some(m.node_id) == s.leader {
                 "leader"
             } else if m.voter {
                 "follower"
@@ -281,6 +289,29 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME     STATUS\na        Running\nlonger   x\n");
+    }
+
+    #[test]
+    fn pod_status_shows_reasons_and_unknown() {
+        let pod = |phase, reason: &str| {
+            let mut p = Pod::default();
+            p.status.phase = phase;
+            p.status.reason = reason.into();
+            p
+        };
+        let cases = [
+            (pod(PodPhase::Running, ""), "Running"),
+            (
+                pod(PodPhase::Running, "CrashLoopBackOff"),
+                "CrashLoopBackOff",
+            ),
+            (pod(PodPhase::Succeeded, "Completed"), "Succeeded"),
+            (pod(PodPhase::Failed, "InvalidModule"), "InvalidModule"),
+            (pod(PodPhase::Unknown, "NodeLost"), "Unknown"),
+        ];
+        for (p, want) in cases {
+            assert_eq!(pod_status(&p), want, "{:?}", p.status);
+        }
     }
 
     #[test]

@@ -660,3 +660,294 @@ fn data_files_and_backups_are_private_to_their_owner() {
         "{log}"
     );
 }
+
+/// The `get pods` columns of one pod: NAMESPACE NAME STATUS RESTARTS AGE.
+fn pod_row(c: &Cluster, pod: &str) -> Vec<String> {
+    c.ok(&["get", "pods"])
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
+        .unwrap_or_default()
+}
+
+/// Waits until `get pods` shows `pod` with STATUS `status`.
+fn wait_status(c: &Cluster, pod: &str, status: &str) {
+    wait_for(&format!("pod {pod} to show {status}"), T, || {
+        (pod_row(c, pod).get(2).map(String::as_str) == Some(status)).then_some(())
+    });
+}
+
+/// Runs `flotilla logs -f POD`; it must exit within `limit` (else it is
+/// killed and the test fails). Gives its exit status and output.
+fn follow_logs(c: &Cluster, pod: &str, limit: Duration) -> (bool, String) {
+    let mut child = Command::new(common::BIN)
+        .args(["logs", "-f", pod])
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`logs -f {pod}` was still following after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn logs_follow_ends_when_the_pod_has_ended() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+
+    // A pod that already ended: `logs -f` prints what there is and exits 0.
+    let hello = c.manifest("hello.yaml", &pod_yaml("hello", "hello", &[], "Never", ""));
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello", "Succeeded", T);
+    let (ok, out) = follow_logs(&c, "hello", Duration::from_secs(15));
+    assert!(ok && out.contains("hello from flotilla"), "{out}");
+
+    // A running pod that then ends: the stream ends with it.
+    let crasher = c.manifest(
+        "crasher.yaml",
+        &pod_yaml("crasher", "crasher", &["3"], "Never", ""),
+    );
+    c.ok(&["apply", "-f", crasher.to_str().expect("utf8")]);
+    c.wait_phase("crasher", "Running", T);
+    let (ok, out) = follow_logs(&c, "crasher", Duration::from_secs(20));
+    assert!(ok && out.contains("crashing now"), "{out}");
+    assert_eq!(c.pod_field("crasher", "phase"), "Failed");
+}
+
+#[test]
+fn a_restarted_node_agent_counts_a_restart() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let ticker = c.manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "ticker", &[], "Always", ""),
+    );
+    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    c.wait_phase("ticker", "Running", T);
+    assert_eq!(c.pod_field("ticker", "restartCount"), "0");
+
+    // Each restart of the agent runs the pod again from the node's local
+    // store, and that run counts, as a kubelet restart does; the count
+    // itself survives in the local store.
+    for want in ["1", "2"] {
+        c.kill_node("n1");
+        c.start_node("n1");
+        wait_for(&format!("ticker running with {want} restarts"), T, || {
+            (c.pod_field("ticker", "restartCount") == want
+                && c.pod_field("ticker", "phase") == "Running")
+                .then_some(())
+        });
+    }
+    let row = pod_row(&c, "ticker");
+    assert_eq!(&row[2..4], ["Running", "2"], "{row:?}");
+}
+
+#[test]
+fn pods_of_a_lost_node_show_unknown_until_it_returns() {
+    let mut c = Cluster::start("3s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let ticker = c.manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "ticker", &[], "Always", ""),
+    );
+    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    c.wait_phase("ticker", "Running", T);
+
+    // A paused node: NotReady after the grace period, its pod Unknown.
+    c.signal_node("n1", "STOP");
+    c.wait_node_ready("n1", "NotReady", T);
+    wait_status(&c, "ticker", "Unknown");
+    let described = c.ok(&["describe", "pod", "ticker"]);
+    for want in [
+        "NodeLost",
+        "Unknown on n1 — node n1 is not ready; its pods may still run",
+    ] {
+        assert!(
+            described.contains(want),
+            "{want:?} missing from:\n{described}"
+        );
+    }
+    // Resumed, the node reports the pod's real status again: still the
+    // same run, never restarted.
+    c.signal_node("n1", "CONT");
+    c.wait_node_ready("n1", "Ready", T);
+    wait_status(&c, "ticker", "Running");
+    assert_eq!(c.pod_field("ticker", "reason"), "");
+    assert_eq!(c.pod_field("ticker", "restartCount"), "0");
+
+    // A killed node: the same, and its agent, started again, runs the pod again.
+    c.kill_node("n1");
+    c.wait_node_ready("n1", "NotReady", T);
+    wait_status(&c, "ticker", "Unknown");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    wait_status(&c, "ticker", "Running");
+    assert_eq!(c.pod_field("ticker", "restartCount"), "1");
+}
+
+#[test]
+fn modules_that_are_not_wasm_are_refused_and_those_that_do_not_compile_fail() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    let hello = flotilla_workloads::path("hello");
+    let hello = hello.to_str().expect("utf8");
+    let pod_with = |name: &str, file: &str, policy: &str| {
+        c.manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(name, "hello", &[], policy, "").replace(hello, file),
+        )
+    };
+
+    // WebAssembly's magic, then garbage: past the CLI's check of the first
+    // bytes, refused by the master, small (one write) or large (chunked).
+    let header = b"\0asm\x01\0\0\0".to_vec();
+    let small = [header.clone(), b"this is not a section".to_vec()].concat();
+    let large = [header, vec![0x5a; 1536 << 10]].concat();
+    for (file, bytes) in [("garbage.wasm", small), ("big-garbage.wasm", large)] {
+        std::fs::write(c.path(file), bytes).expect("write");
+        let manifest = pod_with("garbage", file, "Never");
+        let out = c.run(&["apply", "-f", manifest.to_str().expect("utf8")]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in [
+            format!("{file} is not a WebAssembly module or component: "),
+            "build it with cargo build --target wasm32-wasip2".to_string(),
+        ] {
+            assert!(err.contains(&want), "{want:?} missing from: {err}");
+        }
+    }
+    let modules = c.run(&["get", "modules"]);
+    assert!(
+        String::from_utf8_lossy(&modules.stderr).contains("No modules found"),
+        "nothing was stored"
+    );
+    let pods = c.run(&["get", "pods"]);
+    assert!(
+        String::from_utf8_lossy(&pods.stderr).contains("No pods found"),
+        "nothing was created"
+    );
+
+    // Valid WebAssembly that the node's engine does not compile (a proposal
+    // wasmtime leaves off): the pod fails with InvalidModule, even with
+    // restartPolicy Always, and is not tried again.
+    const CUSTOM_PAGE_SIZE_MODULE: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // header
+        0x05, 0x04, 0x01, 0x08, 0x00, 0x00, // memory: min 0, page size 2^0 bytes
+    ];
+    std::fs::write(c.path("unsupported.wasm"), CUSTOM_PAGE_SIZE_MODULE).expect("write");
+    c.wait_node_ready("n1", "Ready", T);
+    let manifest = pod_with("unsupported", "unsupported.wasm", "Always");
+    c.ok(&["apply", "-f", manifest.to_str().expect("utf8")]);
+    c.wait_phase("unsupported", "Failed", T);
+    assert_eq!(c.pod_field("unsupported", "reason"), "InvalidModule");
+    let message = c.pod_field("unsupported", "message");
+    assert!(message.contains("custom page sizes"), "{message}");
+    wait_status(&c, "unsupported", "InvalidModule");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(c.pod_field("unsupported", "phase"), "Failed");
+    assert_eq!(c.pod_field("unsupported", "restartCount"), "0");
+    assert!(!c.node_log("n1").contains("module not ready"), "no retries");
+}
+
+/// A byte of a pod's uid changed in a stopped master's `state.redb` (every
+/// copy of it in the file, so the live one too): the master refuses to
+/// start, naming the damage and the ways out, instead of serving the pod
+/// with another uid; the way out it names (a backup) brings the pod back
+/// as it was.
+#[test]
+fn a_damaged_state_file_stops_the_master_instead_of_serving_changed_data() {
+    let mut c = Cluster::start("10s");
+    let pod = c.manifest("keep.yaml", &pod_yaml("keep", "hello", &[], "Never", ""));
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    let uid = c.get_json("pod", "keep").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let backup = c.path("backup.bin");
+    c.ok(&["cluster", "snapshot", backup.to_str().expect("utf8")]);
+    c.stop_master();
+
+    let state = c.path("master/state.redb");
+    let mut bytes = std::fs::read(&state).expect("state.redb");
+    let copies: Vec<usize> = bytes
+        .windows(uid.len())
+        .enumerate()
+        .filter(|(_, w)| *w == uid.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!copies.is_empty(), "the uid is in state.redb");
+    for at in copies {
+        bytes[at + uid.len() - 1] ^= 0x01;
+    }
+    std::fs::write(&state, &bytes).expect("write state.redb");
+
+    let log_path = c.path("damaged.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut master = Command::new(common::BIN)
+        .args(["master", "--listen", &c.addr, "--data-dir"])
+        .arg(c.path("master"))
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("master");
+    let exited = wait_for("the damaged master to stop", T, || {
+        master.try_wait().expect("wait")
+    });
+    assert!(!exited.success(), "the master refused to start");
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    for says in [
+        "stored data is damaged",
+        "state.redb",
+        "fails its checksum",
+        "flotilla cluster remove",
+        "--restore",
+        "A corruption error at start-up",
+    ] {
+        assert!(log.contains(says), "the error says {says:?}:\n{log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The way out it names: a new data directory with the CA, from the backup.
+    let restored = c.path("restored");
+    std::fs::create_dir_all(restored.join("pki")).expect("dir");
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(c.path("master/pki").join(f), restored.join("pki").join(f)).expect("copy");
+    }
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = std::fs::File::create(c.path("restored.log")).expect("log");
+    let _restored = Reaped(
+        Command::new(common::BIN)
+            .args(["master", "--listen", &c.addr, "--data-dir"])
+            .arg(&restored)
+            .args(["--restore", backup.to_str().expect("utf8")])
+            .env("FLOTILLA_CONFIG", &c.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("master"),
+    );
+    let pod = wait_for("the restored pod", T, || c.get_json("pod", "keep"));
+    assert_eq!(pod["metadata"]["uid"], uid.as_str(), "the pod keeps its uid");
+}

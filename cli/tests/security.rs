@@ -575,3 +575,254 @@ fn nodes_read_only_their_own_pods_and_modules() {
     });
     assert!(!c.ok(&["get", "node", "n1", "-o", "yaml"]).contains("gpu"));
 }
+
+/// `hello` with a custom section of `pad` bytes appended: still valid Wasm.
+fn padded_module(pad: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(flotilla_workloads::path("hello")).expect("hello");
+    let name = b"pad";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.resize(payload.len() + pad, 0);
+    bytes.push(0); // custom section
+    let mut n = payload.len();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// Runs `cmd` and gives its exit code and its own peak resident memory in
+/// bytes (from `wait4`, which reports the one child waited for).
+fn peak_rss_of(cmd: &mut std::process::Command) -> (i32, u64) {
+    let child = cmd.spawn().expect("spawn");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: wait4 fills the status and the rusage it is given; the child
+    // is reaped here, so its `Child` is only dropped afterwards.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let r = libc::wait4(pid, &mut status, 0, usage.as_mut_ptr());
+        assert_eq!(r, pid, "wait4");
+        usage.assume_init()
+    };
+    drop(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+}
+
+/// Ten pods sharing a big module: the CLI reads it once, a chunk at a time,
+/// not once per pod and not whole. A FIFO or a device is refused at once,
+/// not read until the machine runs out of memory or forever.
+#[test]
+fn apply_reads_each_module_once_and_only_regular_files() {
+    const PAD: usize = 48 << 20;
+    let c = Cluster::start("20s");
+    let module = c.path("big.wasm");
+    std::fs::write(&module, padded_module(PAD)).expect("module");
+    let mut docs = String::new();
+    for i in 0..10 {
+        docs.push_str(&format!(
+            "---\napiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: big-{i}\nspec:\n  module: big.wasm\n  restartPolicy: Never\n"
+        ));
+    }
+    let file = c.manifest("big.yaml", &docs);
+    let (status, peak) = peak_rss_of(
+        std::process::Command::new(common::BIN)
+            .args(["apply", "-f"])
+            .arg(&file)
+            .env("FLOTILLA_CONFIG", &c.config)
+            .stdout(std::process::Stdio::null()),
+    );
+    assert!(status == 0, "apply failed");
+    assert_eq!(c.ok(&["get", "pods"]).matches("big-").count(), 10);
+    // Measured, not timed. Holding the module once per pod takes ten times
+    // it; streaming it takes buffers in flight (40–105 MiB measured for
+    // 48 MiB, depending on how fast the master takes it).
+    assert!(
+        peak < 3 * PAD as u64,
+        "the CLI peaked at {peak} bytes for a {PAD}-byte module"
+    );
+    for (name, target) in [("zero", "/dev/zero"), ("dir", "/tmp")] {
+        let link = c.path(&format!("{name}.wasm"));
+        std::os::unix::fs::symlink(target, &link).expect("symlink");
+        let doc = format!(
+            "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  module: {name}.wasm\n"
+        );
+        let out = c.run(&["apply", "-f", c.manifest(&format!("{name}.yaml"), &doc).to_str().expect("utf8")]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+    let fifo = c.path("fifo.wasm");
+    let cpath = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("path");
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo");
+    let doc = "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: fifo\nspec:\n  module: fifo.wasm\n";
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["apply", "-f"])
+        .arg(c.manifest("fifo.yaml", doc))
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply");
+    let status = wait_for("apply of a FIFO to end", T, || child.try_wait().expect("wait"));
+    assert!(!status.success());
+    let pods = c.ok(&["get", "pods"]);
+    assert!(!pods.contains("zero") && !pods.contains("fifo"), "{pods}");
+}
+
+/// The CLI remembers which master answered: with the first master in the
+/// config down, the next command goes to the one that answered first.
+#[test]
+fn the_cli_remembers_the_master_that_answered() {
+    let c = Cluster::start("20s");
+    let mut cfg = load(&c.config);
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    cfg.masters = vec![dead.clone(), c.addr.clone()];
+    std::fs::write(&c.config, cfg.render()).expect("config");
+    c.ok(&["get", "nodes"]);
+    assert_eq!(load(&c.config).masters, [c.addr.clone(), dead]);
+}
+
+/// A pod manifest like [`common::pod_yaml`] with one annotation of `bytes` bytes.
+fn annotated_pod(name: &str, bytes: usize, extra_spec: &str) -> String {
+    common::pod_yaml(name, "ticker", &[], "Always", extra_spec).replacen(
+        &format!("metadata:\n  name: {name}\n"),
+        &format!(
+            "metadata:\n  name: {name}\n  annotations:\n    example.com/blob: {}\n",
+            "x".repeat(bytes)
+        ),
+        1,
+    )
+}
+
+/// The security review's case: objects past the 1.5 MiB limit are refused
+/// with TooLarge (by `apply` before it sends anything, and by the master
+/// for whatever is sent); several legal pods of ~1 MiB each, more together
+/// than one frame carries, still list (`get pods`, `-o yaml`), and their
+/// node lists them and runs them.
+#[test]
+fn large_objects_are_refused_and_lists_of_big_ones_still_work() {
+    let mut c = Cluster::start("10s");
+    const MIB: usize = 1 << 20;
+
+    // Client-side: nothing is uploaded or created.
+    let big = c.manifest("big.yaml", &annotated_pod("too-big", 2 * MIB, ""));
+    let out = c.run(&["apply", "-f", big.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("an object may be at most") && err.contains("keep large data out"),
+        "{err}"
+    );
+
+    // Five pods of 1 MiB each, bound to a node that is not there yet: 5 MiB
+    // in all, more than one 4 MiB frame.
+    let names: Vec<String> = (0..5).map(|i| format!("large-{i}")).collect();
+    for name in &names {
+        let m = c.manifest(
+            &format!("{name}.yaml"),
+            &annotated_pod(name, MIB, "  nodeName: n1\n"),
+        );
+        c.ok(&["apply", "-f", m.to_str().expect("utf8")]);
+    }
+    let table = c.ok(&["get", "pods"]);
+    let yaml = c.ok(&["get", "pods", "-o", "yaml"]);
+    for name in &names {
+        assert!(table.contains(name.as_str()), "{table}");
+    }
+    assert_eq!(yaml.matches("example.com/blob").count(), names.len());
+
+    // The node learns of its pods by listing them: they run.
+    c.start_node("n1");
+    for name in &names {
+        c.wait_phase(name, "Running", T);
+    }
+
+    let admin = load(&c.config);
+    let pod = c.get_json("pod", "large-0").expect("pod");
+    let module = pod["spec"]["module"].as_str().expect("module").to_string();
+    rt().block_on(async {
+        let client = connect(&admin).await.expect("admin connects");
+        let pod = |name: &str, bytes: usize| {
+            let mut p = flotilla_api::Pod::default();
+            p.metadata = flotilla_api::ObjectMeta::named("default", name);
+            p.spec.module = module.clone();
+            p.metadata
+                .annotations
+                .insert("example.com/blob".into(), "x".repeat(bytes));
+            p
+        };
+        let too_large = |r: Result<Response, NetError>| match r {
+            Err(NetError::Api(e)) => {
+                assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
+                assert!(e.message.contains("1572864"), "{e}");
+                e.message
+            }
+            other => panic!("not refused as too large: {other:?}"),
+        };
+        // Create, update and status update: each refused, naming the object.
+        let msg = too_large(
+            client
+                .call(&Request::Create(Object::Pod(pod("huge", 2 * MIB))))
+                .await,
+        );
+        assert!(msg.contains("huge"), "{msg}");
+        let Ok(Response::Object(Object::Pod(mut stored))) = client
+            .call(&Request::Get {
+                kind: Kind::Pod,
+                namespace: "default".into(),
+                name: "large-1".into(),
+                stale: false,
+            })
+            .await
+        else {
+            panic!("large-1")
+        };
+        stored.metadata.resource_version = 0;
+        let mut grown = stored.clone();
+        grown
+            .metadata
+            .annotations
+            .insert("example.com/more".into(), "y".repeat(MIB));
+        too_large(client.call(&Request::Update(Object::Pod(grown))).await);
+        // Status alone past the limit, on a pod already near it.
+        let mut status = stored.clone();
+        status.status.message = "z".repeat(MIB);
+        too_large(
+            client
+                .call(&Request::UpdateStatus(Object::Pod(status)))
+                .await,
+        );
+        // A one-frame list of more than a frame: refused with advice, not cut.
+        let list = Request::List(flotilla_api::protocol::ListOptions {
+            kind: Some(Kind::Pod),
+            ..Default::default()
+        });
+        match client.call(&list).await {
+            Err(NetError::Api(e)) => {
+                assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
+                assert!(e.message.contains("stream"), "{e}");
+            }
+            other => panic!("a list past one frame: {other:?}"),
+        }
+    });
+    assert!(c.get_json("pod", "huge").is_none());
+    // The master took none of it and serves as before.
+    let table = c.ok(&["get", "pods"]);
+    assert_eq!(table.lines().count(), names.len() + 1, "{table}");
+}

@@ -12,16 +12,17 @@
 
 use crate::join;
 use crate::local::LocalStore;
-use crate::logs::LogBuffer;
+use crate::logs::{LogBuffer, LogEvent};
 use crate::runtime::Runtime;
 use crate::worker::{self, WorkerCtx, WorkerHandle};
 use crate::NodeError;
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::Validity;
 use flotilla_api::net::{read_frame, write_frame, Client, NetError};
-use flotilla_api::objects::{NodeCapacity, NodeInfo};
+use flotilla_api::objects::{NodeCapacity, NodeInfo, PodPhase};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
+    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Request, Response,
+    WatchOptions, ALPN,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{annotations, labels, Kind, Node, Object, ObjectMeta, Pod};
@@ -49,6 +50,14 @@ pub struct NodeConfig {
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// The first wait after a failure (before jitter), and the wait after a
+/// session that ended having lasted.
+const MIN_RECONNECT: Duration = Duration::from_millis(200);
+/// A session that lasted this long was healthy: the back-off starts over.
+/// A shorter one failed as surely as a connection that failed (its list or
+/// watch refused, say): reconnecting at once would loop as fast as the
+/// master answers, dozens of times a second.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// How long after a failed certificate renewal the next is tried.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How often undelivered status reports are retried.
@@ -80,11 +89,16 @@ impl Agent {
     /// Makes sure a worker runs `pod` (replacing one for an older pod of the same name).
     fn ensure(&mut self, pod: Pod) {
         let key = pod_key(&pod);
-        if self
+        if let Some(w) = self
             .workers
             .get(&key)
-            .is_some_and(|w| w.uid == pod.metadata.uid && !w.task.is_finished())
+            .filter(|w| w.uid == pod.metadata.uid && !w.task.is_finished())
         {
+            // The master marked the pod Unknown while this node was out of
+            // reach; nodes never report Unknown, so the real status is ours.
+            if pod.status.phase == PodPhase::Unknown {
+                w.report_again(&self.ctx.reports);
+            }
             return;
         }
         if let Some(old) = self.workers.remove(&key) {
@@ -173,7 +187,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         agent.ensure(p);
     }
     let reporter = tokio::spawn(report_loop(report_rx, client_rx.clone(), shutdown.clone()));
-    let mut delay = Duration::from_millis(200);
+    let mut delay = MIN_RECONNECT;
     while !shutdown.is_cancelled() {
         let client = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -192,16 +206,16 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
                         cfg.data_dir.join(join::CREDENTIALS_FILE).display()
                     );
                 }
-                tracing::warn!(error = %e, retry_in = ?delay, "no master reachable; pods keep running");
+                let wait;
+                (wait, delay) = back_off(delay, Ended::ConnectFailed, rand::random());
+                tracing::warn!(error = %e, retry_in = ?wait, "no master reachable; pods keep running");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                delay = (delay * 2).min(MAX_RECONNECT);
                 continue;
             }
         };
-        delay = Duration::from_millis(200);
         tracing::info!(master = %client.addr, "connected to master");
         let calm = renewal_failed.is_none_or(|t| t.elapsed() >= RENEW_RETRY);
         if validity.is_none_or(|v| v.renewal_due(now)) && calm {
@@ -257,6 +271,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             agent.logs.clone(),
             conn_done.clone(),
         ));
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => Ok(()),
             r = session(&client, &cfg, &creds, &mut agent) => r,
@@ -267,8 +282,20 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         };
         conn_done.cancel();
         client_tx.send_replace(None);
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "lost the master; pods keep running");
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let wait;
+        (wait, delay) = back_off(delay, Ended::Session(started.elapsed()), rand::random());
+        match result {
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "lost the master; pods keep running")
+            }
+            Ok(()) => tracing::debug!(retry_in = ?wait, "reconnecting"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     // Pods stop with the node but stay in the local store, to start again with it.
@@ -278,6 +305,35 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     }
     reporter.abort();
     Ok(())
+}
+
+/// How an attempt to hold a session with a master ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// No master answered.
+    ConnectFailed,
+    /// A session ended (it failed, or its master went away) after lasting this long.
+    Session(Duration),
+}
+
+/// The back-off after an attempt, from the current one and `unit` (random,
+/// in [0, 1)): the wait before the next attempt, and the back-off after it.
+/// Every failure — a connection, or a session shorter than
+/// [`STABLE_SESSION`] — doubles it up to [`MAX_RECONNECT`]; only a session
+/// that lasted starts it over. The wait is jittered down to half, so nodes
+/// cut off together do not come back in step.
+fn back_off(current: Duration, ended: Ended, unit: f64) -> (Duration, Duration) {
+    let base = match ended {
+        Ended::Session(lasted) if lasted >= STABLE_SESSION => MIN_RECONNECT,
+        _ => current,
+    };
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let wait = base.mul_f64(0.5 + unit / 2.0);
+    (wait, (base * 2).min(MAX_RECONNECT))
 }
 
 /// The TLS configuration that presents the node's certificate.
@@ -304,10 +360,7 @@ async fn session(
         node_name: Some(agent.name.clone()),
         stale: false,
     };
-    let (revision, items) = match client.call(&Request::List(list.clone())).await? {
-        Response::List { revision, items } => (revision, items),
-        other => return Err(NetError::Unexpected(format!("{other:?}"))),
-    };
+    let (revision, items) = list_all(client, &list).await?;
     agent.reconcile(
         items
             .into_iter()
@@ -334,6 +387,24 @@ async fn session(
             EventType::Deleted => agent.remove(&pod_key(&pod)),
             EventType::Added | EventType::Modified => agent.ensure(pod),
             EventType::Bookmark => {}
+        }
+    }
+}
+
+/// Lists in as many frames as it takes (`ListStream`), so that pods of any
+/// number and size (up to the 1.5 MiB object limit each) reach the node.
+async fn list_all(client: &Client, list: &ListOptions) -> Result<(u64, Vec<Object>), NetError> {
+    let (_send, mut recv) = client.open(&Request::ListStream(list.clone())).await?;
+    let mut collector = ListCollector::default();
+    loop {
+        let frame = read_frame::<Response>(&mut recv)
+            .await?
+            .ok_or(NetError::Closed)?;
+        match collector.take(frame) {
+            Ok(Some(list)) => return Ok(list),
+            Ok(None) => {}
+            Err(ListStreamError::Api(e)) => return Err(NetError::Api(e)),
+            Err(e) => return Err(NetError::Unexpected(e.to_string())),
         }
     }
 }
@@ -514,12 +585,15 @@ async fn report_loop(
                     pending.remove(&k);
                 }
                 // The pod is gone or no longer ours: the status has no one to go to.
+                // Or it would take the pod past the size limit: sending it
+                // again would be refused again and hold up the others.
                 Err(NetError::Api(ApiError {
                     code:
                         ErrorCode::NotFound
                         | ErrorCode::Forbidden
                         | ErrorCode::Conflict
-                        | ErrorCode::Invalid,
+                        | ErrorCode::Invalid
+                        | ErrorCode::TooLarge,
                     message,
                 })) => {
                     tracing::debug!(pod = %k, %message, "dropping status report");
@@ -590,7 +664,9 @@ async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationTok
                         m = rx.recv() => m,
                     };
                     match msg {
-                        Ok(bytes) => {
+                        // The pod's program ended for good: so does the stream.
+                        Ok(LogEvent::Ended) => break,
+                        Ok(LogEvent::Bytes(bytes)) => {
                             if write_frame(&mut send, &Response::Chunk(bytes))
                                 .await
                                 .is_err()
@@ -612,5 +688,59 @@ async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationTok
             let _ = write_frame(&mut send, &Response::End).await;
             let _ = send.finish();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn every_failed_session_backs_off_with_jitter() {
+        let quick = Ended::Session(Duration::from_millis(30));
+        let lasted = Ended::Session(STABLE_SESSION);
+        // (back-off now, how the attempt ended, random unit, wait, back-off after)
+        let cases = [
+            (200 * MS, Ended::ConnectFailed, 0.0, 100 * MS, 400 * MS),
+            (200 * MS, Ended::ConnectFailed, 0.5, 150 * MS, 400 * MS),
+            // A session that fails at once backs off like a failed connection...
+            (200 * MS, quick, 1.0, 200 * MS, 400 * MS),
+            (400 * MS, quick, 1.0, 400 * MS, 800 * MS),
+            (3200 * MS, quick, 1.0, 3200 * MS, MAX_RECONNECT),
+            (MAX_RECONNECT, quick, 1.0, MAX_RECONNECT, MAX_RECONNECT),
+            // ...and only one that lasted starts it over.
+            (MAX_RECONNECT, lasted, 1.0, MIN_RECONNECT, 400 * MS),
+            // Nonsense randomness still gives a wait within bounds.
+            (400 * MS, quick, f64::NAN, 200 * MS, 800 * MS),
+            (400 * MS, quick, 7.0, 400 * MS, 800 * MS),
+            (400 * MS, quick, -1.0, 200 * MS, 800 * MS),
+        ];
+        for (current, ended, unit, wait, next) in cases {
+            assert_eq!(
+                back_off(current, ended, unit),
+                (wait, next),
+                "{current:?} {ended:?} {unit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_failing_at_once_never_loops_fast() {
+        // The review's case: every session fails right after connecting.
+        // Whatever the jitter, the attempts slow to at least one every
+        // MAX_RECONNECT / 2 within a few tries.
+        let mut delay = MIN_RECONNECT;
+        let mut total = Duration::ZERO;
+        for i in 0..20 {
+            let wait;
+            (wait, delay) = back_off(delay, Ended::Session(MS), 0.0);
+            total += wait;
+            if i >= 5 {
+                assert!(wait >= MAX_RECONNECT / 2, "attempt {i} waits {wait:?}");
+            }
+        }
+        assert!(total >= Duration::from_secs(30), "{total:?}");
     }
 }

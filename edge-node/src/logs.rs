@@ -1,5 +1,8 @@
 //! Per-pod log buffers: what a pod wrote to stdout and stderr, bounded in
 //! size (old bytes fall off the front), with live followers for `logs -f`.
+//! A buffer knows when its pod's program has ended for good, so a follower
+//! gets what there is and then the end of the stream instead of waiting
+//! forever for output that cannot come.
 
 use crate::runtime::{LogSink, LogStream};
 use std::collections::VecDeque;
@@ -9,42 +12,79 @@ use tokio::sync::broadcast;
 /// Bytes kept per pod; a chatty pod cannot exhaust a small device's memory.
 pub const LOG_LIMIT: usize = 512 << 10;
 
+/// What a follower receives after its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// Bytes the pod wrote.
+    Bytes(Vec<u8>),
+    /// The pod's program ended and will not run again: nothing more comes.
+    Ended,
+}
+
 /// One pod's log.
 pub struct LogBuffer {
-    inner: Mutex<VecDeque<u8>>,
-    live: broadcast::Sender<Vec<u8>>,
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<LogEvent>,
+}
+
+#[derive(Default)]
+struct Inner {
+    bytes: VecDeque<u8>,
+    ended: bool,
 }
 
 impl Default for LogBuffer {
     fn default() -> Self {
         LogBuffer {
-            inner: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Inner::default()),
             live: broadcast::channel(1024).0,
         }
     }
 }
 
 impl LogBuffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends bytes, dropping the oldest beyond [`LOG_LIMIT`], and wakes followers.
     pub fn append(&self, bytes: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        buf.extend(bytes);
-        let excess = buf.len().saturating_sub(LOG_LIMIT);
-        buf.drain(..excess);
+        let mut inner = self.lock();
+        inner.bytes.extend(bytes);
+        let excess = inner.bytes.len().saturating_sub(LOG_LIMIT);
+        inner.bytes.drain(..excess);
         // Sent under the lock so a follower's snapshot and stream never overlap or gap.
-        let _ = self.live.send(bytes.to_vec());
+        let _ = self.live.send(LogEvent::Bytes(bytes.to_vec()));
+    }
+
+    /// Marks the log complete: the pod's program ended and its restart
+    /// policy will not run it again. Followers get [`LogEvent::Ended`]; later
+    /// snapshots come without a follower.
+    pub fn end(&self) {
+        let mut inner = self.lock();
+        if !inner.ended {
+            inner.ended = true;
+            let _ = self.live.send(LogEvent::Ended);
+        }
+    }
+
+    /// Opens the log again for a new pod of the same name (a new worker):
+    /// followers wait for its output again.
+    pub fn reopen(&self) {
+        self.lock().ended = false;
     }
 
     /// The kept bytes (only the last `tail_lines` lines if given) and, if
-    /// `follow`, a receiver of everything appended after them.
+    /// `follow` and the pod may still write, a receiver of everything
+    /// appended after them.
     pub fn snapshot(
         &self,
         tail_lines: Option<u32>,
         follow: bool,
-    ) -> (Vec<u8>, Option<broadcast::Receiver<Vec<u8>>>) {
-        let buf = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let rx = follow.then(|| self.live.subscribe());
-        let all: Vec<u8> = buf.iter().copied().collect();
+    ) -> (Vec<u8>, Option<broadcast::Receiver<LogEvent>>) {
+        let inner = self.lock();
+        let rx = (follow && !inner.ended).then(|| self.live.subscribe());
+        let all: Vec<u8> = inner.bytes.iter().copied().collect();
         (tail(&all, tail_lines), rx)
     }
 }
@@ -105,6 +145,30 @@ mod tests {
         let (snap, rx) = b.snapshot(None, true);
         b.append(b"new\n");
         assert_eq!(snap, b"old\n");
-        assert_eq!(rx.expect("follow").try_recv().expect("live"), b"new\n");
+        assert_eq!(
+            rx.expect("follow").try_recv().expect("live"),
+            LogEvent::Bytes(b"new\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn followers_learn_that_the_pod_ended() {
+        let b = LogBuffer::default();
+        b.append(b"last words\n");
+        let (_, rx) = b.snapshot(None, true);
+        let mut rx = rx.expect("the pod still runs: follow");
+        b.end();
+        b.end();
+        assert_eq!(rx.try_recv().expect("ended"), LogEvent::Ended);
+        assert!(rx.try_recv().is_err(), "ended is sent once");
+
+        // Following a finished pod gives what there is and no follower.
+        let (snap, rx) = b.snapshot(None, true);
+        assert_eq!(snap, b"last words\n");
+        assert!(rx.is_none());
+
+        // A new pod of the same name can be followed again.
+        b.reopen();
+        assert!(b.snapshot(None, true).1.is_some());
     }
 }

@@ -56,6 +56,11 @@ pub enum Event {
     PrepareFailed {
         message: String,
     },
+    /// The module cannot be compiled (not valid Wasm, or not something this
+    /// engine runs). Its digest names the same bytes forever, so no retry can help.
+    ModuleInvalid {
+        message: String,
+    },
     /// An instance started.
     Started,
     Exited(Exit),
@@ -90,6 +95,9 @@ pub struct PodMachine {
     pub start_time: Option<Time>,
     /// Set while in back-off: the delay used, for the status message.
     pub current_backoff: Duration,
+    /// The pod ran before this machine existed (the node agent restarted):
+    /// its next start is a restart and counts as one.
+    pub ran_before: bool,
 }
 
 impl PodMachine {
@@ -104,8 +112,24 @@ impl PodMachine {
             last_exit: None,
             start_time: None,
             current_backoff: Duration::ZERO,
+            ran_before: false,
         };
         (m, vec![Action::Report, Action::Prepare])
+    }
+
+    /// The machine for a pod given the status it last had (from the node's
+    /// local store after an agent restart, or the master's copy): a pod that
+    /// ended stays ended; a pod that ran before runs again, and that run
+    /// counts as a restart, as Kubernetes counts a container the kubelet
+    /// starts again after its own restart.
+    pub fn resume(policy: RestartPolicy, status: &PodStatus) -> (PodMachine, Vec<Action>) {
+        if status.phase.is_terminal() {
+            return (PodMachine::completed(policy, status), vec![]);
+        }
+        let (mut m, actions) = PodMachine::new(policy, status.restart_count);
+        m.start_time = status.start_time;
+        m.ran_before = status.start_time.is_some();
+        (m, actions)
     }
 
     /// A pod that already ended before (restored after a node restart): it stays ended.
@@ -125,6 +149,7 @@ impl PodMachine {
             }),
             start_time: status.start_time,
             current_backoff: Duration::ZERO,
+            ran_before: false,
         }
     }
 
@@ -153,7 +178,24 @@ impl PodMachine {
                 self.state = State::Stopped;
                 vec![Kill]
             }
-            (State::Preparing, Event::Prepared) => vec![Start],
+            (State::Preparing, Event::Prepared) => {
+                if std::mem::take(&mut self.ran_before) {
+                    self.restart_count = self.restart_count.saturating_add(1);
+                }
+                vec![Start]
+            }
+            (State::Preparing, Event::ModuleInvalid { message }) => {
+                self.last_exit = Some(Exit {
+                    code: None,
+                    reason: "InvalidModule".into(),
+                    message,
+                    at: now,
+                });
+                self.state = State::Completed {
+                    phase: PodPhase::Failed,
+                };
+                vec![Report]
+            }
             (State::Preparing, Event::PrepareFailed { message }) => {
                 let d = self.backoff(now);
                 self.state = State::PrepareBackOff {
@@ -181,7 +223,7 @@ impl PodMachine {
             (State::Preparing, Event::Exited(exit))
             | (State::CrashBackOff { .. }, Event::Exited(exit)) => self.finish(exit, now),
             (State::CrashBackOff { .. }, Event::BackOffElapsed) => {
-                self.restart_count += 1;
+                self.restart_count = self.restart_count.saturating_add(1);
                 vec![Start]
             }
             // Anything else is a stale event (e.g. a timer racing a stop); ignore it.
@@ -193,6 +235,7 @@ impl PodMachine {
                 | State::Completed { .. },
                 Event::Prepared
                 | Event::PrepareFailed { .. }
+                | Event::ModuleInvalid { .. }
                 | Event::Started
                 | Event::Exited(_)
                 | Event::BackOffElapsed,
@@ -472,5 +515,92 @@ mod tests {
         assert_eq!(m.step(Event::BackOffElapsed, Time(0)), vec![]);
         assert_eq!(m.status().phase, PodPhase::Succeeded);
         assert_eq!(m.status().restart_count, 3);
+    }
+
+    #[test]
+    fn invalid_modules_fail_the_pod_whatever_the_policy() {
+        for policy in [
+            RestartPolicy::Always,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+        ] {
+            let (mut m, _) = PodMachine::new(policy, 0);
+            let invalid = Event::ModuleInvalid {
+                message: "invalid input WebAssembly code at offset 8".into(),
+            };
+            assert_eq!(m.step(invalid, Time(5)), vec![Report], "{policy:?}");
+            let st = m.status();
+            assert_eq!(
+                (st.phase, st.reason.as_str(), st.message.as_str()),
+                (
+                    PodPhase::Failed,
+                    "InvalidModule",
+                    "invalid input WebAssembly code at offset 8"
+                ),
+                "{policy:?}"
+            );
+            assert_eq!(st.finish_time, Some(Time(5)));
+            // Nothing brings it back: no back-off, no retry.
+            assert_eq!(m.step(Event::BackOffElapsed, Time(6)), vec![]);
+            assert_eq!(m.step(Event::Prepared, Time(7)), vec![]);
+            assert_eq!(m.status().phase, PodPhase::Failed);
+        }
+    }
+
+    #[test]
+    fn resumed_pods_count_the_run_after_an_agent_restart() {
+        let status = |phase, start_time| PodStatus {
+            phase,
+            restart_count: 2,
+            start_time,
+            ..PodStatus::default()
+        };
+        // (status the pod had, actions on resume, restart count once started again)
+        let cases = [
+            // It was running: running it again is a restart.
+            (
+                status(PodPhase::Running, Some(Time(100))),
+                vec![Report, Prepare],
+                Some(3),
+            ),
+            // It was waiting out a crash back-off: its next run was a restart anyway.
+            (
+                PodStatus {
+                    reason: "CrashLoopBackOff".into(),
+                    ..status(PodPhase::Running, Some(Time(100)))
+                },
+                vec![Report, Prepare],
+                Some(3),
+            ),
+            // It never started (e.g. its module was still being fetched): the first run is no restart.
+            (
+                status(PodPhase::Pending, None),
+                vec![Report, Prepare],
+                Some(2),
+            ),
+            // It ended: it stays ended and does not run.
+            (status(PodPhase::Succeeded, Some(Time(100))), vec![], None),
+            (status(PodPhase::Failed, Some(Time(100))), vec![], None),
+        ];
+        for (st, want_actions, want_restarts) in cases {
+            let (mut m, actions) = PodMachine::resume(RestartPolicy::Always, &st);
+            assert_eq!(actions, want_actions, "{st:?}");
+            assert_eq!(m.status().restart_count, 2, "nothing counted yet: {st:?}");
+            let Some(want) = want_restarts else {
+                assert_eq!(m.step(Event::Prepared, Time(200)), vec![], "{st:?}");
+                assert_eq!(m.status().phase, st.phase);
+                continue;
+            };
+            assert_eq!(m.step(Event::Prepared, Time(200)), vec![Start], "{st:?}");
+            assert_eq!(m.step(Event::Started, Time(200)), vec![Report], "{st:?}");
+            let now = m.status();
+            assert_eq!(now.restart_count, want, "{st:?}");
+            assert_eq!(now.phase, PodPhase::Running);
+            assert_eq!(now.start_time, st.start_time.or(Some(Time(200))));
+            // Counted once: a crash later restarts through the back-off as usual.
+            m.step(exit(1), Time(300));
+            m.step(Event::BackOffElapsed, Time(2000));
+            assert_eq!(m.status().restart_count, want + 1, "{st:?}");
+        }
     }
 }

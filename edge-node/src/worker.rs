@@ -1,11 +1,13 @@
 //! One worker per pod: performs the actions of the pod's state machine
 //! ([`crate::pod`]) — fetch and compile the module, run it, wait out
 //! back-offs, report status — and feeds the outcomes back as events.
+//! It also closes the pod's log when the program has ended for good, so
+//! `logs -f` ends with it.
 
 use crate::local::LocalStore;
 use crate::logs::LogBuffer;
 use crate::pod::{Action, Event, Exit, PodMachine};
-use crate::runtime::{LogSink, Program, RunOutcome, RunSpec, Runtime};
+use crate::runtime::{LogSink, Program, RunOutcome, RunSpec, Runtime, RuntimeError};
 use flotilla_api::net::{read_frame, Client};
 use flotilla_api::objects::{condition, digest_of, PodCondition, PodPhase};
 use flotilla_api::protocol::{Request, Response};
@@ -34,31 +36,55 @@ pub struct WorkerHandle {
     pub uid: String,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
+    /// The pod as last reported (see [`WorkerHandle::report_again`]).
+    last: Arc<Mutex<Pod>>,
+}
+
+impl WorkerHandle {
+    /// Queues the pod's last reported status for the master again. Used when
+    /// the master's copy no longer shows it: while this node was out of
+    /// reach the master marked the pod `Unknown`, and only the node knows
+    /// the real status.
+    pub fn report_again(&self, reports: &mpsc::UnboundedSender<Pod>) {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = reports.send(last.clone());
+    }
 }
 
 /// Starts a worker for `pod`, logging into `logs`.
 pub fn spawn(pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>) -> WorkerHandle {
     let stop = CancellationToken::new();
     let uid = pod.metadata.uid.clone();
-    let task = tokio::spawn(run(pod, ctx, logs, stop.clone()));
-    WorkerHandle { uid, stop, task }
+    // The buffer may have been closed by an earlier pod of the same name.
+    logs.reopen();
+    let last = Arc::new(Mutex::new(pod.clone()));
+    let task = tokio::spawn(run(pod, ctx, logs, last.clone(), stop.clone()));
+    WorkerHandle {
+        uid,
+        stop,
+        task,
+        last,
+    }
 }
 
-async fn run(mut pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>, stop: CancellationToken) {
+async fn run(
+    mut pod: Pod,
+    ctx: Arc<WorkerCtx>,
+    logs: Arc<LogBuffer>,
+    last: Arc<Mutex<Pod>>,
+    stop: CancellationToken,
+) {
     let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
-    let policy = pod.spec.restart_policy;
-    let (mut machine, mut actions) = if pod.status.phase.is_terminal() {
-        (PodMachine::completed(policy, &pod.status), vec![])
-    } else {
-        PodMachine::new(policy, pod.status.restart_count)
-    };
+    let (mut machine, mut actions) = PodMachine::resume(pod.spec.restart_policy, &pod.status);
     let mut program: Option<Program> = None;
     let mut module_condition = pod.status.condition(condition::MODULE_READY).cloned();
     loop {
         let mut next = None;
         for a in actions.drain(..) {
             match a {
-                Action::Report => report(&ctx, &mut pod, &machine, module_condition.as_ref()),
+                Action::Report => {
+                    report(&ctx, &last, &mut pod, &machine, module_condition.as_ref())
+                }
                 Action::Kill => {
                     tracing::info!(pod = %key, "stopped pod");
                     return;
@@ -68,7 +94,12 @@ async fn run(mut pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>, stop: Canc
         }
         let event = match next {
             None => {
-                // Nothing left to do (the pod ended): wait to be stopped.
+                // Nothing left to do: the program ended for good. Followers of
+                // its log get the end of the stream (unless this worker is
+                // being replaced, and the buffer already belongs to the next).
+                if !stop.is_cancelled() {
+                    logs.end();
+                }
                 stop.cancelled().await;
                 return;
             }
@@ -86,7 +117,18 @@ async fn run(mut pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>, stop: Canc
                         });
                         Event::Prepared
                     }
-                    Err(message) => {
+                    Err(PrepareError::Invalid(message)) => {
+                        tracing::warn!(pod = %key, %message, "module cannot be compiled; the pod fails");
+                        module_condition = Some(PodCondition {
+                            type_: condition::MODULE_READY.into(),
+                            status: false,
+                            last_transition_time: Some(Time::now()),
+                            reason: "InvalidModule".into(),
+                            message: message.clone(),
+                        });
+                        Event::ModuleInvalid { message }
+                    }
+                    Err(PrepareError::Retry(message)) => {
                         tracing::warn!(pod = %key, %message, "module not ready");
                         Event::PrepareFailed { message }
                     }
@@ -108,7 +150,7 @@ async fn run(mut pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>, stop: Canc
                 // Report Running before the guest starts, so short pods show the transition too.
                 for a in machine.step(Event::Started, Time::now()) {
                     if a == Action::Report {
-                        report(&ctx, &mut pod, &machine, module_condition.as_ref());
+                        report(&ctx, &last, &mut pod, &machine, module_condition.as_ref());
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
@@ -158,7 +200,13 @@ fn exit_event(reason: &str, message: String) -> Event {
 
 /// Sets the pod's status from the machine, keeps it locally (so a rebooted
 /// node knows it) and queues it for the master.
-fn report(ctx: &WorkerCtx, pod: &mut Pod, machine: &PodMachine, module: Option<&PodCondition>) {
+fn report(
+    ctx: &WorkerCtx,
+    last: &Mutex<Pod>,
+    pod: &mut Pod,
+    machine: &PodMachine,
+    module: Option<&PodCondition>,
+) {
     let mut status = machine.status();
     status.conditions = pod.status.conditions.clone();
     if let Some(c) = module {
@@ -183,13 +231,29 @@ fn report(ctx: &WorkerCtx, pod: &mut Pod, machine: &PodMachine, module: Option<&
     if let Err(e) = ctx.local.put_pod(pod) {
         tracing::warn!(error = %e, "cannot persist pod status locally");
     }
+    // Sent under the lock, so a status sent again by `report_again` is never
+    // queued after a newer one.
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    *last = pod.clone();
     let _ = ctx.reports.send(pod.clone());
+}
+
+/// Why a module could not be made ready.
+#[derive(Debug, thiserror::Error)]
+enum PrepareError {
+    /// The bytes cannot be compiled; the pod fails with `InvalidModule`.
+    #[error("{0}")]
+    Invalid(String),
+    /// Anything else (no master, the network, the local store): tried again after a back-off.
+    #[error("{0}")]
+    Retry(String),
 }
 
 /// Gets the module (memory, local store, or master) and compiles it.
 /// Returns the program and a message with the timings, e.g.
 /// `fetch 3ms (master), compile 61ms (cold)`.
-async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), String> {
+async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), PrepareError> {
+    let retry = |e: &dyn std::fmt::Display| PrepareError::Retry(e.to_string());
     if let Some(p) = ctx
         .programs
         .lock()
@@ -200,17 +264,19 @@ async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), Str
         return Ok((p, "fetch 0ms (memory), compile 0ms (memory)".into()));
     }
     let t0 = Instant::now();
-    let (bytes, source) = match ctx.local.module(digest).map_err(|e| e.to_string())? {
+    let (bytes, source) = match ctx.local.module(digest).map_err(|e| retry(&e))? {
         Some(b) => (b, "local"),
         None => {
             let client = ctx.client.borrow().clone();
             let client = client.ok_or_else(|| {
-                format!("module {digest} is not cached on this node and no master is connected")
+                PrepareError::Retry(format!(
+                    "module {digest} is not cached on this node and no master is connected"
+                ))
             })?;
-            let bytes = fetch(&client, digest).await?;
+            let bytes = fetch(&client, digest).await.map_err(PrepareError::Retry)?;
             ctx.local
                 .put_module(digest, &bytes)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| retry(&e))?;
             (bytes, "master")
         }
     };
@@ -219,8 +285,12 @@ async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), Str
     let d = digest.to_string();
     let (program, info) = tokio::task::spawn_blocking(move || rt.load(&d, &bytes))
         .await
-        .map_err(|e| format!("compile task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PrepareError::Retry(format!("compile task failed: {e}")))?
+        .map_err(|e| match e {
+            // The digest names these bytes forever: the same compile fails the same way.
+            RuntimeError::InvalidModule { message } => PrepareError::Invalid(message),
+            other => retry(&other),
+        })?;
     ctx.programs
         .lock()
         .unwrap_or_else(|p| p.into_inner())

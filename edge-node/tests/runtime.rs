@@ -216,6 +216,25 @@ fn garbage_is_invalid_module() {
     }
 }
 
+/// A valid core module (wasmparser accepts it with every proposal enabled,
+/// as the master's upload check does) that this engine does not compile: its
+/// memory uses the custom-page-sizes proposal, which wasmtime leaves off.
+const UNSUPPORTED_MODULE: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // header
+    0x05, 0x04, 0x01, 0x08, 0x00, 0x00, // memory: min 0, page size 2^0 bytes
+];
+
+#[test]
+fn valid_but_unsupported_is_invalid_module() {
+    let (rt, _dir) = runtime();
+    match rt.load("sha256:unsupported", UNSUPPORTED_MODULE) {
+        Err(RuntimeError::InvalidModule { message }) => {
+            assert!(message.contains("custom page sizes"), "{message}");
+        }
+        other => panic!("expected InvalidModule, got {:?}", other.map(|(_, i)| i)),
+    }
+}
+
 #[tokio::test]
 async fn second_load_comes_from_cache_and_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -325,4 +344,58 @@ async fn module_without_start_is_a_start_error() {
         }
         other => panic!("expected a start error, got {other:?}"),
     }
+}
+
+/// A p1 module with `tables` tables of a million funcref elements each and an
+/// empty `_start`, assembled by hand (the node needs no text-format parser).
+fn many_tables(tables: u8) -> Vec<u8> {
+    let mut table_sec = vec![tables];
+    for _ in 0..tables {
+        // funcref, min only, min = 2^20 (LEB128: 80 80 40).
+        table_sec.extend_from_slice(&[0x70, 0x00, 0x80, 0x80, 0x40]);
+    }
+    let mut m = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    m.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]); // type () -> ()
+    m.extend_from_slice(&[0x03, 0x02, 0x01, 0x00]); // one function of type 0
+    let len = table_sec.len();
+    assert!(len < 1 << 14);
+    m.push(0x04);
+    m.extend_from_slice(&[(len as u8 & 0x7f) | 0x80, (len >> 7) as u8]);
+    m.extend_from_slice(&table_sec);
+    m.extend_from_slice(&[0x07, 0x0a, 0x01, 0x06]);
+    m.extend_from_slice(b"_start");
+    m.extend_from_slice(&[0x00, 0x00]); // export func 0
+    m.extend_from_slice(&[0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b]); // empty body
+    m
+}
+
+/// Tables count against the pod's memory limit: 64 tables of a million
+/// elements under 16 MiB once took the node from 82 to 694 MB.
+#[tokio::test]
+async fn tables_count_against_the_memory_limit() {
+    let (rt, _dir) = runtime();
+    let (program, _) = rt.load("tables", &many_tables(64)).expect("loads");
+    let limit = 16 << 20;
+    let limited = RunSpec {
+        memory_limit: Some(limit),
+        ..spec("tables", &[])
+    };
+    let (outcome, _) = tokio::time::timeout(Duration::from_secs(30), run(&rt, &program, limited))
+        .await
+        .expect("bounded");
+    match outcome {
+        RunOutcome::Failed { reason, message } => {
+            assert_eq!(reason, "OOMKilled", "{message}");
+            assert!(message.contains("linear memory and tables"), "{message}");
+        }
+        other => panic!("expected OOMKilled, got {other:?}"),
+    }
+    // One table of a million elements fits in 16 MiB and runs.
+    let (program, _) = rt.load("table", &many_tables(1)).expect("loads");
+    let one = RunSpec {
+        memory_limit: Some(limit),
+        ..spec("table", &[])
+    };
+    let (outcome, _) = run(&rt, &program, one).await;
+    assert_eq!(outcome, RunOutcome::Exited(0));
 }

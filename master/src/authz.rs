@@ -38,6 +38,7 @@ pub fn authorize(caller: &Caller, req: &Request) -> Result<(), ApiError> {
         Request::Hello { .. }
             | Request::Get { .. }
             | Request::List(_)
+            | Request::ListStream(_)
             | Request::Watch(_)
             | Request::GetModule { .. }
             | Request::ClusterStatus
@@ -196,6 +197,7 @@ mod tests {
             stale: false,
         };
         let list = Request::List(ListOptions::default());
+        let list_stream = Request::ListStream(ListOptions::default());
         let create_pod = Request::Create(Object::Pod(Pod::default()));
         let own = Request::UpdateStatus(node_obj("n1"));
         let other = Request::UpdateStatus(node_obj("n2"));
@@ -228,6 +230,9 @@ mod tests {
             (&viewer, &get, None),
             (&viewer, &create_pod, Some(ErrorCode::Forbidden)),
             (&n1, &list, None),
+            (&n1, &list_stream, None),
+            (&viewer, &list_stream, None),
+            (&anon, &list_stream, Some(ErrorCode::Unauthenticated)),
             (&n1, &own, None),
             (&n1, &other, Some(ErrorCode::Forbidden)),
             (&n1, &hb_other, Some(ErrorCode::Forbidden)),

@@ -9,6 +9,7 @@
 //! - [`binder`]: places pending pods on Ready nodes that match their selector.
 //! - [`lifecycle`]: turns nodes whose heartbeats stop NotReady.
 //! - [`nodes`]: live connections of nodes, for requests the master makes to them (logs).
+//! - [`wasm`]: checks that an uploaded module is WebAssembly before it is stored.
 //! - [`raft`]: openraft's storage over the store (log, state machine, snapshots),
 //!   raft messages between masters over QUIC, and [`raft::propose`], through
 //!   which every write of the running master goes.
@@ -24,6 +25,7 @@ pub mod pki;
 pub mod raft;
 pub mod service;
 pub mod store;
+pub mod wasm;
 
 use flotilla_api::identity;
 use std::net::SocketAddr;
@@ -567,6 +569,11 @@ impl Running {
             self.config.node_grace,
             shutdown.clone(),
             tracker.clone(),
+        ));
+        tracker.spawn(raft::check::run(
+            self.cluster.clone(),
+            self.store.clone(),
+            shutdown.clone(),
         ));
         tracker.spawn(renew_certificates(
             self.pki.clone(),

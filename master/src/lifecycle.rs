@@ -2,6 +2,11 @@
 //! period, and Ready again once they resume. Heartbeats are kept in memory
 //! (they are too frequent to be writes); only transitions reach the store,
 //! through raft, from the leader.
+//! While a node is NotReady, the pods bound to it that had not ended show
+//! phase `Unknown` (reason `NodeLost`, condition Ready false), as the
+//! Kubernetes node controller marks them: their programs may still run, but
+//! nobody can tell. The node restores their real status when it is back
+//! (it reports again any pod the master shows as Unknown).
 //! A master that just started, or just became the leader, counts every node
 //! as seen at that moment, so a restart or a change of leader does not turn
 //! the whole cluster NotReady. Followers relay the heartbeats they receive to
@@ -9,10 +14,10 @@
 
 use crate::raft::{propose, Raft};
 use crate::store::{Command, Store, StoreError};
-use flotilla_api::objects::ReadyState;
+use flotilla_api::objects::{condition, PodCondition, PodPhase, PodStatus, ReadyState};
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
-use flotilla_api::{Kind, Object};
+use flotilla_api::{Kind, Object, Pod};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +74,33 @@ pub fn transition(current: ReadyState, silence: Duration, grace: Duration) -> Op
     (want != current).then_some(want)
 }
 
+/// The reason of pods whose node is not ready.
+pub const NODE_LOST: &str = "NodeLost";
+
+/// The status `pod` shows while `node`, the node it is bound to, is not
+/// ready; None if the pod is not bound there, has ended, or already shows it.
+/// Everything the node reported stays (restarts, exit code, times) except
+/// the phase, the reason and the Ready condition.
+pub fn lost_status(pod: &Pod, node: &str, now: Time) -> Option<PodStatus> {
+    let bound_here = pod.spec.node_name.as_deref() == Some(node);
+    let st = &pod.status;
+    if !bound_here || st.phase.is_terminal() || st.phase == PodPhase::Unknown {
+        return None;
+    }
+    let mut status = st.clone();
+    status.phase = PodPhase::Unknown;
+    status.reason = NODE_LOST.into();
+    status.message = format!("node {node} is not ready; its pods may still run");
+    status.set_condition(PodCondition {
+        type_: condition::READY.into(),
+        status: false,
+        last_transition_time: Some(now),
+        reason: NODE_LOST.into(),
+        message: status.message.clone(),
+    });
+    Some(status)
+}
+
 /// How often nodes are re-examined; bounds how late past the grace period a node turns NotReady.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -105,6 +137,8 @@ async fn examine(
 ) -> Result<(), StoreError> {
     let (_, nodes) = store.list(Kind::Node, None, &Selector::default())?;
     let now = Instant::now();
+    // Nodes NotReady after this pass, whose pods must show Unknown.
+    let mut lost = Vec::new();
     for obj in nodes {
         let Object::Node(mut node) = obj else {
             continue;
@@ -113,6 +147,9 @@ async fn examine(
             .silence(&node.metadata.name, now)
             .min(now.saturating_duration_since(leading_since));
         let Some(next) = transition(node.status.ready, silence, grace) else {
+            if node.status.ready == ReadyState::NotReady {
+                lost.push(node.metadata.name);
+            }
             continue;
         };
         let rv = node.metadata.resource_version;
@@ -132,6 +169,7 @@ async fn examine(
             );
         }
         tracing::info!(node = %node.metadata.name, state = %next, "node transition");
+        let name = node.metadata.name.clone();
         match propose(
             raft,
             Command::Update {
@@ -142,6 +180,49 @@ async fn examine(
         )
         .await
         {
+            Ok(_) if next == ReadyState::NotReady => lost.push(name),
+            Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    mark_pods_lost(store, raft, &lost).await
+}
+
+/// Writes the `Unknown` status of every pod bound to a `lost` node that does
+/// not show it yet. Level-triggered: a write that lost a race (or a pass
+/// that failed) is made again on the next pass, and a pod already marked
+/// costs nothing.
+async fn mark_pods_lost(store: &Store, raft: &Raft, lost: &[String]) -> Result<(), StoreError> {
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let (_, pods) = store.list(Kind::Pod, None, &Selector::default())?;
+    let now = Time::now();
+    for obj in pods {
+        let Object::Pod(mut pod) = obj else {
+            continue;
+        };
+        let Some(status) = lost.iter().find_map(|node| lost_status(&pod, node, now)) else {
+            continue;
+        };
+        let rv = pod.metadata.resource_version;
+        tracing::info!(
+            pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name),
+            node = pod.spec.node_name.as_deref().unwrap_or_default(),
+            "node not ready: pod status Unknown"
+        );
+        pod.status = status;
+        match propose(
+            raft,
+            Command::Update {
+                object: Object::Pod(pod),
+                expected_rv: Some(rv),
+                status_only: true,
+            },
+        )
+        .await
+        {
+            // Changed meanwhile (a late report from the node) or deleted: the next pass looks again.
             Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -168,6 +249,50 @@ mod tests {
         ];
         for (cur, silence, want) in cases {
             assert_eq!(transition(cur, silence, g), want, "{cur:?} {silence:?}");
+        }
+    }
+
+    #[test]
+    fn pods_of_a_lost_node_show_unknown() {
+        let pod = |node: Option<&str>, phase: PodPhase, reason: &str| {
+            let mut p = Pod::default();
+            p.spec.node_name = node.map(String::from);
+            p.status.phase = phase;
+            p.status.reason = reason.into();
+            p.status.restart_count = 4;
+            p.status.set_condition(PodCondition {
+                type_: condition::READY.into(),
+                status: true,
+                ..PodCondition::default()
+            });
+            p
+        };
+        // (pod, marked Unknown while n1 is not ready)
+        let cases = [
+            (pod(Some("n1"), PodPhase::Running, ""), true),
+            (pod(Some("n1"), PodPhase::Running, "CrashLoopBackOff"), true),
+            (pod(Some("n1"), PodPhase::Pending, "ModuleBackOff"), true),
+            // Ended pods stay as they ended: nothing of theirs can change.
+            (pod(Some("n1"), PodPhase::Succeeded, "Completed"), false),
+            (pod(Some("n1"), PodPhase::Failed, "OOMKilled"), false),
+            // Already marked: no write.
+            (pod(Some("n1"), PodPhase::Unknown, NODE_LOST), false),
+            // Elsewhere or unbound: not this node's business.
+            (pod(Some("n2"), PodPhase::Running, ""), false),
+            (pod(None, PodPhase::Pending, ""), false),
+        ];
+        for (p, marked) in cases {
+            let got = lost_status(&p, "n1", Time(7));
+            assert_eq!(got.is_some(), marked, "{:?}", p.status);
+            let Some(st) = got else { continue };
+            assert_eq!(st.phase, PodPhase::Unknown);
+            assert_eq!(st.reason, NODE_LOST);
+            assert_eq!(st.message, "node n1 is not ready; its pods may still run");
+            assert_eq!(st.restart_count, 4, "what the node reported stays");
+            let ready = st.condition(condition::READY).expect("Ready");
+            assert!(!ready.status);
+            assert_eq!(ready.reason, NODE_LOST);
+            assert_eq!(ready.last_transition_time, Some(Time(7)));
         }
     }
 

@@ -12,13 +12,12 @@ use flotilla_api::identity::{Identity, JoinToken};
 use flotilla_api::net::{read_frame, write_frame, NetError};
 use flotilla_api::objects::{digest_of, is_digest, module_name, ModuleSpec};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListOptions, RaftRpc, Request, Response, WatchOptions,
-    MAX_MODULE_SIZE, MODULE_CHUNK, PROTOCOL_VERSION,
+    list_frames, ApiError, ErrorCode, EventType, ListOptions, RaftRpc, Request, Response,
+    WatchOptions, LIST_FRAME_BYTES, MAX_FRAME, MAX_MODULE_SIZE, MODULE_CHUNK, PROTOCOL_VERSION,
 };
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Module, Object, ObjectMeta};
-use sha2::Digest as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +51,9 @@ impl Context {
 
     /// The read barrier before a read: linearizable unless `stale`.
     async fn before_read(&self, stale: bool) -> Result<(), ApiError> {
+        // A master whose state differs from the others' serves no reads at
+        // all, backups included (see `raft::check`).
+        self.store.checks().serving().map_err(store_err)?;
         if stale {
             return Ok(());
         }
@@ -251,6 +253,11 @@ async fn handle(
         }
         Request::Update(mut obj) => {
             check_valid(&obj)?;
+            let stored = ctx
+                .store
+                .get(obj.kind(), &obj.meta().namespace, &obj.meta().name)
+                .map_err(store_err)?;
+            check_sizes(stored.as_ref(), &obj, false)?;
             if let (Caller::Known(Identity::Node(me)), Object::Node(n)) = (caller, &mut obj) {
                 let stored = match ctx
                     .store
@@ -330,7 +337,21 @@ async fn handle(
             if let Some(view) = NodeView::of(ctx, caller)? {
                 items.retain(|o| view.may_read(o));
             }
-            reply(send, Response::List { revision, items }).await
+            let answer = Response::List { revision, items };
+            check_one_frame(&answer)?;
+            reply(send, answer).await
+        }
+        Request::ListStream(opts) => {
+            // One read of the store, sent in as many frames as it takes.
+            ctx.before_read(opts.stale).await?;
+            let (revision, mut items) = list(ctx, &opts)?;
+            if let Some(view) = NodeView::of(ctx, caller)? {
+                items.retain(|o| view.may_read(o));
+            }
+            for items in list_frames(items, LIST_FRAME_BYTES) {
+                reply(send, Response::List { revision, items }).await?;
+            }
+            reply(send, Response::End).await
         }
         Request::Delete {
             kind,
@@ -441,6 +462,9 @@ async fn handle(
             let answer = match rpc {
                 RaftRpc::AppendEntries | RaftRpc::Vote | RaftRpc::InstallSnapshot => {
                     crate::raft::rpc::handle(ctx.cluster.raft(), rpc, &payload).await?
+                }
+                RaftRpc::StateHash | RaftRpc::StateDiffers | RaftRpc::CheckStates => {
+                    crate::raft::check::serve(&ctx.cluster, &ctx.store, rpc, &payload).await?
                 }
                 _ => ctx.cluster.serve(&ctx.heartbeats, rpc, &payload).await?,
             };
@@ -587,6 +611,73 @@ fn not_found(kind: Kind, namespace: &str, name: &str) -> ApiError {
     )
 }
 
+/// Refuses a one-frame `List` answer that would not fit in its frame, with
+/// what to do instead (older clients list this way; newer ones stream).
+fn check_one_frame(answer: &Response) -> Result<(), ApiError> {
+    let size = postcard::serialize_with_flavor(answer, postcard::ser_flavors::Size::default())
+        .unwrap_or(usize::MAX);
+    if size > MAX_FRAME {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the list is {size} bytes, more than one answer carries ({MAX_FRAME}); \
+                 upgrade this client (newer ones stream lists), or narrow the list with a namespace or a label selector"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The object an update would store, near enough to weigh it: the store
+/// keeps the stored status under a new spec and metadata, and the stored
+/// spec and metadata under a new status (`store::rules::merge_update`).
+fn as_stored(stored: &Object, incoming: &Object, status_only: bool) -> Object {
+    match (stored, incoming) {
+        (Object::Pod(old), Object::Pod(new)) if status_only => {
+            let mut out = old.clone();
+            out.status = new.status.clone();
+            Object::Pod(out)
+        }
+        (Object::Pod(old), Object::Pod(new)) => {
+            let mut out = new.clone();
+            out.status = old.status.clone();
+            Object::Pod(out)
+        }
+        (Object::Node(old), Object::Node(new)) if status_only => {
+            let mut out = old.clone();
+            out.status = new.status.clone();
+            Object::Node(out)
+        }
+        (Object::Node(old), Object::Node(new)) => {
+            let mut out = new.clone();
+            out.status = old.status.clone();
+            Object::Node(out)
+        }
+        _ => incoming.clone(),
+    }
+}
+
+/// Admits a write by size: the object sent (a raft entry carries it) and
+/// the object the store would keep must both be within
+/// [`MAX_OBJECT_SIZE`](flotilla_api::manifest::MAX_OBJECT_SIZE), so that one
+/// object always fits in one frame — as a `Get` answer, a watch event, a
+/// raft entry. `TooLarge` names the object, its size, the limit and what to do.
+fn check_sizes(
+    stored: Option<&Object>,
+    incoming: &Object,
+    status_only: bool,
+) -> Result<(), ApiError> {
+    let too_large = |e: flotilla_api::manifest::ObjectTooLarge| {
+        ApiError::new(ErrorCode::TooLarge, e.to_string())
+    };
+    flotilla_api::manifest::check_size(incoming).map_err(too_large)?;
+    if let Some(stored) = stored {
+        flotilla_api::manifest::check_size(&as_stored(stored, incoming, status_only))
+            .map_err(too_large)?;
+    }
+    Ok(())
+}
+
 fn check_valid(obj: &Object) -> Result<(), ApiError> {
     let errs = flotilla_api::manifest::validate(obj);
     if errs.is_empty() {
@@ -633,6 +724,7 @@ fn prepare_create(ctx: &Context, caller: &Caller, mut obj: Object) -> Result<Obj
     m.creation_timestamp = Some(Time::now());
     m.resource_version = 0;
     m.generation = 0;
+    check_sizes(None, &obj, false)?;
     tracing::debug!(caller = %caller, key = %obj.key(), "create");
     Ok(obj)
 }
@@ -651,6 +743,7 @@ fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<(Object
         .map_err(store_err)?
         .ok_or_else(|| not_found(obj.kind(), &m.namespace, &m.name))?;
     let rv = stored.meta().resource_version;
+    check_sizes(Some(&stored), &obj, true)?;
     let by_node = matches!(caller, Caller::Known(Identity::Node(_)));
     let obj = match (obj, stored) {
         (Object::Pod(mut new), Object::Pod(old)) => {
@@ -837,6 +930,9 @@ async fn watch(
             }
         };
         if deliver {
+            // One event per frame, and an event always fits: its object is
+            // at most MAX_OBJECT_SIZE (1.5 MiB, checked when it is written),
+            // well inside MAX_FRAME (4 MiB).
             reply(send, Response::Event(ev)).await?;
         }
     }
@@ -914,9 +1010,11 @@ async fn read_upload(recv: &mut quinn::RecvStream, n: usize) -> Result<Vec<u8>, 
     Ok(buf)
 }
 
-/// Receives a module's `size` bytes and stores them through raft: in one
-/// entry when small, else staged in [`UPLOAD_CHUNK`] pieces and committed,
-/// so no raft entry (nor message between masters) outgrows a frame.
+/// Receives a module's `size` bytes, checks them — the digest, then that
+/// they are WebAssembly ([`crate::wasm`]) — and only then stores them
+/// through raft: in one entry when small, else staged in [`UPLOAD_CHUNK`]
+/// pieces and committed, so no raft entry (nor message between masters)
+/// outgrows a frame. Refused bytes leave nothing behind.
 async fn upload(
     ctx: &Context,
     digest: &str,
@@ -924,37 +1022,33 @@ async fn upload(
     module: Module,
     recv: &mut quinn::RecvStream,
 ) -> Result<Outcome, ApiError> {
-    let mismatch = |actual: String| {
-        invalid(format!(
+    // Whole in memory (at most MAX_MODULE_SIZE, checked by put_module): the
+    // validator needs all of it, and nothing is staged before it passes.
+    // Read piece by piece so memory follows what actually arrives, not the
+    // size the client claimed.
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < size {
+        let n = (size - bytes.len() as u64).min(UPLOAD_CHUNK as u64) as usize;
+        bytes.extend(read_upload(recv, n).await?);
+    }
+    let actual = digest_of(&bytes);
+    if actual != digest {
+        return Err(invalid(format!(
             "uploaded bytes hash to {actual}, not {digest}; the file changed during upload?"
-        ))
-    };
-    if size as usize <= UPLOAD_CHUNK {
-        let bytes = read_upload(recv, size as usize).await?;
-        let actual = digest_of(&bytes);
-        if actual != digest {
-            return Err(mismatch(actual));
-        }
+        )));
+    }
+    let bytes = check_wasm(&module.spec.source, digest, bytes).await?;
+    if bytes.len() <= UPLOAD_CHUNK {
         return apply(ctx, Command::PutModule { module, bytes }).await;
     }
     let staged = async {
-        let mut hasher = sha2::Sha256::new();
-        let mut offset = 0u64;
-        while offset < size {
-            let n = (size - offset).min(UPLOAD_CHUNK as u64) as usize;
-            let bytes = read_upload(recv, n).await?;
-            sha2::Digest::update(&mut hasher, &bytes);
+        for (i, chunk) in bytes.chunks(UPLOAD_CHUNK).enumerate() {
             let cmd = Command::PutModuleChunk {
                 digest: digest.to_string(),
-                offset,
-                bytes,
+                offset: (i * UPLOAD_CHUNK) as u64,
+                bytes: chunk.to_vec(),
             };
             apply(ctx, cmd).await?;
-            offset += n as u64;
-        }
-        let actual = format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher)));
-        if actual != digest {
-            return Err(mismatch(actual));
         }
         apply(ctx, Command::CommitModule { module }).await
     };
@@ -970,6 +1064,28 @@ async fn upload(
         .await;
     }
     result
+}
+
+/// Refuses bytes that are not a WebAssembly module or component, naming the
+/// file they came from and how to build one. Validation is CPU-bound, so it
+/// runs off the async threads; the bytes are handed back.
+async fn check_wasm(source: &str, digest: &str, bytes: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    let (bytes, checked) = tokio::task::spawn_blocking(move || {
+        let checked = crate::wasm::check(&bytes);
+        (bytes, checked)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("checking the module: {e}")))?;
+    match checked {
+        Ok(_) => Ok(bytes),
+        Err(e) => {
+            let name = if source.is_empty() { digest } else { source };
+            Err(invalid(format!(
+                "{name} is not a WebAssembly module or component: {e}; \
+                 build it with cargo build --target wasm32-wasip2"
+            )))
+        }
+    }
 }
 
 /// Finds the master a node is connected to and opens the log stream there:
@@ -1002,25 +1118,38 @@ async fn logs(
     req: Request,
 ) -> Result<(), ApiError> {
     let Request::Logs {
-        namespace, name, ..
-    } = &req
+        namespace,
+        name,
+        follow,
+        tail_lines,
+    } = req
     else {
         return Ok(());
     };
     let pod = match ctx
         .store
-        .get(Kind::Pod, namespace, name)
+        .get(Kind::Pod, &namespace, &name)
         .map_err(store_err)?
     {
         Some(Object::Pod(p)) => p,
-        _ => return Err(not_found(Kind::Pod, namespace, name)),
+        _ => return Err(not_found(Kind::Pod, &namespace, &name)),
     };
+    // A pod that ended for good writes nothing more: following it would
+    // only wait. (Its node ends such a stream too; this spares the wait for
+    // what the master already knows.)
+    let follow = follow && !pod.status.phase.is_terminal();
     let node = pod.spec.node_name.ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
             format!("pod {name} is not bound to a node yet; it has no logs"),
         )
     })?;
+    let req = Request::Logs {
+        namespace,
+        name,
+        follow,
+        tail_lines,
+    };
     let (mut nsend, mut nrecv) = match ctx.nodes.get(&node) {
         Some(node_conn) => {
             let (mut nsend, nrecv) = node_conn

@@ -307,6 +307,23 @@ async fn chaos_master_killed_twenty_times_rejoins_with_the_same_state() {
     }
     let log = fleet.log_text("m2");
     assert!(!log.contains("panicked"), "master 3 panicked:\n{log}");
+    // A master that is down shows as such in `cluster status`, not as a
+    // follower with a lag.
+    fleet.kill_master(2);
+    let status = fleet.ok(&["cluster", "status"]);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("3 "))
+        .unwrap_or_else(|| panic!("no row for master 3:\n{status}"));
+    assert!(row.contains("unreachable"), "{status}");
+    fleet.restart_master(2);
+    wait_for("master 3 answers again", Duration::from_secs(30), || {
+        let out = common::run_flotilla(
+            &["get", "pods", "--stale"],
+            &single_master_config(&fleet, 2),
+        );
+        out.status.success().then_some(())
+    });
     // The operator takes master 3 out: it stops by itself, saying why, and
     // the other two go on.
     let out = fleet.ok(&["cluster", "remove", "3"]);

@@ -124,6 +124,25 @@ impl Cluster {
         }
     }
 
+    /// Stops the master as an operator does (SIGTERM) and waits until it
+    /// has exited: its files are closed cleanly.
+    pub fn stop_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &m.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while m.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = m.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = m.wait();
+        }
+    }
+
     /// `flotilla ARGS` with this cluster's config.
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, &self.config)
@@ -189,6 +208,17 @@ impl Cluster {
             let _ = n.kill();
             let _ = n.wait();
         }
+    }
+
+    /// Sends a signal to node `name`'s process with kill(1): `STOP` pauses
+    /// it (its heartbeats stop while its state stays), `CONT` resumes it.
+    pub fn signal_node(&self, name: &str, signal: &str) {
+        let pid = self.nodes.get(name).expect("node started").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     pub fn node_log(&self, name: &str) -> String {

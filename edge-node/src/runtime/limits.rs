@@ -1,11 +1,18 @@
-//! The per-run resource limiter: caps a pod's linear memory and remembers
-//! whether the cap was hit, so a run that dies of it reads as `OOMKilled`.
+//! The per-run resource limiter: caps the host memory a pod's guest can
+//! make the node allocate — its linear memories and its tables, counted
+//! together against the pod's memory limit — and remembers whether the cap
+//! was hit, so a run that dies of it reads as `OOMKilled`.
 
 use wasmtime::ResourceLimiter;
 
-/// Most table elements one instance may have. Each costs a pointer on the
+/// Most table elements one table may have. Each costs a pointer on the
 /// host, so without a cap a guest could make the host allocate gigabytes.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Host bytes one table element costs, as counted against the pod's memory
+/// limit: a pointer, rounded up for the table's bookkeeping. Without this a
+/// guest under a 16 MiB limit made 64 tables of a million elements and
+/// took half a gigabyte of the node.
+const TABLE_ELEMENT_BYTES: u64 = 16;
 /// Caps on how many instances, tables and memories one store may create.
 /// A Rust command component uses a handful of each; these only stop abuse.
 const MAX_INSTANCES: usize = 1_000;
@@ -42,10 +49,10 @@ impl std::error::Error for MemoryLimitExceeded {}
 #[derive(Debug, Default)]
 pub(super) struct Limiter {
     limit: Option<u64>,
-    /// Bytes currently granted across all linear memories of the store.
+    /// Bytes currently granted across all linear memories and tables of the store.
     used: u64,
-    /// Bytes granted by the last `memory_growing` call, returned if the
-    /// growth then fails for another reason.
+    /// Bytes granted by the last `memory_growing` or `table_growing` call,
+    /// returned if the growth then fails for another reason.
     last_grant: u64,
     denial: Option<MemoryDenial>,
 }
@@ -62,17 +69,10 @@ impl Limiter {
     pub(super) fn denial(&self) -> Option<MemoryDenial> {
         self.denial
     }
-}
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // usize -> u64 is lossless on every target wasmtime supports.
-        let delta = (desired as u64).saturating_sub(current as u64);
+    /// Grants `delta` more bytes, or refuses past the limit (trapping the
+    /// guest, and remembering why).
+    fn grant(&mut self, delta: u64) -> wasmtime::Result<bool> {
         let requested = self.used.saturating_add(delta);
         if let Some(limit) = self.limit {
             if requested > limit {
@@ -85,6 +85,18 @@ impl ResourceLimiter for Limiter {
         self.last_grant = delta;
         Ok(true)
     }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // usize -> u64 is lossless on every target wasmtime supports.
+        self.grant((desired as u64).saturating_sub(current as u64))
+    }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
         // Allowed by us but refused by wasmtime (e.g. past the memory's own
@@ -96,11 +108,21 @@ impl ResourceLimiter for Limiter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let elements = (desired as u64).saturating_sub(current as u64);
+        self.grant(elements.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used = self.used.saturating_sub(self.last_grant);
+        self.last_grant = 0;
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -147,6 +169,29 @@ mod tests {
             .is_ok());
         assert!(matches!(l.memory_growing(0, 2 * PAGE, None), Ok(true)));
         assert!(l.denial().is_none());
+    }
+
+    #[test]
+    fn tables_count_against_the_memory_limit() {
+        let mut l = Limiter::new(Some(16 << 20));
+        // A million elements cost 16 MiB of host memory: one fits, with a
+        // page of linear memory it does not.
+        assert!(matches!(l.table_growing(0, 1 << 20, None), Ok(true)));
+        assert!(l.memory_growing(0, PAGE, None).is_err());
+        assert!(l.denial().is_some());
+        let mut l = Limiter::new(Some(16 << 20));
+        let granted = (0..64)
+            .filter(|_| matches!(l.table_growing(0, 1 << 20, None), Ok(true)))
+            .count();
+        assert_eq!(granted, 1, "64 tables of a million elements under 16 MiB");
+        // Past the element cap: refused outright, whatever the limit.
+        let mut l = Limiter::new(None);
+        assert!(matches!(l.table_growing(0, (1 << 20) + 1, None), Ok(false)));
+        // A failed growth gives its bytes back.
+        let mut l = Limiter::new(Some(16 << 20));
+        assert!(matches!(l.table_growing(0, 1 << 20, None), Ok(true)));
+        assert!(l.table_grow_failed(wasmtime::Error::msg("no")).is_ok());
+        assert!(matches!(l.table_growing(0, 1 << 20, None), Ok(true)));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use stdio::SinkOutput;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Most backtrace frames quoted in a trap message.
 const MAX_TRAP_FRAMES: usize = 8;
-/// Longest trap message kept; guest-controlled names could make it huge.
+/// Longest trap or compile-error message kept; guest-controlled names could make it huge.
 const MAX_TRAP_MESSAGE: usize = 4096;
 
 /// Why the runtime could not be set up or a program not loaded.
@@ -251,8 +251,11 @@ impl Runtime {
         }
 
         let engine = &self.inner.engine;
-        let invalid = |e: wasmtime::Error| RuntimeError::InvalidModule {
-            message: format!("{e:#}"),
+        // The message becomes the pod's status message: keep it bounded.
+        let invalid = |e: wasmtime::Error| {
+            let mut message = format!("{e:#}");
+            truncate(&mut message, MAX_TRAP_MESSAGE);
+            RuntimeError::InvalidModule { message }
         };
         let (program, serialized) = match kind {
             Kind::Component => {
@@ -479,7 +482,7 @@ fn outcome(result: Result<i32, RunError>, denial: Option<limits::MemoryDenial>) 
         return RunOutcome::Failed {
             reason: "OOMKilled".into(),
             message: format!(
-                "memory limit of {} bytes exceeded (the guest tried to grow its linear memory to {} bytes)",
+                "memory limit of {} bytes exceeded (the guest tried to grow its linear memory and tables to {} bytes)",
                 d.limit, d.requested
             ),
         };

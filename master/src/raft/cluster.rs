@@ -366,10 +366,21 @@ impl Cluster {
                 rpc: RaftRpc::Removed,
                 payload,
             };
-            if let Err(e) = network
-                .call(node_id, &addr, &req, Duration::from_secs(2))
-                .await
-            {
+            // A few tries over about half a minute: the connection to it may
+            // be a stale one (it restarted), which a failed call drops, or it
+            // may be on its way back up.
+            let mut last = None;
+            for attempt in 0..8u32 {
+                match network
+                    .call(node_id, &addr, &req, Duration::from_secs(2))
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(500) * (attempt + 1)).await;
+            }
+            if let Some(e) = last {
                 tracing::warn!(node_id, error = %e, "could not tell the removed master; stop it by hand");
             }
         });

@@ -581,6 +581,54 @@ async fn raft_killed_leader_is_replaced() {
     cluster.stop().await;
 }
 
+/// The masters compare state hashes at one log index: equal states pass;
+/// a follower whose state was changed beside raft is found, told over the
+/// real service path, and refuses reads, while the others serve on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_state_check_finds_and_fences_a_master_that_differs() {
+    let cluster = Cluster::start().await;
+    let (leader, _) = cluster.leader(&[1, 2, 3]).await;
+    for name in ["same-1", "same-2"] {
+        write(&cluster, leader, create(name)).await.expect("created");
+    }
+    let handle = cluster.handle(leader);
+    let leader_store = &cluster.master(leader).store;
+    let differing = bounded("a state check", super::check::check_once(&handle, leader_store))
+        .await
+        .expect("the check runs");
+    assert!(differing.is_empty(), "{differing:?}");
+
+    // A write beside raft: this follower now holds a state nobody else does.
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).expect("a follower");
+    let rogue = &cluster.master(follower).store;
+    rogue
+        .apply(create("rogue"))
+        .expect("a direct write to the follower's store");
+    let differing = bounded("a state check", super::check::check_once(&handle, leader_store))
+        .await
+        .expect("the check runs");
+    assert_eq!(
+        differing.iter().map(|d| d.master).collect::<Vec<_>>(),
+        vec![follower],
+        "{differing:?}"
+    );
+    let why = rogue.checks().diverged().expect("the follower was told");
+    assert!(why.contains("differs") && why.contains("join"), "{why}");
+    let err = rogue
+        .get(Kind::Pod, "default", "same-1")
+        .expect_err("a master that differs refuses reads");
+    assert!(
+        matches!(err, crate::store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    for id in [1, 2, 3].into_iter().filter(|id| *id != follower) {
+        let store = &cluster.master(id).store;
+        assert!(store.checks().diverged().is_none(), "master {id}");
+        assert!(store.get(Kind::Pod, "default", "same-1").expect("reads").is_some());
+    }
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_compare_and_swap_admits_one_of_two() {
     let cluster = Cluster::start().await;
@@ -632,6 +680,49 @@ async fn raft_compare_and_swap_admits_one_of_two() {
             .expect("pod");
         assert_eq!(o.meta().labels, winner.meta().labels);
     }
+    cluster.stop().await;
+}
+
+/// Legal large objects written at once (the security review's case: six
+/// writes of 1.5 MiB batched into one entry past the frame forced an
+/// election): every write succeeds, on every master, under the same leader
+/// in the same term. Batches are bounded in bytes and replication splits
+/// messages that would not fit in a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_concurrent_large_writes_keep_the_leader() {
+    let cluster = Cluster::start().await;
+    let (leader, term) = cluster.leader(&[1, 2, 3]).await;
+    let handle = cluster.handle(leader);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let mut p = pod(&format!("large-{i}"));
+        // Under the 1.5 MiB object limit, with the rest of the pod.
+        p.metadata
+            .annotations
+            .insert("example.com/blob".into(), "x".repeat(1400 << 10));
+        let (handle, cmd) = (
+            handle.clone(),
+            Command::Create {
+                object: Object::Pod(p),
+            },
+        );
+        writes.spawn(async move { handle.write(cmd).await });
+    }
+    let answers = bounded("six large writes", writes.join_all()).await;
+    for answer in answers {
+        answer.expect("a legal large write succeeds");
+    }
+    for id in [1, 2, 3] {
+        for i in 0..6 {
+            cluster.has_pod(id, &format!("large-{i}")).await;
+        }
+    }
+    let after = cluster.leader(&[1, 2, 3]).await;
+    assert_eq!(
+        after,
+        (leader, term),
+        "the leader changed under large writes"
+    );
     cluster.stop().await;
 }
 

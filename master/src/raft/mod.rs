@@ -16,11 +16,14 @@
 //! - `network`: [`Network`], the sending side of raft messages over QUIC with
 //!   mutual TLS, with a [`Hook`] for tests to drop or delay messages.
 //! - `rpc`: the receiving side, [`rpc::handle`], which the service calls.
+//! - `check`: the leader compares the masters' state hashes at one log
+//!   index and marks a master that differs (it then refuses reads).
 //!
 //! `docs/store.md` ("Raft storage") describes the files and what is atomic
 //! with what.
 
 mod batcher;
+pub mod check;
 mod cluster;
 #[cfg(test)]
 mod cluster_tests;

@@ -121,8 +121,31 @@ fn unplaced(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> Un
     }
 }
 
+/// Largest encoded command one raft entry may carry. Replication sends an
+/// entry to the followers in one frame (4 MiB, `MAX_FRAME`) with the
+/// AppendEntries envelope around it; an entry that does not fit can never
+/// be sent, and the followers, hearing nothing more from the leader, would
+/// elect another. Admission keeps objects far smaller (1.5 MiB), batches are
+/// bounded in bytes and modules travel in 1 MiB chunks: this is the last
+/// line, for any write.
+pub(crate) const MAX_ENTRY_BYTES: usize = flotilla_api::protocol::MAX_FRAME - (64 << 10);
+
+/// Refuses a command too large for one raft entry (see [`MAX_ENTRY_BYTES`]).
+fn check_entry_size(cmd: &Command) -> Result<(), StoreError> {
+    let size = postcard::serialize_with_flavor(cmd, postcard::ser_flavors::Size::default())
+        .map_err(|e| StoreError::Invalid(format!("cannot encode the write: {e}")))?;
+    if size > MAX_ENTRY_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "the write is {size} bytes encoded; one raft entry carries at most {MAX_ENTRY_BYTES}: \
+             keep large data out of objects (put it in a module or a file)"
+        )));
+    }
+    Ok(())
+}
+
 /// Proposes `cmd` to this master's raft, once.
 pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, Unplaced> {
+    check_entry_size(&cmd).map_err(Unplaced::Failed)?;
     match raft.client_write(cmd).await {
         Ok(resp) => match resp.data.into_store_result() {
             Some(answer) => answer.map_err(Unplaced::Failed),
@@ -143,9 +166,21 @@ pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(250);
 pub const ELECTION_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(50), Duration::from_secs(60));
 
+/// Most entries in one AppendEntries message. An entry is at most
+/// [`MAX_ENTRY_BYTES`] and usually a batch of at most 2 MiB; a message that
+/// does not fit in a frame is halved until it does (`network.rs` answers
+/// openraft with `PayloadTooLarge`). The leader reads and encodes the whole
+/// message before it knows, within the heartbeat interval that its send must
+/// finish in, so this keeps the worst such message to a few frames' worth
+/// (openraft's default of 300 could be 600 MiB) while a lagging follower
+/// still catches up thousands of commands per round trip (entries are
+/// batches).
+const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
 /// The raft configuration of a master: timings from `election_timeout`,
-/// snapshots that keep the log short, and snapshot chunks well inside one
-/// frame (frames are capped at 4 MiB).
+/// snapshots that keep the log short, snapshot chunks well inside one
+/// frame (frames are capped at 4 MiB), and AppendEntries messages of at
+/// most [`MAX_PAYLOAD_ENTRIES`] entries.
 ///
 /// openraft 0.9 makes a follower wait its leader lease (the longest election
 /// timeout) and then its own randomized election timeout before it stands
@@ -168,8 +203,58 @@ pub fn raft_config(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
         max_in_snapshot_log_to_keep: 1000,
         snapshot_max_chunk_size: 1 << 20,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Config::default()
     }
     .validate()
     .map_err(Box::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::meta::ObjectMeta;
+    use flotilla_api::objects::{Object, Pod};
+
+    fn pod_with(bytes: usize) -> Command {
+        let mut p = Pod {
+            metadata: ObjectMeta::named("default", "p"),
+            ..Pod::default()
+        };
+        p.metadata
+            .annotations
+            .insert("example.com/blob".into(), "x".repeat(bytes));
+        Command::Create {
+            object: Object::Pod(p),
+        }
+    }
+
+    #[test]
+    fn an_entry_never_outgrows_a_frame() {
+        // (annotation bytes, accepted?)
+        let cases = [
+            (0, true),
+            (1536 << 10, true), // an object at the size limit
+            (MAX_ENTRY_BYTES - 200, true),
+            (MAX_ENTRY_BYTES, false),
+            (flotilla_api::protocol::MAX_FRAME, false),
+        ];
+        for (bytes, accepted) in cases {
+            let result = check_entry_size(&pod_with(bytes));
+            assert_eq!(result.is_ok(), accepted, "{bytes} bytes: {result:?}");
+            if let Err(e) = result {
+                assert!(
+                    e.to_string().contains("one raft entry carries at most"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_raft_configuration_bounds_messages() {
+        let c = raft_config("c", DEFAULT_ELECTION_TIMEOUT).expect("valid");
+        assert_eq!(c.max_payload_entries, MAX_PAYLOAD_ENTRIES);
+        assert!(c.snapshot_max_chunk_size < flotilla_api::protocol::MAX_FRAME as u64 / 2);
+    }
 }

@@ -4,11 +4,16 @@
 //!
 //! Snapshots are whole-state [`Image`]s (postcard) built from one read
 //! transaction. The current one is kept in [`SNAPSHOT_FILE`](super::SNAPSHOT_FILE)
-//! as postcard of [`SnapshotFile`] (its meta and its bytes), replaced
-//! atomically (write a temporary file, fsync, rename, fsync the directory).
+//! as a magic, a CRC-32 and postcard of [`SnapshotFile`] (its meta and its
+//! bytes), replaced atomically (write a temporary file, fsync, rename, fsync
+//! the directory).
 //! An installed snapshot is written there *before* it replaces the state;
 //! opening the state machine re-installs a snapshot file that is ahead of the
 //! state, which finishes an install a crash interrupted.
+//!
+//! After applying a [`Command::CheckState`](crate::store::Command::CheckState)
+//! entry, the state machine starts hashing the state as it is at that index
+//! ([`Store::begin_state_hash`]), for the masters to compare (`super::check`).
 
 use super::{
     blocking, encode, failure, storage_error, Entry, Failure, LogId, RaftResponse,
@@ -151,8 +156,8 @@ impl Snapshots {
             meta: meta.clone(),
             data: data.to_vec(),
         };
-        let bytes = encode("a snapshot", &file).map_err(|e| fail(e.to_string()))?;
-        write_atomically(&self.path, &bytes).map_err(|e| fail(e.to_string()))?;
+        let body = encode("a snapshot", &file).map_err(|e| fail(e.to_string()))?;
+        write_atomically(&self.path, &seal_snapshot(&body)).map_err(|e| fail(e.to_string()))?;
         *current = Some(meta.clone());
         Ok(())
     }
@@ -181,12 +186,48 @@ fn read_snapshot_file(path: &Path) -> Result<Option<SnapshotFile>, RaftStoreErro
             })
         }
     };
-    decode("snapshot file", &path.display(), &bytes)
+    let corrupt = |message: String| RaftStoreError::SnapshotCorrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let body = unseal_snapshot(&bytes).map_err(corrupt)?;
+    decode("snapshot file", &path.display(), body)
         .map(Some)
-        .map_err(|e| RaftStoreError::SnapshotCorrupt {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// The magic of a snapshot file whose body is checksummed. Files written
+/// before it hold the body alone; postcard of a [`SnapshotFile`] starts with
+/// 0 or 1 (the tag of `Option<LogId>`), never with this.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FLTSNAP2";
+
+/// The snapshot file's bytes for `body`: the magic, CRC-32 of the body
+/// (u32 little-endian), the body. Without it a byte changed on the disk
+/// could decode as a different state, installed when the master starts.
+fn seal_snapshot(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The body of a snapshot file, its checksum checked (a file from before
+/// checksums is taken as it is).
+fn unseal_snapshot(bytes: &[u8]) -> Result<&[u8], String> {
+    let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC) else {
+        return Ok(bytes);
+    };
+    if rest.len() < 4 {
+        return Err("the file is cut short".into());
+    }
+    let (sum, body) = rest.split_at(4);
+    let mut expected = [0u8; 4];
+    expected.copy_from_slice(sum);
+    if u32::from_le_bytes(expected) != crc32fast::hash(body) {
+        return Err("the file fails its checksum: it changed on the disk".into());
+    }
+    Ok(body)
 }
 
 /// Replaces the file at `path` with `bytes` so that a crash leaves either the
@@ -257,11 +298,16 @@ fn apply_batch(
     let Some(last) = entries.last() else {
         return Ok(Some(Vec::new()));
     };
+    // A state check is hashed right after its own commit, which must not
+    // hold the entries after it.
     if entries.len() < 2
         || entries.iter().any(|e| {
             matches!(
                 e.payload,
-                EntryPayload::Membership(_) | EntryPayload::Normal(crate::store::Command::Batch(_))
+                EntryPayload::Membership(_)
+                    | EntryPayload::Normal(
+                        crate::store::Command::Batch(_) | crate::store::Command::CheckState
+                    )
             )
         })
     {
@@ -346,6 +392,7 @@ fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftRespons
             Ok(RaftResponse::Batch(answers))
         }
         EntryPayload::Normal(cmd) => {
+            let check = cmd == crate::store::Command::CheckState;
             let answer = store.apply_raft(
                 RaftMark {
                     applied: &applied,
@@ -354,7 +401,13 @@ fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftRespons
                 },
                 cmd,
             );
-            match answer.map_err(fail)? {
+            let answer = answer.map_err(fail)?;
+            if check {
+                // Committed just now and nothing applied since: the state
+                // every master holds after this entry.
+                store.begin_state_hash(log_id.index);
+            }
+            match answer {
                 Ok(outcome) => Ok(RaftResponse::Command(Ok(outcome))),
                 Err(refused) => {
                     let refusal = Refusal::from_store(refused).map_err(fail)?;

@@ -68,6 +68,11 @@ pub enum Command {
     PutToken { record: TokenRecord },
     /// Removes a join token; `NotFound` if absent.
     DeleteToken { id: String },
+    /// Changes nothing. Each master computes the hash of its state right
+    /// after applying this entry, so the leader can compare the masters at
+    /// one log index (see `crate::raft::check`). Last, as the log is
+    /// postcard: variants are numbered by position.
+    CheckState,
 }
 
 /// What a command did.

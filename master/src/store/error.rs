@@ -39,9 +39,11 @@ pub enum StoreError {
     /// The database failed (I/O, locking, a full disk); the message says during what.
     #[error("store database error: {0}")]
     Db(String),
-    /// A stored value does not decode: the database file is damaged or was
-    /// written by an incompatible version.
-    #[error("store holds a value that does not decode ({0}): restore the data directory from a backup or a peer")]
+    /// Stored data fails its checksum or does not decode: a file of the
+    /// data directory is damaged, or was written by an incompatible version.
+    /// The message names the file or table and key, and, where it stops a
+    /// master from starting, what to do.
+    #[error("stored data is damaged: {0}")]
     Corrupt(String),
     /// The write could not be put to raft: this master is not the leader, or
     /// no leader is known yet (the message says which and names the leader).

@@ -7,8 +7,8 @@ use super::command::{Command, Outcome};
 use super::error::{db, StoreError};
 use super::rules;
 use super::tables::{
-    self, decode, encode, meta, upload_key, upload_range, HISTORY, META, MODULES, OBJECTS, TOKENS,
-    UPLOADS,
+    counters, decode_counter, decode_value, encode_counter, encode_value, history_key, key_str,
+    seal, upload_key, upload_range, COUNTERS, HISTORY, MODULES, OBJECTS, TOKENS, UPLOADS,
 };
 use flotilla_api::objects::{object_key, Kind, Object};
 use flotilla_api::protocol::{EventType, WatchEvent};
@@ -16,12 +16,12 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 /// The tables of one write transaction, and the revision counter as it moves.
 pub(crate) struct Machine<'t> {
-    objects: Table<'t, &'static str, &'static [u8]>,
-    meta: Table<'t, &'static str, u64>,
+    objects: Table<'t, &'static [u8], &'static [u8]>,
+    counters: Table<'t, &'static [u8], &'static [u8]>,
     history: Table<'t, u64, &'static [u8]>,
-    modules: Table<'t, &'static str, &'static [u8]>,
-    tokens: Table<'t, &'static str, &'static [u8]>,
-    uploads: Table<'t, &'static str, &'static [u8]>,
+    modules: Table<'t, &'static [u8], &'static [u8]>,
+    tokens: Table<'t, &'static [u8], &'static [u8]>,
+    uploads: Table<'t, &'static [u8], &'static [u8]>,
     revision: u64,
     events: Vec<WatchEvent>,
     changed: bool,
@@ -30,8 +30,10 @@ pub(crate) struct Machine<'t> {
 impl<'t> Machine<'t> {
     /// Opens (creating if needed) every table in `txn`.
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Machine<'t>, StoreError> {
-        let meta = txn.open_table(META).map_err(db("opening the meta table"))?;
-        let revision = read_meta(&meta, meta::REVISION)?;
+        let counters = txn
+            .open_table(COUNTERS)
+            .map_err(db("opening the counters table"))?;
+        let revision = read_counter(&counters, counters::REVISION)?;
         Ok(Machine {
             objects: txn
                 .open_table(OBJECTS)
@@ -48,32 +50,11 @@ impl<'t> Machine<'t> {
             uploads: txn
                 .open_table(UPLOADS)
                 .map_err(db("opening the uploads table"))?,
-            meta,
+            counters,
             revision,
             events: Vec::new(),
             changed: false,
         })
-    }
-
-    /// Checks the format marker of the file, writing it into a new one.
-    pub(crate) fn check_format(&mut self) -> Result<(), StoreError> {
-        let format = self
-            .meta
-            .get(meta::FORMAT)
-            .map_err(db("reading the format version"))?
-            .map(|v| v.value());
-        match format {
-            Some(v) if v == tables::FORMAT_VERSION => Ok(()),
-            Some(v) => Err(StoreError::Db(format!(
-                "the database is in format {v}, this master reads format {}: run the flotilla version that wrote it",
-                tables::FORMAT_VERSION
-            ))),
-            None => {
-                self.meta.insert(meta::FORMAT, tables::FORMAT_VERSION).map_err(db("writing the format version"))?;
-                self.changed = true;
-                Ok(())
-            }
-        }
     }
 
     /// Applies one command, then [`finish`](Machine::finish) must run before commit.
@@ -105,6 +86,8 @@ impl<'t> Machine<'t> {
                 self.drop_upload(&digest)?;
                 Ok(Outcome::Done)
             }
+            // The hash is the raft state machine's business; the state stays.
+            Command::CheckState => Ok(Outcome::Done),
             Command::Batch(_) => Err(StoreError::Invalid(
                 "a batch of commands is applied from the raft log, one command at a time".into(),
             )),
@@ -112,9 +95,10 @@ impl<'t> Machine<'t> {
                 if record.id.is_empty() {
                     return Err(StoreError::Invalid("a token needs an id".into()));
                 }
-                let value = encode("a token", &record)?;
+                let key = record.id.as_bytes();
+                let value = encode_value("tokens", key, "a token", &record)?;
                 self.tokens
-                    .insert(record.id.as_str(), value.as_slice())
+                    .insert(key, value.as_slice())
                     .map_err(db("writing a token"))?;
                 self.changed = true;
                 Ok(Outcome::Done)
@@ -122,7 +106,7 @@ impl<'t> Machine<'t> {
             Command::DeleteToken { id } => {
                 if self
                     .tokens
-                    .remove(id.as_str())
+                    .remove(id.as_bytes())
                     .map_err(db("removing a token"))?
                     .is_none()
                 {
@@ -137,12 +121,7 @@ impl<'t> Machine<'t> {
     fn create(&mut self, object: Object) -> Result<Outcome, StoreError> {
         rules::check_create(&object)?;
         let key = object.key();
-        if self
-            .objects
-            .get(key.as_str())
-            .map_err(db("reading an object"))?
-            .is_some()
-        {
+        if self.get_object(&key)?.is_some() {
             return Err(StoreError::AlreadyExists(rules::describe(&object)));
         }
         let revision = self.next_revision();
@@ -194,11 +173,11 @@ impl<'t> Machine<'t> {
         rules::check_cas(&display, expected_rv, stored.meta().resource_version)?;
         stored.meta_mut().resource_version = self.next_revision();
         self.objects
-            .remove(key.as_str())
+            .remove(key.as_bytes())
             .map_err(db("removing an object"))?;
         if let Object::Module(m) = &stored {
             self.modules
-                .remove(m.spec.digest.as_str())
+                .remove(m.spec.digest.as_bytes())
                 .map_err(db("removing module bytes"))?;
         }
         self.record(EventType::Deleted, stored.clone())?;
@@ -216,15 +195,10 @@ impl<'t> Machine<'t> {
         let key = object.key();
         let has_bytes = self
             .modules
-            .get(digest.as_str())
+            .get(digest.as_bytes())
             .map_err(db("reading module bytes"))?
             .is_some();
-        if self
-            .objects
-            .get(key.as_str())
-            .map_err(db("reading an object"))?
-            .is_some()
-        {
+        if self.get_object(&key)?.is_some() {
             if !has_bytes {
                 // The object survived without its bytes (a damaged file): put
                 // them back; the object, and so the revision, stay as they are.
@@ -245,8 +219,11 @@ impl<'t> Machine<'t> {
     /// transaction need not commit) and the events written, in revision order.
     pub(crate) fn finish(mut self, keep: u64) -> Result<(bool, Vec<WatchEvent>), StoreError> {
         if !self.events.is_empty() {
-            self.meta
-                .insert(meta::REVISION, self.revision)
+            self.counters
+                .insert(
+                    counters::REVISION.as_bytes(),
+                    encode_counter(counters::REVISION, self.revision).as_slice(),
+                )
                 .map_err(db("writing the revision"))?;
         }
         self.compact(keep)?;
@@ -255,14 +232,17 @@ impl<'t> Machine<'t> {
 
     /// Removes history at or below `revision - keep`.
     pub(crate) fn compact(&mut self, keep: u64) -> Result<(), StoreError> {
-        let compacted = read_meta(&self.meta, meta::COMPACTED)?;
+        let compacted = read_counter(&self.counters, counters::COMPACTED)?;
         let target = self.revision.saturating_sub(keep);
         if target > compacted {
             self.history
                 .retain_in(compacted + 1..=target, |_, _| false)
                 .map_err(db("compacting the history"))?;
-            self.meta
-                .insert(meta::COMPACTED, target)
+            self.counters
+                .insert(
+                    counters::COMPACTED.as_bytes(),
+                    encode_counter(counters::COMPACTED, target).as_slice(),
+                )
                 .map_err(db("writing the compacted revision"))?;
             self.changed = true;
         }
@@ -275,16 +255,20 @@ impl<'t> Machine<'t> {
     }
 
     fn get_object(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        match self.objects.get(key).map_err(db("reading an object"))? {
-            Some(v) => decode("objects", &key, v.value()).map(Some),
+        match self
+            .objects
+            .get(key.as_bytes())
+            .map_err(db("reading an object"))?
+        {
+            Some(v) => decode_value("objects", key.as_bytes(), v.value()).map(Some),
             None => Ok(None),
         }
     }
 
     fn put_object(&mut self, key: &str, object: &Object) -> Result<(), StoreError> {
-        let value = encode("an object", object)?;
+        let value = encode_value("objects", key.as_bytes(), "an object", object)?;
         self.objects
-            .insert(key, value.as_slice())
+            .insert(key.as_bytes(), value.as_slice())
             .map_err(db("writing an object"))?;
         self.changed = true;
         Ok(())
@@ -319,8 +303,12 @@ impl<'t> Machine<'t> {
         if offset == 0 {
             self.drop_upload(digest)?;
         }
+        let key = upload_key(digest, offset);
         self.uploads
-            .insert(upload_key(digest, offset).as_str(), bytes)
+            .insert(
+                key.as_bytes(),
+                seal("uploads", key.as_bytes(), bytes).as_slice(),
+            )
             .map_err(db("writing an upload chunk"))?;
         self.changed = true;
         Ok(Outcome::Done)
@@ -332,15 +320,15 @@ impl<'t> Machine<'t> {
         let mut keys = Vec::new();
         for entry in self
             .uploads
-            .range(from.as_str()..to.as_str())
+            .range(from.as_bytes()..to.as_bytes())
             .map_err(db("reading the upload chunks"))?
         {
             let (k, _) = entry.map_err(db("reading the upload chunks"))?;
-            keys.push(k.value().to_string());
+            keys.push(k.value().to_vec());
         }
         for k in keys {
             self.uploads
-                .remove(k.as_str())
+                .remove(k.as_slice())
                 .map_err(db("removing an upload chunk"))?;
             self.changed = true;
         }
@@ -354,25 +342,23 @@ impl<'t> Machine<'t> {
         let mut joined = Vec::new();
         for entry in self
             .uploads
-            .range(from.as_str()..to.as_str())
+            .range(from.as_bytes()..to.as_bytes())
             .map_err(db("reading the upload chunks"))?
         {
             let (k, v) = entry.map_err(db("reading the upload chunks"))?;
-            let offset: u64 = k
-                .value()
+            let key = k.value();
+            let offset: u64 = key_str("uploads", key)?
                 .rsplit('/')
                 .next()
                 .and_then(|o| o.parse().ok())
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("table uploads, key {}: no offset", k.value()))
-                })?;
+                .ok_or_else(|| super::tables::corrupt("uploads", key, "no offset".into()))?;
             if offset != joined.len() as u64 {
                 return Err(StoreError::Invalid(format!(
                     "the upload of {digest} has a gap at byte {}; upload it again",
                     joined.len()
                 )));
             }
-            joined.extend_from_slice(v.value());
+            joined.extend_from_slice(super::tables::unseal("uploads", key, v.value())?);
         }
         self.drop_upload(digest)?;
         Ok(joined)
@@ -380,7 +366,10 @@ impl<'t> Machine<'t> {
 
     fn put_module_bytes(&mut self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.modules
-            .insert(digest, bytes)
+            .insert(
+                digest.as_bytes(),
+                seal("modules", digest.as_bytes(), bytes).as_slice(),
+            )
             .map_err(db("writing module bytes"))?;
         self.changed = true;
         Ok(())
@@ -393,7 +382,12 @@ impl<'t> Machine<'t> {
             kind,
             object,
         };
-        let value = encode("a watch event", &event)?;
+        let value = encode_value(
+            "history",
+            &history_key(self.revision),
+            "a watch event",
+            &event,
+        )?;
         self.history
             .insert(self.revision, value.as_slice())
             .map_err(db("writing the history"))?;
@@ -403,14 +397,16 @@ impl<'t> Machine<'t> {
     }
 }
 
-/// Reads a counter of the meta table (0 when absent).
-pub(crate) fn read_meta(
-    table: &impl ReadableTable<&'static str, u64>,
+/// Reads a counter (0 when absent).
+pub(crate) fn read_counter(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
     key: &str,
 ) -> Result<u64, StoreError> {
-    Ok(table
-        .get(key)
-        .map_err(db("reading the meta table"))?
-        .map(|v| v.value())
-        .unwrap_or(0))
+    match table
+        .get(key.as_bytes())
+        .map_err(db("reading the counters table"))?
+    {
+        Some(v) => decode_counter(key.as_bytes(), v.value()),
+        None => Ok(0),
+    }
 }

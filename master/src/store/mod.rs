@@ -13,13 +13,20 @@
 //! - `rules`: pure decisions (keys, compare-and-swap, how an update merges,
 //!   when `generation` grows, what a module upload must be).
 //! - `machine`: applies one command to the tables of one write transaction.
-//! - `tables`: every redb table and how its values are encoded.
+//! - `tables`: every redb table and how its keys and values are encoded
+//!   (every value sealed with a checksum over its key and bytes).
+//! - `format`: what opening checks (format, tables, every value) and the
+//!   migration of format 1 files.
+//! - `hash`: the state hash masters compare, and the mark of a master whose
+//!   state differs ([`StateChecks`]).
 //! - `watch`: [`Watch`], history first, then live events.
 //! - `replica`: what raft needs: bookkeeping applied with commands, whole-state
 //!   [`Image`]s for snapshots.
 
 mod command;
 mod error;
+mod format;
+mod hash;
 mod machine;
 mod replica;
 mod rules;
@@ -30,6 +37,7 @@ mod watch;
 
 pub use command::{Command, Outcome, TokenRecord, TokenUsage, UPLOAD_CHUNK};
 pub use error::StoreError;
+pub use hash::{HashAt, StateChecks, StateDigest, StateHash, StateHasher};
 pub use replica::{decode_backup, encode_backup, Image, RaftMark, RaftMeta};
 pub use watch::Watch;
 
@@ -37,13 +45,15 @@ use error::db;
 use flotilla_api::objects::{key_prefix, object_key, Kind, Object};
 use flotilla_api::protocol::WatchEvent;
 use flotilla_api::selector::Selector;
-use machine::{read_meta, Machine};
+use machine::{read_counter, Machine};
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use tables::{decode, meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS};
+use tables::{
+    counters, decode_value, history_key, unseal, COUNTERS, HISTORY, MODULES, OBJECTS, TOKENS,
+};
 use tokio::sync::broadcast;
 use watch::Live;
 
@@ -66,6 +76,9 @@ struct Inner {
     /// Held from the start of a write until its events are sent, so that live
     /// events go out in revision order even when threads write concurrently.
     write: Mutex<()>,
+    /// State hashes taken for the masters to compare, and whether this
+    /// master's state was found to differ (then reads are refused).
+    checks: StateChecks,
 }
 
 impl fmt::Debug for Store {
@@ -74,6 +87,29 @@ impl fmt::Debug for Store {
             .field("path", &self.inner.path)
             .field("history", &self.inner.history)
             .finish_non_exhaustive()
+    }
+}
+
+/// An error found in the file at `path` while opening it: says where, and
+/// what to do.
+fn in_file(path: &Path, e: StoreError) -> StoreError {
+    let dir = path
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| ".".into());
+    match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!(
+            "{}: {m}. The master does not start on damaged data and leaves the file as it \
+             is. Check the disk first (dmesg, smartctl). Then either let this master catch \
+             up from the other masters: remove it from the cluster (`flotilla cluster remove \
+             ID`; its id is in {dir}/node-id), move {dir} aside, and join it anew \
+             (`flotilla token create --master`, then `flotilla master --join ADDRESS --token \
+             TOKEN`); or, with no other master, restore a backup (`flotilla master --restore \
+             BACKUP` on a new data directory holding only the cluster CA). \
+             docs/operations.md (\"A corruption error at start-up\") has the steps",
+            path.display()
+        )),
+        other => other,
     }
 }
 
@@ -100,17 +136,36 @@ impl Store {
                 path.display()
             ))
         })?;
+        let opened = format::prepare(&database).map_err(|e| in_file(path, e))?;
+        if opened.migrated {
+            tracing::info!(
+                path = %path.display(),
+                "moved the store to format {}: every value now carries a checksum",
+                tables::FORMAT_VERSION
+            );
+        }
+        // Every row is read and checked before anything is served: a byte
+        // changed on the disk stops the master here rather than reach a client.
+        let started = std::time::Instant::now();
+        let verified = format::verify(
+            &database
+                .begin_read()
+                .map_err(db("starting a read transaction"))?,
+        )
+        .map_err(|e| in_file(path, e))?;
+        tracing::debug!(
+            rows = verified.rows,
+            bytes = verified.bytes,
+            took = ?started.elapsed(),
+            "checked every value of the store"
+        );
         let txn = database
             .begin_write()
             .map_err(db("starting the first write transaction"))?;
         {
             let mut machine = Machine::open(&txn)?;
-            machine.check_format()?;
             machine.compact(history)?;
         }
-        // Created up front so that reads of the raft bookkeeping never meet a
-        // missing table (files written before raft have none).
-        txn.open_table(RAFT).map_err(db("opening the raft table"))?;
         txn.commit().map_err(db("committing the opened tables"))?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Ok(Store {
@@ -120,6 +175,7 @@ impl Store {
                 history,
                 live,
                 write: Mutex::new(()),
+                checks: StateChecks::default(),
             }),
         })
     }
@@ -179,13 +235,17 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Object>, StoreError> {
+        self.inner.checks.serving()?;
         let txn = self.read()?;
         let objects = txn
             .open_table(OBJECTS)
             .map_err(db("opening the objects table"))?;
         let key = object_key(kind, namespace, name);
-        match objects.get(key.as_str()).map_err(db("reading an object"))? {
-            Some(v) => decode("objects", &key, v.value()).map(Some),
+        match objects
+            .get(key.as_bytes())
+            .map_err(db("reading an object"))?
+        {
+            Some(v) => decode_value("objects", key.as_bytes(), v.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -198,26 +258,24 @@ impl Store {
         namespace: Option<&str>,
         selector: &Selector,
     ) -> Result<(u64, Vec<Object>), StoreError> {
+        self.inner.checks.serving()?;
         let txn = self.read()?;
-        let revision = read_meta(
-            &txn.open_table(META).map_err(db("opening the meta table"))?,
-            meta::REVISION,
-        )?;
+        let revision = read_counter(&self.counters(&txn)?, counters::REVISION)?;
         let objects = txn
             .open_table(OBJECTS)
             .map_err(db("opening the objects table"))?;
         let prefix = key_prefix(kind, namespace);
         let mut out = Vec::new();
         for entry in objects
-            .range(prefix.as_str()..)
+            .range(prefix.as_bytes()..)
             .map_err(db("listing objects"))?
         {
             let (k, v) = entry.map_err(db("listing objects"))?;
             let key = k.value();
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix.as_bytes()) {
                 break;
             }
-            let object: Object = decode("objects", &key, v.value())?;
+            let object: Object = decode_value("objects", key, v.value())?;
             if selector.matches(&object.meta().labels) {
                 out.push(object);
             }
@@ -228,10 +286,7 @@ impl Store {
     /// The revision of the last write (0 for a new store).
     pub fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.read()?;
-        read_meta(
-            &txn.open_table(META).map_err(db("opening the meta table"))?,
-            meta::REVISION,
-        )
+        read_counter(&self.counters(&txn)?, counters::REVISION)
     }
 
     /// Change events with revision > `from_revision` (0 = only changes after
@@ -241,11 +296,12 @@ impl Store {
     pub fn watch(&self, from_revision: u64) -> Result<Watch, StoreError> {
         // Subscribe before reading: every event committed from here on
         // reaches the channel, and every earlier one is in the history.
+        self.inner.checks.serving()?;
         let live = self.inner.live.subscribe();
         let txn = self.read()?;
-        let meta_table = txn.open_table(META).map_err(db("opening the meta table"))?;
-        let revision = read_meta(&meta_table, meta::REVISION)?;
-        let compacted = read_meta(&meta_table, meta::COMPACTED)?;
+        let counters_table = self.counters(&txn)?;
+        let revision = read_counter(&counters_table, counters::REVISION)?;
+        let compacted = read_counter(&counters_table, counters::COMPACTED)?;
         if from_revision != 0 && from_revision < compacted {
             return Err(StoreError::TooOld {
                 requested: from_revision,
@@ -262,22 +318,27 @@ impl Store {
 
     /// Module bytes by digest (`sha256:<hex>`).
     pub fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.checks.serving()?;
         let txn = self.read()?;
         let modules = txn
             .open_table(MODULES)
             .map_err(db("opening the modules table"))?;
-        let bytes = modules.get(digest).map_err(db("reading module bytes"))?;
-        Ok(bytes.map(|v| v.value().to_vec()))
+        let key = digest.as_bytes();
+        match modules.get(key).map_err(db("reading module bytes"))? {
+            Some(v) => Ok(Some(unseal("modules", key, v.value())?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     /// A join token by id.
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.checks.serving()?;
         let txn = self.read()?;
         let tokens = txn
             .open_table(TOKENS)
             .map_err(db("opening the tokens table"))?;
-        match tokens.get(id).map_err(db("reading a token"))? {
-            Some(v) => decode("tokens", &id, v.value()).map(Some),
+        match tokens.get(id.as_bytes()).map_err(db("reading a token"))? {
+            Some(v) => decode_value("tokens", id.as_bytes(), v.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -285,11 +346,9 @@ impl Store {
     /// Up to `limit` history events after revision `after`, oldest first;
     /// `TooOld` if events after it were compacted away.
     fn history_after(&self, after: u64, limit: usize) -> Result<Vec<WatchEvent>, StoreError> {
+        self.inner.checks.serving()?;
         let txn = self.read()?;
-        let compacted = read_meta(
-            &txn.open_table(META).map_err(db("opening the meta table"))?,
-            meta::COMPACTED,
-        )?;
+        let compacted = read_counter(&self.counters(&txn)?, counters::COMPACTED)?;
         if after < compacted {
             return Err(StoreError::TooOld {
                 requested: after,
@@ -308,7 +367,7 @@ impl Store {
                 break;
             }
             let (k, v) = entry.map_err(db("reading the history"))?;
-            out.push(decode("history", &k.value(), v.value())?);
+            out.push(decode_value("history", &history_key(k.value()), v.value())?);
         }
         Ok(out)
     }
@@ -320,10 +379,71 @@ impl Store {
             .map_err(db("starting a read transaction"))
     }
 
-    /// Writes raw bytes under an object key, bypassing the state machine, to
-    /// test how damaged values are reported.
+    fn counters(
+        &self,
+        txn: &ReadTransaction,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        txn.open_table(COUNTERS)
+            .map_err(db("opening the counters table"))
+    }
+
+    /// The state hashes taken for comparison, and this master's mark if its
+    /// state was found to differ from the others'.
+    pub fn checks(&self) -> &StateChecks {
+        &self.inner.checks
+    }
+
+    /// The state hash of the last committed state (see [`StateHasher`]):
+    /// reads the whole state, checking every value on the way.
+    pub fn state_hash(&self) -> Result<StateDigest, StoreError> {
+        hash::hash_state(&self.read()?)
+    }
+
+    /// Starts hashing the state as it is now, which the caller knows to be
+    /// the state right after the raft entry at `index` (the raft state
+    /// machine calls this between entries). The read transaction is taken
+    /// here; the hashing runs on a thread of its own, so applying goes on
+    /// meanwhile, and its result lands in [`checks`](Store::checks).
+    pub fn begin_state_hash(&self, index: u64) {
+        let checks_of = self.clone();
+        let txn = match self.read() {
+            Ok(txn) => txn,
+            Err(e) => {
+                self.inner.checks.set(index, HashAt::Failed(e.to_string()));
+                return;
+            }
+        };
+        self.inner.checks.set(index, HashAt::Computing);
+        let spawned = std::thread::Builder::new()
+            .name("state-hash".into())
+            .spawn(move || {
+                let at = match hash::hash_state(&txn) {
+                    Ok(digest) => HashAt::Done(digest),
+                    Err(e) => HashAt::Failed(e.to_string()),
+                };
+                drop(txn);
+                checks_of.inner.checks.set(index, at);
+            });
+        if let Err(e) = spawned {
+            self.inner.checks.set(
+                index,
+                HashAt::Failed(format!("cannot start a thread to hash the state: {e}")),
+            );
+        }
+    }
+
+    /// Writes `bytes`, sealed, under an object key, bypassing the state
+    /// machine, to test how values that pass their checksum but do not
+    /// decode are reported.
     #[cfg(test)]
     fn write_raw_object(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let sealed = tables::seal("objects", key.as_bytes(), bytes);
+        self.write_unsealed_object(key, &sealed)
+    }
+
+    /// Writes `bytes` as they are under an object key (no checksum added).
+    #[cfg(test)]
+    fn write_unsealed_object(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let txn = self
             .inner
             .db
@@ -334,7 +454,7 @@ impl Store {
                 .open_table(OBJECTS)
                 .map_err(db("opening the objects table"))?;
             objects
-                .insert(key, bytes)
+                .insert(key.as_bytes(), bytes)
                 .map_err(db("writing raw bytes"))?;
         }
         txn.commit().map_err(db("committing raw bytes"))

@@ -6,9 +6,10 @@
 
 use super::command::{Command, Outcome, TokenRecord};
 use super::error::{db, StoreError};
-use super::machine::{read_meta, Machine};
+use super::machine::{read_counter, Machine};
 use super::tables::{
-    self, decode, encode, meta, raft_meta, HISTORY, META, MODULES, OBJECTS, RAFT, TOKENS, UPLOADS,
+    self, counters, decode_value, encode, encode_counter, encode_value, key_str, raft_meta, seal,
+    unseal, COUNTERS, HISTORY, MODULES, OBJECTS, RAFT, TOKENS, UPLOADS,
 };
 use super::watch::Live;
 use super::Store;
@@ -42,8 +43,10 @@ pub struct RaftMeta {
 /// before the image's revision (watches from older revisions get `TooOld`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
-    /// The store format the image was taken from (`tables::FORMAT_VERSION`);
-    /// objects are postcard inside, so another format cannot be installed.
+    /// The layout of the image (`tables::IMAGE_FORMAT`, 1); objects are
+    /// postcard inside, so another layout cannot be installed. It holds
+    /// values, not the file's bytes, so it does not change with the on-disk
+    /// format.
     pub format: u64,
     /// The revision of the last write in the image.
     pub revision: u64,
@@ -200,9 +203,10 @@ impl Store {
     /// bookkeeping belong to the same commit.
     pub fn export(&self) -> Result<Image, StoreError> {
         let txn = self.read()?;
-        let revision = read_meta(
-            &txn.open_table(META).map_err(db("opening the meta table"))?,
-            meta::REVISION,
+        let revision = read_counter(
+            &txn.open_table(COUNTERS)
+                .map_err(db("opening the counters table"))?,
+            counters::REVISION,
         )?;
         let mut objects = Vec::new();
         for entry in txn
@@ -212,7 +216,7 @@ impl Store {
             .map_err(db("reading the objects"))?
         {
             let (k, v) = entry.map_err(db("reading the objects"))?;
-            objects.push(decode("objects", &k.value(), v.value())?);
+            objects.push(decode_value("objects", k.value(), v.value())?);
         }
         let mut modules = Vec::new();
         for entry in txn
@@ -222,7 +226,9 @@ impl Store {
             .map_err(db("reading the modules"))?
         {
             let (k, v) = entry.map_err(db("reading the modules"))?;
-            modules.push((k.value().to_string(), v.value().to_vec()));
+            let key = k.value();
+            let bytes = unseal("modules", key, v.value())?;
+            modules.push((key_str("modules", key)?.to_string(), bytes.to_vec()));
         }
         let mut tokens = Vec::new();
         for entry in txn
@@ -232,7 +238,7 @@ impl Store {
             .map_err(db("reading the tokens"))?
         {
             let (k, v) = entry.map_err(db("reading the tokens"))?;
-            tokens.push(decode("tokens", &k.value(), v.value())?);
+            tokens.push(decode_value("tokens", k.value(), v.value())?);
         }
         let mut uploads = Vec::new();
         for entry in txn
@@ -242,11 +248,13 @@ impl Store {
             .map_err(db("reading the uploads"))?
         {
             let (k, v) = entry.map_err(db("reading the uploads"))?;
-            uploads.push((k.value().to_string(), v.value().to_vec()));
+            let key = k.value();
+            let bytes = unseal("uploads", key, v.value())?;
+            uploads.push((key_str("uploads", key)?.to_string(), bytes.to_vec()));
         }
         let raft = read_raft(&txn.open_table(RAFT).map_err(db("opening the raft table"))?)?;
         Ok(Image {
-            format: tables::FORMAT_VERSION,
+            format: tables::IMAGE_FORMAT,
             revision,
             objects,
             modules,
@@ -267,30 +275,34 @@ impl Store {
     /// (revisions never go back; raft only installs snapshots ahead of what a
     /// replica applied).
     pub fn install(&self, image: &Image) -> Result<(), StoreError> {
-        if image.format != tables::FORMAT_VERSION {
+        if image.format != tables::IMAGE_FORMAT {
             return Err(StoreError::Invalid(format!(
                 "the snapshot is in store format {}, this master reads format {}: \
                  run the same flotilla version on every master",
                 image.format,
-                tables::FORMAT_VERSION
+                tables::IMAGE_FORMAT
             )));
         }
         let (_serial, txn) = self.begin_write()?;
         {
-            let mut meta_table = txn.open_table(META).map_err(db("opening the meta table"))?;
-            let revision = read_meta(&meta_table, meta::REVISION)?;
+            let mut counters_table = txn
+                .open_table(COUNTERS)
+                .map_err(db("opening the counters table"))?;
+            let revision = read_counter(&counters_table, counters::REVISION)?;
             if image.revision < revision {
                 return Err(StoreError::Invalid(format!(
                     "the snapshot is at revision {}, older than this store's {revision}",
                     image.revision
                 )));
             }
-            meta_table
-                .insert(meta::REVISION, image.revision)
-                .map_err(db("writing the revision"))?;
-            meta_table
-                .insert(meta::COMPACTED, image.revision)
-                .map_err(db("writing the compacted revision"))?;
+            for key in [counters::REVISION, counters::COMPACTED] {
+                counters_table
+                    .insert(
+                        key.as_bytes(),
+                        encode_counter(key, image.revision).as_slice(),
+                    )
+                    .map_err(db("writing the revision"))?;
+            }
         }
         // Deleting a table frees its pages at once, where removing every row
         // would rewrite them first.
@@ -369,12 +381,22 @@ fn set_durability(txn: &mut WriteTransaction, durable: bool) -> Result<(), Store
 /// Writes the bookkeeping of one applied entry.
 fn write_mark(txn: &WriteTransaction, mark: RaftMark<'_>) -> Result<(), StoreError> {
     let mut raft = txn.open_table(RAFT).map_err(db("opening the raft table"))?;
-    raft.insert(raft_meta::APPLIED, mark.applied)
-        .map_err(db("writing the applied log id"))?;
+    put_raft(&mut raft, raft_meta::APPLIED, mark.applied)?;
     if let Some(membership) = mark.membership {
-        raft.insert(raft_meta::MEMBERSHIP, membership)
-            .map_err(db("writing the membership"))?;
+        put_raft(&mut raft, raft_meta::MEMBERSHIP, membership)?;
     }
+    Ok(())
+}
+
+/// Writes one value of the raft table, sealed.
+fn put_raft(
+    raft: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    key: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let key = key.as_bytes();
+    raft.insert(key, seal("raft", key, value).as_slice())
+        .map_err(db("writing the raft bookkeeping"))?;
     Ok(())
 }
 
@@ -384,34 +406,38 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         .open_table(OBJECTS)
         .map_err(db("opening the objects table"))?;
     for object in &image.objects {
-        let value = encode("an object", object)?;
+        let key = object.key();
+        let value = encode_value("objects", key.as_bytes(), "an object", object)?;
         objects
-            .insert(object.key().as_str(), value.as_slice())
+            .insert(key.as_bytes(), value.as_slice())
             .map_err(db("writing an object"))?;
     }
     let mut modules = txn
         .open_table(MODULES)
         .map_err(db("opening the modules table"))?;
     for (digest, bytes) in &image.modules {
+        let key = digest.as_bytes();
         modules
-            .insert(digest.as_str(), bytes.as_slice())
+            .insert(key, seal("modules", key, bytes).as_slice())
             .map_err(db("writing module bytes"))?;
     }
     let mut tokens = txn
         .open_table(TOKENS)
         .map_err(db("opening the tokens table"))?;
     for token in &image.tokens {
-        let value = encode("a token", token)?;
+        let key = token.id.as_bytes();
+        let value = encode_value("tokens", key, "a token", token)?;
         tokens
-            .insert(token.id.as_str(), value.as_slice())
+            .insert(key, value.as_slice())
             .map_err(db("writing a token"))?;
     }
     let mut uploads = txn
         .open_table(UPLOADS)
         .map_err(db("opening the uploads table"))?;
     for (key, bytes) in &image.uploads {
+        let key = key.as_bytes();
         uploads
-            .insert(key.as_str(), bytes.as_slice())
+            .insert(key, seal("uploads", key, bytes).as_slice())
             .map_err(db("writing an upload chunk"))?;
     }
     // Recreated empty: the history starts after the image's revision.
@@ -419,24 +445,23 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         .map_err(db("opening the history table"))?;
     let mut raft = txn.open_table(RAFT).map_err(db("opening the raft table"))?;
     if let Some(applied) = &image.raft.applied {
-        raft.insert(raft_meta::APPLIED, applied.as_slice())
-            .map_err(db("writing the applied log id"))?;
+        put_raft(&mut raft, raft_meta::APPLIED, applied)?;
     }
     if let Some(membership) = &image.raft.membership {
-        raft.insert(raft_meta::MEMBERSHIP, membership.as_slice())
-            .map_err(db("writing the membership"))?;
+        put_raft(&mut raft, raft_meta::MEMBERSHIP, membership)?;
     }
     Ok(())
 }
 
 fn read_raft(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
 ) -> Result<RaftMeta, StoreError> {
     let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(table
-            .get(key)
-            .map_err(db("reading the raft table"))?
-            .map(|v| v.value().to_vec()))
+        let key = key.as_bytes();
+        match table.get(key).map_err(db("reading the raft table"))? {
+            Some(v) => Ok(Some(unseal("raft", key, v.value())?.to_vec())),
+            None => Ok(None),
+        }
     };
     Ok(RaftMeta {
         applied: get(raft_meta::APPLIED)?,
@@ -470,11 +495,11 @@ pub fn decode_backup(bytes: &[u8]) -> Result<Image, StoreError> {
             ))
         }
     };
-    if image.format != tables::FORMAT_VERSION {
+    if image.format != tables::IMAGE_FORMAT {
         return Err(StoreError::Invalid(format!(
             "the backup is in store format {}, this master reads format {}",
             image.format,
-            tables::FORMAT_VERSION
+            tables::IMAGE_FORMAT
         )));
     }
     Ok(image)

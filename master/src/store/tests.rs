@@ -1125,3 +1125,450 @@ fn the_same_commands_give_the_same_state() {
     assert_eq!(snapshot(&s1).0, 6);
     assert_eq!(s1.token("t").unwrap(), s2.token("t").unwrap());
 }
+
+// ---- Integrity: checksums, the check at open, migration, the state hash ----
+
+/// The pods and token the damage tests write, with strings easy to find in
+/// the file.
+fn damage_fixture(path: &std::path::Path) -> (Vec<Object>, TokenRecord) {
+    let store = Store::open(path, 100).unwrap();
+    let mut objects = Vec::new();
+    for name in ["alpha-web", "bravo-db", "charlie-cache"] {
+        let mut p = pod("default", name, &[("app", name)]);
+        p.metadata.uid = format!("uid-0c6f9a1e-{name}");
+        objects.push(create(&store, p));
+    }
+    objects.push(create(&store, node("pi-7", &[])));
+    store
+        .apply(Command::PutModule {
+            module: module_with(b"\0asm module bytes"),
+            bytes: b"\0asm module bytes".to_vec(),
+        })
+        .unwrap();
+    let t = token("tok-4b1d");
+    store
+        .apply(Command::PutToken { record: t.clone() })
+        .unwrap();
+    (objects, t)
+}
+
+/// Every offset at which `needle` occurs in `haystack`.
+fn offsets(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Opens the damaged file and reads everything back: each read must give
+/// the original, or an error. Returns whether anything was refused.
+fn reads_original_or_fail(
+    path: &std::path::Path,
+    objects: &[Object],
+    t: &TokenRecord,
+) -> Result<(), String> {
+    let store = match Store::open(path, 100) {
+        Ok(store) => store,
+        Err(e) => return Err(format!("open: {e}")),
+    };
+    let mut refused = Vec::new();
+    for o in objects {
+        let m = o.meta();
+        match store.get(o.kind(), &m.namespace, &m.name) {
+            Ok(Some(found)) => assert_eq!(&found, o, "a changed object was served"),
+            Ok(None) => panic!("{} vanished without an error", o.describe()),
+            Err(e) => refused.push(format!("get: {e}")),
+        }
+    }
+    for kind in [Kind::Pod, Kind::Node] {
+        match store.list(kind, None, &Selector::default()) {
+            Ok((_, found)) => {
+                let expected: Vec<&Object> = objects.iter().filter(|o| o.kind() == kind).collect();
+                assert_eq!(found.iter().collect::<Vec<_>>(), expected, "a list changed");
+            }
+            Err(e) => refused.push(format!("list: {e}")),
+        }
+    }
+    match store.token(&t.id) {
+        Ok(found) => assert_eq!(found.as_ref(), Some(t), "a changed token was served"),
+        Err(e) => refused.push(format!("token: {e}")),
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused.join("; "))
+    }
+}
+
+/// The finding this answers: one byte changed in `state.redb` made pods
+/// vanish, renamed one or changed its uid, and the store served it. Every
+/// occurrence of a key, a name and a uid in a closed store's file (current
+/// pages and stale copies alike) is damaged in turn, in a fresh copy, in
+/// several ways (one bit, a byte no UTF-8 text has); every read afterwards
+/// gives the original object or an error, and damage to a live page is
+/// always refused.
+#[test]
+fn flipped_bytes_in_keys_names_and_uids_are_refused_never_served() {
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let (objects, t) = damage_fixture(&path);
+    let clean = std::fs::read(&path).unwrap();
+    let needles: [&[u8]; 5] = [
+        b"Pod/default/bravo-db",
+        b"charlie-cache",
+        b"uid-0c6f9a1e-alpha-web",
+        b"tok-4b1d",
+        b"for pi-1",
+    ];
+    let mut cases = 0;
+    let mut refused = 0;
+    for needle in needles {
+        let found = offsets(&clean, needle);
+        assert!(
+            !found.is_empty(),
+            "{:?} is in the file",
+            String::from_utf8_lossy(needle)
+        );
+        for at in found {
+            // The last byte (a key's last byte changes its sort position
+            // least, the worst case for lookups), and one in the middle.
+            for (pos, flip) in [(needle.len() - 1, 0x01u8), (needle.len() / 2, 0x80)] {
+                let mut damaged = clean.clone();
+                damaged[at + pos] ^= flip;
+                let copy = dir.path().join(format!("damaged-{cases}.redb"));
+                std::fs::write(&copy, &damaged).unwrap();
+                cases += 1;
+                if let Err(why) = reads_original_or_fail(&copy, &objects, &t) {
+                    assert!(
+                        why.contains("fails its checksum")
+                            || why.contains("not UTF-8")
+                            || why.contains("out of order")
+                            || why.contains("does not find its row"),
+                        "{why}"
+                    );
+                    assert!(
+                        why.contains("restore") || why.contains("rejoin"),
+                        "the error says what to do: {why}"
+                    );
+                    refused += 1;
+                }
+                std::fs::remove_file(&copy).unwrap();
+            }
+        }
+    }
+    // Stale copies may be changed harmlessly; the live ones are refused.
+    assert!(refused >= needles.len() * 2, "{refused} of {cases} refused");
+}
+
+/// The same at the level of one value: a sealed value stored under a
+/// changed key, or changed itself, fails; it never decodes as another.
+#[test]
+fn a_value_moved_to_another_key_or_changed_fails_its_checksum() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let original = create(&store, pod("default", "web", &[]));
+    let value =
+        tables::encode_value("objects", b"Pod/default/web", "an object", &original).unwrap();
+    // Moved: the bytes of web's value under the key of web2.
+    store
+        .write_unsealed_object("Pod/default/web2", &value)
+        .unwrap();
+    let err = store.get(Kind::Pod, "default", "web2").unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("Pod/default/web2") && m.contains("checksum")),
+        "{err:?}"
+    );
+    // Changed: one byte of the uid.
+    let mut changed = value.clone();
+    let at = offsets(&changed, b"uid-default-web")[0];
+    changed[at] ^= 0x01;
+    store
+        .write_unsealed_object("Pod/default/web", &changed)
+        .unwrap();
+    assert!(matches!(
+        store.get(Kind::Pod, "default", "web"),
+        Err(StoreError::Corrupt(_))
+    ));
+    // Nothing at all, or too short to hold a checksum.
+    store.write_unsealed_object("Pod/default/web", b"").unwrap();
+    assert!(matches!(
+        store.get(Kind::Pod, "default", "web"),
+        Err(StoreError::Corrupt(_))
+    ));
+    // And the whole store is refused at open while it holds such a value.
+    drop(store);
+    let err = Store::open(&dir.path().join("state.redb"), 100).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("state.redb")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_lost_table_or_format_marker_is_refused_not_recreated_empty() {
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    damage_fixture(&path);
+    {
+        // The objects table's name damaged: the table seems gone.
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.rename_table(
+            tables::OBJECTS,
+            redb::TableDefinition::<&[u8], &[u8]>::new("objectz"),
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, 100).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("no objects table")),
+        "{err}"
+    );
+
+    let path = dir.path().join("marker.redb");
+    damage_fixture(&path);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::META)
+            .unwrap()
+            .remove(tables::meta::FORMAT)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, 100).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("no format marker")),
+        "{err}"
+    );
+}
+
+/// Writes a store the way format 1 did: `&str` keys, plain postcard values,
+/// the counters in `meta`.
+fn write_format_1(path: &std::path::Path, objects: &[Object], events: &[WatchEvent]) {
+    use tables::format1;
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut meta = txn.open_table(tables::META).unwrap();
+        meta.insert(tables::meta::FORMAT, 1).unwrap();
+        meta.insert(format1::REVISION, objects.len() as u64 + 1)
+            .unwrap();
+        meta.insert(format1::COMPACTED, 1).unwrap();
+        let mut table = txn.open_table(format1::OBJECTS).unwrap();
+        for o in objects {
+            table
+                .insert(
+                    o.key().as_str(),
+                    postcard::to_allocvec(o).unwrap().as_slice(),
+                )
+                .unwrap();
+        }
+        let mut history = txn.open_table(format1::HISTORY).unwrap();
+        for e in events {
+            history
+                .insert(e.revision, postcard::to_allocvec(e).unwrap().as_slice())
+                .unwrap();
+        }
+        let bytes = b"\0asm old module".as_slice();
+        txn.open_table(format1::MODULES)
+            .unwrap()
+            .insert(objects::digest_of(bytes).as_str(), bytes)
+            .unwrap();
+        txn.open_table(format1::TOKENS)
+            .unwrap()
+            .insert(
+                "t-old",
+                postcard::to_allocvec(&token("t-old")).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.open_table(format1::UPLOADS)
+            .unwrap()
+            .insert(
+                tables::upload_key("sha256:ab", 0).as_str(),
+                b"chunk".as_slice(),
+            )
+            .unwrap();
+        txn.open_table(format1::RAFT)
+            .unwrap()
+            .insert(tables::raft_meta::APPLIED, b"opaque applied".as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_migrated_to_checksums_on_open() {
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let mut pods = Vec::new();
+    let mut events = Vec::new();
+    for (i, name) in ["old-a", "old-b"].into_iter().enumerate() {
+        let mut p = pod("default", name, &[("gen", "1")]);
+        p.metadata.resource_version = i as u64 + 2;
+        p.metadata.generation = 1;
+        let o = Object::Pod(p);
+        events.push(WatchEvent {
+            revision: i as u64 + 2,
+            kind: EventType::Added,
+            object: o.clone(),
+        });
+        pods.push(o);
+    }
+    write_format_1(&path, &pods, &events);
+
+    let store = Store::open(&path, 100).expect("a format 1 store opens");
+    assert_eq!(store.revision().unwrap(), 3);
+    assert_eq!(
+        store.list(Kind::Pod, None, &Selector::default()).unwrap().1,
+        pods
+    );
+    assert_eq!(store.history_after(1, 10).unwrap(), events);
+    assert_eq!(store.token("t-old").unwrap(), Some(token("t-old")));
+    assert_eq!(
+        store
+            .module_bytes(&objects::digest_of(b"\0asm old module"))
+            .unwrap()
+            .as_deref(),
+        Some(b"\0asm old module".as_slice())
+    );
+    assert_eq!(
+        store.raft_meta().unwrap().applied.as_deref(),
+        Some(b"opaque applied".as_slice())
+    );
+    // Writes go on from the old revision; the staged chunk commits.
+    let created = create(&store, pod("default", "new", &[]));
+    assert_eq!(created.meta().resource_version, 4);
+    let mut watch = store.watch(1).unwrap();
+    assert_eq!(next(&mut watch).await.unwrap(), events[0]);
+    drop((store, watch));
+
+    // Now in format 2: the marker says so, and a byte changed is caught.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn
+            .open_table(tables::META)
+            .unwrap()
+            .get(tables::meta::FORMAT)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(format, Some(tables::FORMAT_VERSION));
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("format1")), "{names:?}");
+    }
+    let store = Store::open(&path, 100).expect("reopens in format 2");
+    assert_eq!(
+        store.get(Kind::Pod, "default", "old-a").unwrap(),
+        Some(pods[0].clone())
+    );
+}
+
+#[test]
+fn a_damaged_format_1_store_is_refused_and_left_as_it_was() {
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let p = Object::Pod(pod("default", "renamed", &[]));
+    write_format_1(&path, std::slice::from_ref(&p), &[]);
+    // The key of the one object damaged: it no longer matches its value.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(tables::format1::OBJECTS).unwrap();
+        let value = table
+            .remove("Pod/default/renamed")
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        table
+            .insert("Pod/default/renamef", value.as_slice())
+            .unwrap();
+        drop(table);
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, 100).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("Pod/default/renamef") && m.contains("format 1")),
+        "{err}"
+    );
+    // The migration was dropped whole: still format 1.
+    let db = redb::Database::open(&path).unwrap();
+    let format = db
+        .begin_read()
+        .unwrap()
+        .open_table(tables::META)
+        .unwrap()
+        .get(tables::meta::FORMAT)
+        .unwrap()
+        .map(|v| v.value());
+    assert_eq!(format, Some(1));
+}
+
+#[test]
+fn state_hashes_agree_on_the_same_state_and_ignore_local_history() {
+    let (d1, d2, d3) = (tmp(), tmp(), tmp());
+    // Different history windows: history is each master's own.
+    let (s1, s2) = (open(&d1, 100), open(&d2, 1));
+    for s in [&s1, &s2] {
+        create(s, pod("default", "a", &[]));
+        create(s, pod("default", "b", &[]));
+        s.apply(Command::PutToken { record: token("t") }).unwrap();
+        s.apply(Command::PutModule {
+            module: module_with(b"m"),
+            bytes: b"m".to_vec(),
+        })
+        .unwrap();
+    }
+    let h1 = s1.state_hash().unwrap();
+    assert_eq!(h1, s2.state_hash().unwrap());
+    // A snapshot installed elsewhere holds the same state, sealed: the
+    // store reopens (every value checked) with the same hash.
+    let s3 = open(&d3, 100);
+    s3.install(&s1.export().unwrap()).unwrap();
+    assert_eq!(s3.state_hash().unwrap(), h1);
+    drop(s3);
+    assert_eq!(open(&d3, 100).state_hash().unwrap(), h1);
+    // A state check changes nothing; any write changes the hash.
+    s2.apply(Command::CheckState).unwrap();
+    assert_eq!(s2.state_hash().unwrap(), h1);
+    s2.apply(Command::DeleteToken { id: "t".into() }).unwrap();
+    assert_ne!(s2.state_hash().unwrap(), h1);
+}
+
+#[tokio::test]
+async fn a_store_marked_diverged_refuses_reads() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    create(&store, pod("default", "a", &[]));
+    let mut watch = store.watch(0).unwrap();
+    store
+        .checks()
+        .mark_diverged("differs from the leader's".into());
+    let refused = |r: Result<(), StoreError>| {
+        assert!(
+            matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("differs")),
+            "{r:?}"
+        )
+    };
+    refused(store.get(Kind::Pod, "default", "a").map(|_| ()));
+    refused(
+        store
+            .list(Kind::Pod, None, &Selector::default())
+            .map(|_| ()),
+    );
+    refused(store.watch(1).map(|_| ()));
+    refused(store.module_bytes("sha256:00").map(|_| ()));
+    refused(store.token("t").map(|_| ()));
+    refused(next(&mut watch).await.map(|_| ()));
+    // Raft's own reads go on (it may still need to apply and send snapshots).
+    assert_eq!(store.revision().unwrap(), 1);
+    assert!(store.export().is_ok());
+}

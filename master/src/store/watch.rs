@@ -74,6 +74,9 @@ impl Watch {
     /// Catching up reads the database synchronously, in small batches.
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
         loop {
+            // A master found to hold a state that differs from the others'
+            // ends its watches too, not only new reads.
+            self.store.checks().serving()?;
             if let Some(event) = self.pending.pop_front() {
                 self.last = event.revision;
                 return Ok(event);

@@ -1,0 +1,388 @@
+//! What opening `state.redb` checks before the store serves anything: the
+//! format marker, that every table is there, that every value passes its
+//! checksum and sits where a lookup finds it; and the one-time move of a
+//! format 1 file (no checksums, `&str` keys) to the current format.
+//!
+//! The scan at open is what turns a byte changed on the disk into a refusal
+//! to start instead of an object that is silently different, or missing: a
+//! damaged key may move its row where no lookup reaches it, and only reading
+//! every row finds that.
+
+use super::error::{db, StoreError};
+use super::tables::{
+    self, corrupt, counters, encode_counter, format1, history_key, key_str, meta, seal, unseal,
+    ShowKey, COUNTERS, FORMAT_VERSION, HISTORY, META, MODULES, OBJECTS, RAFT, STATE_TABLES, TOKENS,
+    UPLOADS,
+};
+use super::TokenRecord;
+use flotilla_api::objects::Object;
+use flotilla_api::protocol::WatchEvent;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle, WriteTransaction,
+};
+use std::collections::BTreeSet;
+
+/// What opening found, for the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// The file was in format 1 and was rewritten in this format.
+    pub(crate) migrated: bool,
+    /// The file was new.
+    pub(crate) created: bool,
+}
+
+/// Checks the format of `database`, creating the tables of a new file or
+/// migrating a format 1 file (each in one write transaction); afterwards
+/// every table of [`STATE_TABLES`] exists, in this format.
+pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
+    let read = database
+        .begin_read()
+        .map_err(db("starting a read transaction"))?;
+    let present: BTreeSet<String> = read
+        .list_tables()
+        .map_err(db("listing the tables"))?
+        .map(|t| t.name().to_string())
+        .collect();
+    let format = if present.contains(META.name()) {
+        read.open_table(META)
+            .map_err(db("opening the meta table"))?
+            .get(meta::FORMAT)
+            .map_err(db("reading the format version"))?
+            .map(|v| v.value())
+    } else {
+        None
+    };
+    match format {
+        Some(FORMAT_VERSION) => {
+            if let Some(missing) = STATE_TABLES.iter().find(|t| !present.contains(**t)) {
+                return Err(StoreError::Corrupt(format!(
+                    "the file is in format {FORMAT_VERSION} but has no {missing} table \
+                     (its name in the file may be damaged)"
+                )));
+            }
+            Ok(Opened::default())
+        }
+        Some(format1::FORMAT) => {
+            drop(read);
+            let txn = database
+                .begin_write()
+                .map_err(db("starting the migration"))?;
+            migrate_from_1(&txn, &present)?;
+            txn.commit().map_err(db("committing the migration"))?;
+            Ok(Opened {
+                migrated: true,
+                created: false,
+            })
+        }
+        Some(v) => Err(StoreError::Db(format!(
+            "the database is in format {v}, this master reads formats 1 and {FORMAT_VERSION}: \
+             run the flotilla version that wrote it"
+        ))),
+        None => {
+            // A new file, or one whose marker is lost: never take data for new.
+            for name in present.iter().filter(|n| n.as_str() != META.name()) {
+                let table = read
+                    .open_untyped_table(TableDefinition::<&str, &[u8]>::new(name))
+                    .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
+                if table.len().map_err(db("counting rows"))? > 0 {
+                    return Err(StoreError::Corrupt(format!(
+                        "the file holds a {name} table but no format marker (meta/format): \
+                         the marker was damaged"
+                    )));
+                }
+            }
+            drop(read);
+            let txn = database
+                .begin_write()
+                .map_err(db("starting to create the tables"))?;
+            create_tables(&txn)?;
+            txn.open_table(META)
+                .map_err(db("opening the meta table"))?
+                .insert(meta::FORMAT, FORMAT_VERSION)
+                .map_err(db("writing the format version"))?;
+            txn.commit().map_err(db("committing the new tables"))?;
+            Ok(Opened {
+                migrated: false,
+                created: true,
+            })
+        }
+    }
+}
+
+/// Opens (so creates) every table of the format.
+fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for def in [OBJECTS, COUNTERS, MODULES, TOKENS, UPLOADS, RAFT] {
+        txn.open_table(def)
+            .map_err(|e| StoreError::Db(format!("creating the {} table: {e}", def.name())))?;
+    }
+    txn.open_table(HISTORY)
+        .map_err(db("creating the history table"))?;
+    txn.open_table(META)
+        .map_err(db("creating the meta table"))?;
+    Ok(())
+}
+
+/// Rewrites a format 1 file in this format within `txn`: every value
+/// sealed, keys as bytes, the counters moved out of `meta`. Values are
+/// checked on the way as far as they can be (objects and tokens decode and
+/// sit under their own key, history events under their revision, module
+/// bytes hash to their digest), so damage in the old file is refused rather
+/// than sealed as good.
+fn migrate_from_1(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<(), StoreError> {
+    // redb panics on a `&str` key that is not UTF-8, which a damaged format
+    // 1 file may hold; that must stop the open with an error, not a crash.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        migrate_tables(txn, present)
+    }));
+    match result {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Corrupt(
+            "the format 1 file holds a key that is not UTF-8".into(),
+        )),
+    }
+}
+
+fn migrate_tables(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<(), StoreError> {
+    {
+        let mut meta_table = txn.open_table(META).map_err(db("opening the meta table"))?;
+        let mut take = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta_table
+                .remove(key)
+                .map_err(db("reading the meta table"))?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        };
+        let revision = take(format1::REVISION)?;
+        let compacted = take(format1::COMPACTED)?;
+        let mut counters_table = txn
+            .open_table(COUNTERS)
+            .map_err(db("creating the counters table"))?;
+        for (key, value) in [
+            (counters::REVISION, revision),
+            (counters::COMPACTED, compacted),
+        ] {
+            counters_table
+                .insert(key.as_bytes(), encode_counter(key, value).as_slice())
+                .map_err(db("writing a counter"))?;
+        }
+        meta_table
+            .insert(meta::FORMAT, FORMAT_VERSION)
+            .map_err(db("writing the format version"))?;
+    }
+    let keyed: [Move; 5] = [
+        (format1::OBJECTS, OBJECTS, check_object),
+        (format1::MODULES, MODULES, check_module),
+        (format1::UPLOADS, UPLOADS, check_nothing),
+        (format1::TOKENS, TOKENS, check_token),
+        (format1::RAFT, RAFT, check_nothing),
+    ];
+    for (old, new, check) in keyed {
+        let name = new.name();
+        if !present.contains(name) {
+            txn.open_table(new)
+                .map_err(|e| StoreError::Db(format!("creating the {name} table: {e}")))?;
+            continue;
+        }
+        let aside = format!("{name}-format1");
+        let aside_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&aside);
+        txn.rename_table(old, aside_def)
+            .map_err(|e| StoreError::Db(format!("renaming the {name} table: {e}")))?;
+        {
+            let from = txn
+                .open_table(aside_def)
+                .map_err(|e| StoreError::Db(format!("opening the old {name} table: {e}")))?;
+            let mut to = txn
+                .open_table(new)
+                .map_err(|e| StoreError::Db(format!("creating the {name} table: {e}")))?;
+            for entry in from.iter().map_err(db("reading a format 1 table"))? {
+                let (k, v) = entry.map_err(db("reading a format 1 table"))?;
+                let key = k.value();
+                check(key, v.value()).map_err(|why| {
+                    StoreError::Corrupt(format!(
+                        "migrating from format 1: table {name}, key {key}: {why}"
+                    ))
+                })?;
+                to.insert(
+                    key.as_bytes(),
+                    seal(name, key.as_bytes(), v.value()).as_slice(),
+                )
+                .map_err(db("writing a migrated value"))?;
+            }
+        }
+        txn.delete_table(aside_def)
+            .map_err(|e| StoreError::Db(format!("removing the old {name} table: {e}")))?;
+    }
+    if present.contains(HISTORY.name()) {
+        let aside: TableDefinition<u64, &[u8]> = TableDefinition::new("history-format1");
+        txn.rename_table(format1::HISTORY, aside)
+            .map_err(db("renaming the history table"))?;
+        {
+            let from = txn
+                .open_table(aside)
+                .map_err(db("opening the old history table"))?;
+            let mut to = txn
+                .open_table(HISTORY)
+                .map_err(db("creating the history table"))?;
+            for entry in from.iter().map_err(db("reading the format 1 history"))? {
+                let (k, v) = entry.map_err(db("reading the format 1 history"))?;
+                let revision = k.value();
+                let event: WatchEvent = tables::decode("history", &revision, v.value())?;
+                if event.revision != revision {
+                    return Err(StoreError::Corrupt(format!(
+                        "migrating from format 1: table history, revision {revision}: \
+                         holds the event of revision {}",
+                        event.revision
+                    )));
+                }
+                to.insert(
+                    revision,
+                    seal("history", &history_key(revision), v.value()).as_slice(),
+                )
+                .map_err(db("writing a migrated value"))?;
+            }
+        }
+        txn.delete_table(aside)
+            .map_err(db("removing the old history table"))?;
+    } else {
+        txn.open_table(HISTORY)
+            .map_err(db("creating the history table"))?;
+    }
+    Ok(())
+}
+
+/// A check of one format 1 row: why it is damaged, if it is.
+type Check = fn(&str, &[u8]) -> Result<(), String>;
+
+/// A table as format 1 had it, as this format has it, and the check of its rows.
+type Move = (
+    TableDefinition<'static, &'static str, &'static [u8]>,
+    TableDefinition<'static, &'static [u8], &'static [u8]>,
+    Check,
+);
+
+fn check_nothing(_: &str, _: &[u8]) -> Result<(), String> {
+    Ok(())
+}
+
+fn check_object(key: &str, value: &[u8]) -> Result<(), String> {
+    let object: Object = tables::decode("objects", &key, value).map_err(|e| e.to_string())?;
+    same_key(key, &object.key())
+}
+
+fn check_token(key: &str, value: &[u8]) -> Result<(), String> {
+    let token: TokenRecord = tables::decode("tokens", &key, value).map_err(|e| e.to_string())?;
+    same_key(key, &token.id)
+}
+
+fn check_module(key: &str, value: &[u8]) -> Result<(), String> {
+    same_key(key, &flotilla_api::objects::digest_of(value))
+}
+
+fn same_key(key: &str, own: &str) -> Result<(), String> {
+    if key == own {
+        Ok(())
+    } else {
+        Err(format!("holds the value of {own}"))
+    }
+}
+
+/// What the scan at open counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Reads every row of every table in `txn` and checks it: the value passes
+/// its checksum, keys come in strictly increasing order, a lookup of the key
+/// finds the row (a key damaged in a branch page would hide its rows from
+/// lookups while a scan still sees them), and objects and tokens decode and
+/// sit under their own key. The first problem is [`StoreError::Corrupt`].
+pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
+    let mut seen = Verified::default();
+    for def in [OBJECTS, COUNTERS, MODULES, TOKENS, UPLOADS, RAFT] {
+        let name = def.name();
+        let table = txn
+            .open_table(def)
+            .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
+        let mut last: Option<Vec<u8>> = None;
+        for entry in table.iter().map_err(db("reading a table to check it"))? {
+            let (k, v) = entry.map_err(db("reading a table to check it"))?;
+            let key = k.value();
+            if last.as_deref().is_some_and(|l| l >= key) {
+                return Err(corrupt(
+                    name,
+                    key,
+                    "the keys of the table are out of order".into(),
+                ));
+            }
+            let payload = unseal(name, key, v.value())?;
+            match table.get(key).map_err(db("looking a key up to check it"))? {
+                Some(found) if found.value().len() == v.value().len() => {}
+                _ => {
+                    return Err(corrupt(
+                        name,
+                        key,
+                        "a lookup of the key does not find its row".into(),
+                    ))
+                }
+            }
+            check_row(name, key, payload)?;
+            seen.rows += 1;
+            seen.bytes += v.value().len() as u64;
+            last = Some(key.to_vec());
+        }
+    }
+    let history = txn
+        .open_table(HISTORY)
+        .map_err(db("opening the history table"))?;
+    let mut last = None;
+    for entry in history
+        .iter()
+        .map_err(db("reading the history to check it"))?
+    {
+        let (k, v) = entry.map_err(db("reading the history to check it"))?;
+        let revision = k.value();
+        let key = history_key(revision);
+        if last.is_some_and(|l| l >= revision) {
+            return Err(corrupt(
+                "history",
+                &key,
+                "the revisions are out of order".into(),
+            ));
+        }
+        unseal("history", &key, v.value())?;
+        if history
+            .get(revision)
+            .map_err(db("looking a revision up to check it"))?
+            .is_none()
+        {
+            return Err(corrupt(
+                "history",
+                &key,
+                "a lookup of the revision does not find its row".into(),
+            ));
+        }
+        seen.rows += 1;
+        seen.bytes += v.value().len() as u64;
+        last = Some(revision);
+    }
+    Ok(seen)
+}
+
+/// The checks of one row beyond its checksum.
+fn check_row(table: &str, key: &[u8], payload: &[u8]) -> Result<(), StoreError> {
+    let own = match table {
+        "objects" => tables::decode::<Object>(table, &ShowKey(key), payload)?.key(),
+        "tokens" => tables::decode::<TokenRecord>(table, &ShowKey(key), payload)?.id,
+        _ => {
+            key_str(table, key)?;
+            return Ok(());
+        }
+    };
+    if own.as_bytes() != key {
+        return Err(corrupt(table, key, format!("holds the value of {own}")));
+    }
+    Ok(())
+}
