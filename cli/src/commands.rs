@@ -324,7 +324,9 @@ async fn upload(client: &Client, m: &LocalModule) -> anyhow::Result<bool> {
     let show = m.size > (1 << 20) && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut done = 0u64;
     while done < m.size {
-        let want = buf.len().min(usize::try_from(m.size - done).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(m.size - done).unwrap_or(usize::MAX));
         let n = file
             .read(&mut buf[..want])
             .map_err(|e| anyhow!("uploading {source}: {e}"))?;
@@ -509,6 +511,7 @@ fn render(
     format: Format,
     single: bool,
     with_header: bool,
+    users: &output::ModuleUsers,
 ) -> anyhow::Result<String> {
     let now = Time::now();
     let out = match format {
@@ -543,6 +546,8 @@ fn render(
                             }
                         })
                         .collect::<Vec<_>>(),
+                    users,
+                    wide,
                     now,
                 ),
             }
@@ -553,6 +558,31 @@ fn render(
     } else {
         out.lines().skip(1).map(|l| format!("{l}\n")).collect()
     })
+}
+
+/// The pods of every namespace by the digest of their module, as
+/// `namespace/name`. Pods of any phase count: the master keeps a module as
+/// long as a pod names it.
+async fn module_users(client: &Client, stale: bool) -> anyhow::Result<output::ModuleUsers> {
+    let (_, pods) = list_all(
+        client,
+        ListOptions {
+            kind: Some(Kind::Pod),
+            namespace: None,
+            label_selector: String::new(),
+            node_name: None,
+            stale,
+        },
+    )
+    .await?;
+    let mut users = output::ModuleUsers::new();
+    for p in pods.iter().filter_map(|o| o.as_pod()) {
+        users
+            .entry(p.spec.module.clone())
+            .or_default()
+            .push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
+    }
+    Ok(users)
 }
 
 /// Lists in as many frames as it takes (`ListStream`): a list of any
@@ -619,7 +649,17 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("No {} found.", kind.plural());
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", render(kind, &objs, a.output, a.name.is_some(), true)?);
+    // Which pods use each module (the IN-USE column): what module
+    // collection goes by, so people see what will be removed.
+    let users = if kind == Kind::Module && matches!(a.output, Format::Table | Format::Wide) {
+        module_users(&client, a.stale).await?
+    } else {
+        output::ModuleUsers::new()
+    };
+    print!(
+        "{}",
+        render(kind, &objs, a.output, a.name.is_some(), true, &users)?
+    );
     if !a.watch {
         return Ok(ExitCode::SUCCESS);
     }
@@ -658,7 +698,8 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
                         std::slice::from_ref(&ev.object),
                         a.output,
                         true,
-                        false
+                        false,
+                        &users
                     )?
                 );
                 let _ = std::io::stdout().flush();
@@ -920,15 +961,19 @@ async fn unreachable_masters(
                 }
             }
         });
-    let mut down: Vec<u64> = futures_join_all(probes).await.into_iter().flatten().collect();
+    let mut down: Vec<u64> = futures_join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     down.sort_unstable();
     down
 }
 
 /// Runs futures concurrently and gives their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

@@ -694,12 +694,32 @@ impl LogStore {
 
     /// The entries whose index is in `range`, in order.
     fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry>, StoreError> {
+        self.entries_within(range, u64::MAX)
+    }
+
+    /// The entries in `range`, stopping before the one whose record would
+    /// take the total past `budget` bytes (the first is always given).
+    fn entries_within(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        budget: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
         let (file, located): (Arc<File>, Vec<Located>) = {
             let state = self.state();
             state.check()?;
+            let mut total = 0u64;
             (
                 state.file.clone(),
-                state.entries.range(range).map(|(_, l)| *l).collect(),
+                state
+                    .entries
+                    .range(range)
+                    .map(|(_, l)| *l)
+                    .take_while(|l| {
+                        let first = total == 0;
+                        total = total.saturating_add(l.len);
+                        first || total <= budget
+                    })
+                    .collect(),
             )
         };
         // Read outside the lock. A rewrite of the file meanwhile leaves this
@@ -863,7 +883,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
         self.entries(range).map_err(read_logs)
     }
+
+    /// What replication sends in one AppendEntries: entries up to
+    /// [`REPLICATION_BUDGET`] bytes, so that a message never outgrows a
+    /// frame (and takes a bounded time on a slow link) however large the
+    /// entries are.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError<u64>> {
+        self.entries_within(
+            (Bound::Included(start), Bound::Excluded(end)),
+            REPLICATION_BUDGET,
+        )
+        .map_err(read_logs)
+    }
 }
+
+/// Bytes of entry records one replication message carries at most (a single
+/// entry always goes): objects are at most 1.5 MiB and a frame 4 MiB.
+pub(crate) const REPLICATION_BUDGET: u64 = 2 << 20;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

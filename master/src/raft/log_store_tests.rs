@@ -468,3 +468,33 @@ fn a_second_process_on_the_same_log_is_refused() {
     assert!(err.contains("locked by another process"), "{err}");
     assert!(err.contains("another master"), "{err}");
 }
+
+/// Replication reads entries up to a byte budget: big entries go a few at a
+/// time, a single one always goes.
+#[test]
+fn replication_reads_are_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut log = LogStore::open(&dir.path().join(LOG_FILE)).unwrap();
+    let big = |index: u64| {
+        let mut e = entry(1, index);
+        if let EntryPayload::Normal(Command::Create {
+            object: Object::Pod(p),
+        }) = &mut e.payload
+        {
+            p.metadata
+                .annotations
+                .insert("a".into(), "x".repeat(900 << 10));
+        }
+        e
+    };
+    rt.block_on(log.blocking_append((1..=5).map(big))).unwrap();
+    let got = rt.block_on(log.limited_get_log_entries(1, 6)).unwrap();
+    assert_eq!(got.len(), 2, "two 900 KiB entries fit in 2 MiB, not three");
+    let got = rt.block_on(log.limited_get_log_entries(5, 6)).unwrap();
+    assert_eq!(got.len(), 1);
+    rt.block_on(log.blocking_append((6..=9).map(|i| entry(1, i))))
+        .unwrap();
+    let got = rt.block_on(log.limited_get_log_entries(6, 10)).unwrap();
+    assert_eq!(got.len(), 4, "small entries all go");
+}
