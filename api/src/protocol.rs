@@ -649,8 +649,9 @@ mod tests {
     #[test]
     fn lists_split_into_frames_that_fit() {
         const KIB: usize = 1 << 10;
-        // (annotation sizes of the items, budget, names per frame)
-        let cases: Vec<(Vec<usize>, usize, Vec<Vec<&str>>)> = vec![
+        /// Annotation sizes of the items, the budget, the names in each frame.
+        type Case = (Vec<usize>, usize, Vec<Vec<&'static str>>);
+        let cases: Vec<Case> = vec![
             (vec![], 100 * KIB, vec![vec![]]),
             (vec![10, 10, 10], 100 * KIB, vec![vec!["0", "1", "2"]]),
             (

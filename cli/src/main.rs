@@ -90,6 +90,25 @@ enum Command {
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
+    /// Internal: compiles the module on stdin to native code on stdout for
+    /// the node agent, which runs it under its compile limits.
+    #[cfg(feature = "node")]
+    #[command(name = flotilla_node::runtime::compile::SUBCOMMAND, hide = true)]
+    Compile(CompileArgs),
+}
+
+#[cfg(feature = "node")]
+#[derive(clap::Args, Debug)]
+struct CompileArgs {
+    /// Print the engine's fingerprint and exit.
+    #[arg(long)]
+    probe: bool,
+    /// The fingerprint of the node's engine; the code is compiled only for it.
+    #[arg(long, required_unless_present = "probe", requires = "output")]
+    fingerprint: Option<String>,
+    /// The new file to write the compiled code to.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +186,10 @@ struct MasterArgs {
     /// A node silent this long is NotReady, e.g. 20s.
     #[arg(long, default_value = "20s")]
     node_grace: String,
+    /// A module no pod has used for this long is removed from the cluster
+    /// (at least 1s). `flotilla get modules` shows which are in use.
+    #[arg(long, default_value = "10m")]
+    module_grace: String,
     /// Raft election timeout, 50ms to 60s: followers that hear nothing from
     /// the leader for 1.5 to 2 times this elect a new one, and the leader
     /// heartbeats every fifth of it. Raise it for slow or lossy links
@@ -203,6 +226,22 @@ struct NodeArgs {
     /// Extra node labels, key=value (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// Most disk kept for modules and their compiled code, e.g. 512Mi or 2Gi;
+    /// modules no pod uses are deleted, least recently used first, to stay under it.
+    #[arg(long, default_value = "512Mi")]
+    module_cache_size: String,
+    /// How long a module no pod uses is kept on disk, e.g. 10m; 0s deletes it at once.
+    #[arg(long, default_value = "10m")]
+    module_cache_grace: String,
+    /// Most memory compiling one module may take, e.g. 512Mi or 2Gi; a module
+    /// that needs more fails its pod with reason CompileLimit
+    /// [default: half the machine's memory, at most 1Gi].
+    #[arg(long)]
+    compile_memory: Option<String>,
+    /// Longest compiling one module may take, e.g. 60s or 5m; a module that
+    /// takes longer fails its pod with reason CompileLimit.
+    #[arg(long, default_value = "60s")]
+    compile_timeout: String,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -228,6 +267,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A compiler child needs no async runtime, logging or TLS: it reads,
+    // compiles and writes, under the memory limit its node gave it.
+    #[cfg(feature = "node")]
+    if let Command::Compile(a) = &cli.command {
+        return compile_child(a);
+    }
     if cli.command.is_client() {
         quiet_broken_pipe();
     }
@@ -331,6 +376,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 advertise: a.advertise,
                 cluster_name: a.cluster_name,
                 node_grace: commands::parse_duration(&a.node_grace)?,
+                module_grace: commands::parse_duration(&a.module_grace)?,
                 election_timeout: commands::parse_duration(&a.election_timeout)?,
                 admin_config: Some(config),
                 replace_config: a.replace_config,
@@ -359,6 +405,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 masters: a.masters,
                 token: a.token,
                 labels: commands::parse_labels(&a.labels)?,
+                module_cache: flotilla_node::ModuleCacheConfig {
+                    budget: flotilla_api::quantity::parse_bytes(&a.module_cache_size)
+                        .map_err(|e| anyhow::anyhow!("--module-cache-size: {e}"))?,
+                    grace: commands::parse_duration(&a.module_cache_grace)
+                        .map_err(|e| anyhow::anyhow!("--module-cache-grace: {e}"))?,
+                },
+                compile: compile_limits(a.compile_memory.as_deref(), &a.compile_timeout)?,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -407,6 +460,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::View) => commands::config_view(&config),
         Command::Config(ConfigCommand::Renew) => commands::config_renew(&config).await,
+        #[cfg(feature = "node")]
+        Command::Compile(a) => Ok(compile_child(&a)),
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -418,6 +473,47 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `flotilla __compile`: the node agent's compiler child.
+#[cfg(feature = "node")]
+fn compile_child(a: &CompileArgs) -> ExitCode {
+    use flotilla_node::runtime::compile::{child_main, ChildRequest};
+    let request = match (&a.fingerprint, &a.output, a.probe) {
+        (Some(f), Some(o), false) => ChildRequest::Compile {
+            fingerprint: f.clone(),
+            output: o.clone(),
+        },
+        _ => ChildRequest::Probe,
+    };
+    ExitCode::from(u8::try_from(child_main(request)).unwrap_or(1))
+}
+
+/// The node's compile limits: the machine's defaults, or what the flags say.
+#[cfg(feature = "node")]
+fn compile_limits(
+    memory: Option<&str>,
+    timeout: &str,
+) -> anyhow::Result<flotilla_node::CompileLimits> {
+    use flotilla_node::runtime::compile::MIN_COMPILE_MEMORY;
+    let mut limits = flotilla_node::CompileLimits::for_this_machine();
+    if let Some(m) = memory {
+        let bytes = flotilla_api::quantity::parse_bytes(m)
+            .map_err(|e| anyhow::anyhow!("--compile-memory: {e}"))?;
+        if bytes < MIN_COMPILE_MEMORY {
+            anyhow::bail!(
+                "--compile-memory {m} is too small: the compiler needs at least {}Mi to start",
+                MIN_COMPILE_MEMORY >> 20
+            );
+        }
+        limits.memory = bytes;
+    }
+    limits.timeout =
+        commands::parse_duration(timeout).map_err(|e| anyhow::anyhow!("--compile-timeout: {e}"))?;
+    if limits.timeout.is_zero() {
+        anyhow::bail!("--compile-timeout must be longer than 0s, e.g. 60s");
+    }
+    Ok(limits)
 }
 
 #[cfg(feature = "node")]
@@ -452,6 +548,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         advertise: vec![],
         cluster_name: "flotilla".into(),
         node_grace: std::time::Duration::from_secs(20),
+        module_grace: flotilla_master::modules::DEFAULT_GRACE,
         election_timeout: flotilla_master::raft::DEFAULT_ELECTION_TIMEOUT,
         admin_config: Some(config.clone()),
         replace_config: a.replace_config,
@@ -482,6 +579,8 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         masters: vec![addr.clone()],
         token,
         labels: Default::default(),
+        module_cache: Default::default(),
+        compile: flotilla_node::CompileLimits::for_this_machine(),
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

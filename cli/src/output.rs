@@ -154,22 +154,54 @@ fn cert_expiry(n: &Node, now: Time) -> String {
     format!("{day} ({})", v.left(now))
 }
 
-pub fn modules(items: &[Module], now: Time) -> String {
+/// The pods (`namespace/name`) that use each module, by digest.
+pub type ModuleUsers = std::collections::BTreeMap<String, Vec<String>>;
+
+/// How many pods a wide listing names in its PODS column before "...".
+const PODS_SHOWN: usize = 3;
+
+/// Modules with their IN-USE column: how many pods use each, or `no` for a
+/// module the master removes once it has been unused for `--module-grace`.
+/// Wide adds the pods' names.
+pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> String {
+    let mut header = vec!["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"];
+    if wide {
+        header.push("PODS");
+    }
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|m| {
-            vec![
+            let pods = users.get(&m.spec.digest).map(Vec::as_slice).unwrap_or(&[]);
+            let mut r = vec![
                 m.spec.digest.chars().take(19).collect(),
                 format_bytes(m.spec.size),
                 or_none(&m.spec.source),
+                if pods.is_empty() {
+                    "no".to_string()
+                } else {
+                    pods.len().to_string()
+                },
                 m.metadata
                     .creation_timestamp
                     .map(|t| age(t, now))
                     .unwrap_or_default(),
-            ]
+            ];
+            if wide {
+                let mut names = pods
+                    .iter()
+                    .take(PODS_SHOWN)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if pods.len() > PODS_SHOWN {
+                    names.push_str(",...");
+                }
+                r.push(or_none(&names));
+            }
+            r
         })
         .collect();
-    table(&["DIGEST", "SIZE", "SOURCE", "AGE"], &rows)
+    table(&header, &rows)
 }
 
 /// Drops nulls, empty maps, empty lists and empty strings so YAML/JSON read like manifests.
@@ -289,6 +321,41 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME     STATUS\na        Running\nlonger   x\n");
+    }
+
+    #[test]
+    fn modules_show_whether_pods_use_them() {
+        let module = |digest: &str| {
+            let mut m = Module::default();
+            m.spec.digest = digest.into();
+            m.spec.size = 2048;
+            m.spec.source = "app.wasm".into();
+            m
+        };
+        let (used, unused) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
+        let items = [module(&used), module(&unused)];
+        let pods: Vec<String> = (1..=4).map(|i| format!("default/web-{i}")).collect();
+        let users: ModuleUsers = [(used.clone(), pods)].into();
+        let now = Time(0);
+        let t = modules(&items, &users, false, now);
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"]);
+        assert_eq!(rows[1][3], "4");
+        assert_eq!(rows[2][3], "no");
+        let wide = modules(&items, &users, true, now);
+        let rows: Vec<Vec<&str>> = wide
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0].last(), Some(&"PODS"));
+        assert_eq!(
+            rows[1].last(),
+            Some(&"default/web-1,default/web-2,default/web-3,...")
+        );
+        assert_eq!(rows[2].last(), Some(&"<none>"));
     }
 
     #[test]

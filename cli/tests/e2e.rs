@@ -949,5 +949,454 @@ fn a_damaged_state_file_stops_the_master_instead_of_serving_changed_data() {
             .expect("master"),
     );
     let pod = wait_for("the restored pod", T, || c.get_json("pod", "keep"));
-    assert_eq!(pod["metadata"]["uid"], uid.as_str(), "the pod keeps its uid");
+    assert_eq!(
+        pod["metadata"]["uid"],
+        uid.as_str(),
+        "the pod keeps its uid"
+    );
+}
+
+/// The IN-USE cell of module `digest` in `get modules` (None: not listed).
+fn module_in_use(c: &Cluster, digest: &str) -> Option<String> {
+    let out = c.run(&["get", "modules"]);
+    assert!(out.status.success(), "get modules failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| digest.starts_with(cells[0]))
+        .map(|cells| cells[3].to_string())
+}
+
+/// The digest of a pod's module (`spec.module` after `apply` rewrote it).
+fn module_of(c: &Cluster, pod: &str) -> String {
+    let pod = c.get_json("pod", pod).expect("pod");
+    pod["spec"]["module"].as_str().expect("digest").to_string()
+}
+
+/// A module no pod uses any more is removed once `--module-grace` has
+/// passed, object and bytes; one a pod uses stays, even when that pod has
+/// ended. `get modules` shows which is which, and a module in use cannot be
+/// deleted by hand.
+#[test]
+fn modules_no_pod_uses_are_removed_after_the_grace_period() {
+    let mut c = Cluster::start_with("20s", &["--module-grace", "2s"]);
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let kept = c.manifest("kept.yaml", &pod_yaml("kept", "hello", &[], "Never", ""));
+    let gone = c.manifest("gone.yaml", &pod_yaml("gone", "ticker", &[], "Never", ""));
+    for m in [&kept, &gone] {
+        c.ok(&["apply", "-f", m.to_str().expect("utf8")]);
+    }
+    let (kept_module, gone_module) = (module_of(&c, "kept"), module_of(&c, "gone"));
+    c.wait_phase("kept", "Succeeded", T);
+    assert_eq!(module_in_use(&c, &kept_module).as_deref(), Some("1"));
+    assert_eq!(module_in_use(&c, &gone_module).as_deref(), Some("1"));
+    let wide = c.ok(&["get", "modules", "-o", "wide"]);
+    assert!(
+        wide.contains("PODS") && wide.contains("default/kept"),
+        "{wide}"
+    );
+
+    let name = format!("sha256-{}", &gone_module["sha256:".len()..]);
+    let refused = c.run(&["delete", "module", &name]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("default/gone") && err.contains("delete them first"),
+        "{err}"
+    );
+
+    let removed = Instant::now();
+    c.ok(&["delete", "pod", "gone"]);
+    assert_eq!(module_in_use(&c, &gone_module).as_deref(), Some("no"));
+    wait_for("the unused module to go", T, || {
+        module_in_use(&c, &gone_module).is_none().then_some(())
+    });
+    assert!(
+        removed.elapsed() >= Duration::from_secs(2),
+        "removed before its grace period"
+    );
+    // Bytes too: its digest is not served any more, so a pod naming it
+    // again is refused until the CLI uploads the module anew.
+    let orphan = pod_yaml("again", "ticker", &[], "Never", "");
+    let orphan = orphan.replace(
+        flotilla_workloads::path("ticker").to_str().expect("utf8"),
+        &gone_module,
+    );
+    let out = c.run(&[
+        "apply",
+        "-f",
+        c.manifest("again.yaml", &orphan).to_str().expect("utf8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not uploaded"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The module of the pod that ended stays, however long it waits.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(module_in_use(&c, &kept_module).as_deref(), Some("1"));
+    c.ok(&["apply", "-f", gone.to_str().expect("utf8")]);
+    assert_eq!(
+        module_in_use(&c, &module_of(&c, "gone")).as_deref(),
+        Some("1")
+    );
+}
+
+/// A core module that cranelift takes long and much memory to compile: an
+/// empty `_start` and `functions` large functions, each pushing 200 values
+/// and multiplying them together, ten times over (14 KB of code each). 400
+/// of them (5.6 MB) took 10 to 14 s and 200 to 270 MiB to compile on two
+/// cores, in a debug build of flotilla too (its dependencies are optimised).
+fn code_heavy_module(functions: u32) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    const WIDTH: u64 = 200;
+    const REPEATS: u64 = 10;
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // Types: 0 is () -> (), 1 is (i32) -> i32.
+    section(
+        1,
+        &[0x02, 0x60, 0x00, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f],
+        &mut m,
+    );
+    let mut funcs = Vec::new();
+    leb(u64::from(functions) + 1, &mut funcs);
+    funcs.push(0x00);
+    funcs.extend(std::iter::repeat_n(0x01, functions as usize));
+    section(3, &funcs, &mut m);
+    section(7, b"\x01\x06_start\x00\x00", &mut m);
+    let mut code = Vec::new();
+    leb(u64::from(functions) + 1, &mut code);
+    code.extend_from_slice(&[0x02, 0x00, 0x0b]);
+    for i in 0..u64::from(functions) {
+        let mut body = vec![0x00]; // no locals but the parameter
+        for r in 0..REPEATS {
+            for k in 0..WIDTH {
+                // local.get 0; i32.const (small, positive: one or two bytes); i32.add
+                body.extend_from_slice(&[0x20, 0x00, 0x41]);
+                let c = (k * 7 + r + i) % 8192;
+                if c < 64 {
+                    body.push(c as u8);
+                } else {
+                    body.extend_from_slice(&[(c & 0x7f) as u8 | 0x80, (c >> 7) as u8]);
+                }
+                body.push(0x6a);
+            }
+            body.extend(std::iter::repeat_n(0x6c, WIDTH as usize - 1)); // i32.mul
+            body.extend_from_slice(&[0x21, 0x00]); // local.set 0
+        }
+        body.extend_from_slice(&[0x20, 0x00, 0x0b]);
+        leb(body.len() as u64, &mut code);
+        code.extend_from_slice(&body);
+    }
+    section(10, &code, &mut m);
+    m
+}
+
+/// A pod manifest (written into the cluster's directory) running the
+/// module file `file` there, with more spec lines.
+fn module_pod(c: &Cluster, name: &str, file: &str, policy: &str, extra_spec: &str) -> String {
+    let hello = flotilla_workloads::path("hello");
+    let yaml = pod_yaml(name, "hello", &[], policy, extra_spec)
+        .replace(hello.to_str().expect("utf8"), file);
+    let path = c.manifest(&format!("{name}.yaml"), &yaml);
+    path.to_str().expect("utf8").to_string()
+}
+
+/// Pids of the compiler processes (`flotilla __compile`) writing into `cache`.
+fn compilers_into(cache: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    procs
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let ours = args.contains(&&b"__compile"[..])
+                && args.iter().any(|a| {
+                    std::path::Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(cache)
+                });
+            ours.then_some(pid)
+        })
+        .collect()
+}
+
+/// The names of the files in a node's code cache (temporary ones too).
+fn cache_files(cache: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A pod deleted while its module compiles stops the compile at once — the
+/// compiler is a child process of the node, killed with the pod — and
+/// leaves no code in the node's cache; the node compiles and caches other
+/// modules as before.
+#[test]
+fn deleting_a_pod_stops_its_compile_and_caches_nothing() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    std::fs::write(c.path("heavy.wasm"), code_heavy_module(400)).expect("write");
+    let heavy = module_pod(&c, "heavy", "heavy.wasm", "Never", "");
+    c.ok(&["apply", "-f", &heavy]);
+    let cache = c.path("n1").join("compiled");
+    wait_for("the node to start compiling in a child", T, || {
+        (!compilers_into(&cache).is_empty()).then_some(())
+    });
+    // Well into a compile that takes several seconds.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!compilers_into(&cache).is_empty(), "still compiling");
+    let deleted = Instant::now();
+    c.ok(&["delete", "pod", "heavy"]);
+    wait_for("the compiler to be killed", Duration::from_secs(5), || {
+        compilers_into(&cache).is_empty().then_some(())
+    });
+    eprintln!("compiler gone {:?} after delete", deleted.elapsed());
+    // Anything the node would still store would be there by now.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cache_files(&cache), Vec::<String>::new(), "nothing cached");
+    assert!(!c.node_log("n1").contains("cannot write code cache"));
+
+    let hello = c.manifest("hello.yaml", &pod_yaml("hello", "hello", &[], "Never", ""));
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello", "Succeeded", T);
+    let files = cache_files(&cache);
+    assert!(
+        files.len() == 1 && files[0].ends_with(".cwasm"),
+        "hello's code is cached: {files:?}"
+    );
+}
+
+/// A module that needs more time or memory to compile than its node allows
+/// (`--compile-timeout`, `--compile-memory`) fails its pod with reason
+/// `CompileLimit` and a message naming the limit and the flag, even with
+/// restartPolicy Always; it is not tried again, and nothing is cached.
+#[test]
+fn modules_over_the_compile_limits_fail_their_pods() {
+    let mut c = Cluster::start("10s");
+    c.start_node_args("slow", &["--compile-timeout", "1s"]);
+    c.start_node_args("small", &["--compile-memory", "128Mi"]);
+    std::fs::write(c.path("heavy.wasm"), code_heavy_module(400)).expect("write");
+    let cases = [
+        (
+            "timeout",
+            "slow",
+            "compile time limit of 1s",
+            "--compile-timeout",
+        ),
+        (
+            "memory",
+            "small",
+            "compile memory limit of 128 MiB",
+            "--compile-memory",
+        ),
+    ];
+    for (pod, node, _, _) in cases {
+        c.wait_node_ready(node, "Ready", T);
+        let selector = format!("  nodeSelector: {{flotilla.dev/hostname: {node}}}\n");
+        let manifest = module_pod(&c, pod, "heavy.wasm", "Always", &selector);
+        c.ok(&["apply", "-f", &manifest]);
+    }
+    for (pod, node, limit, flag) in cases {
+        c.wait_phase(pod, "Failed", Duration::from_secs(60));
+        assert_eq!(c.pod_field(pod, "reason"), "CompileLimit", "{pod}");
+        let message = c.pod_field(pod, "message");
+        assert!(
+            message.contains(limit) && message.contains(flag),
+            "{message}"
+        );
+        wait_status(&c, pod, "CompileLimit");
+        let condition = c.get_json("pod", pod).expect("pod")["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "ModuleReady").cloned())
+            .expect("a ModuleReady condition");
+        assert_eq!(condition["reason"], "CompileLimit", "{condition}");
+        assert_eq!(condition["status"], false, "{condition}");
+        assert!(compilers_into(&c.path(node).join("compiled")).is_empty());
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for (pod, node, _, _) in cases {
+        assert_eq!(c.pod_field(pod, "phase"), "Failed", "{pod}");
+        assert_eq!(c.pod_field(pod, "restartCount"), "0", "{pod}");
+        assert!(!c.node_log(node).contains("module not ready"), "no retries");
+        let cache = c.path(node).join("compiled");
+        assert_eq!(cache_files(&cache), Vec::<String>::new(), "{node}");
+    }
+}
+
+/// The hello workload made distinct, and `pad` bytes larger, by a custom
+/// section: another digest, the same program.
+fn padded_hello(tag: &str, pad: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb(tag.len(), &mut body);
+    body.extend_from_slice(tag.as_bytes());
+    body.resize(body.len() + pad, 0);
+    let mut wasm = std::fs::read(flotilla_workloads::path("hello")).expect("hello");
+    wasm.push(0);
+    leb(body.len(), &mut wasm);
+    wasm.extend(body);
+    wasm
+}
+
+/// The compiled code files (`*.cwasm`) in node `node`'s cache.
+fn node_code_files(c: &Cluster, node: &str) -> Vec<String> {
+    let dir = c.path(node).join("compiled");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("code cache")
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The message of a pod's ModuleReady condition, e.g.
+/// `fetch 3ms (master), compile 61ms (cold)`.
+fn module_ready_message(c: &Cluster, pod: &str) -> String {
+    let pod = c.get_json("pod", pod).expect("pod");
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "ModuleReady"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A node keeps a module's bytes and code while a pod uses it, and for
+/// `--module-cache-grace` after (a pod deleted and applied again neither
+/// fetches nor compiles); then both go, and `node.redb` gives the space back.
+#[test]
+fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
+    let mut c = Cluster::start("10s");
+    c.start_node_args("n1", &["--module-cache-grace", "10s"]);
+    c.wait_node_ready("n1", "Ready", T);
+    // Two pods share ticker's module; a third runs an 8 MiB module once.
+    for name in ["keeper", "leaver"] {
+        let m = c.manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(name, "ticker", &[], "Always", ""),
+        );
+        c.ok(&["apply", "-f", m.to_str().expect("utf8")]);
+    }
+    std::fs::write(c.path("big.wasm"), padded_hello("big", 8 << 20)).expect("write");
+    let once = c.manifest(
+        "once.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: once\nspec:\n  module: {}\n  restartPolicy: Never\n",
+            c.path("big.wasm").display()
+        ),
+    );
+    let once = once.to_str().expect("utf8");
+    c.ok(&["apply", "-f", once]);
+    c.wait_phase("once", "Succeeded", T);
+    c.wait_phase("keeper", "Running", T);
+    c.wait_phase("leaver", "Running", T);
+    let digest = |pod: &str| {
+        c.get_json("pod", pod).expect("pod")["spec"]["module"]
+            .as_str()
+            .expect("module")
+            .to_string()
+    };
+    let (ticker, big) = (digest("keeper"), digest("once"));
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let redb = c.path("n1").join("node.redb");
+    let redb_size = || std::fs::metadata(&redb).expect("node.redb").len();
+    assert!(module_ready_message(&c, "once").contains("(master)"));
+    assert_eq!(node_code_files(&c, "n1").len(), 2);
+    assert!(redb_size() > 8 << 20, "{}", redb_size());
+
+    // Deleted and applied again within the grace period: the bytes and the
+    // code are still there (the program in memory is not: the pod had ended).
+    c.ok(&["delete", "pod", "once"]);
+    wait_for("once to be deleted", T, || {
+        c.get_json("pod", "once").is_none().then_some(())
+    });
+    c.ok(&["apply", "-f", once]);
+    c.wait_phase("once", "Succeeded", T);
+    let message = module_ready_message(&c, "once");
+    assert!(
+        message.contains("(local)") && message.contains("(cached)"),
+        "{message}"
+    );
+
+    // No pod uses it any more: after the grace period its bytes and code go,
+    // and the file shrinks. Ticker's stays: keeper still uses it.
+    c.ok(&["delete", "pod", "once"]);
+    c.ok(&["delete", "pod", "leaver"]);
+    let gone = Instant::now();
+    wait_for(
+        "the big module to leave n1",
+        Duration::from_secs(60),
+        || {
+            let files = node_code_files(&c, "n1");
+            (files.len() == 1
+                && files[0].contains(&hex(&ticker))
+                && c.node_log("n1").contains(&big)
+                && redb_size() < 4 << 20)
+                .then_some(())
+        },
+    );
+    assert!(
+        gone.elapsed() >= Duration::from_secs(8),
+        "{:?}",
+        gone.elapsed()
+    );
+    let log = c.node_log("n1");
+    assert!(
+        log.contains("deleted a module no pod on this node uses")
+            && log.contains("compacted node.redb"),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("deleted a module") && l.contains(&ticker)),
+        "{log}"
+    );
+    assert_eq!(c.pod_field("keeper", "phase"), "Running");
+
+    // Applied now, it comes from the master again and compiles anew.
+    c.ok(&["apply", "-f", once]);
+    c.wait_phase("once", "Succeeded", T);
+    let message = module_ready_message(&c, "once");
+    assert!(
+        message.contains("(master)") && message.contains("(cold)"),
+        "{message}"
+    );
 }

@@ -759,8 +759,10 @@ fn large_objects_are_refused_and_lists_of_big_ones_still_work() {
     rt().block_on(async {
         let client = connect(&admin).await.expect("admin connects");
         let pod = |name: &str, bytes: usize| {
-            let mut p = flotilla_api::Pod::default();
-            p.metadata = flotilla_api::ObjectMeta::named("default", name);
+            let mut p = flotilla_api::Pod {
+                metadata: flotilla_api::ObjectMeta::named("default", name),
+                ..Default::default()
+            };
             p.spec.module = module.clone();
             p.metadata
                 .annotations

@@ -44,6 +44,10 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// Extra labels for the Node object.
     pub labels: BTreeMap<String, String>,
+    /// How much of the modules no pod uses is kept, and for how long.
+    pub module_cache: crate::ModuleCacheConfig,
+    /// How much memory and time one module's compilation may take.
+    pub compile: crate::runtime::CompileLimits,
 }
 
 /// How often the node tells the master it is alive.
@@ -160,7 +164,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     // When a renewal last failed, so that it is retried calmly, not on every connection.
     let mut renewal_failed: Option<tokio::time::Instant> = None;
     let local = LocalStore::open(&cfg.data_dir.join("node.redb"))?;
-    let runtime = Runtime::new(&cfg.data_dir.join("compiled"))?;
+    let runtime = Runtime::for_node(&cfg.data_dir.join("compiled"), cfg.compile)?;
     let (client_tx, client_rx) = watch::channel(None::<Client>);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(WorkerCtx {
@@ -169,6 +173,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         client: client_rx.clone(),
         programs: Mutex::default(),
         reports: report_tx,
+        in_use: Default::default(),
     });
     let mut agent = Agent {
         name: cfg.name.clone(),
@@ -187,6 +192,14 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         agent.ensure(p);
     }
     let reporter = tokio::spawn(report_loop(report_rx, client_rx.clone(), shutdown.clone()));
+    let gc_stop = CancellationToken::new();
+    let gc = tokio::spawn(crate::module_gc::run(
+        local.clone(),
+        agent.ctx.runtime.clone(),
+        agent.ctx.in_use.clone(),
+        cfg.module_cache,
+        gc_stop.clone(),
+    ));
     let mut delay = MIN_RECONNECT;
     while !shutdown.is_cancelled() {
         let client = tokio::select! {
@@ -298,6 +311,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    // Before the workers stop, or their going would look like release.
+    gc_stop.cancel();
+    let _ = gc.await;
     // Pods stop with the node but stay in the local store, to start again with it.
     for (_, w) in agent.workers.drain() {
         w.stop.cancel();

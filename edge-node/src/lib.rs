@@ -9,17 +9,22 @@
 //! - [`runtime`]: wasmtime: compiling, caching and running Wasm programs.
 //! - [`local`]: the node's redb (its pods and modules), so pods survive a
 //!   reboot while no master answers.
+//! - [`module_gc`]: what the node keeps of modules no pod uses (memory at
+//!   once; disk after a grace period, within a size budget).
 //! - [`logs`]: bounded per-pod log buffers with followers.
 
 pub mod agent;
 pub mod join;
 pub mod local;
 pub mod logs;
+pub mod module_gc;
 pub mod pod;
 pub mod runtime;
 pub mod worker;
 
 pub use agent::NodeConfig;
+pub use module_gc::ModuleCacheConfig;
+pub use runtime::CompileLimits;
 
 /// Runs the node until `shutdown` fires ([`agent::run`]) in a data directory
 /// only this user can reach: it holds the node's key, its pods' env values and

@@ -57,8 +57,11 @@ pub enum Event {
         message: String,
     },
     /// The module cannot be compiled (not valid Wasm, or not something this
-    /// engine runs). Its digest names the same bytes forever, so no retry can help.
+    /// engine runs: reason `InvalidModule`), or not within the node's compile
+    /// limits (`CompileLimit`). Its digest names the same bytes forever, so
+    /// no retry can help.
     ModuleInvalid {
+        reason: String,
         message: String,
     },
     /// An instance started.
@@ -184,10 +187,10 @@ impl PodMachine {
                 }
                 vec![Start]
             }
-            (State::Preparing, Event::ModuleInvalid { message }) => {
+            (State::Preparing, Event::ModuleInvalid { reason, message }) => {
                 self.last_exit = Some(Exit {
                     code: None,
-                    reason: "InvalidModule".into(),
+                    reason,
                     message,
                     at: now,
                 });
@@ -526,6 +529,7 @@ mod tests {
         ] {
             let (mut m, _) = PodMachine::new(policy, 0);
             let invalid = Event::ModuleInvalid {
+                reason: "InvalidModule".into(),
                 message: "invalid input WebAssembly code at offset 8".into(),
             };
             assert_eq!(m.step(invalid, Time(5)), vec![Report], "{policy:?}");

@@ -2,10 +2,12 @@
 //! ([`crate::pod`]) — fetch and compile the module, run it, wait out
 //! back-offs, report status — and feeds the outcomes back as events.
 //! It also closes the pod's log when the program has ended for good, so
-//! `logs -f` ends with it.
+//! `logs -f` ends with it, and lets go of the compiled program then, so
+//! memory holds only programs that may still run ([`crate::module_gc`]).
 
 use crate::local::LocalStore;
 use crate::logs::LogBuffer;
+use crate::module_gc::{InUse, Lease};
 use crate::pod::{Action, Event, Exit, PodMachine};
 use crate::runtime::{LogSink, Program, RunOutcome, RunSpec, Runtime, RuntimeError};
 use flotilla_api::net::{read_frame, Client};
@@ -14,7 +16,7 @@ use flotilla_api::protocol::{Request, Response};
 use flotilla_api::time::Time;
 use flotilla_api::Pod;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -25,10 +27,15 @@ pub struct WorkerCtx {
     pub local: LocalStore,
     /// The current master connection, if any.
     pub client: watch::Receiver<Option<Client>>,
-    /// Compiled programs by digest, so a warm pod skips even the disk cache.
-    pub programs: Mutex<HashMap<String, Program>>,
+    /// Compiled programs by digest, so a pod of a module that another pod
+    /// runs skips even the disk cache. Weak: the workers that may still run
+    /// a program hold it, and the last one to go frees it (compiled code is
+    /// megabytes per module, and modules come and go).
+    pub programs: Mutex<HashMap<String, Weak<Program>>>,
     /// Status reports for the master (see `agent::report_loop`).
     pub reports: mpsc::UnboundedSender<Pod>,
+    /// The modules of the pods that have a worker (see [`crate::module_gc`]).
+    pub in_use: InUse,
 }
 
 /// A running worker.
@@ -58,7 +65,10 @@ pub fn spawn(pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>) -> WorkerHandl
     // The buffer may have been closed by an earlier pod of the same name.
     logs.reopen();
     let last = Arc::new(Mutex::new(pod.clone()));
-    let task = tokio::spawn(run(pod, ctx, logs, last.clone(), stop.clone()));
+    // Taken before the task starts: the module is in use from the moment
+    // the agent hands the pod over, even before it is fetched.
+    let lease = ctx.in_use.acquire(&pod.spec.module);
+    let task = tokio::spawn(run(pod, ctx, logs, last.clone(), stop.clone(), lease));
     WorkerHandle {
         uid,
         stop,
@@ -73,10 +83,12 @@ async fn run(
     logs: Arc<LogBuffer>,
     last: Arc<Mutex<Pod>>,
     stop: CancellationToken,
+    // Held until the worker is gone: the pod keeps its module on disk.
+    _lease: Lease,
 ) {
     let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
     let (mut machine, mut actions) = PodMachine::resume(pod.spec.restart_policy, &pod.status);
-    let mut program: Option<Program> = None;
+    let mut program: Option<Arc<Program>> = None;
     let mut module_condition = pod.status.condition(condition::MODULE_READY).cloned();
     loop {
         let mut next = None;
@@ -100,12 +112,14 @@ async fn run(
                 if !stop.is_cancelled() {
                     logs.end();
                 }
+                // It will not run again; the pod object may stay for days.
+                drop(program.take());
                 stop.cancelled().await;
                 return;
             }
             Some(Action::Prepare) => tokio::select! {
                 _ = stop.cancelled() => Event::Stop,
-                r = prepare(&ctx, &pod.spec.module) => match r {
+                r = prepare(&ctx, &pod.spec.module, &stop) => match r {
                     Ok((p, message)) => {
                         program = Some(p);
                         module_condition = Some(PodCondition {
@@ -117,16 +131,16 @@ async fn run(
                         });
                         Event::Prepared
                     }
-                    Err(PrepareError::Invalid(message)) => {
-                        tracing::warn!(pod = %key, %message, "module cannot be compiled; the pod fails");
+                    Err(PrepareError::Invalid { reason, message }) => {
+                        tracing::warn!(pod = %key, %reason, %message, "module cannot be compiled; the pod fails");
                         module_condition = Some(PodCondition {
                             type_: condition::MODULE_READY.into(),
                             status: false,
                             last_transition_time: Some(Time::now()),
-                            reason: "InvalidModule".into(),
+                            reason: reason.into(),
                             message: message.clone(),
                         });
-                        Event::ModuleInvalid { message }
+                        Event::ModuleInvalid { reason: reason.into(), message }
                     }
                     Err(PrepareError::Retry(message)) => {
                         tracing::warn!(pod = %key, %message, "module not ready");
@@ -241,9 +255,13 @@ fn report(
 /// Why a module could not be made ready.
 #[derive(Debug, thiserror::Error)]
 enum PrepareError {
-    /// The bytes cannot be compiled; the pod fails with `InvalidModule`.
-    #[error("{0}")]
-    Invalid(String),
+    /// The bytes cannot be compiled (`InvalidModule`), or not within the
+    /// node's compile limits (`CompileLimit`): the pod fails with `reason`.
+    #[error("{message}")]
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
     /// Anything else (no master, the network, the local store): tried again after a back-off.
     #[error("{0}")]
     Retry(String),
@@ -251,15 +269,20 @@ enum PrepareError {
 
 /// Gets the module (memory, local store, or master) and compiles it.
 /// Returns the program and a message with the timings, e.g.
-/// `fetch 3ms (master), compile 61ms (cold)`.
-async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), PrepareError> {
+/// `fetch 3ms (master), compile 61ms (cold)`. A compile still running when
+/// `stop` fires is killed, and its code is not cached.
+async fn prepare(
+    ctx: &WorkerCtx,
+    digest: &str,
+    stop: &CancellationToken,
+) -> Result<(Arc<Program>, String), PrepareError> {
     let retry = |e: &dyn std::fmt::Display| PrepareError::Retry(e.to_string());
     if let Some(p) = ctx
         .programs
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(digest)
-        .cloned()
+        .and_then(Weak::upgrade)
     {
         return Ok((p, "fetch 0ms (memory), compile 0ms (memory)".into()));
     }
@@ -283,18 +306,25 @@ async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), Pre
     let fetch_ms = t0.elapsed().as_millis();
     let rt = ctx.runtime.clone();
     let d = digest.to_string();
-    let (program, info) = tokio::task::spawn_blocking(move || rt.load(&d, &bytes))
-        .await
-        .map_err(|e| PrepareError::Retry(format!("compile task failed: {e}")))?
-        .map_err(|e| match e {
-            // The digest names these bytes forever: the same compile fails the same way.
-            RuntimeError::InvalidModule { message } => PrepareError::Invalid(message),
-            other => retry(&other),
-        })?;
-    ctx.programs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(digest.to_string(), program.clone());
+    let stop = stop.clone();
+    let (program, info) =
+        tokio::task::spawn_blocking(move || rt.load_cancellable(&d, &bytes, &stop))
+            .await
+            .map_err(|e| PrepareError::Retry(format!("compile task failed: {e}")))?
+            .map_err(|e| match e {
+                // The digest names these bytes forever: the same compile fails the same way.
+                RuntimeError::InvalidModule { message } => PrepareError::Invalid {
+                    reason: "InvalidModule",
+                    message,
+                },
+                // The node's limits hold until it restarts with other flags: no retry.
+                RuntimeError::CompileLimit { message } => PrepareError::Invalid {
+                    reason: "CompileLimit",
+                    message,
+                },
+                other => retry(&other),
+            })?;
+    let program = share(&ctx.programs, digest, program);
     let kind = if info.cached { "cached" } else { "cold" };
     Ok((
         program,
@@ -303,6 +333,24 @@ async fn prepare(ctx: &WorkerCtx, digest: &str) -> Result<(Program, String), Pre
             info.duration.as_millis()
         ),
     ))
+}
+
+/// The program to run for `digest`: one that another worker compiled
+/// meanwhile, so that both share one copy, or else `compiled`, now shared.
+/// Entries whose programs are gone are dropped on the way.
+fn share(
+    programs: &Mutex<HashMap<String, Weak<Program>>>,
+    digest: &str,
+    compiled: Program,
+) -> Arc<Program> {
+    let mut map = programs.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, p| p.strong_count() > 0);
+    if let Some(p) = map.get(digest).and_then(Weak::upgrade) {
+        return p;
+    }
+    let p = Arc::new(compiled);
+    map.insert(digest.to_string(), Arc::downgrade(&p));
+    p
 }
 
 /// Downloads a module from the master and checks its digest.
@@ -342,4 +390,95 @@ pub async fn fetch(client: &Client, digest: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::objects::RestartPolicy;
+    use std::time::Duration;
+
+    fn pod(name: &str, module: &str, policy: RestartPolicy) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.namespace = "default".into();
+        p.metadata.name = name.into();
+        p.metadata.uid = format!("uid-{name}");
+        p.spec.module = module.into();
+        p.spec.restart_policy = policy;
+        p
+    }
+
+    fn held(ctx: &WorkerCtx, digest: &str) -> bool {
+        let map = ctx.programs.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(digest).is_some_and(|p| p.strong_count() > 0)
+    }
+
+    /// Waits (up to 30 s) until `f` holds, taking status reports as they come.
+    async fn until(
+        what: &str,
+        reports: &mut mpsc::UnboundedReceiver<Pod>,
+        phases: &mut HashMap<String, PodPhase>,
+        mut f: impl FnMut(&HashMap<String, PodPhase>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !f(phases) {
+            tokio::select! {
+                Some(p) = reports.recv() => { phases.insert(p.metadata.name.clone(), p.status.phase); }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep_until(deadline) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_program_is_held_only_while_a_pod_may_run_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let local = LocalStore::open(&dir.path().join("node.redb")).expect("store");
+        let mut digests = HashMap::new();
+        for name in ["ticker", "hello"] {
+            let bytes = std::fs::read(flotilla_workloads::path(name)).expect("workload");
+            let d = digest_of(&bytes);
+            local.put_module(&d, &bytes).expect("module");
+            digests.insert(name, d);
+        }
+        let (ticker, hello) = (digests["ticker"].clone(), digests["hello"].clone());
+        let (report_tx, mut reports) = mpsc::unbounded_channel();
+        let ctx = Arc::new(WorkerCtx {
+            runtime: Runtime::new(&dir.path().join("compiled")).expect("runtime"),
+            local,
+            client: watch::channel(None).1,
+            programs: Mutex::default(),
+            reports: report_tx,
+            in_use: InUse::default(),
+        });
+        let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
+        let a = start(pod("a", &ticker, RestartPolicy::Always));
+        let b = start(pod("b", &ticker, RestartPolicy::Always));
+        let c = start(pod("c", &hello, RestartPolicy::Never));
+        let mut phases = HashMap::new();
+        until("a, b running and c done", &mut reports, &mut phases, |p| {
+            p.get("a") == Some(&PodPhase::Running)
+                && p.get("b") == Some(&PodPhase::Running)
+                && p.get("c") == Some(&PodPhase::Succeeded)
+        })
+        .await;
+        // c has ended for good: its program goes at once, its module stays in use.
+        until("c to let go of hello", &mut reports, &mut phases, |_| {
+            !held(&ctx, &hello)
+        })
+        .await;
+        assert!(held(&ctx, &ticker));
+        assert_eq!(ctx.in_use.digests(), [ticker.clone(), hello.clone()].into());
+
+        a.stop.cancel();
+        a.task.await.expect("a");
+        assert!(held(&ctx, &ticker), "b still runs ticker");
+        b.stop.cancel();
+        b.task.await.expect("b");
+        assert!(!held(&ctx, &ticker), "no pod runs ticker");
+        assert_eq!(ctx.in_use.digests(), [hello].into());
+        c.stop.cancel();
+        c.task.await.expect("c");
+        assert!(ctx.in_use.digests().is_empty());
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`authz`]: who may do what (admin, viewer, NodeRestriction for nodes).
 //! - [`binder`]: places pending pods on Ready nodes that match their selector.
 //! - [`lifecycle`]: turns nodes whose heartbeats stop NotReady.
+//! - [`modules`]: removes modules no pod has used for a grace period.
 //! - [`nodes`]: live connections of nodes, for requests the master makes to them (logs).
 //! - [`wasm`]: checks that an uploaded module is WebAssembly before it is stored.
 //! - [`raft`]: openraft's storage over the store (log, state machine, snapshots),
@@ -20,6 +21,7 @@
 pub mod authz;
 pub mod binder;
 pub mod lifecycle;
+pub mod modules;
 pub mod nodes;
 pub mod pki;
 pub mod raft;
@@ -53,6 +55,9 @@ pub struct MasterConfig {
     pub cluster_name: String,
     /// A node silent this long is NotReady.
     pub node_grace: Duration,
+    /// A module no pod has used for this long is removed (at least
+    /// [`modules::MIN_GRACE`]; [`modules::DEFAULT_GRACE`] unless told).
+    pub module_grace: Duration,
     /// Raft's election timeout (see [`raft::raft_config`]); within
     /// [`raft::ELECTION_TIMEOUT_RANGE`].
     pub election_timeout: Duration,
@@ -137,6 +142,14 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             "an election timeout of {:?} is outside {shortest:?}..={longest:?}; the default is {:?}",
             config.election_timeout,
             raft::DEFAULT_ELECTION_TIMEOUT
+        )));
+    }
+    if config.module_grace < modules::MIN_GRACE {
+        return Err(MasterError::Config(format!(
+            "a module grace period of {:?} is shorter than the least, {:?}; the default is {:?}",
+            config.module_grace,
+            modules::MIN_GRACE,
+            modules::DEFAULT_GRACE
         )));
     }
     if config.cert_lifetime < identity::MIN_CERT_LIFETIME {
@@ -567,6 +580,7 @@ impl Running {
             self.store.clone(),
             heartbeats,
             self.config.node_grace,
+            self.config.module_grace,
             shutdown.clone(),
             tracker.clone(),
         ));
@@ -780,15 +794,17 @@ async fn become_member(
     }
 }
 
-/// Runs the binder and the node lifecycle while this master is the leader,
-/// and stops them when it is not: two leaders' controllers would fight, and a
-/// follower's writes are refused anyway.
+/// Runs the binder, the node lifecycle and module collection while this
+/// master is the leader, and stops them when it is not: two leaders'
+/// controllers would fight, and a follower's writes are refused anyway.
+#[allow(clippy::too_many_arguments)]
 async fn leader_work(
     raft: raft::Raft,
     node_id: u64,
     store: store::Store,
     heartbeats: lifecycle::Heartbeats,
     grace: Duration,
+    module_grace: Duration,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 ) {
@@ -809,6 +825,12 @@ async fn leader_work(
                     raft.clone(),
                     heartbeats.clone(),
                     grace,
+                    child.clone(),
+                ));
+                tracker.spawn(modules::run(
+                    store.clone(),
+                    raft.clone(),
+                    module_grace,
                     child.clone(),
                 ));
                 leading = Some(child);

@@ -7,10 +7,12 @@ use crate::lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
 use crate::raft::Cluster;
-use crate::store::{Command, Outcome, Store, StoreError, TokenRecord, TokenUsage, UPLOAD_CHUNK};
+use crate::store::{
+    Command, Outcome, Store, StoreError, TokenRecord, TokenUsage, UPLOAD_CHUNK, UPLOAD_PIECE,
+};
 use flotilla_api::identity::{Identity, JoinToken};
 use flotilla_api::net::{read_frame, write_frame, NetError};
-use flotilla_api::objects::{digest_of, is_digest, module_name, ModuleSpec};
+use flotilla_api::objects::{is_digest, module_name, ModuleSpec};
 use flotilla_api::protocol::{
     list_frames, ApiError, ErrorCode, EventType, ListOptions, RaftRpc, Request, Response,
     WatchOptions, LIST_FRAME_BYTES, MAX_FRAME, MAX_MODULE_SIZE, MODULE_CHUNK, PROTOCOL_VERSION,
@@ -391,9 +393,11 @@ async fn handle(
                     ));
                 }
             }
-            let bytes = ctx
+            // A chunk at a time from the store: a download holds one chunk
+            // in memory, however big the module and however slow the node.
+            let mut reader = ctx
                 .store
-                .module_bytes(&digest)
+                .module_reader(&digest)
                 .map_err(store_err)?
                 .ok_or_else(|| {
                     ApiError::new(
@@ -401,8 +405,14 @@ async fn handle(
                         format!("module {digest} is not stored on this master"),
                     )
                 })?;
-            for chunk in bytes.chunks(MODULE_CHUNK) {
-                reply(send, Response::Chunk(chunk.to_vec())).await?;
+            while let Some(chunk) = reader.next_chunk().map_err(store_err)? {
+                if chunk.len() <= MODULE_CHUNK {
+                    reply(send, Response::Chunk(chunk)).await?;
+                } else {
+                    for piece in chunk.chunks(MODULE_CHUNK) {
+                        reply(send, Response::Chunk(piece.to_vec())).await?;
+                    }
+                }
             }
             reply(send, Response::End).await
         }
@@ -1001,20 +1011,11 @@ async fn put_module(
     .await
 }
 
-/// Reads exactly `n` bytes of an upload.
-async fn read_upload(recv: &mut quinn::RecvStream, n: usize) -> Result<Vec<u8>, ApiError> {
-    let mut buf = vec![0u8; n];
-    recv.read_exact(&mut buf)
-        .await
-        .map_err(|e| invalid(format!("upload ended early: {e}")))?;
-    Ok(buf)
-}
-
 /// Receives a module's `size` bytes, checks them — the digest, then that
 /// they are WebAssembly ([`crate::wasm`]) — and only then stores them
-/// through raft: in one entry when small, else staged in [`UPLOAD_CHUNK`]
-/// pieces and committed, so no raft entry (nor message between masters)
-/// outgrows a frame. Refused bytes leave nothing behind.
+/// through raft: in one entry when small, else staged in [`UPLOAD_PIECE`]s
+/// and committed, so no raft entry (nor message between masters) outgrows
+/// a frame. Refused bytes leave nothing behind.
 async fn upload(
     ctx: &Context,
     digest: &str,
@@ -1022,16 +1023,27 @@ async fn upload(
     module: Module,
     recv: &mut quinn::RecvStream,
 ) -> Result<Outcome, ApiError> {
-    // Whole in memory (at most MAX_MODULE_SIZE, checked by put_module): the
-    // validator needs all of it, and nothing is staged before it passes.
-    // Read piece by piece so memory follows what actually arrives, not the
-    // size the client claimed.
-    let mut bytes = Vec::new();
+    use sha2::Digest;
+    // One copy of the module in memory, the only one: wasmparser validates
+    // a whole binary (its streaming parser would hold every section but the
+    // code whole, and a custom section, debug info say, is often most of a
+    // big module), and nothing is staged before it passes. Reserved once
+    // (size is at most MAX_MODULE_SIZE, checked by put_module), so growing
+    // never copies it; the memory is touched only as bytes arrive, so it
+    // follows what the client sends, not the size it claimed. Hashed as it
+    // arrives.
+    let mut bytes = Vec::with_capacity(size as usize);
+    let mut sha = sha2::Sha256::new();
     while (bytes.len() as u64) < size {
-        let n = (size - bytes.len() as u64).min(UPLOAD_CHUNK as u64) as usize;
-        bytes.extend(read_upload(recv, n).await?);
+        let start = bytes.len();
+        let n = (size - start as u64).min(UPLOAD_PIECE as u64) as usize;
+        bytes.resize(start + n, 0);
+        recv.read_exact(&mut bytes[start..])
+            .await
+            .map_err(|e| invalid(format!("upload ended early: {e}")))?;
+        sha.update(&bytes[start..]);
     }
-    let actual = digest_of(&bytes);
+    let actual = format!("sha256:{}", hex::encode(sha.finalize()));
     if actual != digest {
         return Err(invalid(format!(
             "uploaded bytes hash to {actual}, not {digest}; the file changed during upload?"
@@ -1042,10 +1054,11 @@ async fn upload(
         return apply(ctx, Command::PutModule { module, bytes }).await;
     }
     let staged = async {
-        for (i, chunk) in bytes.chunks(UPLOAD_CHUNK).enumerate() {
+        // Pieces of whole stored chunks: the store keeps them as they come.
+        for (i, chunk) in bytes.chunks(UPLOAD_PIECE).enumerate() {
             let cmd = Command::PutModuleChunk {
                 digest: digest.to_string(),
-                offset: (i * UPLOAD_CHUNK) as u64,
+                offset: (i * UPLOAD_PIECE) as u64,
                 bytes: chunk.to_vec(),
             };
             apply(ctx, cmd).await?;

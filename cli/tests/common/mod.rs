@@ -40,6 +40,8 @@ pub struct Cluster {
     /// When set, every process this cluster starts (master, nodes, CLI)
     /// runs with its wall clock at this time (libfaketime, `@YYYY-MM-DD hh:mm:ss`).
     pub fake_time: Option<String>,
+    /// More flags for the master, e.g. `--module-grace 2s`.
+    pub master_args: Vec<String>,
 }
 
 /// libfaketime from Debian's `faketime` package (installed by scripts/setup.sh).
@@ -61,6 +63,11 @@ pub fn fake_clock(cmd: &mut Command, at: &str) {
 impl Cluster {
     /// Starts a master and waits until it answers.
     pub fn start(grace: &str) -> Cluster {
+        Cluster::start_with(grace, &[])
+    }
+
+    /// Starts a master with more flags and waits until it answers.
+    pub fn start_with(grace: &str, master_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -72,6 +79,7 @@ impl Cluster {
             master: None,
             nodes: HashMap::new(),
             fake_time: None,
+            master_args: master_args.iter().map(|a| a.to_string()).collect(),
         };
         c.start_master();
         c
@@ -105,6 +113,7 @@ impl Cluster {
                 "--data-dir",
             ])
             .arg(self.path("master"))
+            .args(&self.master_args)
             .env("FLOTILLA_CONFIG", &self.config)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -183,6 +192,16 @@ impl Cluster {
 
     /// Starts node `name` with another program line, e.g. the aarch64 build under qemu-user.
     pub fn start_node_with(&mut self, name: &str, program: &[&str]) {
+        self.start_node_with_args(name, program, &[]);
+    }
+
+    /// Starts node `name` with more node flags, e.g. `--compile-timeout 1s`.
+    pub fn start_node_args(&mut self, name: &str, args: &[&str]) {
+        self.start_node_with_args(name, &[BIN], args);
+    }
+
+    /// Starts node `name` with another program line and more node flags.
+    pub fn start_node_with_args(&mut self, name: &str, program: &[&str], args: &[&str]) {
         let data = self.path(name);
         let mut cmd = Command::new(program[0]);
         if let Some(at) = &self.fake_time {
@@ -194,6 +213,7 @@ impl Cluster {
         if !data.join("credentials.yaml").exists() {
             cmd.args(["--token", &self.token()]);
         }
+        cmd.args(args);
         let log = self.log_file(name);
         let child = cmd
             .stdout(log.try_clone().expect("log"))

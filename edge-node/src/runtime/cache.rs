@@ -1,18 +1,90 @@
 //! The on-disk cache of compiled native code: file naming, the engine
-//! fingerprint that keeps stale code out, and atomic writes.
+//! fingerprint that keeps stale code out, atomic writes, and the upkeep
+//! that deletes what is no longer wanted (which files, the caller decides:
+//! see [`crate::module_gc`]).
 
+use std::collections::HashSet;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 /// Digests longer than this (after escaping) are hashed to keep file names
 /// well under the usual 255-byte limit.
 const MAX_ENCODED_DIGEST: usize = 150;
+/// A temporary file older than this is left over from a crash, not a write
+/// in progress: compiles end within `--compile-timeout` (a minute by default).
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// What [`super::Runtime::sweep_compiled`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// The upkeep of the cache, as methods of the runtime that owns it, so
+/// callers deal in digests and never in its paths or file names.
+impl super::Runtime {
+    /// Bytes of compiled code on disk for `digest` (0 if none).
+    pub fn compiled_size(&self, digest: &str) -> u64 {
+        let path = entry_path(&self.inner.cache_dir, digest, &self.inner.fingerprint);
+        fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// Deletes every file in the cache but the code of the digests in
+    /// `keep` for this engine: code of other digests, code compiled by
+    /// another wasmtime or configuration (never loadable again), and
+    /// temporary files left by a crash. A file that cannot be deleted is
+    /// skipped with a warning; the next sweep tries again.
+    pub fn sweep_compiled(&self, keep: &HashSet<String>) -> io::Result<Swept> {
+        let dir = &self.inner.cache_dir;
+        let wanted: HashSet<PathBuf> = keep
+            .iter()
+            .map(|d| entry_path(dir, d, &self.inner.fingerprint))
+            .collect();
+        let mut swept = Swept::default();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || !is_unwanted(&path, &wanted, &meta) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    swept.files += 1;
+                    swept.bytes += meta.len();
+                }
+                // Another sweep, or the node's own rename, got there first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete compiled code")
+                }
+            }
+        }
+        Ok(swept)
+    }
+}
+
+/// Whether the sweep deletes `path`: code not wanted, or a stale temporary
+/// file. Anything else (not ours) is left alone.
+fn is_unwanted(path: &Path, wanted: &HashSet<PathBuf>, meta: &fs::Metadata) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if name.starts_with('.') && name.ends_with(".tmp") {
+        let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+        return age.is_some_and(|a| a >= STALE_TEMP);
+    }
+    name.ends_with(".cwasm") && !wanted.contains(path)
+}
 
 /// A short hex fingerprint of everything in `engine` that affects the
 /// compiled code (target, flags, tunables, features, wasmtime version).
@@ -64,9 +136,9 @@ fn encode_digest(digest: &str) -> String {
     out
 }
 
-/// Writes `bytes` to `path` so that readers see either the old file, no file
-/// or the whole new one: write a temporary file beside it, sync, rename.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// A new temporary file name beside `path`, for a write that becomes `path`
+/// by a rename ([`write_atomic`], [`publish`]).
+pub(super) fn temp_path(path: &Path) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()
@@ -74,12 +146,25 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("cache path has no file name"))?;
-    let tmp = dir.join(format!(
+    Ok(dir.join(format!(
         ".{}.{}.{}.tmp",
         name.to_string_lossy(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    )))
+}
+
+/// Writes `bytes` to `path` so that readers see either the old file, no file
+/// or the whole new one: write a temporary file beside it, then [`publish`].
+/// `abandon` is asked last, just before the rename: when it says so (the pod
+/// whose module this is was stopped meanwhile) nothing is stored and the
+/// error is `Interrupted`.
+pub(super) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    abandon: &dyn Fn() -> bool,
+) -> io::Result<()> {
+    let tmp = temp_path(path)?;
     let result = (|| {
         // Owner-only like the directory: this is code the node will run.
         let mut file = fs::File::options()
@@ -88,16 +173,30 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .mode(flotilla_api::perms::FILE_MODE)
             .open(&tmp)?;
         file.write_all(bytes)?;
-        // Edge devices lose power: without the sync a rename could expose a
-        // truncated file after a crash.
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        publish(&tmp, path, abandon)
     })();
     if result.is_err() {
         // Best effort: a stray temp file only wastes space.
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes the complete file `tmp` (from [`temp_path`]) the entry at `path`:
+/// sync, ask `abandon` (see [`write_atomic`]), rename. The compiler child
+/// writes its code to such a file, which comes here once it has exited.
+/// The caller removes `tmp` if this fails.
+pub(super) fn publish(tmp: &Path, path: &Path, abandon: &dyn Fn() -> bool) -> io::Result<()> {
+    // Edge devices lose power: without the sync a rename could expose a
+    // truncated file after a crash.
+    fs::File::open(tmp)?.sync_all()?;
+    if abandon() {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "abandoned: the pod was stopped",
+        ));
+    }
+    fs::rename(tmp, path)
 }
 
 #[cfg(test)]
@@ -116,11 +215,59 @@ mod tests {
     }
 
     #[test]
+    fn sweeps_keep_only_the_code_of_kept_digests_for_this_engine() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let cache = dir.path().join("compiled");
+        let rt = crate::runtime::Runtime::new(&cache).expect("runtime");
+        let wasm = fs::read(flotilla_workloads::path("hello"))?;
+        rt.load("sha256:hello", &wasm).expect("compile");
+        let code = rt.compiled_size("sha256:hello");
+        assert!(code > 0);
+        assert_eq!(rt.compiled_size("sha256:other"), 0);
+        // Code from another wasmtime, a write in progress, a crash's leftover, not ours.
+        let stale_engine = cache.join("sha256_3Ahello-0000000000000000.cwasm");
+        let writing = cache.join(".x.cwasm.1.1.tmp");
+        let crashed = cache.join(".y.cwasm.1.2.tmp");
+        let foreign = cache.join("README");
+        for p in [&stale_engine, &writing, &crashed, &foreign] {
+            fs::write(p, b"x")?;
+        }
+        fs::File::options()
+            .write(true)
+            .open(&crashed)?
+            .set_modified(std::time::SystemTime::now() - 2 * STALE_TEMP)?;
+
+        let keep: HashSet<String> = ["sha256:hello".to_string()].into();
+        let swept = rt.sweep_compiled(&keep)?;
+        assert_eq!(swept, Swept { files: 2, bytes: 2 });
+        assert!(!stale_engine.exists() && !crashed.exists());
+        assert!(writing.exists() && foreign.exists());
+        assert_eq!(rt.compiled_size("sha256:hello"), code);
+
+        let swept = rt.sweep_compiled(&HashSet::new())?;
+        assert_eq!(
+            swept,
+            Swept {
+                files: 1,
+                bytes: code
+            }
+        );
+        assert_eq!(rt.compiled_size("sha256:hello"), 0);
+        assert!(writing.exists() && foreign.exists());
+        Ok(())
+    }
+
+    #[test]
     fn atomic_write_replaces_file() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("a.cwasm");
-        write_atomic(&path, b"one")?;
-        write_atomic(&path, b"two")?;
+        write_atomic(&path, b"one", &|| false)?;
+        write_atomic(&path, b"two", &|| false)?;
+        assert_eq!(fs::read(&path)?, b"two");
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        // An abandoned write leaves the old file and no temporary one.
+        let err = write_atomic(&path, b"three", &|| true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
         assert_eq!(fs::read(&path)?, b"two");
         assert_eq!(fs::read_dir(dir.path())?.count(), 1);
         Ok(())

@@ -3,12 +3,16 @@
 //! stoppable at any time by dropping its future).
 //!
 //! Call [`Runtime::load`] from a blocking context (`spawn_blocking`): compiling
-//! is CPU-bound and takes tens of milliseconds or more. [`Runtime::run`] is a
+//! is CPU-bound and takes tens of milliseconds or more. The node agent's
+//! runtime ([`Runtime::for_node`]) compiles in a child process under memory
+//! and time limits that a pod's stop cancels ([`compile`]); [`Runtime::new`]
+//! compiles in-process. [`Runtime::run`] is a
 //! well-behaved future: the guest yields to the executor every epoch tick
 //! (10 ms), so even a guest spinning in a loop neither starves other tasks nor
 //! outlives its future.
 
 mod cache;
+pub mod compile;
 mod limits;
 mod stdio;
 
@@ -17,12 +21,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Config, Engine, Precompiled, Store, Trap, WasmBacktrace};
+use wasmtime::{Engine, Precompiled, Store, Trap, WasmBacktrace};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use compile::CompileFailure;
+pub use compile::CompileLimits;
 use limits::Limiter;
 use stdio::SinkOutput;
 
@@ -55,6 +62,17 @@ pub enum RuntimeError {
     /// The bytes are not a valid Wasm module or component.
     #[error("invalid program: {message}")]
     InvalidModule { message: String },
+    /// Compiling needs more memory or time than the node's compile limits
+    /// allow; `message` names the limit and the flag that sets it.
+    #[error("{message}")]
+    CompileLimit { message: String },
+    /// The pod was stopped while its module compiled; nothing was cached.
+    #[error("compilation stopped: the pod was stopped")]
+    Cancelled,
+    /// The compiler process failed for a reason of its own (it could not
+    /// start, or crashed); worth another try.
+    #[error("the compiler failed: {message}")]
+    Compiler { message: String },
 }
 
 /// A loaded program, ready to run any number of times.
@@ -132,6 +150,7 @@ impl std::fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("cache_dir", &self.inner.cache_dir)
             .field("fingerprint", &self.inner.fingerprint)
+            .field("compiler", &self.inner.compiler)
             .finish_non_exhaustive()
     }
 }
@@ -140,11 +159,24 @@ struct Inner {
     engine: Engine,
     cache_dir: PathBuf,
     fingerprint: String,
+    compiler: Compiler,
     p2_linker: wasmtime::component::Linker<P2State>,
     p1_linker: wasmtime::Linker<P1State>,
     /// Never sent on: dropping it (with the last `Runtime` clone) is what
     /// tells the epoch thread to stop.
     _epoch_stop: mpsc::Sender<()>,
+}
+
+/// Where modules are compiled.
+#[derive(Debug, Clone)]
+enum Compiler {
+    /// In this process, without limits (tests, or no child can be started).
+    InProcess,
+    /// In a child running `program __compile`, under `limits`.
+    Child {
+        program: PathBuf,
+        limits: CompileLimits,
+    },
 }
 
 /// Store data for a component run.
@@ -173,10 +205,48 @@ impl Runtime {
     /// Engine with cranelift, async support and epoch interruption; starts
     /// one background thread that advances the epoch every 10 ms until the
     /// last `Runtime` clone is dropped. `cache_dir` holds compiled code.
+    /// Modules are compiled in-process, without limits.
     pub fn new(cache_dir: &Path) -> Result<Runtime, RuntimeError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine {
+        Runtime::build(cache_dir, |_| Compiler::InProcess)
+    }
+
+    /// The node agent's runtime: as [`Runtime::new`], but modules are
+    /// compiled by a child process of this executable (its hidden
+    /// `__compile` subcommand) under `limits`, and a stopped pod's compile
+    /// ends at once. Where that cannot work — the executable is not the
+    /// `flotilla` binary, or cannot be started again (say, run by qemu-user
+    /// without binfmt) — it compiles in-process and logs why.
+    pub fn for_node(cache_dir: &Path, limits: CompileLimits) -> Result<Runtime, RuntimeError> {
+        Runtime::build(cache_dir, |fingerprint| {
+            let checked = std::env::current_exe()
+                .map_err(|e| format!("cannot find this executable: {e}"))
+                .and_then(|program| compile::probe(&program, fingerprint).map(|()| program));
+            match checked {
+                Ok(program) => {
+                    tracing::info!(
+                        memory_limit = limits.memory,
+                        time_limit = ?limits.timeout,
+                        "modules compile in a child process under limits"
+                    );
+                    Compiler::Child { program, limits }
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        reason = %why,
+                        "modules compile inside the node, without compile memory or time limits"
+                    );
+                    Compiler::InProcess
+                }
+            }
+        })
+    }
+
+    /// The runtime, with the compiler that `compiler` picks for the engine's fingerprint.
+    fn build(
+        cache_dir: &Path,
+        compiler: impl FnOnce(&str) -> Compiler,
+    ) -> Result<Runtime, RuntimeError> {
+        let engine = Engine::new(&compile::engine_config()).map_err(|e| RuntimeError::Engine {
             message: format!("{e:#}"),
         })?;
 
@@ -215,11 +285,14 @@ impl Runtime {
             })
             .map_err(RuntimeError::EpochThread)?;
 
+        let fingerprint = cache::engine_fingerprint(&engine);
+        let compiler = compiler(&fingerprint);
         Ok(Runtime {
             inner: Arc::new(Inner {
-                fingerprint: cache::engine_fingerprint(&engine),
+                fingerprint,
                 engine,
                 cache_dir: cache_dir.to_path_buf(),
+                compiler,
                 p2_linker,
                 p1_linker,
                 _epoch_stop: stop_tx,
@@ -238,6 +311,19 @@ impl Runtime {
     /// `digest` must identify the bytes (the node uses their SHA-256): the
     /// cache trusts it. Blocking and CPU-bound; call from `spawn_blocking`.
     pub fn load(&self, digest: &str, wasm: &[u8]) -> Result<(Program, CompileInfo), RuntimeError> {
+        self.load_cancellable(digest, wasm, &CancellationToken::new())
+    }
+
+    /// As [`Runtime::load`], but gives up with [`RuntimeError::Cancelled`]
+    /// once `cancel` fires (the pod's stop token): a compile in a child is
+    /// killed at once, one in-process runs to its end; either way nothing it
+    /// produced is cached.
+    pub fn load_cancellable(
+        &self,
+        digest: &str,
+        wasm: &[u8],
+        cancel: &CancellationToken,
+    ) -> Result<(Program, CompileInfo), RuntimeError> {
         let start = Instant::now();
         let kind = classify(wasm)?;
         let path = cache::entry_path(&self.inner.cache_dir, digest, &self.inner.fingerprint);
@@ -249,14 +335,93 @@ impl Runtime {
             };
             return Ok((program, info));
         }
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
 
-        let engine = &self.inner.engine;
-        // The message becomes the pod's status message: keep it bounded.
-        let invalid = |e: wasmtime::Error| {
-            let mut message = format!("{e:#}");
-            truncate(&mut message, MAX_TRAP_MESSAGE);
-            RuntimeError::InvalidModule { message }
+        let program = match &self.inner.compiler {
+            Compiler::InProcess => self.compile_here(kind, wasm, &path, cancel)?,
+            Compiler::Child { program, limits } => {
+                self.compile_in_child(program, *limits, kind, wasm, &path, cancel)?
+            }
         };
+        Ok((
+            program,
+            CompileInfo {
+                cached: false,
+                duration: start.elapsed(),
+            },
+        ))
+    }
+
+    /// Compiles in a child under `limits` straight into a temporary file of
+    /// the cache, loads the code from there and makes it the cache entry at
+    /// `path`, unless the pod was stopped meanwhile; else the file goes.
+    fn compile_in_child(
+        &self,
+        program: &Path,
+        limits: CompileLimits,
+        kind: Kind,
+        wasm: &[u8],
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Program, RuntimeError> {
+        let tmp = cache::temp_path(path).map_err(|e| RuntimeError::Compiler {
+            message: format!("cannot name a file in the code cache: {e}"),
+        })?;
+        let result =
+            compile::compile_in_child(program, limits, &self.inner.fingerprint, wasm, &tmp, cancel)
+                .map_err(runtime_error)
+                .and_then(|()| {
+                    self.deserialize_file(&tmp, kind)
+                        .map_err(|message| RuntimeError::Compiler { message })
+                })
+                .and_then(|loaded| {
+                    self.store(cancel, || {
+                        cache::publish(&tmp, path, &|| cancel.is_cancelled())
+                    })?;
+                    Ok(loaded)
+                });
+        // After a publish the name is gone already; a mapped file stays
+        // readable after its name goes.
+        let _ = std::fs::remove_file(&tmp);
+        result
+    }
+
+    /// Stores compiled code with `write` unless the pod was stopped: a
+    /// hostile module must not get its code cached by being deleted while
+    /// it compiles. A cache that cannot be written only costs a recompile
+    /// next time.
+    fn store(
+        &self,
+        cancel: &CancellationToken,
+        write: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), RuntimeError> {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        match write() {
+            Ok(()) => Ok(()),
+            Err(_) if cancel.is_cancelled() => Err(RuntimeError::Cancelled),
+            Err(e) => {
+                tracing::warn!(dir = %self.inner.cache_dir.display(), error = %e, "cannot write code cache");
+                Ok(())
+            }
+        }
+    }
+
+    /// Compiles in this process, without limits, and caches the code at
+    /// `path` unless the pod was stopped meanwhile (the compile itself cannot
+    /// be stopped).
+    fn compile_here(
+        &self,
+        kind: Kind,
+        wasm: &[u8],
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<Program, RuntimeError> {
+        let engine = &self.inner.engine;
+        let invalid = |e: wasmtime::Error| invalid_module(format!("{e:#}"));
         let (program, serialized) = match kind {
             Kind::Component => {
                 let c = wasmtime::component::Component::new(engine, wasm).map_err(invalid)?;
@@ -269,58 +434,60 @@ impl Runtime {
                 (Program::Module(m), bytes)
             }
         };
-        let duration = start.elapsed();
-
-        // A cache that cannot be written only costs a recompile next time.
         match serialized {
-            Ok(bytes) => {
-                if let Err(e) = cache::write_atomic(&path, &bytes) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write code cache");
-                }
-            }
+            Ok(bytes) => self.store(cancel, || {
+                cache::write_atomic(path, &bytes, &|| cancel.is_cancelled())
+            })?,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot serialize compiled code"),
         }
-        Ok((
-            program,
-            CompileInfo {
-                cached: false,
-                duration,
-            },
-        ))
+        Ok(program)
     }
 
     /// The cached program at `path`, or `None` if absent, stale or unusable.
-    #[allow(unsafe_code)]
     fn load_cached(&self, path: &Path, kind: Kind) -> Option<Program> {
-        let bytes = std::fs::read(path).ok()?;
+        if !path.exists() {
+            return None;
+        }
+        match self.deserialize_file(path, kind) {
+            Ok(program) => Some(program),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache entry");
+                None
+            }
+        }
+    }
+
+    /// Loads code of `kind` that this node compiled, from the file at `path`
+    /// (a cache entry, or its compiler child's output). The file is mapped,
+    /// not read: the node's memory does not grow with the code's size, and
+    /// the kernel may drop its pages under pressure and read them again.
+    #[allow(unsafe_code)]
+    fn deserialize_file(&self, path: &Path, kind: Kind) -> Result<Program, String> {
         let engine = &self.inner.engine;
-        let loaded = match (Engine::detect_precompiled(&bytes), kind) {
-            // SAFETY: `deserialize` runs native code from the file, so it
-            // must have been produced by wasmtime for this engine. It was:
-            // the cache directory is the node's own (owner-only), files get
-            // there only through `write_atomic` of `serialize()` output, the
-            // name carries the engine fingerprint, and wasmtime re-checks
-            // the version and configuration recorded in the file.
+        let detected = Engine::detect_precompiled_file(path).map_err(|e| format!("{e:#}"))?;
+        let loaded = match (detected, kind) {
+            // SAFETY: `deserialize_file` runs native code from the file, so
+            // it must have been produced by wasmtime for this engine, and
+            // must not change while mapped. Both hold: the file is in the
+            // node's own cache directory (owner-only), where files get only
+            // through `write_atomic` of `serialize()` output or from the
+            // node's compiler child (this same executable run with
+            // `__compile`, which checked that its engine has this
+            // fingerprint); names carry the engine fingerprint; files are
+            // replaced by rename and deleted, never rewritten in place.
+            // wasmtime re-checks the version and configuration recorded in
+            // the file.
             (Some(Precompiled::Component), Kind::Component) => {
-                unsafe { wasmtime::component::Component::deserialize(engine, &bytes) }
+                unsafe { wasmtime::component::Component::deserialize_file(engine, path) }
                     .map(Program::Component)
             }
             // SAFETY: as above.
             (Some(Precompiled::Module), Kind::Module) => {
-                unsafe { wasmtime::Module::deserialize(engine, &bytes) }.map(Program::Module)
+                unsafe { wasmtime::Module::deserialize_file(engine, path) }.map(Program::Module)
             }
-            _ => {
-                tracing::warn!(path = %path.display(), "ignoring cache entry of the wrong kind");
-                return None;
-            }
+            _ => return Err("compiled code of the wrong kind".into()),
         };
-        match loaded {
-            Ok(program) => Some(program),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring unusable cache entry");
-                None
-            }
-        }
+        loaded.map_err(|e| format!("{e:#}"))
     }
 
     /// Runs one instance of `program` to completion (or until the future is
@@ -370,6 +537,30 @@ impl Runtime {
                 let result = run_module(&mut store, module, &self.inner.p1_linker).await;
                 outcome(result, store.data().limiter.denial())
             }
+        }
+    }
+}
+
+/// An `InvalidModule` error; the message becomes the pod's status message,
+/// so it is kept bounded.
+fn invalid_module(mut message: String) -> RuntimeError {
+    truncate(&mut message, MAX_TRAP_MESSAGE);
+    RuntimeError::InvalidModule { message }
+}
+
+/// What a failed compile in a child means for the caller.
+fn runtime_error(failure: CompileFailure) -> RuntimeError {
+    match failure {
+        CompileFailure::Cancelled => RuntimeError::Cancelled,
+        CompileFailure::Invalid { message } => invalid_module(message),
+        CompileFailure::Failed { mut message } => {
+            truncate(&mut message, MAX_TRAP_MESSAGE);
+            RuntimeError::Compiler { message }
+        }
+        limit @ (CompileFailure::TimeLimit { .. } | CompileFailure::MemoryLimit { .. }) => {
+            let mut message = limit.to_string();
+            truncate(&mut message, MAX_TRAP_MESSAGE);
+            RuntimeError::CompileLimit { message }
         }
     }
 }
@@ -563,6 +754,41 @@ mod tests {
             classify(b""),
             Err(RuntimeError::InvalidModule { .. })
         ));
+    }
+
+    #[test]
+    fn a_stopped_pods_code_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let cache = dir.path().join("cache");
+        let rt = Runtime::new(&cache).unwrap_or_else(|e| panic!("runtime: {e}"));
+        let wasm = std::fs::read(flotilla_workloads::path("hello"))
+            .unwrap_or_else(|e| panic!("hello: {e}"));
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        // Stopped before the compile: none happens.
+        assert!(matches!(
+            rt.load_cancellable("sha256:hello", &wasm, &stopped),
+            Err(RuntimeError::Cancelled)
+        ));
+        // Stopped while compiling in-process (which cannot be interrupted):
+        // the code is not stored.
+        let path = cache::entry_path(&cache, "sha256:hello", &rt.inner.fingerprint);
+        assert!(matches!(
+            rt.compile_here(Kind::Component, &wasm, &path, &stopped),
+            Err(RuntimeError::Cancelled)
+        ));
+        let files = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(files, 0, "nothing in the cache");
+        // Not stopped: compiled, cached, and loaded from the cache next time.
+        let go = CancellationToken::new();
+        let (_, first) = rt
+            .load_cancellable("sha256:hello", &wasm, &go)
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(!first.cached && path.exists());
+        let (_, second) = rt
+            .load_cancellable("sha256:hello", &wasm, &stopped)
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(second.cached, "a cached program needs no compile to stop");
     }
 
     #[test]

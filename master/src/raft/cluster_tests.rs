@@ -589,24 +589,35 @@ async fn raft_state_check_finds_and_fences_a_master_that_differs() {
     let cluster = Cluster::start().await;
     let (leader, _) = cluster.leader(&[1, 2, 3]).await;
     for name in ["same-1", "same-2"] {
-        write(&cluster, leader, create(name)).await.expect("created");
+        write(&cluster, leader, create(name))
+            .await
+            .expect("created");
     }
     let handle = cluster.handle(leader);
     let leader_store = &cluster.master(leader).store;
-    let differing = bounded("a state check", super::check::check_once(&handle, leader_store))
-        .await
-        .expect("the check runs");
+    let differing = bounded(
+        "a state check",
+        super::check::check_once(&handle, leader_store),
+    )
+    .await
+    .expect("the check runs");
     assert!(differing.is_empty(), "{differing:?}");
 
     // A write beside raft: this follower now holds a state nobody else does.
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).expect("a follower");
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
     let rogue = &cluster.master(follower).store;
     rogue
         .apply(create("rogue"))
         .expect("a direct write to the follower's store");
-    let differing = bounded("a state check", super::check::check_once(&handle, leader_store))
-        .await
-        .expect("the check runs");
+    let differing = bounded(
+        "a state check",
+        super::check::check_once(&handle, leader_store),
+    )
+    .await
+    .expect("the check runs");
     assert_eq!(
         differing.iter().map(|d| d.master).collect::<Vec<_>>(),
         vec![follower],
@@ -624,7 +635,10 @@ async fn raft_state_check_finds_and_fences_a_master_that_differs() {
     for id in [1, 2, 3].into_iter().filter(|id| *id != follower) {
         let store = &cluster.master(id).store;
         assert!(store.checks().diverged().is_none(), "master {id}");
-        assert!(store.get(Kind::Pod, "default", "same-1").expect("reads").is_some());
+        assert!(store
+            .get(Kind::Pod, "default", "same-1")
+            .expect("reads")
+            .is_some());
     }
     cluster.stop().await;
 }

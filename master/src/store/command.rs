@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 /// The largest piece of a module one raft entry carries.
 pub const UPLOAD_CHUNK: usize = 1 << 20;
 
+/// The most module bytes the store keeps in one value. redb gives every
+/// value a page of a power-of-two size (4 KiB up), so this stays just under
+/// 256 KiB, leaving room for the key, the checksum and the page's header: a
+/// chunk of exactly 256 KiB would take a 512 KiB page. Small enough that a
+/// module's last, partial chunk wastes little, and that a download sends one
+/// chunk per frame (`flotilla_api::protocol::MODULE_CHUNK`).
+pub const STORED_CHUNK: usize = (256 << 10) - 1024;
+
+/// What the master puts in one [`Command::PutModuleChunk`]: as many whole
+/// stored chunks as fit in [`UPLOAD_CHUNK`], so that none is split between
+/// two entries (the store would keep the halves as two values).
+pub const UPLOAD_PIECE: usize = UPLOAD_CHUNK / STORED_CHUNK * STORED_CHUNK;
+
 /// One write to the cluster state; applied deterministically by
 /// [`Store::apply`](super::Store::apply).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +44,7 @@ pub enum Command {
         status_only: bool,
     },
     /// Removes an object (compare-and-swap as for `Update`); deleting a
-    /// Module removes its bytes too.
+    /// Module removes its bytes too, and is `Invalid` while a pod refers to it.
     Delete {
         kind: Kind,
         namespace: String,
@@ -45,18 +58,20 @@ pub enum Command {
     PutModule { module: Module, bytes: Vec<u8> },
     /// Stages `bytes` at `offset` of the module `digest` being uploaded in
     /// pieces (a raft entry stays small however big the module). Offset 0
-    /// starts the upload over. At most [`UPLOAD_CHUNK`] bytes; nothing is
-    /// visible until [`Command::CommitModule`].
+    /// starts the upload over. At most [`UPLOAD_CHUNK`] bytes, kept as values
+    /// of at most [`STORED_CHUNK`]; nothing is visible until
+    /// [`Command::CommitModule`]. Changes nothing if the module is stored.
     PutModuleChunk {
         digest: String,
         offset: u64,
         bytes: Vec<u8>,
     },
-    /// Joins the staged chunks of `module.spec.digest` and stores them as with
-    /// `PutModule`: `Invalid` unless they are contiguous from 0 and hash to the
-    /// digest. The staged chunks are gone afterwards.
+    /// Makes the staged chunks of `module.spec.digest` a module, as `PutModule`
+    /// does: `Invalid` unless they are contiguous from 0 and hash to the
+    /// digest. The chunks stay where they are and become the module's bytes.
     CommitModule { module: Module },
-    /// Drops the staged chunks of an upload that will not be committed.
+    /// Drops the staged chunks of an upload that will not be committed (none
+    /// if the module is stored: they are its bytes).
     DiscardUpload { digest: String },
     /// Several commands proposed together as one raft entry (the leader
     /// gathers concurrent writes this way, so they share one log write):

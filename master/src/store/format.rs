@@ -1,7 +1,8 @@
 //! What opening `state.redb` checks before the store serves anything: the
 //! format marker, that every table is there, that every value passes its
-//! checksum and sits where a lookup finds it; and the one-time move of a
-//! format 1 file (no checksums, `&str` keys) to the current format.
+//! checksum and sits where a lookup finds it, that every module has all its
+//! bytes; and the one-time move of a format 1 file (no checksums, `&str`
+//! keys) or a format 2 file (each module one value) to the current format.
 //!
 //! The scan at open is what turns a byte changed on the disk into a refusal
 //! to start instead of an object that is silently different, or missing: a
@@ -10,18 +11,18 @@
 
 use super::error::{db, StoreError};
 use super::tables::{
-    self, corrupt, counters, encode_counter, format1, history_key, key_str, meta, seal, unseal,
-    ShowKey, COUNTERS, FORMAT_VERSION, HISTORY, META, MODULES, OBJECTS, RAFT, STATE_TABLES, TOKENS,
-    UPLOADS,
+    self, chunk_key, corrupt, counters, encode_counter, format1, format2, history_key, key_str,
+    meta, parse_chunk_key, seal, unseal, ShowKey, COUNTERS, FORMAT_VERSION, HISTORY, META,
+    MODULE_CHUNKS, OBJECTS, RAFT, STATE_TABLES, TOKENS,
 };
-use super::TokenRecord;
-use flotilla_api::objects::Object;
+use super::{TokenRecord, STORED_CHUNK};
+use flotilla_api::objects::{is_digest, key_prefix, module_name, object_key, Kind, Object};
 use flotilla_api::protocol::WatchEvent;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, TableHandle, WriteTransaction,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What opening found, for the log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +64,35 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
             }
             Ok(Opened::default())
         }
+        Some(format2::FORMAT) => {
+            if let Some(missing) = format2::STATE_TABLES
+                .iter()
+                .find(|t| !present.contains(**t))
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "the file is in format {} but has no {missing} table \
+                     (its name in the file may be damaged)",
+                    format2::FORMAT
+                )));
+            }
+            drop(read);
+            let txn = database
+                .begin_write()
+                .map_err(db("starting the migration"))?;
+            migrate_from_2(&txn)?;
+            txn.commit().map_err(db("committing the migration"))?;
+            Ok(Opened {
+                migrated: true,
+                created: false,
+            })
+        }
         Some(format1::FORMAT) => {
             drop(read);
             let txn = database
                 .begin_write()
                 .map_err(db("starting the migration"))?;
             migrate_from_1(&txn, &present)?;
+            migrate_from_2(&txn)?;
             txn.commit().map_err(db("committing the migration"))?;
             Ok(Opened {
                 migrated: true,
@@ -76,7 +100,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
             })
         }
         Some(v) => Err(StoreError::Db(format!(
-            "the database is in format {v}, this master reads formats 1 and {FORMAT_VERSION}: \
+            "the database is in format {v}, this master reads formats 1 to {FORMAT_VERSION}: \
              run the flotilla version that wrote it"
         ))),
         None => {
@@ -112,7 +136,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
 
 /// Opens (so creates) every table of the format.
 fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    for def in [OBJECTS, COUNTERS, MODULES, TOKENS, UPLOADS, RAFT] {
+    for def in [OBJECTS, COUNTERS, MODULE_CHUNKS, TOKENS, RAFT] {
         txn.open_table(def)
             .map_err(|e| StoreError::Db(format!("creating the {} table: {e}", def.name())))?;
     }
@@ -123,7 +147,8 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Rewrites a format 1 file in this format within `txn`: every value
+/// Rewrites a format 1 file in format 2 within `txn` ([`migrate_from_2`]
+/// then takes it to this one): every value
 /// sealed, keys as bytes, the counters moved out of `meta`. Values are
 /// checked on the way as far as they can be (objects and tokens decode and
 /// sit under their own key, history events under their revision, module
@@ -167,13 +192,13 @@ fn migrate_tables(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<
                 .map_err(db("writing a counter"))?;
         }
         meta_table
-            .insert(meta::FORMAT, FORMAT_VERSION)
+            .insert(meta::FORMAT, format2::FORMAT)
             .map_err(db("writing the format version"))?;
     }
     let keyed: [Move; 5] = [
         (format1::OBJECTS, OBJECTS, check_object),
-        (format1::MODULES, MODULES, check_module),
-        (format1::UPLOADS, UPLOADS, check_nothing),
+        (format1::MODULES, format2::MODULES, check_module),
+        (format1::UPLOADS, format2::UPLOADS, check_nothing),
         (format1::TOKENS, TOKENS, check_token),
         (format1::RAFT, RAFT, check_nothing),
     ];
@@ -251,6 +276,76 @@ fn migrate_tables(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<
     Ok(())
 }
 
+/// Rewrites a format 2 file in this format within `txn`: each module's
+/// bytes, one value in `modules`, and each staged upload piece in `uploads`
+/// become values of at most [`STORED_CHUNK`] bytes in `module_chunks`, and
+/// both old tables are dropped. Every value is checked against its checksum
+/// on the way. Pieces staged for a module that is stored are dropped: the
+/// module's bytes are the same, and format 3 keeps them once.
+fn migrate_from_2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let objects = txn
+        .open_table(OBJECTS)
+        .map_err(db("opening the objects table"))?;
+    let mut chunks = txn
+        .open_table(MODULE_CHUNKS)
+        .map_err(db("creating the module_chunks table"))?;
+    let mut put = |digest: &str, offset: u64, bytes: &[u8]| -> Result<(), StoreError> {
+        for (i, chunk) in bytes.chunks(STORED_CHUNK).enumerate() {
+            let key = chunk_key(digest, offset + (i * STORED_CHUNK) as u64);
+            chunks
+                .insert(
+                    key.as_bytes(),
+                    seal("module_chunks", key.as_bytes(), chunk).as_slice(),
+                )
+                .map_err(db("writing a migrated module chunk"))?;
+        }
+        Ok(())
+    };
+    {
+        let modules = txn
+            .open_table(format2::MODULES)
+            .map_err(db("opening the format 2 modules table"))?;
+        for entry in modules.iter().map_err(db("reading the format 2 modules"))? {
+            let (k, v) = entry.map_err(db("reading the format 2 modules"))?;
+            let key = k.value();
+            let digest = key_str("modules", key)?;
+            if !is_digest(digest) {
+                return Err(corrupt("modules", key, "the key is not a digest".into()));
+            }
+            put(digest, 0, unseal("modules", key, v.value())?)?;
+        }
+        let uploads = txn
+            .open_table(format2::UPLOADS)
+            .map_err(db("opening the format 2 uploads table"))?;
+        for entry in uploads.iter().map_err(db("reading the format 2 uploads"))? {
+            let (k, v) = entry.map_err(db("reading the format 2 uploads"))?;
+            let key = k.value();
+            let (digest, offset) = parse_chunk_key(key)
+                .map_err(|_| corrupt("uploads", key, "the key is not <digest>/<offset>".into()))?;
+            let bytes = unseal("uploads", key, v.value())?;
+            let object = object_key(Kind::Module, "", &module_name(digest));
+            if objects
+                .get(object.as_bytes())
+                .map_err(db("reading an object"))?
+                .is_none()
+            {
+                put(digest, offset, bytes)?;
+            }
+        }
+    }
+    drop(chunks);
+    drop(objects);
+    txn.delete_table(format2::MODULES)
+        .map_err(db("removing the format 2 modules table"))?;
+    txn.delete_table(format2::UPLOADS)
+        .map_err(db("removing the format 2 uploads table"))?;
+    txn.open_table(META)
+        .map_err(db("opening the meta table"))?
+        .insert(meta::FORMAT, FORMAT_VERSION)
+        .map_err(db("writing the format version"))?;
+    Ok(())
+}
+
 /// A check of one format 1 row: why it is damaged, if it is.
 type Check = fn(&str, &[u8]) -> Result<(), String>;
 
@@ -301,7 +396,9 @@ pub(crate) struct Verified {
 /// sit under their own key. The first problem is [`StoreError::Corrupt`].
 pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
     let mut seen = Verified::default();
-    for def in [OBJECTS, COUNTERS, MODULES, TOKENS, UPLOADS, RAFT] {
+    // Per digest: the bytes its chunks hold from offset 0, or where they miss one.
+    let mut lengths: BTreeMap<String, Result<u64, u64>> = BTreeMap::new();
+    for def in [OBJECTS, COUNTERS, MODULE_CHUNKS, TOKENS, RAFT] {
         let name = def.name();
         let table = txn
             .open_table(def)
@@ -329,6 +426,17 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
                 }
             }
             check_row(name, key, payload)?;
+            if name == MODULE_CHUNKS.name() {
+                let (digest, offset) = parse_chunk_key(key)?;
+                let len = lengths.entry(digest.to_string()).or_insert(Ok(0));
+                if let Ok(n) = *len {
+                    *len = if n == offset {
+                        Ok(n + payload.len() as u64)
+                    } else {
+                        Err(n)
+                    };
+                }
+            }
             seen.rows += 1;
             seen.bytes += v.value().len() as u64;
             last = Some(key.to_vec());
@@ -368,7 +476,48 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
         seen.bytes += v.value().len() as u64;
         last = Some(revision);
     }
+    check_module_bytes(txn, &lengths)?;
     Ok(seen)
+}
+
+/// Checks that every Module object has all its bytes: chunks from offset 0
+/// on, without a gap, as many bytes as its `spec.size`. A module whose
+/// bytes were lost would otherwise be served cut short (and fail on every
+/// node that fetches it).
+fn check_module_bytes(
+    txn: &ReadTransaction,
+    lengths: &BTreeMap<String, Result<u64, u64>>,
+) -> Result<(), StoreError> {
+    let objects = txn
+        .open_table(OBJECTS)
+        .map_err(db("opening the objects table"))?;
+    let prefix = key_prefix(Kind::Module, None);
+    for entry in objects
+        .range(prefix.as_bytes()..)
+        .map_err(db("reading the modules to check them"))?
+    {
+        let (k, v) = entry.map_err(db("reading the modules to check them"))?;
+        let key = k.value();
+        if !key.starts_with(prefix.as_bytes()) {
+            break;
+        }
+        let Object::Module(m) = tables::decode_value::<Object>("objects", key, v.value())? else {
+            continue;
+        };
+        let digest = &m.spec.digest;
+        let why = match lengths.get(digest.as_str()) {
+            Some(Ok(n)) if *n == m.spec.size => continue,
+            Some(Ok(n)) => format!("its bytes end at byte {n} of {}", m.spec.size),
+            Some(Err(at)) => format!("its bytes miss the chunk at byte {at}"),
+            None => "its bytes are missing".to_string(),
+        };
+        return Err(corrupt(
+            "objects",
+            key,
+            format!("module {digest}: {why} (table module_chunks)"),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks of one row beyond its checksum.
@@ -376,6 +525,10 @@ fn check_row(table: &str, key: &[u8], payload: &[u8]) -> Result<(), StoreError> 
     let own = match table {
         "objects" => tables::decode::<Object>(table, &ShowKey(key), payload)?.key(),
         "tokens" => tables::decode::<TokenRecord>(table, &ShowKey(key), payload)?.id,
+        "module_chunks" => {
+            parse_chunk_key(key)?;
+            return Ok(());
+        }
         _ => {
             key_str(table, key)?;
             return Ok(());

@@ -12,12 +12,22 @@
 //! (a master that installed a snapshot has none before it), the compacted
 //! revision, and the format marker.
 //!
+//! `modules` and `uploads` are the tables of format 2, which the store no
+//! longer has: a stored module is hashed as one row, its digest and all its
+//! bytes (streamed from its chunks), and each chunk of an upload still
+//! staged as a row of `uploads`. So a master of format 3 and one of format 2
+//! agree on the same state while a cluster is being upgraded.
+//!
 //! The hash is framed so that no two different states feed SHA-256 the same
 //! bytes: a tag per table and per row, and lengths before keys and values.
 
 use super::error::{db, StoreError};
-use super::tables::{counters, unseal, COUNTERS, MODULES, OBJECTS, RAFT, TOKENS, UPLOADS};
-use redb::{ReadTransaction, ReadableTable, TableHandle};
+use super::tables::{
+    chunk_range, corrupt, counters, decode_value, parse_chunk_key, unseal, COUNTERS, MODULE_CHUNKS,
+    OBJECTS, RAFT, TOKENS,
+};
+use flotilla_api::objects::{module_name, object_key, Kind, Object};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -80,11 +90,22 @@ impl StateHasher {
 
     /// One row of the current table.
     pub fn row(&mut self, key: &[u8], value: &[u8]) {
+        self.row_start(key, value.len() as u64);
+        self.row_bytes(value);
+    }
+
+    /// Starts a row whose value of `len` bytes follows in pieces
+    /// ([`row_bytes`](Self::row_bytes)); hashes as [`row`](Self::row) does.
+    pub fn row_start(&mut self, key: &[u8], len: u64) {
         self.sha.update(b"R");
         self.sha.update((key.len() as u64).to_le_bytes());
         self.sha.update(key);
-        self.sha.update((value.len() as u64).to_le_bytes());
-        self.sha.update(value);
+        self.sha.update(len.to_le_bytes());
+    }
+
+    /// The next bytes of the value of the row started last.
+    pub fn row_bytes(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
     }
 
     pub fn finish(mut self) -> StateHash {
@@ -109,9 +130,39 @@ pub(crate) fn hash_state(txn: &ReadTransaction) -> Result<StateDigest, StoreErro
         hasher.row(key, unseal("counters", key, v.value())?);
     }
     let mut applied = None;
-    for def in [OBJECTS, MODULES, TOKENS, UPLOADS, RAFT] {
-        let name = def.name();
+    let chunks = txn
+        .open_table(MODULE_CHUNKS)
+        .map_err(db("opening the module_chunks table"))?;
+    let objects = txn
+        .open_table(OBJECTS)
+        .map_err(db("opening the objects table"))?;
+    let (stored, staged) = chunked_digests(&chunks, &objects)?;
+    for name in ["objects", "modules", "tokens", "uploads", "raft"] {
         hasher.table(name);
+        let def = match name {
+            "modules" => {
+                for (digest, size) in &stored {
+                    hash_module(&mut hasher, &chunks, digest, *size)?;
+                }
+                continue;
+            }
+            "uploads" => {
+                for digest in &staged {
+                    let (from, to) = chunk_range(digest);
+                    for entry in chunks
+                        .range(from.as_bytes()..to.as_bytes())
+                        .map_err(db("reading a table to hash it"))?
+                    {
+                        let (k, v) = entry.map_err(db("reading a table to hash it"))?;
+                        hasher.row(k.value(), unseal("module_chunks", k.value(), v.value())?);
+                    }
+                }
+                continue;
+            }
+            "objects" => OBJECTS,
+            "tokens" => TOKENS,
+            _ => RAFT,
+        };
         let table = txn
             .open_table(def)
             .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
@@ -128,6 +179,80 @@ pub(crate) fn hash_state(txn: &ReadTransaction) -> Result<StateDigest, StoreErro
         applied,
         hash: hasher.finish(),
     })
+}
+
+/// Digests of stored modules with their size, and digests of staged uploads.
+type Chunked = (Vec<(String, u64)>, Vec<String>);
+
+/// The digests that have chunks: those of stored modules with their size
+/// (from the Module object), and those of uploads still staged. Reads the
+/// first chunk of each digest only.
+fn chunked_digests(
+    chunks: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+    objects: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+) -> Result<Chunked, StoreError> {
+    let (mut stored, mut staged) = (Vec::new(), Vec::new());
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let Some(entry) = chunks
+            .range(from.as_slice()..)
+            .map_err(db("reading a table to hash it"))?
+            .next()
+        else {
+            break;
+        };
+        let (k, _) = entry.map_err(db("reading a table to hash it"))?;
+        let (digest, _) = parse_chunk_key(k.value())?;
+        let key = object_key(Kind::Module, "", &module_name(digest));
+        match objects
+            .get(key.as_bytes())
+            .map_err(db("reading a table to hash it"))?
+        {
+            Some(v) => match decode_value("objects", key.as_bytes(), v.value())? {
+                Object::Module(m) => stored.push((digest.to_string(), m.spec.size)),
+                _ => staged.push(digest.to_string()),
+            },
+            None => staged.push(digest.to_string()),
+        }
+        from = format!("{digest}0").into_bytes();
+    }
+    Ok((stored, staged))
+}
+
+/// Hashes a stored module as one row, its digest and its `size` bytes,
+/// streamed a chunk at a time; `Corrupt` if its chunks do not join up to `size`.
+fn hash_module(
+    hasher: &mut StateHasher,
+    chunks: &ReadOnlyTable<&'static [u8], &'static [u8]>,
+    digest: &str,
+    size: u64,
+) -> Result<(), StoreError> {
+    hasher.row_start(digest.as_bytes(), size);
+    let (from, to) = chunk_range(digest);
+    let mut len = 0u64;
+    for entry in chunks
+        .range(from.as_bytes()..to.as_bytes())
+        .map_err(db("reading a table to hash it"))?
+    {
+        let (k, v) = entry.map_err(db("reading a table to hash it"))?;
+        let (_, offset) = parse_chunk_key(k.value())?;
+        let bytes = unseal("module_chunks", k.value(), v.value())?;
+        if offset != len {
+            return Err(corrupt(
+                "module_chunks",
+                k.value(),
+                format!("module {digest} misses its bytes from {len} on"),
+            ));
+        }
+        hasher.row_bytes(bytes);
+        len += bytes.len() as u64;
+    }
+    if len != size {
+        return Err(StoreError::Corrupt(format!(
+            "table module_chunks: module {digest} holds {len} bytes, its object says {size}"
+        )));
+    }
+    Ok(())
 }
 
 /// How many recent hashes a master keeps for the leader to ask about.

@@ -3,25 +3,25 @@
 //! and the tables (no clock, no randomness), so every replica that applies
 //! the same commands in the same order holds the same state.
 
-use super::command::{Command, Outcome};
+use super::command::{Command, Outcome, STORED_CHUNK};
 use super::error::{db, StoreError};
 use super::rules;
 use super::tables::{
-    counters, decode_counter, decode_value, encode_counter, encode_value, history_key, key_str,
-    seal, upload_key, upload_range, COUNTERS, HISTORY, MODULES, OBJECTS, TOKENS, UPLOADS,
+    chunk_key, chunk_range, counters, decode_counter, decode_value, encode_counter, encode_value,
+    history_key, parse_chunk_key, seal, unseal, COUNTERS, HISTORY, MODULE_CHUNKS, OBJECTS, TOKENS,
 };
-use flotilla_api::objects::{object_key, Kind, Object};
+use flotilla_api::objects::{key_prefix, module_name, object_key, Kind, Object};
 use flotilla_api::protocol::{EventType, WatchEvent};
 use redb::{ReadableTable, Table, WriteTransaction};
+use sha2::{Digest, Sha256};
 
 /// The tables of one write transaction, and the revision counter as it moves.
 pub(crate) struct Machine<'t> {
     objects: Table<'t, &'static [u8], &'static [u8]>,
     counters: Table<'t, &'static [u8], &'static [u8]>,
     history: Table<'t, u64, &'static [u8]>,
-    modules: Table<'t, &'static [u8], &'static [u8]>,
+    chunks: Table<'t, &'static [u8], &'static [u8]>,
     tokens: Table<'t, &'static [u8], &'static [u8]>,
-    uploads: Table<'t, &'static [u8], &'static [u8]>,
     revision: u64,
     events: Vec<WatchEvent>,
     changed: bool,
@@ -41,15 +41,12 @@ impl<'t> Machine<'t> {
             history: txn
                 .open_table(HISTORY)
                 .map_err(db("opening the history table"))?,
-            modules: txn
-                .open_table(MODULES)
-                .map_err(db("opening the modules table"))?,
+            chunks: txn
+                .open_table(MODULE_CHUNKS)
+                .map_err(db("opening the module_chunks table"))?,
             tokens: txn
                 .open_table(TOKENS)
                 .map_err(db("opening the tokens table"))?,
-            uploads: txn
-                .open_table(UPLOADS)
-                .map_err(db("opening the uploads table"))?,
             counters,
             revision,
             events: Vec::new(),
@@ -78,12 +75,12 @@ impl<'t> Machine<'t> {
                 offset,
                 bytes,
             } => self.put_chunk(&digest, offset, &bytes),
-            Command::CommitModule { module } => {
-                let bytes = self.take_upload(&module.spec.digest)?;
-                self.put_module(module, &bytes)
-            }
+            Command::CommitModule { module } => self.commit_module(module),
             Command::DiscardUpload { digest } => {
-                self.drop_upload(&digest)?;
+                // Once committed, the staged chunks are the module's bytes.
+                if !self.is_stored(&digest)? {
+                    self.drop_chunks(&digest)?;
+                }
                 Ok(Outcome::Done)
             }
             // The hash is the raft state machine's business; the state stays.
@@ -171,15 +168,23 @@ impl<'t> Machine<'t> {
             return Err(StoreError::NotFound(display));
         };
         rules::check_cas(&display, expected_rv, stored.meta().resource_version)?;
+        if let Object::Module(m) = &stored {
+            // Checked here, in log order, so that no pod created before the
+            // delete is left without its module, however the delete was decided.
+            let users = self.pods_using(&m.spec.digest)?;
+            if let Some(first) = users.first() {
+                return Err(StoreError::Invalid(format!(
+                    "{display} is used by {} pod(s), first {first}: delete them first \
+                     (a module no pod uses is removed on its own after --module-grace)",
+                    users.len()
+                )));
+            }
+            self.drop_chunks(&m.spec.digest)?;
+        }
         stored.meta_mut().resource_version = self.next_revision();
         self.objects
             .remove(key.as_bytes())
             .map_err(db("removing an object"))?;
-        if let Object::Module(m) = &stored {
-            self.modules
-                .remove(m.spec.digest.as_bytes())
-                .map_err(db("removing module bytes"))?;
-        }
         self.record(EventType::Deleted, stored.clone())?;
         Ok(Outcome::Deleted(stored))
     }
@@ -189,29 +194,108 @@ impl<'t> Machine<'t> {
         module: flotilla_api::Module,
         bytes: &[u8],
     ) -> Result<Outcome, StoreError> {
-        let module = rules::prepare_module(module, bytes)?;
+        let module = rules::prepare_module(
+            module,
+            bytes.len() as u64,
+            &flotilla_api::objects::digest_of(bytes),
+        )?;
         let digest = module.spec.digest.clone();
         let object = Object::Module(module);
         let key = object.key();
-        let has_bytes = self
-            .modules
-            .get(digest.as_bytes())
-            .map_err(db("reading module bytes"))?
-            .is_some();
         if self.get_object(&key)?.is_some() {
-            if !has_bytes {
-                // The object survived without its bytes (a damaged file): put
-                // them back; the object, and so the revision, stay as they are.
-                self.put_module_bytes(&digest, bytes)?;
+            if self.staged_len(&digest)? != Ok(bytes.len() as u64) {
+                // The object survived without (all of) its bytes (a damaged
+                // file): put them back; the object, and so the revision, stay.
+                self.drop_chunks(&digest)?;
+                self.put_chunks(&digest, 0, bytes)?;
             }
             return Ok(Outcome::ModuleStored { existed: true });
         }
         let revision = self.next_revision();
         let object = rules::stamp_create(object, revision);
         self.put_object(&key, &object)?;
-        self.put_module_bytes(&digest, bytes)?;
+        self.drop_chunks(&digest)?;
+        self.put_chunks(&digest, 0, bytes)?;
         self.record(EventType::Added, object)?;
         Ok(Outcome::ModuleStored { existed: false })
+    }
+
+    /// Makes the staged chunks of `module.spec.digest` a module, where they
+    /// are: no byte is copied. Reads them once, a chunk at a time, to check
+    /// they join up and hash to the digest.
+    fn commit_module(&mut self, module: flotilla_api::Module) -> Result<Outcome, StoreError> {
+        let digest = module.spec.digest.clone();
+        if !flotilla_api::objects::is_digest(&digest) {
+            return Err(StoreError::Invalid(format!(
+                "module digest {digest:?} is not of the form sha256:<64 lowercase hex digits>"
+            )));
+        }
+        if self.is_stored(&digest)? {
+            return Ok(Outcome::ModuleStored { existed: true });
+        }
+        let (from, to) = chunk_range(&digest);
+        let mut sha = Sha256::new();
+        let mut len = 0u64;
+        for entry in self
+            .chunks
+            .range(from.as_bytes()..to.as_bytes())
+            .map_err(db("reading the upload chunks"))?
+        {
+            let (k, v) = entry.map_err(db("reading the upload chunks"))?;
+            let key = k.value();
+            let (_, offset) = parse_chunk_key(key)?;
+            if offset != len {
+                return Err(StoreError::Invalid(format!(
+                    "the upload of {digest} has a gap at byte {len}; upload it again"
+                )));
+            }
+            let bytes = unseal("module_chunks", key, v.value())?;
+            sha.update(bytes);
+            len += bytes.len() as u64;
+        }
+        let actual = format!("sha256:{}", hex::encode(sha.finalize()));
+        let module = rules::prepare_module(module, len, &actual)?;
+        let object = Object::Module(module);
+        let key = object.key();
+        let revision = self.next_revision();
+        let object = rules::stamp_create(object, revision);
+        self.put_object(&key, &object)?;
+        self.record(EventType::Added, object)?;
+        Ok(Outcome::ModuleStored { existed: false })
+    }
+
+    /// Whether the Module object of `digest` exists: then its chunks are
+    /// its bytes, not an upload in progress.
+    fn is_stored(&self, digest: &str) -> Result<bool, StoreError> {
+        let key = object_key(Kind::Module, "", &module_name(digest));
+        Ok(self
+            .objects
+            .get(key.as_bytes())
+            .map_err(db("reading an object"))?
+            .is_some())
+    }
+
+    /// The pods whose `spec.module` is `digest`, as `namespace/name`.
+    fn pods_using(&self, digest: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = key_prefix(Kind::Pod, None);
+        let mut users = Vec::new();
+        for entry in self
+            .objects
+            .range(prefix.as_bytes()..)
+            .map_err(db("listing pods"))?
+        {
+            let (k, v) = entry.map_err(db("listing pods"))?;
+            let key = k.value();
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if let Object::Pod(p) = decode_value("objects", key, v.value())? {
+                if p.spec.module == digest {
+                    users.push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
+                }
+            }
+        }
+        Ok(users)
     }
 
     /// Persists the revision and drops history older than the window of
@@ -274,7 +358,8 @@ impl<'t> Machine<'t> {
         Ok(())
     }
 
-    /// Stages one chunk of an upload.
+    /// Stages one piece of an upload; nothing if the module is stored
+    /// (another upload of it finished first: these are the same bytes).
     fn put_chunk(
         &mut self,
         digest: &str,
@@ -300,79 +385,66 @@ impl<'t> Machine<'t> {
                 flotilla_api::protocol::MAX_MODULE_SIZE
             )));
         }
-        if offset == 0 {
-            self.drop_upload(digest)?;
+        if self.is_stored(digest)? {
+            return Ok(Outcome::Done);
         }
-        let key = upload_key(digest, offset);
-        self.uploads
-            .insert(
-                key.as_bytes(),
-                seal("uploads", key.as_bytes(), bytes).as_slice(),
-            )
-            .map_err(db("writing an upload chunk"))?;
-        self.changed = true;
+        if offset == 0 {
+            self.drop_chunks(digest)?;
+        }
+        self.put_chunks(digest, offset, bytes)?;
         Ok(Outcome::Done)
     }
 
-    /// Removes whatever is staged for `digest`.
-    fn drop_upload(&mut self, digest: &str) -> Result<(), StoreError> {
-        let (from, to) = upload_range(digest);
-        let mut keys = Vec::new();
-        for entry in self
-            .uploads
-            .range(from.as_bytes()..to.as_bytes())
-            .map_err(db("reading the upload chunks"))?
-        {
-            let (k, _) = entry.map_err(db("reading the upload chunks"))?;
-            keys.push(k.value().to_vec());
-        }
-        for k in keys {
-            self.uploads
-                .remove(k.as_slice())
-                .map_err(db("removing an upload chunk"))?;
+    /// Writes `bytes` as the chunks of `digest` from `offset` on, each at
+    /// most [`STORED_CHUNK`] bytes.
+    fn put_chunks(&mut self, digest: &str, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut at = offset;
+        for chunk in bytes.chunks(STORED_CHUNK) {
+            let key = chunk_key(digest, at);
+            self.chunks
+                .insert(
+                    key.as_bytes(),
+                    seal("module_chunks", key.as_bytes(), chunk).as_slice(),
+                )
+                .map_err(db("writing a module chunk"))?;
+            at += chunk.len() as u64;
             self.changed = true;
         }
         Ok(())
     }
 
-    /// Removes the staged chunks of `digest` and gives them back joined;
-    /// `Invalid` if they leave a gap.
-    fn take_upload(&mut self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        let (from, to) = upload_range(digest);
-        let mut joined = Vec::new();
-        for entry in self
-            .uploads
-            .range(from.as_bytes()..to.as_bytes())
-            .map_err(db("reading the upload chunks"))?
-        {
-            let (k, v) = entry.map_err(db("reading the upload chunks"))?;
-            let key = k.value();
-            let offset: u64 = key_str("uploads", key)?
-                .rsplit('/')
-                .next()
-                .and_then(|o| o.parse().ok())
-                .ok_or_else(|| super::tables::corrupt("uploads", key, "no offset".into()))?;
-            if offset != joined.len() as u64 {
-                return Err(StoreError::Invalid(format!(
-                    "the upload of {digest} has a gap at byte {}; upload it again",
-                    joined.len()
-                )));
-            }
-            joined.extend_from_slice(super::tables::unseal("uploads", key, v.value())?);
-        }
-        self.drop_upload(digest)?;
-        Ok(joined)
+    /// Removes every chunk of `digest`.
+    fn drop_chunks(&mut self, digest: &str) -> Result<(), StoreError> {
+        let (from, to) = chunk_range(digest);
+        let mut removed = false;
+        self.chunks
+            .retain_in(from.as_bytes()..to.as_bytes(), |_, _| {
+                removed = true;
+                false
+            })
+            .map_err(db("removing module chunks"))?;
+        self.changed |= removed;
+        Ok(())
     }
 
-    fn put_module_bytes(&mut self, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.modules
-            .insert(
-                digest.as_bytes(),
-                seal("modules", digest.as_bytes(), bytes).as_slice(),
-            )
-            .map_err(db("writing module bytes"))?;
-        self.changed = true;
-        Ok(())
+    /// How many bytes the chunks of `digest` hold from offset 0 on, or
+    /// `Err(at)` with the first byte they miss.
+    fn staged_len(&self, digest: &str) -> Result<Result<u64, u64>, StoreError> {
+        let (from, to) = chunk_range(digest);
+        let mut len = 0u64;
+        for entry in self
+            .chunks
+            .range(from.as_bytes()..to.as_bytes())
+            .map_err(db("reading module chunks"))?
+        {
+            let (k, v) = entry.map_err(db("reading module chunks"))?;
+            let (_, offset) = parse_chunk_key(k.value())?;
+            if offset != len {
+                return Ok(Err(len));
+            }
+            len += unseal("module_chunks", k.value(), v.value())?.len() as u64;
+        }
+        Ok(Ok(len))
     }
 
     /// Writes the event of the current revision to the history.

@@ -1,6 +1,7 @@
 //! The cluster's state on redb: objects under `Kind/namespace/name`, one
 //! global revision, compare-and-swap on resourceVersion, lists filtered by
-//! label selectors, watches from a revision, module bytes and join tokens.
+//! label selectors, watches from a revision, module bytes (kept in chunks,
+//! read back a chunk at a time: [`ModuleReader`]) and join tokens.
 //!
 //! Every write is a [`Command`] applied by one deterministic state machine,
 //! so that a replicated log can carry the commands and apply them on every
@@ -35,14 +36,16 @@ pub(crate) mod tables;
 mod tests;
 mod watch;
 
-pub use command::{Command, Outcome, TokenRecord, TokenUsage, UPLOAD_CHUNK};
+pub use command::{
+    Command, Outcome, TokenRecord, TokenUsage, STORED_CHUNK, UPLOAD_CHUNK, UPLOAD_PIECE,
+};
 pub use error::StoreError;
 pub use hash::{HashAt, StateChecks, StateDigest, StateHash, StateHasher};
 pub use replica::{decode_backup, encode_backup, Image, RaftMark, RaftMeta};
 pub use watch::Watch;
 
 use error::db;
-use flotilla_api::objects::{key_prefix, object_key, Kind, Object};
+use flotilla_api::objects::{key_prefix, module_name, object_key, Kind, Object};
 use flotilla_api::protocol::WatchEvent;
 use flotilla_api::selector::Selector;
 use machine::{read_counter, Machine};
@@ -52,7 +55,8 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use tables::{
-    counters, decode_value, history_key, unseal, COUNTERS, HISTORY, MODULES, OBJECTS, TOKENS,
+    chunk_key, counters, decode_value, history_key, parse_chunk_key, unseal, COUNTERS, HISTORY,
+    MODULE_CHUNKS, OBJECTS, TOKENS,
 };
 use tokio::sync::broadcast;
 use watch::Live;
@@ -60,6 +64,17 @@ use watch::Live;
 /// Live events buffered for each watcher; one that falls further behind
 /// catches up from the history table instead.
 const LIVE_CAPACITY: usize = 1024;
+
+/// redb's page cache (reads and not yet written pages). redb's default, 1
+/// GiB, let a master on a small machine grow by every module it stored or
+/// served; objects are small and read often, module chunks are read once
+/// per download and need not stay.
+const CACHE_BYTES: usize = 32 << 20;
+
+/// Free space in `state.redb` worth compacting at open: at least this many
+/// bytes, and at least a quarter of the file. redb reuses freed pages for
+/// new ones but never gives them back to the file system by itself.
+const COMPACT_AT: u64 = 32 << 20;
 
 /// The cluster's state; cheap to clone (all clones share one database).
 #[derive(Clone)]
@@ -113,6 +128,115 @@ fn in_file(path: &Path, e: StoreError) -> StoreError {
     }
 }
 
+/// Gives `state.redb`'s free space back to the file system when there is
+/// much of it (after a format 2 file was moved to chunks, or many modules
+/// were collected). Only at open: redb compacts with no transaction open.
+fn compact_file(path: &Path, database: &mut Database, free: u64) -> Result<(), StoreError> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if free < COMPACT_AT || free < size / 4 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    database
+        .compact()
+        .map_err(|e| StoreError::Db(format!("compacting {}: {e}", path.display())))?;
+    tracing::info!(
+        path = %path.display(),
+        before = size,
+        after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        took = ?started.elapsed(),
+        "compacted the store: gave its free space back"
+    );
+    Ok(())
+}
+
+/// Space in `state.redb`, from [`Store::space`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes in pages that hold data.
+    pub allocated: u64,
+    /// Bytes of free pages inside the file.
+    pub free: u64,
+}
+
+/// The bytes of one stored module, a chunk at a time
+/// ([`Store::module_reader`]). Each chunk is read in a read transaction of
+/// its own: a slow download holds no snapshot of the file open (which would
+/// keep redb from reusing pages freed meanwhile), and never more than one
+/// chunk in memory. A module's bytes never change (they are named by their
+/// digest), so chunks read at different times belong together.
+#[derive(Debug)]
+pub struct ModuleReader {
+    store: Store,
+    digest: String,
+    size: u64,
+    offset: u64,
+}
+
+impl ModuleReader {
+    /// The module's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The next chunk (at most [`STORED_CHUNK`] bytes), `None` after the
+    /// last. `NotFound` if the module was deleted while being read.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.offset >= self.size {
+            return Ok(None);
+        }
+        let store = &self.store;
+        store.inner.checks.serving()?;
+        let txn = store.read()?;
+        let chunks = txn
+            .open_table(MODULE_CHUNKS)
+            .map_err(db("opening the module_chunks table"))?;
+        let key = chunk_key(&self.digest, self.offset);
+        let Some(v) = chunks
+            .get(key.as_bytes())
+            .map_err(db("reading a module chunk"))?
+        else {
+            let object = object_key(Kind::Module, "", &module_name(&self.digest));
+            let objects = txn
+                .open_table(OBJECTS)
+                .map_err(db("opening the objects table"))?;
+            if objects
+                .get(object.as_bytes())
+                .map_err(db("reading an object"))?
+                .is_none()
+            {
+                return Err(StoreError::NotFound(format!(
+                    "modules/{} (deleted while it was read)",
+                    module_name(&self.digest)
+                )));
+            }
+            return Err(tables::corrupt(
+                "module_chunks",
+                key.as_bytes(),
+                format!(
+                    "module {} has no chunk at byte {} of {}",
+                    self.digest, self.offset, self.size
+                ),
+            ));
+        };
+        let bytes = unseal("module_chunks", key.as_bytes(), v.value())?;
+        let end = self.offset + bytes.len() as u64;
+        if bytes.is_empty() || end > self.size {
+            return Err(tables::corrupt(
+                "module_chunks",
+                key.as_bytes(),
+                format!(
+                    "a chunk of {} bytes does not fit a module of {} bytes",
+                    bytes.len(),
+                    self.size
+                ),
+            ));
+        }
+        self.offset = end;
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
 impl Store {
     /// Opens or creates the redb database at `path`. `history` = how many of
     /// the most recent revisions of change history to keep for watches (e.g.
@@ -130,17 +254,20 @@ impl Store {
                 path.display()
             ))
         })?;
-        let database = Database::create(path).map_err(|e| {
-            StoreError::Db(format!(
-                "opening {}: {e} (is another master using this data directory?)",
-                path.display()
-            ))
-        })?;
+        let mut database = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| {
+                StoreError::Db(format!(
+                    "opening {}: {e} (is another master using this data directory?)",
+                    path.display()
+                ))
+            })?;
         let opened = format::prepare(&database).map_err(|e| in_file(path, e))?;
         if opened.migrated {
             tracing::info!(
                 path = %path.display(),
-                "moved the store to format {}: every value now carries a checksum",
+                "moved the store to format {}: every value carries a checksum, module bytes are kept in chunks",
                 tables::FORMAT_VERSION
             );
         }
@@ -166,7 +293,9 @@ impl Store {
             let mut machine = Machine::open(&txn)?;
             machine.compact(history)?;
         }
+        let stats = txn.stats().map_err(db("reading the file's statistics"))?;
         txn.commit().map_err(db("committing the opened tables"))?;
+        compact_file(path, &mut database, stats.fragmented_bytes())?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Ok(Store {
             inner: Arc::new(Inner {
@@ -316,18 +445,70 @@ impl Store {
         Ok(Watch::new(self.clone(), live, start))
     }
 
-    /// Module bytes by digest (`sha256:<hex>`).
+    /// A stored module's bytes by digest (`sha256:<hex>`), whole. For
+    /// tests and small modules; downloads read a chunk at a time
+    /// ([`Store::module_reader`]).
     pub fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(mut reader) = self.module_reader(digest)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = reader.next_chunk()? {
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Reads the bytes of the stored module `digest` a chunk at a time
+    /// (`None` if no such module is stored; staged uploads are not served).
+    pub fn module_reader(&self, digest: &str) -> Result<Option<ModuleReader>, StoreError> {
+        let Some(Object::Module(m)) = self.get(Kind::Module, "", &module_name(digest))? else {
+            return Ok(None);
+        };
+        Ok(Some(ModuleReader {
+            store: self.clone(),
+            digest: digest.to_string(),
+            size: m.spec.size,
+            offset: 0,
+        }))
+    }
+
+    /// The digests of uploads staged but not committed (chunks without a
+    /// Module object), in order: a master that fails mid-upload leaves them.
+    /// Reads one chunk per digest, stored modules included, not every chunk.
+    pub fn staged_uploads(&self) -> Result<Vec<String>, StoreError> {
         self.inner.checks.serving()?;
         let txn = self.read()?;
-        let modules = txn
-            .open_table(MODULES)
-            .map_err(db("opening the modules table"))?;
-        let key = digest.as_bytes();
-        match modules.get(key).map_err(db("reading module bytes"))? {
-            Some(v) => Ok(Some(unseal("modules", key, v.value())?.to_vec())),
-            None => Ok(None),
+        let chunks = txn
+            .open_table(MODULE_CHUNKS)
+            .map_err(db("opening the module_chunks table"))?;
+        let objects = txn
+            .open_table(OBJECTS)
+            .map_err(db("opening the objects table"))?;
+        let mut staged = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(entry) = chunks
+                .range(from.as_slice()..)
+                .map_err(db("listing module chunks"))?
+                .next()
+            else {
+                break;
+            };
+            let (k, _) = entry.map_err(db("listing module chunks"))?;
+            let (digest, _) = parse_chunk_key(k.value())?;
+            let object = object_key(Kind::Module, "", &module_name(digest));
+            if objects
+                .get(object.as_bytes())
+                .map_err(db("reading an object"))?
+                .is_none()
+            {
+                staged.push(digest.to_string());
+            }
+            // Past every chunk of this digest: '0' sorts just after '/'.
+            from = format!("{digest}0").into_bytes();
         }
+        Ok(staged)
     }
 
     /// A join token by id.
@@ -385,6 +566,19 @@ impl Store {
     ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
         txn.open_table(COUNTERS)
             .map_err(db("opening the counters table"))
+    }
+
+    /// What redb says of the file: bytes allocated to live pages, and bytes
+    /// free inside the file (reused for new pages, given back to the file
+    /// system only by the compaction at open).
+    pub fn space(&self) -> Result<Space, StoreError> {
+        let (_serial, txn) = self.begin_write()?;
+        let stats = txn.stats().map_err(db("reading the file's statistics"))?;
+        txn.abort().map_err(db("ending a read of the statistics"))?;
+        Ok(Space {
+            allocated: stats.allocated_pages() * stats.page_size() as u64,
+            free: stats.fragmented_bytes(),
+        })
     }
 
     /// The state hashes taken for comparison, and this master's mark if its

@@ -8,12 +8,12 @@ use super::command::{Command, Outcome, TokenRecord};
 use super::error::{db, StoreError};
 use super::machine::{read_counter, Machine};
 use super::tables::{
-    self, counters, decode_value, encode, encode_counter, encode_value, key_str, raft_meta, seal,
-    unseal, COUNTERS, HISTORY, MODULES, OBJECTS, RAFT, TOKENS, UPLOADS,
+    self, chunk_key, counters, decode_value, encode, encode_counter, encode_value, parse_chunk_key,
+    raft_meta, seal, unseal, COUNTERS, HISTORY, MODULE_CHUNKS, OBJECTS, RAFT, TOKENS,
 };
 use super::watch::Live;
-use super::Store;
-use flotilla_api::objects::Object;
+use super::{Store, STORED_CHUNK};
+use flotilla_api::objects::{module_name, object_key, Kind, Object};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +52,8 @@ pub struct Image {
     pub revision: u64,
     /// Every object, in key order.
     pub objects: Vec<Object>,
-    /// Module digest → bytes, in digest order.
+    /// Module digest → bytes, in digest order. (The store keeps them in
+    /// chunks; an image holds each whole, the layout it always had.)
     pub modules: Vec<(String, Vec<u8>)>,
     /// Every join token, in id order.
     pub tokens: Vec<TokenRecord>,
@@ -218,17 +219,30 @@ impl Store {
             let (k, v) = entry.map_err(db("reading the objects"))?;
             objects.push(decode_value("objects", k.value(), v.value())?);
         }
-        let mut modules = Vec::new();
+        let objects_table = txn
+            .open_table(OBJECTS)
+            .map_err(db("opening the objects table"))?;
+        // Chunks of a stored module are joined into its bytes; those of an
+        // upload still staged stay pieces, as the image has always had them.
+        let mut modules: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut uploads = Vec::new();
         for entry in txn
-            .open_table(MODULES)
-            .map_err(db("opening the modules table"))?
+            .open_table(MODULE_CHUNKS)
+            .map_err(db("opening the module_chunks table"))?
             .iter()
-            .map_err(db("reading the modules"))?
+            .map_err(db("reading the module chunks"))?
         {
-            let (k, v) = entry.map_err(db("reading the modules"))?;
+            let (k, v) = entry.map_err(db("reading the module chunks"))?;
             let key = k.value();
-            let bytes = unseal("modules", key, v.value())?;
-            modules.push((key_str("modules", key)?.to_string(), bytes.to_vec()));
+            let (digest, offset) = parse_chunk_key(key)?;
+            let bytes = unseal("module_chunks", key, v.value())?;
+            match modules.last_mut() {
+                Some((last, joined)) if last == digest => joined.extend_from_slice(bytes),
+                _ if offset == 0 && is_stored(&objects_table, digest)? => {
+                    modules.push((digest.to_string(), bytes.to_vec()))
+                }
+                _ => uploads.push((chunk_key(digest, offset), bytes.to_vec())),
+            }
         }
         let mut tokens = Vec::new();
         for entry in txn
@@ -239,18 +253,6 @@ impl Store {
         {
             let (k, v) = entry.map_err(db("reading the tokens"))?;
             tokens.push(decode_value("tokens", k.value(), v.value())?);
-        }
-        let mut uploads = Vec::new();
-        for entry in txn
-            .open_table(UPLOADS)
-            .map_err(db("opening the uploads table"))?
-            .iter()
-            .map_err(db("reading the uploads"))?
-        {
-            let (k, v) = entry.map_err(db("reading the uploads"))?;
-            let key = k.value();
-            let bytes = unseal("uploads", key, v.value())?;
-            uploads.push((key_str("uploads", key)?.to_string(), bytes.to_vec()));
         }
         let raft = read_raft(&txn.open_table(RAFT).map_err(db("opening the raft table"))?)?;
         Ok(Image {
@@ -308,9 +310,8 @@ impl Store {
         // would rewrite them first.
         for (table, name) in [
             (OBJECTS, "objects"),
-            (MODULES, "modules"),
+            (MODULE_CHUNKS, "module_chunks"),
             (TOKENS, "tokens"),
-            (UPLOADS, "uploads"),
             (RAFT, "raft"),
         ] {
             txn.delete_table(table)
@@ -412,14 +413,43 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
             .insert(key.as_bytes(), value.as_slice())
             .map_err(db("writing an object"))?;
     }
-    let mut modules = txn
-        .open_table(MODULES)
-        .map_err(db("opening the modules table"))?;
+    let mut chunks = txn
+        .open_table(MODULE_CHUNKS)
+        .map_err(db("opening the module_chunks table"))?;
+    let mut put = |digest: &str, offset: u64, bytes: &[u8]| -> Result<(), StoreError> {
+        for (i, chunk) in bytes.chunks(STORED_CHUNK).enumerate() {
+            let key = chunk_key(digest, offset + (i * STORED_CHUNK) as u64);
+            chunks
+                .insert(
+                    key.as_bytes(),
+                    seal("module_chunks", key.as_bytes(), chunk).as_slice(),
+                )
+                .map_err(db("writing a module chunk"))?;
+        }
+        Ok(())
+    };
     for (digest, bytes) in &image.modules {
-        let key = digest.as_bytes();
-        modules
-            .insert(key, seal("modules", key, bytes).as_slice())
-            .map_err(db("writing module bytes"))?;
+        if !flotilla_api::objects::is_digest(digest) {
+            return Err(StoreError::Invalid(format!(
+                "the snapshot holds a module under {digest:?}, which is not a digest"
+            )));
+        }
+        put(digest, 0, bytes)?;
+    }
+    let stored: std::collections::BTreeSet<&str> =
+        image.modules.iter().map(|(d, _)| d.as_str()).collect();
+    for (key, bytes) in &image.uploads {
+        let (digest, offset) = parse_chunk_key(key.as_bytes()).map_err(|_| {
+            StoreError::Invalid(format!(
+                "the snapshot holds an upload chunk under {key:?}, not <digest>/<offset>"
+            ))
+        })?;
+        // An image of format 2 may stage pieces of a module it holds: the
+        // same bytes, which the store keeps once (and cut differently, they
+        // would overlap the module's chunks).
+        if !stored.contains(digest) {
+            put(digest, offset, bytes)?;
+        }
     }
     let mut tokens = txn
         .open_table(TOKENS)
@@ -430,15 +460,6 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         tokens
             .insert(key, value.as_slice())
             .map_err(db("writing a token"))?;
-    }
-    let mut uploads = txn
-        .open_table(UPLOADS)
-        .map_err(db("opening the uploads table"))?;
-    for (key, bytes) in &image.uploads {
-        let key = key.as_bytes();
-        uploads
-            .insert(key, seal("uploads", key, bytes).as_slice())
-            .map_err(db("writing an upload chunk"))?;
     }
     // Recreated empty: the history starts after the image's revision.
     txn.open_table(HISTORY)
@@ -451,6 +472,18 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         put_raft(&mut raft, raft_meta::MEMBERSHIP, membership)?;
     }
     Ok(())
+}
+
+/// Whether the Module object of `digest` is in `objects`.
+fn is_stored(
+    objects: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let key = object_key(Kind::Module, "", &module_name(digest));
+    Ok(objects
+        .get(key.as_bytes())
+        .map_err(db("reading an object"))?
+        .is_some())
 }
 
 fn read_raft(

@@ -176,22 +176,26 @@ fn merge_meta(stored: &ObjectMeta, incoming: ObjectMeta, spec_changed: bool) -> 
     out
 }
 
-/// Checks a module upload and fills in what follows from its bytes: the
-/// name (from the digest) and the size, when the caller left them empty.
-pub(crate) fn prepare_module(mut module: Module, bytes: &[u8]) -> Result<Module, StoreError> {
+/// Checks a module upload of `size` bytes that hash to `actual`, and fills
+/// in what follows from its bytes: the name (from the digest) and the size,
+/// when the caller left them empty. The bytes themselves are the caller's:
+/// a big module is hashed a chunk at a time, never held whole.
+pub(crate) fn prepare_module(
+    mut module: Module,
+    size: u64,
+    actual: &str,
+) -> Result<Module, StoreError> {
     let digest = module.spec.digest.clone();
     if !objects::is_digest(&digest) {
         return Err(StoreError::Invalid(format!(
             "module digest {digest:?} is not of the form sha256:<64 lowercase hex digits>"
         )));
     }
-    let size = bytes.len() as u64;
     if size > MAX_MODULE_SIZE {
         return Err(StoreError::Invalid(format!(
             "module {digest} is {size} bytes; the cluster accepts modules up to {MAX_MODULE_SIZE} bytes"
         )));
     }
-    let actual = objects::digest_of(bytes);
     if actual != digest {
         return Err(StoreError::Invalid(format!(
             "module bytes have digest {actual}, not the {digest} they were sent with: upload the module again"
@@ -387,7 +391,7 @@ mod tests {
         let bytes = b"\0asm";
         let mut m = Module::default();
         m.spec.digest = objects::digest_of(bytes);
-        let m = prepare_module(m, bytes).unwrap();
+        let m = prepare_module(m, 4, &objects::digest_of(bytes)).unwrap();
         let old = Object::Module(m.clone());
         let mut relabelled = m.clone();
         relabelled
@@ -432,7 +436,8 @@ mod tests {
             },
             ..Module::default()
         };
-        let out = prepare_module(good.clone(), bytes).unwrap();
+        let size = bytes.len() as u64;
+        let out = prepare_module(good.clone(), size, &digest).unwrap();
         assert_eq!(out.metadata.name, objects::module_name(&digest));
         assert_eq!(out.spec.size, bytes.len() as u64);
 
@@ -449,7 +454,7 @@ mod tests {
         for bad in [wrong_digest, wrong_size, wrong_name, namespaced, malformed] {
             assert!(
                 matches!(
-                    prepare_module(bad.clone(), bytes),
+                    prepare_module(bad.clone(), size, &digest),
                     Err(StoreError::Invalid(_))
                 ),
                 "{bad:?}"

@@ -3,7 +3,7 @@
 //! and the old raft log's (`raft-log.redb`, read once by `crate::raft` to
 //! move it into its own file). `docs/store.md` describes the same format for
 //! people; change both together and bump [`FORMAT_VERSION`] when old files
-//! can no longer be read (and migrate them in `store::migrate`).
+//! can no longer be read (and migrate them in `store::format`).
 //!
 //! Every value of `state.redb` but the format marker is *sealed*: the value's
 //! bytes followed by a CRC-32 of the table's name, the key and those bytes
@@ -36,22 +36,39 @@ pub(crate) const COUNTERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 /// one event each. The key in the checksum is the revision's 8 bytes, big-endian.
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 
-/// `sha256:<hex>` digest → the module's raw bytes, sealed.
-pub(crate) const MODULES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("modules");
+/// `<digest>/<offset, 20 digits>` → the module's bytes from that offset, at
+/// most `STORED_CHUNK` of them, sealed. Module bytes live here once, from
+/// the first staged chunk on: a module is committed when its Module object
+/// exists (`Module//sha256-<hex>` in [`OBJECTS`]); without one, the rows are
+/// an upload still being staged. No value is larger than a chunk, so redb
+/// never needs a page of the module's size, and pages a deleted module
+/// frees fit the next module's chunks.
+pub(crate) const MODULE_CHUNKS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("module_chunks");
 
-/// `<digest>/<offset, 20 digits>` → one staged chunk of a module being
-/// uploaded in several raft entries (see `Command::PutModuleChunk`), sealed;
-/// emptied for a digest when its upload is committed or discarded.
-pub(crate) const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads");
-
-/// The key of a staged upload chunk.
-pub(crate) fn upload_key(digest: &str, offset: u64) -> String {
+/// The key of the chunk of `digest` that starts at `offset`.
+pub(crate) fn chunk_key(digest: &str, offset: u64) -> String {
     format!("{digest}/{offset:020}")
 }
 
-/// The key range holding every staged chunk of `digest` ('/' sorts just before '0').
-pub(crate) fn upload_range(digest: &str) -> (String, String) {
+/// The key range holding every chunk of `digest` ('/' sorts just before '0').
+pub(crate) fn chunk_range(digest: &str) -> (String, String) {
     (format!("{digest}/"), format!("{digest}0"))
+}
+
+/// The digest and offset a chunk key names; `Corrupt` for anything else.
+pub(crate) fn parse_chunk_key(key: &[u8]) -> Result<(&str, u64), StoreError> {
+    let text = key_str("module_chunks", key)?;
+    text.rsplit_once('/')
+        .filter(|(digest, offset)| offset.len() == 20 && flotilla_api::objects::is_digest(digest))
+        .and_then(|(digest, offset)| Some((digest, offset.parse().ok()?)))
+        .ok_or_else(|| {
+            corrupt(
+                "module_chunks",
+                key,
+                "the key is not <digest>/<offset, 20 digits>".into(),
+            )
+        })
 }
 
 /// Join token id → sealed postcard of `TokenRecord`.
@@ -65,8 +82,14 @@ pub(crate) const RAFT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raf
 /// The tables of `state.redb` in this format, by name: a file in this format
 /// holds exactly these. A table missing from it was lost (its name in the
 /// file damaged, say) and is not silently made again empty.
-pub(crate) const STATE_TABLES: [&str; 8] = [
-    "counters", "history", "meta", "modules", "objects", "raft", "tokens", "uploads",
+pub(crate) const STATE_TABLES: [&str; 7] = [
+    "counters",
+    "history",
+    "meta",
+    "module_chunks",
+    "objects",
+    "raft",
+    "tokens",
 ];
 
 /// Keys of the [`RAFT`] table.
@@ -77,7 +100,24 @@ pub(crate) mod raft_meta {
     pub(crate) const MEMBERSHIP: &str = "membership";
 }
 
-/// Format 1, without checksums: kept to migrate its files (`store::migrate`).
+/// Format 2, with each module in one value: kept to migrate its files
+/// (`store::format`). Its other tables are this format's.
+pub(crate) mod format2 {
+    use redb::TableDefinition;
+
+    /// The format number of these files.
+    pub(crate) const FORMAT: u64 = 2;
+    /// `sha256:<hex>` digest → the module's bytes, sealed.
+    pub(crate) const MODULES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("modules");
+    /// `<digest>/<offset, 20 digits>` → one staged chunk of an upload, sealed.
+    pub(crate) const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads");
+    /// The tables of a format 2 file.
+    pub(crate) const STATE_TABLES: [&str; 8] = [
+        "counters", "history", "meta", "modules", "objects", "raft", "tokens", "uploads",
+    ];
+}
+
+/// Format 1, without checksums: kept to migrate its files (`store::format`).
 pub(crate) mod format1 {
     use redb::TableDefinition;
 
@@ -130,9 +170,9 @@ pub(crate) mod counters {
     pub(crate) const COMPACTED: &str = "compacted";
 }
 
-/// The on-disk format this code reads and writes: 2 = sealed values and
-/// byte keys. Format 1 files are migrated when opened.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+/// The on-disk format this code reads and writes: 3 = sealed values, byte
+/// keys, module bytes in chunks. Format 1 and 2 files are migrated when opened.
+pub(crate) const FORMAT_VERSION: u64 = 3;
 
 /// The layout of an [`Image`](super::Image) (raft snapshots and backups):
 /// decoded values, not the file's bytes, so it does not change with the

@@ -748,13 +748,41 @@ fn modules_are_stored_once_with_their_bytes() {
     );
 }
 
+/// Bytes that differ from one module to the next (`seed`), of length `len`.
+fn module_bytes_of(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ seed.wrapping_mul(31))
+        .collect()
+}
+
+/// Stages `bytes` in pieces of `piece` bytes, as the service does.
+fn stage(store: &Store, digest: &str, bytes: &[u8], piece: usize) {
+    for (i, chunk) in bytes.chunks(piece).enumerate() {
+        store
+            .apply(Command::PutModuleChunk {
+                digest: digest.to_string(),
+                offset: (i * piece) as u64,
+                bytes: chunk.to_vec(),
+            })
+            .unwrap();
+    }
+}
+
+/// Reads a stored module through its reader: the chunks, in order.
+fn read_chunks(store: &Store, digest: &str) -> Vec<Vec<u8>> {
+    let mut reader = store.module_reader(digest).unwrap().expect("stored");
+    let mut chunks = Vec::new();
+    while let Some(chunk) = reader.next_chunk().unwrap() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 #[test]
-fn big_modules_are_staged_in_chunks_and_committed_whole() {
+fn big_modules_are_kept_once_in_chunks_and_read_a_chunk_at_a_time() {
     let dir = tmp();
     let store = open(&dir, 100);
-    let bytes: Vec<u8> = (0..(2 * UPLOAD_CHUNK + 123))
-        .map(|i| (i % 251) as u8)
-        .collect();
+    let bytes = module_bytes_of(2 * UPLOAD_CHUNK + 123, 1);
     let module = module_with(&bytes);
     let digest = module.spec.digest.clone();
     let chunk = |offset: usize| Command::PutModuleChunk {
@@ -762,7 +790,7 @@ fn big_modules_are_staged_in_chunks_and_committed_whole() {
         offset: offset as u64,
         bytes: bytes[offset..(offset + UPLOAD_CHUNK).min(bytes.len())].to_vec(),
     };
-    // A gap (the middle chunk missing) is refused, and nothing is stored.
+    // A gap (the middle piece missing) is refused, and nothing is stored.
     store.apply(chunk(0)).unwrap();
     store.apply(chunk(2 * UPLOAD_CHUNK)).unwrap();
     let err = store
@@ -775,13 +803,20 @@ fn big_modules_are_staged_in_chunks_and_committed_whole() {
         "{err:?}"
     );
     assert_eq!(store.module_bytes(&digest).unwrap(), None);
-    // Starting over at offset 0 drops what was staged; all three then commit.
+    assert_eq!(store.staged_uploads().unwrap(), vec![digest.clone()]);
+    // Starting over at offset 0 drops what was staged; the pieces, of any
+    // size up to UPLOAD_CHUNK, are kept as chunks of at most STORED_CHUNK.
     for offset in [0, UPLOAD_CHUNK, 2 * UPLOAD_CHUNK] {
         store.apply(chunk(offset)).unwrap();
     }
+    let staged = store.export().unwrap().uploads;
+    assert!(
+        staged.iter().all(|(_, b)| b.len() <= STORED_CHUNK),
+        "no value is bigger than a stored chunk"
+    );
     assert_eq!(
-        store.export().unwrap().uploads.len(),
-        3,
+        staged.iter().map(|(_, b)| b.len()).sum::<usize>(),
+        bytes.len(),
         "staged chunks are part of the state (and of snapshots)"
     );
     let out = store
@@ -790,10 +825,36 @@ fn big_modules_are_staged_in_chunks_and_committed_whole() {
         })
         .unwrap();
     assert_eq!(out, Outcome::ModuleStored { existed: false });
-    assert_eq!(store.module_bytes(&digest).unwrap(), Some(bytes.clone()));
-    assert!(store.export().unwrap().uploads.is_empty());
+    assert!(store.staged_uploads().unwrap().is_empty());
+    let chunks = read_chunks(&store, &digest);
+    assert!(chunks.iter().all(|c| c.len() <= STORED_CHUNK));
+    assert_eq!(chunks.concat(), bytes);
+    // Snapshots hold the module whole, as they always have.
+    let image = store.export().unwrap();
+    assert!(image.uploads.is_empty());
+    assert_eq!(image.modules, vec![(digest.clone(), bytes.clone())]);
 
-    // Oversized chunks, chunks past the module limit and bad digests are refused.
+    // Once stored, another upload of the same module changes nothing: its
+    // pieces are not staged again, and discarding it keeps the module.
+    let revision = store.revision().unwrap();
+    store.apply(chunk(0)).unwrap();
+    store
+        .apply(Command::DiscardUpload {
+            digest: digest.clone(),
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .apply(Command::CommitModule {
+                module: module.clone()
+            })
+            .unwrap(),
+        Outcome::ModuleStored { existed: true }
+    );
+    assert_eq!(store.module_bytes(&digest).unwrap(), Some(bytes.clone()));
+    assert_eq!(store.revision().unwrap(), revision);
+
+    // Oversized pieces, pieces past the module limit and bad digests are refused.
     let too_big = Command::PutModuleChunk {
         digest: digest.clone(),
         offset: 0,
@@ -813,13 +874,189 @@ fn big_modules_are_staged_in_chunks_and_committed_whole() {
     };
     assert!(matches!(store.apply(bad), Err(StoreError::Invalid(_))));
     // A discarded upload leaves nothing behind.
-    store.apply(chunk(0)).unwrap();
+    let other = module_bytes_of(UPLOAD_CHUNK + 5, 2);
+    let other_digest = objects::digest_of(&other);
+    stage(&store, &other_digest, &other, UPLOAD_PIECE);
+    assert_eq!(store.staged_uploads().unwrap(), vec![other_digest.clone()]);
     store
         .apply(Command::DiscardUpload {
-            digest: digest.clone(),
+            digest: other_digest,
         })
         .unwrap();
     assert!(store.export().unwrap().uploads.is_empty());
+    assert!(store.staged_uploads().unwrap().is_empty());
+}
+
+#[test]
+fn a_deleted_module_frees_its_space_for_the_next_and_the_file_is_compacted_at_open() {
+    const SIZE: usize = 40 << 20;
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let store = open(&dir, 100);
+    let store_module = |seed: u8| {
+        let bytes = module_bytes_of(SIZE, seed);
+        let module = module_with(&bytes);
+        stage(&store, &module.spec.digest, &bytes, UPLOAD_PIECE);
+        store
+            .apply(Command::CommitModule {
+                module: module.clone(),
+            })
+            .unwrap();
+        module
+    };
+    let delete = |module: &Module| {
+        store
+            .apply(Command::Delete {
+                kind: Kind::Module,
+                namespace: String::new(),
+                name: objects::module_name(&module.spec.digest),
+                expected_rv: None,
+            })
+            .unwrap();
+    };
+    let first = store_module(1);
+    let used = store.space().unwrap();
+    // The bytes are kept once: no staged copy beside the module, no page
+    // twice the size of a chunk.
+    assert!(
+        used.allocated < SIZE as u64 * 11 / 10,
+        "{} bytes allocated for a module of {SIZE}",
+        used.allocated
+    );
+    // redb grows the file ahead of its pages, by up to twice what it holds.
+    let grown = file_size();
+    assert!(grown < SIZE as u64 * 2, "the file grew to {grown}");
+    delete(&first);
+    assert_eq!(store.module_bytes(&first.spec.digest).unwrap(), None);
+    let freed = store.space().unwrap();
+    assert!(
+        freed.allocated < 1 << 20 && freed.free >= SIZE as u64,
+        "{freed:?}"
+    );
+    // The next module takes the pages the first left: the file does not grow.
+    let second = store_module(2);
+    assert_eq!(file_size(), grown);
+    delete(&second);
+    drop(store);
+    // Reopened with most of the file free: compacted.
+    let store = open(&dir, 100);
+    assert!(
+        file_size() < grown / 4,
+        "{} bytes after compaction, {grown} before",
+        file_size()
+    );
+    assert_eq!(store.revision().unwrap(), 4);
+}
+
+#[test]
+fn a_module_a_pod_uses_cannot_be_deleted() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let bytes = b"\0asm\x01\0\0\0 used".to_vec();
+    let module = module_with(&bytes);
+    store
+        .apply(Command::PutModule {
+            module: module.clone(),
+            bytes,
+        })
+        .unwrap();
+    let mut p = pod("default", "user", &[]);
+    p.spec.module = module.spec.digest.clone();
+    p.status.phase = PodPhase::Succeeded;
+    create(&store, p);
+    let delete = Command::Delete {
+        kind: Kind::Module,
+        namespace: String::new(),
+        name: objects::module_name(&module.spec.digest),
+        expected_rv: None,
+    };
+    // Even a pod that has ended holds its module: it may be restarted.
+    let err = store.apply(delete.clone()).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("default/user") && m.contains("delete them first")),
+        "{err}"
+    );
+    assert!(store.module_bytes(&module.spec.digest).unwrap().is_some());
+    store
+        .apply(Command::Delete {
+            kind: Kind::Pod,
+            namespace: "default".into(),
+            name: "user".into(),
+            expected_rv: None,
+        })
+        .unwrap();
+    store.apply(delete).unwrap();
+    assert_eq!(store.module_bytes(&module.spec.digest).unwrap(), None);
+}
+
+#[test]
+fn a_module_that_lost_a_chunk_is_refused_at_open() {
+    let bytes = module_bytes_of(3 * STORED_CHUNK, 7);
+    let module = module_with(&bytes);
+    for (lost, why) in [
+        (STORED_CHUNK, "its bytes miss the chunk at byte 261120"),
+        (2 * STORED_CHUNK, "its bytes end at byte 522240 of 783360"),
+    ] {
+        let dir = tmp();
+        let path = dir.path().join("state.redb");
+        let store = open(&dir, 100);
+        stage(&store, &module.spec.digest, &bytes, UPLOAD_PIECE);
+        store
+            .apply(Command::CommitModule {
+                module: module.clone(),
+            })
+            .unwrap();
+        drop(store);
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let key = tables::chunk_key(&module.spec.digest, lost as u64);
+        txn.open_table(tables::MODULE_CHUNKS)
+            .unwrap()
+            .remove(key.as_bytes())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = Store::open(&path, 100).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains(why) && m.contains("module_chunks")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_module_deleted_while_it_is_read_ends_the_read() {
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let bytes = module_bytes_of(3 * STORED_CHUNK, 3);
+    let module = module_with(&bytes);
+    stage(&store, &module.spec.digest, &bytes, UPLOAD_PIECE);
+    store
+        .apply(Command::CommitModule {
+            module: module.clone(),
+        })
+        .unwrap();
+    let mut reader = store.module_reader(&module.spec.digest).unwrap().unwrap();
+    assert_eq!(reader.size(), bytes.len() as u64);
+    assert_eq!(
+        reader.next_chunk().unwrap().as_deref(),
+        Some(&bytes[..STORED_CHUNK])
+    );
+    store
+        .apply(Command::Delete {
+            kind: Kind::Module,
+            namespace: String::new(),
+            name: objects::module_name(&module.spec.digest),
+            expected_rv: None,
+        })
+        .unwrap();
+    let err = reader.next_chunk().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound(m) if m.contains("deleted while it was read")),
+        "{err}"
+    );
+    assert!(store.module_reader(&module.spec.digest).unwrap().is_none());
 }
 
 #[test]
@@ -1374,6 +1611,15 @@ fn write_format_1(path: &std::path::Path, objects: &[Object], events: &[WatchEve
                 .unwrap();
         }
         let bytes = b"\0asm old module".as_slice();
+        let mut module = Object::Module(module_with(bytes));
+        module.meta_mut().name = objects::module_name(&objects::digest_of(bytes));
+        module.meta_mut().resource_version = 1;
+        table
+            .insert(
+                module.key().as_str(),
+                postcard::to_allocvec(&module).unwrap().as_slice(),
+            )
+            .unwrap();
         txn.open_table(format1::MODULES)
             .unwrap()
             .insert(objects::digest_of(bytes).as_str(), bytes)
@@ -1388,7 +1634,7 @@ fn write_format_1(path: &std::path::Path, objects: &[Object], events: &[WatchEve
         txn.open_table(format1::UPLOADS)
             .unwrap()
             .insert(
-                tables::upload_key("sha256:ab", 0).as_str(),
+                tables::chunk_key(&objects::digest_of(b"chunk"), 0).as_str(),
                 b"chunk".as_slice(),
             )
             .unwrap();
@@ -1442,11 +1688,24 @@ async fn a_format_1_store_is_migrated_to_checksums_on_open() {
     // Writes go on from the old revision; the staged chunk commits.
     let created = create(&store, pod("default", "new", &[]));
     assert_eq!(created.meta().resource_version, 4);
+    let staged = module_with(b"chunk");
+    assert_eq!(
+        store
+            .apply(Command::CommitModule {
+                module: staged.clone()
+            })
+            .unwrap(),
+        Outcome::ModuleStored { existed: false }
+    );
+    assert_eq!(
+        store.module_bytes(&staged.spec.digest).unwrap().as_deref(),
+        Some(b"chunk".as_slice())
+    );
     let mut watch = store.watch(1).unwrap();
     assert_eq!(next(&mut watch).await.unwrap(), events[0]);
     drop((store, watch));
 
-    // Now in format 2: the marker says so, and a byte changed is caught.
+    // Now in this format: the marker says so, and a byte changed is caught.
     {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_read().unwrap();
@@ -1464,7 +1723,7 @@ async fn a_format_1_store_is_migrated_to_checksums_on_open() {
             .collect();
         assert!(names.iter().all(|n| !n.contains("format1")), "{names:?}");
     }
-    let store = Store::open(&path, 100).expect("reopens in format 2");
+    let store = Store::open(&path, 100).expect("reopens in this format");
     assert_eq!(
         store.get(Kind::Pod, "default", "old-a").unwrap(),
         Some(pods[0].clone())
@@ -1510,6 +1769,204 @@ fn a_damaged_format_1_store_is_refused_and_left_as_it_was() {
         .unwrap()
         .map(|v| v.value());
     assert_eq!(format, Some(1));
+}
+
+/// Writes a format 2 file: one stored module of `module` bytes (each module
+/// one value), the pieces of an upload of `staged` bytes, and a piece staged
+/// for the stored module too (format 2 kept such pieces beside the module).
+fn write_format_2(path: &std::path::Path, module: &[u8], staged: &[u8]) {
+    use tables::{format2, seal};
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        txn.open_table(tables::META)
+            .unwrap()
+            .insert(tables::meta::FORMAT, 2)
+            .unwrap();
+        let mut counters = txn.open_table(tables::COUNTERS).unwrap();
+        for (key, value) in [
+            (tables::counters::REVISION, 1),
+            (tables::counters::COMPACTED, 0),
+        ] {
+            counters
+                .insert(
+                    key.as_bytes(),
+                    tables::encode_counter(key, value).as_slice(),
+                )
+                .unwrap();
+        }
+        let digest = objects::digest_of(module);
+        let mut object = module_with(module);
+        object.metadata.name = objects::module_name(&digest);
+        object.metadata.resource_version = 1;
+        let object = Object::Module(object);
+        let key = object.key();
+        txn.open_table(tables::OBJECTS)
+            .unwrap()
+            .insert(
+                key.as_bytes(),
+                tables::encode_value("objects", key.as_bytes(), "", &object)
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap();
+        txn.open_table(format2::MODULES)
+            .unwrap()
+            .insert(
+                digest.as_bytes(),
+                seal("modules", digest.as_bytes(), module).as_slice(),
+            )
+            .unwrap();
+        let mut uploads = txn.open_table(format2::UPLOADS).unwrap();
+        let staged_digest = objects::digest_of(staged);
+        let mut pieces: Vec<(String, &[u8])> = staged
+            .chunks(UPLOAD_CHUNK)
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    tables::chunk_key(&staged_digest, (i * UPLOAD_CHUNK) as u64),
+                    c,
+                )
+            })
+            .collect();
+        pieces.push((tables::chunk_key(&digest, 0), &module[..1000]));
+        for (key, piece) in pieces {
+            uploads
+                .insert(
+                    key.as_bytes(),
+                    seal("uploads", key.as_bytes(), piece).as_slice(),
+                )
+                .unwrap();
+        }
+        for def in [tables::TOKENS, tables::RAFT] {
+            txn.open_table(def).unwrap();
+        }
+        txn.open_table(tables::HISTORY).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_format_2_store_moves_its_modules_into_chunks_on_open() {
+    use redb::ReadableTable;
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let module = module_bytes_of(3 * STORED_CHUNK + 17, 4);
+    let staged = module_bytes_of(UPLOAD_CHUNK + 99, 5);
+    write_format_2(&path, &module, &staged);
+    // What a master of format 2 would hash: the same as after the move.
+    let before = {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let mut h = StateHasher::default();
+        h.table("revision");
+        h.row(tables::counters::REVISION.as_bytes(), &1u64.to_le_bytes());
+        let objects_table = txn.open_table(tables::OBJECTS).unwrap();
+        h.table("objects");
+        for e in objects_table.iter().unwrap() {
+            let (k, v) = e.unwrap();
+            h.row(
+                k.value(),
+                tables::unseal("objects", k.value(), v.value()).unwrap(),
+            );
+        }
+        h.table("modules");
+        h.row(objects::digest_of(&module).as_bytes(), &module);
+        h.table("tokens");
+        h.table("uploads");
+        h.table("raft");
+        h.finish()
+    };
+
+    let store = Store::open(&path, 100).expect("a format 2 store opens");
+    let digest = objects::digest_of(&module);
+    let chunks = read_chunks(&store, &digest);
+    assert_eq!(chunks.len(), 4);
+    assert!(chunks.iter().all(|c| c.len() <= STORED_CHUNK));
+    assert_eq!(chunks.concat(), module);
+    // The upload staged before goes on: it commits.
+    let staged_module = module_with(&staged);
+    assert_eq!(
+        store.staged_uploads().unwrap(),
+        vec![staged_module.spec.digest.clone()]
+    );
+    let out = store
+        .apply(Command::CommitModule {
+            module: staged_module.clone(),
+        })
+        .unwrap();
+    assert_eq!(out, Outcome::ModuleStored { existed: false });
+    assert_eq!(
+        store.module_bytes(&staged_module.spec.digest).unwrap(),
+        Some(staged.clone())
+    );
+    drop(store);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn
+            .open_table(tables::META)
+            .unwrap()
+            .get(tables::meta::FORMAT)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(format, Some(tables::FORMAT_VERSION));
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "modules" || n == "uploads"),
+            "{names:?}"
+        );
+    }
+    // A fresh copy, moved without the commit above, hashes as format 2 did.
+    let again = tmp();
+    let path = again.path().join("state.redb");
+    write_format_2(&path, &module, &[]);
+    let store = Store::open(&path, 100).unwrap();
+    assert_eq!(store.state_hash().unwrap().hash, before);
+}
+
+#[test]
+fn a_damaged_format_2_store_is_refused_and_left_as_it_was() {
+    use redb::ReadableTable;
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let module = module_bytes_of(STORED_CHUNK + 1, 6);
+    write_format_2(&path, &module, b"staged");
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut table = txn.open_table(tables::format2::MODULES).unwrap();
+        let digest = objects::digest_of(&module);
+        let mut value = table
+            .get(digest.as_bytes())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        value[10] ^= 1;
+        table.insert(digest.as_bytes(), value.as_slice()).unwrap();
+        drop(table);
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, 100).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("table modules") && m.contains("checksum")),
+        "{err}"
+    );
+    let db = redb::Database::open(&path).unwrap();
+    let format = db
+        .begin_read()
+        .unwrap()
+        .open_table(tables::META)
+        .unwrap()
+        .get(tables::meta::FORMAT)
+        .unwrap()
+        .map(|v| v.value());
+    assert_eq!(format, Some(2));
 }
 
 #[test]
