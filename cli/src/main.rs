@@ -502,7 +502,7 @@ fn compile_limits(
             .map_err(|e| anyhow::anyhow!("--compile-memory: {e}"))?;
         if bytes < MIN_COMPILE_MEMORY {
             anyhow::bail!(
-                "--compile-memory {m} is too small: the compiler needs at least {}Mi to start",
+                "--compile-memory {m} is too small: even the smallest program needs more to compile; give at least {}Mi",
                 MIN_COMPILE_MEMORY >> 20
             );
         }

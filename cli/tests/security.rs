@@ -660,7 +660,13 @@ fn apply_reads_each_module_once_and_only_regular_files() {
         let doc = format!(
             "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  module: {name}.wasm\n"
         );
-        let out = c.run(&["apply", "-f", c.manifest(&format!("{name}.yaml"), &doc).to_str().expect("utf8")]);
+        let out = c.run(&[
+            "apply",
+            "-f",
+            c.manifest(&format!("{name}.yaml"), &doc)
+                .to_str()
+                .expect("utf8"),
+        ]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("is not a regular file"), "{err}");
@@ -679,7 +685,9 @@ fn apply_reads_each_module_once_and_only_regular_files() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("apply");
-    let status = wait_for("apply of a FIFO to end", T, || child.try_wait().expect("wait"));
+    let status = wait_for("apply of a FIFO to end", T, || {
+        child.try_wait().expect("wait")
+    });
     assert!(!status.success());
     let pods = c.ok(&["get", "pods"]);
     assert!(!pods.contains("zero") && !pods.contains("fifo"), "{pods}");

@@ -42,6 +42,21 @@ pub struct StoredModule {
     pub last_used_ms: u64,
 }
 
+impl StoredModule {
+    /// About what the module takes in `node.redb`: redb keeps a value in a
+    /// block of a power of two pages (an 8 MiB module takes 16 MiB), so
+    /// budgets must count that, not the bytes.
+    pub fn footprint(&self) -> u64 {
+        self.size
+            .saturating_add(PAGE)
+            .checked_next_power_of_two()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// redb's page size; a value's block holds a page header beside it.
+const PAGE: u64 = 4096;
+
 /// The node's redb database.
 #[derive(Clone)]
 pub struct LocalStore {
@@ -355,5 +370,19 @@ mod tests {
         assert_eq!(s.module("c").expect("get"), Some(mib(3)));
         s.put_pod(&Pod::default())
             .expect("writes go on after a compaction");
+    }
+
+    #[test]
+    fn footprints_round_up_to_redb_blocks() {
+        let m = |size| StoredModule {
+            digest: String::new(),
+            size,
+            last_used_ms: 0,
+        };
+        assert_eq!(m(0).footprint(), 4096);
+        assert_eq!(m(100 << 10).footprint(), 128 << 10);
+        assert_eq!(m(8 << 20).footprint(), 16 << 20);
+        assert_eq!(m(60 << 20).footprint(), 64 << 20);
+        assert_eq!(m(u64::MAX).footprint(), u64::MAX);
     }
 }

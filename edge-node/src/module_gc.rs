@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Default budget: a quarter of a 2 GiB SD-card-sized spare, and room for
-/// eight modules of the cluster's largest size (64 MiB) with their code.
+/// Default budget: small beside a Pi's SD card, yet room for three modules
+/// of the cluster's largest size (64 MiB, 128 MiB as redb stores it) with
+/// their code, or hundreds of typical ones.
 pub const DEFAULT_BUDGET: u64 = 512 << 20;
 /// Default grace: longer than a rolling restart or a delete-and-apply.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
@@ -61,7 +62,7 @@ impl Default for ModuleCacheConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub digest: String,
-    /// Bytes on disk: the module and its compiled code.
+    /// Bytes on disk: the module (as stored) and its compiled code.
     pub size: u64,
     /// When it was stored, or when the last pod using it went (Unix ms).
     pub last_used_ms: u64,
@@ -190,7 +191,7 @@ struct State {
     over_budget: bool,
 }
 
-/// Applies [`plan`] until `stop` fires: every [`INTERVAL`], when a grace
+/// Applies [`plan`] until `stop` fires: every minute, when a grace
 /// period ends, and shortly after the modules in use change. Cancel `stop`
 /// before stopping the workers, or their going would count as release.
 pub async fn run(
@@ -272,7 +273,9 @@ fn round(
         .iter()
         .map(|m| Entry {
             digest: m.digest.clone(),
-            size: m.size.saturating_add(runtime.compiled_size(&m.digest)),
+            size: m
+                .footprint()
+                .saturating_add(runtime.compiled_size(&m.digest)),
             last_used_ms: m.last_used_ms,
             in_use: in_use.contains(&m.digest),
         })
@@ -290,7 +293,7 @@ fn round(
         );
     }
     state.over_budget = over;
-    let doomed: Vec<String> = plan.delete.iter().map(|(d, _)| d.clone()).collect();
+    let mut doomed: Vec<String> = plan.delete.iter().map(|(d, _)| d.clone()).collect();
     match local.remove_modules(&doomed) {
         Ok(freed) => {
             state.uncompacted = state.uncompacted.saturating_add(freed);
@@ -313,7 +316,11 @@ fn round(
                 }
             }
         }
-        Err(e) => tracing::warn!(error = %e, "cannot delete unused modules; will retry"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot delete unused modules; will retry");
+            // Their bytes stay, so does their code.
+            doomed.clear();
+        }
     }
     // Compiled code is kept for every module still stored, and for those in
     // use even if their bytes are not (yet) stored.

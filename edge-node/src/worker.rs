@@ -131,6 +131,8 @@ async fn run(
                         });
                         Event::Prepared
                     }
+                    // Killed with the pod: not a failure of the module.
+                    Err(_) if stop.is_cancelled() => Event::Stop,
                     Err(PrepareError::Invalid { reason, message }) => {
                         tracing::warn!(pod = %key, %reason, %message, "module cannot be compiled; the pod fails");
                         module_condition = Some(PodCondition {

@@ -1326,7 +1326,10 @@ async fn check_token(
     let fits = matches!(
         (&record.usage, &usage),
         (TokenUsage::Master, TokenUsage::Master)
-            | (TokenUsage::Node | TokenUsage::NodeNamed(_), TokenUsage::Node)
+            | (
+                TokenUsage::Node | TokenUsage::NodeNamed(_),
+                TokenUsage::Node
+            )
     );
     if !fits {
         return Err(deny(match usage {

@@ -72,6 +72,11 @@ struct Cluster {
 impl Cluster {
     /// Three masters; master 1 initializes the membership {1, 2, 3}.
     async fn start() -> Cluster {
+        Cluster::start_with(raft_config()).await
+    }
+
+    /// Three masters with raft settings of the test's own.
+    async fn start_with(config: Arc<Config>) -> Cluster {
         let ca = ClusterCa::generate("raft-test").expect("ca");
         let isolated: Arc<Mutex<HashSet<u64>>> = Arc::default();
         let cut = isolated.clone();
@@ -83,7 +88,6 @@ impl Cluster {
                 Verdict::Deliver
             }
         });
-        let config = raft_config();
         let mut masters = Vec::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=3u64 {
@@ -704,7 +708,24 @@ async fn raft_compare_and_swap_admits_one_of_two() {
 /// messages that would not fit in a frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_concurrent_large_writes_keep_the_leader() {
-    let cluster = Cluster::start().await;
+    // Timeouts generous enough for a debug build on a busy machine to
+    // encode and fsync megabyte entries in time: what this shows is that
+    // no batch or message outgrows a frame (which no timeout survives),
+    // not how fast a large entry travels.
+    let config = Arc::new(
+        Config {
+            cluster_name: "raft-test".into(),
+            heartbeat_interval: 500,
+            election_timeout_min: 3000,
+            election_timeout_max: 6000,
+            snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: 16,
+            ..Config::default()
+        }
+        .validate()
+        .expect("raft config"),
+    );
+    let cluster = Cluster::start_with(config).await;
     let (leader, term) = cluster.leader(&[1, 2, 3]).await;
     let handle = cluster.handle(leader);
     let mut writes = tokio::task::JoinSet::new();
