@@ -64,12 +64,23 @@ impl Heartbeats {
     }
 }
 
-/// The transition a node should make, if any, given how long it has been silent.
-pub fn transition(current: ReadyState, silence: Duration, grace: Duration) -> Option<ReadyState> {
-    let want = if silence <= grace {
+/// The transition a node should make, if any, given how long it has been
+/// silent and whether it has registered (reported its capacity and
+/// architecture). A node that joined but has not registered yet stays
+/// `Unknown`: its Node exists from the join on, to hold its name, and
+/// nothing may be placed on it before the scheduler knows what it is.
+pub fn transition(
+    current: ReadyState,
+    silence: Duration,
+    grace: Duration,
+    registered: bool,
+) -> Option<ReadyState> {
+    let want = if silence > grace {
+        ReadyState::NotReady
+    } else if registered {
         ReadyState::Ready
     } else {
-        ReadyState::NotReady
+        ReadyState::Unknown
     };
     (want != current).then_some(want)
 }
@@ -146,7 +157,8 @@ async fn examine(
         let silence = heartbeats
             .silence(&node.metadata.name, now)
             .min(now.saturating_duration_since(leading_since));
-        let Some(next) = transition(node.status.ready, silence, grace) else {
+        let registered = !node.status.node_info.architecture.is_empty();
+        let Some(next) = transition(node.status.ready, silence, grace, registered) else {
             if node.status.ready == ReadyState::NotReady {
                 lost.push(node.metadata.name);
             }
@@ -160,6 +172,9 @@ async fn examine(
             node.status.reason = "NodeReady".into();
             node.status.message = "the node's agent is sending heartbeats".into();
             node.status.last_heartbeat_time = Some(at);
+        } else if next == ReadyState::Unknown {
+            node.status.reason = "NodeRegistering".into();
+            node.status.message = "the node has joined and has not registered yet".into();
         } else {
             node.status.reason = "NodeStatusUnknown".into();
             node.status.message = format!(
@@ -239,16 +254,29 @@ mod tests {
         let g = Duration::from_secs(10);
         let s = Duration::from_secs;
         let cases = [
-            (ReadyState::Unknown, s(0), Some(ReadyState::Ready)),
-            (ReadyState::Ready, s(5), None),
-            (ReadyState::Ready, s(10), None),
-            (ReadyState::Ready, s(11), Some(ReadyState::NotReady)),
-            (ReadyState::NotReady, s(30), None),
-            (ReadyState::NotReady, s(1), Some(ReadyState::Ready)),
-            (ReadyState::Unknown, s(60), Some(ReadyState::NotReady)),
+            (ReadyState::Unknown, s(0), true, Some(ReadyState::Ready)),
+            (ReadyState::Ready, s(5), true, None),
+            (ReadyState::Ready, s(10), true, None),
+            (ReadyState::Ready, s(11), true, Some(ReadyState::NotReady)),
+            (ReadyState::NotReady, s(30), true, None),
+            (ReadyState::NotReady, s(1), true, Some(ReadyState::Ready)),
+            (ReadyState::Unknown, s(60), true, Some(ReadyState::NotReady)),
+            // Joined, not registered yet: never Ready, lost after the grace period.
+            (ReadyState::Unknown, s(0), false, None),
+            (
+                ReadyState::Unknown,
+                s(11),
+                false,
+                Some(ReadyState::NotReady),
+            ),
+            (ReadyState::NotReady, s(1), false, Some(ReadyState::Unknown)),
         ];
-        for (cur, silence, want) in cases {
-            assert_eq!(transition(cur, silence, g), want, "{cur:?} {silence:?}");
+        for (cur, silence, registered, want) in cases {
+            assert_eq!(
+                transition(cur, silence, g, registered),
+                want,
+                "{cur:?} {silence:?} {registered}"
+            );
         }
     }
 

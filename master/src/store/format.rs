@@ -289,18 +289,8 @@ fn migrate_from_2(txn: &WriteTransaction) -> Result<(), StoreError> {
     let mut chunks = txn
         .open_table(MODULE_CHUNKS)
         .map_err(db("creating the module_chunks table"))?;
-    let mut put = |digest: &str, offset: u64, bytes: &[u8]| -> Result<(), StoreError> {
-        for (i, chunk) in bytes.chunks(STORED_CHUNK).enumerate() {
-            let key = chunk_key(digest, offset + (i * STORED_CHUNK) as u64);
-            chunks
-                .insert(
-                    key.as_bytes(),
-                    seal("module_chunks", key.as_bytes(), chunk).as_slice(),
-                )
-                .map_err(db("writing a migrated module chunk"))?;
-        }
-        Ok(())
-    };
+    let mut put =
+        |digest: &str, offset: u64, bytes: &[u8]| put_chunks(&mut chunks, digest, offset, bytes);
     {
         let modules = txn
             .open_table(format2::MODULES)
@@ -394,6 +384,26 @@ pub(crate) struct Verified {
 /// finds the row (a key damaged in a branch page would hide its rows from
 /// lookups while a scan still sees them), and objects and tokens decode and
 /// sit under their own key. The first problem is [`StoreError::Corrupt`].
+/// Stores `bytes` of module `digest`, starting at `offset`, as sealed chunks
+/// of at most [`STORED_CHUNK`] bytes.
+pub(crate) fn put_chunks(
+    chunks: &mut redb::Table<&'static [u8], &'static [u8]>,
+    digest: &str,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    for (i, chunk) in bytes.chunks(STORED_CHUNK).enumerate() {
+        let key = chunk_key(digest, offset + (i * STORED_CHUNK) as u64);
+        chunks
+            .insert(
+                key.as_bytes(),
+                seal("module_chunks", key.as_bytes(), chunk).as_slice(),
+            )
+            .map_err(db("writing a module chunk"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
     let mut seen = Verified::default();
     // Per digest: the bytes its chunks hold from offset 0, or where they miss one.

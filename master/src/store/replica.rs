@@ -12,7 +12,7 @@ use super::tables::{
     raft_meta, seal, unseal, COUNTERS, HISTORY, MODULE_CHUNKS, OBJECTS, RAFT, TOKENS,
 };
 use super::watch::Live;
-use super::{Store, STORED_CHUNK};
+use super::Store;
 use flotilla_api::objects::{module_name, object_key, Kind, Object};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -416,17 +416,8 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
     let mut chunks = txn
         .open_table(MODULE_CHUNKS)
         .map_err(db("opening the module_chunks table"))?;
-    let mut put = |digest: &str, offset: u64, bytes: &[u8]| -> Result<(), StoreError> {
-        for (i, chunk) in bytes.chunks(STORED_CHUNK).enumerate() {
-            let key = chunk_key(digest, offset + (i * STORED_CHUNK) as u64);
-            chunks
-                .insert(
-                    key.as_bytes(),
-                    seal("module_chunks", key.as_bytes(), chunk).as_slice(),
-                )
-                .map_err(db("writing a module chunk"))?;
-        }
-        Ok(())
+    let mut put = |digest: &str, offset: u64, bytes: &[u8]| {
+        super::format::put_chunks(&mut chunks, digest, offset, bytes)
     };
     for (digest, bytes) in &image.modules {
         if !flotilla_api::objects::is_digest(digest) {
