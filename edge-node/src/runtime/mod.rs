@@ -162,6 +162,10 @@ struct Inner {
     compiler: Compiler,
     p2_linker: wasmtime::component::Linker<P2State>,
     p1_linker: wasmtime::Linker<P1State>,
+    /// One compiler child at a time: each may use up to the compile memory
+    /// limit, so two heavy modules compiling at once would use twice what
+    /// the operator sized for the device.
+    compile_turn: std::sync::Mutex<()>,
     /// Never sent on: dropping it (with the last `Runtime` clone) is what
     /// tells the epoch thread to stop.
     _epoch_stop: mpsc::Sender<()>,
@@ -295,6 +299,7 @@ impl Runtime {
                 compiler,
                 p2_linker,
                 p1_linker,
+                compile_turn: std::sync::Mutex::new(()),
                 _epoch_stop: stop_tx,
             }),
         })
@@ -369,6 +374,9 @@ impl Runtime {
         let tmp = cache::temp_path(path).map_err(|e| RuntimeError::Compiler {
             message: format!("cannot name a file in the code cache: {e}"),
         })?;
+        // Waiting ends early when the pod is stopped; the compile below
+        // then returns at once as cancelled.
+        let _turn = wait_for_turn(&self.inner.compile_turn, cancel);
         let result =
             compile::compile_in_child(program, limits, &self.inner.fingerprint, wasm, &tmp, cancel)
                 .map_err(runtime_error)
@@ -734,9 +742,47 @@ fn truncate(s: &mut String, max: usize) {
     }
 }
 
+/// Takes `turn`, waiting for it (blocking, checking `cancel` every 10 ms),
+/// or gives up with None once `cancel` fires.
+fn wait_for_turn<'a>(
+    turn: &'a std::sync::Mutex<()>,
+    cancel: &CancellationToken,
+) -> Option<std::sync::MutexGuard<'a, ()>> {
+    loop {
+        match turn.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        if cancel.is_cancelled() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compiles_take_turns_and_a_stopped_pod_stops_waiting() {
+        let turn = std::sync::Mutex::new(());
+        let cancel = CancellationToken::new();
+        let held = wait_for_turn(&turn, &cancel).expect("free turn");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| wait_for_turn(&turn, &cancel).is_some());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "a second compile waits its turn");
+            drop(held);
+            assert!(waiter.join().expect("waiter"), "and gets it once free");
+        });
+        let held = wait_for_turn(&turn, &cancel).expect("free again");
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert!(wait_for_turn(&turn, &stopped).is_none());
+        drop(held);
+    }
 
     #[test]
     fn classifies_headers() {
