@@ -944,46 +944,27 @@ async fn unreachable_masters(
     else {
         return Vec::new();
     };
-    let probes = status
+    let mut probes = tokio::task::JoinSet::new();
+    for m in status
         .members
         .iter()
         .filter(|m| m.addr != answered && m.node_id != status.reported_by)
-        .map(|m| {
-            let (tls, addr, id) = (tls.clone(), m.addr.clone(), m.node_id);
-            async move {
-                let hello = Client::connect(std::slice::from_ref(&addr), tls, "flotilla-cli/probe");
-                match tokio::time::timeout(PROBE_TIMEOUT, hello).await {
-                    Ok(Ok(c)) => {
-                        c.conn.close(0u32.into(), b"probed");
-                        None
-                    }
-                    _ => Some(id),
+    {
+        let (tls, addr, id) = (tls.clone(), m.addr.clone(), m.node_id);
+        probes.spawn(async move {
+            let hello = Client::connect(std::slice::from_ref(&addr), tls, "flotilla-cli/probe");
+            match tokio::time::timeout(PROBE_TIMEOUT, hello).await {
+                Ok(Ok(c)) => {
+                    c.conn.close(0u32.into(), b"probed");
+                    None
                 }
+                _ => Some(id),
             }
         });
-    let mut down: Vec<u64> = futures_join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    }
+    let mut down: Vec<u64> = probes.join_all().await.into_iter().flatten().collect();
     down.sort_unstable();
     down
-}
-
-/// Runs futures concurrently and gives their outputs in order.
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// `flotilla cluster remove ID`: takes a master out of the membership.

@@ -337,7 +337,13 @@ async fn handle(
             ctx.before_read(opts.stale).await?;
             let (revision, mut items) = list(ctx, &opts)?;
             if let Some(view) = NodeView::of(ctx, caller)? {
-                items.retain(|o| view.may_read(o));
+                let mut kept = Vec::with_capacity(items.len());
+                for o in items {
+                    if view.may_read(&o)? {
+                        kept.push(o);
+                    }
+                }
+                items = kept;
             }
             let answer = Response::List { revision, items };
             check_one_frame(&answer)?;
@@ -348,7 +354,13 @@ async fn handle(
             ctx.before_read(opts.stale).await?;
             let (revision, mut items) = list(ctx, &opts)?;
             if let Some(view) = NodeView::of(ctx, caller)? {
-                items.retain(|o| view.may_read(o));
+                let mut kept = Vec::with_capacity(items.len());
+                for o in items {
+                    if view.may_read(&o)? {
+                        kept.push(o);
+                    }
+                }
+                items = kept;
             }
             for items in list_frames(items, LIST_FRAME_BYTES) {
                 reply(send, Response::List { revision, items }).await?;
@@ -383,7 +395,7 @@ async fn handle(
         } => put_module(ctx, &digest, size, source, send, recv).await,
         Request::GetModule { digest } => {
             if let Some(view) = NodeView::of(ctx, caller)? {
-                if !view.uses(&digest) {
+                if !view.uses(&digest)? {
                     return Err(ApiError::new(
                         ErrorCode::Forbidden,
                         format!(
@@ -798,46 +810,58 @@ fn prepare_status(ctx: &Context, caller: &Caller, obj: Object) -> Result<(Object
 }
 
 /// What a node caller may read; None for every other caller.
-struct NodeView {
+struct NodeView<'a> {
     me: String,
-    /// The digests of the modules of the pods bound to the node.
-    modules: std::collections::HashSet<String>,
+    store: &'a Store,
+    /// The digests of the modules of the pods bound to the node, listed
+    /// only when a module is asked about: reading a Node or a pod needs
+    /// no list of every pod.
+    modules: std::cell::OnceCell<Result<std::collections::HashSet<String>, ApiError>>,
 }
 
-impl NodeView {
-    fn of(ctx: &Context, caller: &Caller) -> Result<Option<NodeView>, ApiError> {
+impl<'a> NodeView<'a> {
+    fn of(ctx: &'a Context, caller: &Caller) -> Result<Option<NodeView<'a>>, ApiError> {
         let Caller::Known(Identity::Node(me)) = caller else {
             return Ok(None);
         };
-        let (_, pods) = ctx
-            .store
-            .list(Kind::Pod, None, &Selector::default())
-            .map_err(store_err)?;
-        let modules = pods
-            .iter()
-            .filter_map(|o| o.as_pod())
-            .filter(|p| p.spec.node_name.as_deref() == Some(me.as_str()))
-            .map(|p| p.spec.module.clone())
-            .collect();
         Ok(Some(NodeView {
             me: me.clone(),
-            modules,
+            store: &ctx.store,
+            modules: std::cell::OnceCell::new(),
         }))
     }
 
-    fn uses(&self, digest: &str) -> bool {
-        self.modules.contains(digest)
+    fn uses(&self, digest: &str) -> Result<bool, ApiError> {
+        let modules = self.modules.get_or_init(|| {
+            let (_, pods) = self
+                .store
+                .list(Kind::Pod, None, &Selector::default())
+                .map_err(store_err)?;
+            Ok(pods
+                .iter()
+                .filter_map(|o| o.as_pod())
+                .filter(|p| p.spec.node_name.as_deref() == Some(self.me.as_str()))
+                .map(|p| p.spec.module.clone())
+                .collect())
+        });
+        match modules {
+            Ok(m) => Ok(m.contains(digest)),
+            Err(e) => Err(e.clone()),
+        }
     }
 
-    fn may_read(&self, o: &Object) -> bool {
-        node_may_read(&self.me, o, &|d| self.uses(d))
+    fn may_read(&self, o: &Object) -> Result<bool, ApiError> {
+        if let Object::Module(m) = o {
+            return self.uses(&m.spec.digest);
+        }
+        Ok(node_may_read(&self.me, o, &|_| false))
     }
 }
 
 /// A node reads only its own Node, its pods and their modules.
 fn check_node_read(ctx: &Context, caller: &Caller, o: &Object) -> Result<(), ApiError> {
     match NodeView::of(ctx, caller)? {
-        Some(view) if !view.may_read(o) => Err(ApiError::new(
+        Some(view) if !view.may_read(o)? => Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(
                 "node {} may read only its own Node, the pods bound to it and their modules",

@@ -187,7 +187,7 @@ type Chunked = (Vec<(String, u64)>, Vec<String>);
 /// The digests that have chunks: those of stored modules with their size
 /// (from the Module object), and those of uploads still staged. Reads the
 /// first chunk of each digest only.
-fn chunked_digests(
+pub(crate) fn chunked_digests(
     chunks: &ReadOnlyTable<&'static [u8], &'static [u8]>,
     objects: &ReadOnlyTable<&'static [u8], &'static [u8]>,
 ) -> Result<Chunked, StoreError> {
@@ -196,7 +196,7 @@ fn chunked_digests(
     loop {
         let Some(entry) = chunks
             .range(from.as_slice()..)
-            .map_err(db("reading a table to hash it"))?
+            .map_err(db("reading module chunks"))?
             .next()
         else {
             break;

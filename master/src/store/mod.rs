@@ -55,8 +55,8 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use tables::{
-    chunk_key, counters, decode_value, history_key, parse_chunk_key, unseal, COUNTERS, HISTORY,
-    MODULE_CHUNKS, OBJECTS, TOKENS,
+    chunk_key, counters, decode_value, history_key, unseal, COUNTERS, HISTORY, MODULE_CHUNKS,
+    OBJECTS, TOKENS,
 };
 use tokio::sync::broadcast;
 use watch::Live;
@@ -485,29 +485,7 @@ impl Store {
         let objects = txn
             .open_table(OBJECTS)
             .map_err(db("opening the objects table"))?;
-        let mut staged = Vec::new();
-        let mut from: Vec<u8> = Vec::new();
-        loop {
-            let Some(entry) = chunks
-                .range(from.as_slice()..)
-                .map_err(db("listing module chunks"))?
-                .next()
-            else {
-                break;
-            };
-            let (k, _) = entry.map_err(db("listing module chunks"))?;
-            let (digest, _) = parse_chunk_key(k.value())?;
-            let object = object_key(Kind::Module, "", &module_name(digest));
-            if objects
-                .get(object.as_bytes())
-                .map_err(db("reading an object"))?
-                .is_none()
-            {
-                staged.push(digest.to_string());
-            }
-            // Past every chunk of this digest: '0' sorts just after '/'.
-            from = format!("{digest}0").into_bytes();
-        }
+        let (_, staged) = hash::chunked_digests(&chunks, &objects)?;
         Ok(staged)
     }
 
