@@ -71,3 +71,29 @@ pub mod annotations {
     /// by the node when it registers and after each renewal.
     pub const CERTIFICATE_EXPIRES: &str = "flotilla.dev/certificate-expires";
 }
+
+thread_local! {
+    /// Set while an object is encoded for the wire and the store.
+    static COMPACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with fields at their default left out of the JSON objects it
+/// writes ([`is_default`]): how objects are encoded for the wire, raft and
+/// the store, where every reader defaults a missing field.
+pub(crate) fn compact<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            COMPACT.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(COMPACT.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether a field may be left out of an object's JSON: it is at its
+/// type's default and the object is being encoded compactly ([`compact`]).
+/// What people see (`-o json`, `-o yaml`) keeps every field.
+pub fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    COMPACT.with(|c| c.get()) && *value == T::default()
+}

@@ -3,8 +3,7 @@
 //! (`spec.resources.limits.memory: "12Q" is not a quantity`).
 
 use crate::meta::DEFAULT_NAMESPACE;
-use crate::objects::{Kind, Object, Pod};
-use crate::quantity::{parse_bytes, parse_millicores};
+use crate::objects::{Kind, Object};
 use std::fmt;
 
 /// One problem found in a manifest.
@@ -44,7 +43,7 @@ impl fmt::Display for FieldError {
     }
 }
 
-fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         path: path.into(),
         message: message.into(),
@@ -52,7 +51,7 @@ fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 1] = [Kind::Pod];
+pub const APPLYABLE: [Kind; 2] = [Kind::Pod, Kind::PriorityClass];
 
 /// Parses every document of a YAML file into objects, validating each.
 ///
@@ -228,16 +227,14 @@ pub fn parse_document(value: serde_yaml::Value) -> Result<Object, Vec<FieldError
         return Err(errors);
     };
     let value = serde_yaml::Value::Mapping(map);
-    let object = match kind {
-        Kind::Pod => serde_path_to_error::deserialize::<_, Pod>(value).map(Object::Pod),
-        _ => return Err(errors),
-    };
-    let mut object = match object {
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
+    let mut object = match Object::deserialize_body(kind, tracked) {
         Ok(o) => o,
         Err(e) => {
-            let path = e.path().to_string();
+            let path = track.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            errors.push(fe(path, e.into_inner().to_string()));
+            errors.push(fe(path, e.to_string()));
             return Err(errors);
         }
     };
@@ -304,9 +301,7 @@ pub fn check_size(object: &Object) -> Result<usize, ObjectTooLarge> {
 /// limit is checked apart, by [`check_size`], as it has its own error code).
 pub fn validate(object: &Object) -> Vec<FieldError> {
     let mut errors = validate_meta(object.meta(), object.kind());
-    if let Object::Pod(p) = object {
-        errors.extend(validate_pod(p));
-    }
+    errors.extend(object.validate_kind());
     errors
 }
 
@@ -359,112 +354,6 @@ fn validate_meta(m: &crate::meta::ObjectMeta, kind: Kind) -> Vec<FieldError> {
     errors
 }
 
-/// Maximum number of args, env vars and their total size, so one pod cannot bloat the store.
-const MAX_ARGS: usize = 1024;
-const MAX_SPEC_TEXT: usize = 256 * 1024;
-
-fn validate_pod(p: &Pod) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let s = &p.spec;
-    if s.module.trim().is_empty() {
-        errors.push(fe(
-            "spec.module",
-            "required: a path to a .wasm file, or a sha256: digest",
-        ));
-    } else if s.module.starts_with("sha256:") && !crate::objects::is_digest(&s.module) {
-        errors.push(fe(
-            "spec.module",
-            format!("{:?} is not a sha256:<64 hex digits> digest", s.module),
-        ));
-    }
-    if s.args.len() > MAX_ARGS {
-        errors.push(fe("spec.args", format!("at most {MAX_ARGS} arguments")));
-    }
-    let text: usize = s.args.iter().map(String::len).sum::<usize>()
-        + s.env
-            .iter()
-            .map(|e| e.name.len() + e.value.len())
-            .sum::<usize>();
-    if text > MAX_SPEC_TEXT {
-        errors.push(fe(
-            "spec",
-            format!("args and env add up to {text} bytes; the limit is {MAX_SPEC_TEXT}"),
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, e) in s.env.iter().enumerate() {
-        if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
-            errors.push(fe(
-                format!("spec.env[{i}].name"),
-                format!(
-                    "{:?} is not a valid variable name (non-empty, no '=')",
-                    e.name
-                ),
-            ));
-        } else if !seen.insert(&e.name) {
-            errors.push(fe(
-                format!("spec.env[{i}].name"),
-                format!("{:?} is set twice", e.name),
-            ));
-        }
-    }
-    let mut amounts = [[None; 2]; 2];
-    for (j, (section, list)) in [
-        ("requests", &s.resources.requests),
-        ("limits", &s.resources.limits),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if let Some(q) = &list.cpu {
-            match parse_millicores(&q.0) {
-                Ok(v) => amounts[j][0] = Some(v),
-                Err(e) => errors.push(fe(format!("spec.resources.{section}.cpu"), e.to_string())),
-            }
-        }
-        if let Some(q) = &list.memory {
-            match parse_bytes(&q.0) {
-                Ok(0) => errors.push(fe(
-                    format!("spec.resources.{section}.memory"),
-                    "must be more than 0",
-                )),
-                Ok(v) => amounts[j][1] = Some(v),
-                Err(e) => errors.push(fe(
-                    format!("spec.resources.{section}.memory"),
-                    e.to_string(),
-                )),
-            }
-        }
-    }
-    for (i, name) in ["cpu", "memory"].iter().enumerate() {
-        if let (Some(req), Some(lim)) = (amounts[0][i], amounts[1][i]) {
-            if req > lim {
-                errors.push(fe(
-                    format!("spec.resources.requests.{name}"),
-                    format!("must not exceed spec.resources.limits.{name}"),
-                ));
-            }
-        }
-    }
-    for (k, v) in &s.node_selector {
-        if !is_label_key(k) || !is_label_value(v) {
-            errors.push(fe(
-                format!("spec.nodeSelector.{k}"),
-                "not a valid label key and value",
-            ));
-        }
-    }
-    if let Some(n) = &s.node_name {
-        if !is_dns_subdomain(n) {
-            errors.push(fe(
-                "spec.nodeName",
-                format!("{n:?} is not a valid node name"),
-            ));
-        }
-    }
-    errors
-}
-
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
@@ -504,6 +393,7 @@ pub fn is_label_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::Pod;
 
     const GOOD: &str = "apiVersion: flotilla.dev/v1
 kind: Pod

@@ -16,17 +16,26 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ObjectMeta {
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub name: String,
     /// Empty for cluster-scoped kinds (Node, Module).
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub namespace: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub uid: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub annotations: BTreeMap<String, String>,
     /// The store revision of this object's last write; 0 before it is stored.
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub resource_version: u64,
     /// Bumped on every change of the spec.
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub generation: u64,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub creation_timestamp: Option<Time>,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub owner_references: Vec<OwnerReference>,
 }
 
@@ -34,9 +43,13 @@ pub struct ObjectMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct OwnerReference {
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub kind: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub name: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub uid: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
     pub controller: bool,
 }
 

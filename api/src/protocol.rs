@@ -24,8 +24,9 @@ use std::fmt;
 
 /// ALPN protocol name for clients and nodes talking to masters.
 pub const ALPN: &[u8] = b"flotilla/1";
-/// Version carried in the hello; bumped on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version carried in the hello; bumped on incompatible changes. 3: objects
+/// travel self-describing (kind and JSON, see `objects::Object`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame accepted (a module chunk plus envelope fits easily).
 pub const MAX_FRAME: usize = 4 << 20;
 /// Size of module chunks on the wire.

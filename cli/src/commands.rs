@@ -443,10 +443,8 @@ pub async fn apply(
                 um.resource_version = cm.resource_version;
                 um.uid = cm.uid.clone();
                 if let (Object::Pod(new), Object::Pod(old)) = (&mut updated, &current) {
-                    // The binding is the master's; a manifest without nodeName keeps it.
-                    if new.spec.node_name.is_none() {
-                        new.spec.node_name = old.spec.node_name.clone();
-                    }
+                    // The binding and the priority are the master's; a manifest without them keeps them.
+                    new.spec.keep_server_fields(&old.spec);
                 }
                 call(&client, &Request::Update(updated)).await?;
                 println!("{what} configured");
@@ -461,9 +459,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
     match (a, b) {
         (Object::Pod(x), Object::Pod(y)) => {
             let mut ys = y.spec.clone();
-            if ys.node_name.is_none() {
-                ys.node_name = x.spec.node_name.clone();
-            }
+            ys.keep_server_fields(&x.spec);
             x.spec == ys
                 && x.metadata.labels == y.metadata.labels
                 && x.metadata.annotations == y.metadata.annotations

@@ -6,8 +6,11 @@
 //! - `main.rs`: the command line and process wiring (signals, logging).
 //! - [`commands`]: the client commands (apply, get, describe, logs, delete, token).
 //! - [`output`]: tables, YAML and JSON.
+//! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
+#[cfg(feature = "node")]
+mod hollow;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -90,6 +93,11 @@ enum Command {
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
+    /// Testing tool: run many simulated nodes in this process (Kubernetes'
+    /// kubemark). They join, register, heartbeat and report their pods
+    /// Running (then Succeeded with --succeed-after) but run nothing.
+    #[cfg(feature = "node")]
+    HollowNodes(hollow::HollowArgs),
     /// Internal: compiles the module on stdin to native code on stdout for
     /// the node agent, which runs it under its compile limits.
     #[cfg(feature = "node")]
@@ -306,6 +314,8 @@ impl Command {
             Command::Node(_) => false,
             #[cfg(all(feature = "master", feature = "node"))]
             Command::Up(_) => false,
+            #[cfg(feature = "node")]
+            Command::HollowNodes(_) => false,
             _ => true,
         }
     }
@@ -462,6 +472,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(ConfigCommand::Renew) => commands::config_renew(&config).await,
         #[cfg(feature = "node")]
         Command::Compile(a) => Ok(compile_child(&a)),
+        #[cfg(feature = "node")]
+        Command::HollowNodes(a) => {
+            init_logging();
+            hollow::run(a.config()?, shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -564,7 +580,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         None
     } else {
         Some(
-            flotilla_master::service::local_token(
+            flotilla_master::apiserver::local_token(
                 &master,
                 "flotilla up",
                 std::time::Duration::from_secs(600),

@@ -124,7 +124,7 @@ impl LocalStore {
         let mut out = Vec::new();
         for row in t.iter().map_err(|x| e("iterate")(&x))? {
             let (k, v) = row.map_err(|x| e("read")(&x))?;
-            match postcard::from_bytes::<Pod>(v.value()) {
+            match decode_pod(v.value()) {
                 Ok(p) => out.push(p),
                 Err(err) => {
                     tracing::warn!(key = k.value(), error = %err, "skipping unreadable pod in local store")
@@ -137,7 +137,10 @@ impl LocalStore {
     /// Records (or replaces) a pod.
     pub fn put_pod(&self, pod: &Pod) -> Result<(), LocalError> {
         let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
-        let bytes = postcard::to_stdvec(pod).map_err(|x| e("encode")(&x))?;
+        // As an Object: self-describing, so a pod written by this agent is
+        // read by the next one whatever fields pods gain.
+        let bytes = postcard::to_stdvec(&flotilla_api::Object::Pod(pod.clone()))
+            .map_err(|x| e("encode")(&x))?;
         let db = self.db();
         let tx = db.begin_write().map_err(|x| e("begin")(&x))?;
         tx.open_table(PODS)
@@ -264,6 +267,18 @@ impl LocalStore {
     pub fn compact(&self) -> Result<bool, LocalError> {
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
         db.compact().map_err(|x| e("compact")(&x))
+    }
+}
+
+/// A pod as this store keeps it: an [`flotilla_api::Object`], or a bare pod
+/// in the positional layout agents of protocol 2 wrote.
+fn decode_pod(bytes: &[u8]) -> Result<Pod, postcard::Error> {
+    match postcard::from_bytes::<flotilla_api::Object>(bytes) {
+        Ok(flotilla_api::Object::Pod(p)) => Ok(p),
+        Ok(_) => Err(postcard::Error::SerdeDeCustom),
+        Err(first) => postcard::from_bytes::<flotilla_api::objects::legacy::Pod>(bytes)
+            .map(Pod::from)
+            .map_err(|_| first),
     }
 }
 

@@ -1,12 +1,13 @@
 //! Binding: puts each pending pod on a Ready node whose labels match its
 //! `nodeSelector`, spreading pods over the fewest-loaded nodes. The decision
 //! is [`pick_node`], a pure function; [`run`] feeds it from a watch and
-//! writes the binding with compare-and-swap through raft, so a pod is never
-//! bound twice. It runs only on the leader.
+//! writes the binding with compare-and-swap through the API core (as a
+//! controller), so a pod is never bound twice. It runs only on the leader.
 
-use crate::raft::{propose, Raft};
-use crate::store::{Command, Store, StoreError};
+use crate::apiserver::{ApiServer, Caller};
+use crate::store::{Store, StoreError};
 use flotilla_api::objects::{condition, PodCondition};
+use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Node, Object, Pod};
@@ -58,12 +59,12 @@ pub fn pick_node(
 
 /// Binds pending pods until `shutdown` fires. Level-triggered: every change
 /// (or a periodic tick) re-examines all unbound pods.
-pub async fn run(store: Store, raft: Raft, shutdown: CancellationToken) {
+pub async fn run(api: ApiServer, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = bind_loop(&store, &raft, &shutdown) => r,
+            r = bind_loop(&api, &shutdown) => r,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "binder failed; restarting");
@@ -80,15 +81,12 @@ pub async fn run(store: Store, raft: Raft, shutdown: CancellationToken) {
 /// node appears later (or becomes Ready) is bound without another event.
 const RESYNC: Duration = Duration::from_secs(1);
 
-async fn bind_loop(
-    store: &Store,
-    raft: &Raft,
-    shutdown: &CancellationToken,
-) -> Result<(), StoreError> {
+async fn bind_loop(api: &ApiServer, shutdown: &CancellationToken) -> Result<(), BindError> {
+    let store = &api.store;
     let mut watch = store.watch(store.revision()?)?;
     let mut last_reason: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        bind_pending(store, raft, &mut last_reason).await?;
+        bind_pending(api, &mut last_reason).await?;
         // Wait for a relevant change, then drain whatever else arrived.
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -98,11 +96,27 @@ async fn bind_loop(
     }
 }
 
+/// Why a pass of the binder stopped.
+#[derive(Debug, thiserror::Error)]
+enum BindError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Whether a refused write only lost a race (the next pass looks again).
+fn lost_race(e: &ApiError) -> bool {
+    matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
+}
+
+const ME: Caller = Caller::Controller("binder");
+
 async fn bind_pending(
-    store: &Store,
-    raft: &Raft,
+    api: &ApiServer,
     last_reason: &mut BTreeMap<String, String>,
-) -> Result<(), StoreError> {
+) -> Result<(), BindError> {
+    let store: &Store = &api.store;
     let everything = Selector::default();
     let (_, pods) = store.list(Kind::Pod, None, &everything)?;
     let pending: Vec<Pod> = pods
@@ -129,16 +143,8 @@ async fn bind_pending(
             Ok(node) => {
                 let rv = pod.metadata.resource_version;
                 pod.spec.node_name = Some(node.clone());
-                match propose(
-                    raft,
-                    Command::Update {
-                        object: Object::Pod(pod.clone()),
-                        expected_rv: Some(rv),
-                        status_only: false,
-                    },
-                )
-                .await
-                {
+                pod.metadata.resource_version = rv;
+                match api.update(&ME, Object::Pod(pod.clone())).await {
                     Ok(_) => {
                         *load.entry(node.clone()).or_default() += 1;
                         last_reason.remove(&key);
@@ -154,21 +160,13 @@ async fn bind_pending(
                                 reason: "Scheduled".into(),
                                 message: format!("bound to {node}"),
                             });
-                            let _ = propose(
-                                raft,
-                                Command::Update {
-                                    object: Object::Pod(bound),
-                                    expected_rv: Some(rv),
-                                    status_only: true,
-                                },
-                            )
-                            .await;
+                            let _ = api.update_status_at(&ME, Object::Pod(bound), rv).await;
                         }
                         tracing::info!(pod = %key, %node, "bound pod");
                     }
                     // Someone changed it meanwhile; the next pass sees the new version.
-                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
+                    Err(e) if lost_race(&e) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             Err(Unschedulable(reason)) => {
@@ -183,18 +181,10 @@ async fn bind_pending(
                     });
                     pod.status.reason = "Unschedulable".into();
                     pod.status.message = reason.clone();
-                    match propose(
-                        raft,
-                        Command::Update {
-                            object: Object::Pod(pod),
-                            expected_rv: Some(rv),
-                            status_only: true,
-                        },
-                    )
-                    .await
-                    {
-                        Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-                        Err(e) => return Err(e),
+                    match api.update_status_at(&ME, Object::Pod(pod), rv).await {
+                        Ok(_) => {}
+                        Err(e) if lost_race(&e) => {}
+                        Err(e) => return Err(e.into()),
                     }
                     last_reason.insert(key, reason);
                 }

@@ -12,9 +12,10 @@
 //! the whole cluster NotReady. Followers relay the heartbeats they receive to
 //! the leader.
 
-use crate::raft::{propose, Raft};
-use crate::store::{Command, Store, StoreError};
+use crate::apiserver::{ApiServer, Caller};
+use crate::store::StoreError;
 use flotilla_api::objects::{condition, PodCondition, PodPhase, PodStatus, ReadyState};
+use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object, Pod};
@@ -116,19 +117,14 @@ pub fn lost_status(pod: &Pod, node: &str, now: Time) -> Option<PodStatus> {
 const TICK: Duration = Duration::from_millis(500);
 
 /// Watches heartbeats and writes transitions until `shutdown` fires.
-pub async fn run(
-    store: Store,
-    raft: Raft,
-    heartbeats: Heartbeats,
-    grace: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn run(api: ApiServer, grace: Duration, shutdown: CancellationToken) {
+    let heartbeats = api.heartbeats.clone();
     // Heartbeats went to whichever master each node was connected to; a
     // master that just became leader has heard from nodes only since then
     // (through the other masters' relays): count from the start of its term.
     let leading_since = Instant::now();
     loop {
-        if let Err(e) = examine(&store, &raft, &heartbeats, grace, leading_since).await {
+        if let Err(e) = examine(&api, grace, leading_since).await {
             tracing::warn!(error = %e, "node lifecycle pass failed");
         }
         tokio::select! {
@@ -139,14 +135,29 @@ pub async fn run(
     }
 }
 
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+/// Whether a refused write only lost a race (the next pass looks again).
+fn lost_race(e: &ApiError) -> bool {
+    matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
+}
+
+const ME: Caller = Caller::Controller("node-lifecycle");
+
 async fn examine(
-    store: &Store,
-    raft: &Raft,
-    heartbeats: &Heartbeats,
+    api: &ApiServer,
     grace: Duration,
     leading_since: Instant,
-) -> Result<(), StoreError> {
-    let (_, nodes) = store.list(Kind::Node, None, &Selector::default())?;
+) -> Result<(), PassError> {
+    let heartbeats = &api.heartbeats;
+    let (_, nodes) = api.store.list(Kind::Node, None, &Selector::default())?;
     let now = Instant::now();
     // Nodes NotReady after this pass, whose pods must show Unknown.
     let mut lost = Vec::new();
@@ -185,33 +196,25 @@ async fn examine(
         }
         tracing::info!(node = %node.metadata.name, state = %next, "node transition");
         let name = node.metadata.name.clone();
-        match propose(
-            raft,
-            Command::Update {
-                object: Object::Node(node),
-                expected_rv: Some(rv),
-                status_only: true,
-            },
-        )
-        .await
-        {
+        match api.update_status_at(&ME, Object::Node(node), rv).await {
             Ok(_) if next == ReadyState::NotReady => lost.push(name),
-            Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Ok(_) => {}
+            Err(e) if lost_race(&e) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    mark_pods_lost(store, raft, &lost).await
+    mark_pods_lost(api, &lost).await
 }
 
 /// Writes the `Unknown` status of every pod bound to a `lost` node that does
 /// not show it yet. Level-triggered: a write that lost a race (or a pass
 /// that failed) is made again on the next pass, and a pod already marked
 /// costs nothing.
-async fn mark_pods_lost(store: &Store, raft: &Raft, lost: &[String]) -> Result<(), StoreError> {
+async fn mark_pods_lost(api: &ApiServer, lost: &[String]) -> Result<(), PassError> {
     if lost.is_empty() {
         return Ok(());
     }
-    let (_, pods) = store.list(Kind::Pod, None, &Selector::default())?;
+    let (_, pods) = api.store.list(Kind::Pod, None, &Selector::default())?;
     let now = Time::now();
     for obj in pods {
         let Object::Pod(mut pod) = obj else {
@@ -227,19 +230,11 @@ async fn mark_pods_lost(store: &Store, raft: &Raft, lost: &[String]) -> Result<(
             "node not ready: pod status Unknown"
         );
         pod.status = status;
-        match propose(
-            raft,
-            Command::Update {
-                object: Object::Pod(pod),
-                expected_rv: Some(rv),
-                status_only: true,
-            },
-        )
-        .await
-        {
+        match api.update_status_at(&ME, Object::Pod(pod), rv).await {
+            Ok(_) => {}
             // Changed meanwhile (a late report from the node) or deleted: the next pass looks again.
-            Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(e) if lost_race(&e) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -7,8 +7,22 @@
 //! "is this WebAssembly?", not "can a node run it?". Whether a node's engine
 //! supports what a module uses is the node's judgement: a pod whose module
 //! does not compile there fails with reason `InvalidModule`.
+//!
+//! The check also reads what the binary imports ([`Checked::imports`]), so
+//! that the scheduler can place its pods only on nodes whose runtime
+//! provides all of it (`Node.status.interfaces`).
 
-use wasmparser::{Validator, WasmFeatures};
+use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+
+/// The import module of WASI p1 (preview 1) programs.
+pub const WASI_P1: &str = "wasi_snapshot_preview1";
+/// The WASI p1 functions that use sockets. A core module importing any of
+/// them also imports [`SOCKETS`], so a node that withholds sockets
+/// (`flotilla node --deny wasi:sockets`) is avoided for p1 programs too.
+pub const P1_SOCKET_FUNCTIONS: [&str; 4] =
+    ["sock_accept", "sock_recv", "sock_send", "sock_shutdown"];
+/// The family marker a node lists when it provides sockets to guests.
+pub const SOCKETS: &str = "wasi:sockets";
 
 /// The kind of a WebAssembly binary, from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +73,62 @@ pub fn check_header(bytes: &[u8]) -> Result<WasmKind, NotWasm> {
     }
 }
 
+/// What [`check`] read in a valid binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub kind: WasmKind,
+    /// What the binary needs from its host, sorted and without duplicates:
+    /// for a component, the names of its own imports
+    /// (`wasi:cli/environment@0.2.3`), not those of the modules and
+    /// components nested in it, which the component itself provides; for a
+    /// core module, the distinct module names of its imports
+    /// (`wasi_snapshot_preview1`), plus [`SOCKETS`] if it imports one of the
+    /// [`P1_SOCKET_FUNCTIONS`].
+    pub imports: Vec<String>,
+}
+
 /// Checks the header, then parses and validates the whole binary (nested
-/// modules of a component included). CPU-bound and linear in the size;
-/// call it off the async threads.
-pub fn check(bytes: &[u8]) -> Result<WasmKind, NotWasm> {
+/// modules of a component included) and reads its imports. CPU-bound and
+/// linear in the size; call it off the async threads.
+pub fn check(bytes: &[u8]) -> Result<Checked, NotWasm> {
     let kind = check_header(bytes)?;
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(bytes)
         .map_err(|e| not_wasm(e.to_string()))?;
-    Ok(kind)
+    let imports = imports(bytes).map_err(|e| not_wasm(e.to_string()))?;
+    Ok(Checked { kind, imports })
+}
+
+/// The imports of the outermost module or component (see
+/// [`Checked::imports`]). A second pass after validation: it cannot fail on
+/// bytes the validator accepted, but says why if it does.
+fn imports(bytes: &[u8]) -> Result<Vec<String>, wasmparser::BinaryReaderError> {
+    let mut out = std::collections::BTreeSet::new();
+    // How deep in nested modules and components the parser is: `parse_all`
+    // flattens them, each ending with its own `End`.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ImportSection(section) if depth == 0 => {
+                for import in section.into_imports() {
+                    let import = import?;
+                    if import.module == WASI_P1 && P1_SOCKET_FUNCTIONS.contains(&import.name) {
+                        out.insert(SOCKETS.to_string());
+                    }
+                    out.insert(import.module.to_string());
+                }
+            }
+            Payload::ComponentImportSection(section) if depth == 0 => {
+                for import in section {
+                    out.insert(import?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -95,10 +156,108 @@ mod tests {
 
     #[test]
     fn accepts_modules_and_components() {
-        assert_eq!(check(EMPTY_MODULE), Ok(WasmKind::Module));
-        assert_eq!(check(START_MODULE), Ok(WasmKind::Module));
-        assert_eq!(check(EMPTY_COMPONENT), Ok(WasmKind::Component));
-        assert_eq!(check(CUSTOM_PAGE_SIZE_MODULE), Ok(WasmKind::Module));
+        let kind = |bytes| check(bytes).map(|c| c.kind);
+        assert_eq!(kind(EMPTY_MODULE), Ok(WasmKind::Module));
+        assert_eq!(kind(START_MODULE), Ok(WasmKind::Module));
+        assert_eq!(kind(EMPTY_COMPONENT), Ok(WasmKind::Component));
+        assert_eq!(kind(CUSTOM_PAGE_SIZE_MODULE), Ok(WasmKind::Module));
+        assert_eq!(check(START_MODULE).map(|c| c.imports), Ok(vec![]));
+    }
+
+    /// A section: its id, its size (LEB128), its contents.
+    fn section(id: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![id];
+        let mut n = contents.len();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+
+    /// A name as the binary format writes it: its length, its bytes.
+    fn name(s: &str) -> Vec<u8> {
+        let mut out = vec![s.len() as u8];
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    /// A core module importing functions of type `() -> ()`, (module, name) each.
+    fn module_importing(imports: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = EMPTY_MODULE.to_vec();
+        out.extend(section(0x01, &[0x01, 0x60, 0x00, 0x00]));
+        let mut entries = vec![imports.len() as u8];
+        for (module, field) in imports {
+            entries.extend(name(module));
+            entries.extend(name(field));
+            entries.extend([0x00, 0x00]); // a function of type 0
+        }
+        out.extend(section(0x02, &entries));
+        out
+    }
+
+    /// A component importing instances (of the empty instance type) by
+    /// these names, and holding `nested` (section id, bytes) inside.
+    fn component_importing(names: &[&str], nested: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut out = EMPTY_COMPONENT.to_vec();
+        for (id, bytes) in nested {
+            out.extend(section(*id, bytes));
+        }
+        out.extend(section(0x07, &[0x01, 0x42, 0x00])); // type 0: instance {}
+        let mut entries = vec![names.len() as u8];
+        for n in names {
+            entries.push(0x00);
+            entries.extend(name(n));
+            entries.extend([0x05, 0x00]); // an instance of type 0
+        }
+        out.extend(section(0x0a, &entries));
+        out
+    }
+
+    #[test]
+    fn reads_a_core_modules_import_modules_and_p1_sockets() {
+        let p1 = "wasi_snapshot_preview1";
+        // (imports, what the master reads)
+        let cases: [(&[(&str, &str)], &[&str]); 4] = [
+            (&[(p1, "fd_write"), (p1, "proc_exit")], &[p1]),
+            (
+                &[(p1, "fd_write"), ("env", "f"), (p1, "sock_accept")],
+                &["env", "wasi:sockets", p1],
+            ),
+            (
+                &[(p1, "sock_send"), (p1, "sock_recv"), (p1, "sock_shutdown")],
+                &["wasi:sockets", p1],
+            ),
+            // Only p1's own socket functions mean sockets.
+            (&[("env", "sock_accept")], &["env"]),
+        ];
+        for (imports, want) in cases {
+            let checked = check(&module_importing(imports)).expect("valid");
+            assert_eq!(checked.kind, WasmKind::Module);
+            assert_eq!(checked.imports, want, "{imports:?}");
+        }
+    }
+
+    #[test]
+    fn reads_a_components_own_imports_not_its_nested_ones() {
+        let module = module_importing(&[("wasi_snapshot_preview1", "fd_write")]);
+        let inner = component_importing(&["wasi:http/types@0.2.3"], &[]);
+        let outer = component_importing(
+            &["wasi:cli/stdout@0.2.3", "wasi:cli/environment@0.2.3"],
+            &[(0x01, module), (0x04, inner)],
+        );
+        let checked = check(&outer).expect("valid");
+        assert_eq!(checked.kind, WasmKind::Component);
+        assert_eq!(
+            checked.imports,
+            ["wasi:cli/environment@0.2.3", "wasi:cli/stdout@0.2.3"]
+        );
     }
 
     #[test]
@@ -110,14 +269,39 @@ mod tests {
         paths.push(flotilla_workloads::hello_p1());
         for path in paths {
             let bytes = std::fs::read(&path).expect("guest");
-            let kind = check(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let checked = check(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let p1 = path.to_string_lossy().contains("wasip1");
             let want = if p1 {
                 WasmKind::Module
             } else {
                 WasmKind::Component
             };
-            assert_eq!(kind, want, "{}", path.display());
+            assert_eq!(checked.kind, want, "{}", path.display());
+            let imports = &checked.imports;
+            if p1 {
+                assert_eq!(imports, &[WASI_P1], "{}", path.display());
+            } else {
+                // A Rust std command: its own WASI imports, versioned, none
+                // of the p1 adapter's that it holds inside.
+                assert!(
+                    imports
+                        .iter()
+                        .any(|i| i.starts_with("wasi:cli/environment@0.2.")),
+                    "{}: {imports:?}",
+                    path.display()
+                );
+                assert!(
+                    imports
+                        .iter()
+                        .all(|i| i.starts_with("wasi:") && i.contains("@0.2.")),
+                    "{}: {imports:?}",
+                    path.display()
+                );
+            }
+            let mut sorted = imports.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(&sorted, imports, "{}", path.display());
         }
     }
 
@@ -146,7 +330,7 @@ mod tests {
         for (bytes, want) in cases {
             match check(bytes) {
                 Err(e) => assert!(e.reason.contains(want), "{bytes:?}: {e}"),
-                Ok(k) => panic!("{bytes:?} accepted as {k:?}"),
+                Ok(c) => panic!("{bytes:?} accepted as {:?}", c.kind),
             }
         }
         let mut garbage = EMPTY_MODULE.to_vec();

@@ -82,8 +82,10 @@ fn batchable(cmd: &Command) -> bool {
     !matches!(
         cmd,
         Command::PutModule { .. }
+            | Command::LegacyPutModule { .. }
             | Command::PutModuleChunk { .. }
             | Command::CommitModule { .. }
+            | Command::LegacyCommitModule { .. }
             | Command::Batch(_)
     )
 }

@@ -23,7 +23,6 @@ use super::network::{CallError, Network, RaftNetError};
 use super::propose::Unplaced;
 use super::rpc::{decode, encode, CodecError};
 use super::{Raft, Refusal};
-use crate::lifecycle::Heartbeats;
 use crate::store::{Command, Outcome, StoreError};
 use flotilla_api::protocol::{
     ApiError, ClusterStatus, ErrorCode, MasterStatus, RaftRpc, Request, Response,
@@ -386,10 +385,11 @@ impl Cluster {
         });
     }
 
-    /// Serves a request another master made of this one as the leader.
+    /// Serves a request another master made of this one as the leader; a
+    /// relayed node heartbeat is handed to `heartbeat`.
     pub async fn serve(
         &self,
-        heartbeats: &Heartbeats,
+        heartbeat: &(dyn Fn(&str) + Sync),
         rpc: RaftRpc,
         payload: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
@@ -411,7 +411,7 @@ impl Cluster {
             }
             RaftRpc::Heartbeat => {
                 let node: String = decode(payload).map_err(bad)?;
-                heartbeats.beat(&node);
+                heartbeat(&node);
                 encode(&LeaderAnswer::Done(()))
             }
             RaftRpc::Removed => {

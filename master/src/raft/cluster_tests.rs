@@ -1,16 +1,15 @@
 //! Three masters in one process, each with its own store, raft storage,
 //! certificates and QUIC endpoint, talking raft through the real service
-//! path (`service::accept_loop`, authorization, [`super::rpc::handle`]) and
+//! path (`frontend::quic::accept_loop`, authorization, [`super::rpc::handle`]) and
 //! [`Network`]. A shared [`Hook`] partitions masters without touching
 //! sockets. Every wait polls with a deadline, so a broken cluster fails the
 //! test instead of hanging it.
 
 use super::*;
-use crate::authz::Caller;
+use crate::apiserver::{ApiServer, Caller};
 use crate::lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
-use crate::service::{self, Context};
 use crate::store::{Command, Outcome, Store};
 use flotilla_api::identity::{ClusterCa, Identity};
 use flotilla_api::meta::ObjectMeta;
@@ -234,15 +233,15 @@ fn context(
     server_cert: flotilla_api::identity::CertifiedKey,
     raft: Raft<TypeConfig>,
     network: Network,
-) -> Arc<Context> {
-    Arc::new(Context {
+) -> ApiServer {
+    ApiServer {
         store,
         pki: Arc::new(Pki::in_memory("raft-test", ca.clone(), server_cert).expect("pki")),
         advertise: Vec::new(),
         nodes: NodeConnections::default(),
         heartbeats: Heartbeats::new(),
         cluster: super::Cluster::new(raft, network, "raft-test"),
-    })
+    }
 }
 
 /// A year's validity from now, for test certificates.
@@ -254,11 +253,11 @@ fn year() -> flotilla_api::identity::Validity {
 }
 
 /// Serves `endpoint` with the real service until the token fires.
-fn serve(endpoint: quinn::Endpoint, ctx: Arc<Context>) -> (CancellationToken, TaskTracker) {
+fn serve(endpoint: quinn::Endpoint, ctx: ApiServer) -> (CancellationToken, TaskTracker) {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (stop, t) = (shutdown.clone(), tracker.clone());
-    tracker.spawn(async move { service::accept_loop(endpoint, ctx, stop, &t).await });
+    tracker.spawn(async move { crate::frontend::quic::accept_loop(endpoint, ctx, stop, &t).await });
     (shutdown, tracker)
 }
 
@@ -486,10 +485,7 @@ async fn raft_messages_need_a_master_and_a_valid_payload() {
     let client = bounded("master connects", Client::connect(&addr, tls, "test"))
         .await
         .expect("master connects");
-    assert_eq!(
-        client.hello.identity,
-        Caller::Known(Identity::Master(9)).to_string()
-    );
+    assert_eq!(client.hello.identity, Caller::Master(9).to_string());
     for rpc in [
         RaftRpc::AppendEntries,
         RaftRpc::Vote,
@@ -766,7 +762,7 @@ async fn raft_concurrent_large_writes_keep_the_leader() {
 struct Lone {
     _dir: TempDir,
     ca: ClusterCa,
-    ctx: Arc<Context>,
+    ctx: ApiServer,
     raft: Raft<TypeConfig>,
     addr: SocketAddr,
     server: quinn::Endpoint,

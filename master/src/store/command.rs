@@ -3,7 +3,7 @@
 //! serde data (postcard-friendly) with every uid and timestamp filled in by
 //! whoever proposes them.
 
-use flotilla_api::objects::{Kind, Module, Object};
+use flotilla_api::objects::{legacy, Kind, Module, Object};
 use flotilla_api::time::Time;
 use serde::{Deserialize, Serialize};
 
@@ -51,11 +51,12 @@ pub enum Command {
         name: String,
         expected_rv: Option<u64>,
     },
-    /// Stores a Module object (cluster-scoped, named
-    /// `flotilla_api::objects::module_name(digest)`) and its bytes together.
-    /// Idempotent: if the module exists, nothing changes and no revision is
-    /// used. `Invalid` unless `module.spec.digest` is the digest of `bytes`.
-    PutModule { module: Module, bytes: Vec<u8> },
+    /// [`Command::PutModule`] as protocol 2 wrote it (the module positional);
+    /// read from older raft logs only.
+    LegacyPutModule {
+        module: legacy::Module,
+        bytes: Vec<u8>,
+    },
     /// Stages `bytes` at `offset` of the module `digest` being uploaded in
     /// pieces (a raft entry stays small however big the module). Offset 0
     /// starts the upload over. At most [`UPLOAD_CHUNK`] bytes, kept as values
@@ -66,10 +67,8 @@ pub enum Command {
         offset: u64,
         bytes: Vec<u8>,
     },
-    /// Makes the staged chunks of `module.spec.digest` a module, as `PutModule`
-    /// does: `Invalid` unless they are contiguous from 0 and hash to the
-    /// digest. The chunks stay where they are and become the module's bytes.
-    CommitModule { module: Module },
+    /// [`Command::CommitModule`] as protocol 2 wrote it; read from older raft logs only.
+    LegacyCommitModule { module: legacy::Module },
     /// Drops the staged chunks of an upload that will not be committed (none
     /// if the module is stored: they are its bytes).
     DiscardUpload { digest: String },
@@ -85,9 +84,38 @@ pub enum Command {
     DeleteToken { id: String },
     /// Changes nothing. Each master computes the hash of its state right
     /// after applying this entry, so the leader can compare the masters at
-    /// one log index (see `crate::raft::check`). Last, as the log is
-    /// postcard: variants are numbered by position.
+    /// one log index (see `crate::raft::check`).
     CheckState,
+    // The log is postcard: variants are numbered by position, so new ones
+    // come last.
+    /// Stores a Module object (cluster-scoped, named
+    /// `flotilla_api::objects::module_name(digest)`) and its bytes together.
+    /// Idempotent: if the module exists, nothing changes and no revision is
+    /// used. `Invalid` unless `module.spec.digest` is the digest of `bytes`.
+    PutModule {
+        #[serde(with = "flotilla_api::objects::as_object")]
+        module: Module,
+        bytes: Vec<u8>,
+    },
+    /// Makes the staged chunks of `module.spec.digest` a module, as `PutModule`
+    /// does: `Invalid` unless they are contiguous from 0 and hash to the
+    /// digest. The chunks stay where they are and become the module's bytes.
+    CommitModule {
+        #[serde(with = "flotilla_api::objects::as_object")]
+        module: Module,
+    },
+    /// Places the pod `namespace/name` (with this `uid`) on `node`: its
+    /// `spec.nodeName` and its PodScheduled condition (at `at`) in one
+    /// write, the nomination cleared. `NotFound` if the pod is gone or was
+    /// replaced (another uid); `Invalid` if it is bound elsewhere already.
+    /// Binding it again to the same node changes nothing.
+    Bind {
+        namespace: String,
+        name: String,
+        uid: String,
+        node: String,
+        at: Time,
+    },
 }
 
 /// What a command did.

@@ -11,8 +11,8 @@
 
 use super::error::{db, StoreError};
 use super::tables::{
-    self, chunk_key, corrupt, counters, encode_counter, format1, format2, history_key, key_str,
-    meta, parse_chunk_key, seal, unseal, ShowKey, COUNTERS, FORMAT_VERSION, HISTORY, META,
+    self, chunk_key, corrupt, counters, encode_counter, format1, format2, format3, history_key,
+    key_str, meta, parse_chunk_key, seal, unseal, ShowKey, COUNTERS, FORMAT_VERSION, HISTORY, META,
     MODULE_CHUNKS, OBJECTS, RAFT, STATE_TABLES, TOKENS,
 };
 use super::{TokenRecord, STORED_CHUNK};
@@ -64,6 +64,18 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
             }
             Ok(Opened::default())
         }
+        Some(format3::FORMAT) => {
+            drop(read);
+            let txn = database
+                .begin_write()
+                .map_err(db("starting the migration"))?;
+            migrate_from_3(&txn)?;
+            txn.commit().map_err(db("committing the migration"))?;
+            Ok(Opened {
+                migrated: true,
+                created: false,
+            })
+        }
         Some(format2::FORMAT) => {
             if let Some(missing) = format2::STATE_TABLES
                 .iter()
@@ -80,6 +92,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
                 .begin_write()
                 .map_err(db("starting the migration"))?;
             migrate_from_2(&txn)?;
+            migrate_from_3(&txn)?;
             txn.commit().map_err(db("committing the migration"))?;
             Ok(Opened {
                 migrated: true,
@@ -93,6 +106,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
                 .map_err(db("starting the migration"))?;
             migrate_from_1(&txn, &present)?;
             migrate_from_2(&txn)?;
+            migrate_from_3(&txn)?;
             txn.commit().map_err(db("committing the migration"))?;
             Ok(Opened {
                 migrated: true,
@@ -329,6 +343,54 @@ fn migrate_from_2(txn: &WriteTransaction) -> Result<(), StoreError> {
         .map_err(db("removing the format 2 modules table"))?;
     txn.delete_table(format2::UPLOADS)
         .map_err(db("removing the format 2 uploads table"))?;
+    txn.open_table(META)
+        .map_err(db("opening the meta table"))?
+        .insert(meta::FORMAT, FORMAT_VERSION)
+        .map_err(db("writing the format version"))?;
+    Ok(())
+}
+
+/// Rewrites a format 3 file in this format within `txn`: every object, and
+/// every history event (which holds one), is read (protocol 2's positional
+/// layout is still understood) and written self-describing. Every master of
+/// a cluster does the same to the same rows, so their state hashes agree.
+fn migrate_from_3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let mut objects = txn
+            .open_table(OBJECTS)
+            .map_err(db("opening the objects table"))?;
+        let mut rows = Vec::new();
+        for entry in objects.iter().map_err(db("reading the objects"))? {
+            let (k, v) = entry.map_err(db("reading the objects"))?;
+            let key = k.value().to_vec();
+            let object: Object = tables::decode_value("objects", &key, v.value())?;
+            rows.push((key, object));
+        }
+        for (key, object) in rows {
+            let value = tables::encode_value("objects", &key, "an object", &object)?;
+            objects
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(db("writing an object"))?;
+        }
+        let mut history = txn
+            .open_table(HISTORY)
+            .map_err(db("opening the history table"))?;
+        let mut events = Vec::new();
+        for entry in history.iter().map_err(db("reading the history"))? {
+            let (k, v) = entry.map_err(db("reading the history"))?;
+            let revision = k.value();
+            let event: WatchEvent =
+                tables::decode_value("history", &history_key(revision), v.value())?;
+            events.push((revision, event));
+        }
+        for (revision, event) in events {
+            let value =
+                tables::encode_value("history", &history_key(revision), "an event", &event)?;
+            history
+                .insert(revision, value.as_slice())
+                .map_err(db("writing an event"))?;
+        }
+    }
     txn.open_table(META)
         .map_err(db("opening the meta table"))?
         .insert(meta::FORMAT, FORMAT_VERSION)

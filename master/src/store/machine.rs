@@ -70,12 +70,21 @@ impl<'t> Machine<'t> {
                 expected_rv,
             } => self.delete(kind, &namespace, &name, expected_rv),
             Command::PutModule { module, bytes } => self.put_module(module, &bytes),
+            Command::LegacyPutModule { module, bytes } => self.put_module(module.into(), &bytes),
             Command::PutModuleChunk {
                 digest,
                 offset,
                 bytes,
             } => self.put_chunk(&digest, offset, &bytes),
             Command::CommitModule { module } => self.commit_module(module),
+            Command::LegacyCommitModule { module } => self.commit_module(module.into()),
+            Command::Bind {
+                namespace,
+                name,
+                uid,
+                node,
+                at,
+            } => self.bind(&namespace, &name, &uid, &node, at),
             Command::DiscardUpload { digest } => {
                 // Once committed, the staged chunks are the module's bytes.
                 if !self.is_stored(&digest)? {
@@ -153,6 +162,42 @@ impl<'t> Machine<'t> {
         self.put_object(&key, &merged)?;
         self.record(EventType::Modified, merged.clone())?;
         Ok(Outcome::Object(merged))
+    }
+
+    fn bind(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+        at: flotilla_api::time::Time,
+    ) -> Result<Outcome, StoreError> {
+        let key = object_key(Kind::Pod, namespace, name);
+        let display = rules::display_key(Kind::Pod, namespace, name);
+        let Some(Object::Pod(mut pod)) = self.get_object(&key)? else {
+            return Err(StoreError::NotFound(display));
+        };
+        if pod.metadata.uid != uid {
+            return Err(StoreError::NotFound(format!(
+                "{display} with uid {uid} (it was replaced)"
+            )));
+        }
+        match pod.spec.node_name.as_deref() {
+            Some(bound) if bound == node => return Ok(Outcome::Object(Object::Pod(pod))),
+            Some(bound) => {
+                return Err(StoreError::Invalid(format!(
+                    "{display} is bound to {bound} already"
+                )))
+            }
+            None => {}
+        }
+        pod.spec.node_name = Some(node.to_string());
+        rules::mark_scheduled(&mut pod.status, node, at);
+        let mut object = Object::Pod(pod);
+        object.meta_mut().resource_version = self.next_revision();
+        self.put_object(&key, &object)?;
+        self.record(EventType::Modified, object.clone())?;
+        Ok(Outcome::Object(object))
     }
 
     fn delete(

@@ -267,7 +267,7 @@ impl Store {
         if opened.migrated {
             tracing::info!(
                 path = %path.display(),
-                "moved the store to format {}: every value carries a checksum, module bytes are kept in chunks",
+                "moved the store to format {}: every value carries a checksum, module bytes are kept in chunks, objects are self-describing",
                 tables::FORMAT_VERSION
             );
         }

@@ -5,7 +5,6 @@
 //! around these.
 
 use super::error::StoreError;
-use flotilla_api::meta::ObjectMeta;
 use flotilla_api::objects::{self, Kind, Module, Object};
 use flotilla_api::protocol::MAX_MODULE_SIZE;
 
@@ -86,16 +85,10 @@ pub(crate) fn stamp_create(mut object: Object, revision: u64) -> Object {
     object
 }
 
-/// Whether [`merge_update`] knows the spec and status of a kind. A test checks
-/// every `Kind::ALL`, so a new kind fails there rather than at runtime.
-#[cfg(test)]
-pub(crate) fn merge_supported(kind: Kind) -> bool {
-    matches!(kind, Kind::Pod | Kind::Node | Kind::Module)
-}
-
 /// The object an `Update` leaves in the store, before its new
 /// resourceVersion is set (it keeps the stored one, so an update that
-/// changes nothing returns an object equal to `stored`).
+/// changes nothing returns an object equal to `stored`): each kind says how
+/// ([`flotilla_api::objects::Resource::merge`]).
 ///
 /// Spec update: spec, labels, annotations and ownerReferences come from
 /// `incoming`; status, uid, creationTimestamp and everything else stay;
@@ -106,74 +99,8 @@ pub(crate) fn merge_update(
     incoming: Object,
     status_only: bool,
 ) -> Result<Object, StoreError> {
-    let key = describe(stored);
-    if stored.kind() != incoming.kind() {
-        return Err(StoreError::Invalid(format!(
-            "{key}: cannot replace a {} with a {}",
-            stored.kind(),
-            incoming.kind()
-        )));
-    }
-    Ok(match (stored, incoming) {
-        (Object::Pod(old), Object::Pod(new)) => {
-            Object::Pod(merge_parts(old, new, status_only, |p| (&mut p.metadata, &mut p.spec, &mut p.status)))
-        }
-        (Object::Node(old), Object::Node(new)) => {
-            Object::Node(merge_parts(old, new, status_only, |n| (&mut n.metadata, &mut n.spec, &mut n.status)))
-        }
-        (Object::Module(old), Object::Module(new)) => {
-            if status_only {
-                return Err(StoreError::Invalid(format!("{key}: modules have no status to update")));
-            }
-            if old.spec != new.spec {
-                return Err(StoreError::Invalid(format!(
-                    "{key}: a module's spec (digest, size, source) cannot change; upload a new module instead"
-                )));
-            }
-            let mut out = old.clone();
-            out.metadata = merge_meta(&old.metadata, new.metadata, false);
-            Object::Module(out)
-        }
-        _ => {
-            return Err(StoreError::Invalid(format!(
-                "{key}: the store cannot update {} objects yet (store::rules::merge_update needs their spec and status)",
-                stored.kind()
-            )))
-        }
-    })
-}
-
-/// Merges an object made of metadata, spec and status; `parts` borrows the three.
-fn merge_parts<O: Clone, S: PartialEq, T>(
-    stored: &O,
-    mut incoming: O,
-    status_only: bool,
-    parts: fn(&mut O) -> (&mut ObjectMeta, &mut S, &mut T),
-) -> O {
-    let mut out = stored.clone();
-    let (meta, spec, status) = parts(&mut out);
-    let (new_meta, new_spec, new_status) = parts(&mut incoming);
-    if status_only {
-        std::mem::swap(status, new_status);
-    } else {
-        let spec_changed = *spec != *new_spec;
-        *meta = merge_meta(meta, std::mem::take(new_meta), spec_changed);
-        std::mem::swap(spec, new_spec);
-    }
-    out
-}
-
-/// Metadata after a spec update: the user-owned fields from `incoming`, the
-/// rest (identity, timestamps, versions, and any field added later) as stored.
-fn merge_meta(stored: &ObjectMeta, incoming: ObjectMeta, spec_changed: bool) -> ObjectMeta {
-    let mut out = stored.clone();
-    out.labels = incoming.labels;
-    out.annotations = incoming.annotations;
-    out.owner_references = incoming.owner_references;
-    if spec_changed {
-        out.generation = stored.generation.saturating_add(1);
-    }
-    out
+    Object::merge(stored, incoming, status_only)
+        .map_err(|why| StoreError::Invalid(format!("{}: {why}", describe(stored))))
 }
 
 /// Checks a module upload of `size` bytes that hash to `actual`, and fills
@@ -227,9 +154,32 @@ pub(crate) fn prepare_module(
     Ok(module)
 }
 
+/// The status of a pod just bound to `node` at `at`: PodScheduled, its
+/// nomination and any Unschedulable reason gone.
+pub(crate) fn mark_scheduled(
+    status: &mut flotilla_api::objects::PodStatus,
+    node: &str,
+    at: flotilla_api::time::Time,
+) {
+    use flotilla_api::objects::{condition, PodCondition};
+    status.set_condition(PodCondition {
+        type_: condition::POD_SCHEDULED.into(),
+        status: true,
+        last_transition_time: Some(at),
+        reason: "Scheduled".into(),
+        message: format!("bound to {node}"),
+    });
+    status.nominated_node_name = None;
+    if status.reason == "Unschedulable" {
+        status.reason.clear();
+        status.message.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_api::meta::ObjectMeta;
     use flotilla_api::objects::{ModuleSpec, Node, Pod, PodPhase};
 
     fn pod(name: &str) -> Pod {
@@ -243,16 +193,6 @@ mod tests {
         p.spec.module = "sha256:aa".into();
         p.status.phase = PodPhase::Running;
         p
-    }
-
-    #[test]
-    fn every_kind_can_be_updated() {
-        for kind in Kind::ALL {
-            assert!(
-                merge_supported(kind),
-                "teach store::rules::merge_update about {kind}"
-            );
-        }
     }
 
     #[test]

@@ -170,9 +170,19 @@ pub(crate) mod counters {
     pub(crate) const COMPACTED: &str = "compacted";
 }
 
-/// The on-disk format this code reads and writes: 3 = sealed values, byte
-/// keys, module bytes in chunks. Format 1 and 2 files are migrated when opened.
-pub(crate) const FORMAT_VERSION: u64 = 3;
+/// The on-disk format this code reads and writes: 4 = sealed values, byte
+/// keys, module bytes in chunks, objects self-describing (their kind and
+/// JSON, see `flotilla_api::objects::Object`). Format 1 to 3 files are
+/// migrated when opened.
+pub(crate) const FORMAT_VERSION: u64 = 4;
+
+/// Format 3, with objects in protocol 2's positional layout: its tables are
+/// this format's; only the objects (and the history events holding them)
+/// are written anew.
+pub(crate) mod format3 {
+    /// The format number of these files.
+    pub(crate) const FORMAT: u64 = 3;
+}
 
 /// The layout of an [`Image`](super::Image) (raft snapshots and backups):
 /// decoded values, not the file's bytes, so it does not change with the

@@ -1291,7 +1291,7 @@ fn commands_and_outcomes_round_trip_through_postcard() {
 fn snapshot(store: &Store) -> (u64, Vec<Object>, Vec<WatchEvent>) {
     let mut objects = Vec::new();
     for kind in Kind::ALL {
-        objects.extend(store.list(kind, None, &Selector::default()).unwrap().1);
+        objects.extend(store.list(*kind, None, &Selector::default()).unwrap().1);
     }
     (
         store.revision().unwrap(),
@@ -2028,4 +2028,117 @@ async fn a_store_marked_diverged_refuses_reads() {
     // Raft's own reads go on (it may still need to apply and send snapshots).
     assert_eq!(store.revision().unwrap(), 1);
     assert!(store.export().is_ok());
+}
+
+/// A format 3 file holds objects in protocol 2's positional layout; opening
+/// it rewrites them (and the history events holding them) self-describing,
+/// with the same content.
+#[test]
+fn a_format_3_store_rewrites_its_objects_self_describing() {
+    use redb::ReadableDatabase;
+    let dir = tmp();
+    let path = dir.path().join("state.redb");
+    let old = objects::legacy::Pod::example();
+    let want = Object::Pod(Pod::from(old.clone()));
+    let key = want.key();
+    {
+        drop(Store::open(&path, 100).unwrap());
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            // Variant 0 of protocol 2's `Object`, then the positional pod.
+            let legacy = (0u8, &old);
+            let value = tables::encode_value("objects", key.as_bytes(), "a pod", &legacy).unwrap();
+            txn.open_table(tables::OBJECTS)
+                .unwrap()
+                .insert(key.as_bytes(), value.as_slice())
+                .unwrap();
+            let event = (9u64, EventType::Added, &legacy);
+            let value =
+                tables::encode_value("history", &tables::history_key(9), "an event", &event)
+                    .unwrap();
+            txn.open_table(tables::HISTORY)
+                .unwrap()
+                .insert(9, value.as_slice())
+                .unwrap();
+            let mut counters = txn.open_table(tables::COUNTERS).unwrap();
+            for (name, v) in [
+                (tables::counters::REVISION, 9),
+                (tables::counters::COMPACTED, 8),
+            ] {
+                counters
+                    .insert(name.as_bytes(), tables::encode_counter(name, v).as_slice())
+                    .unwrap();
+            }
+            txn.open_table(tables::META)
+                .unwrap()
+                .insert(tables::meta::FORMAT, tables::format3::FORMAT)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, 100).expect("a format 3 store opens");
+    assert_eq!(
+        store.get(Kind::Pod, "default", "web").unwrap(),
+        Some(want.clone())
+    );
+    let events = store.history_after(8, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].object, want);
+    drop(store);
+    // Written anew: the stored bytes are the self-describing encoding.
+    let db = redb::Database::open(&path).unwrap();
+    let read = db.begin_read().unwrap();
+    let table = read.open_table(tables::OBJECTS).unwrap();
+    let stored = table.get(key.as_bytes()).unwrap().unwrap();
+    let payload = tables::unseal("objects", key.as_bytes(), stored.value()).unwrap();
+    assert_eq!(payload, postcard::to_allocvec(&want).unwrap().as_slice());
+    let format = read.open_table(tables::META).unwrap();
+    assert_eq!(
+        format.get(tables::meta::FORMAT).unwrap().unwrap().value(),
+        tables::FORMAT_VERSION
+    );
+}
+
+#[test]
+fn a_binding_places_a_pod_and_marks_it_scheduled_in_one_write() {
+    let dir = tmp();
+    let store = Store::open(&dir.path().join("state.redb"), 100).unwrap();
+    let mut p = pod("default", "web", &[]);
+    p.metadata.uid = "u-1".into();
+    p.status.reason = "Unschedulable".into();
+    p.status.nominated_node_name = Some("n1".into());
+    let created = create(&store, p);
+    let bind = |uid: &str, node: &str| Command::Bind {
+        namespace: "default".into(),
+        name: "web".into(),
+        uid: uid.into(),
+        node: node.into(),
+        at: Time(42),
+    };
+    let Outcome::Object(Object::Pod(bound)) = store.apply(bind("u-1", "n1")).unwrap() else {
+        panic!("not a pod")
+    };
+    assert_eq!(bound.spec.node_name.as_deref(), Some("n1"));
+    assert_eq!(
+        bound.metadata.resource_version,
+        created.meta().resource_version + 1,
+        "one revision"
+    );
+    let scheduled = bound.status.condition("PodScheduled").expect("condition");
+    assert!(scheduled.status);
+    assert_eq!(scheduled.last_transition_time, Some(Time(42)));
+    assert_eq!(bound.status.nominated_node_name, None);
+    assert_eq!(bound.status.reason, "");
+    // Again to the same node: nothing changes; elsewhere, or another uid: refused.
+    let rv = store.revision().unwrap();
+    store.apply(bind("u-1", "n1")).unwrap();
+    assert_eq!(store.revision().unwrap(), rv);
+    assert!(
+        matches!(store.apply(bind("u-1", "n2")), Err(StoreError::Invalid(m)) if m.contains("bound to n1"))
+    );
+    assert!(matches!(
+        store.apply(bind("u-2", "n1")),
+        Err(StoreError::NotFound(_))
+    ));
 }

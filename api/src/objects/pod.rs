@@ -1,0 +1,379 @@
+//! Pod: a Wasm program the scheduler places on a node, and what the node
+//! observed of it.
+
+use super::scheduling::{Affinity, PreemptionPolicy, Toleration, TopologySpreadConstraint};
+use super::{merge_parts, Resource};
+use crate::manifest::{fe, is_dns_subdomain, is_label_key, is_label_value, FieldError};
+use crate::meta::ObjectMeta;
+use crate::quantity::{parse_bytes, parse_millicores, Quantity};
+use crate::time::Time;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A Wasm program scheduled onto a node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Pod {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub metadata: ObjectMeta,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub spec: PodSpec,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub status: PodStatus,
+}
+
+/// What the user wants a pod to be.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PodSpec {
+    /// A local path (the CLI uploads it), `sha256:<hex>` once uploaded.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub module: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub env: Vec<EnvVar>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub resources: ResourceRequirements,
+    /// Labels a node must carry, e.g. `flotilla.dev/arch: arm64`.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Set by the master when the pod is bound to a node.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub node_name: Option<String>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub restart_policy: RestartPolicy,
+    /// Taints this pod accepts on its node.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub tolerations: Vec<Toleration>,
+    /// Node affinity: required rules filter nodes, preferred ones score them.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub affinity: Option<Affinity>,
+    /// How this pod and its siblings spread over a node label's values.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// A PriorityClass; the master sets `priority` from it.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub priority_class_name: String,
+    /// Set by the master from `priorityClassName` (or the default class).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub priority: Option<i32>,
+    /// Set by the master from the PriorityClass.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub preemption_policy: Option<PreemptionPolicy>,
+}
+
+impl PodSpec {
+    /// Fills what the master sets on a pod and a manifest leaves out — the
+    /// binding, the priority and its policy, the default class — from the
+    /// stored spec, so that applying an unchanged manifest again changes
+    /// nothing.
+    pub fn keep_server_fields(&mut self, stored: &PodSpec) {
+        if self.node_name.is_none() {
+            self.node_name = stored.node_name.clone();
+        }
+        if self.priority_class_name.is_empty() {
+            self.priority_class_name = stored.priority_class_name.clone();
+        }
+        if self.priority.is_none() {
+            self.priority = stored.priority;
+        }
+        if self.preemption_policy.is_none() {
+            self.preemption_policy = stored.preemption_policy;
+        }
+    }
+}
+
+/// One environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EnvVar {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub value: String,
+}
+
+/// Requests (what the scheduler reserves) and limits (what the node
+/// enforces); see docs/manifests.md.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ResourceRequirements {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub requests: ResourceList,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub limits: ResourceList,
+}
+
+/// CPU and memory quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ResourceList {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub cpu: Option<Quantity>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub memory: Option<Quantity>,
+}
+
+impl ResourceRequirements {
+    /// What the scheduler reserves: the request, else the limit (as
+    /// Kubernetes defaults a missing request to the limit), else nothing.
+    /// Millicores and bytes; validation guarantees the quantities parse.
+    pub fn reserved(&self) -> (u64, u64) {
+        let pick = |r: &Option<Quantity>, l: &Option<Quantity>, f: fn(&str) -> Result<u64, _>| {
+            r.as_ref()
+                .or(l.as_ref())
+                .and_then(|q| f(&q.0).ok())
+                .unwrap_or(0)
+        };
+        (
+            pick(&self.requests.cpu, &self.limits.cpu, parse_millicores),
+            pick(&self.requests.memory, &self.limits.memory, parse_bytes),
+        )
+    }
+}
+
+/// When a finished pod is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// The phase of a pod, as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    /// Whether the pod will not run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, PodPhase::Succeeded | PodPhase::Failed)
+    }
+}
+
+impl fmt::Display for PodPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the node observed of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PodStatus {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub phase: PodPhase,
+    /// A CamelCase word: `Preparing`, `ModuleBackOff`, `CrashLoopBackOff`, `OOMKilled`, `Trap`, `StartError`, `InvalidModule`, `Completed`, `Error`, `Unschedulable`, `NodeLost`, `Preempted`.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub message: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub restart_count: u32,
+    /// The exit code of the last run that ended.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub start_time: Option<Time>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub finish_time: Option<Time>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub conditions: Vec<PodCondition>,
+    /// Bumped by the node on every report it makes (a sequence number of the node's reports).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub observed_generation: u64,
+    /// The node on which the scheduler evicted lower-priority pods to make
+    /// room for this one, while they stop.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub nominated_node_name: Option<String>,
+}
+
+/// A milestone in a pod's life, with when it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PodCondition {
+    /// `PodScheduled`, `ModuleReady` or `Ready`.
+    #[serde(rename = "type")]
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub type_: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub status: bool,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub last_transition_time: Option<Time>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub message: String,
+}
+
+impl PodStatus {
+    /// The condition of a type, if set.
+    pub fn condition(&self, type_: &str) -> Option<&PodCondition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Sets (or replaces) a condition.
+    pub fn set_condition(&mut self, c: PodCondition) {
+        match self.conditions.iter_mut().find(|x| x.type_ == c.type_) {
+            Some(x) => *x = c,
+            None => self.conditions.push(c),
+        }
+    }
+}
+
+/// Condition types used on pods.
+pub mod condition {
+    pub const POD_SCHEDULED: &str = "PodScheduled";
+    pub const MODULE_READY: &str = "ModuleReady";
+    pub const READY: &str = "Ready";
+}
+
+/// Maximum number of args, env vars and their total size, so one pod cannot bloat the store.
+const MAX_ARGS: usize = 1024;
+const MAX_SPEC_TEXT: usize = 256 * 1024;
+
+impl Resource for Pod {
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = validate_spec(&self.spec);
+        errors.extend(super::scheduling::validate_placement(
+            &self.spec.tolerations,
+            self.spec.affinity.as_ref(),
+            &self.spec.topology_spread_constraints,
+        ));
+        errors
+    }
+
+    fn merge(stored: &Pod, incoming: Pod, status_only: bool) -> Result<Pod, String> {
+        Ok(merge_parts(stored, incoming, status_only, |p| {
+            (&mut p.metadata, &mut p.spec, &mut p.status)
+        }))
+    }
+}
+
+fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if s.module.trim().is_empty() {
+        errors.push(fe(
+            "spec.module",
+            "required: a path to a .wasm file, or a sha256: digest",
+        ));
+    } else if s.module.starts_with("sha256:") && !super::is_digest(&s.module) {
+        errors.push(fe(
+            "spec.module",
+            format!("{:?} is not a sha256:<64 hex digits> digest", s.module),
+        ));
+    }
+    if s.args.len() > MAX_ARGS {
+        errors.push(fe("spec.args", format!("at most {MAX_ARGS} arguments")));
+    }
+    let text: usize = s.args.iter().map(String::len).sum::<usize>()
+        + s.env
+            .iter()
+            .map(|e| e.name.len() + e.value.len())
+            .sum::<usize>();
+    if text > MAX_SPEC_TEXT {
+        errors.push(fe(
+            "spec",
+            format!("args and env add up to {text} bytes; the limit is {MAX_SPEC_TEXT}"),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in s.env.iter().enumerate() {
+        if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+            errors.push(fe(
+                format!("spec.env[{i}].name"),
+                format!(
+                    "{:?} is not a valid variable name (non-empty, no '=')",
+                    e.name
+                ),
+            ));
+        } else if !seen.insert(&e.name) {
+            errors.push(fe(
+                format!("spec.env[{i}].name"),
+                format!("{:?} is set twice", e.name),
+            ));
+        }
+    }
+    let mut amounts = [[None; 2]; 2];
+    for (j, (section, list)) in [
+        ("requests", &s.resources.requests),
+        ("limits", &s.resources.limits),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(q) = &list.cpu {
+            match parse_millicores(&q.0) {
+                Ok(v) => amounts[j][0] = Some(v),
+                Err(e) => errors.push(fe(format!("spec.resources.{section}.cpu"), e.to_string())),
+            }
+        }
+        if let Some(q) = &list.memory {
+            match parse_bytes(&q.0) {
+                Ok(0) => errors.push(fe(
+                    format!("spec.resources.{section}.memory"),
+                    "must be more than 0",
+                )),
+                Ok(v) => amounts[j][1] = Some(v),
+                Err(e) => errors.push(fe(
+                    format!("spec.resources.{section}.memory"),
+                    e.to_string(),
+                )),
+            }
+        }
+    }
+    for (i, name) in ["cpu", "memory"].iter().enumerate() {
+        if let (Some(req), Some(lim)) = (amounts[0][i], amounts[1][i]) {
+            if req > lim {
+                errors.push(fe(
+                    format!("spec.resources.requests.{name}"),
+                    format!("must not exceed spec.resources.limits.{name}"),
+                ));
+            }
+        }
+    }
+    for (k, v) in &s.node_selector {
+        if !is_label_key(k) || !is_label_value(v) {
+            errors.push(fe(
+                format!("spec.nodeSelector.{k}"),
+                "not a valid label key and value",
+            ));
+        }
+    }
+    if let Some(n) = &s.node_name {
+        if !is_dns_subdomain(n) {
+            errors.push(fe(
+                "spec.nodeName",
+                format!("{n:?} is not a valid node name"),
+            ));
+        }
+    }
+    if !s.priority_class_name.is_empty() && !is_dns_subdomain(&s.priority_class_name) {
+        errors.push(fe(
+            "spec.priorityClassName",
+            format!(
+                "{:?} is not a valid PriorityClass name",
+                s.priority_class_name
+            ),
+        ));
+    }
+    errors
+}

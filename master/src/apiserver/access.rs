@@ -1,0 +1,274 @@
+//! Who gets in: joins (a node or a master with a token), join tokens, and
+//! certificate renewal.
+
+use super::admission::invalid;
+use super::{new_uid, store_err, ApiServer, Caller};
+use super::{Action, Target, Verb};
+use crate::store::{Command, StoreError, TokenRecord, TokenUsage};
+use flotilla_api::identity::{Identity, JoinToken};
+use flotilla_api::protocol::{ApiError, CertificateStatus, ErrorCode, Response};
+use flotilla_api::time::Time;
+use flotilla_api::{Object, ObjectMeta};
+use std::time::Duration;
+
+/// Join tokens live this long unless asked otherwise (as kubeadm's do).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn check_node_name(node_name: &str) -> Result<(), ApiError> {
+    if flotilla_api::manifest::is_dns_subdomain(node_name) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "node name {node_name:?} must be lowercase letters, digits, '-' and '.'"
+        )))
+    }
+}
+
+impl ApiServer {
+    /// A node joins with a token: it gets a certificate for its name.
+    pub async fn join(
+        &self,
+        caller: &Caller,
+        token: &str,
+        node_name: &str,
+        csr_pem: &str,
+    ) -> Result<Response, ApiError> {
+        super::authorize(caller, &Verb::on(Action::Create, Target::Certificate))?;
+        check_node_name(node_name)?;
+        let (token, usage) = self.check_token(token, TokenUsage::Node).await?;
+        match usage {
+            TokenUsage::NodeNamed(name) if name != node_name => {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("join refused: this token is for node {name:?}, not {node_name:?}; join with --name {name}, or create a token with `flotilla token create`"),
+                ));
+            }
+            // The admin said this machine takes the name over.
+            TokenUsage::NodeNamed(_) => {}
+            _ => self.claim_node_name(node_name).await?,
+        }
+        let cert_pem = self
+            .pki
+            .sign_for(csr_pem, &Identity::Node(node_name.to_string()))
+            .map_err(|e| invalid(format!("certificate request: {e}")))?;
+        tracing::info!(node = node_name, token = %token.id, "node joined");
+        Ok(Response::Joined {
+            cert_pem,
+            ca_pem: self.pki.ca.key.cert_pem.clone(),
+            masters: self.masters(),
+        })
+    }
+
+    /// Binds `name` to the node that joins with it, by creating its Node
+    /// object through raft: of two joins under one name, one creates it and
+    /// the other is refused, and a name a node holds cannot be taken by
+    /// another machine with a join token (it would receive that node's pods
+    /// and their secrets). The name is free again once an admin deletes the
+    /// Node.
+    async fn claim_node_name(&self, name: &str) -> Result<(), ApiError> {
+        let node = flotilla_api::Node {
+            metadata: ObjectMeta {
+                name: name.to_string(),
+                uid: new_uid(),
+                creation_timestamp: Some(Time::now()),
+                ..ObjectMeta::default()
+            },
+            ..Default::default()
+        };
+        let create = Command::Create {
+            object: Object::Node(node),
+        };
+        match self.apply(create).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ErrorCode::AlreadyExists => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "join refused: the name {name:?} belongs to a node that has joined already; \
+                     pick another --name, or, if this machine replaces that node, delete the old one \
+                     (`flotilla delete node {name}`) or create a token for the name \
+                     (`flotilla token create --node {name}`)"
+                ),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks a join token against the store (linearizably: a token just
+    /// created on another master counts) for `usage`; a node token for one
+    /// name counts as a node token. Gives the token and what it was made for.
+    async fn check_token(
+        &self,
+        token: &str,
+        usage: TokenUsage,
+    ) -> Result<(JoinToken, TokenUsage), ApiError> {
+        let create = match usage {
+            TokenUsage::Master => "`flotilla token create --master`",
+            _ => "`flotilla token create`",
+        };
+        let deny = |why: &str| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!("join refused: {why}; create a new token with {create}"),
+            )
+        };
+        let token = JoinToken::parse(token).map_err(|e| invalid(e.to_string()))?;
+        if token.ca_hash != self.pki.ca_hash {
+            return Err(deny("the token belongs to another cluster"));
+        }
+        self.before_read(false).await?;
+        let record = self
+            .store
+            .token(&token.id)
+            .map_err(store_err)?
+            .ok_or_else(|| deny("unknown token"))?;
+        if record.secret_hash != token.secret_hash() {
+            return Err(deny("wrong token secret"));
+        }
+        if record.expires < Time::now() {
+            return Err(deny("the token has expired"));
+        }
+        let fits = matches!(
+            (&record.usage, &usage),
+            (TokenUsage::Master, TokenUsage::Master)
+                | (
+                    TokenUsage::Node | TokenUsage::NodeNamed(_),
+                    TokenUsage::Node
+                )
+        );
+        if !fits {
+            return Err(deny(match usage {
+                TokenUsage::Master => "this token is for joining nodes, not masters",
+                _ => "this token is for joining masters, not nodes",
+            }));
+        }
+        Ok((token, record.usage))
+    }
+
+    /// A master joins: with a master token it gets the cluster CA (key
+    /// included, as every master signs node certificates) and its raft id.
+    /// It becomes a member afterwards, once it serves, by asking the leader
+    /// ([`crate::raft::Cluster::add_member`]).
+    pub async fn join_master(
+        &self,
+        caller: &Caller,
+        token: &str,
+        node_id: u64,
+        addr: &str,
+    ) -> Result<Response, ApiError> {
+        super::authorize(caller, &Verb::on(Action::Create, Target::Certificate))?;
+        self.check_token(token, TokenUsage::Master).await?;
+        if addr.trim().is_empty() {
+            return Err(invalid(
+                "the joining master gave no address; pass --advertise host:port",
+            ));
+        }
+        let node_id = self
+            .cluster
+            .reserve_member(node_id, addr)
+            .await
+            .map_err(store_err)?;
+        tracing::info!(node_id, addr, "master joining");
+        Ok(Response::MasterJoined {
+            node_id,
+            cluster: self.pki.cluster.clone(),
+            ca_cert_pem: self.pki.ca.key.cert_pem.clone(),
+            ca_key_pem: self.pki.ca.key.key_pem.clone(),
+            masters: self.masters(),
+        })
+    }
+
+    /// Creates a join token for `usage` (a node, a named node, a master);
+    /// gives it and when it expires. `ttl` zero: [`DEFAULT_TOKEN_TTL`].
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        ttl: Duration,
+        description: String,
+        usage: TokenUsage,
+    ) -> Result<(String, Time), ApiError> {
+        super::authorize(caller, &Verb::on(Action::Create, Target::Token))?;
+        if let TokenUsage::NodeNamed(name) = &usage {
+            check_node_name(name)?;
+        }
+        let ttl = if ttl.is_zero() {
+            DEFAULT_TOKEN_TTL
+        } else {
+            ttl
+        };
+        let (token, record) = new_token(&self.pki.ca_hash, description, ttl, usage);
+        let expires = record.expires;
+        self.apply(Command::PutToken { record }).await?;
+        Ok((token.to_string(), expires))
+    }
+
+    /// Signs a new certificate for the caller's own identity, whatever the
+    /// request asks; gives it and the CA.
+    pub fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<(String, String), ApiError> {
+        super::authorize(caller, &Verb::on(Action::Update, Target::Certificate))?;
+        let identity = caller.identity().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "renewing a certificate needs a valid one of this cluster",
+            )
+        })?;
+        let cert_pem = self
+            .pki
+            .sign_for(csr_pem, &identity)
+            .map_err(|e| invalid(format!("certificate request: {e}")))?;
+        tracing::info!(caller = %identity, "renewed a certificate");
+        Ok((cert_pem, self.pki.ca.key.cert_pem.clone()))
+    }
+
+    /// The certificates that matter to the cluster, and when they expire.
+    pub fn certificates(&self, caller: &Caller) -> Result<Vec<CertificateStatus>, ApiError> {
+        super::authorize(caller, &Verb::on(Action::Get, Target::Cluster))?;
+        let id = self.cluster.id();
+        let mut all = self.pki.certificates(Some(id));
+        for (peer, v) in self.cluster.network().peer_certificates() {
+            if peer != id {
+                all.push(CertificateStatus {
+                    name: format!("master {peer} serving"),
+                    not_before: v.not_before,
+                    not_after: v.not_after,
+                });
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// A fresh token and the record the store keeps of it (only the secret's hash).
+fn new_token(
+    ca_hash: &str,
+    description: String,
+    ttl: Duration,
+    usage: TokenUsage,
+) -> (JoinToken, TokenRecord) {
+    let token = JoinToken::generate(ca_hash);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let expires = Time(Time::now().0.saturating_add(ttl_ms));
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        expires,
+        description,
+        usage,
+    };
+    (token, record)
+}
+
+/// Creates a join token without a request (for `flotilla up`, whose node joins its own master).
+pub async fn local_token(
+    master: &crate::Master,
+    description: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
+    let (token, record) = new_token(
+        &master.pki.ca_hash,
+        description.to_string(),
+        ttl,
+        TokenUsage::Node,
+    );
+    crate::raft::propose(&master.raft, Command::PutToken { record }).await?;
+    Ok(token.to_string())
+}

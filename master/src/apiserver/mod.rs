@@ -1,0 +1,517 @@
+//! The API core: every front end (the QUIC one today) and every controller
+//! goes through it. Each verb takes a [`Caller`], checks it
+//! ([`authz::authorize`] over a [`Verb`], never a wire request), admits the
+//! object ([`admission`], pure), and reads the store or writes through raft
+//! (via the leader's batcher, wherever the leader is). Answers are typed:
+//! objects, lists, streams, and an [`ApiError`] whose code says what went
+//! wrong and whose message says what to do.
+//!
+//! - [`verb`]: callers, actions, targets.
+//! - [`authz`]: who may do what.
+//! - [`admission`]: validation, defaults, immutability, node rules, priorities.
+//! - [`watch`]: which events a watch delivers.
+//! - `modules`: module upload (checked, then staged through raft) and download.
+//! - `access`: joins, tokens, certificates.
+//! - `logs`: a pod's output, relayed from its node (through another master if need be).
+
+mod access;
+pub mod admission;
+pub mod authz;
+mod logs;
+mod modules;
+pub mod verb;
+pub mod watch;
+
+pub use access::{local_token, DEFAULT_TOKEN_TTL};
+pub use logs::LogStream;
+pub use modules::{ModuleDownload, ModuleUpload};
+pub use verb::{Action, Caller, Subresource, Target, Verb};
+
+use crate::lifecycle::Heartbeats;
+use crate::nodes::NodeConnections;
+use crate::pki::Pki;
+use crate::raft::Cluster;
+use crate::store::{Command, Outcome, Store, StoreError};
+use admission::{invalid, not_found, Lookup};
+use authz::{authorize, node_may_read};
+use flotilla_api::protocol::{ApiError, ErrorCode, ListOptions, WatchEvent, WatchOptions};
+use flotilla_api::selector::Selector;
+use flotilla_api::time::Time;
+use flotilla_api::{Kind, Object};
+use std::sync::Arc;
+
+/// What the core works with; cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct ApiServer {
+    pub store: Store,
+    pub pki: Arc<Pki>,
+    /// This master's own addresses (what it advertises).
+    pub advertise: Vec<String>,
+    pub nodes: NodeConnections,
+    pub heartbeats: Heartbeats,
+    /// This master's raft and its links to the other masters: writes,
+    /// linearizable reads and raft messages go through it.
+    pub cluster: Cluster,
+}
+
+/// How often a status write is tried again when the object changed
+/// between its checks and its write.
+const STATUS_RETRIES: u32 = 5;
+
+/// The store's refusal as the API's: what the caller did wrong keeps its
+/// code; anything else is the master's trouble.
+pub fn store_err(e: StoreError) -> ApiError {
+    let code = match &e {
+        StoreError::NotFound(_) => ErrorCode::NotFound,
+        StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+        StoreError::Conflict { .. } => ErrorCode::Conflict,
+        StoreError::TooOld { .. } => ErrorCode::TooOld,
+        StoreError::Invalid(_) => ErrorCode::Invalid,
+        StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+fn unexpected(out: Outcome) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("unexpected outcome {out:?}"))
+}
+
+/// A fresh uid, as Kubernetes writes them.
+pub fn new_uid() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::rng().random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+impl Lookup for Store {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Object>, ApiError> {
+        Store::get(self, kind, namespace, name).map_err(store_err)
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<Object>, ApiError> {
+        Store::list(self, kind, None, &Selector::default())
+            .map(|(_, items)| items)
+            .map_err(store_err)
+    }
+}
+
+impl ApiServer {
+    /// Every master's address, the leader's first (what hellos and joins hand out).
+    pub fn masters(&self) -> Vec<String> {
+        let mut all = self.cluster.masters();
+        for a in &self.advertise {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
+
+    /// The read barrier before a read: linearizable unless `stale`.
+    pub(crate) async fn before_read(&self, stale: bool) -> Result<(), ApiError> {
+        // A master whose state differs from the others' serves no reads at
+        // all, backups included (see `raft::check`).
+        self.store.checks().serving().map_err(store_err)?;
+        if stale {
+            return Ok(());
+        }
+        self.cluster.linearize().await.map_err(store_err)
+    }
+
+    /// Writes a command through raft, via the leader wherever it is.
+    pub(crate) async fn apply(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        self.cluster.write(cmd).await.map_err(store_err)
+    }
+
+    /// Creates an object.
+    pub async fn create(&self, caller: &Caller, obj: Object) -> Result<Object, ApiError> {
+        let m = obj.meta();
+        let verb = Verb::object(Action::Create, obj.kind(), &m.namespace, &m.name, None);
+        authorize(caller, &verb)?;
+        let obj = admission::admit_create(caller, obj, &self.store, new_uid(), Time::now())?;
+        tracing::debug!(caller = %caller, key = %obj.key(), "create");
+        match self.apply(Command::Create { object: obj }).await? {
+            Outcome::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replaces an object's spec and metadata (compare-and-swap when it
+    /// carries a resourceVersion).
+    pub async fn update(&self, caller: &Caller, obj: Object) -> Result<Object, ApiError> {
+        let (kind, m) = (obj.kind(), obj.meta().clone());
+        authorize(
+            caller,
+            &Verb::object(Action::Update, kind, &m.namespace, &m.name, None),
+        )?;
+        let stored = self
+            .store
+            .get(kind, &m.namespace, &m.name)
+            .map_err(store_err)?;
+        let (obj, expected_rv) =
+            admission::admit_update(caller, obj, stored.as_ref(), &self.store)?;
+        let out = self
+            .apply(Command::Update {
+                object: obj,
+                expected_rv,
+                status_only: false,
+            })
+            .await?;
+        match out {
+            Outcome::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replaces an object's status. The checks hold for the version they
+    /// read: the write is a compare-and-swap on it, checked again against a
+    /// newer one (a pod rebound meanwhile is refused).
+    pub async fn update_status(&self, caller: &Caller, obj: Object) -> Result<Object, ApiError> {
+        let mut attempt = 0;
+        loop {
+            match self.write_status(caller, obj.clone(), None).await {
+                Err(e) if e.code == ErrorCode::Conflict && attempt < STATUS_RETRIES => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Replaces an object's status if it is still at `resource_version`
+    /// (`Conflict` otherwise): for controllers, whose status was computed
+    /// from that version and must not land on a newer one.
+    pub async fn update_status_at(
+        &self,
+        caller: &Caller,
+        obj: Object,
+        resource_version: u64,
+    ) -> Result<Object, ApiError> {
+        self.write_status(caller, obj, Some(resource_version)).await
+    }
+
+    async fn write_status(
+        &self,
+        caller: &Caller,
+        obj: Object,
+        expected_rv: Option<u64>,
+    ) -> Result<Object, ApiError> {
+        let (kind, m) = (obj.kind(), obj.meta().clone());
+        let verb = Verb::object(
+            Action::Update,
+            kind,
+            &m.namespace,
+            &m.name,
+            Some(Subresource::Status),
+        );
+        authorize(caller, &verb)?;
+        let stored = self
+            .store
+            .get(kind, &m.namespace, &m.name)
+            .map_err(store_err)?
+            .ok_or_else(|| not_found(kind, &m.namespace, &m.name))?;
+        let rv = expected_rv.unwrap_or(stored.meta().resource_version);
+        let object = admission::admit_status(caller, obj, &stored)?;
+        let cmd = Command::Update {
+            object,
+            expected_rv: Some(rv),
+            status_only: true,
+        };
+        match self.apply(cmd).await? {
+            Outcome::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Binds a pending pod (this `uid`) to a node: its `spec.nodeName` and
+    /// PodScheduled condition in one write. Many bindings share a raft entry
+    /// (the leader's batcher gathers concurrent writes).
+    pub async fn bind(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+    ) -> Result<Object, ApiError> {
+        let verb = Verb::object(
+            Action::Create,
+            Kind::Pod,
+            namespace,
+            name,
+            Some(Subresource::Binding),
+        );
+        authorize(caller, &verb)?;
+        let cmd = Command::Bind {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            node: node.to_string(),
+            at: Time::now(),
+        };
+        match self.apply(cmd).await? {
+            Outcome::Object(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes an object (compare-and-swap when `resource_version` is not 0).
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+    ) -> Result<Object, ApiError> {
+        authorize(
+            caller,
+            &Verb::object(Action::Delete, kind, namespace, name, None),
+        )?;
+        let cmd = Command::Delete {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            expected_rv: (resource_version != 0).then_some(resource_version),
+        };
+        match self.apply(cmd).await? {
+            Outcome::Deleted(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads one object (linearizably unless `stale`).
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        stale: bool,
+    ) -> Result<Object, ApiError> {
+        authorize(
+            caller,
+            &Verb::object(Action::Get, kind, namespace, name, None),
+        )?;
+        self.before_read(stale).await?;
+        let o = self
+            .store
+            .get(kind, namespace, name)
+            .map_err(store_err)?
+            .ok_or_else(|| not_found(kind, namespace, name))?;
+        if let Some(view) = NodeView::of(&self.store, caller) {
+            if !view.may_read(&o)? {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "node {} may read only its own Node, the pods bound to it and their modules",
+                        view.me
+                    ),
+                ));
+            }
+        }
+        Ok(o)
+    }
+
+    /// Lists objects: the store's revision and the objects the caller may read.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        opts: &ListOptions,
+    ) -> Result<(u64, Vec<Object>), ApiError> {
+        let kind = opts.kind.ok_or_else(|| invalid("a list needs a kind"))?;
+        authorize(
+            caller,
+            &Verb::collection(Action::List, Some(kind), opts.namespace.as_deref()),
+        )?;
+        let selector = Selector::parse(&opts.label_selector).map_err(|e| invalid(e.to_string()))?;
+        self.before_read(opts.stale).await?;
+        let (revision, items) = self
+            .store
+            .list(kind, opts.namespace.as_deref(), &selector)
+            .map_err(store_err)?;
+        let view = NodeView::of(&self.store, caller);
+        let mut kept = Vec::with_capacity(items.len());
+        for o in items {
+            if !watch::on_node(&o, opts.node_name.as_deref()) {
+                continue;
+            }
+            if let Some(view) = &view {
+                if !view.may_read(&o)? {
+                    continue;
+                }
+            }
+            kept.push(o);
+        }
+        Ok((revision, kept))
+    }
+
+    /// Watches changes from a revision (the current one if 0).
+    pub async fn watch(&self, caller: &Caller, opts: WatchOptions) -> Result<Watch, ApiError> {
+        authorize(
+            caller,
+            &Verb::collection(
+                Action::Watch,
+                opts.list.kind,
+                opts.list.namespace.as_deref(),
+            ),
+        )?;
+        let selector =
+            Selector::parse(&opts.list.label_selector).map_err(|e| invalid(e.to_string()))?;
+        let from = if opts.from_revision == 0 {
+            self.store.revision().map_err(store_err)?
+        } else {
+            opts.from_revision
+        };
+        let inner = self.store.watch(from).map_err(store_err)?;
+        let filter = watch::Filter::new(opts.list, selector, caller.node().map(String::from));
+        Ok(Watch { inner, filter })
+    }
+
+    /// A node's heartbeat: recorded here and passed on to the leader.
+    pub fn heartbeat(&self, caller: &Caller, node: &str) -> Result<(), ApiError> {
+        let verb = Verb::object(
+            Action::Update,
+            Kind::Node,
+            "",
+            node,
+            Some(Subresource::Heartbeat),
+        );
+        authorize(caller, &verb)?;
+        self.heartbeats.beat(node);
+        // The leader tracks heartbeats; pass this one on without making the
+        // node wait for it.
+        let cluster = self.cluster.clone();
+        let node = node.to_string();
+        tokio::spawn(async move { cluster.relay_heartbeat(&node).await });
+        Ok(())
+    }
+
+    /// The cluster's health as this master sees it.
+    pub async fn cluster_status(
+        &self,
+        caller: &Caller,
+    ) -> Result<flotilla_api::protocol::ClusterStatus, ApiError> {
+        authorize(caller, &Verb::on(Action::Get, Target::Cluster))?;
+        Ok(self.cluster.status().await)
+    }
+
+    /// Makes a master (that joined with a token) a voting member.
+    pub async fn add_master(&self, caller: &Caller, id: u64, addr: &str) -> Result<(), ApiError> {
+        authorize(caller, &Verb::on(Action::Create, Target::Cluster))?;
+        self.cluster.add_member(id, addr).await.map_err(store_err)
+    }
+
+    /// Takes a master out of the membership.
+    pub async fn remove_master(&self, caller: &Caller, id: u64) -> Result<(), ApiError> {
+        authorize(caller, &Verb::on(Action::Delete, Target::Cluster))?;
+        self.cluster.remove_member(id).await.map_err(store_err)
+    }
+
+    /// A backup of the whole state, encoded (`flotilla cluster snapshot`).
+    pub async fn backup(&self, caller: &Caller) -> Result<Vec<u8>, ApiError> {
+        authorize(caller, &Verb::on(Action::Get, Target::Backup))?;
+        self.before_read(false).await?;
+        let image = self.store.export().map_err(store_err)?;
+        crate::store::encode_backup(&image).map_err(store_err)
+    }
+
+    /// A raft message from another master; the answer's payload.
+    pub async fn raft(
+        &self,
+        caller: &Caller,
+        rpc: flotilla_api::protocol::RaftRpc,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        use flotilla_api::protocol::RaftRpc;
+        authorize(caller, &Verb::on(Action::Update, Target::Raft))?;
+        match rpc {
+            RaftRpc::AppendEntries | RaftRpc::Vote | RaftRpc::InstallSnapshot => {
+                crate::raft::rpc::handle(self.cluster.raft(), rpc, payload).await
+            }
+            RaftRpc::StateHash | RaftRpc::StateDiffers | RaftRpc::CheckStates => {
+                crate::raft::check::serve(&self.cluster, &self.store, rpc, payload).await
+            }
+            _ => {
+                let heartbeats = &self.heartbeats;
+                self.cluster
+                    .serve(&|n| heartbeats.beat(n), rpc, payload)
+                    .await
+            }
+        }
+    }
+}
+
+/// A watch's events, as its caller may see them.
+pub struct Watch {
+    inner: crate::store::Watch,
+    filter: watch::Filter,
+}
+
+impl Watch {
+    /// The next event to deliver; `TooOld` once the watch fell behind the
+    /// history the store keeps.
+    pub async fn next(&mut self) -> Result<WatchEvent, ApiError> {
+        loop {
+            let ev = self.inner.next().await.map_err(store_err)?;
+            if let Some(ev) = self.filter.admit(ev) {
+                return Ok(ev);
+            }
+        }
+    }
+}
+
+/// What a node caller may read; None for every other caller.
+pub(crate) struct NodeView<'a> {
+    me: String,
+    store: &'a Store,
+    /// The digests of the modules of the pods bound to the node, listed
+    /// only when a module is asked about: reading a Node or a pod needs
+    /// no list of every pod.
+    modules: std::cell::OnceCell<Result<std::collections::HashSet<String>, ApiError>>,
+}
+
+impl<'a> NodeView<'a> {
+    pub(crate) fn of(store: &'a Store, caller: &Caller) -> Option<NodeView<'a>> {
+        caller.node().map(|me| NodeView {
+            me: me.to_string(),
+            store,
+            modules: std::cell::OnceCell::new(),
+        })
+    }
+
+    pub(crate) fn uses(&self, digest: &str) -> Result<bool, ApiError> {
+        let modules = self.modules.get_or_init(|| {
+            let (_, pods) = self
+                .store
+                .list(Kind::Pod, None, &Selector::default())
+                .map_err(store_err)?;
+            Ok(pods
+                .iter()
+                .filter_map(|o| o.as_pod())
+                .filter(|p| p.spec.node_name.as_deref() == Some(self.me.as_str()))
+                .map(|p| p.spec.module.clone())
+                .collect())
+        });
+        match modules {
+            Ok(m) => Ok(m.contains(digest)),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn may_read(&self, o: &Object) -> Result<bool, ApiError> {
+        if let Object::Module(m) = o {
+            return self.uses(&m.spec.digest);
+        }
+        Ok(node_may_read(&self.me, o, &|_| false))
+    }
+}
