@@ -198,13 +198,33 @@ impl Client {
         agent: &str,
     ) -> Result<Client, NetError> {
         let endpoint = client_endpoint(tls)?;
+        Self::connect_on(&endpoint, None, addrs, agent).await
+    }
+
+    /// [`Client::connect`] on an endpoint the caller shares among many
+    /// connections, each with its own client configuration (`None`: the
+    /// endpoint's default): one UDP socket for many identities, as the
+    /// hollow nodes of `flotilla hollow-nodes` need.
+    pub async fn connect_on(
+        endpoint: &quinn::Endpoint,
+        config: Option<quinn::ClientConfig>,
+        addrs: &[String],
+        agent: &str,
+    ) -> Result<Client, NetError> {
         let mut first_error = None;
         let mut attempts = tokio::task::JoinSet::new();
         let mut pending = addrs.iter();
         loop {
             if let Some(addr) = pending.next() {
-                let (endpoint, addr, agent) = (endpoint.clone(), addr.clone(), agent.to_string());
-                attempts.spawn(async move { Self::connect_one(&endpoint, &addr, &agent).await });
+                let (endpoint, config, addr, agent) = (
+                    endpoint.clone(),
+                    config.clone(),
+                    addr.clone(),
+                    agent.to_string(),
+                );
+                attempts.spawn(
+                    async move { Self::connect_one(&endpoint, config, &addr, &agent).await },
+                );
             }
             if attempts.is_empty() {
                 break;
@@ -238,14 +258,17 @@ impl Client {
 
     async fn connect_one(
         endpoint: &quinn::Endpoint,
+        config: Option<quinn::ClientConfig>,
         addr: &str,
         agent: &str,
     ) -> Result<Client, NetError> {
         let sock = resolve(addr, 7443).await?;
         let attempt = async {
-            let connecting = endpoint
-                .connect(sock, MASTER_SERVER_NAME)
-                .map_err(|e| NetError::Connect(format!("cannot connect to {addr}: {e}")))?;
+            let connecting = match config {
+                Some(c) => endpoint.connect_with(c, sock, MASTER_SERVER_NAME),
+                None => endpoint.connect(sock, MASTER_SERVER_NAME),
+            }
+            .map_err(|e| NetError::Connect(format!("cannot connect to {addr}: {e}")))?;
             let conn = connecting.await?;
             let hello = Request::Hello {
                 version: PROTOCOL_VERSION,

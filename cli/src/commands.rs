@@ -531,6 +531,15 @@ fn render(
                     wide,
                     now,
                 ),
+                Kind::PriorityClass => output::priority_classes(
+                    &objs
+                        .iter()
+                        .filter_map(|o| {
+                            o.as_kind::<flotilla_api::objects::PriorityClass>().cloned()
+                        })
+                        .collect::<Vec<_>>(),
+                    now,
+                ),
                 _ => output::modules(
                     &objs
                         .iter()

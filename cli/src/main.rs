@@ -5,12 +5,14 @@
 //! Layout:
 //! - `main.rs`: the command line and process wiring (signals, logging).
 //! - [`commands`]: the client commands (apply, get, describe, logs, delete, token).
+//! - [`nodes`]: `taint`, `cordon`, `uncordon`: what admins change on a node.
 //! - [`output`]: tables, YAML and JSON.
 //! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
 #[cfg(feature = "node")]
 mod hollow;
+mod nodes;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -82,6 +84,20 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Add or remove taints on a node: `taint node pi-1 dedicated=gpu:NoSchedule`
+    /// adds one, `dedicated:NoSchedule-` removes it, `dedicated-` removes every effect.
+    Taint {
+        /// `node`.
+        kind: String,
+        name: String,
+        /// `key=value:Effect`, `key:Effect`, `key:Effect-` or `key-`.
+        #[arg(required = true, allow_hyphen_values = true)]
+        taints: Vec<String>,
+    },
+    /// Mark a node unschedulable: no new pods are placed on it.
+    Cordon { name: String },
+    /// Let new pods be placed on a cordoned node again.
+    Uncordon { name: String },
     /// Join tokens for new nodes and masters.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -93,9 +109,11 @@ enum Command {
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish).
     Completion { shell: clap_complete::Shell },
-    /// Testing tool: run many simulated nodes in this process (Kubernetes'
-    /// kubemark). They join, register, heartbeat and report their pods
-    /// Running (then Succeeded with --succeed-after) but run nothing.
+    /// Testing tool: simulate many nodes in this process (Kubernetes' kubemark).
+    ///
+    /// Hollow nodes join, register, heartbeat and report their pods Running
+    /// (then Succeeded with --succeed-after) but run nothing: for testing
+    /// masters at scale, never for real workloads.
     #[cfg(feature = "node")]
     HollowNodes(hollow::HollowArgs),
     /// Internal: compiles the module on stdin to native code on stdout for
@@ -250,6 +268,35 @@ struct NodeArgs {
     /// takes longer fails its pod with reason CompileLimit.
     #[arg(long, default_value = "60s")]
     compile_timeout: String,
+    #[command(flatten)]
+    offer: OfferArgs,
+}
+
+/// What a node offers pods: its resources less a reserve, a pod limit, and
+/// the WASI interfaces it links for guests (`node` and `up`).
+#[cfg(feature = "node")]
+#[derive(clap::Args, Debug)]
+struct OfferArgs {
+    /// Withhold WASI interfaces from this node's guests (repeatable): an
+    /// interface without its version, or a prefix ending at a name part,
+    /// e.g. wasi:sockets, wasi:filesystem or wasi_snapshot_preview1. They are
+    /// not linked, so a guest importing one fails with StartError, and not
+    /// listed in the Node's status.interfaces, so pods that import them are
+    /// placed elsewhere.
+    #[arg(long = "deny", value_name = "PREFIX")]
+    deny: Vec<String>,
+    /// CPU kept for the node agent, not offered to pods, e.g. 100m or 0.5.
+    #[arg(long, default_value = "100m")]
+    reserve_cpu: String,
+    /// Memory kept for the node agent, not offered to pods, e.g. 64Mi; raise
+    /// it for what else runs on the machine (a master, with `up`).
+    #[arg(long, default_value = "64Mi")]
+    reserve_memory: String,
+    /// Most pods bound to this node [default: one per 8Mi of memory left
+    /// after the reserve, at most 110 as Kubernetes: a pod that requests
+    /// nothing still costs its guest's memory, a log buffer and a stack].
+    #[arg(long, value_name = "N")]
+    max_pods: Option<u32>,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -264,6 +311,8 @@ struct UpArgs {
     /// Replace a client config (--config) that belongs to another cluster.
     #[arg(long)]
     replace_config: bool,
+    #[command(flatten)]
+    offer: OfferArgs,
 }
 
 /// A binary that can run a master allocates with mimalloc: under load the
@@ -405,6 +454,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "node")]
         Command::Node(a) => {
             init_logging();
+            let offer = offer(&a.offer)?;
             let name = match a.name {
                 Some(n) => n,
                 None => hostname()?,
@@ -422,6 +472,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("--module-cache-grace: {e}"))?,
                 },
                 compile: compile_limits(a.compile_memory.as_deref(), &a.compile_timeout)?,
+                deny: offer.deny,
+                reserve: offer.reserve,
+                max_pods: offer.max_pods,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -453,6 +506,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
             namespace,
         } => commands::delete(&config, kind.as_deref(), &names, &files, &namespace).await,
+        Command::Taint { kind, name, taints } => nodes::taint(&config, &kind, &name, &taints).await,
+        Command::Cordon { name } => nodes::cordon(&config, &name, true).await,
+        Command::Uncordon { name } => nodes::cordon(&config, &name, false).await,
         Command::Token(TokenCommand::Create {
             ttl,
             description,
@@ -505,6 +561,33 @@ fn compile_child(a: &CompileArgs) -> ExitCode {
     ExitCode::from(u8::try_from(child_main(request)).unwrap_or(1))
 }
 
+/// What a node offers pods, from the flags.
+#[cfg(feature = "node")]
+struct Offer {
+    deny: flotilla_node::Deny,
+    reserve: flotilla_node::Reserve,
+    max_pods: Option<u32>,
+}
+
+#[cfg(feature = "node")]
+fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
+    let deny = flotilla_node::Deny::new(a.deny.iter().cloned())?;
+    let reserve = flotilla_node::Reserve {
+        cpu_millis: flotilla_api::quantity::parse_millicores(&a.reserve_cpu)
+            .map_err(|e| anyhow::anyhow!("--reserve-cpu: {e}"))?,
+        memory_bytes: flotilla_api::quantity::parse_bytes(&a.reserve_memory)
+            .map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?,
+    };
+    if a.max_pods == Some(0) {
+        anyhow::bail!("--max-pods must be at least 1; to take no pods, set spec.unschedulable: true on the Node");
+    }
+    Ok(Offer {
+        deny,
+        reserve,
+        max_pods: a.max_pods,
+    })
+}
+
 /// The node's compile limits: the machine's defaults, or what the flags say.
 #[cfg(feature = "node")]
 fn compile_limits(
@@ -546,6 +629,7 @@ fn hostname() -> anyhow::Result<String> {
 /// Master and node in one process: the master's own token lets the node join.
 #[cfg(all(feature = "master", feature = "node"))]
 async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
+    let offer = offer(&a.offer)?;
     let data_dir = match a.data_dir {
         Some(d) => d,
         None => config
@@ -597,6 +681,9 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         labels: Default::default(),
         module_cache: Default::default(),
         compile: flotilla_node::CompileLimits::for_this_machine(),
+        deny: offer.deny,
+        reserve: offer.reserve,
+        max_pods: offer.max_pods,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

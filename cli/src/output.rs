@@ -1,6 +1,6 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
-use flotilla_api::objects::{Module, Node, Pod, PodPhase};
+use flotilla_api::objects::{Module, Node, Pod, PodPhase, PriorityClass};
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
 use flotilla_api::Object;
@@ -159,14 +159,38 @@ pub type ModuleUsers = std::collections::BTreeMap<String, Vec<String>>;
 
 /// How many pods a wide listing names in its PODS column before "...".
 const PODS_SHOWN: usize = 3;
+/// Widest IMPORTS cell: a p2 command imports a dozen interfaces, which
+/// written out would take a few hundred columns.
+const IMPORTS_WIDTH: usize = 60;
+
+/// PriorityClasses, as kubectl lists them.
+pub fn priority_classes(items: &[PriorityClass], now: Time) -> String {
+    let header = vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "PREEMPTION", "AGE"];
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|c| {
+            vec![
+                c.metadata.name.clone(),
+                c.value.to_string(),
+                c.global_default.to_string(),
+                format!("{:?}", c.preemption_policy),
+                c.metadata
+                    .creation_timestamp
+                    .map(|t| age(t, now))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&header, &rows)
+}
 
 /// Modules with their IN-USE column: how many pods use each, or `no` for a
 /// module the master removes once it has been unused for `--module-grace`.
-/// Wide adds the pods' names.
+/// Wide adds the pods' names and what the module imports.
 pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> String {
     let mut header = vec!["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"];
     if wide {
-        header.push("PODS");
+        header.extend(["PODS", "IMPORTS"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -197,11 +221,54 @@ pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> 
                     names.push_str(",...");
                 }
                 r.push(or_none(&names));
+                r.push(imports_column(&m.status.imports));
             }
             r
         })
         .collect();
     table(&header, &rows)
+}
+
+/// A module's imports, comma-joined; when that is wider than
+/// [`IMPORTS_WIDTH`], by package (`wasi:cli/stdout@0.2.6` as
+/// `wasi:cli@0.2.6`, the level `flotilla node --deny` works at), cut with
+/// `+N more` if still too wide. `-o yaml` has them all.
+fn imports_column(imports: &[String]) -> String {
+    if imports.is_empty() {
+        return "<none>".into();
+    }
+    let full = imports.join(",");
+    if full.chars().count() <= IMPORTS_WIDTH {
+        return full;
+    }
+    let packages: std::collections::BTreeSet<String> = imports
+        .iter()
+        .map(|i| match i.split_once('/') {
+            Some((package, rest)) => match rest.rsplit_once('@') {
+                Some((_, version)) => format!("{package}@{version}"),
+                None => package.to_string(),
+            },
+            None => i.clone(),
+        })
+        .collect();
+    let mut out = String::new();
+    for (shown, p) in packages.iter().enumerate() {
+        let left = packages.len() - shown;
+        let sep = if out.is_empty() { "" } else { "," };
+        // Room for this one, and for saying how many are left after it.
+        let more = if left > 1 {
+            format!(",+{} more", left - 1).len()
+        } else {
+            0
+        };
+        if !out.is_empty() && out.len() + sep.len() + p.len() + more > IMPORTS_WIDTH {
+            out.push_str(&format!(",+{left} more"));
+            break;
+        }
+        out.push_str(sep);
+        out.push_str(p);
+    }
+    out
 }
 
 /// Drops nulls, empty maps, empty lists and empty strings so YAML/JSON read like manifests.
@@ -336,7 +403,8 @@ mod tests {
             format!("sha256:{}", "a".repeat(64)),
             format!("sha256:{}", "b".repeat(64)),
         );
-        let items = [module(&used), module(&unused)];
+        let mut items = [module(&used), module(&unused)];
+        items[0].status.imports = vec!["wasi_snapshot_preview1".into()];
         let pods: Vec<String> = (1..=4).map(|i| format!("default/web-{i}")).collect();
         let users: ModuleUsers = [(used.clone(), pods)].into();
         let now = Time(0);
@@ -350,12 +418,55 @@ mod tests {
             .lines()
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(rows[0].last(), Some(&"PODS"));
+        // (AGE is empty here: the last two columns are PODS and IMPORTS.)
+        let last_two = |r: &[&str]| r[r.len() - 2..].join(" ");
+        assert_eq!(last_two(&rows[0]), "PODS IMPORTS");
         assert_eq!(
-            rows[1].last(),
-            Some(&"default/web-1,default/web-2,default/web-3,...")
+            last_two(&rows[1]),
+            "default/web-1,default/web-2,default/web-3,... wasi_snapshot_preview1"
         );
-        assert_eq!(rows[2].last(), Some(&"<none>"));
+        assert_eq!(last_two(&rows[2]), "<none> <none>");
+    }
+
+    #[test]
+    fn imports_are_shortened_by_package_then_cut() {
+        let list = |s: &[&str]| s.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let p2 = |package: &str, names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("wasi:{package}/{n}@0.2.6"))
+                .collect::<Vec<_>>()
+        };
+        let mut command = p2("cli", &["environment", "exit", "stderr", "stdin", "stdout"]);
+        command.extend(p2("clocks", &["monotonic-clock"]));
+        command.extend(p2("io", &["error", "poll", "streams"]));
+        let mut many = command.clone();
+        for package in ["filesystem", "random", "sockets", "http", "keyvalue"] {
+            many.extend(p2(package, &["types"]));
+        }
+        many.sort();
+        // (imports, IMPORTS)
+        let cases = [
+            (list(&[]), "<none>".to_string()),
+            (
+                list(&["wasi_snapshot_preview1"]),
+                "wasi_snapshot_preview1".to_string(),
+            ),
+            (
+                list(&["wasi:sockets", "wasi_snapshot_preview1"]),
+                "wasi:sockets,wasi_snapshot_preview1".to_string(),
+            ),
+            (
+                command,
+                "wasi:cli@0.2.6,wasi:clocks@0.2.6,wasi:io@0.2.6".to_string(),
+            ),
+            (many, "wasi:cli@0.2.6,wasi:clocks@0.2.6,+6 more".to_string()),
+        ];
+        for (imports, want) in cases {
+            let got = imports_column(&imports);
+            assert_eq!(got, want, "{imports:?}");
+            assert!(got.len() <= IMPORTS_WIDTH, "{got}");
+        }
     }
 
     #[test]

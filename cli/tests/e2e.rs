@@ -14,12 +14,60 @@ const T: Duration = Duration::from_secs(30);
 fn pods_run_restart_fail_and_stop_on_two_nodes() {
     let mut c = Cluster::start("10s");
     c.start_node("n1");
-    c.start_node("n2");
+    // n2 withholds sockets from its guests; no sample workload uses them.
+    c.start_node_args("n2", &["--deny", "wasi:sockets", "--max-pods", "20"]);
     c.wait_node_ready("n1", "Ready", T);
     c.wait_node_ready("n2", "Ready", T);
     let nodes = c.ok(&["get", "nodes", "-o", "wide"]);
     assert!(nodes.starts_with("NAME"), "{nodes}");
     assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
+    // Each node reports the interfaces its runtime links and what pods may
+    // use; n2 leaves out the sockets it withholds.
+    for (node, sockets) in [("n1", true), ("n2", false)] {
+        let yaml = c.ok(&["get", "node", node, "-o", "yaml"]);
+        for want in [
+            "interfaces:",
+            "- wasi:cli/environment@0.2.",
+            "- wasi:io/streams@0.2.",
+            "- wasi_snapshot_preview1",
+            "allocatable:",
+            "cpuMillis:",
+            "memoryBytes:",
+        ] {
+            assert!(
+                yaml.contains(want),
+                "{node}: {want:?} missing from:\n{yaml}"
+            );
+        }
+        for withheld in [
+            "- wasi:sockets/tcp@",
+            "- wasi:sockets/udp@",
+            "- wasi:sockets\n",
+        ] {
+            assert_eq!(
+                yaml.contains(withheld),
+                sockets,
+                "{node}: {withheld:?} in:\n{yaml}"
+            );
+        }
+        let status = &c.get_json("node", node).expect("node")["status"];
+        let (capacity, allocatable) = (&status["capacity"], &status["allocatable"]);
+        let cpu = |v: &serde_json::Value| v["cpuMillis"].as_u64().unwrap_or(0);
+        let memory = |v: &serde_json::Value| v["memoryBytes"].as_u64().unwrap_or(0);
+        // The default reserve: 100m and 64Mi.
+        assert_eq!(cpu(capacity) - cpu(allocatable), 100, "{node}: {status}");
+        assert_eq!(
+            memory(capacity) - memory(allocatable),
+            64 << 20,
+            "{node}: {status}"
+        );
+        let pods = allocatable["pods"].as_u64().unwrap_or(0);
+        if node == "n2" {
+            assert_eq!(pods, 20, "--max-pods");
+        } else {
+            assert!((1..=110).contains(&pods), "{node}: {status}");
+        }
+    }
 
     // hello (p2 component, from the manifest beside the program) succeeds with its output in the log.
     let hello = flotilla_workloads::manifest("hello");
@@ -35,6 +83,26 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     ] {
         assert!(logs.contains(want), "{want:?} missing from:\n{logs}");
     }
+    // The master read the module's imports; its node reports holding its
+    // code (within a few seconds of compiling it).
+    let digest = c.get_json("pod", "hello").expect("hello")["spec"]["module"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let modules = c.ok(&["get", "modules", "-o", "wide"]);
+    assert!(
+        modules.contains("IMPORTS") && modules.contains("wasi:cli"),
+        "{modules}"
+    );
+    let ran_on = c.get_json("pod", "hello").expect("hello")["spec"]["nodeName"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    wait_for("the node to report the module it compiled", T, || {
+        let node = c.get_json("node", &ran_on)?;
+        let held = node["status"]["modules"].as_array()?.clone();
+        held.iter().any(|m| m == digest.as_str()).then_some(())
+    });
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     assert!(
         wide.lines().any(|l| l.contains("hello")
@@ -226,9 +294,13 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     wait_for("an Unschedulable reason", T, || {
         (c.pod_field("arm-only", "reason") == "Unschedulable").then_some(())
     });
-    assert!(c
-        .pod_field("arm-only", "message")
-        .contains("do not match the pod's nodeSelector"));
+    let message = c.pod_field("arm-only", "message");
+    assert!(
+        message.starts_with(
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector"
+        ),
+        "{message}"
+    );
 }
 
 #[test]

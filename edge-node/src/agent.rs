@@ -48,10 +48,16 @@ pub struct NodeConfig {
     pub module_cache: crate::ModuleCacheConfig,
     /// How much memory and time one module's compilation may take.
     pub compile: crate::runtime::CompileLimits,
+    /// Interfaces withheld from guests (`--deny`): not linked, not reported.
+    pub deny: crate::runtime::Deny,
+    /// What of the machine the node keeps for itself, not for pods.
+    pub reserve: crate::node_status::Reserve,
+    /// Most pods bound here; None: [`crate::node_status::default_max_pods`].
+    pub max_pods: Option<u32>,
 }
 
 /// How often the node tells the master it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
 /// The first wait after a failure (before jitter), and the wait after a
@@ -74,6 +80,8 @@ struct Agent {
     ctx: Arc<WorkerCtx>,
     workers: HashMap<String, WorkerHandle>,
     logs: Logs,
+    /// The modules held as this connection's registration reported them.
+    reported: crate::node_status::Reported,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -164,7 +172,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     // When a renewal last failed, so that it is retried calmly, not on every connection.
     let mut renewal_failed: Option<tokio::time::Instant> = None;
     let local = LocalStore::open(&cfg.data_dir.join("node.redb"))?;
-    let runtime = Runtime::for_node(&cfg.data_dir.join("compiled"), cfg.compile)?;
+    let runtime = Runtime::for_node(&cfg.data_dir.join("compiled"), cfg.compile, &cfg.deny)?;
+    if !cfg.deny.prefixes().is_empty() {
+        tracing::info!(deny = ?cfg.deny.prefixes(), "withholding these interfaces from guests");
+    }
     let (client_tx, client_rx) = watch::channel(None::<Client>);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(WorkerCtx {
@@ -180,6 +191,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         ctx,
         workers: HashMap::new(),
         logs: Logs::default(),
+        reported: Default::default(),
     };
     let restored = local.pods()?;
     if !restored.is_empty() {
@@ -199,6 +211,15 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         agent.ctx.in_use.clone(),
         cfg.module_cache,
         gc_stop.clone(),
+    ));
+    let status_stop = CancellationToken::new();
+    let status = tokio::spawn(crate::node_status::report_modules(
+        cfg.name.clone(),
+        local.clone(),
+        agent.ctx.runtime.clone(),
+        client_rx.clone(),
+        agent.reported.clone(),
+        status_stop.clone(),
     ));
     let mut delay = MIN_RECONNECT;
     while !shutdown.is_cancelled() {
@@ -295,6 +316,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         };
         conn_done.cancel();
         client_tx.send_replace(None);
+        // The next connection's registration reports the modules afresh.
+        *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if shutdown.is_cancelled() {
             break;
         }
@@ -314,6 +337,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     // Before the workers stop, or their going would look like release.
     gc_stop.cancel();
     let _ = gc.await;
+    status_stop.cancel();
+    let _ = status.await;
     // Pods stop with the node but stay in the local store, to start again with it.
     for (_, w) in agent.workers.drain() {
         w.stop.cancel();
@@ -368,7 +393,13 @@ async fn session(
     creds: &ClientConfigFile,
     agent: &mut Agent,
 ) -> Result<(), NetError> {
-    register(client, cfg, creds).await?;
+    let (local, runtime) = (agent.ctx.local.clone(), agent.ctx.runtime.clone());
+    let modules =
+        tokio::task::spawn_blocking(move || crate::node_status::held_modules(&local, &runtime))
+            .await
+            .unwrap_or_default();
+    register(client, cfg, creds, modules.clone()).await?;
+    *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(modules);
     let list = ListOptions {
         kind: Some(Kind::Pod),
         namespace: None,
@@ -409,7 +440,7 @@ async fn session(
 
 /// Lists in as many frames as it takes (`ListStream`), so that pods of any
 /// number and size (up to the 1.5 MiB object limit each) reach the node.
-async fn list_all(client: &Client, list: &ListOptions) -> Result<(u64, Vec<Object>), NetError> {
+pub async fn list_all(client: &Client, list: &ListOptions) -> Result<(u64, Vec<Object>), NetError> {
     let (_send, mut recv) = client.open(&Request::ListStream(list.clone())).await?;
     let mut collector = ListCollector::default();
     loop {
@@ -430,14 +461,23 @@ async fn register(
     client: &Client,
     cfg: &NodeConfig,
     creds: &ClientConfigFile,
+    modules: Vec<String>,
 ) -> Result<(), NetError> {
     let mut node = describe_node(cfg);
+    node.status.modules = modules;
     if let Ok(v) = Validity::of_pem(&creds.cert_pem) {
         node.metadata.annotations.insert(
             annotations::CERTIFICATE_EXPIRES.into(),
             v.not_after.to_string(),
         );
     }
+    register_node(client, node).await
+}
+
+/// Creates or refreshes a Node object as its node describes it (also used
+/// by `flotilla hollow-nodes`): labels and annotations by update, what the
+/// node reports of itself by status update.
+pub async fn register_node(client: &Client, node: Node) -> Result<(), NetError> {
     match client
         .call(&Request::Create(Object::Node(node.clone())))
         .await
@@ -451,7 +491,7 @@ async fn register(
                 .call(&Request::Get {
                     kind: Kind::Node,
                     namespace: String::new(),
-                    name: cfg.name.clone(),
+                    name: node.metadata.name.clone(),
                     stale: false,
                 })
                 .await?
@@ -481,6 +521,9 @@ async fn register(
             updated.status.capacity = node.status.capacity;
             updated.status.node_info = node.status.node_info;
             updated.status.addresses = node.status.addresses;
+            updated.status.allocatable = node.status.allocatable;
+            updated.status.interfaces = node.status.interfaces;
+            updated.status.modules = node.status.modules;
             client
                 .call(&Request::UpdateStatus(Object::Node(updated)))
                 .await?;
@@ -523,11 +566,14 @@ fn describe_node(cfg: &NodeConfig) -> Node {
         },
         ..Node::default()
     };
-    node.status.capacity = NodeCapacity {
+    let machine = NodeCapacity {
         cpu_millis: cpus * 1000,
         memory_bytes: total_memory(),
-        pods: 110,
+        pods: 0,
     };
+    (node.status.capacity, node.status.allocatable) =
+        crate::node_status::resources(machine, cfg.reserve, cfg.max_pods);
+    node.status.interfaces = crate::runtime::interfaces::provided(&cfg.deny);
     node.status.node_info = NodeInfo {
         architecture: arch().into(),
         operating_system: std::env::consts::OS.into(),

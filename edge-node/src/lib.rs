@@ -6,7 +6,10 @@
 //!   bound here, starts and stops workers, reports status, serves logs.
 //! - [`pod`]: one pod's lifecycle as a pure state machine.
 //! - [`worker`]: performs a pod's actions (fetch, compile, run, back off).
-//! - [`runtime`]: wasmtime: compiling, caching and running Wasm programs.
+//! - [`runtime`]: wasmtime: compiling, caching and running Wasm programs,
+//!   and the WASI interfaces it gives guests ([`runtime::interfaces`]).
+//! - [`node_status`]: what the node reports of itself beyond identity:
+//!   allocatable resources, interfaces, the modules whose code it holds.
 //! - [`local`]: the node's redb (its pods and modules), so pods survive a
 //!   reboot while no master answers.
 //! - [`module_gc`]: what the node keeps of modules no pod uses (memory at
@@ -18,13 +21,15 @@ pub mod join;
 pub mod local;
 pub mod logs;
 pub mod module_gc;
+pub mod node_status;
 pub mod pod;
 pub mod runtime;
 pub mod worker;
 
 pub use agent::NodeConfig;
 pub use module_gc::ModuleCacheConfig;
-pub use runtime::CompileLimits;
+pub use node_status::Reserve;
+pub use runtime::{CompileLimits, Deny};
 
 /// Runs the node until `shutdown` fires ([`agent::run`]) in a data directory
 /// only this user can reach: it holds the node's key, its pods' env values and

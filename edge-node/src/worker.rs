@@ -186,6 +186,13 @@ async fn run(
                         .memory
                         .as_ref()
                         .and_then(|q| q.bytes().ok()),
+                    cpu_limit: pod
+                        .spec
+                        .resources
+                        .limits
+                        .cpu
+                        .as_ref()
+                        .and_then(|q| q.millicores().ok()),
                 };
                 let sink: Arc<dyn LogSink> = logs.clone();
                 tokio::select! {

@@ -399,3 +399,109 @@ async fn tables_count_against_the_memory_limit() {
     let (outcome, _) = run(&rt, &program, one).await;
     assert_eq!(outcome, RunOutcome::Exited(0));
 }
+
+/// CPU time this thread has used: the scheduler's count in nanoseconds
+/// (`/proc/thread-self/schedstat`), or else user + system time in 10 ms
+/// ticks (`/proc/thread-self/stat`; USER_HZ is 100 on Linux).
+fn thread_cpu() -> Duration {
+    if let Some(ns) = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter(|&ns| ns > 0)
+    {
+        return Duration::from_nanos(ns);
+    }
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+    // Fields after the `(comm)`, which may hold spaces: utime and stime are
+    // the 12th and 13th.
+    let after = stat.rsplit_once(')').expect("stat format").1;
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|t| t.parse::<u64>().expect("ticks"))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Share of a core that `hog spin` got in `wall` under `cpu_limit`. Run it
+/// on a current-thread runtime: the guest then runs on the calling thread
+/// only, and other tests' threads do not count.
+async fn spin_share(rt: &Runtime, spin: &Program, cpu_limit: Option<u64>, wall: Duration) -> f64 {
+    let spec = RunSpec {
+        cpu_limit,
+        ..spec("hog", &["spin"])
+    };
+    let (cpu0, t0) = (thread_cpu(), Instant::now());
+    let result = tokio::time::timeout(wall, rt.run(spin, spec, Arc::new(Capture::default()))).await;
+    assert!(result.is_err(), "spin ended: {result:?}");
+    (thread_cpu() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
+/// `limits.cpu: 100m` holds a guest that never stops to about a tenth of a
+/// core. The bounds are loose: the machine running the tests is shared.
+#[tokio::test]
+async fn cpu_limit_holds_a_spinning_guest_to_its_share() {
+    let (rt, _dir) = runtime();
+    let spin = load(&rt, &flotilla_workloads::path("hog"));
+    let wall = Duration::from_secs(2);
+    let limited = spin_share(&rt, &spin, Some(100), wall).await;
+    let unlimited = spin_share(&rt, &spin, None, wall).await;
+    eprintln!("hog spin: 100m got {limited:.3} of a core, no limit {unlimited:.3}");
+    assert!(limited < 0.4, "100m got {limited:.3} of a core");
+    assert!(limited > 0.01, "100m barely ran: {limited:.3} of a core");
+    assert!(
+        unlimited > 2.0 * limited,
+        "no limit got {unlimited:.3} of a core, 100m {limited:.3}"
+    );
+}
+
+/// Only running counts against the limit: a guest that sleeps between short
+/// bursts of work is not paused for its sleeps.
+#[tokio::test]
+async fn cpu_limit_does_not_charge_waiting() {
+    let (rt, _dir) = runtime();
+    let ticker = load(&rt, &flotilla_workloads::path("ticker"));
+    let capture = Arc::new(Capture::default());
+    let limited = RunSpec {
+        cpu_limit: Some(100),
+        ..spec("ticker", &[])
+    };
+    let result = tokio::time::timeout(
+        Duration::from_millis(2500),
+        rt.run(&ticker, limited, capture.clone()),
+    )
+    .await;
+    assert!(result.is_err());
+    // Ticks at 0, 1 and 2 s; charged for its 1 s sleeps, it would have been
+    // paused 9 s after the first.
+    assert!(
+        capture.stdout().contains("tick 2\n"),
+        "{}",
+        capture.stdout()
+    );
+}
+
+/// A guest paused for its CPU limit stops as soon as its future is dropped,
+/// not when the pause would end (about 10 s at 1m).
+#[tokio::test]
+async fn paused_guest_stops_at_once() {
+    let (rt, _dir) = runtime();
+    let spin = load(&rt, &flotilla_workloads::path("hog"));
+    let limited = RunSpec {
+        cpu_limit: Some(1),
+        ..spec("hog", &["spin"])
+    };
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_millis(300),
+        rt.run(&spin, limited, Arc::new(Capture::default())),
+    )
+    .await;
+    assert!(result.is_err(), "spin ended: {result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -7,8 +7,8 @@
 //! - [`apiserver`]: the API core every front end and every controller goes
 //!   through: typed verbs taking a caller, authorization, admission.
 //! - [`frontend`]: thin translators from a wire to the core (QUIC today).
-//! - [`binder`]: places pending pods on Ready nodes that match their selector.
-//! - [`lifecycle`]: turns nodes whose heartbeats stop NotReady.
+//! - [`scheduler`]: where pending pods go (filters, scores, preemption), pure.
+//! - `controllers::node_lifecycle`: turns nodes whose heartbeats stop NotReady.
 //! - [`modules`]: removes modules no pod has used for a grace period.
 //! - [`nodes`]: live connections of nodes, for requests the master makes to them (logs).
 //! - [`wasm`]: checks that an uploaded module is WebAssembly before it is stored.
@@ -20,8 +20,9 @@
 //!   CA when joining, starts raft and binds the endpoint.
 //! - `backup`: founds the cluster from a backup (`--restore`).
 //! - `membership`: a joining master asks to become a voter; a removed one stops.
-//! - `controllers`: the controller manager: runs the binder, the node lifecycle
-//!   and module collection while this master leads.
+//! - `controllers`: the controller manager (the scheduler's loop, the node
+//!   lifecycle and module collection while this master leads) and the
+//!   control-loop runtime (shared cache, work queue).
 //! - `renewal`: renews this master's own certificates and puts them in use.
 //! - this file: [`MasterConfig`], [`MasterError`], the [`Master`] handles,
 //!   [`Running::serve`] and [`run`].
@@ -31,17 +32,16 @@
 
 pub mod apiserver;
 mod backup;
-pub mod binder;
 mod bootstrap;
-mod controllers;
+pub mod controllers;
 pub mod frontend;
-pub mod lifecycle;
 mod membership;
 pub mod modules;
 pub mod nodes;
 pub mod pki;
 pub mod raft;
 mod renewal;
+pub mod scheduler;
 pub mod store;
 pub mod wasm;
 
@@ -160,7 +160,7 @@ impl Running {
     /// Serves until `shutdown` fires, then closes connections and waits for tasks.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), MasterError> {
         let nodes = nodes::NodeConnections::default();
-        let heartbeats = lifecycle::Heartbeats::new();
+        let heartbeats = controllers::node_lifecycle::Heartbeats::new();
         let tracker = tokio_util::task::TaskTracker::new();
         let node_id = self.cluster.id();
         let api = apiserver::ApiServer {

@@ -223,8 +223,9 @@ mod tests {
     #[test]
     fn reads_a_core_modules_import_modules_and_p1_sockets() {
         let p1 = "wasi_snapshot_preview1";
-        // (imports, what the master reads)
-        let cases: [(&[(&str, &str)], &[&str]); 4] = [
+        // (imports as (module, function), what the master reads)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: [Case; 4] = [
             (&[(p1, "fd_write"), (p1, "proc_exit")], &[p1]),
             (
                 &[(p1, "fd_write"), ("env", "f"), (p1, "sock_accept")],

@@ -128,12 +128,18 @@ fn defaults_are_left_out_of_the_wire_but_not_of_what_people_see() {
     let p = pod();
     let full = Object::Pod(p.clone()).to_manifest_value();
     assert_eq!(full["status"]["restartCount"], 0, "{full}");
-    assert_eq!(full["spec"]["tolerations"][0]["operator"], "Equal", "{full}");
+    assert_eq!(
+        full["spec"]["tolerations"][0]["operator"], "Equal",
+        "{full}"
+    );
     let bytes = postcard::to_allocvec(&Object::Pod(p.clone())).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(!text.contains("restartCount"), "{text}");
     assert!(text.contains("dedicated"), "{text}");
     // The compact form reads back whole, and does not leak into later output.
-    assert_eq!(postcard::from_bytes::<Object>(&bytes).unwrap(), Object::Pod(p.clone()));
+    assert_eq!(
+        postcard::from_bytes::<Object>(&bytes).unwrap(),
+        Object::Pod(p.clone())
+    );
     assert_eq!(Object::Pod(p).to_manifest_value(), full);
 }

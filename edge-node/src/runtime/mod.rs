@@ -9,10 +9,13 @@
 //! compiles in-process. [`Runtime::run`] is a
 //! well-behaved future: the guest yields to the executor every epoch tick
 //! (10 ms), so even a guest spinning in a loop neither starves other tasks nor
-//! outlives its future.
+//! outlives its future; a run with a CPU limit may be paused at those ticks
+//! to hold it to its share of a core ([`cpu`]).
 
 mod cache;
 pub mod compile;
+mod cpu;
+pub mod interfaces;
 mod limits;
 mod stdio;
 
@@ -30,6 +33,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use compile::CompileFailure;
 pub use compile::CompileLimits;
+pub use interfaces::Deny;
 use limits::Limiter;
 use stdio::SinkOutput;
 
@@ -113,6 +117,9 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// Cap on the total linear memory of the run, in bytes.
     pub memory_limit: Option<u64>,
+    /// Cap on the CPU the run may use, in millicores of one core (1000 is
+    /// a whole core, which a run never exceeds; 0 means no cap).
+    pub cpu_limit: Option<u64>,
 }
 
 /// Receives a guest's output as it writes it. Called synchronously from the
@@ -160,8 +167,12 @@ struct Inner {
     cache_dir: PathBuf,
     fingerprint: String,
     compiler: Compiler,
+    /// WASI as [`interfaces`] links it, less what `deny` withholds.
     p2_linker: wasmtime::component::Linker<P2State>,
     p1_linker: wasmtime::Linker<P1State>,
+    /// What the operator withholds; a program importing it is refused
+    /// before it is instantiated ([`Deny::refusal`]).
+    deny: Deny,
     /// One compiler child at a time: each may use up to the compile memory
     /// limit, so two heavy modules compiling at once would use twice what
     /// the operator sized for the device.
@@ -211,7 +222,7 @@ impl Runtime {
     /// last `Runtime` clone is dropped. `cache_dir` holds compiled code.
     /// Modules are compiled in-process, without limits.
     pub fn new(cache_dir: &Path) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, |_| Compiler::InProcess)
+        Runtime::build(cache_dir, &Deny::default(), |_| Compiler::InProcess)
     }
 
     /// The node agent's runtime: as [`Runtime::new`], but modules are
@@ -219,9 +230,14 @@ impl Runtime {
     /// `__compile` subcommand) under `limits`, and a stopped pod's compile
     /// ends at once. Where that cannot work — the executable is not the
     /// `flotilla` binary, or cannot be started again (say, run by qemu-user
-    /// without binfmt) — it compiles in-process and logs why.
-    pub fn for_node(cache_dir: &Path, limits: CompileLimits) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, |fingerprint| {
+    /// without binfmt) — it compiles in-process and logs why. Guests get no
+    /// interface that `deny` withholds ([`interfaces`]).
+    pub fn for_node(
+        cache_dir: &Path,
+        limits: CompileLimits,
+        deny: &Deny,
+    ) -> Result<Runtime, RuntimeError> {
+        Runtime::build(cache_dir, deny, |fingerprint| {
             let checked = std::env::current_exe()
                 .map_err(|e| format!("cannot find this executable: {e}"))
                 .and_then(|program| compile::probe(&program, fingerprint).map(|()| program));
@@ -248,6 +264,7 @@ impl Runtime {
     /// The runtime, with the compiler that `compiler` picks for the engine's fingerprint.
     fn build(
         cache_dir: &Path,
+        deny: &Deny,
         compiler: impl FnOnce(&str) -> Compiler,
     ) -> Result<Runtime, RuntimeError> {
         let engine = Engine::new(&compile::engine_config()).map_err(|e| RuntimeError::Engine {
@@ -261,16 +278,15 @@ impl Runtime {
         restrict_permissions(cache_dir);
 
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(|e| {
-            RuntimeError::Engine {
-                message: format!("cannot link WASI p2: {e:#}"),
-            }
+        interfaces::add_p2_to_linker(&mut p2_linker, deny).map_err(|e| RuntimeError::Engine {
+            message: format!("cannot link WASI p2: {e:#}"),
         })?;
         let mut p1_linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)
-            .map_err(|e| RuntimeError::Engine {
+        interfaces::add_p1_to_linker(&mut p1_linker, deny, |s: &mut P1State| &mut s.wasi).map_err(
+            |e| RuntimeError::Engine {
                 message: format!("cannot link WASI p1: {e:#}"),
-            })?;
+            },
+        )?;
 
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         // A weak handle: the thread must not keep the engine alive by itself.
@@ -299,6 +315,7 @@ impl Runtime {
                 compiler,
                 p2_linker,
                 p1_linker,
+                deny: deny.clone(),
                 compile_turn: std::sync::Mutex::new(()),
                 _epoch_stop: stop_tx,
             }),
@@ -506,6 +523,12 @@ impl Runtime {
         spec: RunSpec,
         sink: Arc<dyn LogSink>,
     ) -> RunOutcome {
+        if let Some(message) = self.inner.deny.refusal(program, &self.inner.engine) {
+            return RunOutcome::Failed {
+                reason: "StartError".into(),
+                message,
+            };
+        }
         let mut wasi = WasiCtxBuilder::new();
         wasi.arg(&spec.name)
             .args(&spec.args)
@@ -530,8 +553,9 @@ impl Runtime {
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
-                prepare_epochs(&mut store);
-                let result = run_component(&mut store, component, &self.inner.p2_linker).await;
+                let meter = prepare_epochs(&mut store, spec.cpu_limit);
+                let run = run_component(&mut store, component, &self.inner.p2_linker);
+                let result = cpu::metered(meter, run).await;
                 outcome(result, store.data().limiter.denial())
             }
             Program::Module(module) => {
@@ -541,8 +565,9 @@ impl Runtime {
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
-                prepare_epochs(&mut store);
-                let result = run_module(&mut store, module, &self.inner.p1_linker).await;
+                let meter = prepare_epochs(&mut store, spec.cpu_limit);
+                let run = run_module(&mut store, module, &self.inner.p1_linker);
+                let result = cpu::metered(meter, run).await;
                 outcome(result, store.data().limiter.denial())
             }
         }
@@ -618,10 +643,16 @@ fn restrict_permissions(dir: &Path) {
 
 /// Make the guest yield to the executor at every epoch tick. Yielding (not
 /// trapping) keeps long-running pods alive while letting the executor drop
-/// the future, which is how a pod is stopped.
-fn prepare_epochs<T>(store: &mut Store<T>) {
+/// the future, which is how a pod is stopped. Under a CPU limit the yield
+/// may be a pause ([`cpu::throttle`]); the run's future must then be
+/// [`cpu::metered`] with the meter returned.
+fn prepare_epochs<T>(store: &mut Store<T>, cpu_limit: Option<u64>) -> Option<Arc<cpu::Meter>> {
     store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+    let meter = cpu_limit.and_then(|millicores| cpu::throttle(store, millicores));
+    if meter.is_none() {
+        store.epoch_deadline_async_yield_and_update(1);
+    }
+    meter
 }
 
 /// Where a run failed, which decides how a non-trap error is reported.

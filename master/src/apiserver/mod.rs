@@ -27,7 +27,7 @@ pub use logs::LogStream;
 pub use modules::{ModuleDownload, ModuleUpload};
 pub use verb::{Action, Caller, Subresource, Target, Verb};
 
-use crate::lifecycle::Heartbeats;
+use crate::controllers::node_lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
 use crate::raft::Cluster;
@@ -462,8 +462,10 @@ impl Watch {
     /// history the store keeps.
     pub async fn next(&mut self) -> Result<WatchEvent, ApiError> {
         loop {
-            let ev = self.inner.next().await.map_err(store_err)?;
-            if let Some(ev) = self.filter.admit(ev) {
+            let ev = self.inner.next_shared().await.map_err(store_err)?;
+            if let Some(kind) = self.filter.admit(&ev) {
+                let mut ev = std::sync::Arc::unwrap_or_clone(ev);
+                ev.kind = kind;
                 return Ok(ev);
             }
         }

@@ -1,18 +1,21 @@
-//! The controller manager: starts the leader-only loops (the binder, the
-//! node lifecycle, module collection) when this master becomes the leader,
+//! The controller manager: starts the leader-only loops (the scheduler, the
+//! node lifecycle, module collection) and the cache they share when this master becomes the leader,
 //! and stops them when it is no longer.
 
+pub mod node_lifecycle;
 pub mod runtime;
+pub mod scheduler;
 
 use crate::apiserver::ApiServer;
-use crate::{binder, lifecycle, modules};
+use crate::modules;
+use node_lifecycle as lifecycle;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the binder, the node lifecycle and module collection while this
+/// Runs the scheduler, the node lifecycle and module collection while this
 /// master is the leader, and stops them when it is not: two leaders'
 /// controllers would fight, and a follower's writes are refused anyway.
-/// The binder and the node lifecycle write through the API core, as
+/// The scheduler and the node lifecycle write through the API core, as
 /// controllers.
 pub(crate) async fn run_while_leading(
     api: ApiServer,
@@ -32,10 +35,20 @@ pub(crate) async fn run_while_leading(
         };
         match (is_leader, &leading) {
             (true, None) => {
-                tracing::info!(node_id, "leading: starting the binder and node lifecycle");
+                tracing::info!(
+                    node_id,
+                    "leading: starting the scheduler and node lifecycle"
+                );
                 let child = shutdown.child_token();
-                tracker.spawn(binder::run(api.clone(), child.clone()));
-                tracker.spawn(lifecycle::run(api.clone(), grace, child.clone()));
+                // One cache of pods, nodes and modules, shared by the
+                // controllers that read them.
+                let cache = runtime::Cache::new(&scheduler::KINDS);
+                tracker.spawn({
+                    let (cache, store, child) = (cache.clone(), api.store.clone(), child.clone());
+                    async move { cache.run(store, child).await }
+                });
+                tracker.spawn(scheduler::run(api.clone(), cache.clone(), child.clone()));
+                tracker.spawn(lifecycle::run(api.clone(), cache, grace, child.clone()));
                 tracker.spawn(modules::run(
                     api.store.clone(),
                     raft.clone(),
@@ -47,7 +60,7 @@ pub(crate) async fn run_while_leading(
             (false, Some(child)) => {
                 tracing::info!(
                     node_id,
-                    "no longer leading: stopping the binder and node lifecycle"
+                    "no longer leading: stopping the scheduler and node lifecycle"
                 );
                 child.cancel();
                 leading = None;

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::apiserver::{ApiServer, Caller};
-use crate::lifecycle::Heartbeats;
+use crate::controllers::node_lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
 use crate::store::{Command, Outcome, Store};

@@ -352,7 +352,7 @@ impl Store {
         }
         for event in events {
             // An error only means nobody is watching right now.
-            let _ = self.inner.live.send(Live::Event(event));
+            let _ = self.inner.live.send(Live::Event(Arc::new(event)));
         }
         Ok(outcome)
     }

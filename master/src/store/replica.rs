@@ -131,7 +131,10 @@ impl Store {
             txn.commit().map_err(db("committing a batch of commands"))?;
             for event in events {
                 // An error only means nobody is watching right now.
-                let _ = self.inner.live.send(Live::Event(event));
+                let _ = self
+                    .inner
+                    .live
+                    .send(Live::Event(std::sync::Arc::new(event)));
             }
             return Ok(answers
                 .into_iter()
@@ -182,7 +185,10 @@ impl Store {
         txn.commit().map_err(db("committing raft entries"))?;
         for event in events {
             // An error only means nobody is watching right now.
-            let _ = self.inner.live.send(Live::Event(event));
+            let _ = self
+                .inner
+                .live
+                .send(Live::Event(std::sync::Arc::new(event)));
         }
         Ok(Some(answers))
     }
@@ -363,7 +369,10 @@ impl Store {
         txn.commit().map_err(db("committing a raft entry"))?;
         for event in events {
             // An error only means nobody is watching right now.
-            let _ = self.inner.live.send(Live::Event(event));
+            let _ = self
+                .inner
+                .live
+                .send(Live::Event(std::sync::Arc::new(event)));
         }
         Ok(answer)
     }

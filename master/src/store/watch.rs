@@ -8,15 +8,15 @@ use super::Store;
 use flotilla_api::protocol::WatchEvent;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 /// What the store sends live watchers after each commit.
-// Boxing events to shrink the rare `Reset` would allocate once per event.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(super) enum Live {
-    /// The event of one revision.
-    Event(WatchEvent),
+    /// The event of one revision, shared by every watcher (a node's watch
+    /// looks at every event to find its pods; none copies what it skips).
+    Event(Arc<WatchEvent>),
     /// The whole state was replaced (`Store::install`) and the history
     /// cleared: watchers must check the history again, which answers `TooOld`
     /// to those that had not reached the new state's revision.
@@ -73,13 +73,19 @@ impl Watch {
     ///
     /// Catching up reads the database synchronously, in small batches.
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        self.next_shared().await.map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Watch::next`], the event shared with the other watchers: for
+    /// watchers that deliver only some events, and copy only those.
+    pub async fn next_shared(&mut self) -> Result<Arc<WatchEvent>, StoreError> {
         loop {
             // A master found to hold a state that differs from the others'
             // ends its watches too, not only new reads.
             self.store.checks().serving()?;
             if let Some(event) = self.pending.pop_front() {
                 self.last = event.revision;
-                return Ok(event);
+                return Ok(Arc::new(event));
             }
             if self.catching_up {
                 let batch = self.store.history_after(self.last, CATCH_UP_BATCH)?;

@@ -204,10 +204,11 @@ impl Cache {
             };
             match result {
                 Err(StoreError::TooOld { .. }) => {
+                    backoff.reset();
                     tracing::info!(kinds = ?self.kinds, "cache fell behind the store's history; listing again");
                 }
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(error = %e, retry_in = ?wait, "cache watch failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -285,7 +286,7 @@ impl Backoff {
     }
 
     /// The wait before the next attempt.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let now = self.next;
         self.next = (self.next * 2).min(self.max);
         now

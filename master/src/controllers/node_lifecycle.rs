@@ -13,15 +13,15 @@
 //! the leader.
 
 use crate::apiserver::{ApiServer, Caller};
-use crate::store::StoreError;
+use crate::controllers::runtime::{Cache, Change, WorkQueue};
 use flotilla_api::objects::{condition, PodCondition, PodPhase, PodStatus, ReadyState};
 use flotilla_api::protocol::{ApiError, ErrorCode};
-use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
-use flotilla_api::{Kind, Object, Pod};
+use flotilla_api::{Kind, Node, Object, Pod};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Last heartbeat per node, shared with the API service.
@@ -113,128 +113,182 @@ pub fn lost_status(pod: &Pod, node: &str, now: Time) -> Option<PodStatus> {
     Some(status)
 }
 
-/// How often nodes are re-examined; bounds how late past the grace period a node turns NotReady.
+/// How often every node is examined; bounds how late past the grace period
+/// a node turns NotReady.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Watches heartbeats and writes transitions until `shutdown` fires.
-pub async fn run(api: ApiServer, grace: Duration, shutdown: CancellationToken) {
+/// What node lifecycle writes for one node: its new readiness (if it
+/// changes) and the status of each of its pods that must show `Unknown`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub node: Option<Node>,
+    pub lost_pods: Vec<Pod>,
+}
+
+/// The plan for `node` (pure): its transition given how long it has been
+/// silent, and, while it is (or becomes) NotReady, the pods bound to it
+/// (`pods`) that do not show `Unknown` yet.
+pub fn plan(node: &Node, pods: &[&Pod], silence: Duration, grace: Duration, now: Time) -> Plan {
+    let registered = !node.status.node_info.architecture.is_empty();
+    let next = transition(node.status.ready, silence, grace, registered);
+    let changed = next.map(|next| {
+        let mut node = node.clone();
+        node.status.ready = next;
+        node.status.last_transition_time = Some(now);
+        let (reason, message) = match next {
+            ReadyState::Ready => {
+                node.status.last_heartbeat_time = Some(now);
+                (
+                    "NodeReady",
+                    "the node's agent is sending heartbeats".to_string(),
+                )
+            }
+            ReadyState::Unknown => (
+                "NodeRegistering",
+                "the node has joined and has not registered yet".to_string(),
+            ),
+            ReadyState::NotReady => (
+                "NodeStatusUnknown",
+                format!(
+                    "no heartbeat for {}s (grace period {}s)",
+                    silence.as_secs(),
+                    grace.as_secs()
+                ),
+            ),
+        };
+        node.status.reason = reason.into();
+        node.status.message = message;
+        node
+    });
+    let lost = next.unwrap_or(node.status.ready) == ReadyState::NotReady;
+    let lost_pods = if lost {
+        pods.iter()
+            .filter_map(|p| {
+                lost_status(p, &node.metadata.name, now).map(|status| Pod {
+                    status,
+                    ..(*p).clone()
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Plan {
+        node: changed,
+        lost_pods,
+    }
+}
+
+const ME: Caller = Caller::Controller("node-lifecycle");
+
+/// Examines nodes (every [`TICK`], when a node is first heard of, when a
+/// node or one of its pods changes) and writes their transitions through
+/// the API core, until `shutdown` fires. Reads the shared `cache` (nodes
+/// and pods).
+pub async fn run(api: ApiServer, cache: Cache, grace: Duration, shutdown: CancellationToken) {
     let heartbeats = api.heartbeats.clone();
     // Heartbeats went to whichever master each node was connected to; a
     // master that just became leader has heard from nodes only since then
     // (through the other masters' relays): count from the start of its term.
     let leading_since = Instant::now();
-    loop {
-        if let Err(e) = examine(&api, grace, leading_since).await {
-            tracing::warn!(error = %e, "node lifecycle pass failed");
+    let queue = WorkQueue::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut changes = cache.subscribe();
+    cache.synced().await;
+    let enqueue_all = |queue: &WorkQueue| {
+        let names: Vec<String> = cache
+            .read()
+            .of_kind(Kind::Node)
+            .map(|o| o.meta().name.clone())
+            .collect();
+        for n in names {
+            queue.add(n);
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
-            _ = heartbeats.changed.notified() => {}
+    };
+    let watcher = async {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => enqueue_all(&queue),
+                _ = heartbeats.changed.notified() => enqueue_all(&queue),
+                change = changes.recv() => match change {
+                    Ok(Change::Event { new, .. }) => match &*new {
+                        Object::Node(n) => queue.add(n.metadata.name.clone()),
+                        Object::Pod(p) => if let Some(n) = &p.spec.node_name {
+                            queue.add(n.clone());
+                        },
+                        _ => {}
+                    },
+                    Ok(Change::Relisted) | Err(broadcast::error::RecvError::Lagged(_)) => enqueue_all(&queue),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
+    };
+    let worker = async {
+        while let Some(name) = queue.next().await {
+            let planned = {
+                let c = cache.read();
+                let key = flotilla_api::objects::object_key(Kind::Node, "", &name);
+                c.get(&key).and_then(|o| o.as_node()).map(|node| {
+                    let now = Instant::now();
+                    let silence = heartbeats
+                        .silence(&name, now)
+                        .min(now.saturating_duration_since(leading_since));
+                    let pods: Vec<&Pod> = c.on_node(&name).filter_map(|o| o.as_pod()).collect();
+                    plan(node, &pods, silence, grace, Time::now())
+                })
+            };
+            if let Some(p) = planned {
+                match execute(&api, p).await {
+                    Ok(()) => queue.forget(&name),
+                    Err(e) => {
+                        tracing::warn!(node = %name, error = %e, "node lifecycle write failed; retrying");
+                        queue.retry(&name);
+                    }
+                }
+            }
+            queue.done(&name);
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = watcher => {}
+        _ = worker => {}
     }
+    queue.shut_down();
 }
 
-/// Why a pass stopped.
-#[derive(Debug, thiserror::Error)]
-enum PassError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Api(#[from] ApiError),
-}
-
-/// Whether a refused write only lost a race (the next pass looks again).
+/// Whether a refused write only lost a race (the cache's next event brings
+/// the node back to the queue).
 fn lost_race(e: &ApiError) -> bool {
     matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
 }
 
-const ME: Caller = Caller::Controller("node-lifecycle");
-
-async fn examine(
-    api: &ApiServer,
-    grace: Duration,
-    leading_since: Instant,
-) -> Result<(), PassError> {
-    let heartbeats = &api.heartbeats;
-    let (_, nodes) = api.store.list(Kind::Node, None, &Selector::default())?;
-    let now = Instant::now();
-    // Nodes NotReady after this pass, whose pods must show Unknown.
-    let mut lost = Vec::new();
-    for obj in nodes {
-        let Object::Node(mut node) = obj else {
-            continue;
-        };
-        let silence = heartbeats
-            .silence(&node.metadata.name, now)
-            .min(now.saturating_duration_since(leading_since));
-        let registered = !node.status.node_info.architecture.is_empty();
-        let Some(next) = transition(node.status.ready, silence, grace, registered) else {
-            if node.status.ready == ReadyState::NotReady {
-                lost.push(node.metadata.name);
-            }
-            continue;
-        };
+/// Writes a plan: the node's transition, then its lost pods (each a
+/// compare-and-swap on the version the plan was made from).
+async fn execute(api: &ApiServer, plan: Plan) -> Result<(), ApiError> {
+    if let Some(node) = plan.node {
         let rv = node.metadata.resource_version;
-        let at = Time::now();
-        node.status.ready = next;
-        node.status.last_transition_time = Some(at);
-        if next == ReadyState::Ready {
-            node.status.reason = "NodeReady".into();
-            node.status.message = "the node's agent is sending heartbeats".into();
-            node.status.last_heartbeat_time = Some(at);
-        } else if next == ReadyState::Unknown {
-            node.status.reason = "NodeRegistering".into();
-            node.status.message = "the node has joined and has not registered yet".into();
-        } else {
-            node.status.reason = "NodeStatusUnknown".into();
-            node.status.message = format!(
-                "no heartbeat for {}s (grace period {}s)",
-                silence.as_secs(),
-                grace.as_secs()
-            );
-        }
-        tracing::info!(node = %node.metadata.name, state = %next, "node transition");
-        let name = node.metadata.name.clone();
+        tracing::info!(node = %node.metadata.name, state = %node.status.ready, "node transition");
         match api.update_status_at(&ME, Object::Node(node), rv).await {
-            Ok(_) if next == ReadyState::NotReady => lost.push(name),
             Ok(_) => {}
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e.into()),
+            // The node changed meanwhile: planned again from the new version.
+            Err(e) if lost_race(&e) => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
-    mark_pods_lost(api, &lost).await
-}
-
-/// Writes the `Unknown` status of every pod bound to a `lost` node that does
-/// not show it yet. Level-triggered: a write that lost a race (or a pass
-/// that failed) is made again on the next pass, and a pod already marked
-/// costs nothing.
-async fn mark_pods_lost(api: &ApiServer, lost: &[String]) -> Result<(), PassError> {
-    if lost.is_empty() {
-        return Ok(());
-    }
-    let (_, pods) = api.store.list(Kind::Pod, None, &Selector::default())?;
-    let now = Time::now();
-    for obj in pods {
-        let Object::Pod(mut pod) = obj else {
-            continue;
-        };
-        let Some(status) = lost.iter().find_map(|node| lost_status(&pod, node, now)) else {
-            continue;
-        };
+    for pod in plan.lost_pods {
         let rv = pod.metadata.resource_version;
         tracing::info!(
             pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name),
             node = pod.spec.node_name.as_deref().unwrap_or_default(),
             "node not ready: pod status Unknown"
         );
-        pod.status = status;
         match api.update_status_at(&ME, Object::Pod(pod), rv).await {
+            // Changed meanwhile (a late report from the node) or deleted: planned again.
             Ok(_) => {}
-            // Changed meanwhile (a late report from the node) or deleted: the next pass looks again.
             Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -316,6 +370,70 @@ mod tests {
             assert!(!ready.status);
             assert_eq!(ready.reason, NODE_LOST);
             assert_eq!(ready.last_transition_time, Some(Time(7)));
+        }
+    }
+
+    #[test]
+    fn plans_table() {
+        let g = Duration::from_secs(10);
+        let node = |state: ReadyState, registered: bool| {
+            let mut n = Node::default();
+            n.metadata.name = "n1".into();
+            n.status.ready = state;
+            if registered {
+                n.status.node_info.architecture = "arm64".into();
+            }
+            n
+        };
+        let running = {
+            let mut p = Pod::default();
+            p.metadata.name = "p".into();
+            p.spec.node_name = Some("n1".into());
+            p.status.phase = PodPhase::Running;
+            p
+        };
+        let marked = Pod {
+            status: lost_status(&running, "n1", Time(1)).expect("lost"),
+            ..running.clone()
+        };
+        // (node, its pods, silence, new readiness, pods marked Unknown)
+        let cases = [
+            (node(ReadyState::Ready, true), vec![&running], 1, None, 0),
+            (
+                node(ReadyState::Ready, true),
+                vec![&running],
+                11,
+                Some(ReadyState::NotReady),
+                1,
+            ),
+            (
+                node(ReadyState::NotReady, true),
+                vec![&running],
+                30,
+                None,
+                1,
+            ),
+            (node(ReadyState::NotReady, true), vec![&marked], 30, None, 0),
+            (
+                node(ReadyState::NotReady, true),
+                vec![&running],
+                1,
+                Some(ReadyState::Ready),
+                0,
+            ),
+            (node(ReadyState::Unknown, false), vec![], 1, None, 0),
+        ];
+        for (i, (n, pods, silence, want, lost)) in cases.into_iter().enumerate() {
+            let p = plan(&n, &pods, Duration::from_secs(silence), g, Time(5));
+            assert_eq!(p.node.as_ref().map(|n| n.status.ready), want, "case {i}");
+            assert_eq!(p.lost_pods.len(), lost, "case {i}");
+            if let Some(changed) = &p.node {
+                assert_eq!(changed.status.last_transition_time, Some(Time(5)));
+                assert!(!changed.status.reason.is_empty());
+            }
+            for pod in &p.lost_pods {
+                assert_eq!(pod.status.phase, PodPhase::Unknown);
+            }
         }
     }
 
