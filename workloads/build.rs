@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every guest package; each becomes `<name>.wasm` for wasm32-wasip2.
-const GUESTS: [&str; 4] = ["hello", "ticker", "crasher", "hog"];
+const GUESTS: [&str; 5] = ["hello", "ticker", "crasher", "hog", "sockets"];
 /// Guests that are also built as WASI p1 core modules.
 const P1_GUESTS: [&str; 1] = ["hello"];
 

@@ -90,11 +90,26 @@ fn read_error(e: quinn::ReadError) -> NetError {
 
 /// Transport settings shared by every endpoint.
 pub fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport())
+}
+
+fn base_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
     // Watches, log streams and module transfers are long-lived; leave room for many.
     t.max_concurrent_bidi_streams(1024u32.into());
+    t
+}
+
+/// Transport settings of a master's connections: as [`transport`], without
+/// segmentation offload. With it, each connection keeps a send buffer of up
+/// to 64 packets (about 90 KiB) once it has sent a burst; a master holds a
+/// connection per node, and at thousands of nodes those buffers were most
+/// of its memory. Bulk sends (module downloads) cost a little more CPU.
+pub fn server_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = base_transport();
+    t.enable_segmentation_offload(false);
     Arc::new(t)
 }
 
@@ -103,7 +118,7 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
 pub fn quic_server_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, NetError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport());
+    cfg.transport_config(server_transport());
     Ok(cfg)
 }
 

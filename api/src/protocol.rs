@@ -24,6 +24,12 @@ use std::fmt;
 
 /// ALPN protocol name for clients and nodes talking to masters.
 pub const ALPN: &[u8] = b"flotilla/1";
+/// ALPN protocol name of masters talking to each other: raft messages, the
+/// requests a follower makes of the leader, relayed logs. The same frames,
+/// on connections only masters may open (a master's port serves both).
+pub const RAFT_ALPN: &[u8] = b"flotilla-raft/1";
+/// Every protocol a master serves.
+pub const MASTER_ALPNS: [&[u8]; 2] = [ALPN, RAFT_ALPN];
 /// Version carried in the hello; bumped on incompatible changes. 3: objects
 /// travel self-describing (kind and JSON, see `objects::Object`).
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -56,11 +56,12 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 /// A master's server configuration: its chain and key, client certificates
-/// from the CA verified when presented (a caller without one may only join).
+/// from the CA verified when presented (a caller without one may only join),
+/// serving the protocols `alpns` (the client picks one).
 pub fn server_config(
     server: &CertifiedKey,
     ca_pem: &str,
-    alpn: &[u8],
+    alpns: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
         .allow_unauthenticated()
@@ -70,7 +71,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(parse_certs(&server.cert_pem)?, parse_key(&server.key_pem)?)?;
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.alpn_protocols = alpns.iter().map(|a| a.to_vec()).collect();
     Ok(cfg)
 }
 

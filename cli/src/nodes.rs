@@ -146,7 +146,17 @@ pub async fn taint(
         apply_taints(&mut n.spec.taints, &changes)
     })
     .await?;
-    println!("node/{name} tainted");
+    let only_removals = changes
+        .iter()
+        .all(|c| matches!(c, TaintChange::Remove { .. }));
+    println!(
+        "node/{name} {}",
+        if only_removals {
+            "untainted"
+        } else {
+            "tainted"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

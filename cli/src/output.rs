@@ -162,6 +162,11 @@ const PODS_SHOWN: usize = 3;
 /// Widest IMPORTS cell: a p2 command imports a dozen interfaces, which
 /// written out would take a few hundred columns.
 const IMPORTS_WIDTH: usize = 60;
+/// Packages every WASI p2 command imports (a Rust std `main` does): listed
+/// after the others when the IMPORTS cell is shortened, so that what sets a
+/// module apart, and decides where it may run (`wasi:sockets` on a node
+/// started with `--deny wasi:sockets`), is the last to be cut.
+const COMMON_PACKAGES: [&str; 3] = ["wasi:cli", "wasi:clocks", "wasi:io"];
 
 /// PriorityClasses, as kubectl lists them.
 pub fn priority_classes(items: &[PriorityClass], now: Time) -> String {
@@ -231,8 +236,9 @@ pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> 
 
 /// A module's imports, comma-joined; when that is wider than
 /// [`IMPORTS_WIDTH`], by package (`wasi:cli/stdout@0.2.6` as
-/// `wasi:cli@0.2.6`, the level `flotilla node --deny` works at), cut with
-/// `+N more` if still too wide. `-o yaml` has them all.
+/// `wasi:cli@0.2.6`, the level `flotilla node --deny` works at), those of
+/// [`COMMON_PACKAGES`] last, cut with `+N more` if still too wide. `-o yaml`
+/// has them all.
 fn imports_column(imports: &[String]) -> String {
     if imports.is_empty() {
         return "<none>".into();
@@ -251,6 +257,9 @@ fn imports_column(imports: &[String]) -> String {
             None => i.clone(),
         })
         .collect();
+    let mut packages: Vec<String> = packages.into_iter().collect();
+    // Stable: alphabetical within each group.
+    packages.sort_by_key(|p| COMMON_PACKAGES.contains(&p.split('@').next().unwrap_or(p)));
     let mut out = String::new();
     for (shown, p) in packages.iter().enumerate() {
         let left = packages.len() - shown;
@@ -440,6 +449,8 @@ mod tests {
         let mut command = p2("cli", &["environment", "exit", "stderr", "stdin", "stdout"]);
         command.extend(p2("clocks", &["monotonic-clock"]));
         command.extend(p2("io", &["error", "poll", "streams"]));
+        let mut sockets = command.clone();
+        sockets.extend(p2("sockets", &["network", "tcp"]));
         let mut many = command.clone();
         for package in ["filesystem", "random", "sockets", "http", "keyvalue"] {
             many.extend(p2(package, &["types"]));
@@ -460,7 +471,14 @@ mod tests {
                 command,
                 "wasi:cli@0.2.6,wasi:clocks@0.2.6,wasi:io@0.2.6".to_string(),
             ),
-            (many, "wasi:cli@0.2.6,wasi:clocks@0.2.6,+6 more".to_string()),
+            (
+                sockets,
+                "wasi:sockets@0.2.6,wasi:cli@0.2.6,wasi:clocks@0.2.6,+1 more".to_string(),
+            ),
+            (
+                many,
+                "wasi:filesystem@0.2.6,wasi:http@0.2.6,+6 more".to_string(),
+            ),
         ];
         for (imports, want) in cases {
             let got = imports_column(&imports);

@@ -150,3 +150,184 @@ fn fifty_hollow_nodes_run_two_hundred_pods_and_turn_not_ready_when_killed() {
         t2.elapsed()
     );
 }
+
+/// Creates `pods` through the API from 32 concurrent clients (an apply
+/// sends its pods one by one, too slowly for ten thousand).
+fn create_concurrently(c: &Cluster, pods: Vec<flotilla_api::Pod>) {
+    use flotilla_api::config::ClientConfigFile;
+    use flotilla_api::net::Client;
+    use flotilla_api::protocol::{Request, Response, ALPN};
+    use std::sync::{Arc, Mutex};
+    let cfg = ClientConfigFile::parse(&std::fs::read_to_string(&c.config).expect("config"))
+        .expect("config");
+    let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
+        .expect("tls");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = Arc::new(
+            Client::connect(&cfg.masters, tls, "hollow-test")
+                .await
+                .expect("connect"),
+        );
+        let queue = Arc::new(Mutex::new(pods));
+        let mut creators = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (client, queue) = (client.clone(), queue.clone());
+            creators.spawn(async move {
+                loop {
+                    let Some(pod) = queue.lock().expect("queue").pop() else {
+                        return;
+                    };
+                    let name = pod.metadata.name.clone();
+                    match client
+                        .call(&Request::Create(flotilla_api::Object::Pod(pod)))
+                        .await
+                    {
+                        Ok(Response::Object(_)) => {}
+                        other => panic!("creating {name}: {other:?}"),
+                    }
+                }
+            });
+        }
+        while let Some(r) = creators.join_next().await {
+            r.expect("creator");
+        }
+    });
+}
+
+#[test]
+fn a_thousand_hollow_nodes_take_ten_thousand_pods_within_allocatable_and_spread() {
+    const NODES: usize = 1000;
+    const PODS: usize = 10_000;
+    /// Of the pods, these spread over the three zones with maxSkew 1.
+    const SPREAD: usize = 600;
+    let c = Cluster::start("20s");
+    let token = c.token();
+    let log = std::fs::File::create(c.path("hollow.log")).expect("log file");
+    let _hollow = Hollow(
+        Command::new(BIN)
+            .args([
+                "hollow-nodes",
+                "--count",
+                &NODES.to_string(),
+                "--master",
+                &c.addr,
+            ])
+            .args([
+                "--token", &token, "--cpu", "2", "--memory", "2Gi", "--zones", "3",
+            ])
+            .arg("--data-dir")
+            .arg(c.path("hollow"))
+            .env("FLOTILLA_CONFIG", &c.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start hollow-nodes"),
+    );
+    let t0 = Instant::now();
+    wait_for("1000 hollow nodes Ready", Duration::from_secs(180), || {
+        (count(&c, "nodes", |n| ready(n, "Ready")) == NODES).then_some(())
+    });
+    let nodes_ready = t0.elapsed();
+    // The module, uploaded by applying one pod that names it.
+    let hello = flotilla_workloads::path("hello");
+    let seed = c.manifest(
+        "seed.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: seed\nspec:\n  module: {}\n  restartPolicy: Never\n",
+            hello.display()
+        ),
+    );
+    c.ok(&["apply", "-f", seed.to_str().expect("utf8")]);
+    let module = flotilla_api::objects::digest_of(&std::fs::read(&hello).expect("hello"));
+    let spread = flotilla_api::objects::TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        label_selector: Some(flotilla_api::objects::LabelSelector {
+            match_labels: [("app".to_string(), "spread".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pods: Vec<flotilla_api::Pod> = (0..PODS)
+        .map(|i| {
+            let mut p = flotilla_api::Pod::default();
+            p.metadata.name = format!("w{i:05}");
+            p.metadata.namespace = "default".into();
+            p.spec.module = module.clone();
+            p.spec.restart_policy = flotilla_api::objects::RestartPolicy::Never;
+            // 100m and 128Mi: a 2-CPU, 2Gi node takes 16 (memory) of them,
+            // the thousand nodes 16,000.
+            p.spec.resources.requests.cpu = Some(flotilla_api::quantity::Quantity::new("100m"));
+            p.spec.resources.requests.memory = Some(flotilla_api::quantity::Quantity::new("128Mi"));
+            if i < SPREAD {
+                p.metadata.labels.insert("app".into(), "spread".into());
+                p.spec.topology_spread_constraints.push(spread.clone());
+            }
+            p
+        })
+        .collect();
+    let t1 = Instant::now();
+    create_concurrently(&c, pods);
+    let created = t1.elapsed();
+    let listed = wait_for("10,000 pods bound", Duration::from_secs(300), || {
+        let out = c.run(&["get", "pods", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let items = v["items"].as_array()?.clone();
+        let bound = items
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with('w'))
+            })
+            .filter(|p| p["spec"]["nodeName"].is_string())
+            .count();
+        (bound == PODS).then_some(items)
+    });
+    let bound = t1.elapsed();
+    // No node over its allocatable.
+    let mut per_node: std::collections::HashMap<String, (u64, u64, u64)> = Default::default();
+    let mut per_zone: std::collections::BTreeMap<String, u64> = Default::default();
+    for p in listed.iter().filter(|p| {
+        p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with('w'))
+    }) {
+        let node = p["spec"]["nodeName"].as_str().expect("bound").to_string();
+        let i: usize = p["metadata"]["name"].as_str().expect("name")[1..]
+            .parse()
+            .expect("index");
+        let e = per_node.entry(node.clone()).or_default();
+        e.0 += 100;
+        e.1 += 128 << 20;
+        e.2 += 1;
+        if i < SPREAD {
+            // hollow-<n> is in zone-<n % 3>.
+            let n: usize = node
+                .trim_start_matches("hollow-")
+                .parse()
+                .expect("hollow node");
+            *per_zone.entry(format!("zone-{}", n % 3)).or_default() += 1;
+        }
+    }
+    for (node, (cpu, mem, count)) in &per_node {
+        assert!(
+            *cpu <= 2000 && *mem <= 2 << 30 && *count <= 110,
+            "{node} holds {cpu}m, {mem} bytes, {count} pods"
+        );
+    }
+    let (min, max) = (
+        per_zone.values().min().copied().unwrap_or(0),
+        per_zone.values().max().copied().unwrap_or(0),
+    );
+    assert_eq!(per_zone.values().sum::<u64>(), SPREAD as u64);
+    assert!(
+        max - min <= 1,
+        "the spread pods skew more than 1 over zones: {per_zone:?}"
+    );
+    eprintln!(
+        "hollow scale: {NODES} nodes Ready in {nodes_ready:?}; {PODS} pods created in {created:?}, all bound {bound:?} after the first create; spread over zones {per_zone:?}; {} nodes used",
+        per_node.len()
+    );
+}

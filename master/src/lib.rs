@@ -170,6 +170,7 @@ impl Running {
             nodes,
             heartbeats,
             cluster: self.cluster.clone(),
+            node_watches: apiserver::NodeWatches::default(),
         };
         if let Some(join) = &self.config.join {
             tracker.spawn(membership::become_member(

@@ -11,7 +11,7 @@
 
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{CertifiedKey, ClusterCa, Identity, IdentityError, Validity};
-use flotilla_api::protocol::{CertificateStatus, ALPN};
+use flotilla_api::protocol::{CertificateStatus, MASTER_ALPNS, RAFT_ALPN};
 use flotilla_api::time::Time;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -198,7 +198,7 @@ impl Pki {
         Ok(flotilla_api::tls::server_config(
             &self.server(),
             &self.ca.key.cert_pem,
-            ALPN,
+            &MASTER_ALPNS,
         )?)
     }
 
@@ -313,8 +313,9 @@ impl Pki {
         out
     }
 
-    /// The client TLS configuration for raft messages to other masters:
-    /// trusts the cluster CA and presents `client`.
+    /// The client TLS configuration for messages to other masters (on
+    /// their own protocol, [`RAFT_ALPN`]): trusts the cluster CA and
+    /// presents `client`.
     pub fn master_client_tls(
         &self,
         client: &CertifiedKey,
@@ -322,7 +323,7 @@ impl Pki {
         Ok(flotilla_api::tls::client_config(
             &self.ca.key.cert_pem,
             Some(client),
-            ALPN,
+            RAFT_ALPN,
         )?)
     }
 

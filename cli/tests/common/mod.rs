@@ -241,6 +241,11 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// The process id of node `name`'s agent, while this cluster runs it.
+    pub fn node_pid(&self, name: &str) -> Option<u32> {
+        self.nodes.get(name).map(Child::id)
+    }
+
     pub fn node_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }

@@ -19,12 +19,14 @@ pub mod admission;
 pub mod authz;
 mod logs;
 mod modules;
+mod node_watches;
 pub mod verb;
 pub mod watch;
 
 pub use access::{local_token, DEFAULT_TOKEN_TTL};
 pub use logs::LogStream;
 pub use modules::{ModuleDownload, ModuleUpload};
+pub use node_watches::NodeWatches;
 pub use verb::{Action, Caller, Subresource, Target, Verb};
 
 use crate::controllers::node_lifecycle::Heartbeats;
@@ -52,6 +54,8 @@ pub struct ApiServer {
     /// This master's raft and its links to the other masters: writes,
     /// linearizable reads and raft messages go through it.
     pub cluster: Cluster,
+    /// The watches of nodes, each fed only its own node's events.
+    pub node_watches: NodeWatches,
 }
 
 /// How often a status write is tried again when the object changed
@@ -372,7 +376,15 @@ impl ApiServer {
         } else {
             opts.from_revision
         };
-        let inner = self.store.watch(from).map_err(store_err)?;
+        let inner = match caller.node() {
+            // A node sees only its own Node and pods: routed to it alone.
+            Some(node) => Source::Node(
+                self.node_watches
+                    .watch(&self.store, node, from)
+                    .map_err(store_err)?,
+            ),
+            None => Source::Store(self.store.watch(from).map_err(store_err)?),
+        };
         let filter = watch::Filter::new(opts.list, selector, caller.node().map(String::from));
         Ok(Watch { inner, filter })
     }
@@ -453,8 +465,16 @@ impl ApiServer {
 
 /// A watch's events, as its caller may see them.
 pub struct Watch {
-    inner: crate::store::Watch,
+    inner: Source,
     filter: watch::Filter,
+}
+
+/// Where a watch's events come from.
+enum Source {
+    /// Every event of the store.
+    Store(crate::store::Watch),
+    /// The events routed to one node.
+    Node(node_watches::NodeWatch),
 }
 
 impl Watch {
@@ -462,7 +482,11 @@ impl Watch {
     /// history the store keeps.
     pub async fn next(&mut self) -> Result<WatchEvent, ApiError> {
         loop {
-            let ev = self.inner.next_shared().await.map_err(store_err)?;
+            let ev = match &mut self.inner {
+                Source::Store(w) => w.next_shared().await,
+                Source::Node(w) => w.next().await,
+            }
+            .map_err(store_err)?;
             if let Some(kind) = self.filter.admit(&ev) {
                 let mut ev = std::sync::Arc::unwrap_or_clone(ev);
                 ev.kind = kind;

@@ -1,8 +1,11 @@
 //! The QUIC front end. Each connection's caller is read from its verified
-//! client certificate; each bidirectional stream carries one request,
-//! translated into a verb of the [`ApiServer`] and answered in frames.
+//! client certificate, and its protocol from its ALPN (clients' or the
+//! masters' own, see [`crate::raft::rpc_server`]); each bidirectional
+//! stream carries one request, translated into a verb of the [`ApiServer`]
+//! and answered in frames.
 
 use crate::apiserver::{ApiServer, Caller, ModuleUpload};
+use crate::raft::rpc_server::{self, Protocol};
 use crate::store::TokenUsage;
 use flotilla_api::identity::Identity;
 use flotilla_api::net::{read_frame, write_frame, NetError};
@@ -69,6 +72,7 @@ async fn serve_connection(
     tracker: TaskTracker,
 ) {
     let caller = Arc::new(caller_of(&conn));
+    let protocol = Protocol::of(&conn);
     let node_name = caller.node().map(String::from);
     if let Some(n) = &node_name {
         api.nodes.insert(n, conn.clone());
@@ -86,7 +90,8 @@ async fn serve_connection(
             Err(_) => break,
         };
         let (api, caller, hello) = (api.clone(), caller.clone(), hello.clone());
-        tracker.spawn(async move { serve_stream(send, recv, &api, &caller, &hello).await });
+        tracker
+            .spawn(async move { serve_stream(send, recv, &api, &caller, protocol, &hello).await });
     }
     if let Some(n) = &node_name {
         api.nodes.remove(n, &conn);
@@ -98,6 +103,7 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     api: &ApiServer,
     caller: &Caller,
+    protocol: Protocol,
     hello: &AtomicBool,
 ) {
     let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
@@ -114,7 +120,11 @@ async fn serve_stream(
         }
         Ok(Err(_)) | Err(_) => return,
     };
-    if let Err(e) = handle(req, &mut send, &mut recv, api, caller, hello).await {
+    let answered = match rpc_server::check(protocol, caller, &req) {
+        Ok(()) => handle(req, &mut send, &mut recv, api, caller, hello).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = answered {
         let _ = write_frame(&mut send, &Response::Error(e)).await;
     }
     let _ = send.finish();
@@ -127,6 +137,10 @@ async fn reply(send: &mut quinn::SendStream, r: Response) -> Result<(), ApiError
 }
 
 /// Translates one request into the core's verbs and writes the answer.
+/// The verbs' futures are boxed, but for the long-lived ones (watches,
+/// lists, log follows): a node's watch stays open for as long as the node
+/// is connected, and at thousands of nodes the room a stream's future keeps
+/// for the largest verb would add up.
 async fn handle(
     req: Request,
     send: &mut quinn::SendStream,
@@ -165,21 +179,23 @@ async fn handle(
             token,
             node_name,
             csr_pem,
-        } => api.join(caller, &token, &node_name, &csr_pem).await?,
+        } => Box::pin(api.join(caller, &token, &node_name, &csr_pem)).await?,
         Request::JoinMaster {
             token,
             node_id,
             addr,
-        } => api.join_master(caller, &token, node_id, &addr).await?,
-        Request::Create(obj) => Response::Object(api.create(caller, obj).await?),
-        Request::Update(obj) => Response::Object(api.update(caller, obj).await?),
-        Request::UpdateStatus(obj) => Response::Object(api.update_status(caller, obj).await?),
+        } => Box::pin(api.join_master(caller, &token, node_id, &addr)).await?,
+        Request::Create(obj) => Response::Object(Box::pin(api.create(caller, obj)).await?),
+        Request::Update(obj) => Response::Object(Box::pin(api.update(caller, obj)).await?),
+        Request::UpdateStatus(obj) => {
+            Response::Object(Box::pin(api.update_status(caller, obj)).await?)
+        }
         Request::Get {
             kind,
             namespace,
             name,
             stale,
-        } => Response::Object(api.get(caller, kind, &namespace, &name, stale).await?),
+        } => Response::Object(Box::pin(api.get(caller, kind, &namespace, &name, stale)).await?),
         Request::List(opts) => {
             let (revision, items) = api.list(caller, &opts).await?;
             let answer = Response::List { revision, items };
@@ -226,7 +242,7 @@ async fn handle(
                 ModuleUpload::Wanted(upload) => {
                     // Ask for the bytes only now, so an existing module costs no transfer.
                     reply(send, Response::Ok).await?;
-                    upload.receive(recv).await?
+                    Box::pin(upload.receive(recv)).await?
                 }
             };
             Response::ModuleStored {
@@ -290,7 +306,7 @@ async fn handle(
             } else {
                 TokenUsage::Node
             };
-            token(api, caller, ttl_seconds, description, usage).await?
+            Box::pin(token(api, caller, ttl_seconds, description, usage)).await?
         }
         Request::CreateNodeToken {
             ttl_seconds,
@@ -298,23 +314,27 @@ async fn handle(
             node_name,
         } => {
             let usage = TokenUsage::NodeNamed(node_name);
-            token(api, caller, ttl_seconds, description, usage).await?
+            Box::pin(token(api, caller, ttl_seconds, description, usage)).await?
         }
-        Request::Raft { rpc, payload } => Response::Raft(api.raft(caller, rpc, &payload).await?),
+        Request::Raft { rpc, payload } => {
+            Response::Raft(Box::pin(api.raft(caller, rpc, &payload)).await?)
+        }
         Request::Snapshot => {
-            let bytes = api.backup(caller).await?;
+            let bytes = Box::pin(api.backup(caller)).await?;
             for chunk in bytes.chunks(MODULE_CHUNK) {
                 reply(send, Response::Chunk(chunk.to_vec())).await?;
             }
             Response::End
         }
-        Request::ClusterStatus => Response::ClusterStatus(api.cluster_status(caller).await?),
+        Request::ClusterStatus => {
+            Response::ClusterStatus(Box::pin(api.cluster_status(caller)).await?)
+        }
         Request::AddMaster { node_id, addr } => {
-            api.add_master(caller, node_id, &addr).await?;
+            Box::pin(api.add_master(caller, node_id, &addr)).await?;
             Response::Ok
         }
         Request::RemoveMaster { node_id } => {
-            api.remove_master(caller, node_id).await?;
+            Box::pin(api.remove_master(caller, node_id)).await?;
             Response::Ok
         }
         Request::RenewCertificate { csr_pem } => {

@@ -15,7 +15,7 @@ use flotilla_api::identity::{ClusterCa, Identity};
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::net::{Client, NetError};
 use flotilla_api::objects::{Kind, Object, Pod};
-use flotilla_api::protocol::{ErrorCode, RaftRpc, Request, ALPN};
+use flotilla_api::protocol::{ErrorCode, RaftRpc, Request, ALPN, MASTER_ALPNS, RAFT_ALPN};
 use flotilla_api::time::Time;
 use openraft::error::RPCError;
 use openraft::network::{RaftNetwork, RaftNetworkFactory};
@@ -101,10 +101,11 @@ impl Cluster {
             let client_cert = ca
                 .issue_client(&Identity::Master(id), year())
                 .expect("client certificate");
-            let server_tls = flotilla_api::tls::server_config(&server_cert, &ca.key.cert_pem, ALPN)
-                .expect("server tls");
+            let server_tls =
+                flotilla_api::tls::server_config(&server_cert, &ca.key.cert_pem, &MASTER_ALPNS)
+                    .expect("server tls");
             let client_tls =
-                flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&client_cert), ALPN)
+                flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&client_cert), RAFT_ALPN)
                     .expect("client tls");
             let server = flotilla_api::net::server_endpoint(([127, 0, 0, 1], 0).into(), server_tls)
                 .expect("server endpoint");
@@ -241,6 +242,7 @@ fn context(
         nodes: NodeConnections::default(),
         heartbeats: Heartbeats::new(),
         cluster: super::Cluster::new(raft, network, "raft-test"),
+        node_watches: crate::apiserver::NodeWatches::default(),
     }
 }
 
@@ -456,11 +458,22 @@ async fn raft_membership_shrinks_and_refuses_removing_the_last_voter() {
 async fn raft_messages_need_a_master_and_a_valid_payload() {
     let cluster = Cluster::start().await;
     let addr = vec![cluster.addrs[&1].to_string()];
-    // An admin may do anything but speak raft.
+    // An admin may do anything but speak raft: not on the masters' own
+    // protocol, which only masters may open, and raft never travels on the
+    // clients' one.
     let admin = cluster
         .ca
         .issue_client(&Identity::Admin, year())
         .expect("admin cert");
+    let tls = flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&admin), RAFT_ALPN)
+        .expect("tls");
+    match bounded("admin connects", Client::connect(&addr, tls, "test")).await {
+        Err(NetError::Api(e)) => assert_eq!(e.code, ErrorCode::Forbidden, "{e}"),
+        other => panic!(
+            "an admin spoke the masters' protocol: {:?}",
+            other.map(|c| c.hello)
+        ),
+    }
     let tls = flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&admin), ALPN)
         .expect("tls");
     let client = bounded("admin connects", Client::connect(&addr, tls, "test"))
@@ -471,8 +484,8 @@ async fn raft_messages_need_a_master_and_a_valid_payload() {
         payload: Vec::new(),
     };
     match bounded("admin call", client.call(&raft_msg)).await {
-        Err(NetError::Api(e)) => assert_eq!(e.code, ErrorCode::Forbidden, "{e}"),
-        other => panic!("an admin's raft message was not refused: {other:?}"),
+        Err(NetError::Api(e)) => assert_eq!(e.code, ErrorCode::Invalid, "{e}"),
+        other => panic!("a raft message on the clients' protocol was not refused: {other:?}"),
     }
     // A master sending bytes that are no raft message gets Invalid, and the
     // receiving master keeps serving.
@@ -480,8 +493,8 @@ async fn raft_messages_need_a_master_and_a_valid_payload() {
         .ca
         .issue_client(&Identity::Master(9), year())
         .expect("cert");
-    let tls =
-        flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&m), ALPN).expect("tls");
+    let tls = flotilla_api::tls::client_config(&cluster.ca.key.cert_pem, Some(&m), RAFT_ALPN)
+        .expect("tls");
     let client = bounded("master connects", Client::connect(&addr, tls, "test"))
         .await
         .expect("master connects");
@@ -783,7 +796,7 @@ impl Lone {
             let cert = ca
                 .issue_client(&Identity::Master(id), year())
                 .expect("cert");
-            flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&cert), ALPN).expect("tls")
+            flotilla_api::tls::client_config(&ca.key.cert_pem, Some(&cert), RAFT_ALPN).expect("tls")
         };
         let network = Network::new(1, client_tls(1)).expect("network");
         let raft = Raft::new(1, raft_config(), network.clone(), log, sm)
@@ -821,7 +834,7 @@ impl Lone {
             let tls = flotilla_api::tls::server_config(
                 &self.ctx.pki.server(),
                 &self.ca.key.cert_pem,
-                ALPN,
+                &MASTER_ALPNS,
             )
             .expect("server tls");
             match flotilla_api::net::server_endpoint(addr, tls) {
@@ -920,7 +933,7 @@ async fn raft_peer_errors_are_openraft_errors() {
                     .issue_client(&Identity::Master(2), year())
                     .expect("cert"),
             ),
-            ALPN,
+            RAFT_ALPN,
         )
         .expect("tls"),
     )

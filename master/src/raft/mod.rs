@@ -15,7 +15,9 @@
 //!   [`SNAPSHOT_FILE`].
 //! - `network`: [`Network`], the sending side of raft messages over QUIC with
 //!   mutual TLS, with a [`Hook`] for tests to drop or delay messages.
-//! - `rpc`: the receiving side, [`rpc::handle`], which the service calls.
+//! - `rpc`: the receiving side, [`rpc::handle`], which the API core calls.
+//! - `rpc_server`: what travels on the masters' own protocol (ALPN
+//!   `flotilla-raft/1`) and who may open it.
 //! - `check`: the leader compares the masters' state hashes at one log
 //!   index and marks a master that differs (it then refuses reads).
 //!
@@ -33,6 +35,7 @@ mod log_store_tests;
 mod network;
 mod propose;
 pub mod rpc;
+pub mod rpc_server;
 mod state_machine;
 #[cfg(test)]
 mod tests;

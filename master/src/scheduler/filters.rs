@@ -212,16 +212,27 @@ pub fn resources(node: &NodeState, pod: &PodInfo) -> Result<(), Reason> {
 /// to be an agent from before they were reported, and is not checked.
 pub fn interfaces(node: &NodeState, pod: &PodInfo) -> Result<(), Reason> {
     let offered = &node.node.status.interfaces;
-    if offered.is_empty() {
+    if offered.is_empty() || pod.imports.is_empty() {
         return Ok(());
     }
-    match pod
-        .imports
-        .iter()
-        .find(|want| !offered.iter().any(|have| provides(have, want)))
-    {
+    let missing = || {
+        pod.imports
+            .iter()
+            .find(|want| !offered.iter().any(|have| provides(have, want)))
+            .map(|m| wanted_range(m))
+    };
+    let missing = match node.interfaces_id {
+        Some(id) => pod
+            .interfaces_checked
+            .borrow_mut()
+            .entry(id)
+            .or_insert_with(missing)
+            .clone(),
+        None => missing(),
+    };
+    match missing {
         None => Ok(()),
-        Some(missing) => Err(Reason::MissingInterface(wanted_range(missing))),
+        Some(m) => Err(Reason::MissingInterface(m)),
     }
 }
 

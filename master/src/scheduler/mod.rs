@@ -128,6 +128,11 @@ pub struct NodeState {
     /// for them against pods of lower priority, as in Kubernetes, however
     /// the pending pods are split into batches.
     pub nominated: Vec<PodState>,
+    /// Nodes with the same `status.interfaces` share a number
+    /// ([`Snapshot::index_interfaces`]), so that whether a module's imports
+    /// are provided is worked out once per pod and list, not per node.
+    /// None: not indexed (the list is then compared on its own).
+    pub interfaces_id: Option<u32>,
 }
 
 /// What a node's pods hold.
@@ -269,6 +274,23 @@ impl Snapshot {
     }
 
     /// The node of that name.
+    /// Numbers the nodes' interface lists, equal lists alike (see
+    /// [`NodeState::interfaces_id`]).
+    pub fn index_interfaces(&mut self) {
+        let mut ids: HashMap<&[String], u32> = HashMap::new();
+        let mut assigned = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let next = ids.len() as u32;
+            assigned.push(
+                *ids.entry(n.node.status.interfaces.as_slice())
+                    .or_insert(next),
+            );
+        }
+        for (n, id) in self.nodes.iter_mut().zip(assigned) {
+            n.interfaces_id = Some(id);
+        }
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeState> {
         self.nodes.iter().find(|n| n.name() == name)
     }
@@ -378,6 +400,7 @@ pub fn schedule(pending: &[Pod], snapshot: &mut Snapshot) -> Vec<Decision> {
         .filter(|p| p.spec.node_name.is_none())
         .collect();
     queue.sort_by(|a, b| queue_order(a, b));
+    snapshot.index_interfaces();
     let mut decisions = Vec::with_capacity(queue.len());
     for pod in queue {
         let (decision, looked_at) = decide_counting(pod, snapshot);
@@ -475,6 +498,9 @@ pub struct PodInfo<'a> {
     pub owner_uid: Option<&'a str>,
     /// One per topology spread constraint, in the pod's order.
     pub spread: Vec<SpreadCounts<'a>>,
+    /// Per [`NodeState::interfaces_id`]: the first import the list lacks
+    /// (None: all provided), worked out the first time it is asked.
+    pub interfaces_checked: std::cell::RefCell<HashMap<u32, Option<String>>>,
 }
 
 /// How the pods one spread constraint selects are spread now.
@@ -535,6 +561,7 @@ impl<'a> PodInfo<'a> {
             imports,
             owner_uid: controller_uid(pod),
             spread,
+            interfaces_checked: Default::default(),
         }
     }
 

@@ -279,6 +279,9 @@ pub struct StateChecks {
     changed: tokio::sync::watch::Sender<u64>,
     /// Why this master no longer serves reads; `None` while it does.
     diverged: Mutex<Option<String>>,
+    /// Whether `diverged` holds a reason: read on every watch event of every
+    /// watcher, so without taking the lock.
+    is_diverged: std::sync::atomic::AtomicBool,
     /// Asks the leader's checker to run now (a master that just started wants
     /// to know early).
     pub wake: tokio::sync::Notify,
@@ -290,6 +293,7 @@ impl Default for StateChecks {
             hashes: Mutex::default(),
             changed: tokio::sync::watch::channel(0).0,
             diverged: Mutex::default(),
+            is_diverged: std::sync::atomic::AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -329,6 +333,8 @@ impl StateChecks {
         let mut diverged = self.diverged.lock().unwrap_or_else(PoisonError::into_inner);
         if diverged.is_none() {
             *diverged = Some(why);
+            self.is_diverged
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -342,6 +348,9 @@ impl StateChecks {
 
     /// `Unavailable`, with the reason, if this master was marked.
     pub fn serving(&self) -> Result<(), StoreError> {
+        if !self.is_diverged.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
         match self.diverged() {
             None => Ok(()),
             Some(why) => Err(StoreError::Unavailable(why)),

@@ -504,7 +504,7 @@ impl Store {
 
     /// Up to `limit` history events after revision `after`, oldest first;
     /// `TooOld` if events after it were compacted away.
-    fn history_after(&self, after: u64, limit: usize) -> Result<Vec<WatchEvent>, StoreError> {
+    pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<WatchEvent>, StoreError> {
         self.inner.checks.serving()?;
         let txn = self.read()?;
         let compacted = read_counter(&self.counters(&txn)?, counters::COMPACTED)?;

@@ -85,6 +85,11 @@ impl Watch {
             self.store.checks().serving()?;
             if let Some(event) = self.pending.pop_front() {
                 self.last = event.revision;
+                if self.pending.is_empty() {
+                    // A catch-up's batch held hundreds of events; many
+                    // watchers keeping that room would add up.
+                    self.pending.shrink_to_fit();
+                }
                 return Ok(Arc::new(event));
             }
             if self.catching_up {
