@@ -397,16 +397,8 @@ impl Entry {
 /// session that lasted [`STABLE_SESSION`] starts it over. The wait is
 /// jittered down to half, so that nodes cut off together come back spread.
 fn back_off(current: Duration, lasted: Option<Duration>, unit: f64) -> (Duration, Duration) {
-    let base = match lasted {
-        Some(d) if d >= STABLE_SESSION => MIN_BACKOFF,
-        _ => current,
-    };
-    let unit = if unit.is_finite() {
-        unit.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    (base.mul_f64(0.5 + unit / 2.0), (base * 2).min(MAX_BACKOFF))
+    let lasted = lasted.is_some_and(|d| d >= STABLE_SESSION);
+    flotilla_node::agent::jittered_back_off(current, lasted, unit, MIN_BACKOFF, MAX_BACKOFF)
 }
 
 /// The wait until the next heartbeat: [`HEARTBEAT`] ± [`HEARTBEAT_JITTER`].

@@ -364,17 +364,29 @@ enum Ended {
 /// that lasted starts it over. The wait is jittered down to half, so nodes
 /// cut off together do not come back in step.
 fn back_off(current: Duration, ended: Ended, unit: f64) -> (Duration, Duration) {
-    let base = match ended {
-        Ended::Session(lasted) if lasted >= STABLE_SESSION => MIN_RECONNECT,
-        _ => current,
-    };
+    let lasted = matches!(ended, Ended::Session(l) if l >= STABLE_SESSION);
+    jittered_back_off(current, lasted, unit, MIN_RECONNECT, MAX_RECONNECT)
+}
+
+/// The wait before the next attempt and the back-off after it: starts over
+/// at `shortest` after a session that `lasted`, else doubles `current` up
+/// to `longest`; the wait is jittered down to half by `unit` (random, in
+/// [0, 1); anything else counts as 0). Shared by the agent and the hollow
+/// nodes of `flotilla hollow-nodes`.
+pub fn jittered_back_off(
+    current: Duration,
+    lasted: bool,
+    unit: f64,
+    shortest: Duration,
+    longest: Duration,
+) -> (Duration, Duration) {
+    let base = if lasted { shortest } else { current };
     let unit = if unit.is_finite() {
         unit.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    let wait = base.mul_f64(0.5 + unit / 2.0);
-    (wait, (base * 2).min(MAX_RECONNECT))
+    (base.mul_f64(0.5 + unit / 2.0), (base * 2).min(longest))
 }
 
 /// The TLS configuration that presents the node's certificate.

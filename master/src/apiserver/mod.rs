@@ -77,6 +77,13 @@ pub fn store_err(e: StoreError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
+/// Whether a controller's refused write only lost a race: the object
+/// changed or went meanwhile, and the cache's next event brings it back to
+/// the controller's queue.
+pub fn lost_race(e: &ApiError) -> bool {
+    matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
+}
+
 fn unexpected(out: Outcome) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("unexpected outcome {out:?}"))
 }

@@ -12,10 +12,10 @@
 //! the whole cluster NotReady. Followers relay the heartbeats they receive to
 //! the leader.
 
-use crate::apiserver::{ApiServer, Caller};
+use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::runtime::{Cache, Change, WorkQueue};
 use flotilla_api::objects::{condition, PodCondition, PodPhase, PodStatus, ReadyState};
-use flotilla_api::protocol::{ApiError, ErrorCode};
+use flotilla_api::protocol::ApiError;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Node, Object, Pod};
 use std::collections::HashMap;
@@ -256,12 +256,6 @@ pub async fn run(api: ApiServer, cache: Cache, grace: Duration, shutdown: Cancel
         _ = worker => {}
     }
     queue.shut_down();
-}
-
-/// Whether a refused write only lost a race (the cache's next event brings
-/// the node back to the queue).
-fn lost_race(e: &ApiError) -> bool {
-    matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
 }
 
 /// Writes a plan: the node's transition, then its lost pods (each a

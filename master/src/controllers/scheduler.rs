@@ -272,10 +272,8 @@ async fn decide_batch(
 /// Whether a refused write only lost a race: the pod changed, went or was
 /// bound meanwhile (the cache's next event says what to do).
 fn lost_race(e: &ApiError) -> bool {
-    matches!(
-        e.code,
-        ErrorCode::Conflict | ErrorCode::NotFound | ErrorCode::Invalid
-    )
+    // A binding to a pod bound meanwhile is refused as Invalid.
+    crate::apiserver::lost_race(e) || e.code == ErrorCode::Invalid
 }
 
 async fn execute(
