@@ -13,7 +13,7 @@ echo "== running all tests =="
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace -- --include-ignored 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast -- --include-ignored 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')

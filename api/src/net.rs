@@ -97,18 +97,35 @@ fn base_transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
-    // Watches, log streams and module transfers are long-lived; leave room for many.
-    t.max_concurrent_bidi_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(CLIENT_STREAMS.into());
+    // Flotilla opens no unidirectional streams; QUIC would keep state for 100.
+    t.max_concurrent_uni_streams(0u32.into());
     t
 }
 
-/// Transport settings of a master's connections: as [`transport`], without
-/// segmentation offload. With it, each connection keeps a send buffer of up
-/// to 64 packets (about 90 KiB) once it has sent a burst; a master holds a
-/// connection per node, and at thousands of nodes those buffers were most
-/// of its memory. Bulk sends (module downloads) cost a little more CPU.
+/// Streams a client, a controller or another master may have open at once
+/// on a connection: watches, log streams and module transfers are
+/// long-lived, so leave room for many.
+pub const CLIENT_STREAMS: u32 = 1024;
+
+/// Streams a node (or a caller not yet known) may have open at once on a
+/// master's connection: its watch, a heartbeat, a batch of reports and a
+/// few reads or module downloads; more wait for one to finish. QUIC keeps
+/// state for each stream a peer may open, and keeps the state of finished
+/// ones for reuse up to this count: at 1,024 it grew to about 170 KiB per
+/// connection after a few minutes of heartbeats, the largest part of a
+/// master's memory at thousands of nodes. The master raises the limit to
+/// [`CLIENT_STREAMS`] once the certificate shows a caller that is not a node.
+pub const NODE_STREAMS: u32 = 16;
+
+/// Transport settings of a master's connections: as [`transport`], with
+/// fewer concurrent streams to start with ([`NODE_STREAMS`]) and without segmentation
+/// offload, which keeps a send buffer of up to 64 packets (about 90 KiB) on
+/// each connection once it has sent a burst. Bulk sends (module downloads)
+/// cost a little more CPU.
 pub fn server_transport() -> Arc<quinn::TransportConfig> {
     let mut t = base_transport();
+    t.max_concurrent_bidi_streams(NODE_STREAMS.into());
     t.enable_segmentation_offload(false);
     Arc::new(t)
 }

@@ -161,7 +161,16 @@ pub enum Request {
     /// one read of the store, as one `List` answer would. `List` itself
     /// stays for older clients and fails with `TooLarge` past one frame.
     ListStream(ListOptions),
+    /// Replace the status of several objects, each as `UpdateStatus` would:
+    /// what a node sends for the pods whose state changed together. The
+    /// writes share raft entries; the answer is `Response::Statuses`, one
+    /// result per object, in order. At most [`MAX_STATUS_BATCH`] objects.
+    UpdateStatuses(Vec<Object>),
 }
+
+/// Most objects in one [`Request::UpdateStatuses`]: a raft entry holds up
+/// to 128 commands, so a batch this size fits one.
+pub const MAX_STATUS_BATCH: usize = 128;
 
 /// Which raft message a [`Request::Raft`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +332,9 @@ pub enum Response {
         ca_pem: String,
     },
     Certificates(Vec<CertificateStatus>),
+    /// The answer to `Request::UpdateStatuses`: for each object, in order,
+    /// its resourceVersion once its status was written, or why it was not.
+    Statuses(Vec<Result<u64, ApiError>>),
 }
 
 /// One certificate a master knows of, for `flotilla cluster status`.
@@ -446,13 +458,32 @@ pub enum FrameError {
 /// objects, or one larger object alone. Always at least one frame (an empty
 /// list is one empty frame), so the answer carries its revision.
 pub fn list_frames(items: Vec<Object>, budget: usize) -> Vec<Vec<Object>> {
+    split_objects(items, budget, usize::MAX)
+}
+
+/// Encoded bytes of objects in one [`Request::UpdateStatuses`]: with the
+/// largest object alone (1.5 MiB) the frame stays well under [`MAX_FRAME`].
+pub const STATUS_BATCH_BYTES: usize = 1 << 20;
+
+/// Splits status reports into the requests of [`Request::UpdateStatuses`],
+/// in order: at most [`MAX_STATUS_BATCH`] objects and [`STATUS_BATCH_BYTES`]
+/// bytes each, or one larger object alone. No request for no reports.
+pub fn status_batches(items: Vec<Object>) -> Vec<Vec<Object>> {
+    let mut batches = split_objects(items, STATUS_BATCH_BYTES, MAX_STATUS_BATCH);
+    batches.retain(|b| !b.is_empty());
+    batches
+}
+
+/// Splits objects in order into groups of at most `budget` encoded bytes
+/// (or one larger object alone) and `count` objects; at least one group.
+fn split_objects(items: Vec<Object>, budget: usize, count: usize) -> Vec<Vec<Object>> {
     let mut frames = vec![Vec::new()];
     let mut bytes = 0usize;
     for item in items {
         let size = postcard::serialize_with_flavor(&item, postcard::ser_flavors::Size::default())
             .unwrap_or(usize::MAX);
         let current = frames.last().map_or(0, Vec::len);
-        if current > 0 && bytes.saturating_add(size) > budget {
+        if current > 0 && (current >= count || bytes.saturating_add(size) > budget) {
             frames.push(Vec::new());
             bytes = 0;
         }
@@ -683,6 +714,40 @@ mod tests {
             let got: Vec<Vec<&str>> = frames.iter().map(|f| names(f)).collect();
             assert_eq!(got, expected, "sizes {sizes:?}");
         }
+    }
+
+    #[test]
+    fn status_reports_go_in_requests_bounded_in_count_and_bytes() {
+        assert!(status_batches(vec![]).is_empty(), "no reports, no request");
+        let small: Vec<Object> = (0..300).map(|i| pod_of(&i.to_string(), 10)).collect();
+        let sizes: Vec<usize> = status_batches(small.clone()).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![MAX_STATUS_BATCH, MAX_STATUS_BATCH, 44]);
+        let again: Vec<Object> = status_batches(small.clone()).concat();
+        assert_eq!(again, small, "every report once, in order");
+        // Four objects at the size limit: each request carries what fits
+        // under the byte budget, and every one encodes inside a frame.
+        let large: Vec<Object> = (0..4)
+            .map(|i| pod_of(&i.to_string(), (1536 << 10) - 200))
+            .collect();
+        let batches = status_batches(large);
+        assert_eq!(batches.len(), 4);
+        for batch in batches {
+            encode_frame(&Request::UpdateStatuses(batch)).expect("a request fits a frame");
+        }
+        // The answer of a full batch fits too, errors and all.
+        let answer = Response::Statuses(
+            (0..MAX_STATUS_BATCH)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        Ok(i as u64)
+                    } else {
+                        Err(ApiError::new(ErrorCode::Conflict, "x".repeat(500)))
+                    }
+                })
+                .collect(),
+        );
+        let bytes = encode_frame(&answer).expect("fits");
+        assert_eq!(decode_frame::<Response>(&bytes).expect("decodes"), answer);
     }
 
     #[test]

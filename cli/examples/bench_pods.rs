@@ -7,7 +7,10 @@
 //! 3. 100 hello pods in one `apply`: p50/p99 from creation to Succeeded,
 //!    split into scheduling, module preparation (fetch + compile) and run;
 //! 4. 20 hello pods one at a time: creation to Succeeded;
-//! 5. the node restarted: compiled code loaded from its disk cache.
+//! 5. the node restarted: compiled code loaded from its disk cache;
+//! 6. nine more nodes join and are warmed (one pod each), then 1,000 hello
+//!    pods in one `apply` over the ten: p50/p99 creation to Succeeded, split
+//!    as in 3, and how many ran on each node.
 //!
 //! Figures are printed with their ratio to the project's goals; nothing is
 //! asserted (timings on shared machines are noisy).
@@ -21,6 +24,8 @@ use std::time::{Duration, Instant};
 
 const PODS: usize = 100;
 const SINGLE: usize = 20;
+const NODES: usize = 10;
+const FLEET_PODS: usize = 1000;
 
 fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
@@ -127,6 +132,48 @@ fn pod_yaml(name: &str, module: &Path) -> String {
     format!("apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  module: {}\n  args: [bench]\n  restartPolicy: Never\n", module.display())
 }
 
+/// Creation → Succeeded of the pods whose names start with `prefix`, split
+/// into scheduling, module ready and run, in ms; and the node of each.
+struct Split {
+    total: Vec<i64>,
+    sched: Vec<i64>,
+    prep: Vec<i64>,
+    run: Vec<i64>,
+    nodes: std::collections::BTreeMap<String, usize>,
+}
+
+fn split(all: &Value, prefix: &str) -> Split {
+    let mut s = Split {
+        total: vec![],
+        sched: vec![],
+        prep: vec![],
+        run: vec![],
+        nodes: Default::default(),
+    };
+    for p in all["items"].as_array().expect("items").iter().filter(|p| {
+        p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(prefix))
+    }) {
+        let created = time_ms(&p["metadata"]["creationTimestamp"]).unwrap_or(0);
+        let scheduled = condition(p, "PodScheduled")
+            .and_then(|c| time_ms(&c["lastTransitionTime"]))
+            .unwrap_or(created);
+        let prepared = condition(p, "ModuleReady")
+            .and_then(|c| time_ms(&c["lastTransitionTime"]))
+            .unwrap_or(scheduled);
+        let started = time_ms(&p["status"]["startTime"]).unwrap_or(prepared);
+        let finished = time_ms(&p["status"]["finishTime"]).unwrap_or(started);
+        s.total.push(finished - created);
+        s.sched.push(scheduled - created);
+        s.prep.push(prepared - scheduled);
+        s.run.push(finished - started);
+        let node = p["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+        *s.nodes.entry(node).or_default() += 1;
+    }
+    s
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = dir.path().join("config");
@@ -152,15 +199,16 @@ fn main() {
         flotilla(&config, &["get", "nodes"]).0
     });
     let token = flotilla(&config, &["token", "create"]).1.trim().to_string();
-    let start_node = |token: Option<&str>| {
+    let start_named = |name: &str, token: Option<&str>| {
         let mut c = Command::new(bin());
-        c.args(["node", "--master", &addr, "--name", "bench", "--data-dir"])
-            .arg(dir.path().join("n"));
+        c.args(["node", "--master", &addr, "--name", name, "--data-dir"])
+            .arg(dir.path().join(name));
         if let Some(t) = token {
             c.args(["--token", t]);
         }
         Proc(c.stderr(Stdio::null()).spawn().expect("node"))
     };
+    let start_node = |token: Option<&str>| start_named("bench", token);
     let mut node = start_node(Some(&token));
     let ready = || flotilla(&config, &["get", "nodes"]).1.contains(" Ready ");
     wait("node Ready", Duration::from_secs(30), ready);
@@ -210,26 +258,7 @@ fn main() {
     let batch_wall = t0.elapsed();
     let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
     let all: Value = serde_json::from_str(&out).expect("json");
-    let (mut total, mut sched, mut prep, mut run) = (vec![], vec![], vec![], vec![]);
-    for p in all["items"].as_array().expect("items").iter().filter(|p| {
-        p["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("warm-"))
-    }) {
-        let created = time_ms(&p["metadata"]["creationTimestamp"]).unwrap_or(0);
-        let scheduled = condition(p, "PodScheduled")
-            .and_then(|c| time_ms(&c["lastTransitionTime"]))
-            .unwrap_or(created);
-        let prepared = condition(p, "ModuleReady")
-            .and_then(|c| time_ms(&c["lastTransitionTime"]))
-            .unwrap_or(scheduled);
-        let started = time_ms(&p["status"]["startTime"]).unwrap_or(prepared);
-        let finished = time_ms(&p["status"]["finishTime"]).unwrap_or(started);
-        total.push(finished - created);
-        sched.push(scheduled - created);
-        prep.push(prepared - scheduled);
-        run.push(finished - started);
-    }
+    let mut warm = split(&all, "warm-");
 
     // One at a time: each pod alone on the warm node.
     let mut single = vec![];
@@ -253,6 +282,59 @@ fn main() {
         get("after-restart").is_some_and(|p| succeeded(&p))
     });
     let disk_t = get("after-restart").as_ref().and_then(module_timings);
+
+    // Ten warm nodes: nine more join, each compiles hello for a first pod.
+    let fleet: Vec<Proc> = (1..NODES)
+        .map(|i| start_named(&format!("bench-{i}"), Some(&token)))
+        .collect();
+    wait("ten nodes Ready", Duration::from_secs(60), || {
+        flotilla(&config, &["get", "nodes"])
+            .1
+            .matches(" Ready ")
+            .count()
+            == NODES
+    });
+    let text: String = (1..NODES)
+        .map(|i| {
+            pod_yaml(&format!("warmup-{i}"), &hello)
+                + &format!("  nodeSelector: {{flotilla.dev/hostname: bench-{i}}}\n")
+        })
+        .collect::<Vec<_>>()
+        .join("---\n");
+    apply("warmup", &text);
+    let all_succeeded = |prefix: &str, n: usize| {
+        let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["items"].as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|p| {
+                    succeeded(p)
+                        && p["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|name| name.starts_with(prefix))
+                })
+                .count()
+                == n
+        })
+    };
+    wait("nodes warmed", Duration::from_secs(120), || {
+        all_succeeded("warmup-", NODES - 1)
+    });
+    let text: String = (0..FLEET_PODS)
+        .map(|i| pod_yaml(&format!("fleet-{i:04}"), &hello))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let t0 = Instant::now();
+    let fleet_apply = apply("fleet", &text);
+    wait("1,000 pods", Duration::from_secs(600), || {
+        // Listing 1,000 pods costs the machine too: not too often.
+        std::thread::sleep(Duration::from_millis(500));
+        all_succeeded("fleet-", FLEET_PODS)
+    });
+    let fleet_wall = t0.elapsed();
+    let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
+    let mut spread = split(&serde_json::from_str(&out).expect("json"), "fleet-");
+    drop(fleet);
     drop(node);
     drop(master);
 
@@ -283,12 +365,28 @@ fn main() {
         println!("  after a node restart               fetch {f} ms ({s}), compile {c} ms ({k})");
     }
     println!("\n{PODS} hello pods in one apply to one warm node (apply took {} ms, all Succeeded after {} ms)", apply_wall.as_millis(), batch_wall.as_millis());
-    let (_, p99) = show("creation → Succeeded", &mut total);
-    show("  scheduling (creation → bound)", &mut sched);
-    show("  module ready (bound → compiled)", &mut prep);
-    show("  run (start → exit)", &mut run);
+    let (_, p99) = show("creation → Succeeded", &mut warm.total);
+    show("  scheduling (creation → bound)", &mut warm.sched);
+    show("  module ready (bound → compiled)", &mut warm.prep);
+    show("  run (start → exit)", &mut warm.run);
     println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
     println!("\n{SINGLE} hello pods applied one at a time to the warm node");
     let (_, p99) = show("creation → Succeeded", &mut single);
     println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+    println!(
+        "\n{FLEET_PODS} hello pods in one apply over {NODES} warm nodes (apply took {} ms, all Succeeded after {} ms)",
+        fleet_apply.as_millis(),
+        fleet_wall.as_millis()
+    );
+    let (_, p99) = show("creation → Succeeded", &mut spread.total);
+    show("  scheduling (creation → bound)", &mut spread.sched);
+    show("  module ready (bound → compiled)", &mut spread.prep);
+    show("  run (start → exit)", &mut spread.run);
+    println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+    let per_node: Vec<String> = spread
+        .nodes
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    println!("  pods per node: {}", per_node.join(", "));
 }

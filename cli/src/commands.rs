@@ -134,7 +134,8 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Parses `key=value` labels.
+/// Parses `key=value` labels (a node's `--label`).
+#[cfg(feature = "node")]
 pub fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for i in items {

@@ -23,11 +23,12 @@ use flotilla_api::objects::{
     condition, NodeCapacity, NodeInfo, PodCondition, PodPhase, PodStatus, RestartPolicy,
 };
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions, ALPN,
+    status_batches, ApiError, ErrorCode, EventType, ListOptions, Request, Response, WatchOptions,
+    ALPN,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{annotations, labels, Kind, Node, Object, ObjectMeta, Pod};
-use flotilla_node::agent::{self, HEARTBEAT};
+use flotilla_node::agent::{self, report_refused_for_good, HEARTBEAT};
 use flotilla_node::join;
 use flotilla_node::runtime::interfaces;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -552,9 +553,9 @@ async fn node_loop(fleet: Arc<Fleet>, index: usize, shutdown: CancellationToken)
                 }
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(node = %name, error = %format!("{e:#}"), retry_in = ?wait, "hollow node failed; retrying with back-off");
+                    tracing::warn!(node = %name, error = %crate::report(&e), retry_in = ?wait, "hollow node failed; retrying with back-off");
                 } else {
-                    tracing::debug!(node = %name, error = %format!("{e:#}"), retry_in = ?wait, failures, "hollow node failed again");
+                    tracing::debug!(node = %name, error = %crate::report(&e), retry_in = ?wait, failures, "hollow node failed again");
                 }
             }
         }
@@ -730,40 +731,46 @@ async fn heartbeat(client: &Client, name: &str) {
     }
 }
 
-/// Sends status reports. One the master refuses for good (the pod is gone,
-/// replaced or not this node's) is dropped, as a real node drops it; any
-/// other failure ends the session, and the next list makes the report again.
+/// Sends status reports, together as a node sends them
+/// (`Request::UpdateStatuses`). One the master refuses for good (the pod is
+/// gone, replaced or not this node's) is dropped, as a real node drops it;
+/// any other failure ends the session, and the next list makes the report
+/// again.
 async fn send_reports(
     fleet: &Fleet,
     client: &Client,
     book: &mut PodBook,
     reports: Vec<Pod>,
 ) -> Result<(), NetError> {
-    for p in reports {
-        let key = pod_key(&p);
-        let (uid, phase) = (p.metadata.uid.clone(), p.status.phase);
-        match client.call(&Request::UpdateStatus(Object::Pod(p))).await {
-            Ok(Response::Object(o)) => {
-                book.delivered(&key, &uid, o.meta().resource_version);
-                let counter = match phase {
-                    PodPhase::Succeeded => &fleet.succeeded_reports,
-                    _ => &fleet.running_reports,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+    let sent: Vec<(String, String, PodPhase)> = reports
+        .iter()
+        .map(|p| (pod_key(p), p.metadata.uid.clone(), p.status.phase))
+        .collect();
+    let mut sent = sent.into_iter();
+    for batch in status_batches(reports.into_iter().map(Object::Pod).collect()) {
+        let results = match client.call(&Request::UpdateStatuses(batch)).await? {
+            Response::Statuses(results) => results,
+            other => {
+                return Err(NetError::Unexpected(format!(
+                    "the master answered status reports with {other:?}"
+                )))
             }
-            Ok(_) => {}
-            Err(NetError::Api(ApiError {
-                code:
-                    ErrorCode::NotFound
-                    | ErrorCode::Forbidden
-                    | ErrorCode::Conflict
-                    | ErrorCode::Invalid
-                    | ErrorCode::TooLarge,
-                message,
-            })) => {
-                tracing::debug!(pod = %key, %message, "dropping status report");
+        };
+        for ((key, uid, phase), result) in sent.by_ref().zip(results) {
+            match result {
+                Ok(resource_version) => {
+                    book.delivered(&key, &uid, resource_version);
+                    let counter = match phase {
+                        PodPhase::Succeeded => &fleet.succeeded_reports,
+                        _ => &fleet.running_reports,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if report_refused_for_good(e.code) => {
+                    tracing::debug!(pod = %key, message = %e.message, "dropping status report");
+                }
+                Err(e) => return Err(NetError::Api(e)),
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -317,8 +317,9 @@ struct UpArgs {
 
 /// A binary that can run a master allocates with mimalloc: under load the
 /// master's QUIC and raft traffic spent about 30% of its CPU in glibc's
-/// malloc and free (measured with perf on the raft benchmark).
-#[cfg(feature = "master")]
+/// malloc and free (measured with perf on the raft benchmark). Built with
+/// `--cfg flotilla_system_alloc`, it keeps glibc's, for heap profilers.
+#[cfg(all(feature = "master", not(flotilla_system_alloc)))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -347,10 +348,26 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a message that already quotes
+/// its cause is not followed by it again.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
 }
 
 impl Command {
@@ -695,4 +712,36 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
     m??;
     n??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    /// An error whose message quotes its source, as the master's do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "joining the cluster at m1: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let quoting = anyhow::Error::new(Quoting(std::io::Error::other("connection refused")));
+        assert_eq!(
+            report(&quoting),
+            "joining the cluster at m1: connection refused"
+        );
+        let wrapped = anyhow::Error::new(std::io::Error::other("disk full")).context("writing x");
+        assert_eq!(report(&wrapped), "writing x: disk full");
+    }
 }

@@ -1,5 +1,7 @@
 //! ARM from day one: the aarch64 build of `flotilla` (node feature only),
-//! run under qemu-user, joins an x86_64 master and runs the hello pod.
+//! run under qemu-user, joins an x86_64 master beside an x86_64 node; a pod
+//! for arm64 waits rather than land on the amd64 node, then runs on the
+//! arm64 one, and a pod for amd64 never lands on it.
 //!
 //! Needs the cross build (`scripts/test.sh` makes it) and qemu-user, so it is
 //! ignored by a plain `cargo test`; run it with
@@ -7,7 +9,7 @@
 
 mod common;
 
-use common::{pod_yaml, Cluster};
+use common::{pod_yaml, wait_for, Cluster};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,9 +23,16 @@ fn aarch64_binary() -> PathBuf {
     target.join("aarch64-unknown-linux-gnu/debug/flotilla")
 }
 
+/// The node a pod is bound to.
+fn node_of(c: &Cluster, pod: &str) -> String {
+    c.get_json("pod", pod)
+        .and_then(|p| p["spec"]["nodeName"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 #[test]
 #[ignore = "needs the aarch64 cross build and qemu-user: run by scripts/test.sh"]
-fn aarch64_node_under_qemu_runs_hello() {
+fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
     let bin = aarch64_binary();
     assert!(
         bin.exists(),
@@ -31,6 +40,28 @@ fn aarch64_node_under_qemu_runs_hello() {
         bin.display()
     );
     let mut c = Cluster::start("30s");
+    c.start_node("amd");
+    c.wait_node_ready("amd", "Ready", Duration::from_secs(60));
+    // Only an amd64 node yet: the arm64 pod waits, and says why.
+    let pod = c.manifest(
+        "hello-arm.yaml",
+        &pod_yaml(
+            "hello-arm",
+            "hello",
+            &["from-arm"],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: arm64}\n",
+        ),
+    );
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    let message = wait_for("the arm64 pod to wait", Duration::from_secs(60), || {
+        (c.pod_field("hello-arm", "reason") == "Unschedulable")
+            .then(|| c.pod_field("hello-arm", "message"))
+    });
+    assert_eq!(
+        message,
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    );
     let bin = bin.to_string_lossy().into_owned();
     c.start_node_with(
         "pi",
@@ -45,23 +76,28 @@ fn aarch64_node_under_qemu_runs_hello() {
         "{node}"
     );
     assert_eq!(node["metadata"]["labels"]["flotilla.dev/arch"], "arm64");
-    let pod = c.manifest(
-        "hello-arm.yaml",
-        &pod_yaml(
-            "hello-arm",
-            "hello",
-            &["from-arm"],
-            "Never",
-            "  nodeSelector: {flotilla.dev/arch: arm64}\n",
-        ),
-    );
-    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    // The waiting pod is retried when the arm64 node joins, and runs there.
     c.wait_phase("hello-arm", "Succeeded", slow);
     let logs = c.ok(&["logs", "hello-arm"]);
     assert!(
         logs.contains("arg[1]=from-arm") && logs.contains("hello from flotilla"),
         "{logs}"
     );
+    assert_eq!(node_of(&c, "hello-arm"), "pi");
+    // And a pod for amd64 lands on the amd64 node, never on the arm64 one.
+    let pod = c.manifest(
+        "hello-amd.yaml",
+        &pod_yaml(
+            "hello-amd",
+            "hello",
+            &[],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: amd64}\n",
+        ),
+    );
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    c.wait_phase("hello-amd", "Succeeded", slow);
+    assert_eq!(node_of(&c, "hello-amd"), "amd");
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     assert!(
         wide.lines()

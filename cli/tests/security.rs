@@ -209,6 +209,28 @@ fn nodes_may_write_only_their_own_objects() {
             code(client.call(&Request::UpdateStatus(pod.clone())).await),
             Some(ErrorCode::Forbidden)
         );
+        // In a batch, each report is judged alone: its own node's status
+        // is written, the other node's pod is refused.
+        let Ok(Response::Object(own)) = client.call(&get("n1")).await else {
+            panic!("own node")
+        };
+        let Ok(Response::Statuses(results)) = client
+            .call(&Request::UpdateStatuses(vec![own, pod.clone()]))
+            .await
+        else {
+            panic!("a batch answer")
+        };
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(
+            results[1].as_ref().map_err(|e| e.code),
+            Err(ErrorCode::Forbidden)
+        );
+        // A batch larger than the limit is refused whole.
+        let too_many = vec![pod.clone(); flotilla_api::protocol::MAX_STATUS_BATCH + 1];
+        assert_eq!(
+            code(client.call(&Request::UpdateStatuses(too_many)).await),
+            Some(ErrorCode::Invalid)
+        );
         // Creating pods or tokens, deleting: refused.
         assert_eq!(
             code(client.call(&Request::Create(pod)).await),

@@ -21,8 +21,8 @@ use flotilla_api::identity::Validity;
 use flotilla_api::net::{read_frame, write_frame, Client, NetError};
 use flotilla_api::objects::{NodeCapacity, NodeInfo, PodPhase};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Request, Response,
-    WatchOptions, ALPN,
+    status_batches, ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError,
+    Request, Response, WatchOptions, ALPN,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{annotations, labels, Kind, Node, Object, ObjectMeta, Pod};
@@ -627,7 +627,24 @@ async fn heartbeat_loop(client: Client, name: String, done: CancellationToken) {
     }
 }
 
-/// Sends the newest status of each pod to the master, keeping what could not be delivered.
+/// Whether the master refused a status report for good: the pod is gone or
+/// no longer this node's, or the status would take the pod past the size
+/// limit. Sending it again would be refused again and hold up the others.
+pub fn report_refused_for_good(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotFound
+            | ErrorCode::Forbidden
+            | ErrorCode::Conflict
+            | ErrorCode::Invalid
+            | ErrorCode::TooLarge
+    )
+}
+
+/// Sends the newest status of each pod to the master, keeping what could
+/// not be delivered. The reports that are waiting go together, in as few
+/// requests as they fit ([`status_batches`]), so that pods that change
+/// together share raft entries.
 async fn report_loop(
     mut rx: mpsc::UnboundedReceiver<Pod>,
     client: watch::Receiver<Option<Client>>,
@@ -649,33 +666,37 @@ async fn report_loop(
         let Some(c) = client.borrow().clone() else {
             continue;
         };
-        let keys: Vec<String> = pending.keys().cloned().collect();
-        for k in keys {
-            let Some(p) = pending.get(&k).cloned() else {
-                continue;
-            };
-            match c.call(&Request::UpdateStatus(Object::Pod(p))).await {
-                Ok(_) => {
-                    pending.remove(&k);
-                }
-                // The pod is gone or no longer ours: the status has no one to go to.
-                // Or it would take the pod past the size limit: sending it
-                // again would be refused again and hold up the others.
-                Err(NetError::Api(ApiError {
-                    code:
-                        ErrorCode::NotFound
-                        | ErrorCode::Forbidden
-                        | ErrorCode::Conflict
-                        | ErrorCode::Invalid
-                        | ErrorCode::TooLarge,
-                    message,
-                })) => {
-                    tracing::debug!(pod = %k, %message, "dropping status report");
-                    pending.remove(&k);
+        let reports = pending.values().cloned().map(Object::Pod).collect();
+        for batch in status_batches(reports) {
+            let keys: Vec<String> = batch
+                .iter()
+                .filter_map(Object::as_pod)
+                .map(pod_key)
+                .collect();
+            let results = match c.call(&Request::UpdateStatuses(batch)).await {
+                Ok(Response::Statuses(results)) => results,
+                Ok(other) => {
+                    tracing::debug!(answer = ?other, "unexpected answer to status reports; will retry");
+                    break;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "status report failed; will retry");
+                    tracing::debug!(error = %e, "status reports failed; will retry");
                     break;
+                }
+            };
+            for (k, result) in keys.iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        pending.remove(k);
+                    }
+                    Err(e) if report_refused_for_good(e.code) => {
+                        tracing::debug!(pod = %k, message = %e.message, "dropping status report");
+                        pending.remove(k);
+                    }
+                    // Kept for the next round (the master is busy or changing leader).
+                    Err(e) => {
+                        tracing::debug!(pod = %k, error = %e, "status report failed; will retry")
+                    }
                 }
             }
         }

@@ -362,8 +362,19 @@ fn share(
     p
 }
 
+/// Module downloads a node makes at once; more pods wait their turn. A
+/// master lets a node's connection carry few streams at once
+/// (`flotilla_api::net::NODE_STREAMS`), and the node's watch, heartbeats
+/// and reports must always find one; an edge link is better used by a few
+/// downloads that finish than by many that crawl.
+const DOWNLOADS: usize = 4;
+
+static DOWNLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DOWNLOADS);
+
 /// Downloads a module from the master and checks its digest.
 pub async fn fetch(client: &Client, digest: &str) -> Result<Vec<u8>, String> {
+    // Never closed, so acquiring only waits.
+    let _turn = DOWNLOADING.acquire().await.map_err(|e| e.to_string())?;
     let (_send, mut recv) = client
         .open(&Request::GetModule {
             digest: digest.to_string(),

@@ -24,8 +24,10 @@ pub(crate) fn read_backup(
         path: path.to_path_buf(),
         source,
     })?;
-    store::decode_backup(&bytes)
-        .map_err(|e| MasterError::Config(format!("{}: {e}", path.display())))
+    store::decode_backup(&bytes).map_err(|source| MasterError::Backup {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes a backup's contents through raft into the new cluster this master
@@ -35,7 +37,10 @@ pub(crate) fn read_backup(
 pub(crate) async fn restore(raft: &raft::Raft, image: store::Image) -> Result<(), MasterError> {
     use flotilla_api::objects::module_name;
     use store::Command;
-    let fail = |e: store::StoreError| MasterError::Raft(format!("restoring the backup: {e}"));
+    let fail = |e: store::StoreError| MasterError::Raft {
+        doing: "restoring the backup",
+        source: Box::new(e),
+    };
     let (mut modules, mut others) = (std::collections::HashMap::new(), Vec::new());
     for object in image.objects {
         match object {

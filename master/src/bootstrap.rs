@@ -222,30 +222,35 @@ async fn fetch_cluster_ca(
     pki_dir: &std::path::Path,
 ) -> Result<(u64, String), MasterError> {
     use flotilla_api::protocol::{Request, Response, ALPN};
-    let fail = |message: String| MasterError::Join {
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| MasterError::Join {
+        addr: join.addr.clone(),
+        source: e,
+    };
+    let refuse = |message: String| MasterError::JoinAnswer {
         addr: join.addr.clone(),
         message,
     };
-    let token = flotilla_api::identity::JoinToken::parse(&join.token).map_err(|e| {
-        fail(format!(
-            "{e}; pass the token `flotilla token create --master` printed"
-        ))
+    let token = flotilla_api::identity::JoinToken::parse(&join.token).map_err(|source| {
+        MasterError::JoinToken {
+            addr: join.addr.clone(),
+            source,
+        }
     })?;
     let tls = flotilla_api::tls::pinned_client_config(&token.ca_hash, ALPN)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
     let client = flotilla_api::net::Client::connect(
         std::slice::from_ref(&join.addr),
         tls,
         "flotilla-master/join",
     )
     .await
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(|e| fail(e.into()))?;
     let req = Request::JoinMaster {
         token: join.token.clone(),
         node_id,
         addr: advertise.to_string(),
     };
-    let answer = client.call(&req).await.map_err(|e| fail(e.to_string()));
+    let answer = client.call(&req).await.map_err(|e| fail(e.into()));
     client.conn.close(0u32.into(), b"joined");
     match answer? {
         Response::MasterJoined {
@@ -260,7 +265,7 @@ async fn fetch_cluster_ca(
                 .as_deref()
                 != Some(token.ca_hash.as_str())
             {
-                return Err(fail("the master sent a CA other than the token's".into()));
+                return Err(refuse("the master sent a CA other than the token's".into()));
             }
             // The key first: a CA certificate without its key would read as
             // a half-written directory.
@@ -273,7 +278,7 @@ async fn fetch_cluster_ca(
             );
             Ok((node_id, cluster))
         }
-        other => Err(fail(format!("unexpected answer {other:?}"))),
+        other => Err(refuse(format!("unexpected answer {other:?}"))),
     }
 }
 
@@ -300,14 +305,14 @@ async fn start_raft(
     let client = pki.master_client(node_id)?;
     let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;
     let raft_config = raft::raft_config(&config.cluster_name, config.election_timeout)
-        .map_err(|e| MasterError::Raft(format!("invalid configuration: {e}")))?;
+        .map_err(|e| raft_failed("invalid configuration", e))?;
     let raft = raft::Raft::new(node_id, Arc::new(raft_config), network.clone(), log, sm)
         .await
-        .map_err(|e| MasterError::Raft(format!("cannot start: {e}")))?;
+        .map_err(|e| raft_failed("cannot start", e))?;
     let initialized = raft
         .is_initialized()
         .await
-        .map_err(|e| MasterError::Raft(format!("cannot read raft state: {e}")))?;
+        .map_err(|e| raft_failed("cannot read raft state", e))?;
     // A restarted master keeps the membership in its log; only a fresh one
     // founds its cluster (initializing twice is refused by openraft anyway),
     // and one that joins waits to be added by the leader instead.
@@ -322,14 +327,21 @@ async fn start_raft(
             Err(openraft::error::RaftError::APIError(
                 openraft::error::InitializeError::NotAllowed(_),
             )) => {}
-            Err(e) => {
-                return Err(MasterError::Raft(format!(
-                    "cannot initialize membership: {e}"
-                )))
-            }
+            Err(e) => return Err(raft_failed("cannot initialize membership", e)),
         }
     }
     Ok((raft, network))
+}
+
+/// [`MasterError::Raft`], saying what raft was doing.
+fn raft_failed(
+    doing: &'static str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> MasterError {
+    MasterError::Raft {
+        doing,
+        source: e.into(),
+    }
 }
 
 fn default_advertise(listen: SocketAddr) -> String {

@@ -115,12 +115,42 @@ pub enum MasterError {
     Net(#[from] flotilla_api::net::NetError),
     #[error(transparent)]
     RaftStore(#[from] raft::RaftStoreError),
-    #[error("raft: {0}")]
-    Raft(String),
+    /// Raft could not be set up, started or given its first membership, or
+    /// could not write a restored backup; `doing` says which.
+    #[error("raft: {doing}: {source}")]
+    Raft {
+        doing: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The flags contradict each other or the data directory.
     #[error("{0}")]
     Config(String),
+    /// The backup given to `--restore` is not one this master can restore.
+    #[error("{}: {source}", path.display())]
+    Backup {
+        path: PathBuf,
+        #[source]
+        source: store::StoreError,
+    },
+    /// The join token given with `--join` does not parse.
+    #[error("joining the cluster at {addr}: {source}; pass the token `flotilla token create --master` printed")]
+    JoinToken {
+        addr: String,
+        #[source]
+        source: flotilla_api::identity::IdentityError,
+    },
+    /// The master at `addr` could not be reached or asked for the cluster CA.
+    #[error("joining the cluster at {addr}: {source}")]
+    Join {
+        addr: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The master at `addr` answered, but not as a master of the token's
+    /// cluster does (the message says how).
     #[error("joining the cluster at {addr}: {message}")]
-    Join { addr: String, message: String },
+    JoinAnswer { addr: String, message: String },
     /// This master is no longer in the cluster's membership.
     #[error(
         "master {id} was removed from the cluster (`flotilla cluster remove {id}`) and has stopped; \

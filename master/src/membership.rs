@@ -88,10 +88,8 @@ pub(crate) async fn become_member(
     let mut delay = Duration::from_millis(500);
     while !shutdown.is_cancelled() && !is_voter(&cluster) {
         let attempt = async {
-            let client_cert = pki.master_client(id).map_err(|e| e.to_string())?;
-            let tls = pki
-                .master_client_tls(&client_cert)
-                .map_err(|e| e.to_string())?;
+            let client_cert = pki.master_client(id)?;
+            let tls = pki.master_client_tls(&client_cert)?;
             let mut addrs = vec![join_addr.clone()];
             addrs.extend(
                 cluster
@@ -99,9 +97,8 @@ pub(crate) async fn become_member(
                     .into_iter()
                     .filter(|a| *a != join_addr && *a != advertise),
             );
-            let client = flotilla_api::net::Client::connect(&addrs, tls, "flotilla-master/member")
-                .await
-                .map_err(|e| e.to_string())?;
+            let client =
+                flotilla_api::net::Client::connect(&addrs, tls, "flotilla-master/member").await?;
             let req = Request::AddMaster {
                 node_id: id,
                 addr: advertise.clone(),
@@ -109,9 +106,9 @@ pub(crate) async fn become_member(
             let answer = client.call(&req).await;
             client.conn.close(0u32.into(), b"done");
             match answer {
-                Ok(Response::Ok) => Ok(()),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
+                Ok(Response::Ok) => Ok::<_, Box<dyn std::error::Error + Send + Sync>>(()),
+                Ok(other) => Err(format!("unexpected answer {other:?}").into()),
+                Err(e) => Err(e.into()),
             }
         };
         match attempt.await {

@@ -14,7 +14,7 @@
 //! keeps its module however the pass decided.
 
 use crate::raft::{propose, Raft};
-use crate::store::{Command, Outcome, Store, StoreError};
+use crate::store::{Command, Outcome, Refusal, Store, StoreError};
 use flotilla_api::objects::module_name;
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
@@ -203,8 +203,11 @@ async fn pass(
             Ok(_) => {}
             // A pod took it up, or it changed or went since the list: the
             // next pass sees the new state.
-            Err(e @ (StoreError::Invalid(_) | StoreError::Conflict { .. }))
-            | Err(e @ StoreError::NotFound(_)) => {
+            Err(
+                e @ StoreError::Refused(
+                    Refusal::Invalid(_) | Refusal::Conflict { .. } | Refusal::NotFound(_),
+                ),
+            ) => {
                 tracing::debug!(module = %digest, error = %e, "module kept")
             }
             Err(e) => return Err(e),

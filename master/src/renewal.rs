@@ -28,18 +28,18 @@ pub(crate) async fn renew_certificates(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = Time::now();
-        let result = (|| -> Result<(), String> {
-            let renewed = pki.renew_due(node_id, now).map_err(|e| e.to_string())?;
+        let result = (|| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let renewed = pki.renew_due(node_id, now)?;
             if renewed.server {
-                let tls = pki.server_tls().map_err(|e| e.to_string())?;
-                let quic = flotilla_api::net::quic_server_config(tls).map_err(|e| e.to_string())?;
+                let tls = pki.server_tls()?;
+                let quic = flotilla_api::net::quic_server_config(tls)?;
                 endpoint.set_server_config(Some(quic));
                 tracing::info!("serving with the renewed certificate");
             }
             if renewed.client {
-                let client = pki.master_client(node_id).map_err(|e| e.to_string())?;
-                let tls = pki.master_client_tls(&client).map_err(|e| e.to_string())?;
-                network.set_client_tls(tls).map_err(|e| e.to_string())?;
+                let client = pki.master_client(node_id)?;
+                let tls = pki.master_client_tls(&client)?;
+                network.set_client_tls(tls)?;
                 tracing::info!("talking to the other masters with the renewed certificate");
             }
             Ok(())

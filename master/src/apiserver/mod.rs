@@ -33,10 +33,12 @@ use crate::controllers::node_lifecycle::Heartbeats;
 use crate::nodes::NodeConnections;
 use crate::pki::Pki;
 use crate::raft::Cluster;
-use crate::store::{Command, Outcome, Store, StoreError};
+use crate::store::{Command, Outcome, Refusal, Store, StoreError};
 use admission::{invalid, not_found, Lookup};
 use authz::{authorize, node_may_read};
-use flotilla_api::protocol::{ApiError, ErrorCode, ListOptions, WatchEvent, WatchOptions};
+use flotilla_api::protocol::{
+    ApiError, ErrorCode, ListOptions, WatchEvent, WatchOptions, MAX_STATUS_BATCH,
+};
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object};
@@ -66,11 +68,11 @@ const STATUS_RETRIES: u32 = 5;
 /// code; anything else is the master's trouble.
 pub fn store_err(e: StoreError) -> ApiError {
     let code = match &e {
-        StoreError::NotFound(_) => ErrorCode::NotFound,
-        StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
-        StoreError::Conflict { .. } => ErrorCode::Conflict,
-        StoreError::TooOld { .. } => ErrorCode::TooOld,
-        StoreError::Invalid(_) => ErrorCode::Invalid,
+        StoreError::Refused(Refusal::NotFound(_)) => ErrorCode::NotFound,
+        StoreError::Refused(Refusal::AlreadyExists(_)) => ErrorCode::AlreadyExists,
+        StoreError::Refused(Refusal::Conflict { .. }) => ErrorCode::Conflict,
+        StoreError::Refused(Refusal::TooOld { .. }) => ErrorCode::TooOld,
+        StoreError::Refused(Refusal::Invalid(_)) => ErrorCode::Invalid,
         StoreError::Unavailable(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     };
@@ -196,6 +198,29 @@ impl ApiServer {
                 other => return other,
             }
         }
+    }
+
+    /// Replaces the status of each object, as [`ApiServer::update_status`]
+    /// would, all at once so that the writes share raft entries (a node's
+    /// batch of pod reports). One result per object, in order: its new
+    /// resourceVersion, or why it was not written.
+    pub async fn update_statuses(
+        &self,
+        caller: &Caller,
+        objs: Vec<Object>,
+    ) -> Result<Vec<Result<u64, ApiError>>, ApiError> {
+        if objs.len() > MAX_STATUS_BATCH {
+            return Err(invalid(format!(
+                "{} statuses in one request; send at most {MAX_STATUS_BATCH} at a time",
+                objs.len()
+            )));
+        }
+        let writes = objs.into_iter().map(|o| self.update_status(caller, o));
+        Ok(futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|written| written.map(|o| o.meta().resource_version))
+            .collect())
     }
 
     /// Replaces an object's status if it is still at `resource_version`

@@ -186,12 +186,7 @@ impl NodeWatch {
                     self.last = ev.revision;
                     return Ok(ev);
                 }
-                None => {
-                    return Err(StoreError::TooOld {
-                        requested: self.last,
-                        oldest: self.last + 1,
-                    })
-                }
+                None => return Err(StoreError::too_old(self.last, self.last + 1)),
             }
         }
     }
@@ -287,7 +282,10 @@ mod tests {
             }
         }
         assert!(
-            matches!(outcome, Err(StoreError::TooOld { .. })),
+            matches!(
+                outcome,
+                Err(StoreError::Refused(crate::store::Refusal::TooOld { .. }))
+            ),
             "{outcome:?}"
         );
     }

@@ -8,10 +8,10 @@ use crate::apiserver::{ApiServer, Caller, ModuleUpload};
 use crate::raft::rpc_server::{self, Protocol};
 use crate::store::TokenUsage;
 use flotilla_api::identity::Identity;
-use flotilla_api::net::{read_frame, write_frame, NetError};
+use flotilla_api::net::{read_frame, write_frame, NetError, CLIENT_STREAMS};
 use flotilla_api::protocol::{
-    list_frames, ApiError, ErrorCode, Request, Response, LIST_FRAME_BYTES, MAX_FRAME, MODULE_CHUNK,
-    PROTOCOL_VERSION,
+    list_frames, ApiError, ErrorCode, Request, Response, WatchOptions, LIST_FRAME_BYTES, MAX_FRAME,
+    MODULE_CHUNK, PROTOCOL_VERSION,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +72,10 @@ async fn serve_connection(
     tracker: TaskTracker,
 ) {
     let caller = Arc::new(caller_of(&conn));
+    if !matches!(*caller, Caller::Node(_) | Caller::Anonymous) {
+        // Nodes are many and need few streams; people and masters, the other way round.
+        conn.set_max_concurrent_bi_streams(CLIENT_STREAMS.into());
+    }
     let protocol = Protocol::of(&conn);
     let node_name = caller.node().map(String::from);
     if let Some(n) = &node_name {
@@ -89,9 +93,10 @@ async fn serve_connection(
             Ok(s) => s,
             Err(_) => break,
         };
-        let (api, caller, hello) = (api.clone(), caller.clone(), hello.clone());
-        tracker
-            .spawn(async move { serve_stream(send, recv, &api, &caller, protocol, &hello).await });
+        let (api, caller, hello, t) = (api.clone(), caller.clone(), hello.clone(), tracker.clone());
+        tracker.spawn(async move {
+            serve_stream(send, recv, &api, &caller, protocol, &hello, &t).await
+        });
     }
     if let Some(n) = &node_name {
         api.nodes.remove(n, &conn);
@@ -102,9 +107,10 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     api: &ApiServer,
-    caller: &Caller,
+    caller: &Arc<Caller>,
     protocol: Protocol,
     hello: &AtomicBool,
+    tracker: &TaskTracker,
 ) {
     let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
         Ok(Ok(Some(r))) => r,
@@ -114,20 +120,59 @@ async fn serve_stream(
                 ErrorCode::Invalid,
                 format!("bad request frame: {e}; is the client the same Flotilla version?"),
             );
-            let _ = write_frame(&mut send, &Response::Error(err)).await;
-            let _ = send.finish();
-            return;
+            return finish(send, Err(err)).await;
         }
         Ok(Err(_)) | Err(_) => return,
     };
-    let answered = match rpc_server::check(protocol, caller, &req) {
-        Ok(()) => handle(req, &mut send, &mut recv, api, caller, hello).await,
-        Err(e) => Err(e),
+    if let Err(e) = rpc_server::check(protocol, caller, &req) {
+        return finish(send, Err(e)).await;
+    }
+    let req = match req {
+        // A watch stays open as long as its client does (a node's, as long
+        // as the node is connected): it gets a task of its own, sized for a
+        // watch rather than for the largest request. At thousands of nodes
+        // the difference was about 10 KiB a node.
+        Request::Watch(opts) if hello.load(Ordering::Relaxed) => {
+            let (api, caller) = (api.clone(), caller.clone());
+            tracker.spawn(async move {
+                let answered = watch_events(&mut send, &api, &caller, opts).await;
+                finish(send, answered).await;
+                drop(recv);
+            });
+            return;
+        }
+        req => req,
     };
+    let answered = handle(req, &mut send, &mut recv, api, caller, hello).await;
+    finish(send, answered).await;
+}
+
+/// Ends an answer: the error, if there is one, then the end of the stream.
+async fn finish(mut send: quinn::SendStream, answered: Result<(), ApiError>) {
     if let Err(e) = answered {
         let _ = write_frame(&mut send, &Response::Error(e)).await;
     }
     let _ = send.finish();
+}
+
+/// Streams the events of a watch until the client stops reading.
+async fn watch_events(
+    send: &mut quinn::SendStream,
+    api: &ApiServer,
+    caller: &Caller,
+    opts: WatchOptions,
+) -> Result<(), ApiError> {
+    let mut watch = api.watch(caller, opts).await?;
+    loop {
+        let ev = tokio::select! {
+            ev = watch.next() => ev?,
+            _ = send.stopped() => return Ok(()),
+        };
+        // One event per frame, and an event always fits: its object is at
+        // most MAX_OBJECT_SIZE (1.5 MiB, checked when it is written), well
+        // inside MAX_FRAME (4 MiB).
+        reply(send, Response::Event(ev)).await?;
+    }
 }
 
 async fn reply(send: &mut quinn::SendStream, r: Response) -> Result<(), ApiError> {
@@ -190,6 +235,9 @@ async fn handle(
         Request::UpdateStatus(obj) => {
             Response::Object(Box::pin(api.update_status(caller, obj)).await?)
         }
+        Request::UpdateStatuses(objs) => {
+            Response::Statuses(Box::pin(api.update_statuses(caller, objs)).await?)
+        }
         Request::Get {
             kind,
             namespace,
@@ -219,19 +267,7 @@ async fn handle(
             api.delete(caller, kind, &namespace, &name, resource_version)
                 .await?,
         ),
-        Request::Watch(opts) => {
-            let mut watch = api.watch(caller, opts).await?;
-            loop {
-                let ev = tokio::select! {
-                    ev = watch.next() => ev?,
-                    _ = send.stopped() => return Ok(()),
-                };
-                // One event per frame, and an event always fits: its object
-                // is at most MAX_OBJECT_SIZE (1.5 MiB, checked when it is
-                // written), well inside MAX_FRAME (4 MiB).
-                reply(send, Response::Event(ev)).await?;
-            }
-        }
+        Request::Watch(opts) => return Box::pin(watch_events(send, api, caller, opts)).await,
         Request::PutModule {
             digest,
             size,

@@ -163,7 +163,7 @@ impl Cluster {
                 forward_here(&self.batcher, cmd.clone())
             })
             .await?;
-        answer.map_err(StoreError::from)
+        answer.map_err(StoreError::Refused)
     }
 
     /// Returns once this master's copy holds every write acknowledged before
@@ -540,7 +540,7 @@ impl Cluster {
                         // Encoded only when it travels: the leader's own
                         // writes (every write, on a single master) skip it.
                         let payload =
-                            encode(message).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                            encode(message).map_err(|e| StoreError::invalid(e.to_string()))?;
                         let req = Request::Raft { rpc, payload };
                         // A leader that is replaced while it handles the
                         // request will not answer (it may be dead): stop
@@ -616,7 +616,7 @@ async fn forward_here(batcher: &Batcher, cmd: Command) -> LeaderAnswer<Result<Ou
         Ok(o) => LeaderAnswer::Done(Ok(o)),
         Err(Unplaced::NoLeader) => LeaderAnswer::NotLeader(None),
         Err(Unplaced::NotLeader { id, .. }) => LeaderAnswer::NotLeader(Some(id)),
-        Err(Unplaced::Failed(e)) => match Refusal::from_store(e) {
+        Err(Unplaced::Failed(e)) => match e.into_refusal() {
             Ok(refusal) => LeaderAnswer::Done(Err(refusal)),
             Err(e) => LeaderAnswer::Unavailable(e.to_string()),
         },

@@ -366,7 +366,10 @@ async fn raft_followers_forward_writes_and_serve_linearizable_reads() {
         .await
         .expect_err("a stale compare-and-swap is refused");
     assert!(
-        matches!(err, crate::store::StoreError::Conflict { .. }),
+        matches!(
+            err,
+            crate::store::StoreError::Refused(Refusal::Conflict { .. })
+        ),
         "{err:?}"
     );
     // The status is the leader's, from any master.
@@ -685,7 +688,7 @@ async fn raft_compare_and_swap_admits_one_of_two() {
         other => panic!("not exactly one update won: {other:?}"),
     };
     assert!(
-        matches!(lost, crate::store::StoreError::Conflict { expected, .. } if expected == rv),
+        matches!(lost, crate::store::StoreError::Refused(Refusal::Conflict { expected, .. }) if expected == rv),
         "{lost:?}"
     );
     let Outcome::Object(winner) = won else {

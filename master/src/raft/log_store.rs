@@ -138,12 +138,12 @@ impl fmt::Debug for LogStore {
 /// A record: header and body, ready to write.
 fn record<T: Serialize>(kind: u8, value: &T) -> Result<Vec<u8>, StoreError> {
     let body = postcard::to_extend(value, vec![kind])
-        .map_err(|e| StoreError::Invalid(format!("raft log: cannot encode a record: {e}")))?;
+        .map_err(|e| StoreError::invalid(format!("raft log: cannot encode a record: {e}")))?;
     let len = u32::try_from(body.len())
         .ok()
         .filter(|l| *l <= MAX_RECORD)
         .ok_or_else(|| {
-            StoreError::Invalid(format!(
+            StoreError::invalid(format!(
                 "raft log: a record of {} bytes is larger than the {MAX_RECORD} allowed",
                 body.len()
             ))
@@ -191,8 +191,11 @@ fn parse_header(header: &[u8; HEADER as usize]) -> (u32, u32) {
     (len, crc)
 }
 
-fn io_err(doing: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |e| StoreError::Db(format!("raft log: {doing}: {e}"))
+fn io_err(doing: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        doing: format!("raft log: {doing}").into(),
+        source,
+    }
 }
 
 impl State {
@@ -211,7 +214,7 @@ impl State {
 
     fn check(&self) -> Result<(), StoreError> {
         match &self.broken {
-            Some(why) => Err(StoreError::Db(format!(
+            Some(why) => Err(StoreError::Broken(format!(
                 "raft log: an earlier write failed ({why}); restart the master to recover from the file"
             ))),
             None => Ok(()),
@@ -315,7 +318,7 @@ fn open_locked(path: &Path) -> Result<File, StoreError> {
         .map_err(io_err("opening"))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Db(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Broken(
             "raft log: the file is locked by another process".into(),
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking")(e)),
@@ -650,9 +653,9 @@ impl LogStore {
         // second master that `Log` adds to failures to open or lock it.
         let fail = |e: StoreError| match e {
             StoreError::Corrupt(_) => RaftStoreError::Store(e),
-            e => RaftStoreError::Log {
+            source => RaftStoreError::Log {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             },
         };
         let old = path.with_file_name(REDB_LOG_FILE);
@@ -804,24 +807,22 @@ impl LogStore {
 /// Copies a raft log of the earlier redb format at `old` into a new file at
 /// `path`, then removes the old file.
 fn migrate(old: &Path, path: &Path) -> Result<(), StoreError> {
-    let db = redb::Database::open(old).map_err(|e| {
-        StoreError::Db(format!(
-            "raft log: opening the earlier log {}: {e}",
-            old.display()
-        ))
+    let db = redb::Database::open(old).map_err(|e| StoreError::Db {
+        doing: format!("raft log: opening the earlier log {}", old.display()).into(),
+        source: Box::new(e.into()),
     })?;
-    let redb_err = |e: &dyn fmt::Display| {
-        StoreError::Db(format!(
-            "raft log: reading the earlier log {}: {e}",
-            old.display()
-        ))
+    let redb_err = |e: redb::Error| StoreError::Db {
+        doing: format!("raft log: reading the earlier log {}", old.display()).into(),
+        source: Box::new(e),
     };
-    let txn = db.begin_read().map_err(|e| redb_err(&e))?;
-    let meta = txn.open_table(RAFT_LOG_META).map_err(|e| redb_err(&e))?;
+    let txn = db.begin_read().map_err(|e| redb_err(e.into()))?;
+    let meta = txn
+        .open_table(RAFT_LOG_META)
+        .map_err(|e| redb_err(e.into()))?;
     let read_meta = |key: &'static str| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(meta
             .get(key)
-            .map_err(|e| redb_err(&e))?
+            .map_err(|e| redb_err(e.into()))?
             .map(|v| v.value().to_vec()))
     };
     let vote: Option<Vote<u64>> = read_meta(raft_log_meta::VOTE)?
@@ -834,9 +835,9 @@ fn migrate(old: &Path, path: &Path) -> Result<(), StoreError> {
         .map(|b| decode("raft_log_meta", &raft_log_meta::COMMITTED, &b))
         .transpose()?;
     let mut out = head(vote.as_ref(), purged.as_ref(), committed.flatten())?;
-    let table = txn.open_table(RAFT_LOG).map_err(|e| redb_err(&e))?;
-    for row in table.iter().map_err(|e| redb_err(&e))? {
-        let (k, v) = row.map_err(|e| redb_err(&e))?;
+    let table = txn.open_table(RAFT_LOG).map_err(|e| redb_err(e.into()))?;
+    for row in table.iter().map_err(|e| redb_err(e.into()))? {
+        let (k, v) = row.map_err(|e| redb_err(e.into()))?;
         let entry: Entry = decode("raft_log", &k.value(), v.value())?;
         out.extend(record(KIND_ENTRY, &entry)?);
     }

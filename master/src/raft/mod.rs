@@ -6,7 +6,8 @@
 //!
 //! Layout:
 //! - this file: [`TypeConfig`] (what the log carries), [`RaftResponse`] (what
-//!   applying an entry answers), [`Refusal`], [`RaftStoreError`].
+//!   applying an entry answers, with the store's [`Refusal`]),
+//!   [`RaftStoreError`].
 //! - `log_store`: [`LogStore`], the raft log, vote and committed id in their
 //!   own append-only file of checksummed records ([`LOG_FILE`]).
 //! - `state_machine`: [`StateMachine`] and [`SnapshotBuilder`] over the
@@ -47,6 +48,9 @@ pub use propose::{propose, raft_config, Raft, DEFAULT_ELECTION_TIMEOUT, ELECTION
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
 use crate::store::{self, Outcome, StoreError};
+// Raft responses carry the store's refusals as they are; the store defines
+// them, beside the errors that hold them.
+pub use crate::store::Refusal;
 use openraft::{AnyError, BasicNode, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -102,93 +106,22 @@ impl RaftResponse {
     pub fn into_store_result(self) -> Option<Result<Outcome, StoreError>> {
         match self {
             RaftResponse::Bookkeeping | RaftResponse::Batch(_) => None,
-            RaftResponse::Command(answer) => Some(answer.map_err(StoreError::from)),
+            RaftResponse::Command(answer) => Some(answer.map_err(StoreError::Refused)),
         }
     }
 }
-
-/// Why the state refused a command: the caller errors of [`StoreError`], in a
-/// form the raft response can carry (fatal errors never get here: they stop
-/// the state machine instead).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Refusal {
-    NotFound(String),
-    AlreadyExists(String),
-    Conflict {
-        key: String,
-        expected: u64,
-        actual: u64,
-    },
-    TooOld {
-        requested: u64,
-        oldest: u64,
-    },
-    Invalid(String),
-}
-
-impl Refusal {
-    /// The refusal of a caller error; gives a fatal error back.
-    pub fn from_store(e: StoreError) -> Result<Refusal, StoreError> {
-        Ok(match e {
-            StoreError::NotFound(what) => Refusal::NotFound(what),
-            StoreError::AlreadyExists(what) => Refusal::AlreadyExists(what),
-            StoreError::Conflict {
-                key,
-                expected,
-                actual,
-            } => Refusal::Conflict {
-                key,
-                expected,
-                actual,
-            },
-            StoreError::TooOld { requested, oldest } => Refusal::TooOld { requested, oldest },
-            StoreError::Invalid(why) => Refusal::Invalid(why),
-            // Never produced by applying a command (only by proposing one); kept
-            // out of the log's answers all the same.
-            fatal @ (StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::Unavailable(_)) => {
-                return Err(fatal)
-            }
-        })
-    }
-}
-
-impl From<Refusal> for StoreError {
-    fn from(r: Refusal) -> StoreError {
-        match r {
-            Refusal::NotFound(what) => StoreError::NotFound(what),
-            Refusal::AlreadyExists(what) => StoreError::AlreadyExists(what),
-            Refusal::Conflict {
-                key,
-                expected,
-                actual,
-            } => StoreError::Conflict {
-                key,
-                expected,
-                actual,
-            },
-            Refusal::TooOld { requested, oldest } => StoreError::TooOld { requested, oldest },
-            Refusal::Invalid(why) => StoreError::Invalid(why),
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The same words as the store's own error, which people already see.
-        StoreError::from(self.clone()).fmt(f)
-    }
-}
-
-impl std::error::Error for Refusal {}
 
 /// Why the raft storage could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RaftStoreError {
     /// The raft log file could not be opened or prepared.
-    #[error("raft log {path}: {message} (is another master using this data directory?)")]
-    Log { path: PathBuf, message: String },
+    #[error("raft log {path}: {source} (is another master using this data directory?)")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
     /// The state store failed while recovering from the snapshot file.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -224,7 +157,7 @@ fn failure(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl fmt::Display) ->
 /// Encodes a value as postcard for the raft tables and files.
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode {what}: {e}")))
+        .map_err(|e| StoreError::invalid(format!("cannot encode {what}: {e}")))
 }
 
 /// Runs blocking storage work (redb commits wait for fsync) off the async

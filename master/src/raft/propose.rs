@@ -92,9 +92,9 @@ pub(crate) async fn propose_batch_here(
         Ok(resp) => match resp.data {
             super::RaftResponse::Batch(answers) if answers.len() == count => Ok(answers
                 .into_iter()
-                .map(|a| a.map_err(StoreError::from))
+                .map(|a| a.map_err(StoreError::Refused))
                 .collect()),
-            other => Err(Unplaced::Failed(StoreError::Invalid(format!(
+            other => Err(Unplaced::Failed(StoreError::invalid(format!(
                 "raft answered a batch of {count} with {other:?}"
             )))),
         },
@@ -133,9 +133,9 @@ pub(crate) const MAX_ENTRY_BYTES: usize = flotilla_api::protocol::MAX_FRAME - (6
 /// Refuses a command too large for one raft entry (see [`MAX_ENTRY_BYTES`]).
 fn check_entry_size(cmd: &Command) -> Result<(), StoreError> {
     let size = postcard::serialize_with_flavor(cmd, postcard::ser_flavors::Size::default())
-        .map_err(|e| StoreError::Invalid(format!("cannot encode the write: {e}")))?;
+        .map_err(|e| StoreError::invalid(format!("cannot encode the write: {e}")))?;
     if size > MAX_ENTRY_BYTES {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the write is {size} bytes encoded; one raft entry carries at most {MAX_ENTRY_BYTES}: \
              keep large data out of objects (put it in a module or a file)"
         )));
@@ -150,8 +150,8 @@ pub(crate) async fn propose_here(raft: &Raft, cmd: Command) -> Result<Outcome, U
         Ok(resp) => match resp.data.into_store_result() {
             Some(answer) => answer.map_err(Unplaced::Failed),
             // A command entry always answers with the command's result.
-            None => Err(Unplaced::Failed(StoreError::Invalid(
-                "raft answered a command with bookkeeping".into(),
+            None => Err(Unplaced::Failed(StoreError::invalid(
+                "raft answered a command with bookkeeping",
             ))),
         },
         Err(e) => Err(unplaced(e)),

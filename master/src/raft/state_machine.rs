@@ -17,7 +17,7 @@
 
 use super::{
     blocking, encode, failure, storage_error, Entry, Failure, LogId, RaftResponse,
-    RaftStorageError, RaftStoreError, Refusal, TypeConfig,
+    RaftStorageError, RaftStoreError, TypeConfig,
 };
 use crate::store::tables::decode;
 use crate::store::{Image, RaftMark, Store, StoreError};
@@ -385,7 +385,7 @@ fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftRespons
                 .into_iter()
                 .map(|a| match a {
                     Ok(outcome) => Ok(Ok(outcome)),
-                    Err(refused) => Refusal::from_store(refused).map(Err),
+                    Err(refused) => refused.into_refusal().map(Err),
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
                 .map_err(fail)?;
@@ -410,7 +410,7 @@ fn apply_entry(store: &Store, entry: Entry, durable: bool) -> Result<RaftRespons
             match answer {
                 Ok(outcome) => Ok(RaftResponse::Command(Ok(outcome))),
                 Err(refused) => {
-                    let refusal = Refusal::from_store(refused).map_err(fail)?;
+                    let refusal = refused.into_refusal().map_err(fail)?;
                     Ok(RaftResponse::Command(Err(refusal)))
                 }
             }

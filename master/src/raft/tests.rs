@@ -221,10 +221,54 @@ fn a_refusal_round_trips_and_reads_as_the_store_error() {
         refusal.to_string(),
         StoreError::from(refusal.clone()).to_string()
     );
-    assert!(matches!(
-        Refusal::from_store(StoreError::Db("disk".into())),
-        Err(StoreError::Db(_))
-    ));
+    let fatal = StoreError::Broken("disk".into());
+    assert!(matches!(fatal.into_refusal(), Err(StoreError::Broken(_))));
+}
+
+/// Refusals travel in raft responses between masters of different
+/// versions: their encoding (variant order, fields) must not change.
+#[test]
+fn refusals_keep_their_wire_form() {
+    let cases: [(Refusal, &[u8]); 5] = [
+        (
+            Refusal::NotFound("pods/default/a".into()),
+            &[
+                1, 1, 0, 14, 112, 111, 100, 115, 47, 100, 101, 102, 97, 117, 108, 116, 47, 97,
+            ],
+        ),
+        (
+            Refusal::AlreadyExists("nodes/pi-1".into()),
+            &[1, 1, 1, 10, 110, 111, 100, 101, 115, 47, 112, 105, 45, 49],
+        ),
+        (
+            Refusal::Conflict {
+                key: "k".into(),
+                expected: 1,
+                actual: 300,
+            },
+            &[1, 1, 2, 1, 107, 1, 172, 2],
+        ),
+        (
+            Refusal::TooOld {
+                requested: 2,
+                oldest: 7,
+            },
+            &[1, 1, 3, 2, 7],
+        ),
+        (Refusal::Invalid("bad".into()), &[1, 1, 4, 3, 98, 97, 100]),
+    ];
+    for (refusal, wire) in cases {
+        let response = RaftResponse::Command(Err(refusal.clone()));
+        assert_eq!(
+            postcard::to_allocvec(&response).unwrap(),
+            wire,
+            "{refusal:?}"
+        );
+        assert_eq!(
+            postcard::from_bytes::<RaftResponse>(wire).unwrap(),
+            response
+        );
+    }
 }
 
 #[test]
@@ -363,10 +407,16 @@ fn a_snapshot_moves_the_whole_state_and_resets_watches() {
     let next =
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), live.next()).await });
     assert!(
-        matches!(next, Ok(Err(StoreError::TooOld { oldest: 6, .. }))),
+        matches!(
+            next,
+            Ok(Err(StoreError::Refused(Refusal::TooOld { oldest: 6, .. })))
+        ),
         "{next:?}"
     );
-    assert!(matches!(store.watch(5), Err(StoreError::TooOld { .. })));
+    assert!(matches!(
+        store.watch(5),
+        Err(StoreError::Refused(Refusal::TooOld { .. }))
+    ));
     assert!(store.watch(6).is_ok());
     // Every handle on the database goes, as when the master stops.
     drop((follower, store, live));

@@ -113,7 +113,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
                 created: false,
             })
         }
-        Some(v) => Err(StoreError::Db(format!(
+        Some(v) => Err(StoreError::Broken(format!(
             "the database is in format {v}, this master reads formats 1 to {FORMAT_VERSION}: \
              run the flotilla version that wrote it"
         ))),
@@ -122,7 +122,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
             for name in present.iter().filter(|n| n.as_str() != META.name()) {
                 let table = read
                     .open_untyped_table(TableDefinition::<&str, &[u8]>::new(name))
-                    .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
+                    .map_err(db(format!("opening the {name} table")))?;
                 if table.len().map_err(db("counting rows"))? > 0 {
                     return Err(StoreError::Corrupt(format!(
                         "the file holds a {name} table but no format marker (meta/format): \
@@ -152,7 +152,7 @@ pub(crate) fn prepare(database: &Database) -> Result<Opened, StoreError> {
 fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     for def in [OBJECTS, COUNTERS, MODULE_CHUNKS, TOKENS, RAFT] {
         txn.open_table(def)
-            .map_err(|e| StoreError::Db(format!("creating the {} table: {e}", def.name())))?;
+            .map_err(db(format!("creating the {} table", def.name())))?;
     }
     txn.open_table(HISTORY)
         .map_err(db("creating the history table"))?;
@@ -220,20 +220,20 @@ fn migrate_tables(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<
         let name = new.name();
         if !present.contains(name) {
             txn.open_table(new)
-                .map_err(|e| StoreError::Db(format!("creating the {name} table: {e}")))?;
+                .map_err(db(format!("creating the {name} table")))?;
             continue;
         }
         let aside = format!("{name}-format1");
         let aside_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&aside);
         txn.rename_table(old, aside_def)
-            .map_err(|e| StoreError::Db(format!("renaming the {name} table: {e}")))?;
+            .map_err(db(format!("renaming the {name} table")))?;
         {
             let from = txn
                 .open_table(aside_def)
-                .map_err(|e| StoreError::Db(format!("opening the old {name} table: {e}")))?;
+                .map_err(db(format!("opening the old {name} table")))?;
             let mut to = txn
                 .open_table(new)
-                .map_err(|e| StoreError::Db(format!("creating the {name} table: {e}")))?;
+                .map_err(db(format!("creating the {name} table")))?;
             for entry in from.iter().map_err(db("reading a format 1 table"))? {
                 let (k, v) = entry.map_err(db("reading a format 1 table"))?;
                 let key = k.value();
@@ -250,7 +250,7 @@ fn migrate_tables(txn: &WriteTransaction, present: &BTreeSet<String>) -> Result<
             }
         }
         txn.delete_table(aside_def)
-            .map_err(|e| StoreError::Db(format!("removing the old {name} table: {e}")))?;
+            .map_err(db(format!("removing the old {name} table")))?;
     }
     if present.contains(HISTORY.name()) {
         let aside: TableDefinition<u64, &[u8]> = TableDefinition::new("history-format1");
@@ -474,7 +474,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
         let name = def.name();
         let table = txn
             .open_table(def)
-            .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
+            .map_err(db(format!("opening the {name} table")))?;
         let mut last: Option<Vec<u8>> = None;
         for entry in table.iter().map_err(db("reading a table to check it"))? {
             let (k, v) = entry.map_err(db("reading a table to check it"))?;

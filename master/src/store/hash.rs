@@ -165,7 +165,7 @@ pub(crate) fn hash_state(txn: &ReadTransaction) -> Result<StateDigest, StoreErro
         };
         let table = txn
             .open_table(def)
-            .map_err(|e| StoreError::Db(format!("opening the {name} table: {e}")))?;
+            .map_err(db(format!("opening the {name} table")))?;
         for entry in table.iter().map_err(db("reading a table to hash it"))? {
             let (k, v) = entry.map_err(db("reading a table to hash it"))?;
             let payload = unseal(name, k.value(), v.value())?;

@@ -94,12 +94,12 @@ impl<'t> Machine<'t> {
             }
             // The hash is the raft state machine's business; the state stays.
             Command::CheckState => Ok(Outcome::Done),
-            Command::Batch(_) => Err(StoreError::Invalid(
-                "a batch of commands is applied from the raft log, one command at a time".into(),
+            Command::Batch(_) => Err(StoreError::invalid(
+                "a batch of commands is applied from the raft log, one command at a time",
             )),
             Command::PutToken { record } => {
                 if record.id.is_empty() {
-                    return Err(StoreError::Invalid("a token needs an id".into()));
+                    return Err(StoreError::invalid("a token needs an id"));
                 }
                 let key = record.id.as_bytes();
                 let value = encode_value("tokens", key, "a token", &record)?;
@@ -116,7 +116,7 @@ impl<'t> Machine<'t> {
                     .map_err(db("removing a token"))?
                     .is_none()
                 {
-                    return Err(StoreError::NotFound(format!("token {id}")));
+                    return Err(StoreError::not_found(format!("token {id}")));
                 }
                 self.changed = true;
                 Ok(Outcome::Done)
@@ -128,7 +128,7 @@ impl<'t> Machine<'t> {
         rules::check_create(&object)?;
         let key = object.key();
         if self.get_object(&key)?.is_some() {
-            return Err(StoreError::AlreadyExists(rules::describe(&object)));
+            return Err(StoreError::already_exists(rules::describe(&object)));
         }
         let revision = self.next_revision();
         let object = rules::stamp_create(object, revision);
@@ -145,7 +145,7 @@ impl<'t> Machine<'t> {
     ) -> Result<Outcome, StoreError> {
         let key = object.key();
         let Some(stored) = self.get_object(&key)? else {
-            return Err(StoreError::NotFound(rules::describe(&object)));
+            return Err(StoreError::not_found(rules::describe(&object)));
         };
         rules::check_cas(
             &rules::describe(&stored),
@@ -175,17 +175,17 @@ impl<'t> Machine<'t> {
         let key = object_key(Kind::Pod, namespace, name);
         let display = rules::display_key(Kind::Pod, namespace, name);
         let Some(Object::Pod(mut pod)) = self.get_object(&key)? else {
-            return Err(StoreError::NotFound(display));
+            return Err(StoreError::not_found(display));
         };
         if pod.metadata.uid != uid {
-            return Err(StoreError::NotFound(format!(
+            return Err(StoreError::not_found(format!(
                 "{display} with uid {uid} (it was replaced)"
             )));
         }
         match pod.spec.node_name.as_deref() {
             Some(bound) if bound == node => return Ok(Outcome::Object(Object::Pod(pod))),
             Some(bound) => {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "{display} is bound to {bound} already"
                 )))
             }
@@ -210,7 +210,7 @@ impl<'t> Machine<'t> {
         let key = object_key(kind, namespace, name);
         let display = rules::display_key(kind, namespace, name);
         let Some(mut stored) = self.get_object(&key)? else {
-            return Err(StoreError::NotFound(display));
+            return Err(StoreError::not_found(display));
         };
         rules::check_cas(&display, expected_rv, stored.meta().resource_version)?;
         if let Object::Module(m) = &stored {
@@ -218,7 +218,7 @@ impl<'t> Machine<'t> {
             // delete is left without its module, however the delete was decided.
             let users = self.pods_using(&m.spec.digest)?;
             if let Some(first) = users.first() {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "{display} is used by {} pod(s), first {first}: delete them first \
                      (a module no pod uses is removed on its own after --module-grace)",
                     users.len()
@@ -271,7 +271,7 @@ impl<'t> Machine<'t> {
     fn commit_module(&mut self, module: flotilla_api::Module) -> Result<Outcome, StoreError> {
         let digest = module.spec.digest.clone();
         if !flotilla_api::objects::is_digest(&digest) {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "module digest {digest:?} is not of the form sha256:<64 lowercase hex digits>"
             )));
         }
@@ -290,7 +290,7 @@ impl<'t> Machine<'t> {
             let key = k.value();
             let (_, offset) = parse_chunk_key(key)?;
             if offset != len {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "the upload of {digest} has a gap at byte {len}; upload it again"
                 )));
             }
@@ -412,12 +412,12 @@ impl<'t> Machine<'t> {
         bytes: &[u8],
     ) -> Result<Outcome, StoreError> {
         if !flotilla_api::objects::is_digest(digest) {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "{digest:?} is not a sha256:<hex> digest"
             )));
         }
         if bytes.len() > super::UPLOAD_CHUNK {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "an upload chunk holds at most {} bytes, not {}",
                 super::UPLOAD_CHUNK,
                 bytes.len()
@@ -425,7 +425,7 @@ impl<'t> Machine<'t> {
         }
         let end = offset.saturating_add(bytes.len() as u64);
         if end > flotilla_api::protocol::MAX_MODULE_SIZE {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "an upload may not pass {} bytes",
                 flotilla_api::protocol::MAX_MODULE_SIZE
             )));

@@ -10,7 +10,7 @@
 //!
 //! Layout:
 //! - `command`: [`Command`], [`Outcome`], [`TokenRecord`]: the writes.
-//! - `error`: [`StoreError`].
+//! - `error`: [`StoreError`], and [`Refusal`], its caller errors.
 //! - `rules`: pure decisions (keys, compare-and-swap, how an update merges,
 //!   when `generation` grows, what a module upload must be).
 //! - `machine`: applies one command to the tables of one write transaction.
@@ -39,7 +39,7 @@ mod watch;
 pub use command::{
     Command, Outcome, TokenRecord, TokenUsage, STORED_CHUNK, UPLOAD_CHUNK, UPLOAD_PIECE,
 };
-pub use error::StoreError;
+pub use error::{Refusal, StoreError};
 pub use hash::{HashAt, StateChecks, StateDigest, StateHash, StateHasher};
 pub use replica::{decode_backup, encode_backup, Image, RaftMark, RaftMeta};
 pub use watch::Watch;
@@ -139,7 +139,7 @@ fn compact_file(path: &Path, database: &mut Database, free: u64) -> Result<(), S
     let started = std::time::Instant::now();
     database
         .compact()
-        .map_err(|e| StoreError::Db(format!("compacting {}: {e}", path.display())))?;
+        .map_err(db(format!("compacting {}", path.display())))?;
     tracing::info!(
         path = %path.display(),
         before = size,
@@ -205,7 +205,7 @@ impl ModuleReader {
                 .map_err(db("reading an object"))?
                 .is_none()
             {
-                return Err(StoreError::NotFound(format!(
+                return Err(StoreError::not_found(format!(
                     "modules/{} (deleted while it was read)",
                     module_name(&self.digest)
                 )));
@@ -243,25 +243,29 @@ impl Store {
     /// 10_000); if it is smaller than last time, older history is dropped now.
     pub fn open(path: &Path, history: u64) -> Result<Store, StoreError> {
         if history == 0 {
-            return Err(StoreError::Invalid(
-                "the store must keep at least one revision of history".into(),
+            return Err(StoreError::invalid(
+                "the store must keep at least one revision of history",
             ));
         }
         // redb would create the file with the default mode; it holds pod env values.
-        flotilla_api::perms::create_file(path).map_err(|e| {
-            StoreError::Db(format!(
-                "creating {}: {e} (does this user own the data directory?)",
+        flotilla_api::perms::create_file(path).map_err(|source| StoreError::Io {
+            doing: format!(
+                "creating {} (does this user own the data directory?)",
                 path.display()
-            ))
+            )
+            .into(),
+            source,
         })?;
         let mut database = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(|e| {
-                StoreError::Db(format!(
-                    "opening {}: {e} (is another master using this data directory?)",
+            .map_err(|e| StoreError::Db {
+                doing: format!(
+                    "opening {} (is another master using this data directory?)",
                     path.display()
-                ))
+                )
+                .into(),
+                source: Box::new(e.into()),
             })?;
         let opened = format::prepare(&database).map_err(|e| in_file(path, e))?;
         if opened.migrated {
@@ -432,10 +436,7 @@ impl Store {
         let revision = read_counter(&counters_table, counters::REVISION)?;
         let compacted = read_counter(&counters_table, counters::COMPACTED)?;
         if from_revision != 0 && from_revision < compacted {
-            return Err(StoreError::TooOld {
-                requested: from_revision,
-                oldest: compacted,
-            });
+            return Err(StoreError::too_old(from_revision, compacted));
         }
         let start = if from_revision == 0 {
             revision
@@ -509,10 +510,7 @@ impl Store {
         let txn = self.read()?;
         let compacted = read_counter(&self.counters(&txn)?, counters::COMPACTED)?;
         if after < compacted {
-            return Err(StoreError::TooOld {
-                requested: after,
-                oldest: compacted,
-            });
+            return Err(StoreError::too_old(after, compacted));
         }
         let history = txn
             .open_table(HISTORY)

@@ -81,7 +81,7 @@ impl Store {
         match self.apply_marked(mark, Some(cmd))? {
             Some(answer) => Ok(answer),
             // apply_marked answers every command it is given.
-            None => Err(StoreError::Db(
+            None => Err(StoreError::Broken(
                 "a raft command was applied without an answer".into(),
             )),
         }
@@ -141,9 +141,9 @@ impl Store {
                 .enumerate()
                 .map(|(i, a)| match a {
                     Some(outcome) => Ok(outcome),
-                    None => Err(refused.remove(&i).unwrap_or_else(|| {
-                        StoreError::Invalid("a batched command had no answer".into())
-                    })),
+                    None => Err(refused
+                        .remove(&i)
+                        .unwrap_or_else(|| StoreError::invalid("a batched command had no answer"))),
                 })
                 .collect());
         }
@@ -284,7 +284,7 @@ impl Store {
     /// replica applied).
     pub fn install(&self, image: &Image) -> Result<(), StoreError> {
         if image.format != tables::IMAGE_FORMAT {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "the snapshot is in store format {}, this master reads format {}: \
                  run the same flotilla version on every master",
                 image.format,
@@ -298,7 +298,7 @@ impl Store {
                 .map_err(db("opening the counters table"))?;
             let revision = read_counter(&counters_table, counters::REVISION)?;
             if image.revision < revision {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::invalid(format!(
                     "the snapshot is at revision {}, older than this store's {revision}",
                     image.revision
                 )));
@@ -321,7 +321,7 @@ impl Store {
             (RAFT, "raft"),
         ] {
             txn.delete_table(table)
-                .map_err(|e| StoreError::Db(format!("clearing the {name} table: {e}")))?;
+                .map_err(db(format!("clearing the {name} table")))?;
         }
         txn.delete_table(HISTORY)
             .map_err(db("clearing the history table"))?;
@@ -430,7 +430,7 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
     };
     for (digest, bytes) in &image.modules {
         if !flotilla_api::objects::is_digest(digest) {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::invalid(format!(
                 "the snapshot holds a module under {digest:?}, which is not a digest"
             )));
         }
@@ -440,7 +440,7 @@ fn write_image(txn: &WriteTransaction, image: &Image) -> Result<(), StoreError> 
         image.modules.iter().map(|(d, _)| d.as_str()).collect();
     for (key, bytes) in &image.uploads {
         let (digest, offset) = parse_chunk_key(key.as_bytes()).map_err(|_| {
-            StoreError::Invalid(format!(
+            StoreError::invalid(format!(
                 "the snapshot holds an upload chunk under {key:?}, not <digest>/<offset>"
             ))
         })?;
@@ -516,20 +516,20 @@ pub fn encode_backup(image: &Image) -> Result<Vec<u8>, StoreError> {
 /// else (another file, a damaged or truncated backup, another store format).
 pub fn decode_backup(bytes: &[u8]) -> Result<Image, StoreError> {
     let body = bytes.strip_prefix(BACKUP_MAGIC).ok_or_else(|| {
-        StoreError::Invalid(
-            "this is not a Flotilla backup (make one with `flotilla cluster snapshot FILE`)".into(),
+        StoreError::invalid(
+            "this is not a Flotilla backup (make one with `flotilla cluster snapshot FILE`)",
         )
     })?;
     let image: Image = match postcard::take_from_bytes(body) {
         Ok((image, [])) => image,
         Ok(_) | Err(_) => {
-            return Err(StoreError::Invalid(
-                "the backup is damaged or truncated; use another copy".into(),
+            return Err(StoreError::invalid(
+                "the backup is damaged or truncated; use another copy",
             ))
         }
     };
     if image.format != tables::IMAGE_FORMAT {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "the backup is in store format {}, this master reads format {}",
             image.format,
             tables::IMAGE_FORMAT

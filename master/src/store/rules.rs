@@ -29,23 +29,23 @@ pub(crate) fn describe(object: &Object) -> String {
 pub(crate) fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<(), StoreError> {
     let plural = kind.plural();
     if name.is_empty() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "{plural}: metadata.name is required"
         )));
     }
     if name.contains('/') || namespace.contains('/') {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "{}: names and namespaces cannot contain '/'",
             display_key(kind, namespace, name)
         )));
     }
     if kind.namespaced() && namespace.is_empty() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "{plural}/{name}: {kind} objects live in a namespace; set metadata.namespace (e.g. default)"
         )));
     }
     if !kind.namespaced() && !namespace.is_empty() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "{plural}/{name}: {kind} objects are not namespaced; remove metadata.namespace"
         )));
     }
@@ -55,11 +55,7 @@ pub(crate) fn check_key(kind: Kind, namespace: &str, name: &str) -> Result<(), S
 /// Compare-and-swap: `expected: None` accepts any stored resourceVersion.
 pub(crate) fn check_cas(key: &str, expected: Option<u64>, actual: u64) -> Result<(), StoreError> {
     match expected {
-        Some(expected) if expected != actual => Err(StoreError::Conflict {
-            key: key.to_string(),
-            expected,
-            actual,
-        }),
+        Some(expected) if expected != actual => Err(StoreError::conflict(key, expected, actual)),
         _ => Ok(()),
     }
 }
@@ -69,7 +65,7 @@ pub(crate) fn check_create(object: &Object) -> Result<(), StoreError> {
     let m = object.meta();
     check_key(object.kind(), &m.namespace, &m.name)?;
     if object.kind() == Kind::Module {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "{}: modules are stored together with their bytes; upload the module (PutModule) instead of creating the object",
             describe(object)
         )));
@@ -100,7 +96,7 @@ pub(crate) fn merge_update(
     status_only: bool,
 ) -> Result<Object, StoreError> {
     Object::merge(stored, incoming, status_only)
-        .map_err(|why| StoreError::Invalid(format!("{}: {why}", describe(stored))))
+        .map_err(|why| StoreError::invalid(format!("{}: {why}", describe(stored))))
 }
 
 /// Checks a module upload of `size` bytes that hash to `actual`, and fills
@@ -114,24 +110,24 @@ pub(crate) fn prepare_module(
 ) -> Result<Module, StoreError> {
     let digest = module.spec.digest.clone();
     if !objects::is_digest(&digest) {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module digest {digest:?} is not of the form sha256:<64 lowercase hex digits>"
         )));
     }
     if size > MAX_MODULE_SIZE {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module {digest} is {size} bytes; the cluster accepts modules up to {MAX_MODULE_SIZE} bytes"
         )));
     }
     if actual != digest {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module bytes have digest {actual}, not the {digest} they were sent with: upload the module again"
         )));
     }
     if module.spec.size == 0 {
         module.spec.size = size;
     } else if module.spec.size != size {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module {digest}: spec.size says {} bytes but {size} were sent",
             module.spec.size
         )));
@@ -141,13 +137,13 @@ pub(crate) fn prepare_module(
     if m.name.is_empty() {
         m.name = name;
     } else if m.name != name {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module {digest} must be named {name}, not {:?}",
             m.name
         )));
     }
     if !m.namespace.is_empty() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::invalid(format!(
             "module {digest}: modules are not namespaced; remove metadata.namespace"
         )));
     }
@@ -179,6 +175,7 @@ pub(crate) fn mark_scheduled(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Refusal;
     use flotilla_api::meta::ObjectMeta;
     use flotilla_api::objects::{ModuleSpec, Node, Pod, PodPhase};
 
@@ -228,11 +225,11 @@ mod tests {
         let err = check_cas("pods/default/x", Some(5), 7).unwrap_err();
         assert!(matches!(
             err,
-            StoreError::Conflict {
+            StoreError::Refused(Refusal::Conflict {
                 expected: 5,
                 actual: 7,
                 ..
-            }
+            })
         ));
         assert_eq!(
             err.to_string(),
@@ -344,11 +341,11 @@ mod tests {
         respecced.spec.source = "other.wasm".into();
         assert!(matches!(
             merge_update(&old, Object::Module(respecced), false),
-            Err(StoreError::Invalid(_))
+            Err(StoreError::Refused(Refusal::Invalid(_)))
         ));
         assert!(matches!(
             merge_update(&old, Object::Module(m), true),
-            Err(StoreError::Invalid(_))
+            Err(StoreError::Refused(Refusal::Invalid(_)))
         ));
     }
 
@@ -360,7 +357,7 @@ mod tests {
         };
         assert!(matches!(
             merge_update(&Object::Pod(pod("x")), Object::Node(n), false),
-            Err(StoreError::Invalid(_))
+            Err(StoreError::Refused(Refusal::Invalid(_)))
         ));
     }
 
@@ -395,7 +392,7 @@ mod tests {
             assert!(
                 matches!(
                     prepare_module(bad.clone(), size, &digest),
-                    Err(StoreError::Invalid(_))
+                    Err(StoreError::Refused(Refusal::Invalid(_)))
                 ),
                 "{bad:?}"
             );

@@ -293,7 +293,7 @@ pub(crate) fn key_str<'k>(table: &str, key: &'k [u8]) -> Result<&'k str, StoreEr
 /// Encodes a value as postcard.
 pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_allocvec(value)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode {what}: {e}")))
+        .map_err(|e| StoreError::invalid(format!("cannot encode {what}: {e}")))
 }
 
 /// Encodes a value as postcard, sealed for `table` under `key`.

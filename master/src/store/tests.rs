@@ -201,7 +201,7 @@ fn creates_are_checked() {
         })
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::AlreadyExists(k) if k == "pods/default/web"),
+        matches!(&err, StoreError::Refused(Refusal::AlreadyExists(k)) if k == "pods/default/web"),
         "{err:?}"
     );
     assert_eq!(
@@ -220,7 +220,10 @@ fn creates_are_checked() {
                 object: bad.clone(),
             })
             .unwrap_err();
-        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, StoreError::Refused(Refusal::Invalid(_))),
+            "{bad:?}: {err:?}"
+        );
     }
     assert_eq!(
         store.revision().unwrap(),
@@ -243,7 +246,7 @@ fn update_compare_and_swap() {
     p.spec.args = vec!["b".into()];
     let err = update(&store, Object::Pod(p.clone()), Some(1), false).unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict { key, expected: 1, actual: 2 } if key == "pods/default/x"),
+        matches!(&err, StoreError::Refused(Refusal::Conflict { key, expected: 1, actual: 2 }) if key == "pods/default/x"),
         "{err:?}"
     );
     assert_eq!(
@@ -268,7 +271,7 @@ fn update_compare_and_swap() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, StoreError::NotFound(k) if k == "pods/default/missing"),
+        matches!(&err, StoreError::Refused(Refusal::NotFound(k)) if k == "pods/default/missing"),
         "{err:?}"
     );
     let err = store
@@ -282,11 +285,11 @@ fn update_compare_and_swap() {
     assert!(
         matches!(
             err,
-            StoreError::Conflict {
+            StoreError::Refused(Refusal::Conflict {
                 expected: 2,
                 actual: 3,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -319,7 +322,7 @@ fn concurrent_compare_and_swap_has_one_winner() {
         let wins = results.iter().filter(|r| r.is_ok()).count();
         let conflicts = results
             .iter()
-            .filter(|r| matches!(r, Err(StoreError::Conflict { expected, actual, .. }) if *expected == rv && *actual == rv + 1))
+            .filter(|r| matches!(r, Err(StoreError::Refused(Refusal::Conflict { expected, actual, .. })) if *expected == rv && *actual == rv + 1))
             .count();
         assert_eq!((wins, conflicts), (1, 1), "round {round}: {results:?}");
         assert_eq!(store.revision().unwrap(), rv + 1);
@@ -451,7 +454,10 @@ async fn delete_removes_and_emits_the_last_state() {
             expected_rv: None,
         })
         .unwrap_err();
-    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Refused(Refusal::NotFound(_))),
+        "{err:?}"
+    );
     // The name can be used again, as a new object.
     assert_eq!(
         create(&store, pod("default", "x", &[]))
@@ -580,20 +586,20 @@ async fn watches_older_than_the_history_are_refused() {
     assert!(
         matches!(
             err,
-            StoreError::TooOld {
+            StoreError::Refused(Refusal::TooOld {
                 requested: 3,
                 oldest: 15
-            }
+            })
         ),
         "{err:?}"
     );
     assert!(err.to_string().contains("list again"), "{err}");
     assert!(matches!(
         store.watch(14),
-        Err(StoreError::TooOld {
+        Err(StoreError::Refused(Refusal::TooOld {
             requested: 14,
             oldest: 15
-        })
+        }))
     ));
     let mut w = store.watch(15).unwrap();
     drain(&mut w, 20, &mut BTreeMap::new()).await;
@@ -608,7 +614,10 @@ async fn watches_older_than_the_history_are_refused() {
     }
     let err = next(&mut live).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::TooOld { requested: 20, .. }),
+        matches!(
+            err,
+            StoreError::Refused(Refusal::TooOld { requested: 20, .. })
+        ),
         "{err:?}"
     );
 }
@@ -634,7 +643,7 @@ async fn state_and_history_survive_reopening() {
             })
             .unwrap();
         assert!(
-            matches!(Store::open(&path, 100), Err(StoreError::Db(_))),
+            matches!(Store::open(&path, 100), Err(StoreError::Db { .. })),
             "one store per file"
         );
     }
@@ -661,10 +670,10 @@ async fn state_and_history_survive_reopening() {
     let store = Store::open(&path, 2).unwrap();
     assert!(matches!(
         store.watch(1),
-        Err(StoreError::TooOld {
+        Err(StoreError::Refused(Refusal::TooOld {
             requested: 1,
             oldest: 2
-        })
+        }))
     ));
     assert!(store.watch(2).is_ok());
 }
@@ -718,7 +727,7 @@ fn modules_are_stored_once_with_their_bytes() {
         })
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Invalid(m) if m.contains("digest")),
+        matches!(&err, StoreError::Refused(Refusal::Invalid(m)) if m.contains("digest")),
         "{err:?}"
     );
     assert_eq!(
@@ -799,7 +808,7 @@ fn big_modules_are_kept_once_in_chunks_and_read_a_chunk_at_a_time() {
         })
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Invalid(m) if m.contains("gap")),
+        matches!(&err, StoreError::Refused(Refusal::Invalid(m)) if m.contains("gap")),
         "{err:?}"
     );
     assert_eq!(store.module_bytes(&digest).unwrap(), None);
@@ -860,19 +869,28 @@ fn big_modules_are_kept_once_in_chunks_and_read_a_chunk_at_a_time() {
         offset: 0,
         bytes: vec![0; UPLOAD_CHUNK + 1],
     };
-    assert!(matches!(store.apply(too_big), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.apply(too_big),
+        Err(StoreError::Refused(Refusal::Invalid(_)))
+    ));
     let past = Command::PutModuleChunk {
         digest: digest.clone(),
         offset: flotilla_api::protocol::MAX_MODULE_SIZE,
         bytes: vec![0; 1],
     };
-    assert!(matches!(store.apply(past), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.apply(past),
+        Err(StoreError::Refused(Refusal::Invalid(_)))
+    ));
     let bad = Command::PutModuleChunk {
         digest: "sha256:nothex".into(),
         offset: 0,
         bytes: vec![0; 1],
     };
-    assert!(matches!(store.apply(bad), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.apply(bad),
+        Err(StoreError::Refused(Refusal::Invalid(_)))
+    ));
     // A discarded upload leaves nothing behind.
     let other = module_bytes_of(UPLOAD_CHUNK + 5, 2);
     let other_digest = objects::digest_of(&other);
@@ -974,7 +992,7 @@ fn a_module_a_pod_uses_cannot_be_deleted() {
     // Even a pod that has ended holds its module: it may be restarted.
     let err = store.apply(delete.clone()).unwrap_err();
     assert!(
-        matches!(&err, StoreError::Invalid(m) if m.contains("default/user") && m.contains("delete them first")),
+        matches!(&err, StoreError::Refused(Refusal::Invalid(m)) if m.contains("default/user") && m.contains("delete them first")),
         "{err}"
     );
     assert!(store.module_bytes(&module.spec.digest).unwrap().is_some());
@@ -1053,7 +1071,7 @@ fn a_module_deleted_while_it_is_read_ends_the_read() {
         .unwrap();
     let err = reader.next_chunk().unwrap_err();
     assert!(
-        matches!(&err, StoreError::NotFound(m) if m.contains("deleted while it was read")),
+        matches!(&err, StoreError::Refused(Refusal::NotFound(m)) if m.contains("deleted while it was read")),
         "{err}"
     );
     assert!(store.module_reader(&module.spec.digest).unwrap().is_none());
@@ -1134,9 +1152,9 @@ fn a_batch_command_answers_each_command_as_if_alone() {
         .iter()
         .map(|a| match a {
             Ok(_) => "ok",
-            Err(StoreError::AlreadyExists(_)) => "exists",
-            Err(StoreError::Conflict { .. }) => "conflict",
-            Err(StoreError::Invalid(_)) => "invalid",
+            Err(StoreError::Refused(Refusal::AlreadyExists(_))) => "exists",
+            Err(StoreError::Refused(Refusal::Conflict { .. })) => "conflict",
+            Err(StoreError::Refused(Refusal::Invalid(_))) => "invalid",
             Err(_) => "other",
         })
         .collect();
@@ -1193,12 +1211,12 @@ fn tokens_are_kept_and_removed() {
         .apply(Command::DeleteToken { id: "a".into() })
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::NotFound(m) if m == "token a"),
+        matches!(&err, StoreError::Refused(Refusal::NotFound(m)) if m == "token a"),
         "{err:?}"
     );
     assert!(matches!(
         store.apply(Command::PutToken { record: token("") }),
-        Err(StoreError::Invalid(_))
+        Err(StoreError::Refused(Refusal::Invalid(_)))
     ));
 }
 
@@ -2135,10 +2153,10 @@ fn a_binding_places_a_pod_and_marks_it_scheduled_in_one_write() {
     store.apply(bind("u-1", "n1")).unwrap();
     assert_eq!(store.revision().unwrap(), rv);
     assert!(
-        matches!(store.apply(bind("u-1", "n2")), Err(StoreError::Invalid(m)) if m.contains("bound to n1"))
+        matches!(store.apply(bind("u-1", "n2")), Err(StoreError::Refused(Refusal::Invalid(m))) if m.contains("bound to n1"))
     );
     assert!(matches!(
         store.apply(bind("u-2", "n1")),
-        Err(StoreError::NotFound(_))
+        Err(StoreError::Refused(Refusal::NotFound(_)))
     ));
 }

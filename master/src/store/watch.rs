@@ -117,7 +117,7 @@ impl Watch {
                 Err(RecvError::Closed) => {
                     // The store (held by this watch) owns the sender, so this
                     // cannot happen; say so rather than spin.
-                    return Err(StoreError::Db(
+                    return Err(StoreError::Broken(
                         "the store's live event channel closed".into(),
                     ));
                 }

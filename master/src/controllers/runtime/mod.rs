@@ -9,7 +9,7 @@
 //! Time is tokio's: tests run the queue and the informer on paused time
 //! (`#[tokio::test(start_paused = true)]`) and never sleep.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Refusal, Store, StoreError};
 use flotilla_api::protocol::{EventType, WatchEvent};
 use flotilla_api::selector::Selector;
 use flotilla_api::{Kind, Object};
@@ -203,7 +203,7 @@ impl Cache {
                 r = self.list_and_watch(&store) => r,
             };
             match result {
-                Err(StoreError::TooOld { .. }) => {
+                Err(StoreError::Refused(Refusal::TooOld { .. })) => {
                     backoff.reset();
                     tracing::info!(kinds = ?self.kinds, "cache fell behind the store's history; listing again");
                 }
