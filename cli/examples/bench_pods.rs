@@ -8,7 +8,8 @@
 //!    split into scheduling, module preparation (fetch + compile) and run;
 //! 4. 20 hello pods one at a time: creation to Succeeded;
 //! 5. the node restarted: compiled code loaded from its disk cache;
-//! 6. nine more nodes join and are warmed (one pod each), then 1,000 hello
+//! 6. nine more nodes join and are warmed (one pod each, until each reports
+//!    the compiled module in `status.modules`), then 1,000 hello
 //!    pods in one `apply` over the ten: p50/p99 creation to Succeeded, split
 //!    as in 3, and how many ran on each node.
 //!
@@ -320,6 +321,30 @@ fn main() {
     wait("nodes warmed", Duration::from_secs(120), || {
         all_succeeded("warmup-", NODES - 1)
     });
+    // Warm as the scheduler sees it: every node reports the compiled code
+    // it holds (`status.modules`, every few seconds).
+    let digest = get("warmup-1")
+        .and_then(|p| p["spec"]["module"].as_str().map(String::from))
+        .expect("the warm-up pod's module");
+    wait(
+        "nodes to report hello compiled",
+        Duration::from_secs(60),
+        || {
+            let (_, out) = flotilla(&config, &["get", "nodes", "-o", "json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or_default();
+            v["items"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| {
+                        n["status"]["modules"]
+                            .as_array()
+                            .is_some_and(|m| m.iter().any(|d| d == digest.as_str()))
+                    })
+                    .count()
+                    == NODES
+            })
+        },
+    );
     let text: String = (0..FLEET_PODS)
         .map(|i| pod_yaml(&format!("fleet-{i:04}"), &hello))
         .collect::<Vec<_>>()

@@ -54,6 +54,10 @@ struct State {
     /// Bindings written (or being written) but not yet in the cache: pod
     /// key → its node and what it reserves.
     assumed: HashMap<String, (String, PodState)>,
+    /// Where the scheduler's turns stand ([`Snapshot::next_start`] and
+    /// [`Snapshot::decided`]), carried from batch to batch.
+    next_start: usize,
+    decided: u64,
 }
 
 /// The cache key of a pod.
@@ -73,6 +77,8 @@ pub async fn run(api: ApiServer, cache: Cache, shutdown: CancellationToken) {
     let state = Arc::new(Mutex::new(State {
         parked: HashSet::new(),
         assumed: HashMap::new(),
+        next_start: 0,
+        decided: 0,
     }));
     let mut changes = cache.subscribe();
     cache.synced().await;
@@ -242,9 +248,16 @@ async fn decide_batch(
         for (node, pod) in s.assumed.values() {
             snapshot.assume(node, pod.clone());
         }
+        snapshot.next_start = s.next_start;
+        snapshot.decided = s.decided;
         (pods, snapshot)
     };
     let decisions = scheduler::schedule(&pods, &mut snapshot);
+    {
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.next_start = snapshot.next_start;
+        s.decided = snapshot.decided;
+    }
     let by_ref: HashMap<&str, &Pod> = pods.iter().map(|p| (p.metadata.uid.as_str(), p)).collect();
     let mut writes = tokio::task::JoinSet::new();
     for decision in decisions {

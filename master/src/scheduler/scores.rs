@@ -1,8 +1,9 @@
 //! Scores: how the nodes that passed every filter are ranked for a pod.
 //! Each scorer gives every candidate node 0 to 100 (some relative to the
 //! other candidates, so they see the whole list); the total is their
-//! weighted sum ([`SCORERS`]), and the highest total wins, ties going to the
-//! node whose name sorts first so that a decision is reproducible.
+//! weighted sum ([`SCORERS`]), and the highest total wins; nodes tied for
+//! it take turns, in the order of their names, so that a decision is
+//! reproducible and pods that score the same everywhere still spread.
 //!
 //! The weights, and why:
 //! - 3 taint preference: an operator's PreferNoSchedule taint is an
@@ -93,10 +94,14 @@ pub fn rank<'a>(nodes: &[&'a NodeState], pod: &PodInfo) -> Vec<NodeScore<'a>> {
     ranked
 }
 
-/// The best candidate, if any.
-pub fn best<'a>(nodes: &[&'a NodeState], pod: &PodInfo) -> Option<&'a NodeState> {
-    let top = rank(nodes, pod).into_iter().next()?;
-    nodes.iter().copied().find(|n| n.name() == top.node)
+/// The best candidate, if any. Nodes tied for the best total take turns:
+/// the `turn`-th decision takes the (`turn` modulo ties)-th of them by name.
+pub fn best<'a>(nodes: &[&'a NodeState], pod: &PodInfo, turn: u64) -> Option<&'a NodeState> {
+    let ranked = rank(nodes, pod);
+    let top = ranked.first()?.total;
+    let tied = ranked.iter().take_while(|s| s.total == top).count();
+    let pick = ranked.get(usize::try_from(turn % tied as u64).unwrap_or(0))?;
+    nodes.iter().copied().find(|n| n.name() == pick.node)
 }
 
 /// `MAX * part / whole` (0 when `whole` is 0).
@@ -118,19 +123,49 @@ fn inverse(raw: Vec<u64>) -> Vec<u64> {
         .collect()
 }
 
+/// Millicores a pod that requests no cpu counts for when nodes are scored
+/// (Kubernetes' `DefaultMilliCPURequest`): best-effort pods still load a
+/// node, and without it they would all score the same on every node and
+/// pile onto one.
+pub const SCORING_CPU_MILLIS: u64 = 100;
+
+/// Bytes a pod that requests no memory counts for when nodes are scored
+/// (Kubernetes' `DefaultMemoryRequest`, 200 MiB).
+pub const SCORING_MEMORY_BYTES: u64 = 200 << 20;
+
+/// What a pod counts for when nodes are scored: its requests, or the
+/// defaults above for what it does not request. Filters use the requests
+/// alone.
+fn scoring_request(cpu_millis: u64, memory_bytes: u64) -> (u64, u64) {
+    let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    (
+        or(cpu_millis, SCORING_CPU_MILLIS),
+        or(memory_bytes, SCORING_MEMORY_BYTES),
+    )
+}
+
 /// What is left free once the pod is placed, as a share of allocatable:
 /// the mean over cpu and memory (a resource the node has none of scores 0).
+/// Every pod, the one placed included, counts at least
+/// [`SCORING_CPU_MILLIS`] and [`SCORING_MEMORY_BYTES`].
 pub fn least_allocated(nodes: &[&NodeState], pod: &PodInfo) -> Vec<u64> {
+    let (cpu, memory) = scoring_request(pod.cpu_millis, pod.memory_bytes);
     nodes
         .iter()
         .map(|n| {
-            let used = n.used_for(pod);
+            let (used_cpu, used_memory) = n
+                .pods
+                .iter()
+                .chain(n.reserved_against(pod))
+                .map(|p| scoring_request(p.cpu_millis, p.memory_bytes))
+                .fold((0u64, 0u64), |(c, m), (pc, pm)| {
+                    (c.saturating_add(pc), m.saturating_add(pm))
+                });
             let alloc = n.node.allocatable();
             let free = |used: u64, request: u64, alloc: u64| {
                 scale(alloc.saturating_sub(used.saturating_add(request)), alloc)
             };
-            (free(used.cpu_millis, pod.cpu_millis, alloc.cpu_millis)
-                + free(used.memory_bytes, pod.memory_bytes, alloc.memory_bytes))
+            (free(used_cpu, cpu, alloc.cpu_millis) + free(used_memory, memory, alloc.memory_bytes))
                 / 2
         })
         .collect()
@@ -298,7 +333,17 @@ mod tests {
                     node("b").capacity("0", "1Gi"),
                 ],
                 pod("p"),
-                vec![50, 50],
+                // Node a: 200m of 1 cpu free 80, memory full 0; node b: no
+                // cpu 0, 200Mi of 1Gi free 80.
+                vec![40, 40],
+            ),
+            (
+                "pods without requests count as Kubernetes' defaults",
+                least_allocated,
+                vec![node("a").running(pod("q")).running(pod("r")), node("b")],
+                pod("p"),
+                // Node a: 300m and 600Mi with p; node b: 100m and 200Mi.
+                vec![55, 85],
             ),
             // Owner spread.
             (
@@ -485,7 +530,7 @@ mod tests {
                 ..Snapshot::default()
             };
             let refs: Vec<&NodeState> = snapshot.nodes.iter().collect();
-            let got = best(&refs, &PodInfo::new(&p, &snapshot)).map(NodeState::name);
+            let got = best(&refs, &PodInfo::new(&p, &snapshot), 0).map(NodeState::name);
             assert_eq!(got, Some(want), "{name}");
         }
     }

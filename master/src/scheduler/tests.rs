@@ -38,6 +38,18 @@ fn batch_cases() {
             vec!["p1 -> a", "p2 -> b", "p3 -> a"],
         ),
         (
+            "pods without requests spread too, the module's nodes first",
+            vec![
+                node("a").modules(&["m"]),
+                node("b").modules(&["m"]),
+                node("c"),
+            ],
+            (1..=4)
+                .map(|i| pod(&format!("p{i}")).module("m").created(i))
+                .collect(),
+            vec!["p1 -> a", "p2 -> b", "p3 -> a", "p4 -> b"],
+        ),
+        (
             "never two pods into one node's last free memory",
             vec![node("a"), node("b")],
             vec![
@@ -116,7 +128,9 @@ fn batch_cases() {
                         .created(i)
                 })
                 .collect(),
-            vec!["r1 -> a", "r2 -> b", "r3 -> c"],
+            // b and c tie for r2 and r3: the second decision takes the
+            // second of them.
+            vec!["r1 -> a", "r2 -> c", "r3 -> b"],
         ),
         (
             "hard spread over zones",
@@ -378,7 +392,8 @@ fn successive_pods_search_from_where_the_last_stopped() {
             _ => None,
         })
         .collect();
-    // Equal scores go to the first name of the window searched.
-    assert_eq!(bound, ["n000", "n144"], "{decisions:?}");
+    // Equal scores take turns in the window searched: the first pod the
+    // first name of its window, the second pod the second of its own.
+    assert_eq!(bound, ["n000", "n145"], "{decisions:?}");
     assert_eq!(snapshot.next_start, 2 * feasible_wanted(300));
 }
