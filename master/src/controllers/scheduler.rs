@@ -55,9 +55,9 @@ struct State {
     /// key → its node and what it reserves.
     assumed: HashMap<String, (String, PodState)>,
     /// Where the scheduler's turns stand ([`Snapshot::next_start`] and
-    /// [`Snapshot::decided`]), carried from batch to batch.
+    /// [`Snapshot::turn`]), carried from batch to batch.
     next_start: usize,
-    decided: u64,
+    turn: u64,
 }
 
 /// The cache key of a pod.
@@ -78,7 +78,7 @@ pub async fn run(api: ApiServer, cache: Cache, shutdown: CancellationToken) {
         parked: HashSet::new(),
         assumed: HashMap::new(),
         next_start: 0,
-        decided: 0,
+        turn: 0,
     }));
     let mut changes = cache.subscribe();
     cache.synced().await;
@@ -249,14 +249,14 @@ async fn decide_batch(
             snapshot.assume(node, pod.clone());
         }
         snapshot.next_start = s.next_start;
-        snapshot.decided = s.decided;
+        snapshot.turn = s.turn;
         (pods, snapshot)
     };
     let decisions = scheduler::schedule(&pods, &mut snapshot);
     {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.next_start = snapshot.next_start;
-        s.decided = snapshot.decided;
+        s.turn = snapshot.turn;
     }
     let by_ref: HashMap<&str, &Pod> = pods.iter().map(|p| (p.metadata.uid.as_str(), p)).collect();
     let mut writes = tokio::task::JoinSet::new();

@@ -275,6 +275,6 @@ pub fn snapshot(nodes: Vec<NodeState>, pod: &Pod, imports: &[&str]) -> Snapshot 
         .into_iter()
         .collect(),
         next_start: 0,
-        decided: 0,
+        turn: 0,
     }
 }

@@ -209,13 +209,16 @@ pub struct Snapshot {
     /// [`feasible_wanted`]): it moves on with every pod, so that in a large
     /// cluster every node gets its turn.
     pub next_start: usize,
-    /// How many pods were decided before this one, this batch and the ones
-    /// before (the controller carries it over): nodes tied for the best
-    /// score take turns by it ([`scores::best`]), so that pods that score
-    /// the same everywhere (short-lived pods on idle nodes) spread rather
-    /// than all go to the node whose name sorts first. Kubernetes breaks
-    /// such ties at random; turns keep a decision reproducible.
-    pub decided: u64,
+    /// Which of the nodes tied for the best score a pod takes: the
+    /// (`turn` modulo ties)-th by name ([`scores::best`]). It moves on by
+    /// one for each batch (the controller carries it over), so that pods
+    /// that score the same everywhere and come one at a time (short-lived
+    /// pods on idle nodes) spread rather than all go to the node whose name
+    /// sorts first. Within a batch it stays put: each placement lowers its
+    /// node's score, which is enough to spread the batch, and a node then
+    /// takes a few of the batch's pods together. Kubernetes breaks such
+    /// ties at random; turns keep a decision reproducible.
+    pub turn: u64,
 }
 
 /// How many feasible nodes a pod's search stops at, of `total`: all of them
@@ -277,7 +280,7 @@ impl Snapshot {
             nodes,
             module_imports,
             next_start: 0,
-            decided: 0,
+            turn: 0,
         }
     }
 
@@ -415,7 +418,6 @@ pub fn schedule(pending: &[Pod], snapshot: &mut Snapshot) -> Vec<Decision> {
         // The next pod's search starts where this one's stopped, so that
         // every node of a large cluster gets its turn (as Kubernetes does).
         snapshot.next_start = snapshot.next_start.wrapping_add(looked_at);
-        snapshot.decided = snapshot.decided.wrapping_add(1);
         match &decision {
             Decision::Bind { node, .. } => snapshot.assume(node, PodState::from_pod(pod)),
             // The victims keep their resources until they are deleted; as
@@ -436,6 +438,7 @@ pub fn schedule(pending: &[Pod], snapshot: &mut Snapshot) -> Vec<Decision> {
         }
         decisions.push(decision);
     }
+    snapshot.turn = snapshot.turn.wrapping_add(1);
     decisions
 }
 
@@ -469,7 +472,7 @@ fn decide_counting(pod: &Pod, snapshot: &Snapshot) -> (Decision, usize) {
             break;
         }
     }
-    if let Some(best) = scores::best(&feasible, &info, snapshot.decided) {
+    if let Some(best) = scores::best(&feasible, &info, snapshot.turn) {
         let node = best.name().to_string();
         return (Decision::Bind { pod: me, node }, looked_at);
     }

@@ -2,8 +2,9 @@
 //! Each scorer gives every candidate node 0 to 100 (some relative to the
 //! other candidates, so they see the whole list); the total is their
 //! weighted sum ([`SCORERS`]), and the highest total wins; nodes tied for
-//! it take turns, in the order of their names, so that a decision is
-//! reproducible and pods that score the same everywhere still spread.
+//! it take turns from batch to batch, in the order of their names, so that
+//! a decision is reproducible and pods that score the same everywhere
+//! still spread.
 //!
 //! The weights, and why:
 //! - 3 taint preference: an operator's PreferNoSchedule taint is an
@@ -94,8 +95,8 @@ pub fn rank<'a>(nodes: &[&'a NodeState], pod: &PodInfo) -> Vec<NodeScore<'a>> {
     ranked
 }
 
-/// The best candidate, if any. Nodes tied for the best total take turns:
-/// the `turn`-th decision takes the (`turn` modulo ties)-th of them by name.
+/// The best candidate, if any: of the nodes tied for the best total, the
+/// (`turn` modulo ties)-th by name ([`super::Snapshot::turn`]).
 pub fn best<'a>(nodes: &[&'a NodeState], pod: &PodInfo, turn: u64) -> Option<&'a NodeState> {
     let ranked = rank(nodes, pod);
     let top = ranked.first()?.total;
