@@ -143,6 +143,22 @@ struct Split {
     nodes: std::collections::BTreeMap<String, usize>,
 }
 
+/// Prints the p50 and p99 of `v` in ms; gives them.
+fn show(label: &str, v: &mut [i64]) -> (i64, i64) {
+    let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+    println!("  {label:<34} p50 {p50:>5} ms   p99 {p99:>5} ms");
+    (p50, p99)
+}
+
+/// Prints a split, and the ratio of its p99 to the goal.
+fn show_split(s: &mut Split) {
+    let (_, p99) = show("creation → Succeeded", &mut s.total);
+    show("  scheduling (creation → bound)", &mut s.sched);
+    show("  module ready (bound → compiled)", &mut s.prep);
+    show("  run (start → exit)", &mut s.run);
+    println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+}
+
 fn split(all: &Value, prefix: &str) -> Split {
     let mut s = Split {
         total: vec![],
@@ -242,6 +258,22 @@ fn main() {
     let cold = get("cold").expect("cold");
     let cold_t = module_timings(&cold);
 
+    let all_succeeded = |prefix: &str, n: usize| {
+        let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["items"].as_array().is_some_and(|a| {
+            a.iter()
+                .filter(|p| {
+                    succeeded(p)
+                        && p["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|name| name.starts_with(prefix))
+                })
+                .count()
+                == n
+        })
+    };
+
     // Warm: 100 pods in one apply.
     let text: String = (0..PODS)
         .map(|i| pod_yaml(&format!("warm-{i}"), &hello))
@@ -250,11 +282,7 @@ fn main() {
     let t0 = Instant::now();
     let apply_wall = apply("warm", &text);
     wait("100 pods", Duration::from_secs(300), || {
-        let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_default();
-        v["items"]
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|p| succeeded(p)).count() == PODS + 1)
+        all_succeeded("warm-", PODS)
     });
     let batch_wall = t0.elapsed();
     let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
@@ -303,21 +331,6 @@ fn main() {
         .collect::<Vec<_>>()
         .join("---\n");
     apply("warmup", &text);
-    let all_succeeded = |prefix: &str, n: usize| {
-        let (_, out) = flotilla(&config, &["get", "pods", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_default();
-        v["items"].as_array().is_some_and(|a| {
-            a.iter()
-                .filter(|p| {
-                    succeeded(p)
-                        && p["metadata"]["name"]
-                            .as_str()
-                            .is_some_and(|name| name.starts_with(prefix))
-                })
-                .count()
-                == n
-        })
-    };
     wait("nodes warmed", Duration::from_secs(120), || {
         all_succeeded("warmup-", NODES - 1)
     });
@@ -363,11 +376,6 @@ fn main() {
     drop(node);
     drop(master);
 
-    let show = |label: &str, v: &mut Vec<i64>| {
-        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
-        println!("  {label:<34} p50 {p50:>5} ms   p99 {p99:>5} ms");
-        (p50, p99)
-    };
     println!("\nidle memory (RSS, one node joined, 3 s after Ready)");
     println!(
         "  master {:>6.1} MiB   goal ≤ 50 MiB   ratio {:.2}",
@@ -390,11 +398,7 @@ fn main() {
         println!("  after a node restart               fetch {f} ms ({s}), compile {c} ms ({k})");
     }
     println!("\n{PODS} hello pods in one apply to one warm node (apply took {} ms, all Succeeded after {} ms)", apply_wall.as_millis(), batch_wall.as_millis());
-    let (_, p99) = show("creation → Succeeded", &mut warm.total);
-    show("  scheduling (creation → bound)", &mut warm.sched);
-    show("  module ready (bound → compiled)", &mut warm.prep);
-    show("  run (start → exit)", &mut warm.run);
-    println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+    show_split(&mut warm);
     println!("\n{SINGLE} hello pods applied one at a time to the warm node");
     let (_, p99) = show("creation → Succeeded", &mut single);
     println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
@@ -403,11 +407,7 @@ fn main() {
         fleet_apply.as_millis(),
         fleet_wall.as_millis()
     );
-    let (_, p99) = show("creation → Succeeded", &mut spread.total);
-    show("  scheduling (creation → bound)", &mut spread.sched);
-    show("  module ready (bound → compiled)", &mut spread.prep);
-    show("  run (start → exit)", &mut spread.run);
-    println!("  p99 goal ≤ 50 ms warm: ratio {:.2}", p99 as f64 / 50.0);
+    show_split(&mut spread);
     let per_node: Vec<String> = spread
         .nodes
         .iter()

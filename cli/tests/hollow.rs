@@ -39,6 +39,25 @@ fn count(c: &Cluster, kind: &str, pred: impl Fn(&serde_json::Value) -> bool) -> 
         .map_or(0, |items| items.iter().filter(|i| pred(i)).count())
 }
 
+/// `flotilla hollow-nodes --count <count> --master <the cluster> <args>`,
+/// its state under the cluster's directory and its output in hollow.log.
+fn start_hollow(c: &Cluster, count: usize, args: &[&str]) -> Hollow {
+    let log = std::fs::File::create(c.path("hollow.log")).expect("log file");
+    Hollow(
+        Command::new(BIN)
+            .args(["hollow-nodes", "--count", &count.to_string()])
+            .args(["--master", &c.addr])
+            .args(args)
+            .arg("--data-dir")
+            .arg(c.path("hollow"))
+            .env("FLOTILLA_CONFIG", &c.config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start hollow-nodes"),
+    )
+}
+
 fn ready(node: &serde_json::Value, state: &str) -> bool {
     node["metadata"]["name"]
         .as_str()
@@ -50,29 +69,8 @@ fn ready(node: &serde_json::Value, state: &str) -> bool {
 fn fifty_hollow_nodes_run_two_hundred_pods_and_turn_not_ready_when_killed() {
     let c = Cluster::start(GRACE);
     let token = c.token();
-    let log = std::fs::File::create(c.path("hollow.log")).expect("log file");
     let t0 = Instant::now();
-    let hollow = Hollow(
-        Command::new(BIN)
-            .args([
-                "hollow-nodes",
-                "--count",
-                &NODES.to_string(),
-                "--master",
-                &c.addr,
-                "--token",
-                &token,
-                "--succeed-after",
-                "1s",
-                "--data-dir",
-            ])
-            .arg(c.path("hollow"))
-            .env("FLOTILLA_CONFIG", &c.config)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start hollow-nodes"),
-    );
+    let hollow = start_hollow(&c, NODES, &["--token", &token, "--succeed-after", "1s"]);
     wait_for("50 hollow nodes Ready", Duration::from_secs(30), || {
         (count(&c, "nodes", |n| ready(n, "Ready")) == NODES).then_some(())
     });
@@ -203,26 +201,12 @@ fn a_thousand_hollow_nodes_take_ten_thousand_pods_within_allocatable_and_spread(
     const SPREAD: usize = 600;
     let c = Cluster::start("20s");
     let token = c.token();
-    let log = std::fs::File::create(c.path("hollow.log")).expect("log file");
-    let _hollow = Hollow(
-        Command::new(BIN)
-            .args([
-                "hollow-nodes",
-                "--count",
-                &NODES.to_string(),
-                "--master",
-                &c.addr,
-            ])
-            .args([
-                "--token", &token, "--cpu", "2", "--memory", "2Gi", "--zones", "3",
-            ])
-            .arg("--data-dir")
-            .arg(c.path("hollow"))
-            .env("FLOTILLA_CONFIG", &c.config)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start hollow-nodes"),
+    let _hollow = start_hollow(
+        &c,
+        NODES,
+        &[
+            "--token", &token, "--cpu", "2", "--memory", "2Gi", "--zones", "3",
+        ],
     );
     let t0 = Instant::now();
     wait_for("1000 hollow nodes Ready", Duration::from_secs(180), || {
