@@ -19,11 +19,14 @@
 //! asserted: timings on shared machines are noisy.
 //!
 //! Run: `cargo run --release -p flotilla --example bench_schedule`
-//! (`BENCH_MASTERS=1` or `3` runs one setting).
+//! (`BENCH_MASTERS=1` or `3` runs one setting; `BENCH_PERF=FILE` records
+//! the leader's CPU profile over the drain with `perf record -g`;
+//! `BENCH_DIR=DIR` keeps the masters' data and logs, `BENCH_MASTER_LOG`
+//! sets their `FLOTILLA_LOG`).
 
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::net::Client;
-use flotilla_api::objects::{condition, Object, Pod};
+use flotilla_api::objects::{condition, Node, Object, Pod};
 use flotilla_api::protocol::{ListOptions, Request, Response, ALPN};
 use flotilla_api::quantity::Quantity;
 use std::path::{Path, PathBuf};
@@ -119,7 +122,10 @@ impl Cluster {
             .args(["--node-id", &(i + 1).to_string(), "--data-dir"])
             .arg(dir.join(format!("m{i}")))
             .env("FLOTILLA_CONFIG", dir.join(format!("m{i}-config")))
-            .env("RUST_LOG", "warn")
+            .env(
+                "FLOTILLA_LOG",
+                std::env::var("BENCH_MASTER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -247,7 +253,8 @@ fn scheduled_at(p: &Pod) -> Option<i64> {
         .map(|t| t.millis())
 }
 
-async fn node_names(client: &Client) -> Vec<String> {
+/// Every node, as the leader has it now.
+async fn list_nodes(client: &Client) -> Vec<Node> {
     let opts = ListOptions {
         kind: Some(flotilla_api::Kind::Node),
         ..ListOptions::default()
@@ -255,43 +262,68 @@ async fn node_names(client: &Client) -> Vec<String> {
     let (_, items) = flotilla_node::agent::list_all(client, &opts)
         .await
         .expect("list nodes");
-    items.iter().map(|o| o.meta().name.clone()).collect()
+    items
+        .into_iter()
+        .filter_map(|o| o.into_kind::<Node>())
+        .collect()
 }
 
-/// Cordons (or uncordons) every node, 64 at a time.
-async fn set_unschedulable(client: &Arc<Client>, names: &[String], on: bool) {
-    let queue = Arc::new(std::sync::Mutex::new(names.to_vec()));
+/// Cordons (or uncordons) every node of `nodes`, 256 at a time: each is
+/// written from the listed copy (no read first, so the release is quick),
+/// and read again only if it changed meanwhile.
+async fn set_unschedulable(client: &Arc<Client>, nodes: Vec<Node>, on: bool) {
+    let queue = Arc::new(std::sync::Mutex::new(nodes));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..CREATORS {
+    for _ in 0..4 * CREATORS {
         let (client, queue) = (client.clone(), queue.clone());
         workers.spawn(async move {
             loop {
-                let Some(name) = queue.lock().expect("queue").pop() else {
+                let Some(mut node) = queue.lock().expect("queue").pop() else {
                     return;
                 };
+                let name = node.metadata.name.clone();
+                let mut failures = 0;
                 loop {
+                    node.spec.unschedulable = on;
+                    match client
+                        .call(&Request::Update(Object::Node(node.clone())))
+                        .await
+                    {
+                        Ok(_) => break,
+                        // Changed meanwhile (its status): read it again.
+                        Err(flotilla_api::net::NetError::Api(e))
+                            if e.code == flotilla_api::protocol::ErrorCode::Conflict => {}
+                        // A loaded machine may time a call out: say so, retry a few times.
+                        Err(e) => {
+                            failures += 1;
+                            assert!(failures < 10, "cordoning node {name}: {e}");
+                            eprintln!("cordoning node {name} (retrying): {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
                     let get = Request::Get {
                         kind: flotilla_api::Kind::Node,
                         namespace: String::new(),
                         name: name.clone(),
                         stale: false,
                     };
-                    let Ok(Response::Object(Object::Node(mut n))) = client.call(&get).await else {
-                        panic!("reading node {name}");
-                    };
-                    n.spec.unschedulable = on;
-                    match client.call(&Request::Update(Object::Node(n))).await {
-                        Ok(_) => break,
-                        // Changed meanwhile (its status): read it again.
-                        Err(flotilla_api::net::NetError::Api(e))
-                            if e.code == flotilla_api::protocol::ErrorCode::Conflict => {}
-                        Err(e) => panic!("updating node {name}: {e}"),
+                    match client.call(&get).await {
+                        Ok(Response::Object(Object::Node(n))) => node = n,
+                        Ok(other) => panic!("reading node {name}: unexpected answer {other:?}"),
+                        Err(e) => {
+                            failures += 1;
+                            assert!(failures < 10, "reading node {name}: {e}");
+                            eprintln!("reading node {name} (retrying): {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
                 }
             }
         });
     }
-    while workers.join_next().await.is_some() {}
+    while let Some(done) = workers.join_next().await {
+        done.expect("a cordoning worker failed");
+    }
 }
 
 /// Creates pods `from..to`, 64 at a time.
@@ -314,7 +346,9 @@ async fn create(client: &Arc<Client>, module: &str, from: usize, to: usize) {
             }
         });
     }
-    while creators.join_next().await.is_some() {}
+    while let Some(done) = creators.join_next().await {
+        done.expect("a creating worker failed");
+    }
 }
 
 /// Waits until the first `count` benchmark pods all satisfy `done`; gives
@@ -370,9 +404,14 @@ struct Figures {
 }
 
 async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port: u16) -> Figures {
-    let dir = tempfile::tempdir().expect("tmp");
-    let c = Cluster::start(dir.path(), masters, base_port).await;
-    let mut c = c;
+    let tmp = tempfile::tempdir().expect("tmp");
+    // BENCH_DIR keeps the masters' data and logs there.
+    let dir = match std::env::var_os("BENCH_DIR") {
+        Some(d) => PathBuf::from(d).join(format!("{masters}-masters")),
+        None => tmp.path().to_path_buf(),
+    };
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let mut c = Cluster::start(&dir, masters, base_port).await;
     let token = c.cli(&["token", "create"]).expect("token");
     let hollow_log = std::fs::File::create(c.dir.join("hollow.log")).expect("log");
     let hollow = Command::new(bin())
@@ -388,7 +427,7 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
             "--data-dir",
         ])
         .arg(c.dir.join("hollow"))
-        .env("RUST_LOG", "warn")
+        .env("FLOTILLA_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(hollow_log.try_clone().expect("log"))
         .stderr(hollow_log)
@@ -435,10 +474,10 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
     let module = flotilla_api::objects::digest_of(&std::fs::read(&hello).expect("hello"));
 
     let client = Arc::new(client);
-    let names = node_names(&client).await;
+
     // 1. Drain: every node cordoned, the pods created (they wait, parked),
     //    then every node uncordoned: the scheduler places them all.
-    set_unschedulable(&client, &names, true).await;
+    set_unschedulable(&client, list_nodes(&client).await, true).await;
     create(&client, &module, 0, pods).await;
     wait_until(&client, pods, "parked", |p| {
         p.status
@@ -446,12 +485,32 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
             .is_some_and(|c| !c.status)
     })
     .await;
+    let cordoned = list_nodes(&client).await;
+    let profile = std::env::var_os("BENCH_PERF").map(|out| {
+        Proc(
+            Command::new("perf")
+                .args(["record", "-g", "-F", "499", "-p", &leader.to_string(), "-o"])
+                .arg(out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("run perf record"),
+        )
+    });
     let cpu0 = cpu_seconds(leader);
     let t0 = Instant::now();
     let released = flotilla_api::time::Time::now().millis();
-    set_unschedulable(&client, &names, false).await;
+    set_unschedulable(&client, cordoned, false).await;
+    let uncordoned = t0.elapsed();
     let items = wait_until(&client, pods, "bound", |p| p.spec.node_name.is_some()).await;
     let run_secs = t0.elapsed().as_secs_f64();
+    if let Some(mut perf) = profile {
+        // perf writes its file when interrupted.
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.0.id().to_string()])
+            .status();
+        let _ = perf.0.wait();
+    }
     let run_cpu = (cpu_seconds(leader) - cpu0) / run_secs;
     let last_bound = items
         .iter()
@@ -459,9 +518,17 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
         .max()
         .unwrap_or(released);
     let rate = pods as f64 / ((last_bound - released).max(1) as f64 / 1000.0);
+    let first_bound = items
+        .iter()
+        .filter_map(scheduled_at)
+        .min()
+        .unwrap_or(released);
     eprintln!(
-        "{masters} master(s): {pods} pending pods all bound {:.2}s after the nodes were released",
-        (last_bound - released) as f64 / 1000.0
+        "{masters} master(s): {pods} pending pods all bound {:.2}s after the nodes were released \
+         (the first {:.2}s after; every node uncordoned after {:.2}s)",
+        (last_bound - released) as f64 / 1000.0,
+        (first_bound - released) as f64 / 1000.0,
+        uncordoned.as_secs_f64()
     );
     // 2. Burst: pods created while the nodes take them; creation → bound.
     create(&client, &module, pods, pods + burst).await;

@@ -218,7 +218,7 @@ struct MasterArgs {
     module_grace: String,
     /// Raft election timeout, 50ms to 60s: followers that hear nothing from
     /// the leader for 1.5 to 2 times this elect a new one, and the leader
-    /// heartbeats every fifth of it. Raise it for slow or lossy links
+    /// heartbeats every third of it. Raise it for slow or lossy links
     /// between masters; give every master the same value.
     #[arg(long, default_value = "250ms")]
     election_timeout: String,

@@ -32,6 +32,11 @@ const ME: Caller = Caller::Controller("scheduler");
 /// The most pods decided in one batch.
 const BATCH: usize = 4096;
 
+/// The pods decided together in one part of a batch: the part's writes
+/// start while the next part is decided (the snapshot is built once per
+/// batch; a part only has its own order and turn).
+const PART: usize = 256;
+
 /// The most writes in flight at once; the leader's batcher puts many of them
 /// in one raft entry.
 const IN_FLIGHT: usize = 1024;
@@ -217,7 +222,9 @@ fn placement_changed(old: &Node, new: &Node) -> bool {
         || old.status.interfaces != new.status.interfaces
 }
 
-/// Decides the pods of `keys` together and writes the decisions.
+/// Decides the pods of `keys` over one snapshot and writes the decisions.
+/// The decisions are made on a blocking thread, [`PART`] pods at a time,
+/// and each part's writes start while the next part is decided.
 async fn decide_batch(
     api: &ApiServer,
     cache: &Cache,
@@ -225,7 +232,8 @@ async fn decide_batch(
     state: &Arc<Mutex<State>>,
     keys: &[String],
 ) {
-    let (pods, mut snapshot) = {
+    let started = std::time::Instant::now();
+    let (mut pods, mut snapshot) = {
         let c = cache.read();
         let s = state.lock().unwrap_or_else(|p| p.into_inner());
         let pods: Vec<Pod> = keys
@@ -252,33 +260,69 @@ async fn decide_batch(
         snapshot.turn = s.turn;
         (pods, snapshot)
     };
-    let decisions = scheduler::schedule(&pods, &mut snapshot);
-    {
-        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-        s.next_start = snapshot.next_start;
-        s.turn = snapshot.turn;
-    }
+    let built = started.elapsed();
+    // The batch in the order it is decided, so that each part holds the
+    // pods that come first.
+    pods.sort_by(scheduler::queue_order);
+    let pods = Arc::new(pods);
+    let (parts, mut decided) = tokio::sync::mpsc::channel::<Vec<Decision>>(2);
+    let decider = {
+        let pods = pods.clone();
+        tokio::task::spawn_blocking(move || {
+            for part in pods.chunks(PART) {
+                if parts
+                    .blocking_send(scheduler::schedule(part, &mut snapshot))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            snapshot
+        })
+    };
     let by_ref: HashMap<&str, &Pod> = pods.iter().map(|p| (p.metadata.uid.as_str(), p)).collect();
     let mut writes = tokio::task::JoinSet::new();
-    for decision in decisions {
-        let Some(pod) = by_ref
-            .get(decision.pod().uid.as_str())
-            .map(|p| (*p).clone())
-        else {
-            continue;
-        };
-        let key = key_of(&pod.metadata.namespace, &pod.metadata.name);
-        if let Decision::Bind { node, .. } = &decision {
-            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-            s.assumed
-                .insert(key.clone(), (node.clone(), PodState::from_pod(&pod)));
+    while let Some(decisions) = decided.recv().await {
+        for decision in decisions {
+            let Some(pod) = by_ref
+                .get(decision.pod().uid.as_str())
+                .map(|p| (*p).clone())
+            else {
+                continue;
+            };
+            let key = key_of(&pod.metadata.namespace, &pod.metadata.name);
+            if let Decision::Bind { node, .. } = &decision {
+                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                s.assumed
+                    .insert(key.clone(), (node.clone(), PodState::from_pod(&pod)));
+            }
+            while writes.len() >= IN_FLIGHT {
+                writes.join_next().await;
+            }
+            let (api, queue, state) = (api.clone(), queue.clone(), state.clone());
+            writes.spawn(async move { execute(&api, &queue, &state, key, pod, decision).await });
         }
-        while writes.len() >= IN_FLIGHT {
-            writes.join_next().await;
-        }
-        let (api, queue, state) = (api.clone(), queue.clone(), state.clone());
-        writes.spawn(async move { execute(&api, &queue, &state, key, pod, decision).await });
     }
+    match decider.await {
+        Ok(snapshot) => {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.next_start = snapshot.next_start;
+            s.turn = snapshot.turn;
+        }
+        Err(e) => {
+            // Pods left undecided are looked at again after their back-off.
+            tracing::error!(error = %e, "the scheduler's decisions stopped; retrying the batch");
+            for k in keys {
+                queue.retry(k);
+            }
+        }
+    }
+    tracing::debug!(
+        pods = pods.len(),
+        snapshot_ms = built.as_millis() as u64,
+        decided_ms = started.elapsed().as_millis() as u64,
+        "decided a batch"
+    );
     while writes.join_next().await.is_some() {}
 }
 

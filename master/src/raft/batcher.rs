@@ -1,9 +1,11 @@
-//! Gathers the writes that arrive at the leader while a proposal is under
+//! Gathers the writes that arrive at the leader while proposals are under
 //! way into one raft entry (`Command::Batch`), so that concurrent clients
 //! share one log write, one replication round and one apply transaction
 //! instead of queueing behind each other's. A write that arrives when
-//! nothing is under way is proposed at once, alone: a single client waits no
-//! longer than before.
+//! fewer than [`IN_FLIGHT`] entries are under way is proposed at once
+//! (alone, if nothing else waits): a single client waits no longer than
+//! before. Concurrent writes have no order among themselves, so entries
+//! under way together may commit in any order.
 //!
 //! Each command still gets the answer it would have had alone (the state
 //! machine applies a batch command by command, see
@@ -21,6 +23,12 @@ use super::propose::{propose_batch_here, propose_here, Unplaced};
 use super::Raft;
 use crate::store::{Command, Outcome, StoreError};
 use tokio::sync::{mpsc, oneshot};
+
+/// Most entries proposed and not yet committed at once. Raft sends and
+/// stores entries under way together, so a few in flight let the next
+/// entries replicate while the last one is applied; writes that arrive
+/// while the limit is reached gather into the next batch meanwhile.
+const IN_FLIGHT: usize = 4;
 
 /// Most commands in one batch (pods and nodes are usually a few KiB each).
 const MAX_BATCH: usize = 128;
@@ -92,7 +100,14 @@ fn batchable(cmd: &Command) -> bool {
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
     let mut held: Option<(Command, Reply)> = None;
+    let mut proposing = tokio::task::JoinSet::new();
     loop {
+        // Entries under way are reaped; at the limit, the next batch waits
+        // (and grows) until one of them is committed.
+        while proposing.try_join_next().is_some() {}
+        while proposing.len() >= IN_FLIGHT {
+            proposing.join_next().await;
+        }
         let first = match held.take() {
             Some(item) => item,
             None => match rx.recv().await {
@@ -127,22 +142,28 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
                 }
             }
         }
-        if batch.len() == 1 {
-            let (cmd, reply) = batch.remove(0);
-            let _ = reply.send(propose_here(&raft, cmd).await);
-            continue;
-        }
-        let (cmds, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
-        match propose_batch_here(&raft, cmds).await {
-            Ok(answers) => {
-                for (answer, reply) in answers.into_iter().zip(replies) {
-                    let _ = reply.send(answer.map_err(Unplaced::Failed));
-                }
+        proposing.spawn(propose(raft.clone(), batch));
+    }
+}
+
+/// Proposes one batch (alone if it holds one command) and answers each of
+/// its commands.
+async fn propose(raft: Raft, mut batch: Vec<(Command, Reply)>) {
+    if batch.len() == 1 {
+        let (cmd, reply) = batch.remove(0);
+        let _ = reply.send(propose_here(&raft, cmd).await);
+        return;
+    }
+    let (cmds, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
+    match propose_batch_here(&raft, cmds).await {
+        Ok(answers) => {
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = reply.send(answer.map_err(Unplaced::Failed));
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.duplicate()));
-                }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.duplicate()));
             }
         }
     }

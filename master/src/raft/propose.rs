@@ -185,8 +185,14 @@ const MAX_PAYLOAD_ENTRIES: u64 = 16;
 /// openraft 0.9 makes a follower wait its leader lease (the longest election
 /// timeout) and then its own randomized election timeout before it stands
 /// for election, so with `election_timeout` = T a lost leader's followers
-/// start electing after 1.5–2 T of silence. The leader heartbeats every T/5,
-/// so a follower stands only after missing seven or more heartbeats in a row.
+/// start electing after 1.5–2 T of silence. The leader heartbeats every T/3,
+/// so a follower stands only after missing four or more heartbeats in a row.
+/// openraft also gives every AppendEntries (heartbeats, and the reads that
+/// confirm leadership) the heartbeat interval to be answered in: at T/5
+/// (50 ms by default) a follower busy with a burst of writes on a loaded
+/// two-core machine missed it often enough to fail linearizable reads with
+/// "cannot reach a majority"; T/3 (83 ms) leaves room for an SD card's
+/// fsync too.
 /// The default (250 ms) replaces a lost leader in about half a second on a
 /// LAN; slow or lossy links between masters want a longer one.
 // Boxed: openraft's error is large and this runs once per start.
@@ -197,7 +203,7 @@ pub fn raft_config(
     let max = election_timeout.as_millis().try_into().unwrap_or(u64::MAX);
     Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: (max / 5).max(1),
+        heartbeat_interval: (max / 3).max(1),
         election_timeout_min: max / 2,
         election_timeout_max: max,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),

@@ -211,13 +211,14 @@ pub struct Snapshot {
     pub next_start: usize,
     /// Which of the nodes tied for the best score a pod takes: the
     /// (`turn` modulo ties)-th by name ([`scores::best`]). It moves on by
-    /// one for each batch (the controller carries it over), so that pods
-    /// that score the same everywhere and come one at a time (short-lived
-    /// pods on idle nodes) spread rather than all go to the node whose name
-    /// sorts first. Within a batch it stays put: each placement lowers its
-    /// node's score, which is enough to spread the batch, and a node then
-    /// takes a few of the batch's pods together. Kubernetes breaks such
-    /// ties at random; turns keep a decision reproducible.
+    /// one with each call of [`schedule`] (the controller carries it over
+    /// from batch to batch), so that pods that score the same everywhere
+    /// and come one at a time (short-lived pods on idle nodes) spread
+    /// rather than all go to the node whose name sorts first. Within one
+    /// call it stays put: each placement lowers its node's score, which is
+    /// enough to spread the pods, and a node then takes a few of them
+    /// together. Kubernetes breaks such ties at random; turns keep a
+    /// decision reproducible.
     pub turn: u64,
 }
 
@@ -411,7 +412,10 @@ pub fn schedule(pending: &[Pod], snapshot: &mut Snapshot) -> Vec<Decision> {
         .filter(|p| p.spec.node_name.is_none())
         .collect();
     queue.sort_by(|a, b| queue_order(a, b));
-    snapshot.index_interfaces();
+    // Once per snapshot: the controller decides a snapshot's pods in parts.
+    if snapshot.nodes.iter().any(|n| n.interfaces_id.is_none()) {
+        snapshot.index_interfaces();
+    }
     let mut decisions = Vec::with_capacity(queue.len());
     for pod in queue {
         let (decision, looked_at) = decide_counting(pod, snapshot);

@@ -68,41 +68,33 @@ pub const SCORERS: &[Scorer] = &[
     },
 ];
 
-/// A candidate node's total score.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeScore<'a> {
-    pub node: &'a str,
-    pub total: u64,
-}
-
-/// The candidates with their totals, best first (ties by name).
-pub fn rank<'a>(nodes: &[&'a NodeState], pod: &PodInfo) -> Vec<NodeScore<'a>> {
+/// Each candidate's total score, in the slice's order.
+pub fn totals(nodes: &[&NodeState], pod: &PodInfo) -> Vec<u64> {
     let mut totals = vec![0u64; nodes.len()];
     for s in SCORERS {
         for (t, v) in totals.iter_mut().zip((s.score)(nodes, pod)) {
             *t = t.saturating_add(s.weight.saturating_mul(v.min(MAX)));
         }
     }
-    let mut ranked: Vec<NodeScore> = nodes
-        .iter()
-        .zip(totals)
-        .map(|(n, total)| NodeScore {
-            node: n.name(),
-            total,
-        })
-        .collect();
-    ranked.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.node.cmp(b.node)));
-    ranked
+    totals
 }
 
 /// The best candidate, if any: of the nodes tied for the best total, the
 /// (`turn` modulo ties)-th by name ([`super::Snapshot::turn`]).
 pub fn best<'a>(nodes: &[&'a NodeState], pod: &PodInfo, turn: u64) -> Option<&'a NodeState> {
-    let ranked = rank(nodes, pod);
-    let top = ranked.first()?.total;
-    let tied = ranked.iter().take_while(|s| s.total == top).count();
-    let pick = ranked.get(usize::try_from(turn % tied as u64).unwrap_or(0))?;
-    nodes.iter().copied().find(|n| n.name() == pick.node)
+    let totals = totals(nodes, pod);
+    let top = totals.iter().copied().max()?;
+    let mut tied: Vec<&'a NodeState> = nodes
+        .iter()
+        .zip(&totals)
+        .filter(|(_, t)| **t == top)
+        .map(|(n, _)| *n)
+        .collect();
+    // Candidates come in name order from some node on, round to the first:
+    // two sorted runs, which the sort merges in one pass.
+    tied.sort_by(|a, b| a.name().cmp(b.name()));
+    let pick = usize::try_from(turn % tied.len() as u64).unwrap_or(0);
+    tied.get(pick).copied()
 }
 
 /// `MAX * part / whole` (0 when `whole` is 0).
