@@ -268,6 +268,20 @@ async fn list_nodes(client: &Client) -> Vec<Node> {
         .collect()
 }
 
+/// After a failed call about node `name`: a loaded machine may time a call
+/// out, so say so and wait a little, up to ten times in a row.
+async fn pause_or_give_up(
+    failures: &mut u32,
+    doing: &str,
+    name: &str,
+    e: flotilla_api::net::NetError,
+) {
+    *failures += 1;
+    assert!(*failures < 10, "{doing} node {name}: {e}");
+    eprintln!("{doing} node {name} (retrying): {e}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 /// Cordons (or uncordons) every node of `nodes`, 256 at a time: each is
 /// written from the listed copy (no read first, so the release is quick),
 /// and read again only if it changed meanwhile.
@@ -293,13 +307,7 @@ async fn set_unschedulable(client: &Arc<Client>, nodes: Vec<Node>, on: bool) {
                         // Changed meanwhile (its status): read it again.
                         Err(flotilla_api::net::NetError::Api(e))
                             if e.code == flotilla_api::protocol::ErrorCode::Conflict => {}
-                        // A loaded machine may time a call out: say so, retry a few times.
-                        Err(e) => {
-                            failures += 1;
-                            assert!(failures < 10, "cordoning node {name}: {e}");
-                            eprintln!("cordoning node {name} (retrying): {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+                        Err(e) => pause_or_give_up(&mut failures, "cordoning", &name, e).await,
                     }
                     let get = Request::Get {
                         kind: flotilla_api::Kind::Node,
@@ -310,12 +318,7 @@ async fn set_unschedulable(client: &Arc<Client>, nodes: Vec<Node>, on: bool) {
                     match client.call(&get).await {
                         Ok(Response::Object(Object::Node(n))) => node = n,
                         Ok(other) => panic!("reading node {name}: unexpected answer {other:?}"),
-                        Err(e) => {
-                            failures += 1;
-                            assert!(failures < 10, "reading node {name}: {e}");
-                            eprintln!("reading node {name} (retrying): {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+                        Err(e) => pause_or_give_up(&mut failures, "reading", &name, e).await,
                     }
                 }
             }

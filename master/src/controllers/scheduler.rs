@@ -320,7 +320,7 @@ async fn decide_batch(
     tracing::debug!(
         pods = pods.len(),
         snapshot_ms = built.as_millis() as u64,
-        decided_ms = started.elapsed().as_millis() as u64,
+        decided_and_sent_ms = started.elapsed().as_millis() as u64,
         "decided a batch"
     );
     while writes.join_next().await.is_some() {}
