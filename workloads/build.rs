@@ -10,7 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every guest package; each becomes `<name>.wasm` for wasm32-wasip2.
-const GUESTS: [&str; 5] = ["hello", "ticker", "crasher", "hog", "sockets"];
+const GUESTS: [&str; 7] = [
+    "hello",
+    "ticker",
+    "crasher",
+    "hog",
+    "sockets",
+    "version-v1",
+    "version-v2",
+];
 /// Guests that are also built as WASI p1 core modules.
 const P1_GUESTS: [&str; 1] = ["hello"];
 
@@ -36,6 +44,11 @@ fn main() {
         // A directory is scanned recursively by cargo.
         println!("cargo:rerun-if-changed={}", pkg.join("src").display());
     }
+    // Shared by the two releases of the `version` sample.
+    println!(
+        "cargo:rerun-if-changed={}",
+        guests_dir.join("version.rs").display()
+    );
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 
     cargo_build(&guests_dir, &target_dir, "wasm32-wasip2", &GUESTS);

@@ -10,7 +10,15 @@ pub const P2_DIR: &str = env!("FLOTILLA_GUESTS_P2_DIR");
 /// Directory holding the WASI p1 core modules (`<name>.wasm`).
 pub const P1_DIR: &str = env!("FLOTILLA_GUESTS_P1_DIR");
 /// Every workload built as a WASI p2 component.
-pub const NAMES: [&str; 5] = ["hello", "ticker", "crasher", "hog", "sockets"];
+pub const NAMES: [&str; 7] = [
+    "hello",
+    "ticker",
+    "crasher",
+    "hog",
+    "sockets",
+    "version-v1",
+    "version-v2",
+];
 
 /// Path of the WASI p2 component for `name` (one of [`NAMES`]).
 ///

@@ -51,7 +51,12 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 2] = [Kind::Pod, Kind::PriorityClass];
+pub const APPLYABLE: [Kind; 4] = [
+    Kind::Pod,
+    Kind::PriorityClass,
+    Kind::ReplicaSet,
+    Kind::Deployment,
+];
 
 /// Parses every document of a YAML file into objects, validating each.
 ///
@@ -552,8 +557,8 @@ spec:
                 "spec.restartPolcy: unknown field `restartPolcy`, expected one of",
             ),
             (
-                &GOOD.replace("kind: Pod", "kind: Deployment"),
-                "kind: \"Deployment\" cannot be applied",
+                &GOOD.replace("kind: Pod", "kind: StatefulSet"),
+                "kind: \"StatefulSet\" cannot be applied",
             ),
             (
                 &GOOD.replace("flotilla.dev/v1", "v1"),

@@ -166,6 +166,27 @@ pub enum Request {
     /// writes share raft entries; the answer is `Response::Statuses`, one
     /// result per object, in order. At most [`MAX_STATUS_BATCH`] objects.
     UpdateStatuses(Vec<Object>),
+    /// Delete an object, saying what becomes of the objects it owns
+    /// (`Delete` is this with [`Propagation::Background`]).
+    DeleteWith {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        resource_version: u64,
+        propagation: Propagation,
+    },
+}
+
+/// What deleting an owner does to the objects it owns (their
+/// `ownerReferences` name it), as `kubectl delete --cascade` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Propagation {
+    /// The owner goes at once; the garbage collector deletes what it owned
+    /// soon after.
+    #[default]
+    Background,
+    /// The owner goes; what it owned stays, without the reference to it.
+    Orphan,
 }
 
 /// Most objects in one [`Request::UpdateStatuses`]: a raft entry holds up

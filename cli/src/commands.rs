@@ -7,10 +7,10 @@ use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{Identity, Validity};
 use flotilla_api::manifest::{duplicates, parse_manifests_numbered, Source};
 use flotilla_api::net::{read_frame, Client, NetError};
-use flotilla_api::objects::{is_digest, module_name};
+use flotilla_api::objects::{is_digest, module_name, Deployment, ReplicaSet};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Request, Response,
-    WatchOptions, ALPN, MAX_MODULE_SIZE,
+    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Propagation,
+    Request, Response, WatchOptions, ALPN, MAX_MODULE_SIZE,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object};
@@ -380,20 +380,20 @@ pub async fn apply(
     // nothing either. Each file is read once, however many pods use it.
     let mut hashed: BTreeMap<PathBuf, LocalModule> = BTreeMap::new();
     for (file, _, obj) in &mut objects {
-        if let Object::Pod(p) = obj {
-            if !is_digest(&p.spec.module) {
-                let path = module_path(file, &p.spec.module);
+        let what = format!("{}/{}", obj.kind().as_str().to_lowercase(), obj.meta().name);
+        if let Some(module) = module_of(obj) {
+            if !is_digest(module) {
+                let path = module_path(file, module);
                 let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 let m = match hashed.get(&key) {
                     Some(m) => m.clone(),
                     None => {
-                        let m = hash_module(&path)
-                            .with_context(|| format!("pod {}", p.metadata.name))?;
+                        let m = hash_module(&path).with_context(|| what.clone())?;
                         hashed.insert(key, m.clone());
                         m
                     }
                 };
-                p.spec.module = m.digest;
+                *module = m.digest;
             }
         }
     }
@@ -456,8 +456,22 @@ pub async fn apply(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The module a manifest's object runs: a pod's, or its template's.
+fn module_of(obj: &mut Object) -> Option<&mut String> {
+    match obj {
+        Object::Pod(p) => Some(&mut p.spec.module),
+        Object::ReplicaSet(rs) => Some(&mut rs.spec.template.spec.module),
+        Object::Deployment(d) => Some(&mut d.spec.template.spec.module),
+        _ => None,
+    }
+}
+
 fn same_desired(a: &Object, b: &Object) -> bool {
+    let same_meta =
+        a.meta().labels == b.meta().labels && a.meta().annotations == b.meta().annotations;
     match (a, b) {
+        (Object::Deployment(x), Object::Deployment(y)) => same_meta && x.spec == y.spec,
+        (Object::ReplicaSet(x), Object::ReplicaSet(y)) => same_meta && x.spec == y.spec,
         (Object::Pod(x), Object::Pod(y)) => {
             let mut ys = y.spec.clone();
             ys.keep_server_fields(&x.spec);
@@ -472,7 +486,9 @@ fn same_desired(a: &Object, b: &Object) -> bool {
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// pods, nodes or modules.
+    /// pods, deployments (deploy), replicasets (rs), nodes, modules,
+    /// priorityclasses, or `all` (the pods, deployments and replicasets of
+    /// the namespace).
     kind: String,
     /// Only this object.
     name: Option<String>,
@@ -532,6 +548,22 @@ fn render(
                     wide,
                     now,
                 ),
+                Kind::Deployment => output::deployments(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<Deployment>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                Kind::ReplicaSet => output::replica_sets(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<ReplicaSet>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
                 Kind::PriorityClass => output::priority_classes(
                     &objs
                         .iter()
@@ -570,23 +602,35 @@ fn render(
 /// `namespace/name`. Pods of any phase count: the master keeps a module as
 /// long as a pod names it.
 async fn module_users(client: &Client, stale: bool) -> anyhow::Result<output::ModuleUsers> {
-    let (_, pods) = list_all(
-        client,
-        ListOptions {
-            kind: Some(Kind::Pod),
-            namespace: None,
-            label_selector: String::new(),
-            node_name: None,
-            stale,
-        },
-    )
-    .await?;
     let mut users = output::ModuleUsers::new();
-    for p in pods.iter().filter_map(|o| o.as_pod()) {
-        users
-            .entry(p.spec.module.clone())
-            .or_default()
-            .push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
+    // Pod templates keep their modules too (the master does not remove them).
+    for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+        let (_, objs) = list_all(
+            client,
+            ListOptions {
+                kind: Some(kind),
+                namespace: None,
+                label_selector: String::new(),
+                node_name: None,
+                stale,
+            },
+        )
+        .await?;
+        for o in &objs {
+            let Some(module) = o.module() else { continue };
+            let m = o.meta();
+            let name = if kind == Kind::Pod {
+                format!("{}/{}", m.namespace, m.name)
+            } else {
+                format!(
+                    "{}/{}/{}",
+                    kind.as_str().to_lowercase(),
+                    m.namespace,
+                    m.name
+                )
+            };
+            users.entry(module.to_string()).or_default().push(name);
+        }
     }
     Ok(users)
 }
@@ -613,7 +657,66 @@ async fn list_all(client: &Client, list: ListOptions) -> anyhow::Result<(u64, Ve
     }
 }
 
+/// What `get all` lists, as kubectl's `get all` does for its kinds.
+const ALL: [Kind; 3] = [Kind::Pod, Kind::Deployment, Kind::ReplicaSet];
+
+/// `get all`: a table per kind that has objects, each name prefixed with
+/// its kind (`deployment/web`).
+async fn get_all(config: &Path, a: &GetArgs) -> anyhow::Result<ExitCode> {
+    if a.name.is_some() || a.watch {
+        bail!("`get all` lists; name a kind to get one object or to watch");
+    }
+    flotilla_api::selector::Selector::parse(&a.selector)?;
+    let client = connect(config).await?;
+    let mut sections = Vec::new();
+    for kind in ALL {
+        let (_, mut objs) = list_all(
+            &client,
+            ListOptions {
+                kind: Some(kind),
+                namespace: (!a.all_namespaces).then(|| a.namespace.clone()),
+                label_selector: a.selector.clone(),
+                node_name: None,
+                stale: a.stale,
+            },
+        )
+        .await?;
+        if objs.is_empty() {
+            continue;
+        }
+        if matches!(a.output, Format::Table | Format::Wide) {
+            for o in &mut objs {
+                let m = o.meta_mut();
+                m.name = format!("{}/{}", kind.as_str().to_lowercase(), m.name);
+            }
+        }
+        sections.push((kind, objs));
+    }
+    if sections.is_empty() {
+        eprintln!("No resources found in {} namespace.", a.namespace);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let users = output::ModuleUsers::new();
+    if matches!(a.output, Format::Json | Format::Yaml) {
+        let all: Vec<Object> = sections.into_iter().flat_map(|(_, o)| o).collect();
+        print!(
+            "{}",
+            render(Kind::Pod, &all, a.output, false, true, &users)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tables: Vec<String> = sections
+        .iter()
+        .map(|(kind, objs)| render(*kind, objs, a.output, false, true, &users))
+        .collect::<anyhow::Result<_>>()?;
+    print!("{}", tables.join("\n"));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
+    if a.kind == "all" {
+        return get_all(config, &a).await;
+    }
     let kind = parse_kind(&a.kind)?;
     flotilla_api::selector::Selector::parse(&a.selector)?;
     let client = connect(config).await?;
@@ -796,6 +899,7 @@ pub async fn delete(
     names: &[String],
     files: &[PathBuf],
     namespace: &str,
+    cascade: Propagation,
 ) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(Kind, String, String)> = Vec::new();
     if !files.is_empty() {
@@ -825,11 +929,12 @@ pub async fn delete(
     let client = connect(config).await?;
     let mut failed = false;
     for (kind, namespace, name) in targets {
-        let req = Request::Delete {
+        let req = Request::DeleteWith {
             kind,
             namespace,
             name: name.clone(),
             resource_version: 0,
+            propagation: cascade,
         };
         match client.call(&req).await {
             Ok(_) => println!("{} \"{name}\" deleted", kind.as_str().to_lowercase()),

@@ -7,6 +7,7 @@
 //! - [`commands`]: the client commands (apply, get, describe, logs, delete, token).
 //! - [`nodes`]: `taint`, `cordon`, `uncordon`: what admins change on a node.
 //! - [`output`]: tables, YAML and JSON.
+//! - [`workloads`]: `scale` and `rollout`, for Deployments and ReplicaSets.
 //! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
@@ -14,6 +15,7 @@ mod commands;
 mod hollow;
 mod nodes;
 mod output;
+mod workloads;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -83,7 +85,25 @@ enum Command {
         files: Vec<PathBuf>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// What becomes of the objects it owns (a Deployment's ReplicaSets,
+        /// their pods): `background` deletes them soon after, `orphan`
+        /// keeps them, without the reference to the owner.
+        #[arg(long, value_enum, default_value = "background")]
+        cascade: workloads::Cascade,
     },
+    /// Set the replicas of a Deployment or ReplicaSet: `scale deploy/web --replicas 3`.
+    Scale {
+        /// `KIND/NAME`, or `KIND NAME`.
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+        #[arg(long)]
+        replicas: u32,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Rollouts of a Deployment: status, history, undo, pause, resume, restart.
+    #[command(subcommand)]
+    Rollout(workloads::RolloutCommand),
     /// Add or remove taints on a node: `taint node pi-1 dedicated=gpu:NoSchedule`
     /// adds one, `dedicated:NoSchedule-` removes it, `dedicated-` removes every effect.
     Taint {
@@ -522,7 +542,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             names,
             files,
             namespace,
-        } => commands::delete(&config, kind.as_deref(), &names, &files, &namespace).await,
+            cascade,
+        } => {
+            commands::delete(
+                &config,
+                kind.as_deref(),
+                &names,
+                &files,
+                &namespace,
+                cascade.into(),
+            )
+            .await
+        }
+        Command::Scale {
+            target,
+            replicas,
+            namespace,
+        } => workloads::scale(&config, &target, replicas, &namespace).await,
+        Command::Rollout(c) => workloads::rollout(&config, c).await,
         Command::Taint { kind, name, taints } => nodes::taint(&config, &kind, &name, &taints).await,
         Command::Cordon { name } => nodes::cordon(&config, &name, true).await,
         Command::Uncordon { name } => nodes::cordon(&config, &name, false).await,

@@ -1,6 +1,6 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
-use flotilla_api::objects::{Module, Node, Pod, PodPhase, PriorityClass};
+use flotilla_api::objects::{Deployment, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet};
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
 use flotilla_api::Object;
@@ -93,6 +93,91 @@ pub fn pods(items: &[Pod], wide: bool, now: Time) -> String {
                         .unwrap_or_else(|| "<none>".into()),
                 );
                 r.push(p.spec.module.chars().take(19).collect());
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+fn age_of(m: &flotilla_api::ObjectMeta, now: Time) -> String {
+    m.creation_timestamp
+        .map(|t| age(t, now))
+        .unwrap_or_default()
+}
+
+fn selector_text(s: &flotilla_api::objects::LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for r in &s.match_expressions {
+        parts.push(format!(
+            "{} {:?} ({})",
+            r.key,
+            r.operator,
+            r.values.join(",")
+        ));
+    }
+    or_none(&parts.join(","))
+}
+
+/// Deployments, as kubectl lists them: READY is ready/wanted, UP-TO-DATE
+/// the pods of the current template, AVAILABLE those ready long enough.
+pub fn deployments(items: &[Deployment], wide: bool, now: Time) -> String {
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["MODULE", "SELECTOR"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| {
+            let mut r = vec![
+                d.metadata.namespace.clone(),
+                d.metadata.name.clone(),
+                format!("{}/{}", d.status.ready_replicas, d.spec.replicas()),
+                d.status.updated_replicas.to_string(),
+                d.status.available_replicas.to_string(),
+                age_of(&d.metadata, now),
+            ];
+            if wide {
+                r.push(d.spec.template.spec.module.chars().take(19).collect());
+                r.push(selector_text(&d.spec.selector));
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// ReplicaSets, as kubectl lists them.
+pub fn replica_sets(items: &[ReplicaSet], wide: bool, now: Time) -> String {
+    let mut header = vec!["NAMESPACE", "NAME", "DESIRED", "CURRENT", "READY", "AGE"];
+    if wide {
+        header.extend(["MODULE", "SELECTOR"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|rs| {
+            let mut r = vec![
+                rs.metadata.namespace.clone(),
+                rs.metadata.name.clone(),
+                rs.spec.replicas().to_string(),
+                rs.status.replicas.to_string(),
+                rs.status.ready_replicas.to_string(),
+                age_of(&rs.metadata, now),
+            ];
+            if wide {
+                r.push(rs.spec.template.spec.module.chars().take(19).collect());
+                r.push(selector_text(&rs.spec.selector));
             }
             r
         })

@@ -1,4 +1,5 @@
-//! Module collection: the leader removes the modules no pod uses once they
+//! Module collection: the leader removes the modules no pod (and no pod
+//! template: a Deployment's, a ReplicaSet's) uses once they
 //! have gone unused for a grace period (`--module-grace`), Module object
 //! and bytes, through raft; and the pieces of uploads that were staged but
 //! never committed (a master that failed mid-upload leaves them).
@@ -123,7 +124,13 @@ struct Observed {
 fn observe(store: &Store) -> Result<Observed, StoreError> {
     let all = Selector::default();
     let (_, modules) = store.list(Kind::Module, None, &all)?;
-    let (_, pods) = store.list(Kind::Pod, None, &all)?;
+    // Pods use their modules, and so do the templates of the objects that
+    // make pods (a Deployment scaled to 0, an old ReplicaSet kept for a
+    // rollback): their pods will need the module again.
+    let mut users = Vec::new();
+    for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+        users.extend(store.list(kind, None, &all)?.1);
+    }
     let modules = modules
         .into_iter()
         .filter_map(|o| match o {
@@ -135,10 +142,9 @@ fn observe(store: &Store) -> Result<Observed, StoreError> {
             _ => None,
         })
         .collect();
-    let used = pods
+    let used = users
         .iter()
-        .filter_map(|o| o.as_pod())
-        .map(|p| p.spec.module.clone())
+        .filter_map(|o| o.module().map(String::from))
         .collect();
     Ok(Observed {
         modules,

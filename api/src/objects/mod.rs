@@ -14,13 +14,17 @@
 //! missing field. The positional layouts of protocol 2 are still read
 //! ([`legacy`]).
 
+pub mod deployment;
 pub mod legacy;
 pub mod module;
 pub mod node;
 pub mod pod;
 pub mod priority_class;
+pub mod replica_set;
 pub mod scheduling;
+pub mod workload;
 
+pub use deployment::Deployment;
 pub use module::{digest_of, is_digest, module_name, Module, ModuleSpec, ModuleStatus};
 pub use node::{Node, NodeCapacity, NodeInfo, NodeSpec, NodeStatus, ReadyState};
 pub use pod::{
@@ -28,6 +32,7 @@ pub use pod::{
     ResourceRequirements, RestartPolicy,
 };
 pub use priority_class::PriorityClass;
+pub use replica_set::ReplicaSet;
 pub use scheduling::{
     Affinity, LabelSelector, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     PreemptionPolicy, Taint, TaintEffect, Toleration, TopologySpreadConstraint,
@@ -54,6 +59,11 @@ pub trait Resource:
     /// `incoming`, the status and the identity stay. Status update: only the
     /// status comes from `incoming`. An error says what may not change.
     fn merge(stored: &Self, incoming: Self, status_only: bool) -> Result<Self, String>;
+    /// The module this object runs, or has its pods run (a template's):
+    /// the master keeps that module while the object exists.
+    fn module(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Merges an object made of metadata, spec and status; `parts` borrows the
@@ -201,6 +211,13 @@ macro_rules! kinds {
                 }
             }
 
+            /// The module the object runs or has its pods run ([`Resource::module`]).
+            pub fn module(&self) -> Option<&str> {
+                match self {
+                    $(Object::$variant(o) => o.module(),)*
+                }
+            }
+
             /// The kind's own validation (see [`crate::manifest::validate`] for all of it).
             pub fn validate_kind(&self) -> Vec<FieldError> {
                 match self {
@@ -282,6 +299,8 @@ kinds! {
     Node(Node), "nodes", ["no"], false;
     Module(Module), "modules", ["mod"], false;
     PriorityClass(PriorityClass), "priorityclasses", ["pc"], false;
+    ReplicaSet(ReplicaSet), "replicasets", ["rs"], true;
+    Deployment(Deployment), "deployments", ["deploy"], true;
 }
 
 /// The kind's number and its object, for generic code.

@@ -261,6 +261,10 @@ impl Resource for Pod {
         errors
     }
 
+    fn module(&self) -> Option<&str> {
+        Some(&self.spec.module)
+    }
+
     fn merge(stored: &Pod, incoming: Pod, status_only: bool) -> Result<Pod, String> {
         Ok(merge_parts(stored, incoming, status_only, |p| {
             (&mut p.metadata, &mut p.spec, &mut p.status)
@@ -268,7 +272,7 @@ impl Resource for Pod {
     }
 }
 
-fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
+pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if s.module.trim().is_empty() {
         errors.push(fe(

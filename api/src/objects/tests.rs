@@ -83,7 +83,10 @@ fn kinds_parse_as_kubectl_does() {
         ("priorityclass", Some(Kind::PriorityClass)),
         ("PriorityClasses", Some(Kind::PriorityClass)),
         ("pc", Some(Kind::PriorityClass)),
-        ("deployment", None),
+        ("deploy", Some(Kind::Deployment)),
+        ("Deployments", Some(Kind::Deployment)),
+        ("rs", Some(Kind::ReplicaSet)),
+        ("statefulset", None),
     ];
     for (text, want) in cases {
         assert_eq!(Kind::parse(text), want, "{text}");
@@ -142,4 +145,149 @@ fn defaults_are_left_out_of_the_wire_but_not_of_what_people_see() {
         Object::Pod(p.clone())
     );
     assert_eq!(Object::Pod(p).to_manifest_value(), full);
+}
+
+/// A Deployment of `replicas` from a manifest, as a user writes one.
+fn deployment_yaml(extra_spec: &str, template_labels: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: web}}
+{extra_spec}  template:
+    metadata:
+      labels: {template_labels}
+    spec:
+      module: ./web.wasm
+      restartPolicy: {policy}
+"
+    )
+}
+
+/// What `parse_manifests` (which validates) says of a manifest.
+fn errors_of(yaml: &str) -> Vec<String> {
+    match crate::manifest::parse_manifests(yaml) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn workload_templates_are_checked() {
+    let ok = "{app: web}";
+    // (extra spec, template labels, restart policy, expected error start or "")
+    let cases = [
+        ("", ok, "Always", ""),
+        (
+            "",
+            "{app: db}",
+            "Always",
+            "spec.template.metadata.labels: do not match spec.selector",
+        ),
+        (
+            "",
+            ok,
+            "Never",
+            "spec.template.spec.restartPolicy: Never: only Always",
+        ),
+        (
+            "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 0%}}\n",
+            ok,
+            "Always",
+            "spec.strategy.rollingUpdate: maxSurge and maxUnavailable may not both be 0",
+        ),
+        (
+            "  strategy: {rollingUpdate: {maxSurge: 150%}}\n",
+            ok,
+            "Always",
+            "spec.strategy.rollingUpdate.maxSurge: \"150%\" is neither",
+        ),
+        (
+            "  strategy: {type: Recreate, rollingUpdate: {maxSurge: 1}}\n",
+            ok,
+            "Always",
+            "spec.strategy.rollingUpdate: only for strategy type RollingUpdate",
+        ),
+        (
+            "  minReadySeconds: 30\n  progressDeadlineSeconds: 10\n",
+            ok,
+            "Always",
+            "spec.progressDeadlineSeconds: must be more than minReadySeconds (30)",
+        ),
+        (
+            "  replicas: 100001\n",
+            ok,
+            "Always",
+            "spec.replicas: at most 100000",
+        ),
+    ];
+    for (extra, labels, policy, want) in cases {
+        let mut yaml = deployment_yaml(extra, labels, policy);
+        if extra.contains("replicas:") {
+            yaml = yaml.replacen("  replicas: 3\n", "", 1);
+        }
+        let errors = errors_of(&yaml);
+        if want.is_empty() {
+            assert!(errors.is_empty(), "{extra:?}: {errors:?}");
+        } else {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "{extra:?} {labels} {policy}: want {want:?}, got {errors:?}"
+            );
+        }
+    }
+    // A selector-less ReplicaSet.
+    let rs = "apiVersion: flotilla.dev/v1\nkind: ReplicaSet\nmetadata: {name: r}\nspec:\n  template:\n    spec: {module: ./a.wasm, restartPolicy: Always}\n";
+    assert!(
+        errors_of(rs)
+            .iter()
+            .any(|e| e.starts_with("spec.selector: required")),
+        "{:?}",
+        errors_of(rs)
+    );
+}
+
+#[test]
+fn a_workload_selector_is_fixed_and_the_template_round_trips() {
+    let docs = crate::manifest::parse_manifests(&deployment_yaml("", "{app: web}", "Always"))
+        .expect("parses");
+    let d = docs[0].clone();
+    let bytes = postcard::to_allocvec(&d).expect("encodes");
+    let back: Object = postcard::from_bytes(&bytes).expect("decodes");
+    assert_eq!(back, d);
+    let Object::Deployment(stored) = d else {
+        panic!("a deployment")
+    };
+    let mut moved = stored.clone();
+    moved
+        .spec
+        .selector
+        .match_labels
+        .insert("tier".into(), "x".into());
+    let err = Deployment::merge(&stored, moved, false).expect_err("selector is fixed");
+    assert!(err.contains("spec.selector may not change"), "{err}");
+    // Replicas 0 survives the wire (left out only when absent).
+    let mut zero = stored.clone();
+    zero.spec.replicas = Some(0);
+    let o: Object = zero.into();
+    let back: Object =
+        postcard::from_bytes(&postcard::to_allocvec(&o).expect("encodes")).expect("decodes");
+    assert_eq!(
+        back.as_kind::<Deployment>().and_then(|d| d.spec.replicas),
+        Some(0)
+    );
+    // The template hash ignores its own label.
+    let mut t = stored.spec.template.clone();
+    let h = t.hash();
+    t.metadata
+        .labels
+        .insert(workload::POD_TEMPLATE_HASH.into(), h.clone());
+    assert_eq!(t.hash(), h);
+    assert_eq!(h.len(), 10);
 }

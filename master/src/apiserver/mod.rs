@@ -37,7 +37,7 @@ use crate::store::{Command, Outcome, Refusal, Store, StoreError};
 use admission::{invalid, not_found, Lookup};
 use authz::{authorize, node_may_read};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, ListOptions, WatchEvent, WatchOptions, MAX_STATUS_BATCH,
+    ApiError, ErrorCode, ListOptions, Propagation, WatchEvent, WatchOptions, MAX_STATUS_BATCH,
 };
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
@@ -300,7 +300,8 @@ impl ApiServer {
         }
     }
 
-    /// Deletes an object (compare-and-swap when `resource_version` is not 0).
+    /// Deletes an object (compare-and-swap when `resource_version` is not
+    /// 0); the garbage collector deletes what it owned.
     pub async fn delete(
         &self,
         caller: &Caller,
@@ -309,15 +310,48 @@ impl ApiServer {
         name: &str,
         resource_version: u64,
     ) -> Result<Object, ApiError> {
+        self.delete_with(
+            caller,
+            kind,
+            namespace,
+            name,
+            resource_version,
+            Propagation::Background,
+        )
+        .await
+    }
+
+    /// Deletes an object, and says what becomes of what it owned: deleted
+    /// by the garbage collector soon after (background), or kept without
+    /// the reference, in the same write (orphan).
+    pub async fn delete_with(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+        propagation: Propagation,
+    ) -> Result<Object, ApiError> {
         authorize(
             caller,
             &Verb::object(Action::Delete, kind, namespace, name, None),
         )?;
-        let cmd = Command::Delete {
-            kind,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            expected_rv: (resource_version != 0).then_some(resource_version),
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        let expected_rv = (resource_version != 0).then_some(resource_version);
+        let cmd = match propagation {
+            Propagation::Background => Command::Delete {
+                kind,
+                namespace,
+                name,
+                expected_rv,
+            },
+            Propagation::Orphan => Command::DeleteOrphaning {
+                kind,
+                namespace,
+                name,
+                expected_rv,
+            },
         };
         match self.apply(cmd).await? {
             Outcome::Deleted(o) => Ok(o),

@@ -2,15 +2,51 @@
 //! node lifecycle, module collection) and the cache they share when this master becomes the leader,
 //! and stops them when it is no longer.
 
+pub mod deployment;
+pub mod gc;
 pub mod node_lifecycle;
+pub mod replicaset;
 pub mod runtime;
 pub mod scheduler;
 
 use crate::apiserver::ApiServer;
 use crate::modules;
+use flotilla_api::Kind;
 use node_lifecycle as lifecycle;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// Waits until this master has applied everything committed before it
+/// became the leader (a linearizable read point), trying again until it
+/// works or `shutdown`; false on shutdown.
+async fn caught_up_with_commits(api: &ApiServer, shutdown: &CancellationToken) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match api.before_read(false).await {
+            Ok(()) => return true,
+            Err(e) => tracing::info!(error = %e, "controllers wait for this master to catch up"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The kinds the controllers' shared cache holds.
+const KINDS: [Kind; 6] = [
+    Kind::Pod,
+    Kind::Node,
+    Kind::Module,
+    Kind::PriorityClass,
+    Kind::ReplicaSet,
+    Kind::Deployment,
+];
+
+/// Workers of each key-by-key controller (keys are worked on concurrently,
+/// one key never twice at once).
+const WORKERS: usize = 4;
 
 /// Runs the scheduler, the node lifecycle and module collection while this
 /// master is the leader, and stops them when it is not: two leaders'
@@ -42,13 +78,53 @@ pub(crate) async fn run_while_leading(
                 let child = shutdown.child_token();
                 // One cache of pods, nodes and modules, shared by the
                 // controllers that read them.
-                let cache = runtime::Cache::new(&scheduler::KINDS);
+                let cache = runtime::Cache::new(&KINDS);
                 tracker.spawn({
-                    let (cache, store, child) = (cache.clone(), api.store.clone(), child.clone());
-                    async move { cache.run(store, child).await }
+                    let (cache, api, child) = (cache.clone(), api.clone(), child.clone());
+                    async move {
+                        // A new leader may not have applied every entry the
+                        // old one committed: controllers that counted from
+                        // such a view would make pods that already exist.
+                        if caught_up_with_commits(&api, &child).await {
+                            cache.run(api.store.clone(), child).await
+                        }
+                    }
                 });
                 tracker.spawn(scheduler::run(api.clone(), cache.clone(), child.clone()));
-                tracker.spawn(lifecycle::run(api.clone(), cache, grace, child.clone()));
+                tracker.spawn(lifecycle::run(
+                    api.clone(),
+                    cache.clone(),
+                    grace,
+                    child.clone(),
+                ));
+                let (a, c) = (api.clone(), cache.clone());
+                tracker.spawn(runtime::drive(
+                    std::sync::Arc::new(replicaset::ReplicaSets {
+                        api: a.clone(),
+                        cache: c.clone(),
+                    }),
+                    c.clone(),
+                    WORKERS,
+                    child.clone(),
+                ));
+                tracker.spawn(runtime::drive(
+                    std::sync::Arc::new(deployment::Deployments {
+                        api: a.clone(),
+                        cache: c.clone(),
+                    }),
+                    c.clone(),
+                    WORKERS,
+                    child.clone(),
+                ));
+                tracker.spawn(runtime::drive(
+                    std::sync::Arc::new(gc::Collector {
+                        api: a,
+                        cache: c.clone(),
+                    }),
+                    c,
+                    WORKERS,
+                    child.clone(),
+                ));
                 tracker.spawn(modules::run(
                     api.store.clone(),
                     raft.clone(),

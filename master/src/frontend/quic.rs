@@ -267,6 +267,23 @@ async fn handle(
             api.delete(caller, kind, &namespace, &name, resource_version)
                 .await?,
         ),
+        Request::DeleteWith {
+            kind,
+            namespace,
+            name,
+            resource_version,
+            propagation,
+        } => Response::Object(
+            api.delete_with(
+                caller,
+                kind,
+                &namespace,
+                &name,
+                resource_version,
+                propagation,
+            )
+            .await?,
+        ),
         Request::Watch(opts) => return Box::pin(watch_events(send, api, caller, opts)).await,
         Request::PutModule {
             digest,

@@ -116,6 +116,17 @@ pub enum Command {
         node: String,
         at: Time,
     },
+    /// Deletes an object as [`Command::Delete`] does and, in the same
+    /// write, removes the references to it from the objects it owned in
+    /// its namespace, which stay (deletion with `--cascade=orphan`). The
+    /// owner goes first, so a controller that sees a dependent without its
+    /// owner never finds the owner there to adopt it again.
+    DeleteOrphaning {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        expected_rv: Option<u64>,
+    },
 }
 
 /// What a command did.

@@ -85,6 +85,12 @@ impl<'t> Machine<'t> {
                 node,
                 at,
             } => self.bind(&namespace, &name, &uid, &node, at),
+            Command::DeleteOrphaning {
+                kind,
+                namespace,
+                name,
+                expected_rv,
+            } => self.delete_orphaning(kind, &namespace, &name, expected_rv),
             Command::DiscardUpload { digest } => {
                 // Once committed, the staged chunks are the module's bytes.
                 if !self.is_stored(&digest)? {
@@ -219,7 +225,7 @@ impl<'t> Machine<'t> {
             let users = self.pods_using(&m.spec.digest)?;
             if let Some(first) = users.first() {
                 return Err(StoreError::invalid(format!(
-                    "{display} is used by {} pod(s), first {first}: delete them first \
+                    "{display} is used by {} pod(s) or pod template(s), first {first}: delete them first \
                      (a module no pod uses is removed on its own after --module-grace)",
                     users.len()
                 )));
@@ -232,6 +238,48 @@ impl<'t> Machine<'t> {
             .map_err(db("removing an object"))?;
         self.record(EventType::Deleted, stored.clone())?;
         Ok(Outcome::Deleted(stored))
+    }
+
+    fn delete_orphaning(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        expected_rv: Option<u64>,
+    ) -> Result<Outcome, StoreError> {
+        let out = self.delete(kind, namespace, name, expected_rv)?;
+        let Outcome::Deleted(owner) = &out else {
+            return Ok(out);
+        };
+        let uid = owner.meta().uid.clone();
+        if namespace.is_empty() || uid.is_empty() {
+            return Ok(out);
+        }
+        for dependent_kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
+            let prefix = key_prefix(*dependent_kind, Some(namespace));
+            let mut owned = Vec::new();
+            for entry in self
+                .objects
+                .range(prefix.as_bytes()..)
+                .map_err(db("listing dependents"))?
+            {
+                let (k, v) = entry.map_err(db("listing dependents"))?;
+                if !k.value().starts_with(prefix.as_bytes()) {
+                    break;
+                }
+                let o: Object = decode_value("objects", k.value(), v.value())?;
+                if o.meta().owner_references.iter().any(|r| r.uid == uid) {
+                    owned.push(o);
+                }
+            }
+            for mut o in owned {
+                o.meta_mut().owner_references.retain(|r| r.uid != uid);
+                o.meta_mut().resource_version = self.next_revision();
+                self.put_object(&o.key(), &o)?;
+                self.record(EventType::Modified, o)?;
+            }
+        }
+        Ok(out)
     }
 
     fn put_module(
@@ -321,22 +369,25 @@ impl<'t> Machine<'t> {
     }
 
     /// The pods whose `spec.module` is `digest`, as `namespace/name`.
+    /// The objects that run `digest` or make pods that do (templates).
     fn pods_using(&self, digest: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = key_prefix(Kind::Pod, None);
         let mut users = Vec::new();
-        for entry in self
-            .objects
-            .range(prefix.as_bytes()..)
-            .map_err(db("listing pods"))?
-        {
-            let (k, v) = entry.map_err(db("listing pods"))?;
-            let key = k.value();
-            if !key.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            if let Object::Pod(p) = decode_value("objects", key, v.value())? {
-                if p.spec.module == digest {
-                    users.push(format!("{}/{}", p.metadata.namespace, p.metadata.name));
+        for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+            let prefix = key_prefix(kind, None);
+            for entry in self
+                .objects
+                .range(prefix.as_bytes()..)
+                .map_err(db("listing module users"))?
+            {
+                let (k, v) = entry.map_err(db("listing module users"))?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_bytes()) {
+                    break;
+                }
+                let o: Object = decode_value("objects", key, v.value())?;
+                if o.module() == Some(digest) {
+                    let m = o.meta();
+                    users.push(format!("{}/{}/{}", kind.plural(), m.namespace, m.name));
                 }
             }
         }

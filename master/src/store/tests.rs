@@ -2160,3 +2160,66 @@ fn a_binding_places_a_pod_and_marks_it_scheduled_in_one_write() {
         Err(StoreError::Refused(Refusal::NotFound(_)))
     ));
 }
+
+#[test]
+fn deleting_with_orphans_keeps_the_dependents_without_the_reference() {
+    use flotilla_api::meta::OwnerReference;
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let mut rs = objects::ReplicaSet {
+        metadata: ObjectMeta::named("default", "web-1"),
+        ..Default::default()
+    };
+    rs.metadata.uid = "rs-uid".into();
+    create(&store, Object::ReplicaSet(rs));
+    let owned = |name: &str, ns: &str, uids: &[&str]| {
+        let mut p = pod(ns, name, &[]);
+        p.metadata.owner_references = uids
+            .iter()
+            .map(|u| OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: "web-1".into(),
+                uid: (*u).into(),
+                controller: *u == "rs-uid",
+            })
+            .collect();
+        create(&store, p);
+    };
+    owned("a", "default", &["rs-uid"]);
+    owned("b", "default", &["rs-uid", "other"]);
+    owned("c", "default", &["other"]);
+    owned("d", "elsewhere", &["rs-uid"]);
+    let before = store.revision().unwrap();
+    let out = store.apply(Command::DeleteOrphaning {
+        kind: Kind::ReplicaSet,
+        namespace: "default".into(),
+        name: "web-1".into(),
+        expected_rv: None,
+    });
+    assert!(matches!(out, Ok(Outcome::Deleted(_))), "{out:?}");
+    assert!(store
+        .get(Kind::ReplicaSet, "default", "web-1")
+        .unwrap()
+        .is_none());
+    let refs = |ns: &str, name: &str| -> Vec<String> {
+        store
+            .get(Kind::Pod, ns, name)
+            .unwrap()
+            .expect("kept")
+            .meta()
+            .owner_references
+            .iter()
+            .map(|r| r.uid.clone())
+            .collect()
+    };
+    assert!(refs("default", "a").is_empty());
+    assert_eq!(refs("default", "b"), ["other"]);
+    assert_eq!(refs("default", "c"), ["other"]);
+    assert_eq!(
+        refs("elsewhere", "d"),
+        ["rs-uid"],
+        "only the owner's namespace"
+    );
+    // The delete, then one write per dependent changed.
+    assert_eq!(store.revision().unwrap(), before + 3);
+}

@@ -70,9 +70,9 @@ pub fn admit_create(
     now: Time,
 ) -> Result<Object, ApiError> {
     check_valid(&obj)?;
+    check_module(lookup, &obj)?;
     match &mut obj {
         Object::Pod(p) => {
-            check_module(lookup, &p.spec.module)?;
             resolve_priority(p, lookup)?;
             p.status = Default::default();
         }
@@ -120,8 +120,8 @@ pub fn admit_update(
             n.metadata.resource_version = stored.metadata.resource_version;
         }
     }
+    check_module(lookup, &obj)?;
     if let Object::Pod(p) = &mut obj {
-        check_module(lookup, &p.spec.module)?;
         if let Some(Object::Pod(stored)) = stored {
             p.spec.keep_server_fields(&stored.spec);
             check_pod_update(stored, p)?;
@@ -198,16 +198,25 @@ pub fn check_pod_update(stored: &Pod, new: &Pod) -> Result<(), ApiError> {
     }
 }
 
-/// A pod runs an uploaded module, named by its digest.
-fn check_module(lookup: &dyn Lookup, module: &str) -> Result<(), ApiError> {
+/// An object that runs a module (a pod, or a template's pods) names an
+/// uploaded one, by its digest.
+fn check_module(lookup: &dyn Lookup, obj: &Object) -> Result<(), ApiError> {
+    let Some(module) = obj.module() else {
+        return Ok(());
+    };
+    let field = if obj.kind() == Kind::Pod {
+        "spec.module"
+    } else {
+        "spec.template.spec.module"
+    };
     if !is_digest(module) {
         return Err(invalid(format!(
-            "spec.module: {module:?} is not an uploaded module digest; `flotilla apply` uploads local .wasm files and rewrites the path"
+            "{field}: {module:?} is not an uploaded module digest; `flotilla apply` uploads local .wasm files and rewrites the path"
         )));
     }
     match lookup.get(Kind::Module, "", &module_name(module))? {
         Some(_) => Ok(()),
-        None => Err(invalid(format!("spec.module: module {module} is not uploaded; apply the manifest with a local path so the CLI uploads it"))),
+        None => Err(invalid(format!("{field}: module {module} is not uploaded; apply the manifest with a local path so the CLI uploads it"))),
     }
 }
 

@@ -9,6 +9,10 @@
 //! Time is tokio's: tests run the queue and the informer on paused time
 //! (`#[tokio::test(start_paused = true)]`) and never sleep.
 
+mod drive;
+
+pub use drive::{drive, Reconciler};
+
 use crate::store::{Refusal, Store, StoreError};
 use flotilla_api::protocol::{EventType, WatchEvent};
 use flotilla_api::selector::Selector;
@@ -119,6 +123,15 @@ impl CacheState {
             .map(|(_, o)| o)
     }
 
+    /// Every object of a kind in a namespace.
+    pub fn in_namespace(&self, kind: Kind, namespace: &str) -> impl Iterator<Item = &Arc<Object>> {
+        let prefix = flotilla_api::objects::key_prefix(kind, Some(namespace));
+        self.objects
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, o)| o)
+    }
+
     /// The pods bound to a node.
     pub fn on_node(&self, node: &str) -> impl Iterator<Item = &Arc<Object>> {
         self.lookup(self.by_node.get(node))
@@ -161,6 +174,8 @@ pub struct Cache {
     state: Arc<RwLock<CacheState>>,
     changes: broadcast::Sender<Change>,
     synced: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The revision the cache has reached, for [`Cache::caught_up`].
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How many changes a slow subscriber may lag before it is told to look at
@@ -174,7 +189,20 @@ impl Cache {
             state: Arc::default(),
             changes: broadcast::channel(CHANGES).0,
             synced: Arc::new(tokio::sync::watch::channel(false).0),
+            revision: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// Waits until the cache has seen the store's `revision` (a write's
+    /// resourceVersion): a controller that wrote something waits for it
+    /// here before it plans the same object again, so it never plans from
+    /// a view without its own writes (it would create the same pods twice).
+    /// False if `limit` passed first.
+    pub async fn caught_up(&self, revision: u64, limit: Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Reads the cache.
@@ -237,6 +265,7 @@ impl Cache {
         // was, and replaying an event the list already holds is harmless.
         let mut watch = store.watch(revision)?;
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.revision.send_if_modified(|r| bump(r, revision));
         let _ = self.changes.send(Change::Relisted);
         self.synced.send_replace(true);
         loop {
@@ -253,6 +282,8 @@ impl Cache {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             state.revision = state.revision.max(ev.revision);
             if !relevant {
+                drop(state);
+                self.revision.send_if_modified(|r| bump(r, ev.revision));
                 return;
             }
             match ev.kind {
@@ -260,12 +291,19 @@ impl Cache {
                 _ => state.insert(new.clone()),
             }
         };
+        self.revision.send_if_modified(|r| bump(r, ev.revision));
         let _ = self.changes.send(Change::Event {
             kind: ev.kind,
             old,
             new,
         });
     }
+}
+
+fn bump(at: &mut u64, revision: u64) -> bool {
+    let moved = revision > *at;
+    *at = (*at).max(revision);
+    moved
 }
 
 /// Exponential back-off: doubles from `base` to `max`.

@@ -1,0 +1,356 @@
+//! Deployments and ReplicaSets end to end: the real `flotilla` binary as
+//! master and nodes on loopback, driven the way a user drives them
+//! (`apply`, `rollout status|history|undo`, `scale`, `delete --cascade`).
+//! The planning functions are tested as tables in `master/src/controllers`.
+
+mod common;
+
+use common::{wait_for, Cluster};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+
+/// A Deployment of the `version` sample: `release` is `v1` or `v2`, `args`
+/// its arguments, `extra` more lines of the spec (indented two spaces).
+fn deployment(name: &str, replicas: u32, release: &str, args: &[&str], extra: &str) -> String {
+    let module = flotilla_workloads::path(&format!("version-{release}"));
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  minReadySeconds: 1
+{extra}  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      module: {}
+      args: [{}]
+      restartPolicy: Always
+      resources:
+        limits: {{memory: 32Mi}}
+",
+        module.display(),
+        args.join(", ")
+    )
+}
+
+fn apply(c: &Cluster, file: &str, text: &str) -> String {
+    let path = c.manifest(file, text);
+    c.ok(&["apply", "-f", path.to_str().expect("utf8")])
+}
+
+/// The pods of `app` as JSON objects.
+fn pods(c: &Cluster, app: &str) -> Vec<serde_json::Value> {
+    let out = c.run(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+    if !out.status.success() || out.stdout.is_empty() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    items(v)
+}
+
+/// The objects of a `get -o json` answer: a list's items, or the one object.
+fn items(v: serde_json::Value) -> Vec<serde_json::Value> {
+    match v.get("items") {
+        Some(serde_json::Value::Array(items)) => items.clone(),
+        _ if v.get("kind").is_some() => vec![v],
+        _ => Vec::new(),
+    }
+}
+
+fn is_ready(p: &serde_json::Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == true)
+    })
+}
+
+/// Ready pods of `app` by module digest.
+fn ready_by_module(c: &Cluster, app: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for p in pods(c, app).iter().filter(|p| is_ready(p)) {
+        *out.entry(p["spec"]["module"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn digest_of(release: &str) -> String {
+    use sha2::Digest;
+    let bytes =
+        std::fs::read(flotilla_workloads::path(&format!("version-{release}"))).expect("module");
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// Waits until `app` has exactly `n` pods, all ready, all of `release`.
+fn wait_settled(c: &Cluster, app: &str, n: usize, release: &str) {
+    let digest = digest_of(release);
+    wait_for(&format!("{n} ready pods of {app} at {release}"), T, || {
+        let all = pods(c, app);
+        (all.len() == n
+            && all
+                .iter()
+                .all(|p| is_ready(p) && p["spec"]["module"] == digest.as_str()))
+        .then_some(())
+    });
+}
+
+fn rollout_status(c: &Cluster, name: &str) -> std::process::Output {
+    c.run(&[
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        "--timeout",
+        "90s",
+    ])
+}
+
+#[test]
+fn a_deployment_spreads_rolls_out_without_dipping_below_its_floor_rolls_back_and_scales() {
+    let mut c = Cluster::start("20s");
+    for n in ["n1", "n2", "n3"] {
+        c.start_node(n);
+    }
+    for n in ["n1", "n2", "n3"] {
+        c.wait_node_ready(n, "Ready", T);
+    }
+    let strategy = "  strategy:\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 1}\n";
+    let out = apply(&c, "v1.yaml", &deployment("web", 6, "v1", &[], strategy));
+    assert!(out.contains("deployment/web created"), "{out}");
+    let status = rollout_status(&c, "web");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&status.stdout)
+            .contains("deployment \"web\" successfully rolled out"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    wait_settled(&c, "web", 6, "v1");
+    // Spread: two on each node (the scheduler spreads one owner's pods).
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in pods(&c, "web") {
+        *per_node
+            .entry(p["spec"]["nodeName"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+    let table = c.ok(&["get", "deploy"]);
+    assert!(table.contains("web") && table.contains("6/6"), "{table}");
+    let rs = c.ok(&["get", "rs"]);
+    assert_eq!(rs.lines().count(), 2, "{rs}");
+
+    // Roll out v2 while another thread counts ready pods the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let lowest = Arc::new(AtomicU64::new(u64::MAX));
+    let samples = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (stop, lowest, samples) = (stop.clone(), lowest.clone(), samples.clone());
+        let config = c.config.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let out =
+                    common::run_flotilla(&["get", "pods", "-l", "app=web", "-o", "json"], &config);
+                if out.status.success() && !out.stdout.is_empty() {
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+                    let ready = items(v).iter().filter(|p| is_ready(p)).count();
+                    lowest.fetch_min(ready as u64, Ordering::SeqCst);
+                    samples.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let out = apply(&c, "v2.yaml", &deployment("web", 6, "v2", &[], strategy));
+    assert!(out.contains("deployment/web configured"), "{out}");
+    let status = rollout_status(&c, "web");
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().expect("watcher");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    wait_settled(&c, "web", 6, "v2");
+    let lowest = lowest.load(Ordering::SeqCst);
+    assert!(
+        samples.load(Ordering::SeqCst) > 5,
+        "the watcher saw the rollout"
+    );
+    assert!(
+        lowest >= 5,
+        "at most maxUnavailable = 1 of 6 pods may be missing; saw {lowest} ready"
+    );
+    let pod = pods(&c, "web")[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    wait_for("the v2 pod's log", T, || {
+        c.ok(&["logs", &pod]).contains("version v2").then_some(())
+    });
+
+    // History and undo.
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    let out = c.ok(&["rollout", "undo", "deployment/web"]);
+    assert!(out.contains("rolled back (to revision 1)"), "{out}");
+    assert!(rollout_status(&c, "web").status.success());
+    wait_settled(&c, "web", 6, "v1");
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        revisions,
+        ["2", "3"],
+        "the old set comes back as revision 3: {history}"
+    );
+
+    // Scale down and up.
+    for n in [2, 8] {
+        c.ok(&["scale", "deploy/web", "--replicas", &n.to_string()]);
+        wait_settled(&c, "web", n, "v1");
+    }
+    assert!(rollout_status(&c, "web").status.success());
+    let all = c.ok(&["get", "all"]);
+    assert!(
+        all.contains("deployment/web") && all.contains("pod/web-"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_bad_release_stops_at_its_progress_deadline_with_the_old_pods_serving() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let extra = "  progressDeadlineSeconds: 8\n  strategy:\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 1}\n";
+    apply(&c, "good.yaml", &deployment("api", 4, "v1", &[], extra));
+    assert!(rollout_status(&c, "api").status.success());
+    wait_settled(&c, "api", 4, "v1");
+    apply(
+        &c,
+        "bad.yaml",
+        &deployment("api", 4, "v2", &["exit", "1"], extra),
+    );
+    let status = rollout_status(&c, "api");
+    assert!(
+        !status.status.success(),
+        "a crashing release must not succeed"
+    );
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        err.contains("deployment \"api\" exceeded its progress deadline"),
+        "{err}"
+    );
+    let ready = ready_by_module(&c, "api");
+    assert_eq!(
+        ready.get(&digest_of("v1")),
+        Some(&3),
+        "4 − maxUnavailable old pods still serve: {ready:?}"
+    );
+    let d = c.get_json("deploy", "api").expect("deployment");
+    let progressing = d["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
+        .expect("Progressing");
+    assert_eq!(progressing["status"], "False", "{progressing}");
+    assert_eq!(
+        progressing["reason"], "ProgressDeadlineExceeded",
+        "{progressing}"
+    );
+    // Undo brings the good release back.
+    c.ok(&["rollout", "undo", "deployment/api"]);
+    assert!(rollout_status(&c, "api").status.success());
+    wait_settled(&c, "api", 4, "v1");
+}
+
+#[test]
+fn deleting_an_owner_deletes_what_it_owns_unless_told_to_orphan_it() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    apply(&c, "a.yaml", &deployment("keep", 2, "v1", &[], ""));
+    apply(&c, "b.yaml", &deployment("gone", 2, "v1", &[], ""));
+    wait_settled(&c, "keep", 2, "v1");
+    wait_settled(&c, "gone", 2, "v1");
+
+    // Background (the default): the ReplicaSet and the pods follow.
+    let out = c.ok(&["delete", "deploy", "gone"]);
+    assert!(out.contains("deployment \"gone\" deleted"), "{out}");
+    wait_for("the pods of a deleted deployment to go", T, || {
+        pods(&c, "gone").is_empty().then_some(())
+    });
+    wait_for("its replica set to go", T, || {
+        let rs = c.ok(&["get", "rs", "-o", "json"]);
+        (!rs.contains("\"gone-")).then_some(())
+    });
+
+    // Orphan: the ReplicaSet stays, without its owner, and keeps its pods.
+    let before: Vec<String> = pods(&c, "keep")
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    c.ok(&["delete", "deploy", "keep", "--cascade=orphan"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<String> = pods(&c, "keep")
+        .iter()
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(before, after, "orphaned pods stay as they were");
+    let rs = c.ok(&["get", "rs", "-o", "json"]);
+    let sets = items(serde_json::from_str(&rs).expect("json"));
+    assert_eq!(sets.len(), 1, "{rs}");
+    let set = sets[0].clone();
+    assert!(
+        set["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("keep-"),
+        "{set}"
+    );
+    assert!(
+        set["metadata"]["ownerReferences"].is_null(),
+        "no owner left: {set}"
+    );
+    // The orphaned set still keeps its count: a pod deleted is replaced.
+    let victim = after[0].clone();
+    c.ok(&["delete", "pod", &victim]);
+    wait_for("the orphaned set to replace its pod", T, || {
+        let now = pods(&c, "keep");
+        (now.len() == 2 && now.iter().all(|p| p["metadata"]["name"] != victim.as_str()))
+            .then_some(())
+    });
+}
