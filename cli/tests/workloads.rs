@@ -354,3 +354,90 @@ fn deleting_an_owner_deletes_what_it_owns_unless_told_to_orphan_it() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_lost_nodes_pods_run_elsewhere_after_their_toleration_and_it_stops_them_when_back() {
+    let mut c = Cluster::start("3s");
+    for n in ["n1", "n2"] {
+        c.start_node(n);
+    }
+    for n in ["n1", "n2"] {
+        c.wait_node_ready(n, "Ready", T);
+    }
+    // Two replicas, one on each node (spread by owner), that leave an
+    // unreachable node after 2 s; and a pod without an owner on n2.
+    let tolerate = "      tolerations:\n        - {key: node.flotilla.dev/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n";
+    let yaml = deployment("web", 2, "v1", &[], "").replace(
+        "      restartPolicy: Always\n",
+        &format!("      restartPolicy: Always\n{tolerate}"),
+    );
+    apply(&c, "web.yaml", &yaml);
+    wait_settled(&c, "web", 2, "v1");
+    let lone = format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: lone\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n  tolerations:\n    - {{key: node.flotilla.dev/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}\n",
+        flotilla_workloads::path("version-v1").display()
+    );
+    apply(&c, "lone.yaml", &lone);
+    c.wait_phase("lone", "Running", T);
+    let on_n2: Vec<String> = pods(&c, "web")
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "n2")
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(on_n2.len(), 1, "one replica on each node");
+
+    c.kill_node("n2");
+    let killed = std::time::Instant::now();
+    // NotReady after the 3 s grace, tainted, evicted 2 s later, replaced on n1.
+    wait_for("the replica of n2 to run on n1", T, || {
+        let all = pods(&c, "web");
+        (all.len() == 2
+            && all
+                .iter()
+                .all(|p| is_ready(p) && p["spec"]["nodeName"] == "n1"))
+        .then_some(())
+    });
+    let moved_in = killed.elapsed();
+    let node = c.get_json("node", "n2").expect("node");
+    let taints = node["spec"]["taints"].to_string();
+    assert!(
+        taints.contains("node.flotilla.dev/unreachable") && taints.contains("NoExecute"),
+        "{taints}"
+    );
+    wait_for("the pod without an owner to be marked Failed", T, || {
+        (c.pod_field("lone", "phase") == "Failed" && c.pod_field("lone", "reason") == "NodeLost")
+            .then_some(())
+    });
+    eprintln!("replaced {moved_in:?} after the kill (grace 3 s + toleration 2 s)");
+
+    // n2 comes back: it stops its stale copies, and its taint goes.
+    c.start_node("n2");
+    c.wait_node_ready("n2", "Ready", T);
+    wait_for("n2 to stop the evicted replica", T, || {
+        let log = c.node_log("n2");
+        on_n2
+            .iter()
+            .all(|p| {
+                log.contains(&format!(
+                    "stopping a pod no longer bound to this node pod=default/{p}"
+                ))
+            })
+            .then_some(())
+    });
+    wait_for("n2's taint to go", T, || {
+        let node = c.get_json("node", "n2").expect("node");
+        (!node["spec"]["taints"].to_string().contains("unreachable")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        c.pod_field("lone", "phase"),
+        "Failed",
+        "n2 does not bring the evicted pod back"
+    );
+    assert_eq!(pods(&c, "web").len(), 2, "nothing runs twice");
+}

@@ -58,6 +58,9 @@ pub struct NodeConfig {
 
 /// How often the node tells the master it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The reason the master gives a pod it evicted from a lost node without
+/// an owner to replace it (and pods of a node not ready, while it is not).
+const NODE_LOST: &str = "NodeLost";
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
 /// The first wait after a failure (before jitter), and the wait after a
@@ -101,10 +104,13 @@ impl Agent {
     /// Makes sure a worker runs `pod` (replacing one for an older pod of the same name).
     fn ensure(&mut self, pod: Pod) {
         let key = pod_key(&pod);
+        // Evicted while this node was out of reach (its owner-less pods are
+        // marked Failed, NodeLost, by the master): stop it and keep it ended.
+        let evicted = pod.status.phase == PodPhase::Failed && pod.status.reason == NODE_LOST;
         if let Some(w) = self
             .workers
             .get(&key)
-            .filter(|w| w.uid == pod.metadata.uid && !w.task.is_finished())
+            .filter(|w| w.uid == pod.metadata.uid && !w.task.is_finished() && !evicted)
         {
             // The master marked the pod Unknown while this node was out of
             // reach; nodes never report Unknown, so the real status is ours.
@@ -128,6 +134,7 @@ impl Agent {
     /// Stops and forgets a pod that is no longer bound here.
     fn remove(&mut self, key: &str) {
         if let Some(w) = self.workers.remove(key) {
+            tracing::info!(pod = %key, "stopping a pod no longer bound to this node");
             w.stop.cancel();
         }
         if let Some((ns, name)) = key.split_once('/') {

@@ -3,6 +3,7 @@
 //! and stops them when it is no longer.
 
 pub mod deployment;
+pub mod eviction;
 pub mod gc;
 pub mod node_lifecycle;
 pub mod replicaset;
@@ -111,6 +112,19 @@ pub(crate) async fn run_while_leading(
                     std::sync::Arc::new(deployment::Deployments {
                         api: a.clone(),
                         cache: c.clone(),
+                    }),
+                    c.clone(),
+                    WORKERS,
+                    child.clone(),
+                ));
+                tracker.spawn(runtime::drive(
+                    std::sync::Arc::new(eviction::Evictions {
+                        api: a.clone(),
+                        cache: c.clone(),
+                        default_toleration: eviction::DEFAULT_TOLERATION,
+                        bucket: std::sync::Mutex::new(eviction::Bucket::new(
+                            tokio::time::Instant::now(),
+                        )),
                     }),
                     c.clone(),
                     WORKERS,

@@ -155,6 +155,28 @@ pub fn admit_status(caller: &Caller, obj: Object, stored: &Object) -> Result<Obj
                     ),
                 ));
             }
+            // An ended pod stays ended: a node that was out of reach while
+            // the master evicted its pod (Failed, NodeLost) may still report
+            // it running when it comes back.
+            if caller.node().is_some()
+                && old.status.phase.is_terminal()
+                && new.status.phase != old.status.phase
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "pod {}/{} has ended ({}{}); its phase no longer changes: drop this status and stop the pod",
+                        m.namespace,
+                        m.name,
+                        old.status.phase,
+                        if old.status.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", old.status.reason)
+                        }
+                    ),
+                ));
+            }
             // Conditions the master set (PodScheduled) survive a node's report that lacks them.
             for c in &old.status.conditions {
                 if new.status.condition(&c.type_).is_none() {

@@ -265,6 +265,27 @@ fn status_writes_table() {
             }
         }
     }
+    // An evicted pod (Failed, NodeLost) stays ended whatever its node says;
+    // the master may still change it, and the node may report it ended.
+    let mut evicted = stored.clone();
+    evicted.status.phase = flotilla_api::objects::PodPhase::Failed;
+    evicted.status.reason = "NodeLost".into();
+    let evicted: Object = evicted.into();
+    let got = admit_status(&n1, report("u-1"), &evicted);
+    assert_eq!(code(&got), Some(ErrorCode::Conflict), "{got:?}");
+    assert!(got
+        .unwrap_err()
+        .message
+        .contains("has ended (Failed, NodeLost)"));
+    assert_eq!(
+        code(&admit_status(&Caller::Admin, report("u-1"), &evicted)),
+        None
+    );
+    let mut failed_again = report("u-1");
+    if let Object::Pod(p) = &mut failed_again {
+        p.status.phase = flotilla_api::objects::PodPhase::Failed;
+    }
+    assert_eq!(code(&admit_status(&n1, failed_again, &evicted)), None);
     // A node's report of itself keeps the master's judgement of readiness.
     let mut node = Node::default();
     node.metadata.name = "n1".into();
