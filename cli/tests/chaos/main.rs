@@ -400,3 +400,122 @@ fn single_master_config(fleet: &Fleet, i: usize) -> std::path::PathBuf {
     }
     path
 }
+
+/// The digest of a sample module, as the master names it.
+fn digest_of(workload: &str) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(flotilla_workloads::path(workload)).expect("module");
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// A Deployment of the `version` sample at `release`, rolling one pod at a time.
+fn version_deployment(replicas: u32, release: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  minReadySeconds: 1
+  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      module: {}
+      restartPolicy: Always
+      resources: {{limits: {{memory: 32Mi}}}}
+",
+        flotilla_workloads::path(&format!("version-{release}")).display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_leader_killed_mid_rollout_the_new_leader_finishes_it_without_extra_pods() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::loopback(3);
+    fleet.start_all();
+    fleet.start_node("n1", 0);
+    fleet.start_node("n2", 0);
+    wait_for("two ready nodes", Duration::from_secs(60), || {
+        let out = fleet.ok(&["get", "nodes"]);
+        (out.matches(" Ready ").count() == 2).then_some(())
+    });
+    let manifest = fleet.path("web.yaml");
+    std::fs::write(&manifest, version_deployment(6, "v1")).expect("manifest");
+    let apply = |fleet: &Fleet| fleet.ok(&["apply", "-f", manifest.to_str().expect("path")]);
+    apply(&fleet);
+    let done = |fleet: &Fleet| {
+        fleet
+            .cli(&["rollout", "status", "deployment/web", "--timeout", "120s"])
+            .status
+            .success()
+    };
+    assert!(done(&fleet), "v1 rolled out");
+
+    // Every pod event, as a master that stays up serves them.
+    let leader = fleet.leader();
+    let watcher_master = (leader + 1) % 3;
+    let mut watch = std::process::Command::new(common::BIN)
+        .args(["get", "pods", "-l", "app=web", "-w", "-o", "json"])
+        .env(
+            "FLOTILLA_CONFIG",
+            single_master_config(&fleet, watcher_master),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch");
+
+    std::fs::write(&manifest, version_deployment(6, "v2")).expect("manifest");
+    apply(&fleet);
+    let v2 = digest_of("version-v2");
+    // Kill the leader once the rollout has started (the new set has pods).
+    wait_for("the rollout to start", Duration::from_secs(60), || {
+        let out = fleet.ok(&["get", "pods", "-l", "app=web", "-o", "json"]);
+        (out.matches(v2.as_str()).count() >= 2).then_some(())
+    });
+    fleet.kill_master(leader);
+    assert!(done(&fleet), "the new leader finished the rollout");
+    let out = fleet.ok(&["get", "pods", "-l", "app=web", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let pods = v["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 6, "{out}");
+    assert!(pods.iter().all(|p| p["spec"]["module"] == v2.as_str()));
+
+    let _ = watch.kill();
+    let output = watch.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut names: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for value in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>() {
+        let Ok(value) = value else { break };
+        let objects = match value.get("items") {
+            Some(items) => items.as_array().cloned().unwrap_or_default(),
+            None => vec![value],
+        };
+        for p in objects {
+            names
+                .entry(p["spec"]["module"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .insert(
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+        }
+    }
+    let made = names.get(&v2).map(|s| s.len()).unwrap_or(0);
+    assert_eq!(
+        made, 6,
+        "each new replica made once across the change of leader: {names:?}"
+    );
+    let old = names
+        .get(&digest_of("version-v1"))
+        .map(|s| s.len())
+        .unwrap_or(0);
+    assert_eq!(old, 6, "no old replica made again: {names:?}");
+    fleet.restart_master(leader);
+    fleet.wait_voters(3);
+}
