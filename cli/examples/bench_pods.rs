@@ -18,35 +18,19 @@
 //!
 //! Run: `cargo run --release -p flotilla --example bench_pods`
 
+#[path = "common/procs.rs"]
+mod procs;
+
+use procs::{bin, Proc};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PODS: usize = 100;
 const SINGLE: usize = 20;
 const NODES: usize = 10;
 const FLEET_PODS: usize = 1000;
-
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/examples/bench_pods → target/<profile>/flotilla
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .expect("binary path")
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn flotilla(config: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin())

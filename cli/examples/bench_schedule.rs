@@ -24,13 +24,17 @@
 //! `BENCH_DIR=DIR` keeps the masters' data and logs, `BENCH_MASTER_LOG`
 //! sets their `FLOTILLA_LOG`).
 
+#[path = "common/procs.rs"]
+mod procs;
+
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::net::Client;
 use flotilla_api::objects::{condition, Node, Object, Pod};
 use flotilla_api::protocol::{ListOptions, Request, Response, ALPN};
 use flotilla_api::quantity::Quantity;
+use procs::{bin, cpu_seconds, env_usize, memory_mib, Proc};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,58 +44,6 @@ const ANCHOR: f64 = 810.0;
 const GOAL_RATE: f64 = 5000.0;
 const GOAL_RSS_MIB: f64 = 300.0;
 const CREATORS: usize = 64;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .expect("binary path")
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Resident and peak memory of a process, in MiB.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-            .unwrap_or(0.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// CPU seconds a process has used (user + system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // rest starts at field 3 (state); utime is field 14 → index 11.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 struct Cluster {
     dir: PathBuf,

@@ -29,11 +29,15 @@
 
 mod etcd;
 
+#[path = "../common/procs.rs"]
+mod procs;
+
 use etcd::{EtcdClient, EtcdCluster};
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::net::Client;
 use flotilla_api::objects::{Object, Pod};
 use flotilla_api::protocol::{Request, Response, ALPN};
+use procs::bin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,17 +50,6 @@ const LATENCY_ROUNDS: usize = 4;
 const THROUGHPUT_RUN: Duration = Duration::from_secs(5);
 const ATTEMPT: Duration = Duration::from_millis(100);
 const TRIALS: usize = 3;
-
-fn bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .expect("binary path")
-}
 
 fn value() -> Vec<u8> {
     (0..VALUE_SIZE).map(|i| b'a' + (i % 26) as u8).collect()

@@ -230,6 +230,15 @@ impl Reconciler for Evictions {
             else {
                 return Ok(None);
             };
+            // Most changes concern nodes with nothing to evict: stop here.
+            let no_execute = node
+                .spec
+                .taints
+                .iter()
+                .any(|t| t.effect == TaintEffect::NoExecute);
+            if !no_execute && taint_change(node).is_none() {
+                return Ok(None);
+            }
             let nodes: Vec<&Node> = state
                 .of_kind(Kind::Node)
                 .filter_map(|o| o.as_node())

@@ -78,10 +78,16 @@ impl Reconciler for Collector {
         if DEPENDENT_KINDS.contains(&new.kind()) && !new.meta().owner_references.is_empty() {
             out.push(new.key());
         }
-        // An owner changed or went: its dependents are judged again. (An
-        // owner deleted is no longer in the cache when this runs, so its
-        // dependents are found by its uid.)
-        if OWNER_KINDS.contains(&new.kind()) {
+        // An owner went (the cache, which has applied the change, no longer
+        // holds it): its dependents are judged again, found by its uid. An
+        // owner that only changed leaves them be (a ReplicaSet's status
+        // changes often, and it may own thousands of pods).
+        let gone = || {
+            state
+                .get(&new.key())
+                .is_none_or(|o| o.meta().uid != new.meta().uid)
+        };
+        if OWNER_KINDS.contains(&new.kind()) && gone() {
             out.extend(state.owned_by(&new.meta().uid).map(|o| o.key()));
         }
     }

@@ -1,0 +1,64 @@
+//! What the benchmark programs share: the `flotilla` binary they drive, the
+//! processes they start (killed when dropped), and how much memory and CPU
+//! a process has used, from /proc.
+
+#![allow(dead_code)] // Each benchmark uses some of these.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+/// The `flotilla` binary next to this program (`$FLOTILLA_BIN` overrides).
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("flotilla"))
+        .expect("binary path")
+}
+
+/// A whole number from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident and peak memory of a process, in MiB.
+pub fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// CPU seconds a process has used (user + system).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // rest starts at field 3 (state); utime is field 14 → index 11.
+    (ticks(11) + ticks(12)) / 100.0
+}
