@@ -305,8 +305,7 @@ pub async fn rollout(config: &Path, cmd: RolloutCommand) -> anyhow::Result<ExitC
             let limit = timeout
                 .map(|t| crate::commands::parse_duration(&t))
                 .transpose()?;
-            let client = connect(config).await?;
-            status(&client, &namespace, &name, limit).await
+            status(config, &namespace, &name, limit).await
         }
         RolloutCommand::History {
             target,
@@ -445,30 +444,62 @@ async fn set_paused(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Follows a rollout until it is done, printing each new state.
+/// Follows a rollout until it is done, printing each new state. A master
+/// that goes away, or a leader being elected, is waited out (connecting
+/// again, to any master): the rollout goes on without them.
 async fn status(
-    client: &Client,
+    config: &Path,
     namespace: &str,
     name: &str,
     limit: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let mut last = String::new();
+    let mut client = Some(connect(config).await?);
+    let req = Request::Get {
+        kind: Kind::Deployment,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        stale: false,
+    };
     loop {
-        let d = as_deployment(get(client, Kind::Deployment, namespace, name).await?)?;
-        match rollout_state(&d) {
-            RolloutState::Done(m) => {
-                println!("{m}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            RolloutState::Failed(m) => {
-                eprintln!("error: {m}");
-                return Ok(ExitCode::FAILURE);
-            }
-            RolloutState::Waiting(m) => {
-                if m != last {
+        let answer = match &client {
+            Some(c) => c.call(&req).await,
+            None => match connect(config).await {
+                Ok(c) => {
+                    let answer = c.call(&req).await;
+                    client = Some(c);
+                    answer
+                }
+                Err(e) => Err(NetError::Connect(e.to_string())),
+            },
+        };
+        match answer {
+            Ok(Response::Object(o)) => match rollout_state(&as_deployment(o)?) {
+                RolloutState::Done(m) => {
                     println!("{m}");
-                    last = m;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                RolloutState::Failed(m) => {
+                    eprintln!("error: {m}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                RolloutState::Waiting(m) => {
+                    if m != last {
+                        println!("{m}");
+                        last = m;
+                    }
+                }
+            },
+            Ok(other) => bail!("unexpected answer {other:?}"),
+            Err(NetError::Api(e)) if e.code != ErrorCode::Unavailable => {
+                bail!("{} ({:?})", e.message, e.code)
+            }
+            // The masters are changing leader, or this one went: again.
+            Err(e) => {
+                eprintln!("warning: {e}; trying again");
+                if !matches!(e, NetError::Api(_)) {
+                    client = None;
                 }
             }
         }
