@@ -118,6 +118,14 @@ enum Command {
     Cordon { name: String },
     /// Let new pods be placed on a cordoned node again.
     Uncordon { name: String },
+    /// Cordon a node and evict its pods: their owners make them again on
+    /// other nodes (before maintenance, or to retire the node).
+    Drain {
+        name: String,
+        /// Also delete pods no controller owns (they are not made again).
+        #[arg(long)]
+        force: bool,
+    },
     /// Join tokens for new nodes and masters.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -563,6 +571,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Taint { kind, name, taints } => nodes::taint(&config, &kind, &name, &taints).await,
         Command::Cordon { name } => nodes::cordon(&config, &name, true).await,
         Command::Uncordon { name } => nodes::cordon(&config, &name, false).await,
+        Command::Drain { name, force } => nodes::drain(&config, &name, force).await,
         Command::Token(TokenCommand::Create {
             ttl,
             description,

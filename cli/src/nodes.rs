@@ -1,13 +1,14 @@
-//! `flotilla taint`, `cordon` and `uncordon`: what an admin changes on a
-//! node's spec. Each reads the Node, changes it and writes it back with
-//! compare-and-swap, trying again if the node changed meanwhile.
+//! `flotilla taint`, `cordon`, `uncordon` and `drain`: what an admin
+//! changes on a node's spec. Each reads the Node, changes it and writes it
+//! back with compare-and-swap, trying again if the node changed meanwhile;
+//! `drain` then evicts the node's pods.
 
 use crate::commands::connect;
 use anyhow::{anyhow, bail};
 use flotilla_api::net::{Client, NetError};
 use flotilla_api::objects::{Taint, TaintEffect};
-use flotilla_api::protocol::{ApiError, ErrorCode, Request, Response};
-use flotilla_api::{Kind, Node, Object};
+use flotilla_api::protocol::{ApiError, ErrorCode, ListOptions, Request, Response};
+use flotilla_api::{Kind, Node, Object, Pod};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -179,9 +180,129 @@ pub async fn cordon(config: &Path, name: &str, unschedulable: bool) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
+/// The pods `drain` evicts, and the ones it refuses to (no controller
+/// would make them again) unless forced. Pods that ended are left alone.
+pub fn drain_plan(pods: &[Pod], force: bool) -> (Vec<&Pod>, Vec<&Pod>) {
+    let active = pods.iter().filter(|p| !p.status.phase.is_terminal());
+    let (owned, unowned): (Vec<&Pod>, Vec<&Pod>) =
+        active.partition(|p| p.metadata.owner_references.iter().any(|r| r.controller));
+    if force {
+        (owned.into_iter().chain(unowned).collect(), Vec::new())
+    } else {
+        (owned, unowned)
+    }
+}
+
+/// `flotilla drain NAME`: cordons the node, then evicts its pods (deletes
+/// them: their owners make them again on other nodes). Pods no controller
+/// owns would be gone for good: it refuses them, and evicts nothing,
+/// unless `force`.
+pub async fn drain(config: &Path, name: &str, force: bool) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    let list = Request::List(ListOptions {
+        kind: Some(Kind::Pod),
+        namespace: None,
+        label_selector: String::new(),
+        node_name: Some(name.to_string()),
+        stale: false,
+    });
+    let pods: Vec<Pod> = match client.call(&list).await {
+        Ok(Response::List { items, .. }) => {
+            items.into_iter().filter_map(|o| o.into_kind()).collect()
+        }
+        Ok(other) => bail!("unexpected answer {other:?}"),
+        Err(NetError::Api(e)) => bail!("{} ({:?})", e.message, e.code),
+        Err(e) => bail!("{e}"),
+    };
+    let (evict, refused) = drain_plan(&pods, force);
+    if !refused.is_empty() {
+        let names: Vec<String> = refused
+            .iter()
+            .map(|p| format!("{}/{}", p.metadata.namespace, p.metadata.name))
+            .collect();
+        bail!(
+            "cannot drain node/{name}: these pods have no controller to make them again elsewhere: {}; \
+             delete them, or drain with --force to delete them too",
+            names.join(", ")
+        );
+    }
+    update_node(&client, name, &|n| {
+        n.spec.unschedulable = true;
+        Ok(())
+    })
+    .await?;
+    println!("node/{name} cordoned");
+    let mut failed = false;
+    for p in evict {
+        let m = &p.metadata;
+        let req = Request::Delete {
+            kind: Kind::Pod,
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            resource_version: m.resource_version,
+        };
+        match client.call(&req).await {
+            Ok(_) => println!("pod/{} evicted", m.name),
+            // Gone or changed meanwhile (it ended, or was replaced): nothing to evict.
+            Err(NetError::Api(ApiError {
+                code: ErrorCode::NotFound | ErrorCode::Conflict,
+                ..
+            })) => {}
+            Err(e) => {
+                eprintln!("error: evicting pod/{}: {e}", m.name);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("node/{name} drained");
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drain_evicts_owned_pods_and_refuses_the_others_unless_forced() {
+        let pod = |name: &str, owned: bool, phase| {
+            let mut p = Pod::default();
+            p.metadata.name = name.into();
+            p.status.phase = phase;
+            if owned {
+                p.metadata
+                    .owner_references
+                    .push(flotilla_api::meta::OwnerReference {
+                        kind: "ReplicaSet".into(),
+                        name: "web".into(),
+                        uid: "u".into(),
+                        controller: true,
+                    });
+            }
+            p
+        };
+        use flotilla_api::objects::PodPhase::{Running, Succeeded};
+        let pods = [
+            pod("owned", true, Running),
+            pod("lone", false, Running),
+            pod("done", false, Succeeded),
+        ];
+        let names = |v: &[&Pod]| {
+            v.iter()
+                .map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        };
+        let (evict, refused) = drain_plan(&pods, false);
+        assert_eq!(
+            (names(&evict), names(&refused)),
+            (vec!["owned".to_string()], vec!["lone".to_string()])
+        );
+        let (evict, refused) = drain_plan(&pods, true);
+        assert_eq!(names(&evict), ["owned", "lone"]);
+        assert!(refused.is_empty());
+    }
 
     #[test]
     fn taint_arguments_table() {

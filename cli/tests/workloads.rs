@@ -441,3 +441,58 @@ fn a_lost_nodes_pods_run_elsewhere_after_their_toleration_and_it_stops_them_when
     );
     assert_eq!(pods(&c, "web").len(), 2, "nothing runs twice");
 }
+
+#[test]
+fn drain_moves_a_nodes_pods_and_refuses_pods_without_an_owner_unless_forced() {
+    let mut c = Cluster::start("20s");
+    for n in ["n1", "n2"] {
+        c.start_node(n);
+    }
+    for n in ["n1", "n2"] {
+        c.wait_node_ready(n, "Ready", T);
+    }
+    apply(&c, "web.yaml", &deployment("web", 4, "v1", &[], ""));
+    wait_settled(&c, "web", 4, "v1");
+    let lone = format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: lone\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n",
+        flotilla_workloads::path("version-v1").display()
+    );
+    apply(&c, "lone.yaml", &lone);
+    c.wait_phase("lone", "Running", T);
+
+    let refused = c.run(&["drain", "n2"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("default/lone") && err.contains("--force"),
+        "{err}"
+    );
+    let node = c.get_json("node", "n2").expect("node");
+    assert_ne!(
+        node["spec"]["unschedulable"], true,
+        "a refused drain changes nothing"
+    );
+
+    let out = c.ok(&["drain", "n2", "--force"]);
+    assert!(
+        out.contains("node/n2 cordoned")
+            && out.contains("pod/lone evicted")
+            && out.contains("node/n2 drained"),
+        "{out}"
+    );
+    wait_for("every replica on n1", T, || {
+        let all = pods(&c, "web");
+        (all.len() == 4
+            && all
+                .iter()
+                .all(|p| is_ready(p) && p["spec"]["nodeName"] == "n1"))
+        .then_some(())
+    });
+    assert!(
+        c.get_json("pod", "lone").is_none(),
+        "forced: the pod without an owner is gone"
+    );
+    let nodes = c.ok(&["get", "nodes"]);
+    assert!(nodes.contains("Ready,SchedulingDisabled"), "{nodes}");
+    c.ok(&["uncordon", "n2"]);
+}
