@@ -864,14 +864,142 @@ pub async fn describe(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Most pods `logs -l` reads at once.
+const MAX_LOG_PODS: usize = 20;
+
 pub async fn logs(
     config: &Path,
-    pod: &str,
+    target: Option<&str>,
+    selector: Option<&str>,
     namespace: &str,
     follow: bool,
     tail: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     let client = connect(config).await?;
+    let pods = match (target, selector) {
+        (Some(_), Some(_)) => bail!("name a pod (or deploy/NAME) or give -l SELECTOR, not both"),
+        (None, None) => bail!("name a pod, e.g. `flotilla logs web`, `flotilla logs deploy/web`, or `flotilla logs -l app=web`"),
+        (Some(t), None) => vec![log_target(&client, t, namespace).await?],
+        (None, Some(sel)) => {
+            flotilla_api::selector::Selector::parse(sel)?;
+            let (_, items) = list_all(
+                &client,
+                ListOptions {
+                    kind: Some(Kind::Pod),
+                    namespace: Some(namespace.to_string()),
+                    label_selector: sel.to_string(),
+                    node_name: None,
+                    stale: false,
+                },
+            )
+            .await?;
+            let names: Vec<String> = items
+                .iter()
+                .filter_map(|o| o.as_pod())
+                .filter(|p| p.spec.node_name.is_some())
+                .map(|p| p.metadata.name.clone())
+                .collect();
+            if names.is_empty() {
+                bail!("no pod selected by {sel:?} in namespace {namespace} runs on a node");
+            }
+            if names.len() > MAX_LOG_PODS {
+                bail!(
+                    "{} pods selected by {sel:?}; at most {MAX_LOG_PODS} at once: narrow the selector",
+                    names.len()
+                );
+            }
+            names
+        }
+    };
+    if let [pod] = pods.as_slice() {
+        if selector.is_none() {
+            return stream_log(&client, pod, namespace, follow, tail, None).await;
+        }
+    }
+    // Several pods: each line prefixed with its pod, the pods read together.
+    let streams = pods
+        .iter()
+        .map(|p| stream_log(&client, p, namespace, follow, tail, Some(p.as_str())));
+    let mut failed = false;
+    for r in futures_util::future::join_all(streams).await {
+        if let Err(e) = r {
+            eprintln!("error: {e}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The pod `logs TARGET` reads: a pod's name (or `pod/NAME`), or for
+/// `deploy/NAME` and `rs/NAME` one of their pods, as kubectl picks it (a
+/// running one, the newest).
+async fn log_target(client: &Client, target: &str, namespace: &str) -> anyhow::Result<String> {
+    let Some((kind, name)) = target.split_once('/') else {
+        return Ok(target.to_string());
+    };
+    let kind = parse_kind(kind)?;
+    if kind == Kind::Pod {
+        return Ok(name.to_string());
+    }
+    let get = Request::Get {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        stale: false,
+    };
+    let selector = match call(client, &get).await? {
+        Response::Object(Object::Deployment(d)) => d.spec.selector,
+        Response::Object(Object::ReplicaSet(rs)) => rs.spec.selector,
+        Response::Object(_) => {
+            bail!("logs reads pods, deployments and replicasets; {target} is none of them")
+        }
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let (_, items) = list_all(
+        client,
+        ListOptions {
+            kind: Some(Kind::Pod),
+            namespace: Some(namespace.to_string()),
+            label_selector: String::new(),
+            node_name: None,
+            stale: false,
+        },
+    )
+    .await?;
+    let mut pods: Vec<&flotilla_api::Pod> = items
+        .iter()
+        .filter_map(|o| o.as_pod())
+        .filter(|p| p.spec.node_name.is_some() && selector.matches(&p.metadata.labels))
+        .collect();
+    pods.sort_by_key(|p| {
+        (
+            p.status.phase != flotilla_api::objects::PodPhase::Running,
+            std::cmp::Reverse(p.metadata.creation_timestamp),
+        )
+    });
+    let pod = pods
+        .first()
+        .ok_or_else(|| anyhow!("{target} has no pod on a node yet"))?;
+    if pods.len() > 1 {
+        eprintln!("Found {} pods, using pod/{}", pods.len(), pod.metadata.name);
+    }
+    Ok(pod.metadata.name.clone())
+}
+
+/// Streams one pod's log to stdout; with `prefix`, line by line, each
+/// line led by `[pod/NAME] `.
+async fn stream_log(
+    client: &Client,
+    pod: &str,
+    namespace: &str,
+    follow: bool,
+    tail: Option<u32>,
+    prefix: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let req = Request::Logs {
         namespace: namespace.to_string(),
         name: pod.to_string(),
@@ -880,17 +1008,35 @@ pub async fn logs(
     };
     let (_send, mut recv) = client.open(&req).await.map_err(explain)?;
     let mut out = std::io::stdout();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut write = |bytes: &[u8], out: &mut std::io::Stdout| -> std::io::Result<()> {
+        let Some(prefix) = prefix else {
+            out.write_all(bytes)?;
+            return out.flush();
+        };
+        partial.extend_from_slice(bytes);
+        let mut lock = out.lock();
+        while let Some(at) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=at).collect();
+            lock.write_all(format!("[pod/{prefix}] ").as_bytes())?;
+            lock.write_all(&line)?;
+        }
+        lock.flush()
+    };
     loop {
         match read_frame::<Response>(&mut recv).await.map_err(explain)? {
-            Some(Response::Chunk(b)) => {
-                out.write_all(&b)?;
-                out.flush()?;
-            }
-            Some(Response::End) | None => return Ok(ExitCode::SUCCESS),
-            Some(Response::Error(e)) => bail!("{}", e.message),
+            Some(Response::Chunk(b)) => write(&b, &mut out)?,
+            Some(Response::End) | None => break,
+            Some(Response::Error(e)) => bail!("pod/{pod}: {}", e.message),
             Some(_) => {}
         }
     }
+    if let Some(p) = prefix {
+        if !partial.is_empty() {
+            println!("[pod/{p}] {}", String::from_utf8_lossy(&partial));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn delete(

@@ -67,7 +67,12 @@ enum Command {
     },
     /// Print a pod's logs.
     Logs {
-        pod: String,
+        /// A pod, `pod/NAME`, or `deploy/NAME` / `rs/NAME` (one of its pods).
+        pod: Option<String>,
+        /// The logs of every pod these labels select (e.g. app=web), each
+        /// line prefixed with its pod.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// Keep streaming new output.
@@ -541,10 +546,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => commands::describe(&config, &kind, &name, &namespace).await,
         Command::Logs {
             pod,
+            selector,
             namespace,
             follow,
             tail,
-        } => commands::logs(&config, &pod, &namespace, follow, tail).await,
+        } => {
+            commands::logs(
+                &config,
+                pod.as_deref(),
+                selector.as_deref(),
+                &namespace,
+                follow,
+                tail,
+            )
+            .await
+        }
         Command::Delete {
             kind,
             names,

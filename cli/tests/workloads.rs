@@ -460,6 +460,19 @@ fn drain_moves_a_nodes_pods_and_refuses_pods_without_an_owner_unless_forced() {
     apply(&c, "lone.yaml", &lone);
     c.wait_phase("lone", "Running", T);
 
+    // Logs by owner and by label.
+    let one = c.ok(&["logs", "deploy/web"]);
+    assert_eq!(one, "version v1\n");
+    let all = c.ok(&["logs", "-l", "app=web"]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 4, "{all}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("[pod/web-") && l.ends_with("] version v1")),
+        "{all}"
+    );
+
     let refused = c.run(&["drain", "n2"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
