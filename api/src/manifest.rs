@@ -51,11 +51,12 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 4] = [
+pub const APPLYABLE: [Kind; 5] = [
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,
     Kind::Deployment,
+    Kind::DaemonSet,
 ];
 
 /// Parses every document of a YAML file into objects, validating each.

@@ -462,6 +462,7 @@ fn module_of(obj: &mut Object) -> Option<&mut String> {
         Object::Pod(p) => Some(&mut p.spec.module),
         Object::ReplicaSet(rs) => Some(&mut rs.spec.template.spec.module),
         Object::Deployment(d) => Some(&mut d.spec.template.spec.module),
+        Object::DaemonSet(d) => Some(&mut d.spec.template.spec.module),
         _ => None,
     }
 }
@@ -472,6 +473,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
     match (a, b) {
         (Object::Deployment(x), Object::Deployment(y)) => same_meta && x.spec == y.spec,
         (Object::ReplicaSet(x), Object::ReplicaSet(y)) => same_meta && x.spec == y.spec,
+        (Object::DaemonSet(x), Object::DaemonSet(y)) => same_meta && x.spec == y.spec,
         (Object::Pod(x), Object::Pod(y)) => {
             let mut ys = y.spec.clone();
             ys.keep_server_fields(&x.spec);
@@ -556,6 +558,14 @@ fn render(
                     wide,
                     now,
                 ),
+                Kind::DaemonSet => output::daemon_sets(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::DaemonSet>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
                 Kind::ReplicaSet => output::replica_sets(
                     &objs
                         .iter()
@@ -604,7 +614,7 @@ fn render(
 async fn module_users(client: &Client, stale: bool) -> anyhow::Result<output::ModuleUsers> {
     let mut users = output::ModuleUsers::new();
     // Pod templates keep their modules too (the master does not remove them).
-    for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+    for kind in flotilla_api::objects::MODULE_USERS {
         let (_, objs) = list_all(
             client,
             ListOptions {
@@ -658,7 +668,12 @@ async fn list_all(client: &Client, list: ListOptions) -> anyhow::Result<(u64, Ve
 }
 
 /// What `get all` lists, as kubectl's `get all` does for its kinds.
-const ALL: [Kind; 3] = [Kind::Pod, Kind::Deployment, Kind::ReplicaSet];
+const ALL: [Kind; 4] = [
+    Kind::Pod,
+    Kind::Deployment,
+    Kind::DaemonSet,
+    Kind::ReplicaSet,
+];
 
 /// `get all`: a table per kind that has objects, each name prefixed with
 /// its kind (`deployment/web`).
@@ -954,6 +969,7 @@ async fn log_target(client: &Client, target: &str, namespace: &str) -> anyhow::R
     let selector = match call(client, &get).await? {
         Response::Object(Object::Deployment(d)) => d.spec.selector,
         Response::Object(Object::ReplicaSet(rs)) => rs.spec.selector,
+        Response::Object(Object::DaemonSet(ds)) => ds.spec.selector,
         Response::Object(_) => {
             bail!("logs reads pods, deployments and replicasets; {target} is none of them")
         }

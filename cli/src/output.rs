@@ -1,6 +1,8 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
-use flotilla_api::objects::{Deployment, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet};
+use flotilla_api::objects::{
+    DaemonSet, Deployment, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet,
+};
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
 use flotilla_api::Object;
@@ -146,6 +148,45 @@ pub fn deployments(items: &[Deployment], wide: bool, now: Time) -> String {
                 format!("{}/{}", d.status.ready_replicas, d.spec.replicas()),
                 d.status.updated_replicas.to_string(),
                 d.status.available_replicas.to_string(),
+                age_of(&d.metadata, now),
+            ];
+            if wide {
+                r.push(d.spec.template.spec.module.chars().take(19).collect());
+                r.push(selector_text(&d.spec.selector));
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// DaemonSets, as kubectl lists them: counts of nodes.
+pub fn daemon_sets(items: &[DaemonSet], wide: bool, now: Time) -> String {
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "DESIRED",
+        "CURRENT",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["MODULE", "SELECTOR"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| {
+            let s = &d.status;
+            let mut r = vec![
+                d.metadata.namespace.clone(),
+                d.metadata.name.clone(),
+                s.desired_number_scheduled.to_string(),
+                s.current_number_scheduled.to_string(),
+                s.number_ready.to_string(),
+                s.updated_number_scheduled.to_string(),
+                s.number_available.to_string(),
                 age_of(&d.metadata, now),
             ];
             if wide {

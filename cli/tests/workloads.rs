@@ -509,3 +509,108 @@ fn drain_moves_a_nodes_pods_and_refuses_pods_without_an_owner_unless_forced() {
     assert!(nodes.contains("Ready,SchedulingDisabled"), "{nodes}");
     c.ok(&["uncordon", "n2"]);
 }
+
+/// A DaemonSet of the `version` sample at `release`.
+fn daemon_set(release: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      module: {}
+      restartPolicy: Always
+",
+        flotilla_workloads::path(&format!("version-{release}")).display()
+    )
+}
+
+/// The nodes the ready pods of `app` run on, and their modules.
+fn placed(c: &Cluster, app: &str) -> BTreeMap<String, String> {
+    pods(c, app)
+        .iter()
+        .filter(|p| is_ready(p))
+        .map(|p| {
+            (
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["module"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Whether the agent's pods are exactly one ready pod of `digest` on each of `nodes`.
+fn runs_on(c: &Cluster, nodes: &[&str], digest: &str) -> Option<()> {
+    let want: BTreeMap<String, String> = nodes
+        .iter()
+        .map(|n| (n.to_string(), digest.to_string()))
+        .collect();
+    (placed(c, "agent") == want && pods(c, "agent").len() == want.len()).then_some(())
+}
+
+#[test]
+fn a_daemon_set_follows_the_nodes_and_rolls_out_node_by_node() {
+    let mut c = Cluster::start("20s");
+    for n in ["n1", "n2"] {
+        c.start_node(n);
+        c.wait_node_ready(n, "Ready", T);
+    }
+    apply(&c, "ds.yaml", &daemon_set("v1"));
+    let v1 = digest_of("v1");
+    wait_for("a pod on n1 and n2", T, || runs_on(&c, &["n1", "n2"], &v1));
+
+    // A node that joins gets its pod.
+    c.start_node("n3");
+    c.wait_node_ready("n3", "Ready", T);
+    wait_for("a pod on n3 too", T, || {
+        runs_on(&c, &["n1", "n2", "n3"], &v1)
+    });
+    let table = c.ok(&["get", "ds"]);
+    assert!(
+        table.contains("agent") && table.contains("   3   "),
+        "{table}"
+    );
+
+    // A cordoned and drained node loses it, and gets none back.
+    let out = c.ok(&["drain", "n2"]);
+    assert!(out.contains("evicted"), "{out}");
+    wait_for("no pod on n2", T, || runs_on(&c, &["n1", "n3"], &v1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pods(&c, "agent").len(),
+        2,
+        "none made again on the cordoned node"
+    );
+
+    // A new template: replaced node by node, ending with v2 everywhere.
+    apply(&c, "ds2.yaml", &daemon_set("v2"));
+    let v2 = digest_of("v2");
+    wait_for("v2 on n1 and n3", T, || runs_on(&c, &["n1", "n3"], &v2));
+    let ds = c.get_json("ds", "agent").expect("daemonset");
+    let s = &ds["status"];
+    assert_eq!(
+        (
+            s["desiredNumberScheduled"].as_u64(),
+            s["updatedNumberScheduled"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{s}"
+    );
+
+    // Uncordoned: n2 gets its pod again.
+    c.ok(&["uncordon", "n2"]);
+    wait_for("v2 on every node", T, || {
+        runs_on(&c, &["n1", "n2", "n3"], &v2)
+    });
+    // Deleting the set deletes its pods.
+    c.ok(&["delete", "ds", "agent"]);
+    wait_for("the daemon pods to go", T, || {
+        pods(&c, "agent").is_empty().then_some(())
+    });
+}

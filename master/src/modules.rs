@@ -126,9 +126,9 @@ fn observe(store: &Store) -> Result<Observed, StoreError> {
     let (_, modules) = store.list(Kind::Module, None, &all)?;
     // Pods use their modules, and so do the templates of the objects that
     // make pods (a Deployment scaled to 0, an old ReplicaSet kept for a
-    // rollback): their pods will need the module again.
+    // rollback, a DaemonSet): their pods will need the module again.
     let mut users = Vec::new();
-    for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+    for kind in flotilla_api::objects::MODULE_USERS {
         users.extend(store.list(kind, None, &all)?.1);
     }
     let modules = modules

@@ -14,6 +14,7 @@
 //! missing field. The positional layouts of protocol 2 are still read
 //! ([`legacy`]).
 
+pub mod daemon_set;
 pub mod deployment;
 pub mod legacy;
 pub mod module;
@@ -24,6 +25,7 @@ pub mod replica_set;
 pub mod scheduling;
 pub mod workload;
 
+pub use daemon_set::DaemonSet;
 pub use deployment::Deployment;
 pub use module::{digest_of, is_digest, module_name, Module, ModuleSpec, ModuleStatus};
 pub use node::{Node, NodeCapacity, NodeInfo, NodeSpec, NodeStatus, ReadyState};
@@ -301,7 +303,17 @@ kinds! {
     PriorityClass(PriorityClass), "priorityclasses", ["pc"], false;
     ReplicaSet(ReplicaSet), "replicasets", ["rs"], true;
     Deployment(Deployment), "deployments", ["deploy"], true;
+    DaemonSet(DaemonSet), "daemonsets", ["ds"], true;
 }
+
+/// The kinds whose objects run a module or make pods that do
+/// ([`Object::module`]): the master keeps a module while one names it.
+pub const MODULE_USERS: [Kind; 4] = [
+    Kind::Pod,
+    Kind::ReplicaSet,
+    Kind::Deployment,
+    Kind::DaemonSet,
+];
 
 /// The kind's number and its object, for generic code.
 pub trait Typed: Resource {

@@ -20,7 +20,7 @@ use std::time::Duration;
 const ME: Caller = Caller::Controller("garbage-collector");
 
 /// The kinds that own others (their dependents are collected).
-pub const OWNER_KINDS: [Kind; 2] = [Kind::ReplicaSet, Kind::Deployment];
+pub const OWNER_KINDS: [Kind; 3] = [Kind::ReplicaSet, Kind::Deployment, Kind::DaemonSet];
 /// The kinds that may be owned.
 pub const DEPENDENT_KINDS: [Kind; 2] = [Kind::Pod, Kind::ReplicaSet];
 

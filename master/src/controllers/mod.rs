@@ -2,6 +2,7 @@
 //! node lifecycle, module collection) and the cache they share when this master becomes the leader,
 //! and stops them when it is no longer.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod eviction;
 pub mod gc;
@@ -36,13 +37,14 @@ async fn caught_up_with_commits(api: &ApiServer, shutdown: &CancellationToken) -
 }
 
 /// The kinds the controllers' shared cache holds.
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind::Pod,
     Kind::Node,
     Kind::Module,
     Kind::PriorityClass,
     Kind::ReplicaSet,
     Kind::Deployment,
+    Kind::DaemonSet,
 ];
 
 /// Workers of each key-by-key controller (keys are worked on concurrently,
@@ -110,6 +112,15 @@ pub(crate) async fn run_while_leading(
                 ));
                 tracker.spawn(runtime::drive(
                     std::sync::Arc::new(deployment::Deployments {
+                        api: a.clone(),
+                        cache: c.clone(),
+                    }),
+                    c.clone(),
+                    WORKERS,
+                    child.clone(),
+                ));
+                tracker.spawn(runtime::drive(
+                    std::sync::Arc::new(daemonset::DaemonSets {
                         api: a.clone(),
                         cache: c.clone(),
                     }),

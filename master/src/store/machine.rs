@@ -372,7 +372,7 @@ impl<'t> Machine<'t> {
     /// The objects that run `digest` or make pods that do (templates).
     fn pods_using(&self, digest: &str) -> Result<Vec<String>, StoreError> {
         let mut users = Vec::new();
-        for kind in [Kind::Pod, Kind::ReplicaSet, Kind::Deployment] {
+        for kind in flotilla_api::objects::MODULE_USERS {
             let prefix = key_prefix(kind, None);
             for entry in self
                 .objects
