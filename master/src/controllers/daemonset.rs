@@ -11,15 +11,16 @@
 use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::eviction::UNREACHABLE;
 use crate::controllers::replicaset::{
-    controller_of, controller_ref, generate_name, is_active, is_available, ready_since, CATCH_UP,
+    controller_of, controller_ref, generate_name, is_active, is_available, owner_keys, ready_since,
+    see_own_writes,
 };
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use crate::scheduler::filters::matches_node_selection;
 use flotilla_api::objects::daemon_set::{DaemonSetStatus, DaemonSetStrategyType};
 use flotilla_api::objects::scheduling::{tolerated, TolerationOperator};
 use flotilla_api::objects::workload::POD_TEMPLATE_HASH;
-use flotilla_api::objects::{object_key, DaemonSet, TaintEffect, Toleration};
-use flotilla_api::protocol::{ApiError, ErrorCode};
+use flotilla_api::objects::{DaemonSet, TaintEffect, Toleration};
+use flotilla_api::protocol::ApiError;
 use flotilla_api::time::Time;
 use flotilla_api::{labels, Kind, Node, Object, ObjectMeta, Pod};
 use std::collections::BTreeMap;
@@ -248,15 +249,7 @@ impl Reconciler for DaemonSets {
                     out.extend(state.of_kind(Kind::DaemonSet).map(|d| d.key()));
                 }
             }
-            Object::Pod(_) => {
-                for o in [old, Some(new)].into_iter().flatten() {
-                    let m = o.meta();
-                    if let Some(r) = controller_of(m).filter(|r| r.kind == Kind::DaemonSet.as_str())
-                    {
-                        out.push(object_key(Kind::DaemonSet, &m.namespace, &r.name));
-                    }
-                }
-            }
+            Object::Pod(_) => owner_keys(state, old, new, Kind::DaemonSet, false, out),
             _ => {}
         }
     }
@@ -328,12 +321,7 @@ impl Reconciler for DaemonSets {
                 Err(e) => return Err(e),
             }
         }
-        if revision > 0 && !self.cache.caught_up(revision, CATCH_UP).await {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the controllers' cache did not show this controller's writes in time",
-            ));
-        }
+        see_own_writes(&self.cache, revision).await?;
         Ok(plan.again_after)
     }
 }

@@ -18,10 +18,11 @@
 //!   not moved for `progressDeadlineSeconds`; it does not undo anything.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
-use crate::controllers::replicaset::{controller_of, controller_ref, selected, CATCH_UP};
+use crate::controllers::replicaset::{
+    controller_of, controller_ref, owner_keys, see_own_writes, selected,
+};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::objects::deployment::{condition, reason, DeploymentStatus, StrategyType};
-use flotilla_api::objects::object_key;
 use flotilla_api::objects::replica_set::ReplicaSetSpec;
 use flotilla_api::objects::workload::{
     find_condition, set_condition, Condition, ConditionStatus, CHANGE_CAUSE, POD_TEMPLATE_HASH,
@@ -505,26 +506,7 @@ impl Reconciler for Deployments {
     ) {
         match new {
             Object::Deployment(_) => out.push(new.key()),
-            Object::ReplicaSet(_) => {
-                for o in [old, Some(new)].into_iter().flatten() {
-                    let m = o.meta();
-                    match controller_of(m) {
-                        Some(r) if r.kind == Kind::Deployment.as_str() => {
-                            out.push(object_key(Kind::Deployment, &m.namespace, &r.name));
-                        }
-                        Some(_) => {}
-                        None => out.extend(
-                            state
-                                .in_namespace(Kind::Deployment, &m.namespace)
-                                .filter(|d| {
-                                    d.as_kind::<Deployment>()
-                                        .is_some_and(|d| d.spec.selector.matches(&m.labels))
-                                })
-                                .map(|d| d.key()),
-                        ),
-                    }
-                }
-            }
+            Object::ReplicaSet(_) => owner_keys(state, old, new, Kind::Deployment, true, out),
             _ => {}
         }
     }
@@ -554,12 +536,7 @@ impl Reconciler for Deployments {
             (d.clone(), plan(d, &sets, Time::now()))
         };
         let written = execute(&self.api, &d, plan.clone()).await?;
-        if written > 0 && !self.cache.caught_up(written, CATCH_UP).await {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the controllers' cache did not show this controller's writes in time",
-            ));
-        }
+        see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }

@@ -266,6 +266,58 @@ pub struct ReplicaSets {
 /// How long a controller waits for the cache to show its own writes.
 pub const CATCH_UP: Duration = Duration::from_secs(10);
 
+/// The selector of a workload object (the kinds that own by selector).
+fn selector_of(o: &Object) -> Option<&LabelSelector> {
+    match o {
+        Object::ReplicaSet(x) => Some(&x.spec.selector),
+        Object::Deployment(x) => Some(&x.spec.selector),
+        Object::DaemonSet(x) => Some(&x.spec.selector),
+        _ => None,
+    }
+}
+
+/// Appends the keys of the `owner`-kind objects a change of a dependent
+/// (`old` → `new`) concerns: its controller before and after the change,
+/// and, for an orphan when `adopting`, every object of that kind in its
+/// namespace whose selector matches it (one would adopt it).
+pub fn owner_keys(
+    state: &CacheState,
+    old: Option<&Object>,
+    new: &Object,
+    owner: Kind,
+    adopting: bool,
+    out: &mut Vec<String>,
+) {
+    for o in [old, Some(new)].into_iter().flatten() {
+        let m = o.meta();
+        match controller_of(m) {
+            Some(r) if r.kind == owner.as_str() => {
+                out.push(object_key(owner, &m.namespace, &r.name));
+            }
+            Some(_) => {}
+            None if adopting => out.extend(
+                state
+                    .in_namespace(owner, &m.namespace)
+                    .filter(|x| selector_of(x).is_some_and(|s| s.matches(&m.labels)))
+                    .map(|x| x.key()),
+            ),
+            None => {}
+        }
+    }
+}
+
+/// Waits until the cache shows a controller's own writes (up to
+/// `revision`), so that its next plan counts them.
+pub async fn see_own_writes(cache: &Cache, revision: u64) -> Result<(), ApiError> {
+    if revision > 0 && !cache.caught_up(revision, CATCH_UP).await {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the controllers' cache did not show this controller's writes in time",
+        ));
+    }
+    Ok(())
+}
+
 impl Reconciler for ReplicaSets {
     fn name(&self) -> &'static str {
         "replicaset"
@@ -280,27 +332,7 @@ impl Reconciler for ReplicaSets {
     ) {
         match new {
             Object::ReplicaSet(_) => out.push(new.key()),
-            Object::Pod(_) => {
-                for o in [old, Some(new)].into_iter().flatten() {
-                    let m = o.meta();
-                    match controller_of(m) {
-                        Some(r) if r.kind == Kind::ReplicaSet.as_str() => {
-                            out.push(object_key(Kind::ReplicaSet, &m.namespace, &r.name));
-                        }
-                        Some(_) => {}
-                        // An orphan: any set that would adopt it.
-                        None => out.extend(
-                            state
-                                .in_namespace(Kind::ReplicaSet, &m.namespace)
-                                .filter(|rs| {
-                                    rs.as_kind::<ReplicaSet>()
-                                        .is_some_and(|rs| rs.spec.selector.matches(&m.labels))
-                                })
-                                .map(|rs| rs.key()),
-                        ),
-                    }
-                }
-            }
+            Object::Pod(_) => owner_keys(state, old, new, Kind::ReplicaSet, true, out),
             _ => {}
         }
     }
@@ -326,12 +358,7 @@ impl Reconciler for ReplicaSets {
         };
         let (rs, plan) = planned;
         let written = execute(&self.api, &rs, plan.clone()).await?;
-        if written > 0 && !self.cache.caught_up(written, CATCH_UP).await {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the controllers' cache did not show this controller's writes in time",
-            ));
-        }
+        see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }
