@@ -36,6 +36,21 @@ async fn caught_up_with_commits(api: &ApiServer, shutdown: &CancellationToken) -
     }
 }
 
+/// Runs a key-by-key controller over the shared cache until `shutdown`.
+fn spawn_reconciler<R: runtime::Reconciler>(
+    tracker: &tokio_util::task::TaskTracker,
+    cache: &runtime::Cache,
+    shutdown: &CancellationToken,
+    r: R,
+) {
+    tracker.spawn(runtime::drive(
+        std::sync::Arc::new(r),
+        cache.clone(),
+        WORKERS,
+        shutdown.clone(),
+    ));
+}
+
 /// The kinds the controllers' shared cache holds.
 const KINDS: [Kind; 7] = [
     Kind::Pod,
@@ -100,56 +115,55 @@ pub(crate) async fn run_while_leading(
                     grace,
                     child.clone(),
                 ));
-                let (a, c) = (api.clone(), cache.clone());
-                tracker.spawn(runtime::drive(
-                    std::sync::Arc::new(replicaset::ReplicaSets {
-                        api: a.clone(),
-                        cache: c.clone(),
-                    }),
-                    c.clone(),
-                    WORKERS,
-                    child.clone(),
-                ));
-                tracker.spawn(runtime::drive(
-                    std::sync::Arc::new(deployment::Deployments {
-                        api: a.clone(),
-                        cache: c.clone(),
-                    }),
-                    c.clone(),
-                    WORKERS,
-                    child.clone(),
-                ));
-                tracker.spawn(runtime::drive(
-                    std::sync::Arc::new(daemonset::DaemonSets {
-                        api: a.clone(),
-                        cache: c.clone(),
-                    }),
-                    c.clone(),
-                    WORKERS,
-                    child.clone(),
-                ));
-                tracker.spawn(runtime::drive(
-                    std::sync::Arc::new(eviction::Evictions {
-                        api: a.clone(),
-                        cache: c.clone(),
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    replicaset::ReplicaSets {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    deployment::Deployments {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    daemonset::DaemonSets {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    eviction::Evictions {
+                        api: api.clone(),
+                        cache: cache.clone(),
                         default_toleration: eviction::DEFAULT_TOLERATION,
                         bucket: std::sync::Mutex::new(eviction::Bucket::new(
                             tokio::time::Instant::now(),
                         )),
-                    }),
-                    c.clone(),
-                    WORKERS,
-                    child.clone(),
-                ));
-                tracker.spawn(runtime::drive(
-                    std::sync::Arc::new(gc::Collector {
-                        api: a,
-                        cache: c.clone(),
-                    }),
-                    c,
-                    WORKERS,
-                    child.clone(),
-                ));
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    gc::Collector {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
                 tracker.spawn(modules::run(
                     api.store.clone(),
                     raft.clone(),
