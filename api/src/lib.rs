@@ -16,12 +16,14 @@
 //! - [`manifest`]: multi-document YAML manifests and validation with field paths.
 //! - [`protocol`]: requests, responses and length-prefixed postcard frames.
 //! - [`config`]: the client configuration file (`~/.flotilla/config`).
+//! - [`cron`]: CronJob schedules and when they next fire in a time zone.
 //! - [`identity`]: the cluster CA, certificates, caller identities, join tokens.
 //! - [`tls`]: rustls configurations for every hop (mutual TLS, CA pinning on join).
 //! - [`perms`]: owner-only data directories and files, and the start-up check of them.
 //! - `net` (feature `quic`): frame I/O over quinn streams.
 
 pub mod config;
+pub mod cron;
 pub mod identity;
 pub mod manifest;
 pub mod meta;

@@ -51,12 +51,14 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 5] = [
+pub const APPLYABLE: [Kind; 7] = [
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,
     Kind::Deployment,
     Kind::DaemonSet,
+    Kind::Job,
+    Kind::CronJob,
 ];
 
 /// Parses every document of a YAML file into objects, validating each.

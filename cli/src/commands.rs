@@ -463,6 +463,8 @@ fn module_of(obj: &mut Object) -> Option<&mut String> {
         Object::ReplicaSet(rs) => Some(&mut rs.spec.template.spec.module),
         Object::Deployment(d) => Some(&mut d.spec.template.spec.module),
         Object::DaemonSet(d) => Some(&mut d.spec.template.spec.module),
+        Object::Job(j) => Some(&mut j.spec.template.spec.module),
+        Object::CronJob(c) => Some(&mut c.spec.job_template.spec.template.spec.module),
         _ => None,
     }
 }
@@ -474,6 +476,8 @@ fn same_desired(a: &Object, b: &Object) -> bool {
         (Object::Deployment(x), Object::Deployment(y)) => same_meta && x.spec == y.spec,
         (Object::ReplicaSet(x), Object::ReplicaSet(y)) => same_meta && x.spec == y.spec,
         (Object::DaemonSet(x), Object::DaemonSet(y)) => same_meta && x.spec == y.spec,
+        (Object::Job(x), Object::Job(y)) => same_meta && x.spec == y.spec,
+        (Object::CronJob(x), Object::CronJob(y)) => same_meta && x.spec == y.spec,
         (Object::Pod(x), Object::Pod(y)) => {
             let mut ys = y.spec.clone();
             ys.keep_server_fields(&x.spec);
@@ -488,9 +492,9 @@ fn same_desired(a: &Object, b: &Object) -> bool {
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
-    /// pods, deployments (deploy), replicasets (rs), nodes, modules,
-    /// priorityclasses, or `all` (the pods, deployments and replicasets of
-    /// the namespace).
+    /// pods (po), deployments (deploy), replicasets (rs), daemonsets (ds),
+    /// jobs (job), cronjobs (cj), nodes (no), modules, priorityclasses (pc),
+    /// or `all` (the namespace's pods and workloads).
     kind: String,
     /// Only this object.
     name: Option<String>,
@@ -562,6 +566,22 @@ fn render(
                     &objs
                         .iter()
                         .filter_map(|o| o.as_kind::<flotilla_api::objects::DaemonSet>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                Kind::Job => output::jobs(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::Job>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                Kind::CronJob => output::cron_jobs(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::CronJob>().cloned())
                         .collect::<Vec<_>>(),
                     wide,
                     now,
@@ -668,11 +688,13 @@ async fn list_all(client: &Client, list: ListOptions) -> anyhow::Result<(u64, Ve
 }
 
 /// What `get all` lists, as kubectl's `get all` does for its kinds.
-const ALL: [Kind; 4] = [
+const ALL: [Kind; 6] = [
     Kind::Pod,
     Kind::Deployment,
     Kind::DaemonSet,
     Kind::ReplicaSet,
+    Kind::Job,
+    Kind::CronJob,
 ];
 
 /// `get all`: a table per kind that has objects, each name prefixed with
@@ -970,8 +992,19 @@ async fn log_target(client: &Client, target: &str, namespace: &str) -> anyhow::R
         Response::Object(Object::Deployment(d)) => d.spec.selector,
         Response::Object(Object::ReplicaSet(rs)) => rs.spec.selector,
         Response::Object(Object::DaemonSet(ds)) => ds.spec.selector,
+        Response::Object(Object::Job(j)) => flotilla_api::objects::LabelSelector {
+            match_labels: [(
+                flotilla_api::objects::job::JOB_NAME_LABEL.to_string(),
+                j.metadata.name,
+            )]
+            .into(),
+            ..Default::default()
+        },
         Response::Object(_) => {
-            bail!("logs reads pods, deployments and replicasets; {target} is none of them")
+            bail!(
+                "logs reads pods and the pods of deployments, replicasets, daemonsets and jobs; \
+                 {target} is none of them"
+            )
         }
         other => bail!("unexpected answer {other:?}"),
     };

@@ -1,7 +1,7 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
 use flotilla_api::objects::{
-    DaemonSet, Deployment, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet,
+    CronJob, DaemonSet, Deployment, Job, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet,
 };
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
@@ -219,6 +219,98 @@ pub fn replica_sets(items: &[ReplicaSet], wide: bool, now: Time) -> String {
             if wide {
                 r.push(rs.spec.template.spec.module.chars().take(19).collect());
                 r.push(selector_text(&rs.spec.selector));
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// Jobs, as kubectl lists them: COMPLETIONS is succeeded/wanted, DURATION
+/// from the start to completion (or to now while running).
+pub fn jobs(items: &[Job], wide: bool, now: Time) -> String {
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "STATUS",
+        "COMPLETIONS",
+        "DURATION",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["ACTIVE", "FAILED", "MODULE"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|j| {
+            let s = &j.status;
+            let duration = s
+                .start_time
+                .map(|t| age(t, s.completion_time.unwrap_or(now)))
+                .unwrap_or_default();
+            let mut r = vec![
+                j.metadata.namespace.clone(),
+                j.metadata.name.clone(),
+                s.summary().to_string(),
+                format!("{}/{}", s.succeeded, j.spec.completions()),
+                duration,
+                age_of(&j.metadata, now),
+            ];
+            if wide {
+                r.push(s.active.to_string());
+                r.push(s.failed.to_string());
+                r.push(j.spec.template.spec.module.chars().take(19).collect());
+            }
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// CronJobs, as kubectl lists them.
+pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> String {
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "SCHEDULE",
+        "TIMEZONE",
+        "SUSPEND",
+        "ACTIVE",
+        "LAST SCHEDULE",
+        "AGE",
+    ];
+    if wide {
+        header.extend(["CONCURRENCY", "MODULE"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|c| {
+            let mut r = vec![
+                c.metadata.namespace.clone(),
+                c.metadata.name.clone(),
+                c.spec.schedule.clone(),
+                c.spec.time_zone().to_string(),
+                if c.spec.suspend { "True" } else { "False" }.to_string(),
+                c.status.active.len().to_string(),
+                c.status
+                    .last_schedule_time
+                    .map(|t| age(t, now))
+                    .unwrap_or_else(|| "<none>".into()),
+                age_of(&c.metadata, now),
+            ];
+            if wide {
+                r.push(format!("{:?}", c.spec.concurrency_policy));
+                r.push(
+                    c.spec
+                        .job_template
+                        .spec
+                        .template
+                        .spec
+                        .module
+                        .chars()
+                        .take(19)
+                        .collect(),
+                );
             }
             r
         })

@@ -614,3 +614,182 @@ fn a_daemon_set_follows_the_nodes_and_rolls_out_node_by_node() {
         pods(&c, "agent").is_empty().then_some(())
     });
 }
+
+/// A Job of the `version` sample with `args`; `extra` more lines of its
+/// spec (indented two spaces).
+fn job(name: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+{extra}  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      module: {}
+      args: [{}]
+      restartPolicy: Never
+      resources:
+        limits: {{memory: 32Mi}}
+",
+        flotilla_workloads::path("version-v1").display(),
+        args.join(", ")
+    )
+}
+
+/// The `get -o json` items of a kind.
+fn list(c: &Cluster, kind: &str) -> Vec<serde_json::Value> {
+    items(serde_json::from_str(&c.ok(&["get", kind, "-o", "json"])).expect("json"))
+}
+
+/// The condition of `type_` that holds on an object, with its reason.
+fn holds(o: &serde_json::Value, type_: &str) -> Option<String> {
+    o["status"]["conditions"].as_array().and_then(|cs| {
+        cs.iter()
+            .find(|c| c["type"] == type_ && c["status"] == "True")
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_string())
+    })
+}
+
+#[test]
+fn jobs_complete_or_fail_at_their_backoff_limit_and_cron_jobs_run_on_schedule_keeping_history() {
+    let mut c = Cluster::start("20s");
+    for n in ["n1", "n2"] {
+        c.start_node(n);
+        c.wait_node_ready(n, "Ready", T);
+    }
+    // Five completions, two at a time; a doomed Job that fails each pod.
+    apply(
+        &c,
+        "five.yaml",
+        &job(
+            "five",
+            &["exit-after", "1", "0"],
+            "  completions: 5\n  parallelism: 2\n",
+        ),
+    );
+    apply(
+        &c,
+        "doomed.yaml",
+        &job("doomed", &["exit", "3"], "  backoffLimit: 1\n"),
+    );
+    let mut most_running = 0;
+    let five = wait_for("the five-completion job to complete", T, || {
+        let running = pods(&c, "five")
+            .iter()
+            .filter(|p| p["status"]["phase"] != "Succeeded" && p["status"]["phase"] != "Failed")
+            .count();
+        most_running = most_running.max(running);
+        let j = c.get_json("job", "five")?;
+        holds(&j, "Complete").map(|_| j)
+    });
+    assert!(
+        most_running <= 2,
+        "parallelism 2, saw {most_running} at once"
+    );
+    assert_eq!(five["status"]["succeeded"], 5, "{five}");
+    let done = pods(&c, "five");
+    assert_eq!(done.len(), 5, "one pod per completion, none failed");
+    assert!(done.iter().all(|p| p["status"]["phase"] == "Succeeded"));
+    let table = c.ok(&["get", "jobs"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("five") && l.contains("Complete") && l.contains("5/5")),
+        "{table}"
+    );
+    let log = c.ok(&["logs", "job/five"]);
+    assert!(log.contains("version v1"), "{log}");
+
+    // backoffLimit 1: the second failure (after a 10 s back-off) ends it.
+    let doomed = wait_for("the failing job to fail", T, || {
+        let j = c.get_json("job", "doomed")?;
+        holds(&j, "Failed").map(|reason| (j, reason))
+    });
+    assert_eq!(doomed.1, "BackoffLimitExceeded", "{}", doomed.0);
+    assert_eq!(doomed.0["status"]["failed"], 2, "{}", doomed.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pods(&c, "doomed").len(), 2, "no pod after the job failed");
+
+    // A CronJob every two seconds (the seconds field) keeps two of its
+    // completed Jobs.
+    let cron = format!(
+        "apiVersion: flotilla.dev/v1
+kind: CronJob
+metadata: {{name: tick}}
+spec:
+  schedule: \"*/2 * * * * *\"
+  timeZone: Europe/Madrid
+  successfulJobsHistoryLimit: 2
+  jobTemplate:
+    spec:
+      template:
+        metadata: {{labels: {{app: tick}}}}
+        spec:
+          module: {}
+          args: [exit, \"0\"]
+          restartPolicy: Never
+",
+        flotilla_workloads::path("version-v1").display()
+    );
+    apply(&c, "tick.yaml", &cron);
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("the cron job to make five jobs", T, || {
+        for j in list(&c, "jobs") {
+            let name = j["metadata"]["name"].as_str().unwrap_or_default();
+            if name.starts_with("tick-") {
+                seen.insert(name.to_string());
+            }
+        }
+        (seen.len() >= 5).then_some(())
+    });
+    wait_for("the history to keep two completed jobs", T, || {
+        let ticks: Vec<serde_json::Value> = list(&c, "jobs")
+            .into_iter()
+            .filter(|j| {
+                j["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("tick-")
+            })
+            .collect();
+        let complete = ticks
+            .iter()
+            .filter(|j| holds(j, "Complete").is_some())
+            .count();
+        (complete == 2 && ticks.len() <= 3).then_some(())
+    });
+    let cj = c.ok(&["get", "cj"]);
+    assert!(
+        cj.lines()
+            .any(|l| l.contains("tick") && l.contains("Europe/Madrid")),
+        "{cj}"
+    );
+    // Suspended, it makes no more.
+    apply(
+        &c,
+        "tick.yaml",
+        &cron.replace(
+            "  successfulJobsHistoryLimit",
+            "  suspend: true\n  successfulJobsHistoryLimit",
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = c.get_json("cj", "tick").expect("cronjob")["status"]["lastScheduleTime"].clone();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = c.get_json("cj", "tick").expect("cronjob")["status"]["lastScheduleTime"].clone();
+    assert_eq!(before, after, "a suspended cron job runs nothing");
+
+    // Deleting the CronJob deletes its Jobs and their pods.
+    c.ok(&["delete", "cj", "tick"]);
+    wait_for("the cron job's jobs and pods to go", T, || {
+        (list(&c, "jobs").iter().all(|j| {
+            !j["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("tick-")
+        }) && pods(&c, "tick").is_empty())
+        .then_some(())
+    });
+}

@@ -14,8 +14,10 @@
 //! missing field. The positional layouts of protocol 2 are still read
 //! ([`legacy`]).
 
+pub mod cron_job;
 pub mod daemon_set;
 pub mod deployment;
+pub mod job;
 pub mod legacy;
 pub mod module;
 pub mod node;
@@ -25,8 +27,10 @@ pub mod replica_set;
 pub mod scheduling;
 pub mod workload;
 
+pub use cron_job::CronJob;
 pub use daemon_set::DaemonSet;
 pub use deployment::Deployment;
+pub use job::Job;
 pub use module::{digest_of, is_digest, module_name, Module, ModuleSpec, ModuleStatus};
 pub use node::{Node, NodeCapacity, NodeInfo, NodeSpec, NodeStatus, ReadyState};
 pub use pod::{
@@ -304,15 +308,19 @@ kinds! {
     ReplicaSet(ReplicaSet), "replicasets", ["rs"], true;
     Deployment(Deployment), "deployments", ["deploy"], true;
     DaemonSet(DaemonSet), "daemonsets", ["ds"], true;
+    Job(Job), "jobs", ["job"], true;
+    CronJob(CronJob), "cronjobs", ["cj"], true;
 }
 
 /// The kinds whose objects run a module or make pods that do
 /// ([`Object::module`]): the master keeps a module while one names it.
-pub const MODULE_USERS: [Kind; 4] = [
+pub const MODULE_USERS: [Kind; 6] = [
     Kind::Pod,
     Kind::ReplicaSet,
     Kind::Deployment,
     Kind::DaemonSet,
+    Kind::Job,
+    Kind::CronJob,
 ];
 
 /// The kind's number and its object, for generic code.

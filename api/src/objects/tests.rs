@@ -291,3 +291,91 @@ fn a_workload_selector_is_fixed_and_the_template_round_trips() {
     assert_eq!(t.hash(), h);
     assert_eq!(h.len(), 10);
 }
+
+#[test]
+fn jobs_and_cron_jobs_say_what_is_wrong() {
+    let job = |extra: &str, policy: &str| {
+        format!(
+            "apiVersion: flotilla.dev/v1\nkind: Job\nmetadata: {{name: j}}\nspec:\n{extra}  template:\n    spec: {{module: ./a.wasm, restartPolicy: {policy}}}\n"
+        )
+    };
+    assert!(errors_of(&job("  completions: 5\n  parallelism: 2\n", "Never")).is_empty());
+    let cases = [
+        (
+            "",
+            "Always",
+            "spec.template.spec.restartPolicy: a Job's pods must end",
+        ),
+        (
+            "  completions: 0\n",
+            "Never",
+            "spec.completions: must be at least 1",
+        ),
+        (
+            "  activeDeadlineSeconds: 0\n",
+            "OnFailure",
+            "spec.activeDeadlineSeconds",
+        ),
+        ("  selector: {}\n", "Never", "spec.selector"),
+    ];
+    for (extra, policy, want) in cases {
+        let errors = errors_of(&job(extra, policy));
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{extra:?}: want {want:?}, got {errors:?}"
+        );
+    }
+    let cron = |schedule: &str, zone: &str| {
+        format!(
+            "apiVersion: flotilla.dev/v1\nkind: CronJob\nmetadata: {{name: c}}\nspec:\n  schedule: {schedule:?}\n  timeZone: {zone}\n  jobTemplate:\n    spec:\n      template:\n        spec: {{module: ./a.wasm, restartPolicy: Always}}\n"
+        )
+    };
+    let errors = errors_of(&cron("61 * * * *", "Mars/Olympus"));
+    for want in [
+        "spec.schedule: minute field",
+        "spec.timeZone: unknown time zone",
+        "spec.jobTemplate.spec.template.spec.restartPolicy",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "{want}: {errors:?}"
+        );
+    }
+    let ok = cron("*/5 * * * *", "Europe/Madrid").replace("Always", "Never");
+    assert!(errors_of(&ok).is_empty(), "{:?}", errors_of(&ok));
+    // A Job's template and completions are fixed once made.
+    let docs =
+        crate::manifest::parse_manifests(&job("  completions: 2\n", "Never")).expect("parses");
+    let Object::Job(stored) = docs[0].clone() else {
+        panic!("a job")
+    };
+    let mut more = stored.clone();
+    more.spec.completions = Some(3);
+    assert!(Job::merge(&stored, more, false).is_err());
+    let mut wider = stored.clone();
+    wider.spec.parallelism = Some(4);
+    assert!(Job::merge(&stored, wider, false).is_ok());
+}
+
+#[test]
+fn the_sample_manifests_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads");
+    let mut seen = 0;
+    for sample in std::fs::read_dir(&dir).expect("workloads dir") {
+        let sample = sample.expect("entry").path();
+        let Ok(files) = std::fs::read_dir(&sample) else {
+            continue;
+        };
+        for f in files {
+            let f = f.expect("entry").path();
+            if f.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&f).expect("read");
+                if let Err(e) = crate::manifest::parse_manifests(&text) {
+                    panic!("{}: {e:?}", f.display());
+                }
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 10, "found {seen} sample manifests");
+}

@@ -97,22 +97,6 @@ pub fn validate_template(
             ));
         }
     }
-    for (k, v) in &template.metadata.labels {
-        if !is_label_key(k) || !is_label_value(v) {
-            errors.push(fe(
-                format!("spec.template.metadata.labels.{k}"),
-                "not a valid label key and value",
-            ));
-        }
-    }
-    for k in template.metadata.annotations.keys() {
-        if !is_label_key(k) {
-            errors.push(fe(
-                format!("spec.template.metadata.annotations.{k}"),
-                "not a valid annotation key",
-            ));
-        }
-    }
     if !selector.matches(&template.metadata.labels) {
         errors.push(fe(
             "spec.template.metadata.labels",
@@ -129,6 +113,31 @@ pub fn validate_template(
                 template.spec.restart_policy
             ),
         ));
+    }
+    errors.extend(validate_pod_template(template));
+    errors
+}
+
+/// Checks a pod template on its own: its labels and annotations, that it
+/// leaves placement to the scheduler, and its pod spec. Paths start at
+/// `spec.template`.
+pub fn validate_pod_template(template: &PodTemplateSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (k, v) in &template.metadata.labels {
+        if !is_label_key(k) || !is_label_value(v) {
+            errors.push(fe(
+                format!("spec.template.metadata.labels.{k}"),
+                "not a valid label key and value",
+            ));
+        }
+    }
+    for k in template.metadata.annotations.keys() {
+        if !is_label_key(k) {
+            errors.push(fe(
+                format!("spec.template.metadata.annotations.{k}"),
+                "not a valid annotation key",
+            ));
+        }
     }
     if template.spec.node_name.is_some() {
         errors.push(fe(

@@ -20,9 +20,15 @@ use std::time::Duration;
 const ME: Caller = Caller::Controller("garbage-collector");
 
 /// The kinds that own others (their dependents are collected).
-pub const OWNER_KINDS: [Kind; 3] = [Kind::ReplicaSet, Kind::Deployment, Kind::DaemonSet];
+pub const OWNER_KINDS: [Kind; 5] = [
+    Kind::ReplicaSet,
+    Kind::Deployment,
+    Kind::DaemonSet,
+    Kind::Job,
+    Kind::CronJob,
+];
 /// The kinds that may be owned.
-pub const DEPENDENT_KINDS: [Kind; 2] = [Kind::Pod, Kind::ReplicaSet];
+pub const DEPENDENT_KINDS: [Kind; 3] = [Kind::Pod, Kind::ReplicaSet, Kind::Job];
 
 /// What to do with one dependent.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,8 +206,11 @@ mod tests {
                 Verdict::Trim(vec![]),
             ),
             // Kinds the collector does not judge are left alone.
-            (&[("Job", "x")], Verdict::Keep),
-            (&[("Job", "x"), ("ReplicaSet", "y")], Verdict::Trim(vec![])),
+            (&[("Service", "x")], Verdict::Keep),
+            (
+                &[("Service", "x"), ("ReplicaSet", "y")],
+                Verdict::Trim(vec![]),
+            ),
         ];
         for (refs, want) in cases {
             let o = owned_by(refs);

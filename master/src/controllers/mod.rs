@@ -2,10 +2,12 @@
 //! node lifecycle, module collection) and the cache they share when this master becomes the leader,
 //! and stops them when it is no longer.
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod eviction;
 pub mod gc;
+pub mod job;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
@@ -52,7 +54,7 @@ fn spawn_reconciler<R: runtime::Reconciler>(
 }
 
 /// The kinds the controllers' shared cache holds.
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 9] = [
     Kind::Pod,
     Kind::Node,
     Kind::Module,
@@ -60,6 +62,8 @@ const KINDS: [Kind; 7] = [
     Kind::ReplicaSet,
     Kind::Deployment,
     Kind::DaemonSet,
+    Kind::Job,
+    Kind::CronJob,
 ];
 
 /// Workers of each key-by-key controller (keys are worked on concurrently,
@@ -138,6 +142,24 @@ pub(crate) async fn run_while_leading(
                     &cache,
                     &child,
                     daemonset::DaemonSets {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    job::Jobs {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    cronjob::CronJobs {
                         api: api.clone(),
                         cache: cache.clone(),
                     },
