@@ -51,7 +51,8 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 7] = [
+pub const APPLYABLE: [Kind; 8] = [
+    Kind::Namespace,
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,
@@ -356,6 +357,14 @@ fn validate_meta(m: &crate::meta::ObjectMeta, kind: Kind) -> Vec<FieldError> {
             errors.push(fe(
                 format!("metadata.annotations.{k}"),
                 "not a valid annotation key",
+            ));
+        }
+    }
+    for (i, f) in m.finalizers.iter().enumerate() {
+        if !is_label_key(f) {
+            errors.push(fe(
+                format!("metadata.finalizers[{i}]"),
+                format!("{f:?} is not a valid finalizer (a name or prefix/name, like a label key)"),
             ));
         }
     }

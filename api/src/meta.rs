@@ -37,7 +37,22 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<Time>,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub owner_references: Vec<OwnerReference>,
+    /// Set by the master when the object was deleted while it still had
+    /// finalizers: it stays, marked, until they are all removed.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub deletion_timestamp: Option<Time>,
+    /// What must happen before the object may go (`foregroundDeletion`:
+    /// its dependents go first). Each is removed by whoever did it; a
+    /// deleted object goes when none is left.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub finalizers: Vec<String>,
 }
+
+/// The finalizer of an owner deleted in the foreground: the garbage
+/// collector removes it once the dependents that block it are gone.
+pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
+/// The finalizer of a namespace being deleted: removed once it is empty.
+pub const NAMESPACE_FINALIZER: &str = "flotilla.dev/namespace";
 
 /// Points at the object that owns this one (set by controllers).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -51,9 +66,17 @@ pub struct OwnerReference {
     pub uid: String,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub controller: bool,
+    /// An owner deleted in the foreground waits until this dependent is gone.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub block_owner_deletion: bool,
 }
 
 impl ObjectMeta {
+    /// Whether the object was deleted and waits for its finalizers.
+    pub fn is_deleting(&self) -> bool {
+        self.deletion_timestamp.is_some()
+    }
+
     /// Metadata with just a name and namespace.
     pub fn named(namespace: &str, name: &str) -> ObjectMeta {
         ObjectMeta {

@@ -187,6 +187,10 @@ pub enum Propagation {
     Background,
     /// The owner goes; what it owned stays, without the reference to it.
     Orphan,
+    /// The owner stays, marked for deletion (`foregroundDeletion`), until
+    /// the garbage collector has deleted what it owned (those with
+    /// `blockOwnerDeletion`); then it goes.
+    Foreground,
 }
 
 /// Most objects in one [`Request::UpdateStatuses`]: a raft entry holds up

@@ -367,11 +367,14 @@ pub async fn apply(
     config: &Path,
     files: &[PathBuf],
     namespace: Option<&str>,
+    create_namespace: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut objects = load_manifests(files)?;
     if let Some(ns) = namespace {
         for (_, _, obj) in &mut objects {
-            obj.meta_mut().namespace = ns.to_string();
+            if obj.kind().namespaced() {
+                obj.meta_mut().namespace = ns.to_string();
+            }
         }
     }
     // After the override: it can make two documents name one object.
@@ -398,6 +401,18 @@ pub async fn apply(
         }
     }
     let client = connect(config).await?;
+    if create_namespace {
+        let mut wanted: Vec<String> = objects
+            .iter()
+            .filter(|(_, _, o)| o.kind().namespaced())
+            .map(|(_, _, o)| o.meta().namespace.clone())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        for ns in wanted {
+            ensure_namespace(&client, &ns).await?;
+        }
+    }
     let mut modules: Vec<LocalModule> = hashed.into_values().collect();
     modules.sort_by(|a, b| a.digest.cmp(&b.digest));
     modules.dedup_by(|a, b| a.digest == b.digest);
@@ -443,6 +458,13 @@ pub async fn apply(
                 let um = updated.meta_mut();
                 um.resource_version = cm.resource_version;
                 um.uid = cm.uid.clone();
+                // The system's finalizers stay; the manifest's own are
+                // the ones it lists (removing one lets a deleted object go).
+                for f in cm.finalizers.iter().filter(|f| is_system_finalizer(f)) {
+                    if !um.finalizers.contains(f) {
+                        um.finalizers.push(f.clone());
+                    }
+                }
                 if let (Object::Pod(new), Object::Pod(old)) = (&mut updated, &current) {
                     // The binding and the priority are the master's; a manifest without them keeps them.
                     new.spec.keep_server_fields(&old.spec);
@@ -453,6 +475,49 @@ pub async fn apply(
             Err(e) => return Err(explain(e).context(format!("applying {what}"))),
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the namespace `ns` unless it exists (`apply --create-namespace`).
+async fn ensure_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let get = Request::Get {
+        kind: Kind::Namespace,
+        namespace: String::new(),
+        name: ns.to_string(),
+        stale: false,
+    };
+    match client.call(&get).await {
+        Ok(_) => return Ok(()),
+        Err(NetError::Api(ApiError {
+            code: ErrorCode::NotFound,
+            ..
+        })) => {}
+        Err(e) => return Err(explain(e).context(format!("reading namespace/{ns}"))),
+    }
+    let create = Request::Create(Object::Namespace(flotilla_api::objects::Namespace::named(
+        ns,
+    )));
+    match client.call(&create).await {
+        Ok(_) => println!("namespace/{ns} created"),
+        Err(NetError::Api(ApiError {
+            code: ErrorCode::AlreadyExists,
+            ..
+        })) => {}
+        Err(e) => return Err(explain(e).context(format!("creating namespace/{ns}"))),
+    }
+    Ok(())
+}
+
+/// `create namespace NAME`: makes an empty namespace.
+pub async fn create_namespace(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let ns = flotilla_api::objects::Namespace::named(name);
+    let errors = flotilla_api::manifest::validate(&Object::Namespace(ns.clone()));
+    if let Some(e) = errors.first() {
+        bail!("{e}");
+    }
+    let client = connect(config).await?;
+    call(&client, &Request::Create(Object::Namespace(ns))).await?;
+    println!("namespace/{name} created");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -469,9 +534,26 @@ fn module_of(obj: &mut Object) -> Option<&mut String> {
     }
 }
 
+/// Finalizers the master adds and removes itself.
+fn is_system_finalizer(f: &str) -> bool {
+    f == flotilla_api::meta::FOREGROUND_DELETION || f == flotilla_api::meta::NAMESPACE_FINALIZER
+}
+
 fn same_desired(a: &Object, b: &Object) -> bool {
-    let same_meta =
-        a.meta().labels == b.meta().labels && a.meta().annotations == b.meta().annotations;
+    let own = |o: &Object| -> Vec<String> {
+        let mut f: Vec<String> = o
+            .meta()
+            .finalizers
+            .iter()
+            .filter(|f| !is_system_finalizer(f))
+            .cloned()
+            .collect();
+        f.sort();
+        f
+    };
+    let same_meta = a.meta().labels == b.meta().labels
+        && a.meta().annotations == b.meta().annotations
+        && own(a) == own(b);
     match (a, b) {
         (Object::Deployment(x), Object::Deployment(y)) => same_meta && x.spec == y.spec,
         (Object::ReplicaSet(x), Object::ReplicaSet(y)) => same_meta && x.spec == y.spec,
@@ -481,10 +563,9 @@ fn same_desired(a: &Object, b: &Object) -> bool {
         (Object::Pod(x), Object::Pod(y)) => {
             let mut ys = y.spec.clone();
             ys.keep_server_fields(&x.spec);
-            x.spec == ys
-                && x.metadata.labels == y.metadata.labels
-                && x.metadata.annotations == y.metadata.annotations
+            x.spec == ys && same_meta
         }
+        (Object::Namespace(_), Object::Namespace(_)) => same_meta,
         _ => false,
     }
 }
@@ -584,6 +665,21 @@ fn render(
                         .filter_map(|o| o.as_kind::<flotilla_api::objects::CronJob>().cloned())
                         .collect::<Vec<_>>(),
                     wide,
+                    now,
+                ),
+                Kind::Event => output::events(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::event::Event>().cloned())
+                        .collect::<Vec<_>>(),
+                    wide,
+                    now,
+                ),
+                Kind::Namespace => output::namespaces(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::Namespace>().cloned())
+                        .collect::<Vec<_>>(),
                     now,
                 ),
                 Kind::ReplicaSet => output::replica_sets(
@@ -897,8 +993,51 @@ pub async fn describe(
         }
         text.push('\n');
     }
+    if kind != Kind::Event {
+        text.push('\n');
+        text.push_str(&output::describe_events(
+            &events_about(&client, &obj).await?,
+            Time::now(),
+        ));
+    }
     print!("{text}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The events about `obj` (by uid), from its namespace (`default` for
+/// cluster-scoped objects, where their events are kept).
+async fn events_about(
+    client: &Client,
+    obj: &Object,
+) -> anyhow::Result<Vec<flotilla_api::objects::event::Event>> {
+    let m = obj.meta();
+    let ns = if m.namespace.is_empty() {
+        flotilla_api::meta::DEFAULT_NAMESPACE.to_string()
+    } else {
+        m.namespace.clone()
+    };
+    let (_, items) = list_all(
+        client,
+        ListOptions {
+            kind: Some(Kind::Event),
+            namespace: Some(ns),
+            label_selector: String::new(),
+            node_name: None,
+            stale: false,
+        },
+    )
+    .await?;
+    Ok(items
+        .into_iter()
+        .filter_map(|o| o.into_kind::<flotilla_api::objects::event::Event>())
+        .filter(|e| {
+            let about = &e.involved_object;
+            about.uid == m.uid
+                || (about.uid.is_empty()
+                    && about.kind == obj.kind().as_str()
+                    && about.name == m.name)
+        })
+        .collect())
 }
 
 /// Most pods `logs -l` reads at once.
@@ -1095,6 +1234,7 @@ pub async fn delete(
     files: &[PathBuf],
     namespace: &str,
     cascade: Propagation,
+    wait: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(Kind, String, String)> = Vec::new();
     if !files.is_empty() {
@@ -1132,6 +1272,15 @@ pub async fn delete(
             propagation: cascade,
         };
         match client.call(&req).await {
+            Ok(Response::Object(o)) if o.meta().is_deleting() => {
+                println!("{} \"{name}\" deleted", kind.as_str().to_lowercase());
+                if let Some(limit) = wait {
+                    if let Err(e) = wait_gone(&client, &o, limit).await {
+                        eprintln!("error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
             Ok(_) => println!("{} \"{name}\" deleted", kind.as_str().to_lowercase()),
             Err(e) => {
                 eprintln!("error: {}", explain(e));
@@ -1144,6 +1293,40 @@ pub async fn delete(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Waits until `o`, deleted but held by its finalizers, is gone.
+async fn wait_gone(client: &Client, o: &Object, limit: Duration) -> anyhow::Result<()> {
+    let m = o.meta();
+    let get = Request::Get {
+        kind: o.kind(),
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+        stale: false,
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let left = match client.call(&get).await {
+            Ok(Response::Object(now)) if now.meta().uid == m.uid => now.meta().finalizers.clone(),
+            Ok(_) => return Ok(()),
+            Err(NetError::Api(ApiError {
+                code: ErrorCode::NotFound,
+                ..
+            })) => return Ok(()),
+            Err(e) => return Err(explain(e)),
+        };
+        if start.elapsed() >= limit {
+            bail!(
+                "{} is still being deleted after {}s: it waits for its finalizers {left:?} \
+                 (see `flotilla get {} {} -o yaml`); pass --wait=false not to wait",
+                o.describe(),
+                limit.as_secs(),
+                o.kind().plural(),
+                m.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 pub async fn token_create(

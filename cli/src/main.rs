@@ -53,8 +53,18 @@ enum Command {
         /// Manifest files (YAML, several documents each); `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Put every namespaced object in this namespace.
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Create the namespaces the objects are in when they do not exist.
+        #[arg(long)]
+        create_namespace: bool,
+    },
+    /// Create an object from the command line: `create namespace NAME`.
+    Create {
+        /// `namespace` (or `ns`).
+        kind: String,
+        name: String,
     },
     /// List objects: pods, nodes or modules.
     Get(commands::GetArgs),
@@ -91,10 +101,18 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// What becomes of the objects it owns (a Deployment's ReplicaSets,
-        /// their pods): `background` deletes them soon after, `orphan`
-        /// keeps them, without the reference to the owner.
+        /// their pods): `background` deletes them soon after, `foreground`
+        /// before the owner goes, `orphan` keeps them, without the
+        /// reference to the owner.
         #[arg(long, value_enum, default_value = "background")]
         cascade: workloads::Cascade,
+        /// Wait until an object that waits for its finalizers (a namespace
+        /// being emptied, an owner deleted in the foreground) is gone.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        wait: bool,
+        /// How long --wait waits, e.g. 90s or 5m.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
     },
     /// Set the replicas of a Deployment or ReplicaSet: `scale deploy/web --replicas 3`.
     Scale {
@@ -249,6 +267,12 @@ struct MasterArgs {
     /// (at least 1s). `flotilla get modules` shows which are in use.
     #[arg(long, default_value = "10m")]
     module_grace: String,
+    /// Events last seen longer ago than this are deleted, e.g. 1h.
+    #[arg(long, default_value = "1h")]
+    event_ttl: String,
+    /// Most Events kept; the oldest beyond it are deleted.
+    #[arg(long, default_value_t = 10_000)]
+    max_events: usize,
     /// Raft election timeout, 50ms to 60s: followers that hear nothing from
     /// the leader for 1.5 to 2 times this elect a new one, and the leader
     /// heartbeats every third of it. Raise it for slow or lossy links
@@ -490,6 +514,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_config: Some(config),
                 replace_config: a.replace_config,
                 cert_lifetime: commands::parse_duration(&a.cert_lifetime)?,
+                event_retention: flotilla_master::controllers::events::Retention {
+                    ttl: commands::parse_duration(&a.event_ttl)?,
+                    max_events: a.max_events,
+                },
             };
             if a.init {
                 let (master, _) = flotilla_master::start(cfg).await?;
@@ -535,9 +563,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             up(a, config).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Apply { files, namespace } => {
-            commands::apply(&config, &files, namespace.as_deref()).await
-        }
+        Command::Apply {
+            files,
+            namespace,
+            create_namespace,
+        } => commands::apply(&config, &files, namespace.as_deref(), create_namespace).await,
+        Command::Create { kind, name } => match flotilla_api::Kind::parse(&kind) {
+            Some(flotilla_api::Kind::Namespace) => commands::create_namespace(&config, &name).await,
+            _ => Err(anyhow::anyhow!(
+                "`create` makes namespaces (`flotilla create namespace NAME`); write a manifest \
+                 and use `flotilla apply -f FILE` for {kind:?}"
+            )),
+        },
         Command::Get(args) => commands::get(&config, args).await,
         Command::Describe {
             kind,
@@ -567,7 +604,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             files,
             namespace,
             cascade,
+            wait,
+            timeout,
         } => {
+            let wait = if wait {
+                Some(commands::parse_duration(&timeout)?)
+            } else {
+                None
+            };
             commands::delete(
                 &config,
                 kind.as_deref(),
@@ -575,6 +619,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &files,
                 &namespace,
                 cascade.into(),
+                wait,
             )
             .await
         }
@@ -732,6 +777,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         admin_config: Some(config.clone()),
         replace_config: a.replace_config,
         cert_lifetime: flotilla_api::identity::DEFAULT_CERT_LIFETIME,
+        event_retention: Default::default(),
     };
     let (master, running) = flotilla_master::start(cfg).await?;
     let addr = master.local_addr.to_string();

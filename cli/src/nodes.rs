@@ -279,6 +279,7 @@ mod tests {
                         name: "web".into(),
                         uid: "u".into(),
                         controller: true,
+                        ..Default::default()
                     });
             }
             p

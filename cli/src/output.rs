@@ -1,7 +1,9 @@
 //! Printing objects: aligned tables like kubectl's, or YAML/JSON in manifest shape.
 
+use flotilla_api::objects::event::Event;
 use flotilla_api::objects::{
-    CronJob, DaemonSet, Deployment, Job, Module, Node, Pod, PodPhase, PriorityClass, ReplicaSet,
+    CronJob, DaemonSet, Deployment, Job, Module, Namespace, Node, Pod, PodPhase, PriorityClass,
+    ReplicaSet,
 };
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::{age, Time};
@@ -58,6 +60,9 @@ fn or_none(s: &str) -> String {
 /// `Unknown` (the pod's node is not ready) shows as such, as kubectl shows
 /// it; the reason (`NodeLost`) is in `describe`.
 pub fn pod_status(p: &Pod) -> String {
+    if p.metadata.is_deleting() {
+        return "Terminating".into();
+    }
     if p.status.phase == PodPhase::Unknown {
         return p.status.phase.to_string();
     }
@@ -265,6 +270,103 @@ pub fn jobs(items: &[Job], wide: bool, now: Time) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+fn last_seen(e: &Event) -> Time {
+    e.last_timestamp
+        .or(e.first_timestamp)
+        .or(e.metadata.creation_timestamp)
+        .unwrap_or_default()
+}
+
+/// Events, as kubectl lists them, oldest first: LAST SEEN, TYPE, REASON,
+/// OBJECT, MESSAGE (`-o wide` adds SOURCE, COUNT, FIRST SEEN, NAME).
+pub fn events(items: &[Event], wide: bool, now: Time) -> String {
+    let mut header = vec!["NAMESPACE", "LAST SEEN", "TYPE", "REASON", "OBJECT"];
+    if wide {
+        header.extend(["SOURCE", "COUNT", "FIRST SEEN", "NAME"]);
+    }
+    header.push("MESSAGE");
+    let mut sorted: Vec<&Event> = items.iter().collect();
+    sorted.sort_by_key(|e| (last_seen(e), e.metadata.name.clone()));
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|e| {
+            let mut r = vec![
+                e.metadata.namespace.clone(),
+                age(last_seen(e), now),
+                e.type_.to_string(),
+                e.reason.clone(),
+                e.involved_object.describe(),
+            ];
+            if wide {
+                r.push(e.source.to_string());
+                r.push(e.count.to_string());
+                r.push(e.first_timestamp.map(|t| age(t, now)).unwrap_or_default());
+                r.push(e.metadata.name.clone());
+            }
+            r.push(e.message.clone());
+            r
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// The `Events:` section `describe` ends with: the object's events, oldest
+/// first, a repeated one as `AGE (xN over FIRST)`.
+pub fn describe_events(items: &[Event], now: Time) -> String {
+    if items.is_empty() {
+        return "Events:  <none>\n".into();
+    }
+    let mut sorted: Vec<&Event> = items.iter().collect();
+    sorted.sort_by_key(|e| (last_seen(e), e.metadata.name.clone()));
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|e| {
+            let seen = age(last_seen(e), now);
+            let when = match e.first_timestamp {
+                Some(first) if e.count > 1 => {
+                    format!("{seen} (x{} over {})", e.count, age(first, now))
+                }
+                _ => seen,
+            };
+            vec![
+                e.type_.to_string(),
+                e.reason.clone(),
+                when,
+                e.source.to_string(),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    let mut out = String::from("Events:\n");
+    let dashes: Vec<String> = ["Type", "Reason", "Age", "From", "Message"]
+        .iter()
+        .map(|h| "-".repeat(h.len()))
+        .collect();
+    let mut all = vec![dashes];
+    all.extend(rows);
+    for line in table(&["Type", "Reason", "Age", "From", "Message"], &all).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Namespaces: Active, or Terminating while their contents are deleted.
+pub fn namespaces(items: &[Namespace], now: Time) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|n| {
+            vec![
+                n.metadata.name.clone(),
+                n.phase().to_string(),
+                age_of(&n.metadata, now),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATUS", "AGE"], &rows)
 }
 
 /// CronJobs, as kubectl lists them.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Cascade {
     Background,
+    Foreground,
     Orphan,
 }
 
@@ -29,6 +30,7 @@ impl From<Cascade> for Propagation {
     fn from(c: Cascade) -> Propagation {
         match c {
             Cascade::Background => Propagation::Background,
+            Cascade::Foreground => Propagation::Foreground,
             Cascade::Orphan => Propagation::Orphan,
         }
     }

@@ -640,7 +640,11 @@ spec:
 
 /// The `get -o json` items of a kind.
 fn list(c: &Cluster, kind: &str) -> Vec<serde_json::Value> {
-    items(serde_json::from_str(&c.ok(&["get", kind, "-o", "json"])).expect("json"))
+    let out = c.ok(&["get", kind, "-o", "json"]);
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    items(serde_json::from_str(&out).expect("json"))
 }
 
 /// The condition of `type_` that holds on an object, with its reason.
@@ -792,4 +796,177 @@ spec:
         }) && pods(&c, "tick").is_empty())
         .then_some(())
     });
+}
+
+/// The names of the `get -o json` items of a kind in a namespace.
+fn names_in(c: &Cluster, kind: &str, ns: &str) -> Vec<String> {
+    let out = c.run(&["get", kind, "-n", ns, "-o", "json"]);
+    if !out.status.success() || out.stdout.is_empty() {
+        return Vec::new();
+    }
+    items(serde_json::from_slice(&out.stdout).expect("json"))
+        .iter()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn namespaces_are_emptied_when_deleted_and_foreground_deletion_and_finalizers_hold_the_owner() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let table = c.ok(&["get", "ns"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains("Active")),
+        "{table}"
+    );
+
+    // A namespace must exist: apply says how to make it.
+    let path = c.manifest("lab.yaml", &deployment("lab", 2, "v1", &[], ""));
+    let path = path.to_str().expect("utf8");
+    let out = c.run(&["apply", "-n", "lab", "-f", path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--create-namespace"), "{err}");
+    let out = c.ok(&["apply", "-n", "lab", "--create-namespace", "-f", path]);
+    assert!(out.contains("namespace/lab created"), "{out}");
+    c.ok(&["create", "namespace", "spare"]);
+    wait_for("the lab deployment's pods", T, || {
+        (names_in(&c, "pods", "lab").len() == 2).then_some(())
+    });
+
+    // Foreground: `delete` returns once the pods and the ReplicaSet are gone.
+    apply(&c, "fg.yaml", &deployment("fg", 2, "v1", &[], ""));
+    wait_settled(&c, "fg", 2, "v1");
+    let out = c.ok(&[
+        "delete",
+        "deploy",
+        "fg",
+        "--cascade=foreground",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(out.contains("deployment \"fg\" deleted"), "{out}");
+    assert!(pods(&c, "fg").is_empty(), "pods gone before the owner");
+    assert!(
+        !names_in(&c, "rs", "default")
+            .iter()
+            .any(|n| n.starts_with("fg-")),
+        "replica set gone before the owner"
+    );
+    assert!(c.get_json("deploy", "fg").is_none());
+
+    // A finalizer of the user's holds a deleted owner (and its pods) until
+    // a manifest without it is applied.
+    let held = deployment("held", 1, "v1", &[], "").replace(
+        "metadata:\n  name: held\n",
+        "metadata:\n  name: held\n  finalizers: [example.com/hold]\n",
+    );
+    apply(&c, "held.yaml", &held);
+    wait_settled(&c, "held", 1, "v1");
+    c.ok(&["delete", "deploy", "held", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let d = c.get_json("deploy", "held").expect("still there");
+    assert!(d["metadata"]["deletionTimestamp"].is_string(), "{d}");
+    assert_eq!(pods(&c, "held").len(), 1, "its pod stays while it does");
+    apply(&c, "held.yaml", &deployment("held", 1, "v1", &[], ""));
+    wait_for("the released deployment and its pod to go", T, || {
+        (c.get_json("deploy", "held").is_none() && pods(&c, "held").is_empty()).then_some(())
+    });
+
+    // The default namespace stays; another is emptied, then goes.
+    let out = c.run(&["delete", "ns", "default"]);
+    assert!(!out.status.success());
+    let out = c.ok(&["delete", "ns", "lab", "--timeout", "60s"]);
+    assert!(out.contains("namespace \"lab\" deleted"), "{out}");
+    assert!(names_in(&c, "pods", "lab").is_empty());
+    assert!(names_in(&c, "deploy", "lab").is_empty());
+    let table = c.ok(&["get", "ns"]);
+    assert!(!table.contains("lab"), "{table}");
+    assert!(table.contains("spare"), "{table}");
+}
+
+#[test]
+fn events_tell_what_happened_count_repeats_and_end_describe() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let mut watch = std::process::Command::new(common::BIN)
+        .args(["get", "events", "--watch"])
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch events");
+
+    // A release that crashes: it backs off, and each crash counts.
+    apply(
+        &c,
+        "crashy.yaml",
+        &deployment("crashy", 1, "v1", &["exit", "1"], ""),
+    );
+    let pod = wait_for("the crashing pod", T, || {
+        pods(&c, "crashy")
+            .first()
+            .and_then(|p| p["metadata"]["name"].as_str().map(String::from))
+    });
+    let backoff = wait_for("its BackOff event to count two crashes", T, || {
+        list(&c, "events")
+            .into_iter()
+            .filter(|e| e["involvedObject"]["name"] == pod.as_str() && e["reason"] == "BackOff")
+            .find(|e| e["count"].as_u64().is_some_and(|n| n >= 2))
+    });
+    assert_eq!(backoff["type"], "Warning", "{backoff}");
+    assert_eq!(backoff["source"]["host"], "n1", "{backoff}");
+    let same: Vec<serde_json::Value> = list(&c, "events")
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == pod.as_str() && e["reason"] == "BackOff")
+        .collect();
+    assert_eq!(same.len(), 1, "one Event, counted: {same:?}");
+
+    // describe ends with the object's events.
+    let described = c.ok(&["describe", "pod", &pod]);
+    let events = described
+        .split("\nEvents:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Events section: {described}"));
+    for reason in ["Scheduled", "Started", "BackOff"] {
+        assert!(events.contains(reason), "{reason}: {events}");
+    }
+    assert!(
+        events.contains("(x"),
+        "a repeated event shows its count: {events}"
+    );
+    let deploy = c.ok(&["describe", "deploy", "crashy"]);
+    assert!(deploy.contains("ScalingReplicaSet"), "{deploy}");
+    let rs_name = names_in(&c, "rs", "default")
+        .into_iter()
+        .find(|n| n.starts_with("crashy-"))
+        .expect("its replica set");
+    let rs = c.ok(&["describe", "rs", &rs_name]);
+    assert!(rs.contains("SuccessfulCreate"), "{rs}");
+    let table = c.ok(&["get", "ev"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("Scheduled") && l.contains(&format!("pod/{pod}"))),
+        "{table}"
+    );
+
+    // The watch printed them as they came.
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    for reason in ["Scheduled", "BackOff", "SuccessfulCreate"] {
+        assert!(seen.contains(reason), "{reason} in the watch: {seen}");
+    }
 }

@@ -104,6 +104,11 @@ impl Agent {
     /// Makes sure a worker runs `pod` (replacing one for an older pod of the same name).
     fn ensure(&mut self, pod: Pod) {
         let key = pod_key(&pod);
+        // Deleted, and waiting only for its finalizers: it runs no more.
+        if pod.metadata.is_deleting() {
+            self.remove(&key);
+            return;
+        }
         // Evicted while this node was out of reach (its owner-less pods are
         // marked Failed, NodeLost, by the master): stop it and keep it ended.
         let evicted = pod.status.phase == PodPhase::Failed && pod.status.reason == NODE_LOST;

@@ -87,6 +87,8 @@ pub struct MasterConfig {
     /// own) live; at least
     /// [`identity::MIN_CERT_LIFETIME`](flotilla_api::identity::MIN_CERT_LIFETIME).
     pub cert_lifetime: Duration,
+    /// How long Events are kept, and how many at most.
+    pub event_retention: controllers::events::Retention,
 }
 
 /// How a new master joins an existing cluster.
@@ -225,6 +227,7 @@ impl Running {
             api.clone(),
             self.config.node_grace,
             self.config.module_grace,
+            self.config.event_retention,
             shutdown.clone(),
             tracker.clone(),
         ));

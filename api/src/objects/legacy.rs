@@ -54,8 +54,11 @@ impl From<ObjectMeta> for crate::meta::ObjectMeta {
                     name: o.name,
                     uid: o.uid,
                     controller: o.controller,
+                    block_owner_deletion: false,
                 })
                 .collect(),
+            deletion_timestamp: None,
+            finalizers: Vec::new(),
         }
     }
 }

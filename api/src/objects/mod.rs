@@ -17,9 +17,11 @@
 pub mod cron_job;
 pub mod daemon_set;
 pub mod deployment;
+pub mod event;
 pub mod job;
 pub mod legacy;
 pub mod module;
+pub mod namespace;
 pub mod node;
 pub mod pod;
 pub mod priority_class;
@@ -32,6 +34,7 @@ pub use daemon_set::DaemonSet;
 pub use deployment::Deployment;
 pub use job::Job;
 pub use module::{digest_of, is_digest, module_name, Module, ModuleSpec, ModuleStatus};
+pub use namespace::Namespace;
 pub use node::{Node, NodeCapacity, NodeInfo, NodeSpec, NodeStatus, ReadyState};
 pub use pod::{
     condition, EnvVar, Pod, PodCondition, PodPhase, PodSpec, PodStatus, ResourceList,
@@ -93,8 +96,10 @@ pub(crate) fn merge_parts<O: Clone, S: PartialEq, T>(
     out
 }
 
-/// Metadata after a spec update: the user-owned fields from `incoming`, the
-/// rest (identity, timestamps, versions, and any field added later) as stored.
+/// Metadata after a spec update: the user-owned fields (labels,
+/// annotations, ownerReferences, finalizers) from `incoming`, the rest
+/// (identity, timestamps, versions, the deletion mark, and any field added
+/// later) as stored.
 pub(crate) fn merge_meta(
     stored: &ObjectMeta,
     incoming: ObjectMeta,
@@ -104,6 +109,7 @@ pub(crate) fn merge_meta(
     out.labels = incoming.labels;
     out.annotations = incoming.annotations;
     out.owner_references = incoming.owner_references;
+    out.finalizers = incoming.finalizers;
     if spec_changed {
         out.generation = stored.generation.saturating_add(1);
     }
@@ -310,6 +316,8 @@ kinds! {
     DaemonSet(DaemonSet), "daemonsets", ["ds"], true;
     Job(Job), "jobs", ["job"], true;
     CronJob(CronJob), "cronjobs", ["cj"], true;
+    Namespace(Namespace), "namespaces", ["ns"], false;
+    Event(event::Event), "events", ["ev"], true;
 }
 
 /// The kinds whose objects run a module or make pods that do

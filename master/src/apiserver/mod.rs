@@ -180,7 +180,8 @@ impl ApiServer {
             })
             .await?;
         match out {
-            Outcome::Object(o) => Ok(o),
+            // An update that removed a deleted object's last finalizer removed it.
+            Outcome::Object(o) | Outcome::Deleted(o) => Ok(o),
             other => Err(unexpected(other)),
         }
     }
@@ -322,8 +323,10 @@ impl ApiServer {
     }
 
     /// Deletes an object, and says what becomes of what it owned: deleted
-    /// by the garbage collector soon after (background), or kept without
-    /// the reference, in the same write (orphan).
+    /// by the garbage collector soon after (background), before the owner
+    /// goes (foreground), or kept without the reference, in the same write
+    /// (orphan). An object with finalizers (a namespace always) is marked
+    /// with a deletionTimestamp and goes when they are done.
     pub async fn delete_with(
         &self,
         caller: &Caller,
@@ -337,24 +340,23 @@ impl ApiServer {
             caller,
             &Verb::object(Action::Delete, kind, namespace, name, None),
         )?;
-        let (namespace, name) = (namespace.to_string(), name.to_string());
-        let expected_rv = (resource_version != 0).then_some(resource_version);
-        let cmd = match propagation {
-            Propagation::Background => Command::Delete {
-                kind,
-                namespace,
-                name,
-                expected_rv,
-            },
-            Propagation::Orphan => Command::DeleteOrphaning {
-                kind,
-                namespace,
-                name,
-                expected_rv,
-            },
+        if kind == Kind::Namespace && name == flotilla_api::meta::DEFAULT_NAMESPACE {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the default namespace cannot be deleted; delete what is in it instead",
+            ));
+        }
+        let cmd = Command::DeleteAt {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            expected_rv: (resource_version != 0).then_some(resource_version),
+            propagation,
+            at: Time::now(),
         };
         match self.apply(cmd).await? {
-            Outcome::Deleted(o) => Ok(o),
+            // Removed, or marked while its finalizers run.
+            Outcome::Deleted(o) | Outcome::Object(o) => Ok(o),
             other => Err(unexpected(other)),
         }
     }

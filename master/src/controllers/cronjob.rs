@@ -12,6 +12,7 @@
 //! `Caller::Controller("cronjob")`, and asks to be woken at the next run.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{controller_ref, owner_keys, see_own_writes};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::cron::{Schedule, Zone};
@@ -179,6 +180,7 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], schedule: &Schedule, zone: &Zone, now: 
 pub struct CronJobs {
     pub api: ApiServer,
     pub cache: Cache,
+    pub events: crate::controllers::events::Recorder,
 }
 
 impl Reconciler for CronJobs {
@@ -210,6 +212,11 @@ impl Reconciler for CronJobs {
             let Some(cj) = state.get(key).and_then(|o| o.as_kind::<CronJob>()) else {
                 return Ok(None);
             };
+            // Being deleted: the garbage collector takes its dependents;
+            // making more would only undo that.
+            if cj.metadata.is_deleting() {
+                return Ok(None);
+            }
             // Admission checked both; a master with an older zone
             // database than the one that admitted the object can still
             // refuse the zone.
@@ -224,19 +231,31 @@ impl Reconciler for CronJobs {
                 .collect();
             (cj.clone(), plan(cj, &jobs, &schedule, &zone, Time::now()))
         };
-        let written = execute(&self.api, &cj, plan.clone()).await?;
+        let written = execute(&self.api, &self.events, &cj, plan.clone()).await?;
         see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }
 
 /// Writes a plan; answers the highest revision it wrote (0 if none).
-async fn execute(api: &ApiServer, cj: &CronJob, plan: Plan) -> Result<u64, ApiError> {
+async fn execute(
+    api: &ApiServer,
+    events: &Recorder,
+    cj: &CronJob,
+    plan: Plan,
+) -> Result<u64, ApiError> {
+    let record = |h: Happening| events.record(Kind::CronJob, &cj.metadata, h);
     let mut revision = 0u64;
     let mut note = |o: &Object| revision = revision.max(o.meta().resource_version);
     let name = format!("{}/{}", cj.metadata.namespace, cj.metadata.name);
     if let Some(n) = &plan.note {
         tracing::warn!(cronjob = %name, "{n}");
+        let reason = if n.contains("Forbid") {
+            "JobAlreadyActive"
+        } else {
+            "TooManyMissedTimes"
+        };
+        record(Happening::warning("cronjob-controller", reason, n.clone()));
     }
     for j in &plan.delete {
         match api
@@ -249,7 +268,14 @@ async fn execute(api: &ApiServer, cj: &CronJob, plan: Plan) -> Result<u64, ApiEr
             )
             .await
         {
-            Ok(o) => note(&o),
+            Ok(o) => {
+                note(&o);
+                record(Happening::normal(
+                    "cronjob-controller",
+                    "SuccessfulDelete",
+                    format!("Deleted job {}", j.metadata.name),
+                ));
+            }
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
         }
@@ -260,6 +286,11 @@ async fn execute(api: &ApiServer, cj: &CronJob, plan: Plan) -> Result<u64, ApiEr
             Ok(o) => {
                 tracing::info!(cronjob = %name, job = %job_name, "created a job");
                 note(&o);
+                record(Happening::normal(
+                    "cronjob-controller",
+                    "SuccessfulCreate",
+                    format!("Created job {job_name}"),
+                ));
             }
             // An earlier pass (or leader) made this run's Job.
             Err(e) if e.code == ErrorCode::AlreadyExists => {}
@@ -320,6 +351,7 @@ mod tests {
                     name: "tick".into(),
                     uid: "cj-uid".into(),
                     controller: true,
+                    ..Default::default()
                 }],
                 ..ObjectMeta::default()
             },

@@ -9,6 +9,7 @@
 //! is the only place it can run, as Kubernetes does for daemon pods).
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::Happening;
 use crate::controllers::eviction::UNREACHABLE;
 use crate::controllers::replicaset::{
     controller_of, controller_ref, generate_name, is_active, is_available, owner_keys, ready_since,
@@ -223,6 +224,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[&Node], pods: &[&Pod], now: Time) -> Plan {
 pub struct DaemonSets {
     pub api: ApiServer,
     pub cache: Cache,
+    pub events: crate::controllers::events::Recorder,
 }
 
 impl Reconciler for DaemonSets {
@@ -264,6 +266,11 @@ impl Reconciler for DaemonSets {
             let Some(ds) = state.get(key).and_then(|o| o.as_kind::<DaemonSet>()) else {
                 return Ok(None);
             };
+            // Being deleted: the garbage collector takes its dependents;
+            // making more would only undo that.
+            if ds.metadata.is_deleting() {
+                return Ok(None);
+            }
             let nodes: Vec<&Node> = state
                 .of_kind(Kind::Node)
                 .filter_map(|o| o.as_node())
@@ -286,9 +293,29 @@ impl Reconciler for DaemonSets {
         });
         for r in futures_util::future::join_all(creates).await {
             match r {
-                Ok(o) => note(&o),
+                Ok(o) => {
+                    note(&o);
+                    self.events.record(
+                        Kind::DaemonSet,
+                        &ds.metadata,
+                        Happening::normal(
+                            "daemonset-controller",
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", o.meta().name),
+                        ),
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(daemonset = %name, error = %e, "creating a daemon pod failed");
+                    self.events.record(
+                        Kind::DaemonSet,
+                        &ds.metadata,
+                        Happening::warning(
+                            "daemonset-controller",
+                            "FailedCreate",
+                            format!("Error creating: {}", e.message),
+                        ),
+                    );
                     return Err(e);
                 }
             }
@@ -303,7 +330,18 @@ impl Reconciler for DaemonSets {
         });
         for r in futures_util::future::join_all(deletes).await {
             match r {
-                Ok(o) => note(&o),
+                Ok(o) => {
+                    note(&o);
+                    self.events.record(
+                        Kind::DaemonSet,
+                        &ds.metadata,
+                        Happening::normal(
+                            "daemonset-controller",
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {}", o.meta().name),
+                        ),
+                    );
+                }
                 Err(e) if lost_race(&e) => {}
                 Err(e) => return Err(e),
             }
@@ -377,6 +415,7 @@ mod tests {
             name: "agent".into(),
             uid: "ds-uid".into(),
             controller: true,
+            ..Default::default()
         }];
         p.spec.node_name = Some(node.into());
         p.status.phase = PodPhase::Running;

@@ -18,6 +18,7 @@
 //!   not moved for `progressDeadlineSeconds`; it does not undo anything.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
     controller_of, controller_ref, owner_keys, see_own_writes, selected,
 };
@@ -490,6 +491,7 @@ fn status_of(
 pub struct Deployments {
     pub api: ApiServer,
     pub cache: Cache,
+    pub events: crate::controllers::events::Recorder,
 }
 
 impl Reconciler for Deployments {
@@ -521,6 +523,11 @@ impl Reconciler for Deployments {
             let Some(d) = state.get(key).and_then(|o| o.as_kind::<Deployment>()) else {
                 return Ok(None);
             };
+            // Being deleted: the garbage collector takes its dependents;
+            // making more would only undo that.
+            if d.metadata.is_deleting() {
+                return Ok(None);
+            }
             let mut keys = BTreeSet::new();
             let sets: Vec<&ReplicaSet> = state
                 .owned_by(&d.metadata.uid)
@@ -535,21 +542,59 @@ impl Reconciler for Deployments {
                 .collect();
             (d.clone(), plan(d, &sets, Time::now()))
         };
-        let written = execute(&self.api, &d, plan.clone()).await?;
+        let written = execute(&self.api, &self.events, &d, plan.clone()).await?;
         see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }
 
 /// Writes a plan; answers the highest revision it wrote.
-async fn execute(api: &ApiServer, d: &Deployment, plan: Plan) -> Result<u64, ApiError> {
+async fn execute(
+    api: &ApiServer,
+    events: &Recorder,
+    d: &Deployment,
+    plan: Plan,
+) -> Result<u64, ApiError> {
+    let scaled = |rs: &ReplicaSet, from: Option<u32>| {
+        let to = rs.spec.replicas();
+        let (reason, verb) = match from {
+            Some(f) if f == to => return,
+            Some(f) if f > to => (
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled down replica set {} from {f} to {to}",
+                    rs.metadata.name
+                ),
+            ),
+            Some(f) => (
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled up replica set {} from {f} to {to}",
+                    rs.metadata.name
+                ),
+            ),
+            None => (
+                "ScalingReplicaSet",
+                format!("Scaled up replica set {} to {to}", rs.metadata.name),
+            ),
+        };
+        events.record(
+            Kind::Deployment,
+            &d.metadata,
+            Happening::normal("deployment-controller", reason, verb),
+        );
+    };
     let mut revision = 0u64;
     let mut note = |o: &Object| revision = revision.max(o.meta().resource_version);
     let name = format!("{}/{}", d.metadata.namespace, d.metadata.name);
     if let Some(rs) = plan.create {
         tracing::info!(deployment = %name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "creating the new replica set");
+        let made = rs.clone();
         match api.create(&ME, Object::ReplicaSet(rs)).await {
-            Ok(o) => note(&o),
+            Ok(o) => {
+                note(&o);
+                scaled(&made, None);
+            }
             // Made by a previous pass whose answer was lost, or a name
             // taken by a set that is not this template's: planned again.
             Err(e) if e.code == ErrorCode::AlreadyExists => {}
@@ -558,8 +603,19 @@ async fn execute(api: &ApiServer, d: &Deployment, plan: Plan) -> Result<u64, Api
     }
     for rs in plan.update {
         tracing::info!(deployment = %name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "updating replica set");
+        let before = api
+            .store
+            .get(Kind::ReplicaSet, &rs.metadata.namespace, &rs.metadata.name)
+            .ok()
+            .flatten()
+            .and_then(|o| o.into_kind::<ReplicaSet>())
+            .map(|r| r.spec.replicas());
+        let after = rs.clone();
         match api.update(&ME, Object::ReplicaSet(rs)).await {
-            Ok(o) => note(&o),
+            Ok(o) => {
+                note(&o);
+                scaled(&after, before.or(Some(after.spec.replicas())));
+            }
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
         }

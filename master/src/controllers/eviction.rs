@@ -20,6 +20,7 @@
 //!   pod the master shows Failed with reason NodeLost.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::Happening;
 use crate::controllers::node_lifecycle::NODE_LOST;
 use crate::controllers::replicaset::controller_of;
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
@@ -187,6 +188,7 @@ pub struct Evictions {
     pub cache: Cache,
     pub default_toleration: Duration,
     pub bucket: Mutex<Bucket>,
+    pub events: crate::controllers::events::Recorder,
 }
 
 impl Reconciler for Evictions {
@@ -300,6 +302,15 @@ impl Reconciler for Evictions {
                 }
                 Eviction::Delete => {
                     tracing::info!(pod = %key, node = name, "evicting pod from a tainted node");
+                    self.events.record(
+                        Kind::Pod,
+                        &pod.metadata,
+                        Happening::normal(
+                            "node-eviction",
+                            "TaintManagerEviction",
+                            format!("deleting the pod: node {name} is unreachable for longer than it tolerates"),
+                        ),
+                    );
                     let m = &pod.metadata;
                     self.api
                         .delete(&ME, Kind::Pod, &m.namespace, &m.name, m.resource_version)
@@ -308,6 +319,17 @@ impl Reconciler for Evictions {
                 }
                 Eviction::Fail => {
                     tracing::info!(pod = %key, node = name, "pod on a lost node has no owner: marking it Failed");
+                    self.events.record(
+                        Kind::Pod,
+                        &pod.metadata,
+                        Happening::warning(
+                            "node-eviction",
+                            NODE_LOST,
+                            format!(
+                                "node {name} is lost and no controller owns the pod: marked Failed"
+                            ),
+                        ),
+                    );
                     let rv = pod.metadata.resource_version;
                     let mut failed = pod;
                     let message = format!(
@@ -354,6 +376,7 @@ mod tests {
                 name: "web".into(),
                 uid: "u".into(),
                 controller: true,
+                ..Default::default()
             });
         }
         p

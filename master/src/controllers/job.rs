@@ -12,8 +12,10 @@
 //! is never made twice for one missing run.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
-    controller_ref, deletion_order, generate_name, owner_keys, ready_since, see_own_writes,
+    controller_ref, deletion_order, generate_name, is_active, owner_keys, ready_since,
+    see_own_writes,
 };
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::objects::job::{condition, reason, JobStatus, JOB_NAME_LABEL};
@@ -80,11 +82,7 @@ fn finished(type_: &str, reason: &str, message: String, now: Time) -> Condition 
 pub fn plan(job: &Job, pods: &[&Pod], now: Time) -> Plan {
     let mut out = Plan::default();
     let spec = &job.spec;
-    let mut active: Vec<&Pod> = pods
-        .iter()
-        .copied()
-        .filter(|p| !p.status.phase.is_terminal())
-        .collect();
+    let mut active: Vec<&Pod> = pods.iter().copied().filter(|p| is_active(p)).collect();
     let succeeded = pods
         .iter()
         .filter(|p| p.status.phase == PodPhase::Succeeded)
@@ -222,6 +220,14 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Time) -> Plan {
     out
 }
 
+/// The event reason of a failed Job's condition reason.
+fn reason_of(r: &str) -> &'static str {
+    match r {
+        reason::DEADLINE_EXCEEDED => reason::DEADLINE_EXCEEDED,
+        _ => reason::BACKOFF_LIMIT_EXCEEDED,
+    }
+}
+
 /// A pod made from `job`'s template (its name is chosen when it is written).
 pub fn pod_from_template(job: &Job) -> Pod {
     let t = &job.spec.template;
@@ -253,6 +259,7 @@ fn owned_pods<'a>(state: &'a CacheState, job: &Job) -> Vec<&'a Pod> {
 pub struct Jobs {
     pub api: ApiServer,
     pub cache: Cache,
+    pub events: crate::controllers::events::Recorder,
 }
 
 impl Reconciler for Jobs {
@@ -284,17 +291,28 @@ impl Reconciler for Jobs {
             let Some(job) = state.get(key).and_then(|o| o.as_kind::<Job>()) else {
                 return Ok(None);
             };
+            // Being deleted: the garbage collector takes its dependents;
+            // making more would only undo that.
+            if job.metadata.is_deleting() {
+                return Ok(None);
+            }
             let pods = owned_pods(&state, job);
             (job.clone(), plan(job, &pods, Time::now()))
         };
-        let written = execute(&self.api, &job, plan.clone()).await?;
+        let written = execute(&self.api, &self.events, &job, plan.clone()).await?;
         see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }
 
 /// Writes a plan; answers the highest revision it wrote (0 if none).
-async fn execute(api: &ApiServer, job: &Job, plan: Plan) -> Result<u64, ApiError> {
+async fn execute(
+    api: &ApiServer,
+    events: &Recorder,
+    job: &Job,
+    plan: Plan,
+) -> Result<u64, ApiError> {
+    let record = |h: Happening| events.record(Kind::Job, &job.metadata, h);
     let mut revision = 0u64;
     let mut note = |o: &Object| revision = revision.max(o.meta().resource_version);
     let name = format!("{}/{}", job.metadata.namespace, job.metadata.name);
@@ -305,9 +323,21 @@ async fn execute(api: &ApiServer, job: &Job, plan: Plan) -> Result<u64, ApiError
     });
     for r in futures_util::future::join_all(creates).await {
         match r {
-            Ok(o) => note(&o),
+            Ok(o) => {
+                note(&o);
+                record(Happening::normal(
+                    "job-controller",
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", o.meta().name),
+                ));
+            }
             Err(e) => {
                 tracing::warn!(job = %name, error = %e, "creating a pod failed");
+                record(Happening::warning(
+                    "job-controller",
+                    "FailedCreate",
+                    format!("Error creating: {}", e.message),
+                ));
                 return Err(e);
             }
         }
@@ -332,8 +362,14 @@ async fn execute(api: &ApiServer, job: &Job, plan: Plan) -> Result<u64, ApiError
         }
     }
     if let Some(status) = plan.status {
-        if let Some(c) = status.finished() {
+        if let (Some(c), None) = (status.finished(), job.status.finished()) {
             tracing::info!(job = %name, condition = %c.type_, reason = %c.reason, "job finished");
+            let h = if c.type_ == condition::COMPLETE {
+                Happening::normal("job-controller", "Completed", "Job completed".into())
+            } else {
+                Happening::warning("job-controller", reason_of(&c.reason), c.message.clone())
+            };
+            record(h);
         }
         let mut with = job.clone();
         with.status = status;
@@ -405,6 +441,7 @@ mod tests {
                     name: "pi".into(),
                     uid: "job-uid".into(),
                     controller: true,
+                    ..Default::default()
                 }],
                 ..ObjectMeta::default()
             },

@@ -5,9 +5,11 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod events;
 pub mod eviction;
 pub mod gc;
 pub mod job;
+pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod runtime;
@@ -54,7 +56,7 @@ fn spawn_reconciler<R: runtime::Reconciler>(
 }
 
 /// The kinds the controllers' shared cache holds.
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::Pod,
     Kind::Node,
     Kind::Module,
@@ -64,6 +66,7 @@ const KINDS: [Kind; 9] = [
     Kind::DaemonSet,
     Kind::Job,
     Kind::CronJob,
+    Kind::Namespace,
 ];
 
 /// Workers of each key-by-key controller (keys are worked on concurrently,
@@ -79,6 +82,7 @@ pub(crate) async fn run_while_leading(
     api: ApiServer,
     grace: Duration,
     module_grace: Duration,
+    retention: events::Retention,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 ) {
@@ -101,6 +105,19 @@ pub(crate) async fn run_while_leading(
                 // One cache of pods, nodes and modules, shared by the
                 // controllers that read them.
                 let cache = runtime::Cache::new(&KINDS);
+                // What the controllers and nodes saw happen, written in batches.
+                let recorder = events::Recorder::new();
+                tracker.spawn(events::run(
+                    api.clone(),
+                    recorder.clone(),
+                    retention,
+                    child.clone(),
+                ));
+                tracker.spawn(events::observe(
+                    cache.clone(),
+                    recorder.clone(),
+                    child.clone(),
+                ));
                 tracker.spawn({
                     let (cache, api, child) = (cache.clone(), api.clone(), child.clone());
                     async move {
@@ -126,6 +143,7 @@ pub(crate) async fn run_while_leading(
                     replicaset::ReplicaSets {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                     },
                 );
                 spawn_reconciler(
@@ -135,6 +153,7 @@ pub(crate) async fn run_while_leading(
                     deployment::Deployments {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                     },
                 );
                 spawn_reconciler(
@@ -144,6 +163,7 @@ pub(crate) async fn run_while_leading(
                     daemonset::DaemonSets {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                     },
                 );
                 spawn_reconciler(
@@ -153,6 +173,7 @@ pub(crate) async fn run_while_leading(
                     job::Jobs {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                     },
                 );
                 spawn_reconciler(
@@ -162,6 +183,7 @@ pub(crate) async fn run_while_leading(
                     cronjob::CronJobs {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                     },
                 );
                 spawn_reconciler(
@@ -171,12 +193,32 @@ pub(crate) async fn run_while_leading(
                     eviction::Evictions {
                         api: api.clone(),
                         cache: cache.clone(),
+                        events: recorder.clone(),
                         default_toleration: eviction::DEFAULT_TOLERATION,
                         bucket: std::sync::Mutex::new(eviction::Bucket::new(
                             tokio::time::Instant::now(),
                         )),
                     },
                 );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    namespace::Namespaces {
+                        api: api.clone(),
+                        cache: cache.clone(),
+                    },
+                );
+                tracker.spawn({
+                    let ensure = namespace::ensure(api.clone(), cache.clone());
+                    let child = child.clone();
+                    async move {
+                        tokio::select! {
+                            _ = child.cancelled() => {}
+                            _ = ensure => {}
+                        }
+                    }
+                });
                 spawn_reconciler(
                     &tracker,
                     &cache,

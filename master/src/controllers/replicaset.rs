@@ -11,6 +11,7 @@
 //! again, so a pod is never created twice for one missing replica.
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::meta::OwnerReference;
 use flotilla_api::objects::replica_set::ReplicaSetStatus;
@@ -44,12 +45,14 @@ pub fn controller_ref(kind: Kind, meta: &ObjectMeta) -> OwnerReference {
         name: meta.name.clone(),
         uid: meta.uid.clone(),
         controller: true,
+        // Deleted in the foreground, the owner waits for it.
+        block_owner_deletion: true,
     }
 }
 
-/// Whether a pod has not ended: it counts as a replica.
+/// Whether a pod has not ended and is not being deleted: it counts as a replica.
 pub fn is_active(p: &Pod) -> bool {
-    !p.status.phase.is_terminal()
+    !p.status.phase.is_terminal() && !p.metadata.is_deleting()
 }
 
 /// Since when a pod has been ready, if it is.
@@ -261,6 +264,7 @@ pub fn selected<'a>(
 pub struct ReplicaSets {
     pub api: ApiServer,
     pub cache: Cache,
+    pub events: crate::controllers::events::Recorder,
 }
 
 /// How long a controller waits for the cache to show its own writes.
@@ -347,6 +351,11 @@ impl Reconciler for ReplicaSets {
             let Some(rs) = state.get(key).and_then(|o| o.as_kind::<ReplicaSet>()) else {
                 return Ok(None);
             };
+            // Being deleted: the garbage collector takes its dependents;
+            // making more would only undo that.
+            if rs.metadata.is_deleting() {
+                return Ok(None);
+            }
             let pods = candidates(&state, rs);
             let node_ready = |n: &str| {
                 state
@@ -357,14 +366,19 @@ impl Reconciler for ReplicaSets {
             (rs.clone(), plan(rs, &pods, &node_ready, Time::now()))
         };
         let (rs, plan) = planned;
-        let written = execute(&self.api, &rs, plan.clone()).await?;
+        let written = execute(&self.api, &self.events, &rs, plan.clone()).await?;
         see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
 }
 
 /// Writes a plan; answers the highest revision it wrote (0 if none).
-async fn execute(api: &ApiServer, rs: &ReplicaSet, plan: Plan) -> Result<u64, ApiError> {
+async fn execute(
+    api: &ApiServer,
+    events: &Recorder,
+    rs: &ReplicaSet,
+    plan: Plan,
+) -> Result<u64, ApiError> {
     let mut revision = 0u64;
     let mut note = |o: &Object| revision = revision.max(o.meta().resource_version);
     let set = format!("{}/{}", rs.metadata.namespace, rs.metadata.name);
@@ -388,12 +402,32 @@ async fn execute(api: &ApiServer, rs: &ReplicaSet, plan: Plan) -> Result<u64, Ap
         let mut failed = None;
         for r in results {
             match r {
-                Ok(o) => note(&o),
+                Ok(o) => {
+                    note(&o);
+                    events.record(
+                        Kind::ReplicaSet,
+                        &rs.metadata,
+                        Happening::normal(
+                            "replicaset-controller",
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", o.meta().name),
+                        ),
+                    );
+                }
                 Err(e) => failed = Some(e),
             }
         }
         if let Some(e) = failed {
             tracing::warn!(replicaset = %set, error = %e, "creating pods failed");
+            events.record(
+                Kind::ReplicaSet,
+                &rs.metadata,
+                Happening::warning(
+                    "replicaset-controller",
+                    "FailedCreate",
+                    format!("Error creating: {}", e.message),
+                ),
+            );
             return Err(e);
         }
         left -= n;
@@ -414,7 +448,18 @@ async fn execute(api: &ApiServer, rs: &ReplicaSet, plan: Plan) -> Result<u64, Ap
     for r in futures_util::future::join_all(deletes).await {
         match r {
             // Its resourceVersion is the delete's revision.
-            Ok(o) => note(&o),
+            Ok(o) => {
+                note(&o);
+                events.record(
+                    Kind::ReplicaSet,
+                    &rs.metadata,
+                    Happening::normal(
+                        "replicaset-controller",
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", o.meta().name),
+                    ),
+                );
+            }
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
         }
@@ -497,6 +542,7 @@ mod tests {
                 name: "web".into(),
                 uid: owner.into(),
                 controller: true,
+                ..Default::default()
             });
         }
         p.spec.node_name = node.map(String::from);

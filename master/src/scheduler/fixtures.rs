@@ -213,6 +213,7 @@ impl PodB {
                 name: uid.into(),
                 uid: uid.into(),
                 controller: true,
+                ..Default::default()
             })
         })
     }

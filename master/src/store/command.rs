@@ -127,12 +127,30 @@ pub enum Command {
         name: String,
         expected_rv: Option<u64>,
     },
+    /// Deletes an object as the API does, at `at`. An object that has
+    /// finalizers, is deleted in the foreground (which adds
+    /// `foregroundDeletion`), or is a Namespace (which adds
+    /// `flotilla.dev/namespace`) is not removed but marked: its
+    /// `deletionTimestamp` is set and it goes when an update leaves it no
+    /// finalizer. Otherwise it is removed as by [`Command::Delete`]. With
+    /// `Orphan`, the references to it are removed from its dependents in
+    /// the same write, as by [`Command::DeleteOrphaning`]. Deleting an
+    /// object already marked changes nothing unless it adds a finalizer.
+    DeleteAt {
+        kind: Kind,
+        namespace: String,
+        name: String,
+        expected_rv: Option<u64>,
+        propagation: flotilla_api::protocol::Propagation,
+        at: Time,
+    },
 }
 
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// The object as stored by a create or update.
+    /// The object as stored by a create or update (or marked for deletion
+    /// by [`Command::DeleteAt`]).
     Object(Object),
     /// The object as it was last, with `resourceVersion` = the delete's revision.
     Deleted(Object),

@@ -10,8 +10,9 @@ use super::tables::{
     chunk_key, chunk_range, counters, decode_counter, decode_value, encode_counter, encode_value,
     history_key, parse_chunk_key, seal, unseal, COUNTERS, HISTORY, MODULE_CHUNKS, OBJECTS, TOKENS,
 };
+use flotilla_api::meta::{FOREGROUND_DELETION, NAMESPACE_FINALIZER};
 use flotilla_api::objects::{key_prefix, module_name, object_key, Kind, Object};
-use flotilla_api::protocol::{EventType, WatchEvent};
+use flotilla_api::protocol::{EventType, Propagation, WatchEvent};
 use redb::{ReadableTable, Table, WriteTransaction};
 use sha2::{Digest, Sha256};
 
@@ -91,6 +92,14 @@ impl<'t> Machine<'t> {
                 name,
                 expected_rv,
             } => self.delete_orphaning(kind, &namespace, &name, expected_rv),
+            Command::DeleteAt {
+                kind,
+                namespace,
+                name,
+                expected_rv,
+                propagation,
+                at,
+            } => self.delete_at(kind, &namespace, &name, expected_rv, propagation, at),
             Command::DiscardUpload { digest } => {
                 // Once committed, the staged chunks are the module's bytes.
                 if !self.is_stored(&digest)? {
@@ -165,9 +174,68 @@ impl<'t> Machine<'t> {
             return Ok(Outcome::Object(stored));
         }
         merged.meta_mut().resource_version = self.next_revision();
+        if merged.meta().is_deleting() && merged.meta().finalizers.is_empty() {
+            // The last finalizer of a deleted object is gone: so is it.
+            self.objects
+                .remove(key.as_bytes())
+                .map_err(db("removing an object"))?;
+            self.record(EventType::Deleted, merged.clone())?;
+            return Ok(Outcome::Deleted(merged));
+        }
         self.put_object(&key, &merged)?;
         self.record(EventType::Modified, merged.clone())?;
         Ok(Outcome::Object(merged))
+    }
+
+    fn delete_at(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        expected_rv: Option<u64>,
+        propagation: Propagation,
+        at: flotilla_api::time::Time,
+    ) -> Result<Outcome, StoreError> {
+        let key = object_key(kind, namespace, name);
+        let display = rules::display_key(kind, namespace, name);
+        let Some(mut stored) = self.get_object(&key)? else {
+            return Err(StoreError::not_found(display));
+        };
+        rules::check_cas(&display, expected_rv, stored.meta().resource_version)?;
+        let mut finalizers = stored.meta().finalizers.clone();
+        let mut add = |f: &str| {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(f.to_string());
+            }
+        };
+        if propagation == Propagation::Foreground {
+            add(FOREGROUND_DELETION);
+        }
+        if kind == Kind::Namespace {
+            add(NAMESPACE_FINALIZER);
+        }
+        let unchanged = stored.meta().is_deleting() && stored.meta().finalizers == finalizers;
+        let out = if finalizers.is_empty() {
+            self.delete(kind, namespace, name, expected_rv)?
+        } else if unchanged {
+            Outcome::Object(stored)
+        } else {
+            let m = stored.meta_mut();
+            m.deletion_timestamp = m.deletion_timestamp.or(Some(at));
+            m.finalizers = finalizers;
+            m.resource_version = self.next_revision();
+            self.put_object(&key, &stored)?;
+            self.record(EventType::Modified, stored.clone())?;
+            Outcome::Object(stored)
+        };
+        if propagation == Propagation::Orphan {
+            let (Outcome::Deleted(owner) | Outcome::Object(owner)) = &out else {
+                return Ok(out);
+            };
+            let uid = owner.meta().uid.clone();
+            self.orphan_dependents(namespace, &uid)?;
+        }
+        Ok(out)
     }
 
     fn bind(
@@ -252,8 +320,15 @@ impl<'t> Machine<'t> {
             return Ok(out);
         };
         let uid = owner.meta().uid.clone();
+        self.orphan_dependents(namespace, &uid)?;
+        Ok(out)
+    }
+
+    /// Removes the references to the owner `uid` from the objects of
+    /// `namespace` that name it.
+    fn orphan_dependents(&mut self, namespace: &str, uid: &str) -> Result<(), StoreError> {
         if namespace.is_empty() || uid.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         for dependent_kind in Kind::ALL.iter().filter(|k| k.namespaced()) {
             let prefix = key_prefix(*dependent_kind, Some(namespace));
@@ -279,7 +354,7 @@ impl<'t> Machine<'t> {
                 self.record(EventType::Modified, o)?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn put_module(

@@ -78,6 +78,7 @@ pub(crate) fn stamp_create(mut object: Object, revision: u64) -> Object {
     let m = object.meta_mut();
     m.resource_version = revision;
     m.generation = 1;
+    m.deletion_timestamp = None;
     object
 }
 
@@ -95,8 +96,22 @@ pub(crate) fn merge_update(
     incoming: Object,
     status_only: bool,
 ) -> Result<Object, StoreError> {
-    Object::merge(stored, incoming, status_only)
-        .map_err(|why| StoreError::invalid(format!("{}: {why}", describe(stored))))
+    let merged = Object::merge(stored, incoming, status_only)
+        .map_err(|why| StoreError::invalid(format!("{}: {why}", describe(stored))))?;
+    let (before, after) = (stored.meta(), merged.meta());
+    if before.is_deleting() {
+        if let Some(f) = after
+            .finalizers
+            .iter()
+            .find(|f| !before.finalizers.contains(f))
+        {
+            return Err(StoreError::invalid(format!(
+                "{}: finalizer {f:?} may not be added: the object is being deleted",
+                describe(stored)
+            )));
+        }
+    }
+    Ok(merged)
 }
 
 /// Checks a module upload of `size` bytes that hash to `actual`, and fills

@@ -2181,6 +2181,7 @@ fn deleting_with_orphans_keeps_the_dependents_without_the_reference() {
                 name: "web-1".into(),
                 uid: (*u).into(),
                 controller: *u == "rs-uid",
+                ..Default::default()
             })
             .collect();
         create(&store, p);
@@ -2222,4 +2223,143 @@ fn deleting_with_orphans_keeps_the_dependents_without_the_reference() {
     );
     // The delete, then one write per dependent changed.
     assert_eq!(store.revision().unwrap(), before + 3);
+}
+
+fn delete_at(
+    store: &Store,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    propagation: flotilla_api::protocol::Propagation,
+) -> Result<Outcome, StoreError> {
+    store.apply(Command::DeleteAt {
+        kind,
+        namespace: namespace.into(),
+        name: name.into(),
+        expected_rv: None,
+        propagation,
+        at: Time(1_800_000_000_000),
+    })
+}
+
+#[test]
+fn finalizers_hold_a_deleted_object_until_the_last_is_removed() {
+    use flotilla_api::protocol::Propagation;
+    let dir = tmp();
+    let store = open(&dir, 100);
+    // No finalizer: removed at once.
+    create(&store, pod("default", "plain", &[]));
+    let out = delete_at(
+        &store,
+        Kind::Pod,
+        "default",
+        "plain",
+        Propagation::Background,
+    );
+    assert!(matches!(out, Ok(Outcome::Deleted(_))), "{out:?}");
+    // A finalizer: marked, kept, and idempotent.
+    let mut held = pod("default", "held", &[]);
+    held.metadata.finalizers = vec!["example.com/hold".into()];
+    create(&store, held);
+    let Ok(Outcome::Object(marked)) = delete_at(
+        &store,
+        Kind::Pod,
+        "default",
+        "held",
+        Propagation::Background,
+    ) else {
+        panic!("marked")
+    };
+    assert_eq!(
+        marked.meta().deletion_timestamp,
+        Some(Time(1_800_000_000_000))
+    );
+    let rv = store.revision().unwrap();
+    delete_at(
+        &store,
+        Kind::Pod,
+        "default",
+        "held",
+        Propagation::Background,
+    )
+    .unwrap();
+    assert_eq!(
+        store.revision().unwrap(),
+        rv,
+        "deleting again writes nothing"
+    );
+    // No finalizer may be added while it is deleted.
+    let mut more = marked.clone();
+    more.meta_mut().finalizers.push("example.com/other".into());
+    let err = update(&store, more, None, false).expect_err("refused");
+    assert!(err.to_string().contains("may not be added"), "{err}");
+    // Removing the last one removes the object.
+    let mut done = marked.clone();
+    done.meta_mut().finalizers.clear();
+    let out = store.apply(Command::Update {
+        object: done,
+        expected_rv: None,
+        status_only: false,
+    });
+    assert!(matches!(out, Ok(Outcome::Deleted(_))), "{out:?}");
+    assert!(store.get(Kind::Pod, "default", "held").unwrap().is_none());
+    // A new object of the same name starts unmarked.
+    let mut again = pod("default", "held", &[]);
+    again.metadata.deletion_timestamp = Some(Time(5));
+    let o = create(&store, again);
+    assert!(!o.meta().is_deleting());
+}
+
+#[test]
+fn foreground_deletion_and_namespaces_mark_rather_than_remove() {
+    use flotilla_api::meta::{FOREGROUND_DELETION, NAMESPACE_FINALIZER};
+    use flotilla_api::protocol::Propagation;
+    let dir = tmp();
+    let store = open(&dir, 100);
+    let mut web = objects::ReplicaSet {
+        metadata: ObjectMeta::named("default", "web"),
+        ..Default::default()
+    };
+    web.metadata.uid = "rs-uid".into();
+    create(&store, Object::ReplicaSet(web));
+    let Ok(Outcome::Object(rs)) = delete_at(
+        &store,
+        Kind::ReplicaSet,
+        "default",
+        "web",
+        Propagation::Foreground,
+    ) else {
+        panic!("marked")
+    };
+    assert_eq!(rs.meta().finalizers, [FOREGROUND_DELETION]);
+    assert!(rs.meta().is_deleting());
+    create(&store, Object::Namespace(objects::Namespace::named("lab")));
+    let Ok(Outcome::Object(ns)) =
+        delete_at(&store, Kind::Namespace, "", "lab", Propagation::Background)
+    else {
+        panic!("marked")
+    };
+    assert_eq!(ns.meta().finalizers, [NAMESPACE_FINALIZER]);
+    // Orphaning a marked owner still frees its dependents.
+    let mut p = pod("default", "p", &[]);
+    p.metadata.owner_references = vec![flotilla_api::meta::OwnerReference {
+        kind: "ReplicaSet".into(),
+        name: "web".into(),
+        uid: rs.meta().uid.clone(),
+        controller: true,
+        ..Default::default()
+    }];
+    create(&store, p);
+    delete_at(
+        &store,
+        Kind::ReplicaSet,
+        "default",
+        "web",
+        Propagation::Orphan,
+    )
+    .unwrap();
+    assert!(get_pod(&store, "default", "p")
+        .metadata
+        .owner_references
+        .is_empty());
 }

@@ -60,6 +60,33 @@ pub fn check_sizes(
     Ok(())
 }
 
+/// A namespaced object is made only in a namespace that exists and is not
+/// being deleted; `default` always exists.
+pub fn check_namespace(lookup: &dyn Lookup, obj: &Object) -> Result<(), ApiError> {
+    if !obj.kind().namespaced() {
+        return Ok(());
+    }
+    let ns = &obj.meta().namespace;
+    match lookup.get(Kind::Namespace, "", ns)? {
+        None if ns == flotilla_api::meta::DEFAULT_NAMESPACE => Ok(()),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "namespace {ns:?} not found: create it first (`flotilla create namespace {ns}`), \
+                 or apply with --create-namespace"
+            ),
+        )),
+        Some(n) if n.meta().is_deleting() => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "namespace {ns:?} is being deleted: nothing new may be made in it; wait until \
+                 it is gone (`flotilla get ns {ns}`) and create it again"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The object a create stores: validated, stamped with `uid` and `now`,
 /// its status cleared, and the kind's rules applied.
 pub fn admit_create(
@@ -70,6 +97,7 @@ pub fn admit_create(
     now: Time,
 ) -> Result<Object, ApiError> {
     check_valid(&obj)?;
+    check_namespace(lookup, &obj)?;
     check_module(lookup, &obj)?;
     match &mut obj {
         Object::Pod(p) => {
@@ -96,6 +124,7 @@ pub fn admit_create(
     m.creation_timestamp = Some(now);
     m.resource_version = 0;
     m.generation = 0;
+    m.deletion_timestamp = None;
     check_sizes(None, &obj, false)?;
     Ok(obj)
 }

@@ -329,3 +329,42 @@ fn sizes_count_what_the_store_would_keep() {
     let err = check_sizes(Some(&stored.into()), &status.into(), true).unwrap_err();
     assert_eq!(err.code, ErrorCode::TooLarge);
 }
+
+#[test]
+fn objects_are_made_only_in_namespaces_that_exist_and_are_not_going() {
+    use flotilla_api::objects::Namespace;
+    let mut going = Namespace::named("old");
+    going.metadata.deletion_timestamp = Some(Time(1));
+    let objects = Objects::default()
+        .with(module())
+        .with(Namespace::named("lab"))
+        .with(going);
+    let admit = |ns: &str| {
+        let mut p = pod("p");
+        p.metadata.namespace = ns.into();
+        admit_create(
+            &Caller::Admin,
+            Object::Pod(p),
+            &objects,
+            "u".into(),
+            Time(2),
+        )
+    };
+    assert!(admit("lab").is_ok());
+    assert!(admit("default").is_ok(), "default always exists");
+    let e = admit("nowhere").expect_err("missing namespace");
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("--create-namespace"), "{}", e.message);
+    let e = admit("old").expect_err("namespace going");
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    assert!(e.message.contains("being deleted"), "{}", e.message);
+    // Cluster-scoped kinds have no namespace to check.
+    assert!(admit_create(
+        &Caller::Admin,
+        Object::Namespace(Namespace::named("new")),
+        &objects,
+        "u".into(),
+        Time(2)
+    )
+    .is_ok());
+}

@@ -16,6 +16,7 @@ fn pod(name: &str, node: Option<&str>, owner: &str) -> Object {
             name: "rs".into(),
             uid: owner.into(),
             controller: true,
+            ..Default::default()
         });
     p.spec.module = "sha256:x".into();
     p.spec.node_name = node.map(String::from);
