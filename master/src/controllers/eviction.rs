@@ -2,12 +2,14 @@
 //!
 //! - A node that is NotReady gets the taint `node.flotilla.dev/unreachable`
 //!   with effect NoExecute (the time it was added is when its pods' clocks
-//!   start); a node Ready again loses it. Tainting is rate-limited: nodes
-//!   are tainted at [`RATE`] a second, slower ([`SLOW_RATE`]) once more
-//!   than [`UNHEALTHY`] of the cluster is unreachable, and not at all when
-//!   that happens in a cluster of at most [`SMALL_CLUSTER`] nodes (a
-//!   partitioned site, or a master cut off from its nodes, must not empty
-//!   the cluster: there would be nowhere to run the pods anyway).
+//!   start); a node Ready again loses it. Tainting is rate-limited per
+//!   zone (the node label [`ZONE_LABEL`]; nodes without it share one zone),
+//!   as Kubernetes limits it: a zone's nodes are tainted at [`RATE`] a
+//!   second; slower ([`SLOW_RATE`]) once more than [`UNHEALTHY`] of the
+//!   zone is unreachable, and not at all then in a zone of at most
+//!   [`SMALL_CLUSTER`] nodes (a partitioned site must not be emptied: there
+//!   would be nowhere to run its pods anyway); and not at all anywhere when
+//!   every zone has lost all its nodes (the master is the one cut off).
 //! - A pod on a node with NoExecute taints (this one, or one an admin set)
 //!   is evicted once the taint has been there longer than the pod
 //!   tolerates it: at once without a toleration, after `tolerationSeconds`
@@ -47,19 +49,68 @@ pub const RATE: f64 = 0.1;
 pub const SLOW_RATE: f64 = 0.01;
 /// The share of unreachable nodes above which eviction slows down.
 pub const UNHEALTHY: f64 = 0.55;
-/// Clusters of at most this many nodes stop evicting instead of slowing down.
+/// Zones of at most this many nodes stop evicting instead of slowing down.
 pub const SMALL_CLUSTER: usize = 50;
+/// The node label that names a node's zone (a site, a room, a rack).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// Nodes tainted a second, given how many there are and how many are
-/// unreachable (Kubernetes' node eviction rates, per cluster).
-pub fn taint_rate(nodes: usize, unreachable: usize) -> f64 {
-    if nodes == 0 || (unreachable as f64) / (nodes as f64) <= UNHEALTHY {
-        RATE
-    } else if nodes <= SMALL_CLUSTER {
-        0.0
+/// The zone a node is in ("" for nodes without the label).
+pub fn zone_of(node: &Node) -> &str {
+    node.metadata
+        .labels
+        .get(ZONE_LABEL)
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+/// How a zone is, from its nodes (Kubernetes' zone states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneState {
+    Normal,
+    /// More than [`UNHEALTHY`] of its nodes (and at least two) unreachable.
+    PartialDisruption,
+    /// None of its nodes reachable.
+    FullDisruption,
+}
+
+/// The state of a zone of `nodes` nodes, `unreachable` of them unreachable.
+pub fn zone_state(nodes: usize, unreachable: usize) -> ZoneState {
+    if nodes > 0 && unreachable >= nodes {
+        ZoneState::FullDisruption
+    } else if unreachable >= 2 && (unreachable as f64) / (nodes as f64) > UNHEALTHY {
+        ZoneState::PartialDisruption
     } else {
-        SLOW_RATE
+        ZoneState::Normal
     }
+}
+
+/// Nodes of a zone tainted a second, given its size and state and whether
+/// every zone has lost all its nodes.
+pub fn taint_rate(nodes: usize, state: ZoneState, all_zones_down: bool) -> f64 {
+    match state {
+        _ if all_zones_down => 0.0,
+        ZoneState::Normal | ZoneState::FullDisruption => RATE,
+        ZoneState::PartialDisruption if nodes <= SMALL_CLUSTER => 0.0,
+        ZoneState::PartialDisruption => SLOW_RATE,
+    }
+}
+
+/// The taint rate for the zone `zone`, from every node's zone and readiness.
+pub fn zone_rate<'a>(nodes: impl Iterator<Item = &'a Node>, zone: &str) -> f64 {
+    let mut zones: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for n in nodes {
+        let z = zones.entry(zone_of(n)).or_default();
+        z.0 += 1;
+        if n.status.ready == ReadyState::NotReady {
+            z.1 += 1;
+        }
+    }
+    let all_down = !zones.is_empty()
+        && zones
+            .values()
+            .all(|(n, u)| zone_state(*n, *u) == ZoneState::FullDisruption);
+    let (n, u) = zones.get(zone).copied().unwrap_or_default();
+    taint_rate(n, zone_state(n, u), all_down)
 }
 
 /// The taint `node` should gain (`Some(true)`), lose (`Some(false)`), or
@@ -187,7 +238,8 @@ pub struct Evictions {
     pub api: ApiServer,
     pub cache: Cache,
     pub default_toleration: Duration,
-    pub bucket: Mutex<Bucket>,
+    /// A token bucket per zone.
+    pub buckets: Mutex<std::collections::HashMap<String, Bucket>>,
     pub events: crate::controllers::events::Recorder,
 }
 
@@ -224,7 +276,7 @@ impl Reconciler for Evictions {
 
     async fn reconcile(&self, name: &str) -> Result<Option<Duration>, ApiError> {
         let now = Time::now();
-        let (node, pods, rate) = {
+        let (node, pods, rate, zone) = {
             let state = self.cache.read();
             let Some(node) = state
                 .get(&object_key(Kind::Node, "", name))
@@ -241,31 +293,28 @@ impl Reconciler for Evictions {
             if !no_execute && taint_change(node).is_none() {
                 return Ok(None);
             }
-            let nodes: Vec<&Node> = state
-                .of_kind(Kind::Node)
-                .filter_map(|o| o.as_node())
-                .collect();
-            let unreachable = nodes
-                .iter()
-                .filter(|n| n.status.ready == ReadyState::NotReady)
-                .count();
+            let zone = zone_of(node).to_string();
+            let rate = zone_rate(state.of_kind(Kind::Node).filter_map(|o| o.as_node()), &zone);
             let pods: Vec<Pod> = state
                 .on_node(name)
                 .filter_map(|o| o.as_pod())
                 .cloned()
                 .collect();
-            (node.clone(), pods, taint_rate(nodes.len(), unreachable))
+            (node.clone(), pods, rate, zone)
         };
         let mut node = node;
         match taint_change(&node) {
             Some(true) => {
+                let now_i = Instant::now();
                 let taken = self
-                    .bucket
+                    .buckets
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .take(rate, Instant::now());
+                    .entry(zone.clone())
+                    .or_insert_with(|| Bucket::new(now_i))
+                    .take(rate, now_i);
                 if let Err(wait) = taken {
-                    tracing::info!(node = name, retry_in = ?wait, rate, "node unreachable; eviction is rate-limited");
+                    tracing::info!(node = name, zone = %zone, retry_in = ?wait, rate, "node unreachable; eviction is rate-limited");
                     return Ok(Some(wait));
                 }
                 node.spec.taints.push(unreachable_taint(now));
@@ -480,16 +529,20 @@ mod tests {
     }
 
     #[test]
-    fn eviction_slows_down_and_stops_when_much_of_the_cluster_is_unreachable() {
-        assert_eq!(taint_rate(3, 1), RATE);
-        assert_eq!(taint_rate(100, 55), RATE);
-        assert_eq!(taint_rate(100, 56), SLOW_RATE);
+    fn eviction_slows_down_and_stops_when_much_of_a_zone_is_unreachable() {
+        let rate = |n, u| taint_rate(n, zone_state(n, u), false);
+        assert_eq!(rate(3, 1), RATE);
+        assert_eq!(rate(100, 55), RATE);
+        assert_eq!(rate(100, 56), SLOW_RATE);
+        assert_eq!(rate(10, 6), 0.0, "a small zone mostly cut off stops");
+        assert_eq!(rate(2, 1), RATE, "one node of two is not a disruption");
+        assert_eq!(zone_state(4, 4), ZoneState::FullDisruption);
+        assert_eq!(rate(4, 4), RATE, "a zone all gone, others up: evict");
         assert_eq!(
-            taint_rate(10, 6),
+            taint_rate(4, ZoneState::FullDisruption, true),
             0.0,
-            "a small cluster mostly cut off stops"
+            "every zone gone: the master is the one cut off"
         );
-        assert_eq!(taint_rate(1, 1), 0.0);
         let start = Instant::now();
         let mut b = Bucket::new(start);
         assert!(b.take(RATE, start).is_ok(), "a burst of one");
@@ -503,6 +556,39 @@ mod tests {
             b.take(0.0, start + Duration::from_secs(100)).is_err(),
             "rate 0: none"
         );
+    }
+
+    #[test]
+    fn each_zone_has_its_own_rate() {
+        let node = |zone: &str, ready: bool| {
+            let mut n = Node::default();
+            if !zone.is_empty() {
+                n.metadata.labels.insert(ZONE_LABEL.into(), zone.into());
+            }
+            n.status.ready = if ready {
+                ReadyState::Ready
+            } else {
+                ReadyState::NotReady
+            };
+            n
+        };
+        // Site a is cut off (3 of 4), site b is fine, one node has no zone.
+        let mut nodes = vec![node("a", true)];
+        nodes.extend((0..3).map(|_| node("a", false)));
+        nodes.extend((0..4).map(|_| node("b", true)));
+        nodes.push(node("", false));
+        assert_eq!(
+            zone_rate(nodes.iter(), "a"),
+            0.0,
+            "a partitioned site stays"
+        );
+        assert_eq!(zone_rate(nodes.iter(), "b"), RATE);
+        assert_eq!(zone_rate(nodes.iter(), ""), RATE, "its own zone, all gone");
+        // Every zone gone: no eviction anywhere.
+        let down: Vec<Node> = ["a", "b", ""].iter().map(|z| node(z, false)).collect();
+        for z in ["a", "b", ""] {
+            assert_eq!(zone_rate(down.iter(), z), 0.0, "{z}");
+        }
     }
 
     #[test]

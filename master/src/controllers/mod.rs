@@ -195,9 +195,7 @@ pub(crate) async fn run_while_leading(
                         cache: cache.clone(),
                         events: recorder.clone(),
                         default_toleration: eviction::DEFAULT_TOLERATION,
-                        bucket: std::sync::Mutex::new(eviction::Bucket::new(
-                            tokio::time::Instant::now(),
-                        )),
+                        buckets: Default::default(),
                     },
                 );
                 spawn_reconciler(
