@@ -13,7 +13,7 @@
 
 use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
-use crate::controllers::replicaset::{controller_ref, owner_keys, see_own_writes};
+use crate::controllers::replicaset::{controller_ref, managed, owner_keys, see_own_writes};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::cron::{Schedule, Zone};
 use flotilla_api::objects::cron_job::{ConcurrencyPolicy, CronJobStatus, SCHEDULED_AT};
@@ -209,14 +209,9 @@ impl Reconciler for CronJobs {
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
         let (cj, plan) = {
             let state = self.cache.read();
-            let Some(cj) = state.get(key).and_then(|o| o.as_kind::<CronJob>()) else {
+            let Some(cj) = managed::<CronJob>(&state, key) else {
                 return Ok(None);
             };
-            // Being deleted: the garbage collector takes its dependents;
-            // making more would only undo that.
-            if cj.metadata.is_deleting() {
-                return Ok(None);
-            }
             // Admission checked both; a master with an older zone
             // database than the one that admitted the object can still
             // refuse the zone.

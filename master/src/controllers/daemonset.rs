@@ -12,8 +12,8 @@ use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::events::Happening;
 use crate::controllers::eviction::UNREACHABLE;
 use crate::controllers::replicaset::{
-    controller_of, controller_ref, generate_name, is_active, is_available, owner_keys, ready_since,
-    see_own_writes,
+    controller_of, controller_ref, generate_name, is_active, is_available, managed, owner_keys,
+    ready_since, see_own_writes,
 };
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use crate::scheduler::filters::matches_node_selection;
@@ -263,14 +263,9 @@ impl Reconciler for DaemonSets {
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
         let (ds, plan) = {
             let state = self.cache.read();
-            let Some(ds) = state.get(key).and_then(|o| o.as_kind::<DaemonSet>()) else {
+            let Some(ds) = managed::<DaemonSet>(&state, key) else {
                 return Ok(None);
             };
-            // Being deleted: the garbage collector takes its dependents;
-            // making more would only undo that.
-            if ds.metadata.is_deleting() {
-                return Ok(None);
-            }
             let nodes: Vec<&Node> = state
                 .of_kind(Kind::Node)
                 .filter_map(|o| o.as_node())

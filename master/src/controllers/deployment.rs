@@ -20,7 +20,7 @@
 use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
-    controller_of, controller_ref, owner_keys, see_own_writes, selected,
+    controller_of, controller_ref, managed, owner_keys, see_own_writes, selected,
 };
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::objects::deployment::{condition, reason, DeploymentStatus, StrategyType};
@@ -520,14 +520,9 @@ impl Reconciler for Deployments {
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
         let (d, plan) = {
             let state = self.cache.read();
-            let Some(d) = state.get(key).and_then(|o| o.as_kind::<Deployment>()) else {
+            let Some(d) = managed::<Deployment>(&state, key) else {
                 return Ok(None);
             };
-            // Being deleted: the garbage collector takes its dependents;
-            // making more would only undo that.
-            if d.metadata.is_deleting() {
-                return Ok(None);
-            }
             let mut keys = BTreeSet::new();
             let sets: Vec<&ReplicaSet> = state
                 .owned_by(&d.metadata.uid)

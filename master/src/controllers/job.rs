@@ -14,7 +14,7 @@
 use crate::apiserver::{lost_race, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
-    controller_ref, deletion_order, generate_name, is_active, owner_keys, ready_since,
+    controller_ref, deletion_order, generate_name, is_active, managed, owner_keys, ready_since,
     see_own_writes,
 };
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
@@ -288,14 +288,9 @@ impl Reconciler for Jobs {
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
         let (job, plan) = {
             let state = self.cache.read();
-            let Some(job) = state.get(key).and_then(|o| o.as_kind::<Job>()) else {
+            let Some(job) = managed::<Job>(&state, key) else {
                 return Ok(None);
             };
-            // Being deleted: the garbage collector takes its dependents;
-            // making more would only undo that.
-            if job.metadata.is_deleting() {
-                return Ok(None);
-            }
             let pods = owned_pods(&state, job);
             (job.clone(), plan(job, &pods, Time::now()))
         };

@@ -260,6 +260,19 @@ pub fn selected<'a>(
     }
 }
 
+/// The object of type `T` at `key` for its controller to manage: None
+/// when it is gone, or being deleted (the garbage collector takes its
+/// dependents then, and making more would only undo that).
+pub fn managed<'a, T: flotilla_api::objects::Typed>(
+    state: &'a CacheState,
+    key: &str,
+) -> Option<&'a T> {
+    state
+        .get(key)
+        .and_then(|o| o.as_kind::<T>())
+        .filter(|o| !o.metadata().is_deleting())
+}
+
 /// The ReplicaSet controller, for [`crate::controllers::runtime::drive`].
 pub struct ReplicaSets {
     pub api: ApiServer,
@@ -348,14 +361,9 @@ impl Reconciler for ReplicaSets {
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
         let planned = {
             let state = self.cache.read();
-            let Some(rs) = state.get(key).and_then(|o| o.as_kind::<ReplicaSet>()) else {
+            let Some(rs) = managed::<ReplicaSet>(&state, key) else {
                 return Ok(None);
             };
-            // Being deleted: the garbage collector takes its dependents;
-            // making more would only undo that.
-            if rs.metadata.is_deleting() {
-                return Ok(None);
-            }
             let pods = candidates(&state, rs);
             let node_ready = |n: &str| {
                 state
