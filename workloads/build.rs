@@ -1,5 +1,6 @@
 //! Builds the sample guests in `guests/` for WASI p2 (all of them) and p1
-//! (`hello`) with a nested cargo, and tells `lib.rs` where the modules are.
+//! (`hello` and `files`) with a nested cargo, and tells `lib.rs` where the
+//! modules are.
 //!
 //! The nested build uses its own target dir (`<target>/guests`): building into
 //! the outer target dir would wait forever on the lock the outer cargo holds.
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every guest package; each becomes `<name>.wasm` for wasm32-wasip2.
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "hello",
     "ticker",
     "crasher",
@@ -18,9 +19,11 @@ const GUESTS: [&str; 7] = [
     "sockets",
     "version-v1",
     "version-v2",
+    "files",
 ];
-/// Guests that are also built as WASI p1 core modules.
-const P1_GUESTS: [&str; 1] = ["hello"];
+/// Guests that are also built as WASI p1 core modules (`files` because p1
+/// and p2 reach preopened directories through different host code).
+const P1_GUESTS: [&str; 2] = ["hello", "files"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env_var("CARGO_MANIFEST_DIR"));

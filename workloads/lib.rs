@@ -10,7 +10,7 @@ pub const P2_DIR: &str = env!("FLOTILLA_GUESTS_P2_DIR");
 /// Directory holding the WASI p1 core modules (`<name>.wasm`).
 pub const P1_DIR: &str = env!("FLOTILLA_GUESTS_P1_DIR");
 /// Every workload built as a WASI p2 component.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "hello",
     "ticker",
     "crasher",
@@ -18,7 +18,10 @@ pub const NAMES: [&str; 7] = [
     "sockets",
     "version-v1",
     "version-v2",
+    "files",
 ];
+/// The workloads also built as WASI p1 core modules.
+pub const P1_NAMES: [&str; 2] = ["hello", "files"];
 
 /// Path of the WASI p2 component for `name` (one of [`NAMES`]).
 ///
@@ -28,9 +31,16 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(P2_DIR).join(format!("{name}.wasm"))
 }
 
+/// Path of the WASI p1 core module for `name` (one of [`P1_NAMES`]).
+///
+/// As with [`path`], an unknown name gives a path that does not exist.
+pub fn path_p1(name: &str) -> PathBuf {
+    Path::new(P1_DIR).join(format!("{name}.wasm"))
+}
+
 /// Path of `hello` built as a WASI p1 core module.
 pub fn hello_p1() -> PathBuf {
-    Path::new(P1_DIR).join("hello.wasm")
+    path_p1("hello")
 }
 
 /// Path of the pod manifest for `name` (`workloads/<name>/pod.yaml`).

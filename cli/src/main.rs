@@ -354,6 +354,11 @@ struct OfferArgs {
     /// nothing still costs its guest's memory, a log buffer and a stack].
     #[arg(long, value_name = "N")]
     max_pods: Option<u32>,
+    /// Host directories pods may mount as hostPath volumes, with what is
+    /// under them (comma-separated or repeated), e.g. /srv/data,/dev/serial;
+    /// none by default.
+    #[arg(long = "allow-host-path", value_name = "DIR", value_delimiter = ',')]
+    allow_host_path: Vec<PathBuf>,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -553,6 +558,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 deny: offer.deny,
                 reserve: offer.reserve,
                 max_pods: offer.max_pods,
+                allowed_host_paths: offer.allowed_host_paths,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -691,6 +697,7 @@ struct Offer {
     deny: flotilla_node::Deny,
     reserve: flotilla_node::Reserve,
     max_pods: Option<u32>,
+    allowed_host_paths: Vec<PathBuf>,
 }
 
 #[cfg(feature = "node")]
@@ -705,10 +712,19 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
     if a.max_pods == Some(0) {
         anyhow::bail!("--max-pods must be at least 1; to take no pods, set spec.unschedulable: true on the Node");
     }
+    for p in &a.allow_host_path {
+        if !p.is_absolute() {
+            anyhow::bail!(
+                "--allow-host-path {}: give an absolute path, e.g. /srv/data",
+                p.display()
+            );
+        }
+    }
     Ok(Offer {
         deny,
         reserve,
         max_pods: a.max_pods,
+        allowed_host_paths: a.allow_host_path.clone(),
     })
 }
 
@@ -809,6 +825,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         deny: offer.deny,
         reserve: offer.reserve,
         max_pods: offer.max_pods,
+        allowed_host_paths: offer.allowed_host_paths,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub reserve: crate::node_status::Reserve,
     /// Most pods bound here; None: [`crate::node_status::default_max_pods`].
     pub max_pods: Option<u32>,
+    /// Host directories pods may mount as `hostPath` volumes (none: no
+    /// host path at all).
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 /// How often the node tells the master it is alive.
@@ -136,16 +139,28 @@ impl Agent {
             .insert(key, worker::spawn(pod, self.ctx.clone(), logs));
     }
 
-    /// Stops and forgets a pod that is no longer bound here.
+    /// Stops and forgets a pod that is no longer bound here, and removes
+    /// its volumes once its program has stopped.
     fn remove(&mut self, key: &str) {
-        if let Some(w) = self.workers.remove(key) {
+        let stopped = self.workers.remove(key).map(|w| {
             tracing::info!(pod = %key, "stopping a pod no longer bound to this node");
             w.stop.cancel();
-        }
+            w.task
+        });
         if let Some((ns, name)) = key.split_once('/') {
             if let Err(e) = self.ctx.local.remove_pod(ns, name) {
                 tracing::warn!(pod = %key, error = %e, "cannot remove pod from local store");
             }
+            let (cfg, ns, name) = (self.ctx.volumes.clone(), ns.to_string(), name.to_string());
+            tokio::spawn(async move {
+                if let Some(task) = stopped {
+                    let _ = task.await;
+                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::volumes::remove_pod(&cfg, &ns, &name)
+                })
+                .await;
+            });
         }
         self.logs
             .lock()
@@ -156,6 +171,16 @@ impl Agent {
     /// Brings the workers in line with the full list of pods bound here.
     fn reconcile(&mut self, desired: Vec<Pod>) {
         let keys: std::collections::HashSet<String> = desired.iter().map(pod_key).collect();
+        // Volumes of pods no longer here (removed while this agent was
+        // down, or replaced by a pod of the same name) go; running workers'
+        // pods are all in `desired` or stopped below.
+        let keep: std::collections::HashSet<String> = desired
+            .iter()
+            .filter(|p| !p.metadata.is_deleting())
+            .map(crate::volumes::pod_dir_name)
+            .collect();
+        let cfg = self.ctx.volumes.clone();
+        tokio::task::spawn_blocking(move || crate::volumes::remove_others(&cfg, &keep));
         let gone: Vec<String> = self
             .workers
             .keys()
@@ -197,6 +222,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         programs: Mutex::default(),
         reports: report_tx,
         in_use: Default::default(),
+        volumes: crate::volumes::VolumeConfig {
+            pods_dir: cfg.data_dir.join("pods"),
+            allowed_host_paths: cfg.allowed_host_paths.clone(),
+        },
     });
     let mut agent = Agent {
         name: cfg.name.clone(),

@@ -24,6 +24,7 @@ pub mod module_gc;
 pub mod node_status;
 pub mod pod;
 pub mod runtime;
+pub mod volumes;
 pub mod worker;
 
 pub use agent::NodeConfig;

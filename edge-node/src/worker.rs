@@ -36,6 +36,8 @@ pub struct WorkerCtx {
     pub reports: mpsc::UnboundedSender<Pod>,
     /// The modules of the pods that have a worker (see [`crate::module_gc`]).
     pub in_use: InUse,
+    /// Where pods' volumes live, and which host paths they may mount.
+    pub volumes: crate::volumes::VolumeConfig,
 }
 
 /// A running worker.
@@ -170,7 +172,22 @@ async fn run(
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
+                let prepared = {
+                    let (cfg, p) = (ctx.volumes.clone(), pod.clone());
+                    tokio::task::spawn_blocking(move || crate::volumes::prepare(&cfg, &p))
+                        .await
+                        .unwrap_or_else(|e| Err(crate::volumes::VolumeError::Io(e.to_string())))
+                };
+                let (mounts, limited) = match prepared {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "cannot set up the pod's volumes");
+                        actions = machine.step(exit_event(e.reason(), e.to_string()), Time::now());
+                        continue;
+                    }
+                };
                 let spec = RunSpec {
+                    mounts,
                     name: pod.metadata.name.clone(),
                     args: pod.spec.args.clone(),
                     env: pod
@@ -197,6 +214,10 @@ async fn run(
                 let sink: Arc<dyn LogSink> = logs.clone();
                 tokio::select! {
                     _ = stop.cancelled() => Event::Stop,
+                    over = watch_sizes(limited) => {
+                        tracing::warn!(pod = %key, %over, "an emptyDir went over its size limit; stopping the pod");
+                        exit_event("EmptyDirSizeLimit", over)
+                    }
                     outcome = ctx.runtime.run(&p, spec, sink) => {
                         tracing::info!(pod = %key, ?outcome, "pod instance ended");
                         match outcome {
@@ -209,6 +230,38 @@ async fn run(
             Some(Action::Report | Action::Kill) => continue,
         };
         actions = machine.step(event, Time::now());
+    }
+}
+
+/// How often emptyDir size limits are checked while a program runs.
+const SIZE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Returns (with what happened) once an emptyDir of `limited` holds more
+/// than its limit; never if there is none.
+async fn watch_sizes(limited: Vec<crate::volumes::Limited>) -> String {
+    if limited.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(SIZE_CHECK).await;
+        let dirs = limited.clone();
+        let over = tokio::task::spawn_blocking(move || {
+            dirs.into_iter().find_map(|l| {
+                let used = crate::volumes::usage(&l.dir);
+                (used > l.limit).then(|| {
+                    format!(
+                        "emptyDir volume {} holds {used} bytes, over its sizeLimit of {} bytes",
+                        l.volume, l.limit
+                    )
+                })
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(over) = over {
+            return over;
+        }
     }
 }
 
@@ -470,6 +523,10 @@ mod tests {
             programs: Mutex::default(),
             reports: report_tx,
             in_use: InUse::default(),
+            volumes: crate::volumes::VolumeConfig {
+                pods_dir: dir.path().join("pods"),
+                allowed_host_paths: vec![],
+            },
         });
         let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
         let a = start(pod("a", &ticker, RestartPolicy::Always));

@@ -505,3 +505,102 @@ async fn paused_guest_stops_at_once() {
         started.elapsed()
     );
 }
+
+/// The `files` guest as a p2 component and as a p1 module.
+fn files_builds() -> [(&'static str, std::path::PathBuf); 2] {
+    [
+        ("p2", flotilla_workloads::path("files")),
+        ("p1", flotilla_workloads::path_p1("files")),
+    ]
+}
+
+fn files_spec(args: &[&str], mounts: &[flotilla_node::volumes::Mount]) -> RunSpec {
+    RunSpec {
+        mounts: mounts.to_vec(),
+        ..spec("files", args)
+    }
+}
+
+fn mount(host: &std::path::Path, guest: &str, read_only: bool) -> flotilla_node::volumes::Mount {
+    flotilla_node::volumes::Mount {
+        host: host.to_path_buf(),
+        guest: guest.into(),
+        read_only,
+    }
+}
+
+#[tokio::test]
+async fn mounts_are_read_and_written_and_read_only_where_asked() {
+    for (build, path) in files_builds() {
+        let (rt, dir) = runtime();
+        let program = load(&rt, &path);
+        let data = dir.path().join("data");
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("app.conf"), "threshold=3").unwrap();
+        let mounts = [
+            mount(&data, "/data", false),
+            mount(&config, "/etc/app", true),
+        ];
+        let ok = |(o, c): (RunOutcome, Arc<Capture>)| {
+            assert_eq!(o, RunOutcome::Exited(0), "{build}: {}", c.stderr());
+            c.stdout()
+        };
+        ok(run(
+            &rt,
+            &program,
+            files_spec(&["write", "/data/x", "kept"], &mounts),
+        )
+        .await);
+        // Another run of the program finds what the first wrote.
+        let read = ok(run(&rt, &program, files_spec(&["read", "/data/x"], &mounts)).await);
+        assert_eq!(read, "kept", "{build}");
+        assert_eq!(std::fs::read_to_string(data.join("x")).unwrap(), "kept");
+        let conf = ok(run(
+            &rt,
+            &program,
+            files_spec(&["read", "/etc/app/app.conf"], &mounts),
+        )
+        .await);
+        assert_eq!(conf, "threshold=3", "{build}");
+        let denied = ok(run(
+            &rt,
+            &program,
+            files_spec(&["expect-denied", "/etc/app/new.conf"], &mounts),
+        )
+        .await);
+        assert!(denied.contains("denied"), "{build}: {denied}");
+        assert!(!config.join("new.conf").exists(), "{build}");
+        // Nothing outside the mounts, and none at all without them.
+        let (o, _) = run(&rt, &program, files_spec(&["read", "/etc/passwd"], &mounts)).await;
+        assert_ne!(o, RunOutcome::Exited(0), "{build}: read outside the mounts");
+        let (o, _) = run(&rt, &program, files_spec(&["read", "/data/x"], &[])).await;
+        assert_ne!(o, RunOutcome::Exited(0), "{build}: read without a mount");
+    }
+}
+
+#[tokio::test]
+async fn the_file_system_suite_passes_in_a_mount_and_at_the_root() {
+    for (build, path) in files_builds() {
+        let (rt, dir) = runtime();
+        let program = load(&rt, &path);
+        let host = dir.path().join("vol");
+        std::fs::create_dir_all(&host).unwrap();
+        for (guest, suite_dir) in [("/data", "/data"), ("/", "/")] {
+            let mounts = [mount(&host, guest, false)];
+            // Twice: the suite cleans up after itself.
+            for _ in 0..2 {
+                let (o, c) = run(&rt, &program, files_spec(&["suite", suite_dir], &mounts)).await;
+                assert_eq!(
+                    o,
+                    RunOutcome::Exited(0),
+                    "{build} at {guest}:\n{}{}",
+                    c.stdout(),
+                    c.stderr()
+                );
+                assert!(!c.stdout().contains("FAIL"), "{build}: {}", c.stdout());
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub mod pod;
 pub mod priority_class;
 pub mod replica_set;
 pub mod scheduling;
+pub mod volume;
 pub mod workload;
 
 pub use cron_job::CronJob;

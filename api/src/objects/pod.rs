@@ -62,6 +62,12 @@ pub struct PodSpec {
     /// Set by the master from the PriorityClass.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub preemption_policy: Option<PreemptionPolicy>,
+    /// Directories the pod may mount ([`super::volume`]).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub volumes: Vec<super::volume::Volume>,
+    /// Where the program sees them: each a WASI preopened directory.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub volume_mounts: Vec<super::volume::VolumeMount>,
 }
 
 impl PodSpec {
@@ -370,6 +376,7 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
             ));
         }
     }
+    errors.extend(super::volume::validate(&s.volumes, &s.volume_mounts));
     if !s.priority_class_name.is_empty() && !is_dns_subdomain(&s.priority_class_name) {
         errors.push(fe(
             "spec.priorityClassName",

@@ -120,6 +120,8 @@ pub struct RunSpec {
     /// Cap on the CPU the run may use, in millicores of one core (1000 is
     /// a whole core, which a run never exceeds; 0 means no cap).
     pub cpu_limit: Option<u64>,
+    /// Directories preopened for the guest (its volume mounts).
+    pub mounts: Vec<crate::volumes::Mount>,
 }
 
 /// Receives a guest's output as it writes it. Called synchronously from the
@@ -535,12 +537,25 @@ impl Runtime {
             .envs(&spec.env)
             .stdout(SinkOutput::new(sink.clone(), LogStream::Stdout))
             .stderr(SinkOutput::new(sink, LogStream::Stderr))
-            // Pods get no network, and no files (no preopens), until the pod
-            // spec can ask for them; say so explicitly rather than rely on
-            // wasmtime-wasi's defaults.
+            // Pods get no network until the pod spec can ask for it; say so
+            // explicitly rather than rely on wasmtime-wasi's defaults.
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        // Files: only the pod's volume mounts, each a preopened directory.
+        for m in &spec.mounts {
+            let perms = if m.read_only {
+                wasmtime_wasi::FsPerms::ReadOnly
+            } else {
+                wasmtime_wasi::FsPerms::ReadWrite
+            };
+            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
+                return RunOutcome::Failed {
+                    reason: "StartError".into(),
+                    message: format!("cannot mount {} at {}: {e:#}", m.host.display(), m.guest),
+                };
+            }
+        }
         let limiter = Limiter::new(spec.memory_limit);
         let engine = &self.inner.engine;
 

@@ -1,0 +1,269 @@
+//! Volumes: directories a pod's program sees, each mounted as a WASI
+//! preopened directory at its `mountPath` (p1 modules and p2 components
+//! alike). A volume says where the directory comes from (`emptyDir`: a
+//! fresh one per pod on its node; `hostPath`: a directory of the node that
+//! its operator allows); a mount says where the guest sees it, and whether
+//! it may write.
+
+use crate::manifest::{fe, is_dns_label, FieldError};
+use crate::quantity::{parse_bytes, Quantity};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Most volumes (and mounts) one pod may have.
+pub const MAX_VOLUMES: usize = 32;
+
+/// A named directory a pod may mount.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Volume {
+    /// Mounts name it; a DNS label, unique in the pod.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub empty_dir: Option<EmptyDirVolume>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub host_path: Option<HostPathVolume>,
+}
+
+/// A directory made for the pod on its node, empty at first: kept while
+/// the pod is on the node (across restarts of its program), removed with
+/// the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EmptyDirVolume {
+    /// Most bytes the directory may hold; past it the node stops the pod
+    /// (reason `EmptyDirSizeLimit`). No limit when left out.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub size_limit: Option<Quantity>,
+}
+
+/// A directory of the node, under a prefix its operator allows
+/// (`flotilla node --allow-host-path`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HostPathVolume {
+    /// An absolute path on the node; it must exist and be a directory.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub path: String,
+}
+
+/// Where the program sees a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The volume's name.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    /// The guest path of the preopened directory (`/data`, or `/` for the
+    /// guest's root).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub mount_path: String,
+    /// The program may read, not write: writes fail with the WASI error
+    /// for a read-only file system or a denied permission.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub read_only: bool,
+    /// A directory inside the volume to mount instead of its root (made if
+    /// missing); relative, without `..`.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub sub_path: String,
+}
+
+impl EmptyDirVolume {
+    /// The size limit in bytes, if any (validation has checked it parses).
+    pub fn size_limit_bytes(&self) -> Option<u64> {
+        self.size_limit
+            .as_ref()
+            .and_then(|q| parse_bytes(&q.0).ok())
+    }
+}
+
+/// Whether `p` is an absolute guest path made of plain parts (no `.`,
+/// `..` or empty parts), or `/`.
+fn plain_absolute(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && !p.ends_with('/')
+            && p[1..].split('/').all(|part| {
+                !part.is_empty() && part != "." && part != ".." && !part.contains('\0')
+            }))
+}
+
+/// Whether `p` is a relative path of plain parts.
+fn plain_relative(p: &str) -> bool {
+    !p.starts_with('/')
+        && p.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
+}
+
+/// Checks a pod's volumes and mounts; paths start at `spec`.
+pub fn validate(volumes: &[Volume], mounts: &[VolumeMount]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if volumes.len() > MAX_VOLUMES || mounts.len() > MAX_VOLUMES {
+        errors.push(fe(
+            "spec.volumes",
+            format!("at most {MAX_VOLUMES} volumes and {MAX_VOLUMES} mounts"),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let at = |f: &str| format!("spec.volumes[{i}]{f}");
+        if !is_dns_label(&v.name) {
+            errors.push(fe(
+                at(".name"),
+                format!(
+                    "{:?} must be a DNS label (lowercase letters, digits, '-')",
+                    v.name
+                ),
+            ));
+        } else if !names.insert(v.name.as_str()) {
+            errors.push(fe(at(".name"), format!("{:?} is named twice", v.name)));
+        }
+        let sources = usize::from(v.empty_dir.is_some()) + usize::from(v.host_path.is_some());
+        if sources != 1 {
+            errors.push(fe(
+                at(""),
+                "give exactly one source: emptyDir: {} or hostPath: {path: /srv/data}",
+            ));
+        }
+        if let Some(e) = &v.empty_dir {
+            if let Some(q) = &e.size_limit {
+                match parse_bytes(&q.0) {
+                    Ok(0) => errors.push(fe(at(".emptyDir.sizeLimit"), "must be more than 0")),
+                    Ok(_) => {}
+                    Err(e) => errors.push(fe(at(".emptyDir.sizeLimit"), e.to_string())),
+                }
+            }
+        }
+        if let Some(h) = &v.host_path {
+            if !plain_absolute(&h.path) || h.path == "/" {
+                errors.push(fe(
+                    at(".hostPath.path"),
+                    format!(
+                        "{:?} must be an absolute directory path without '.' or '..' parts \
+                         (and not / itself)",
+                        h.path
+                    ),
+                ));
+            }
+        }
+    }
+    let mut paths = BTreeSet::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let at = |f: &str| format!("spec.volumeMounts[{i}]{f}");
+        if !names.contains(m.name.as_str()) {
+            errors.push(fe(
+                at(".name"),
+                format!(
+                    "{:?} is not a volume of this pod (list it in spec.volumes)",
+                    m.name
+                ),
+            ));
+        }
+        if !plain_absolute(&m.mount_path) {
+            errors.push(fe(
+                at(".mountPath"),
+                format!(
+                    "{:?} must be an absolute guest path without '.' or '..' parts, e.g. /data \
+                     (or / for the root)",
+                    m.mount_path
+                ),
+            ));
+        } else if !paths.insert(m.mount_path.as_str()) {
+            errors.push(fe(
+                at(".mountPath"),
+                format!("{:?} is mounted twice", m.mount_path),
+            ));
+        }
+        if !m.sub_path.is_empty() && !plain_relative(&m.sub_path) {
+            errors.push(fe(
+                at(".subPath"),
+                format!(
+                    "{:?} must be a relative path inside the volume, without '.' or '..' parts",
+                    m.sub_path
+                ),
+            ));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolume::default()),
+            ..Volume::default()
+        }
+    }
+
+    fn mount(name: &str, path: &str) -> VolumeMount {
+        VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..VolumeMount::default()
+        }
+    }
+
+    #[test]
+    fn volumes_and_mounts_say_what_is_wrong() {
+        assert!(validate(&[empty("data")], &[mount("data", "/data")]).is_empty());
+        assert!(validate(&[empty("root")], &[mount("root", "/")]).is_empty());
+        let host = |p: &str| Volume {
+            name: "h".into(),
+            host_path: Some(HostPathVolume { path: p.into() }),
+            ..Volume::default()
+        };
+        let cases: Vec<(Vec<Volume>, Vec<VolumeMount>, &str)> = vec![
+            (vec![empty("Data")], vec![], "spec.volumes[0].name"),
+            (vec![empty("a"), empty("a")], vec![], "named twice"),
+            (
+                vec![Volume {
+                    name: "x".into(),
+                    ..Volume::default()
+                }],
+                vec![],
+                "exactly one source",
+            ),
+            (vec![host("relative/dir")], vec![], "hostPath.path"),
+            (vec![host("/srv/../etc")], vec![], "hostPath.path"),
+            (vec![host("/")], vec![], "hostPath.path"),
+            (vec![empty("a")], vec![mount("b", "/b")], "not a volume"),
+            (vec![empty("a")], vec![mount("a", "data")], "mountPath"),
+            (vec![empty("a")], vec![mount("a", "/data/")], "mountPath"),
+            (
+                vec![empty("a")],
+                vec![mount("a", "/d"), mount("a", "/d")],
+                "mounted twice",
+            ),
+            (
+                vec![empty("a")],
+                vec![VolumeMount {
+                    sub_path: "../up".into(),
+                    ..mount("a", "/d")
+                }],
+                "subPath",
+            ),
+            (
+                vec![Volume {
+                    empty_dir: Some(EmptyDirVolume {
+                        size_limit: Some(Quantity("lots".into())),
+                    }),
+                    ..empty("a")
+                }],
+                vec![],
+                "sizeLimit",
+            ),
+        ];
+        for (volumes, mounts, want) in cases {
+            let errors = validate(&volumes, &mounts);
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(want)),
+                "{want}: {errors:?}"
+            );
+        }
+    }
+}

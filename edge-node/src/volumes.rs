@@ -1,0 +1,421 @@
+//! A pod's volumes on this node: the directories its mounts preopen.
+//!
+//! - `emptyDir`: `<data>/pods/<namespace>_<name>_<uid>/volumes/<volume>`,
+//!   made when the pod first starts here (owner-only), kept across restarts
+//!   of its program and of this agent, removed when the pod leaves the node.
+//!   A `sizeLimit` is watched while the program runs ([`usage`]).
+//! - `hostPath`: a directory of the node, only under a prefix the operator
+//!   allows (`flotilla node --allow-host-path`); anything else is refused
+//!   with a reason, never given in part. Prefixes and paths are compared
+//!   after resolving symbolic links, so a link cannot lead out.
+//! - A mount's `subPath` is a directory inside the volume (made if
+//!   missing), checked the same way.
+
+use flotilla_api::objects::volume::Volume;
+use flotilla_api::Pod;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Where pods' volumes live and which host paths pods may mount.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeConfig {
+    /// `<data dir>/pods`.
+    pub pods_dir: PathBuf,
+    /// Host directories (and what is under them) pods may mount.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+/// One preopened directory of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host: PathBuf,
+    /// The guest path of the preopen.
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// An emptyDir with a size limit, for the watch while the program runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub volume: String,
+    pub dir: PathBuf,
+    pub limit: u64,
+}
+
+/// Why a pod's volumes could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeError {
+    /// The spec asks for what this node does not give: the pod's status
+    /// shows `reason`.
+    #[error("{message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+    /// The node could not make or read a directory.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl VolumeError {
+    /// The reason a pod's status shows.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VolumeError::Refused { reason, .. } => reason,
+            VolumeError::Io(_) => "VolumeError",
+        }
+    }
+}
+
+/// The name of a pod's directory under `pods_dir`.
+pub fn pod_dir_name(pod: &Pod) -> String {
+    let m = &pod.metadata;
+    format!("{}_{}_{}", m.namespace, m.name, m.uid)
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> VolumeError {
+    VolumeError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// Makes an owner-only directory (and its parents).
+fn make_dir(path: &Path) -> Result<(), VolumeError> {
+    flotilla_api::perms::create_dir(path).map_err(|e| io("cannot create", path, e))
+}
+
+/// `path` resolved, if it is a directory inside `root` (itself resolved).
+fn inside(root: &Path, path: &Path) -> Result<PathBuf, VolumeError> {
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| io("cannot resolve", path, e))?;
+    if !resolved.starts_with(root) {
+        return Err(VolumeError::Refused {
+            reason: "SubPathOutsideVolume",
+            message: format!(
+                "{} leads outside its volume ({} resolves to {})",
+                path.display(),
+                path.display(),
+                resolved.display()
+            ),
+        });
+    }
+    if !resolved.is_dir() {
+        return Err(VolumeError::Refused {
+            reason: "NotADirectory",
+            message: format!("{} is not a directory", resolved.display()),
+        });
+    }
+    Ok(resolved)
+}
+
+/// The host directory of `volume` for `pod`, made if it is an emptyDir.
+fn volume_root(cfg: &VolumeConfig, pod: &Pod, volume: &Volume) -> Result<PathBuf, VolumeError> {
+    if volume.empty_dir.is_some() {
+        let dir = cfg
+            .pods_dir
+            .join(pod_dir_name(pod))
+            .join("volumes")
+            .join(&volume.name);
+        make_dir(&dir)?;
+        return dir
+            .canonicalize()
+            .map_err(|e| io("cannot resolve", &dir, e));
+    }
+    if let Some(h) = &volume.host_path {
+        let wanted = Path::new(&h.path);
+        let allowed: Vec<PathBuf> = cfg
+            .allowed_host_paths
+            .iter()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        let refused = |why: String| VolumeError::Refused {
+            reason: "HostPathNotAllowed",
+            message: why,
+        };
+        if allowed.is_empty() {
+            return Err(refused(format!(
+                "volume {}: this node allows no host paths; its operator can allow some with \
+                 `flotilla node --allow-host-path {}`",
+                volume.name, h.path
+            )));
+        }
+        let resolved = match wanted.canonicalize() {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(VolumeError::Refused {
+                    reason: "HostPathMissing",
+                    message: format!(
+                        "volume {}: host path {} cannot be used on this node: {e}",
+                        volume.name, h.path
+                    ),
+                })
+            }
+        };
+        if !allowed.iter().any(|a| resolved.starts_with(a)) {
+            let list: Vec<String> = cfg
+                .allowed_host_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(refused(format!(
+                "volume {}: host path {} (resolved {}) is not under a path this node allows \
+                 ({})",
+                volume.name,
+                h.path,
+                resolved.display(),
+                list.join(", ")
+            )));
+        }
+        if !resolved.is_dir() {
+            return Err(VolumeError::Refused {
+                reason: "HostPathMissing",
+                message: format!(
+                    "volume {}: host path {} is not a directory",
+                    volume.name, h.path
+                ),
+            });
+        }
+        return Ok(resolved);
+    }
+    Err(VolumeError::Refused {
+        reason: "VolumeError",
+        message: format!("volume {} has no source", volume.name),
+    })
+}
+
+/// The preopens of `pod`'s mounts, its volumes made or checked; and its
+/// emptyDirs with size limits.
+pub fn prepare(cfg: &VolumeConfig, pod: &Pod) -> Result<(Vec<Mount>, Vec<Limited>), VolumeError> {
+    let mut roots = std::collections::BTreeMap::new();
+    let mut limited = Vec::new();
+    for v in &pod.spec.volumes {
+        let root = volume_root(cfg, pod, v)?;
+        if let Some(limit) = v.empty_dir.as_ref().and_then(|e| e.size_limit_bytes()) {
+            limited.push(Limited {
+                volume: v.name.clone(),
+                dir: root.clone(),
+                limit,
+            });
+        }
+        roots.insert(v.name.clone(), root);
+    }
+    let mut mounts = Vec::new();
+    for m in &pod.spec.volume_mounts {
+        let Some(root) = roots.get(&m.name) else {
+            return Err(VolumeError::Refused {
+                reason: "VolumeError",
+                message: format!("mount {}: no volume of that name", m.mount_path),
+            });
+        };
+        let host = if m.sub_path.is_empty() {
+            root.clone()
+        } else {
+            let dir = root.join(&m.sub_path);
+            if !dir.exists() {
+                make_dir(&dir)?;
+            }
+            inside(root, &dir)?
+        };
+        mounts.push(Mount {
+            host,
+            guest: m.mount_path.clone(),
+            read_only: m.read_only,
+        });
+    }
+    Ok((mounts, limited))
+}
+
+/// Bytes under `dir` (files, not following links).
+pub fn usage(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                pending.push(e.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    total
+}
+
+/// Removes the directories of pods not in `keep` (names from
+/// [`pod_dir_name`]): their volumes go with them.
+pub fn remove_others(cfg: &VolumeConfig, keep: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(&cfg.pods_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            remove_dir(&e.path());
+        }
+    }
+}
+
+/// Removes the directories of the pod `namespace/name` (any uid).
+pub fn remove_pod(cfg: &VolumeConfig, namespace: &str, name: &str) {
+    let prefix = format!("{namespace}_{name}_");
+    let Ok(entries) = std::fs::read_dir(&cfg.pods_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        // Names and namespaces have no '_': the uid is what follows.
+        if entry
+            .strip_prefix(&prefix)
+            .is_some_and(|uid| !uid.contains('_'))
+        {
+            remove_dir(&e.path());
+        }
+    }
+}
+
+fn remove_dir(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => tracing::info!(dir = %path.display(), "removed a pod's volumes"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove a pod's volumes")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::objects::volume::{EmptyDirVolume, HostPathVolume, VolumeMount};
+    use flotilla_api::quantity::Quantity;
+
+    fn pod(volumes: Vec<Volume>, mounts: Vec<VolumeMount>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.namespace = "default".into();
+        p.metadata.name = "web".into();
+        p.metadata.uid = "u1".into();
+        p.spec.volumes = volumes;
+        p.spec.volume_mounts = mounts;
+        p
+    }
+
+    fn mount(name: &str, path: &str) -> VolumeMount {
+        VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..VolumeMount::default()
+        }
+    }
+
+    fn host(name: &str, path: &Path) -> Volume {
+        Volume {
+            name: name.into(),
+            host_path: Some(HostPathVolume {
+                path: path.display().to_string(),
+            }),
+            ..Volume::default()
+        }
+    }
+
+    #[test]
+    fn empty_dirs_are_made_kept_and_removed_with_their_pod() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cfg = VolumeConfig {
+            pods_dir: tmp.path().join("pods"),
+            allowed_host_paths: vec![],
+        };
+        let scratch = Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolume {
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Volume::default()
+        };
+        let p = pod(
+            vec![scratch],
+            vec![
+                mount("scratch", "/tmp"),
+                VolumeMount {
+                    sub_path: "logs/app".into(),
+                    read_only: true,
+                    ..mount("scratch", "/logs")
+                },
+            ],
+        );
+        let (mounts, limited) = prepare(&cfg, &p).expect("prepared");
+        assert_eq!(mounts.len(), 2);
+        assert!(mounts[0].host.ends_with("default_web_u1/volumes/scratch"));
+        assert!(mounts[1].host.ends_with("scratch/logs/app") && mounts[1].read_only);
+        assert_eq!(limited[0].limit, 1 << 20);
+        std::fs::write(mounts[0].host.join("f"), b"12345").expect("write");
+        assert_eq!(usage(&mounts[0].host), 5);
+        // Prepared again (a restart): the same directory, its file kept.
+        let (again, _) = prepare(&cfg, &p).expect("again");
+        assert!(again[0].host.join("f").exists());
+        // Another pod's directory goes; this one's stays until it goes.
+        let mut other = p.clone();
+        other.metadata.uid = "u0".into();
+        prepare(&cfg, &other).expect("other");
+        remove_others(&cfg, &[pod_dir_name(&p)].into_iter().collect());
+        assert!(!cfg.pods_dir.join("default_web_u0").exists());
+        assert!(cfg.pods_dir.join("default_web_u1").exists());
+        remove_pod(&cfg, "default", "web");
+        assert!(!cfg.pods_dir.join("default_web_u1").exists());
+    }
+
+    #[test]
+    fn host_paths_only_under_allowed_prefixes_and_no_way_out() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let allowed = tmp.path().join("srv");
+        let other = tmp.path().join("etc");
+        std::fs::create_dir_all(allowed.join("data")).expect("dir");
+        std::fs::create_dir_all(&other).expect("dir");
+        let mut cfg = VolumeConfig {
+            pods_dir: tmp.path().join("pods"),
+            allowed_host_paths: vec![],
+        };
+        let refused = |cfg: &VolumeConfig, p: &Pod| match prepare(cfg, p) {
+            Err(e) => e,
+            Ok(m) => panic!("allowed: {m:?}"),
+        };
+        let data = pod(
+            vec![host("d", &allowed.join("data"))],
+            vec![mount("d", "/data")],
+        );
+        let e = refused(&cfg, &data);
+        assert_eq!(e.reason(), "HostPathNotAllowed");
+        assert!(e.to_string().contains("--allow-host-path"), "{e}");
+        cfg.allowed_host_paths = vec![allowed.clone()];
+        let (mounts, _) = prepare(&cfg, &data).expect("allowed");
+        assert_eq!(mounts[0].guest, "/data");
+        let e = refused(&cfg, &pod(vec![host("e", &other)], vec![]));
+        assert_eq!(e.reason(), "HostPathNotAllowed");
+        // A link under the allowed prefix that leads out is refused too.
+        std::os::unix::fs::symlink(&other, allowed.join("sneaky")).expect("link");
+        let e = refused(&cfg, &pod(vec![host("s", &allowed.join("sneaky"))], vec![]));
+        assert_eq!(e.reason(), "HostPathNotAllowed");
+        let e = refused(
+            &cfg,
+            &pod(vec![host("m", &allowed.join("missing"))], vec![]),
+        );
+        assert_eq!(e.reason(), "HostPathMissing");
+        // A subPath that is a link out of the volume.
+        std::os::unix::fs::symlink(&other, allowed.join("data/out")).expect("link");
+        let e = refused(
+            &cfg,
+            &pod(
+                vec![host("d", &allowed.join("data"))],
+                vec![VolumeMount {
+                    sub_path: "out".into(),
+                    ..mount("d", "/x")
+                }],
+            ),
+        );
+        assert_eq!(e.reason(), "SubPathOutsideVolume");
+    }
+}
