@@ -51,8 +51,9 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 8] = [
+pub const APPLYABLE: [Kind; 9] = [
     Kind::Namespace,
+    Kind::ConfigMap,
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,

@@ -521,6 +521,71 @@ pub async fn create_namespace(config: &Path, name: &str) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
+/// `create configmap NAME`: a ConfigMap from literals and files (UTF-8
+/// files go to `data`, others to `binaryData`).
+pub async fn create_config_map(
+    config: &Path,
+    name: &str,
+    namespace: &str,
+    literals: &[String],
+    files: &[String],
+) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let mut cm = flotilla_api::objects::ConfigMap {
+        metadata: flotilla_api::ObjectMeta::named(namespace, name),
+        ..Default::default()
+    };
+    let mut keys = std::collections::BTreeSet::new();
+    for l in literals {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--from-literal {l:?}: write KEY=VALUE");
+        };
+        if !keys.insert(k.to_string()) {
+            bail!("key {k:?} is given twice");
+        }
+        cm.data.insert(k.to_string(), v.to_string());
+    }
+    for f in files {
+        let (key, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), PathBuf::from(p)),
+            None => {
+                let path = PathBuf::from(f);
+                let key = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow!("--from-file {f:?}: not a file name"))?;
+                (key, path)
+            }
+        };
+        if !keys.insert(key.clone()) {
+            bail!("key {key:?} is given twice");
+        }
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("--from-file: reading {}", path.display()))?;
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                cm.data.insert(key, text);
+            }
+            Err(e) => {
+                cm.binary_data.insert(
+                    key,
+                    base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+                );
+            }
+        }
+    }
+    let object = Object::ConfigMap(cm);
+    let errors = flotilla_api::manifest::validate(&object);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!("{}", list.join("; "));
+    }
+    let client = connect(config).await?;
+    call(&client, &Request::Create(object)).await?;
+    println!("configmap/{name} created");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The module a manifest's object runs: a pod's, or its template's.
 fn module_of(obj: &mut Object) -> Option<&mut String> {
     match obj {
@@ -566,6 +631,12 @@ fn same_desired(a: &Object, b: &Object) -> bool {
             x.spec == ys && same_meta
         }
         (Object::Namespace(_), Object::Namespace(_)) => same_meta,
+        (Object::ConfigMap(x), Object::ConfigMap(y)) => {
+            same_meta
+                && x.data == y.data
+                && x.binary_data == y.binary_data
+                && x.immutable == y.immutable
+        }
         _ => false,
     }
 }
@@ -673,6 +744,13 @@ fn render(
                         .filter_map(|o| o.as_kind::<flotilla_api::objects::event::Event>().cloned())
                         .collect::<Vec<_>>(),
                     wide,
+                    now,
+                ),
+                Kind::ConfigMap => output::config_maps(
+                    &objs
+                        .iter()
+                        .filter_map(|o| o.as_kind::<flotilla_api::objects::ConfigMap>().cloned())
+                        .collect::<Vec<_>>(),
                     now,
                 ),
                 Kind::Namespace => output::namespaces(

@@ -60,11 +60,21 @@ enum Command {
         #[arg(long)]
         create_namespace: bool,
     },
-    /// Create an object from the command line: `create namespace NAME`.
+    /// Create an object from the command line: `create namespace NAME`,
+    /// `create configmap NAME --from-literal k=v --from-file path`.
     Create {
-        /// `namespace` (or `ns`).
+        /// `namespace` (`ns`) or `configmap` (`cm`).
         kind: String,
         name: String,
+        /// A ConfigMap key and its value, `KEY=VALUE` (repeatable).
+        #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+        from_literal: Vec<String>,
+        /// A file as a ConfigMap key: `PATH` (the key is its file name) or
+        /// `KEY=PATH` (repeatable).
+        #[arg(long = "from-file", value_name = "[KEY=]PATH")]
+        from_file: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// List objects: pods, nodes or modules.
     Get(commands::GetArgs),
@@ -574,11 +584,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace,
             create_namespace,
         } => commands::apply(&config, &files, namespace.as_deref(), create_namespace).await,
-        Command::Create { kind, name } => match flotilla_api::Kind::parse(&kind) {
-            Some(flotilla_api::Kind::Namespace) => commands::create_namespace(&config, &name).await,
+        Command::Create {
+            kind,
+            name,
+            from_literal,
+            from_file,
+            namespace,
+        } => match flotilla_api::Kind::parse(&kind) {
+            Some(flotilla_api::Kind::Namespace)
+                if from_literal.is_empty() && from_file.is_empty() =>
+            {
+                commands::create_namespace(&config, &name).await
+            }
+            Some(flotilla_api::Kind::ConfigMap) => {
+                commands::create_config_map(&config, &name, &namespace, &from_literal, &from_file)
+                    .await
+            }
             _ => Err(anyhow::anyhow!(
-                "`create` makes namespaces (`flotilla create namespace NAME`); write a manifest \
-                 and use `flotilla apply -f FILE` for {kind:?}"
+                "`create` makes namespaces (`create namespace NAME`) and configmaps (`create \
+                 configmap NAME --from-literal k=v --from-file PATH`); write a manifest and use \
+                 `flotilla apply -f FILE` for {kind:?}"
             )),
         },
         Command::Get(args) => commands::get(&config, args).await,

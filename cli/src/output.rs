@@ -354,6 +354,22 @@ pub fn describe_events(items: &[Event], now: Time) -> String {
     out
 }
 
+/// ConfigMaps: how many keys each holds.
+pub fn config_maps(items: &[flotilla_api::objects::ConfigMap], now: Time) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|c| {
+            vec![
+                c.metadata.namespace.clone(),
+                c.metadata.name.clone(),
+                (c.data.len() + c.binary_data.len()).to_string(),
+                age_of(&c.metadata, now),
+            ]
+        })
+        .collect();
+    table(&["NAMESPACE", "NAME", "DATA", "AGE"], &rows)
+}
+
 /// Namespaces: Active, or Terminating while their contents are deleted.
 pub fn namespaces(items: &[Namespace], now: Time) -> String {
     let rows: Vec<Vec<String>> = items

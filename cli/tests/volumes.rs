@@ -118,3 +118,100 @@ fn an_empty_dir_outlives_restarts_goes_with_its_pod_and_keeps_to_its_size() {
     let filler = c.get_json("pod", "filler").expect("pod");
     assert_eq!(filler["status"]["reason"], "EmptyDirSizeLimit", "{filler}");
 }
+
+#[test]
+fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let mount = "  volumes:\n  - name: cfg\n    configMap: {name: app}\n  volumeMounts:\n  - {name: cfg, mountPath: /etc/app}\n";
+
+    // Before the ConfigMap exists the pod says why it waits.
+    apply(
+        &c,
+        "early.yaml",
+        &pod_yaml(
+            "early",
+            "files",
+            &["read", "/etc/app/level"],
+            "Never",
+            mount,
+        ),
+    );
+    c.wait_phase("early", "Failed", T);
+    let early = c.get_json("pod", "early").expect("pod");
+    assert_eq!(early["status"]["reason"], "ConfigMapNotFound", "{early}");
+
+    let greeting = c.path("greeting.txt");
+    std::fs::write(&greeting, "hello from a file").expect("file");
+    let out = c.ok(&[
+        "create",
+        "configmap",
+        "app",
+        "--from-literal",
+        "level=1",
+        "--from-file",
+        greeting.to_str().expect("utf8"),
+    ]);
+    assert!(out.contains("configmap/app created"), "{out}");
+    let table = c.ok(&["get", "cm"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("app") && l.contains(" 2 ")),
+        "{table}"
+    );
+
+    apply(
+        &c,
+        "reader.yaml",
+        &pod_yaml(
+            "reader",
+            "files",
+            &["read", "/etc/app/greeting.txt"],
+            "Never",
+            mount,
+        ),
+    );
+    c.wait_phase("reader", "Succeeded", T);
+    assert_eq!(logs(&c, "reader"), "hello from a file");
+    apply(
+        &c,
+        "writer.yaml",
+        &pod_yaml(
+            "writer",
+            "files",
+            &["expect-denied", "/etc/app/level"],
+            "Never",
+            mount,
+        ),
+    );
+    c.wait_phase("writer", "Succeeded", T);
+    assert!(logs(&c, "writer").contains("denied"));
+
+    // A running pod's files follow the ConfigMap.
+    apply(
+        &c,
+        "sleeper.yaml",
+        &pod_yaml("sleeper", "files", &["sleep"], "Always", mount),
+    );
+    c.wait_phase("sleeper", "Running", T);
+    let uid = c.get_json("pod", "sleeper").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let file = c.path(&format!("n1/pods/default_sleeper_{uid}/volumes/cfg/level"));
+    wait_for("the mounted file", T, || {
+        (std::fs::read_to_string(&file).ok()? == "1").then_some(())
+    });
+    let changed = "apiVersion: flotilla.dev/v1\nkind: ConfigMap\nmetadata: {name: app}\ndata:\n  level: \"2\"\n  greeting.txt: hello from a file\n";
+    let started = std::time::Instant::now();
+    apply(&c, "app.yaml", changed);
+    wait_for("the change to reach the mounted file", T, || {
+        (std::fs::read_to_string(&file).ok()? == "2").then_some(())
+    });
+    eprintln!(
+        "configmap update reached the mounted file in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

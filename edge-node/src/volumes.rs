@@ -8,12 +8,20 @@
 //!   allows (`flotilla node --allow-host-path`); anything else is refused
 //!   with a reason, never given in part. Prefixes and paths are compared
 //!   after resolving symbolic links, so a link cannot lead out.
+//! - `configMap`: the ConfigMap's keys as files, in
+//!   `<pod dir>/volumes/<volume>`, laid out as kubelet lays them out: the
+//!   files are in a directory named for the ConfigMap's version, `..data`
+//!   links to it, and each file name links through `..data`. A new version
+//!   is written beside the old and `..data` is swapped by one rename, so a
+//!   program never reads half of an update ([`write_config_map`]). Always
+//!   mounted read-only.
 //! - A mount's `subPath` is a directory inside the volume (made if
 //!   missing), checked the same way.
 
-use flotilla_api::objects::volume::Volume;
+use flotilla_api::objects::volume::{ConfigMapVolume, Volume};
+use flotilla_api::objects::ConfigMap;
 use flotilla_api::Pod;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Where pods' volumes live and which host paths pods may mount.
@@ -109,7 +117,7 @@ fn inside(root: &Path, path: &Path) -> Result<PathBuf, VolumeError> {
 
 /// The host directory of `volume` for `pod`, made if it is an emptyDir.
 fn volume_root(cfg: &VolumeConfig, pod: &Pod, volume: &Volume) -> Result<PathBuf, VolumeError> {
-    if volume.empty_dir.is_some() {
+    if volume.empty_dir.is_some() || volume.config_map.is_some() {
         let dir = cfg
             .pods_dir
             .join(pod_dir_name(pod))
@@ -215,13 +223,119 @@ pub fn prepare(cfg: &VolumeConfig, pod: &Pod) -> Result<(Vec<Mount>, Vec<Limited
             }
             inside(root, &dir)?
         };
+        let config = pod
+            .spec
+            .volumes
+            .iter()
+            .any(|v| v.name == m.name && v.config_map.is_some());
         mounts.push(Mount {
             host,
             guest: m.mount_path.clone(),
-            read_only: m.read_only,
+            read_only: m.read_only || config,
         });
     }
     Ok((mounts, limited))
+}
+
+/// The directory of `pod`'s volume `volume`.
+pub fn volume_dir(cfg: &VolumeConfig, pod: &Pod, volume: &str) -> PathBuf {
+    cfg.pods_dir
+        .join(pod_dir_name(pod))
+        .join("volumes")
+        .join(volume)
+}
+
+/// The files a configMap volume shows of `cm`: its `items` (key → path), or
+/// every key under its own name.
+pub fn config_map_files(
+    cm: &ConfigMap,
+    source: &ConfigMapVolume,
+) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
+    let all = cm.files();
+    if source.items.is_empty() {
+        return Ok(all);
+    }
+    let mut out = BTreeMap::new();
+    for item in &source.items {
+        let Some(bytes) = all.get(&item.key) else {
+            return Err(VolumeError::Refused {
+                reason: "ConfigMapKeyMissing",
+                message: format!(
+                    "configmap {} has no key {:?} (it has: {})",
+                    cm.metadata.name,
+                    item.key,
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        out.insert(item.path.clone(), bytes.clone());
+    }
+    Ok(out)
+}
+
+/// The link every version's files are reached through.
+const DATA_LINK: &str = "..data";
+
+/// Writes `files` (relative path → bytes) into `dir` as version `version`
+/// and makes it the one `..data` links to, in one rename; the older
+/// versions and the links of files no longer there go. Answers whether
+/// anything changed (false when `version` is the one shown already).
+pub fn write_config_map(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    mode: u32,
+    version: u64,
+) -> Result<bool, VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    make_dir(dir)?;
+    let name = format!("..{version}");
+    let link = dir.join(DATA_LINK);
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&name)) {
+        return Ok(false);
+    }
+    let staged = dir.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&staged);
+    make_dir(&staged)?;
+    for (path, bytes) in files {
+        let file = staged.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+        }
+        std::fs::write(&file, bytes).map_err(|e| io("cannot write", &file, e))?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o777))
+            .map_err(|e| io("cannot set the mode of", &file, e))?;
+    }
+    let version_dir = dir.join(&name);
+    let _ = std::fs::remove_dir_all(&version_dir);
+    std::fs::rename(&staged, &version_dir).map_err(|e| io("cannot rename", &staged, e))?;
+    let new_link = dir.join(format!("{DATA_LINK}.tmp"));
+    let _ = std::fs::remove_file(&new_link);
+    std::os::unix::fs::symlink(&name, &new_link).map_err(|e| io("cannot link", &new_link, e))?;
+    std::fs::rename(&new_link, &link).map_err(|e| io("cannot swap", &link, e))?;
+    // Each top-level name links through ..data; names gone are unlinked.
+    let tops: BTreeSet<String> = files
+        .keys()
+        .filter_map(|p| p.split('/').next().map(String::from))
+        .collect();
+    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
+    for e in entries.flatten() {
+        let entry = e.file_name().to_string_lossy().into_owned();
+        if entry.starts_with("..") {
+            if entry != name && entry != DATA_LINK {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        } else if !tops.contains(&entry) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    for top in &tops {
+        let at = dir.join(top);
+        if std::fs::symlink_metadata(&at).is_err() {
+            std::os::unix::fs::symlink(Path::new(DATA_LINK).join(top), &at)
+                .map_err(|e| io("cannot link", &at, e))?;
+        }
+    }
+    Ok(true)
 }
 
 /// Bytes under `dir` (files, not following links).
@@ -366,6 +480,42 @@ mod tests {
         assert!(cfg.pods_dir.join("default_web_u1").exists());
         remove_pod(&cfg, "default", "web");
         assert!(!cfg.pods_dir.join("default_web_u1").exists());
+    }
+
+    #[test]
+    fn config_map_versions_are_swapped_whole() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("cfg");
+        let v1: BTreeMap<String, Vec<u8>> = [
+            ("app.conf".to_string(), b"level=1".to_vec()),
+            ("extra/notes".to_string(), b"n".to_vec()),
+        ]
+        .into();
+        assert!(write_config_map(&dir, &v1, 0o644, 7).expect("v1"));
+        assert_eq!(
+            std::fs::read(dir.join("app.conf")).expect("read"),
+            b"level=1"
+        );
+        assert_eq!(std::fs::read(dir.join("extra/notes")).expect("read"), b"n");
+        assert!(
+            !write_config_map(&dir, &v1, 0o644, 7).expect("again"),
+            "unchanged"
+        );
+        let v2: BTreeMap<String, Vec<u8>> = [("app.conf".to_string(), b"level=2".to_vec())].into();
+        assert!(write_config_map(&dir, &v2, 0o600, 9).expect("v2"));
+        assert_eq!(
+            std::fs::read(dir.join("app.conf")).expect("read"),
+            b"level=2"
+        );
+        assert!(!dir.join("extra").exists(), "a name gone is unlinked");
+        assert!(!dir.join("..7").exists(), "the old version goes");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["..9", "..data", "app.conf"]);
     }
 
     #[test]

@@ -172,6 +172,11 @@ async fn run(
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
+                if let Err(e) = sync_config_maps(&ctx, &pod).await {
+                    tracing::warn!(pod = %key, error = %e, "cannot mount the pod's configmaps");
+                    actions = machine.step(exit_event(e.reason(), e.to_string()), Time::now());
+                    continue;
+                }
                 let prepared = {
                     let (cfg, p) = (ctx.volumes.clone(), pod.clone());
                     tokio::task::spawn_blocking(move || crate::volumes::prepare(&cfg, &p))
@@ -214,6 +219,7 @@ async fn run(
                 let sink: Arc<dyn LogSink> = logs.clone();
                 tokio::select! {
                     _ = stop.cancelled() => Event::Stop,
+                    never = keep_config_maps(&ctx, &pod) => match never {},
                     over = watch_sizes(limited) => {
                         tracing::warn!(pod = %key, %over, "an emptyDir went over its size limit; stopping the pod");
                         exit_event("EmptyDirSizeLimit", over)
@@ -230,6 +236,95 @@ async fn run(
             Some(Action::Report | Action::Kill) => continue,
         };
         actions = machine.step(event, Time::now());
+    }
+}
+
+/// How often a running pod's ConfigMaps are read again.
+const CONFIG_MAP_SYNC: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes the files of `pod`'s configMap volumes from the master's
+/// ConfigMaps. With no master connected, a volume written before is used
+/// as it is (the node runs its pods on its own); otherwise the run fails
+/// with a reason (`ConfigMapNotFound`, ...), and is tried again as its
+/// restart policy says.
+async fn sync_config_maps(ctx: &WorkerCtx, pod: &Pod) -> Result<(), crate::volumes::VolumeError> {
+    use crate::volumes::VolumeError;
+    for v in &pod.spec.volumes {
+        let Some(source) = &v.config_map else {
+            continue;
+        };
+        let dir = crate::volumes::volume_dir(&ctx.volumes, pod, &v.name);
+        let written_before = dir.join("..data").exists();
+        let client = ctx.client.borrow().clone();
+        let Some(client) = client else {
+            if written_before {
+                continue;
+            }
+            return Err(VolumeError::Io(format!(
+                "configmap {} is not on this node yet and no master is connected",
+                source.name
+            )));
+        };
+        let get = Request::Get {
+            kind: flotilla_api::Kind::ConfigMap,
+            namespace: pod.metadata.namespace.clone(),
+            name: source.name.clone(),
+            stale: true,
+        };
+        let cm = match client.call(&get).await {
+            Ok(Response::Object(flotilla_api::Object::ConfigMap(cm))) => cm,
+            Ok(other) => {
+                return Err(VolumeError::Io(format!(
+                    "unexpected answer for configmap {}: {other:?}",
+                    source.name
+                )))
+            }
+            Err(flotilla_api::net::NetError::Api(e))
+                if e.code == flotilla_api::protocol::ErrorCode::NotFound =>
+            {
+                return Err(VolumeError::Refused {
+                    reason: "ConfigMapNotFound",
+                    message: format!(
+                        "configmap {:?} not found in namespace {}: create it (`flotilla create \
+                         configmap {} --from-file ...`); the pod starts once it exists",
+                        source.name, pod.metadata.namespace, source.name
+                    ),
+                })
+            }
+            Err(_) if written_before => continue,
+            Err(e) => {
+                return Err(VolumeError::Io(format!(
+                    "reading configmap {}: {e}",
+                    source.name
+                )))
+            }
+        };
+        let files = crate::volumes::config_map_files(&cm, source)?;
+        let mode = source.default_mode.unwrap_or(0o644);
+        let version = cm.metadata.resource_version;
+        let changed = tokio::task::spawn_blocking(move || {
+            crate::volumes::write_config_map(&dir, &files, mode, version)
+        })
+        .await
+        .map_err(|e| VolumeError::Io(e.to_string()))??;
+        if changed {
+            tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), configmap = %source.name, version, "wrote configmap files");
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a running pod's configMap volumes up to date; never returns.
+async fn keep_config_maps(ctx: &WorkerCtx, pod: &Pod) -> std::convert::Infallible {
+    let any = pod.spec.volumes.iter().any(|v| v.config_map.is_some());
+    if !any {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(CONFIG_MAP_SYNC).await;
+        if let Err(e) = sync_config_maps(ctx, pod).await {
+            tracing::debug!(error = %e, "configmap not updated; keeping the files as they are");
+        }
     }
 }
 

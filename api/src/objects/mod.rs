@@ -14,6 +14,7 @@
 //! missing field. The positional layouts of protocol 2 are still read
 //! ([`legacy`]).
 
+pub mod config_map;
 pub mod cron_job;
 pub mod daemon_set;
 pub mod deployment;
@@ -30,6 +31,7 @@ pub mod scheduling;
 pub mod volume;
 pub mod workload;
 
+pub use config_map::ConfigMap;
 pub use cron_job::CronJob;
 pub use daemon_set::DaemonSet;
 pub use deployment::Deployment;
@@ -319,6 +321,7 @@ kinds! {
     CronJob(CronJob), "cronjobs", ["cj"], true;
     Namespace(Namespace), "namespaces", ["ns"], false;
     Event(event::Event), "events", ["ev"], true;
+    ConfigMap(config_map::ConfigMap), "configmaps", ["cm"], true;
 }
 
 /// The kinds whose objects run a module or make pods that do

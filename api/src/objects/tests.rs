@@ -379,3 +379,55 @@ fn the_sample_manifests_are_valid() {
     }
     assert!(seen >= 10, "found {seen} sample manifests");
 }
+
+#[test]
+fn config_maps_and_their_volumes_say_what_is_wrong() {
+    let cm = "apiVersion: flotilla.dev/v1\nkind: ConfigMap\nmetadata: {name: app}\ndata:\n  level: \"1\"\n  bad/key: x\nbinaryData:\n  level: aGk=\n  blob: \"***\"\n";
+    let errors = errors_of(cm);
+    for want in [
+        "data.bad/key: not a valid key",
+        "binaryData.level: also in data",
+        "binaryData.blob: not base64",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "{want}: {errors:?}"
+        );
+    }
+    let pod = |volume: &str| {
+        format!(
+            "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  module: ./a.wasm\n  volumes:\n  - name: cfg\n{volume}"
+        )
+    };
+    assert!(errors_of(&pod(
+        "    configMap: {name: app, items: [{key: level, path: conf/level}]}\n"
+    ))
+    .is_empty());
+    let errors = errors_of(&pod(
+        "    configMap: {name: app, items: [{key: level, path: ../level}], defaultMode: 4095}\n",
+    ));
+    assert!(
+        errors.iter().any(|e| e.contains("items[0].path")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("defaultMode")),
+        "{errors:?}"
+    );
+    let errors = errors_of(&pod("    configMap: {name: app}\n    emptyDir: {}\n"));
+    assert!(
+        errors.iter().any(|e| e.contains("exactly one source")),
+        "{errors:?}"
+    );
+    // An immutable ConfigMap keeps its data.
+    let docs = crate::manifest::parse_manifests(
+        "apiVersion: flotilla.dev/v1\nkind: ConfigMap\nmetadata: {name: app}\nimmutable: true\ndata: {a: \"1\"}\n",
+    )
+    .expect("parses");
+    let Object::ConfigMap(stored) = docs[0].clone() else {
+        panic!("a configmap")
+    };
+    let mut changed = stored.clone();
+    changed.data.insert("a".into(), "2".into());
+    assert!(ConfigMap::merge(&stored, changed, false).is_err());
+}

@@ -24,6 +24,35 @@ pub struct Volume {
     pub empty_dir: Option<EmptyDirVolume>,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub host_path: Option<HostPathVolume>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub config_map: Option<ConfigMapVolume>,
+}
+
+/// The keys of a ConfigMap in the pod's namespace as files, always
+/// read-only, updated in place (an atomic swap) when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ConfigMapVolume {
+    /// The ConfigMap's name.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    /// The keys to mount and the file each becomes; every key, each as a
+    /// file of its name, when left out.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub items: Vec<KeyToPath>,
+    /// The files' mode (octal in YAML as `0644` or decimal); 0644 when left out.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub default_mode: Option<u32>,
+}
+
+/// One key, and the relative path of its file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct KeyToPath {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub key: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub path: String,
 }
 
 /// A directory made for the pod on its node, empty at first: kept while
@@ -119,12 +148,47 @@ pub fn validate(volumes: &[Volume], mounts: &[VolumeMount]) -> Vec<FieldError> {
         } else if !names.insert(v.name.as_str()) {
             errors.push(fe(at(".name"), format!("{:?} is named twice", v.name)));
         }
-        let sources = usize::from(v.empty_dir.is_some()) + usize::from(v.host_path.is_some());
+        let sources = usize::from(v.empty_dir.is_some())
+            + usize::from(v.host_path.is_some())
+            + usize::from(v.config_map.is_some());
         if sources != 1 {
             errors.push(fe(
                 at(""),
-                "give exactly one source: emptyDir: {} or hostPath: {path: /srv/data}",
+                "give exactly one source: emptyDir: {}, hostPath: {path: /srv/data} or \
+                 configMap: {name: NAME}",
             ));
+        }
+        if let Some(c) = &v.config_map {
+            if !crate::manifest::is_dns_subdomain(&c.name) {
+                errors.push(fe(
+                    at(".configMap.name"),
+                    format!("{:?} is not a valid ConfigMap name", c.name),
+                ));
+            }
+            for (j, item) in c.items.iter().enumerate() {
+                if !super::config_map::is_key(&item.key) {
+                    errors.push(fe(
+                        at(&format!(".configMap.items[{j}].key")),
+                        format!("{:?} is not a valid key", item.key),
+                    ));
+                }
+                if !plain_relative(&item.path) || item.path.split('/').any(|p| p.starts_with(".."))
+                {
+                    errors.push(fe(
+                        at(&format!(".configMap.items[{j}].path")),
+                        format!(
+                            "{:?} must be a relative path without '.' or '..' parts",
+                            item.path
+                        ),
+                    ));
+                }
+            }
+            if c.default_mode.is_some_and(|m| m > 0o777) {
+                errors.push(fe(
+                    at(".configMap.defaultMode"),
+                    "a file mode from 0 to 0777",
+                ));
+            }
         }
         if let Some(e) = &v.empty_dir {
             if let Some(q) = &e.size_limit {

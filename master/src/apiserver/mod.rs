@@ -385,7 +385,7 @@ impl ApiServer {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
                     format!(
-                        "node {} may read only its own Node, the pods bound to it and their modules",
+                        "node {} may read only its own Node, the pods bound to it, their modules and the ConfigMaps they mount",
                         view.me
                     ),
                 ));
@@ -568,10 +568,18 @@ impl Watch {
 pub(crate) struct NodeView<'a> {
     me: String,
     store: &'a Store,
-    /// The digests of the modules of the pods bound to the node, listed
-    /// only when a module is asked about: reading a Node or a pod needs
-    /// no list of every pod.
-    modules: std::cell::OnceCell<Result<std::collections::HashSet<String>, ApiError>>,
+    /// What the pods bound to the node use: their modules' digests and
+    /// their ConfigMaps (`namespace/name`), listed only when a module or a
+    /// ConfigMap is asked about: reading a Node or a pod needs no list of
+    /// every pod.
+    used: std::cell::OnceCell<Result<Used, ApiError>>,
+}
+
+/// What a node's pods use.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Used {
+    modules: std::collections::HashSet<String>,
+    config_maps: std::collections::HashSet<String>,
 }
 
 impl<'a> NodeView<'a> {
@@ -579,33 +587,48 @@ impl<'a> NodeView<'a> {
         caller.node().map(|me| NodeView {
             me: me.to_string(),
             store,
-            modules: std::cell::OnceCell::new(),
+            used: std::cell::OnceCell::new(),
         })
     }
 
-    pub(crate) fn uses(&self, digest: &str) -> Result<bool, ApiError> {
-        let modules = self.modules.get_or_init(|| {
+    fn used(&self) -> Result<&Used, ApiError> {
+        let used = self.used.get_or_init(|| {
             let (_, pods) = self
                 .store
                 .list(Kind::Pod, None, &Selector::default())
                 .map_err(store_err)?;
-            Ok(pods
+            let mut used = Used::default();
+            for p in pods
                 .iter()
                 .filter_map(|o| o.as_pod())
                 .filter(|p| p.spec.node_name.as_deref() == Some(self.me.as_str()))
-                .map(|p| p.spec.module.clone())
-                .collect())
+            {
+                used.modules.insert(p.spec.module.clone());
+                for v in &p.spec.volumes {
+                    if let Some(c) = &v.config_map {
+                        used.config_maps
+                            .insert(format!("{}/{}", p.metadata.namespace, c.name));
+                    }
+                }
+            }
+            Ok(used)
         });
-        match modules {
-            Ok(m) => Ok(m.contains(digest)),
-            Err(e) => Err(e.clone()),
-        }
+        used.as_ref().map_err(Clone::clone)
+    }
+
+    pub(crate) fn uses(&self, digest: &str) -> Result<bool, ApiError> {
+        Ok(self.used()?.modules.contains(digest))
     }
 
     fn may_read(&self, o: &Object) -> Result<bool, ApiError> {
-        if let Object::Module(m) = o {
-            return self.uses(&m.spec.digest);
+        match o {
+            Object::Module(m) => self.uses(&m.spec.digest),
+            // Only the ConfigMaps its pods mount (Kubernetes' node authorizer).
+            Object::ConfigMap(c) => Ok(self
+                .used()?
+                .config_maps
+                .contains(&format!("{}/{}", c.metadata.namespace, c.metadata.name))),
+            _ => Ok(node_may_read(&self.me, o, &|_| false)),
         }
-        Ok(node_may_read(&self.me, o, &|_| false))
     }
 }
