@@ -214,4 +214,33 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
         "configmap update reached the mounted file in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // Variables from the ConfigMap and from the pod, read at start.
+    let env = "  env:\n  - name: LEVEL\n    valueFrom: {configMapKeyRef: {name: app, key: level}}\n  - name: NODE\n    valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n  envFrom:\n  - {configMapRef: {name: app}, prefix: CM_}\n";
+    apply(&c, "env.yaml", &pod_yaml("env", "hello", &[], "Never", env));
+    c.wait_phase("env", "Succeeded", T);
+    let printed = logs(&c, "env");
+    for line in ["LEVEL=2", "NODE=n1", "CM_level=2"] {
+        assert!(printed.lines().any(|l| l == line), "{line}: {printed}");
+    }
+    let missing =
+        "  env:\n  - name: NOPE\n    valueFrom: {configMapKeyRef: {name: app, key: nope}}\n";
+    apply(
+        &c,
+        "missing.yaml",
+        &pod_yaml("missing", "hello", &[], "Never", missing),
+    );
+    c.wait_phase("missing", "Failed", T);
+    let pod = c.get_json("pod", "missing").expect("pod");
+    assert_eq!(
+        pod["status"]["reason"], "CreateContainerConfigError",
+        "{pod}"
+    );
+    assert!(
+        pod["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no key \"nope\""),
+        "{pod}"
+    );
 }

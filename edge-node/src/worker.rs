@@ -191,16 +191,19 @@ async fn run(
                         continue;
                     }
                 };
+                let env = match resolve_env(&ctx, &pod).await {
+                    Ok(env) => env,
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "cannot resolve the pod's environment");
+                        actions = machine.step(exit_event(e.reason(), e.to_string()), Time::now());
+                        continue;
+                    }
+                };
                 let spec = RunSpec {
+                    env,
                     mounts,
                     name: pod.metadata.name.clone(),
                     args: pod.spec.args.clone(),
-                    env: pod
-                        .spec
-                        .env
-                        .iter()
-                        .map(|e| (e.name.clone(), e.value.clone()))
-                        .collect(),
                     memory_limit: pod
                         .spec
                         .resources
@@ -255,33 +258,9 @@ async fn sync_config_maps(ctx: &WorkerCtx, pod: &Pod) -> Result<(), crate::volum
         };
         let dir = crate::volumes::volume_dir(&ctx.volumes, pod, &v.name);
         let written_before = dir.join("..data").exists();
-        let client = ctx.client.borrow().clone();
-        let Some(client) = client else {
-            if written_before {
-                continue;
-            }
-            return Err(VolumeError::Io(format!(
-                "configmap {} is not on this node yet and no master is connected",
-                source.name
-            )));
-        };
-        let get = Request::Get {
-            kind: flotilla_api::Kind::ConfigMap,
-            namespace: pod.metadata.namespace.clone(),
-            name: source.name.clone(),
-            stale: true,
-        };
-        let cm = match client.call(&get).await {
-            Ok(Response::Object(flotilla_api::Object::ConfigMap(cm))) => cm,
-            Ok(other) => {
-                return Err(VolumeError::Io(format!(
-                    "unexpected answer for configmap {}: {other:?}",
-                    source.name
-                )))
-            }
-            Err(flotilla_api::net::NetError::Api(e))
-                if e.code == flotilla_api::protocol::ErrorCode::NotFound =>
-            {
+        let cm = match read_config_map(ctx, pod, &source.name).await {
+            Ok(Some(cm)) => cm,
+            Ok(None) => {
                 return Err(VolumeError::Refused {
                     reason: "ConfigMapNotFound",
                     message: format!(
@@ -291,13 +270,9 @@ async fn sync_config_maps(ctx: &WorkerCtx, pod: &Pod) -> Result<(), crate::volum
                     ),
                 })
             }
+            // No master, or no answer: the files written before serve.
             Err(_) if written_before => continue,
-            Err(e) => {
-                return Err(VolumeError::Io(format!(
-                    "reading configmap {}: {e}",
-                    source.name
-                )))
-            }
+            Err(e) => return Err(e),
         };
         let files = crate::volumes::config_map_files(&cm, source)?;
         let mode = source.default_mode.unwrap_or(0o644);
@@ -312,6 +287,133 @@ async fn sync_config_maps(ctx: &WorkerCtx, pod: &Pod) -> Result<(), crate::volum
         }
     }
     Ok(())
+}
+
+/// Reads the ConfigMap `name` of `pod`'s namespace from the master: None
+/// if it does not exist.
+async fn read_config_map(
+    ctx: &WorkerCtx,
+    pod: &Pod,
+    name: &str,
+) -> Result<Option<flotilla_api::objects::ConfigMap>, crate::volumes::VolumeError> {
+    use crate::volumes::VolumeError;
+    let client = ctx.client.borrow().clone();
+    let Some(client) = client else {
+        return Err(VolumeError::Io(format!(
+            "configmap {name} is needed and no master is connected"
+        )));
+    };
+    let get = Request::Get {
+        kind: flotilla_api::Kind::ConfigMap,
+        namespace: pod.metadata.namespace.clone(),
+        name: name.to_string(),
+        stale: true,
+    };
+    match client.call(&get).await {
+        Ok(Response::Object(flotilla_api::Object::ConfigMap(cm))) => Ok(Some(cm)),
+        Ok(other) => Err(VolumeError::Io(format!(
+            "unexpected answer for configmap {name}: {other:?}"
+        ))),
+        Err(flotilla_api::net::NetError::Api(e))
+            if e.code == flotilla_api::protocol::ErrorCode::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(VolumeError::Io(format!("reading configmap {name}: {e}"))),
+    }
+}
+
+/// The program's environment: `envFrom` first, then `env` (which wins),
+/// values from ConfigMaps and the pod's own fields resolved now.
+async fn resolve_env(
+    ctx: &WorkerCtx,
+    pod: &Pod,
+) -> Result<Vec<(String, String)>, crate::volumes::VolumeError> {
+    use crate::volumes::VolumeError;
+    let refused = |message: String| VolumeError::Refused {
+        reason: "CreateContainerConfigError",
+        message,
+    };
+    let mut maps = std::collections::BTreeMap::new();
+    let spec = &pod.spec;
+    let needs_maps = !spec.env_from.is_empty()
+        || spec.env.iter().any(|e| {
+            e.value_from
+                .as_ref()
+                .is_some_and(|f| f.config_map_key_ref.is_some())
+        });
+    if needs_maps {
+        for name in spec.config_maps() {
+            maps.insert(name.to_string(), read_config_map(ctx, pod, name).await?);
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    let set = |k: String, v: String, out: &mut Vec<(String, String)>| {
+        out.retain(|(name, _)| *name != k);
+        out.push((k, v));
+    };
+    for from in &spec.env_from {
+        let Some(r) = &from.config_map_ref else {
+            continue;
+        };
+        match maps.get(&r.name).cloned().flatten() {
+            Some(cm) => {
+                for (k, v) in &cm.data {
+                    set(format!("{}{k}", from.prefix), v.clone(), &mut out);
+                }
+            }
+            None if r.optional => {}
+            None => {
+                return Err(refused(format!(
+                    "envFrom: configmap {:?} not found in namespace {}",
+                    r.name, pod.metadata.namespace
+                )))
+            }
+        }
+    }
+    for e in &spec.env {
+        let value = match &e.value_from {
+            None => Some(e.value.clone()),
+            Some(from) => match (&from.config_map_key_ref, &from.field_ref) {
+                (Some(r), _) => match maps.get(&r.name).cloned().flatten() {
+                    Some(cm) => match cm.data.get(&r.key) {
+                        Some(v) => Some(v.clone()),
+                        None if r.optional => None,
+                        None => {
+                            return Err(refused(format!(
+                                "env {}: configmap {:?} has no key {:?}",
+                                e.name, r.name, r.key
+                            )))
+                        }
+                    },
+                    None if r.optional => None,
+                    None => {
+                        return Err(refused(format!(
+                            "env {}: configmap {:?} not found in namespace {}",
+                            e.name, r.name, pod.metadata.namespace
+                        )))
+                    }
+                },
+                (None, Some(f)) => Some(match f.field_path.as_str() {
+                    "metadata.name" => pod.metadata.name.clone(),
+                    "metadata.namespace" => pod.metadata.namespace.clone(),
+                    "metadata.uid" => pod.metadata.uid.clone(),
+                    "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
+                    other => {
+                        return Err(refused(format!(
+                            "env {}: fieldRef {other:?} is not known to this node",
+                            e.name
+                        )))
+                    }
+                }),
+                (None, None) => None,
+            },
+        };
+        if let Some(v) = value {
+            set(e.name.clone(), v, &mut out);
+        }
+    }
+    Ok(out)
 }
 
 /// Keeps a running pod's configMap volumes up to date; never returns.

@@ -144,6 +144,7 @@ impl From<Pod> for super::Pod {
                     .map(|e| super::EnvVar {
                         name: e.name,
                         value: e.value,
+                        value_from: None,
                     })
                     .collect(),
                 resources: super::ResourceRequirements {

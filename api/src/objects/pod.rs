@@ -62,6 +62,9 @@ pub struct PodSpec {
     /// Set by the master from the PriorityClass.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub preemption_policy: Option<PreemptionPolicy>,
+    /// Every key of some ConfigMaps as variables (before `env`, which wins).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub env_from: Vec<EnvFromSource>,
     /// Directories the pod may mount ([`super::volume`]).
     #[serde(skip_serializing_if = "crate::is_default")]
     pub volumes: Vec<super::volume::Volume>,
@@ -99,6 +102,98 @@ pub struct EnvVar {
     pub name: String,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub value: String,
+    /// Where the value comes from instead of `value`, read by the node
+    /// each time the program starts.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// A variable's value from a ConfigMap's key or from the pod itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EnvVarSource {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub field_ref: Option<FieldSelector>,
+}
+
+/// A key of a ConfigMap in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ConfigMapKeySelector {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub key: String,
+    /// A missing ConfigMap or key leaves the variable unset instead of
+    /// holding the program back.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub optional: bool,
+}
+
+/// A field of the pod: one of [`FIELD_PATHS`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct FieldSelector {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub field_path: String,
+}
+
+/// The pod fields a variable may hold (Kubernetes' names).
+pub const FIELD_PATHS: [&str; 4] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+];
+
+/// All the keys of a ConfigMap as variables.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EnvFromSource {
+    /// Put before each key's name.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub prefix: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub config_map_ref: Option<ConfigMapEnvSource>,
+}
+
+/// A ConfigMap in the pod's namespace whose keys become variables.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ConfigMapEnvSource {
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub optional: bool,
+}
+
+impl PodSpec {
+    /// The ConfigMaps the pod uses (volumes, env, envFrom), by name.
+    pub fn config_maps(&self) -> std::collections::BTreeSet<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            if let Some(c) = &v.config_map {
+                out.insert(c.name.as_str());
+            }
+        }
+        for e in &self.env {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.config_map_key_ref.as_ref())
+            {
+                out.insert(r.name.as_str());
+            }
+        }
+        for e in &self.env_from {
+            if let Some(r) = &e.config_map_ref {
+                out.insert(r.name.as_str());
+            }
+        }
+        out
+    }
 }
 
 /// Requests (what the scheduler reserves) and limits (what the node
@@ -320,6 +415,53 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
                 format!("spec.env[{i}].name"),
                 format!("{:?} is set twice", e.name),
             ));
+        }
+        if let Some(from) = &e.value_from {
+            let at = format!("spec.env[{i}].valueFrom");
+            if !e.value.is_empty() {
+                errors.push(fe(&at, "give value or valueFrom, not both"));
+            }
+            match (&from.config_map_key_ref, &from.field_ref) {
+                (Some(r), None) => {
+                    if !is_dns_subdomain(&r.name) {
+                        errors.push(fe(
+                            format!("{at}.configMapKeyRef.name"),
+                            format!("{:?} is not a valid ConfigMap name", r.name),
+                        ));
+                    }
+                    if !super::config_map::is_key(&r.key) {
+                        errors.push(fe(
+                            format!("{at}.configMapKeyRef.key"),
+                            format!("{:?} is not a valid key", r.key),
+                        ));
+                    }
+                }
+                (None, Some(f)) => {
+                    if !FIELD_PATHS.contains(&f.field_path.as_str()) {
+                        errors.push(fe(
+                            format!("{at}.fieldRef.fieldPath"),
+                            format!("{:?}: use one of {}", f.field_path, FIELD_PATHS.join(", ")),
+                        ));
+                    }
+                }
+                _ => errors.push(fe(
+                    &at,
+                    "give exactly one of configMapKeyRef: {name, key} or fieldRef: {fieldPath}",
+                )),
+            }
+        }
+    }
+    for (i, e) in s.env_from.iter().enumerate() {
+        match &e.config_map_ref {
+            Some(r) if is_dns_subdomain(&r.name) => {}
+            Some(r) => errors.push(fe(
+                format!("spec.envFrom[{i}].configMapRef.name"),
+                format!("{:?} is not a valid ConfigMap name", r.name),
+            )),
+            None => errors.push(fe(
+                format!("spec.envFrom[{i}]"),
+                "required: configMapRef: {name: NAME}",
+            )),
         }
     }
     let mut amounts = [[None; 2]; 2];

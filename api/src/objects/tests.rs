@@ -431,3 +431,25 @@ fn config_maps_and_their_volumes_say_what_is_wrong() {
     changed.data.insert("a".into(), "2".into());
     assert!(ConfigMap::merge(&stored, changed, false).is_err());
 }
+
+#[test]
+fn environment_sources_say_what_is_wrong() {
+    let pod = |env: &str| {
+        format!("apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  module: ./a.wasm\n{env}")
+    };
+    let ok = "  env:\n  - name: A\n    valueFrom: {configMapKeyRef: {name: app, key: level}}\n  - name: N\n    valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n  envFrom:\n  - {configMapRef: {name: app}, prefix: X_}\n";
+    assert!(errors_of(&pod(ok)).is_empty(), "{:?}", errors_of(&pod(ok)));
+    let cases = [
+        ("  env:\n  - name: A\n    value: x\n    valueFrom: {fieldRef: {fieldPath: metadata.name}}\n", "value or valueFrom"),
+        ("  env:\n  - name: A\n    valueFrom: {fieldRef: {fieldPath: status.podIP}}\n", "use one of"),
+        ("  env:\n  - name: A\n    valueFrom: {}\n", "exactly one of"),
+        ("  envFrom:\n  - {prefix: X_}\n", "configMapRef"),
+    ];
+    for (env, want) in cases {
+        let errors = errors_of(&pod(env));
+        assert!(
+            errors.iter().any(|e| e.contains(want)),
+            "{want}: {errors:?}"
+        );
+    }
+}

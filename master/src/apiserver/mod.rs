@@ -604,11 +604,9 @@ impl<'a> NodeView<'a> {
                 .filter(|p| p.spec.node_name.as_deref() == Some(self.me.as_str()))
             {
                 used.modules.insert(p.spec.module.clone());
-                for v in &p.spec.volumes {
-                    if let Some(c) = &v.config_map {
-                        used.config_maps
-                            .insert(format!("{}/{}", p.metadata.namespace, c.name));
-                    }
+                for name in p.spec.config_maps() {
+                    used.config_maps
+                        .insert(format!("{}/{}", p.metadata.namespace, name));
                 }
             }
             Ok(used)
