@@ -215,12 +215,13 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
         started.elapsed().as_secs_f64()
     );
 
-    // Variables from the ConfigMap and from the pod, read at start.
-    let env = "  env:\n  - name: LEVEL\n    valueFrom: {configMapKeyRef: {name: app, key: level}}\n  - name: NODE\n    valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n  envFrom:\n  - {configMapRef: {name: app}, prefix: CM_}\n";
+    // Variables from the ConfigMap and from the pod, read at start; the
+    // program's name as it expects it.
+    let env = "  argv0: sensor-reader\n  env:\n  - name: LEVEL\n    valueFrom: {configMapKeyRef: {name: app, key: level}}\n  - name: NODE\n    valueFrom: {fieldRef: {fieldPath: spec.nodeName}}\n  envFrom:\n  - {configMapRef: {name: app}, prefix: CM_}\n";
     apply(&c, "env.yaml", &pod_yaml("env", "hello", &[], "Never", env));
     c.wait_phase("env", "Succeeded", T);
     let printed = logs(&c, "env");
-    for line in ["LEVEL=2", "NODE=n1", "CM_level=2"] {
+    for line in ["arg[0]=sensor-reader", "LEVEL=2", "NODE=n1", "CM_level=2"] {
         assert!(printed.lines().any(|l| l == line), "{line}: {printed}");
     }
     let missing =

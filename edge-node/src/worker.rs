@@ -202,7 +202,11 @@ async fn run(
                 let spec = RunSpec {
                     env,
                     mounts,
-                    name: pod.metadata.name.clone(),
+                    name: pod
+                        .spec
+                        .argv0
+                        .clone()
+                        .unwrap_or_else(|| pod.metadata.name.clone()),
                     args: pod.spec.args.clone(),
                     memory_limit: pod
                         .spec

@@ -32,6 +32,10 @@ pub struct PodSpec {
     pub module: String,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub args: Vec<String>,
+    /// The program's name as it sees it (`argv[0]`); the pod's name when
+    /// left out.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub argv0: Option<String>,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub env: Vec<EnvVar>,
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -384,6 +388,15 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
         errors.push(fe(
             "spec.module",
             format!("{:?} is not a sha256:<64 hex digits> digest", s.module),
+        ));
+    }
+    if s.argv0
+        .as_deref()
+        .is_some_and(|a| a.is_empty() || a.len() > 4096 || a.contains('\0'))
+    {
+        errors.push(fe(
+            "spec.argv0",
+            "1 to 4096 bytes without NUL (leave it out for the pod's name)",
         ));
     }
     if s.args.len() > MAX_ARGS {

@@ -109,7 +109,7 @@ pub struct CompileInfo {
 /// What to run a program with.
 #[derive(Debug, Clone, Default)]
 pub struct RunSpec {
-    /// argv[0] as the guest sees it (the pod name).
+    /// argv[0] as the guest sees it (`spec.argv0`, or the pod name).
     pub name: String,
     /// Arguments after argv[0].
     pub args: Vec<String>,
