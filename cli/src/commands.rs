@@ -676,6 +676,13 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     })
 }
 
+/// The objects of type `T` among `objs`.
+fn typed<T: flotilla_api::objects::Typed>(objs: &[Object]) -> Vec<T> {
+    objs.iter()
+        .filter_map(|o| o.as_kind::<T>().cloned())
+        .collect()
+}
+
 fn render(
     kind: Kind,
     objs: &[Object],
@@ -690,91 +697,30 @@ fn render(
         Format::Table | Format::Wide => {
             let wide = format == Format::Wide;
             match kind {
-                Kind::Pod => output::pods(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_pod().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
-                Kind::Node => output::nodes(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_node().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
-                Kind::Deployment => output::deployments(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<Deployment>().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
-                Kind::DaemonSet => output::daemon_sets(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::DaemonSet>().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
-                Kind::Job => output::jobs(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::Job>().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
-                Kind::CronJob => output::cron_jobs(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::CronJob>().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
+                Kind::Pod => output::pods(&typed::<flotilla_api::Pod>(objs), wide, now),
+                Kind::Node => output::nodes(&typed::<flotilla_api::Node>(objs), wide, now),
+                Kind::Deployment => output::deployments(&typed::<Deployment>(objs), wide, now),
+                Kind::DaemonSet => {
+                    output::daemon_sets(&typed::<flotilla_api::objects::DaemonSet>(objs), wide, now)
+                }
+                Kind::Job => output::jobs(&typed::<flotilla_api::objects::Job>(objs), wide, now),
+                Kind::CronJob => {
+                    output::cron_jobs(&typed::<flotilla_api::objects::CronJob>(objs), wide, now)
+                }
                 Kind::Event => output::events(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::event::Event>().cloned())
-                        .collect::<Vec<_>>(),
+                    &typed::<flotilla_api::objects::event::Event>(objs),
                     wide,
                     now,
                 ),
-                Kind::ConfigMap => output::config_maps(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::ConfigMap>().cloned())
-                        .collect::<Vec<_>>(),
-                    now,
-                ),
-                Kind::Namespace => output::namespaces(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<flotilla_api::objects::Namespace>().cloned())
-                        .collect::<Vec<_>>(),
-                    now,
-                ),
-                Kind::ReplicaSet => output::replica_sets(
-                    &objs
-                        .iter()
-                        .filter_map(|o| o.as_kind::<ReplicaSet>().cloned())
-                        .collect::<Vec<_>>(),
-                    wide,
-                    now,
-                ),
+                Kind::ConfigMap => {
+                    output::config_maps(&typed::<flotilla_api::objects::ConfigMap>(objs), now)
+                }
+                Kind::Namespace => {
+                    output::namespaces(&typed::<flotilla_api::objects::Namespace>(objs), now)
+                }
+                Kind::ReplicaSet => output::replica_sets(&typed::<ReplicaSet>(objs), wide, now),
                 Kind::PriorityClass => output::priority_classes(
-                    &objs
-                        .iter()
-                        .filter_map(|o| {
-                            o.as_kind::<flotilla_api::objects::PriorityClass>().cloned()
-                        })
-                        .collect::<Vec<_>>(),
+                    &typed::<flotilla_api::objects::PriorityClass>(objs),
                     now,
                 ),
                 _ => output::modules(

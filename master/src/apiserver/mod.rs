@@ -86,6 +86,17 @@ pub fn lost_race(e: &ApiError) -> bool {
     matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound)
 }
 
+/// A controller's write, with a lost race ([`lost_race`]) as `None`: the
+/// object changed or went meanwhile, and the cache's next event says what
+/// to do.
+pub fn unless_lost(written: Result<Object, ApiError>) -> Result<Option<Object>, ApiError> {
+    match written {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if lost_race(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn unexpected(out: Outcome) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("unexpected outcome {out:?}"))
 }

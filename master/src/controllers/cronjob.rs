@@ -11,7 +11,7 @@
 //! [`CronJobs`] reads the shared cache, writes through the API core as
 //! `Caller::Controller("cronjob")`, and asks to be woken at the next run.
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{lost_race, unless_lost, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{controller_ref, managed, owner_keys, see_own_writes};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
@@ -295,13 +295,11 @@ async fn execute(
     if let Some(status) = plan.status {
         let mut with = cj.clone();
         with.status = status;
-        match api
-            .update_status_at(&ME, Object::CronJob(with), cj.metadata.resource_version)
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(
+            api.update_status_at(&ME, Object::CronJob(with), cj.metadata.resource_version)
+                .await,
+        )? {
+            note(&o);
         }
     }
     Ok(revision)

@@ -8,7 +8,7 @@
 //! pod's), and it tolerates the node being unreachable for good (its node
 //! is the only place it can run, as Kubernetes does for daemon pods).
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{lost_race, unless_lost, ApiServer, Caller};
 use crate::controllers::events::Happening;
 use crate::controllers::eviction::UNREACHABLE;
 use crate::controllers::replicaset::{
@@ -344,14 +344,12 @@ impl Reconciler for DaemonSets {
         if let Some(status) = plan.status.clone() {
             let mut with = ds.clone();
             with.status = status;
-            match self
-                .api
-                .update_status_at(&ME, Object::DaemonSet(with), ds.metadata.resource_version)
-                .await
-            {
-                Ok(o) => note(&o),
-                Err(e) if lost_race(&e) => {}
-                Err(e) => return Err(e),
+            if let Some(o) = unless_lost(
+                self.api
+                    .update_status_at(&ME, Object::DaemonSet(with), ds.metadata.resource_version)
+                    .await,
+            )? {
+                note(&o);
             }
         }
         see_own_writes(&self.cache, revision).await?;

@@ -17,7 +17,7 @@
 //! - Progressing turns False (ProgressDeadlineExceeded) when the rollout has
 //!   not moved for `progressDeadlineSeconds`; it does not undo anything.
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{lost_race, unless_lost, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
     controller_of, controller_ref, managed, owner_keys, see_own_writes, selected,
@@ -33,7 +33,7 @@ use flotilla_api::objects::{Deployment, ReplicaSet};
 use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object, ObjectMeta};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 const ME: Caller = Caller::Controller("deployment");
@@ -518,7 +518,7 @@ impl Reconciler for Deployments {
     }
 
     async fn reconcile(&self, key: &str) -> Result<Option<Duration>, ApiError> {
-        let (d, plan) = {
+        let (d, plan, replicas) = {
             let state = self.cache.read();
             let Some(d) = managed::<Deployment>(&state, key) else {
                 return Ok(None);
@@ -535,9 +535,14 @@ impl Reconciler for Deployments {
                 .filter(|o| keys.insert(o.key()))
                 .filter_map(|o| o.as_kind::<ReplicaSet>())
                 .collect();
-            (d.clone(), plan(d, &sets, Time::now()))
+            // The counts the plan started from, for its ScalingReplicaSet events.
+            let replicas: HashMap<String, u32> = sets
+                .iter()
+                .map(|rs| (rs.metadata.name.clone(), rs.spec.replicas()))
+                .collect();
+            (d.clone(), plan(d, &sets, Time::now()), replicas)
         };
-        let written = execute(&self.api, &self.events, &d, plan.clone()).await?;
+        let written = execute(&self.api, &self.events, &d, plan.clone(), &replicas).await?;
         see_own_writes(&self.cache, written).await?;
         Ok(plan.again_after)
     }
@@ -549,34 +554,20 @@ async fn execute(
     events: &Recorder,
     d: &Deployment,
     plan: Plan,
+    replicas_before: &HashMap<String, u32>,
 ) -> Result<u64, ApiError> {
     let scaled = |rs: &ReplicaSet, from: Option<u32>| {
-        let to = rs.spec.replicas();
-        let (reason, verb) = match from {
+        let (to, name) = (rs.spec.replicas(), &rs.metadata.name);
+        let message = match from {
             Some(f) if f == to => return,
-            Some(f) if f > to => (
-                "ScalingReplicaSet",
-                format!(
-                    "Scaled down replica set {} from {f} to {to}",
-                    rs.metadata.name
-                ),
-            ),
-            Some(f) => (
-                "ScalingReplicaSet",
-                format!(
-                    "Scaled up replica set {} from {f} to {to}",
-                    rs.metadata.name
-                ),
-            ),
-            None => (
-                "ScalingReplicaSet",
-                format!("Scaled up replica set {} to {to}", rs.metadata.name),
-            ),
+            Some(f) if f > to => format!("Scaled down replica set {name} from {f} to {to}"),
+            Some(f) => format!("Scaled up replica set {name} from {f} to {to}"),
+            None => format!("Scaled up replica set {name} to {to}"),
         };
         events.record(
             Kind::Deployment,
             &d.metadata,
-            Happening::normal("deployment-controller", reason, verb),
+            Happening::normal("deployment-controller", "ScalingReplicaSet", message),
         );
     };
     let mut revision = 0u64;
@@ -598,18 +589,14 @@ async fn execute(
     }
     for rs in plan.update {
         tracing::info!(deployment = %name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas(), "updating replica set");
-        let before = api
-            .store
-            .get(Kind::ReplicaSet, &rs.metadata.namespace, &rs.metadata.name)
-            .ok()
-            .flatten()
-            .and_then(|o| o.into_kind::<ReplicaSet>())
-            .map(|r| r.spec.replicas());
+        let before = replicas_before.get(&rs.metadata.name).copied();
         let after = rs.clone();
         match api.update(&ME, Object::ReplicaSet(rs)).await {
             Ok(o) => {
                 note(&o);
-                scaled(&after, before.or(Some(after.spec.replicas())));
+                if before.is_some() {
+                    scaled(&after, before);
+                }
             }
             Err(e) if lost_race(&e) => {}
             Err(e) => return Err(e),
@@ -617,31 +604,27 @@ async fn execute(
     }
     for rs in plan.delete {
         let m = &rs.metadata;
-        match api
-            .delete(
+        if let Some(o) = unless_lost(
+            api.delete(
                 &ME,
                 Kind::ReplicaSet,
                 &m.namespace,
                 &m.name,
                 m.resource_version,
             )
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+            .await,
+        )? {
+            note(&o);
         }
     }
     if let Some(status) = plan.status {
         let mut with = d.clone();
         with.status = status;
-        match api
-            .update_status_at(&ME, Object::Deployment(with), d.metadata.resource_version)
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(
+            api.update_status_at(&ME, Object::Deployment(with), d.metadata.resource_version)
+                .await,
+        )? {
+            note(&o);
         }
     }
     Ok(revision)

@@ -15,7 +15,7 @@
 //!   ([`pod_events`], [`node_events`], pure), as does a binding or a
 //!   scheduling failure (the scheduler's).
 
-use crate::apiserver::{lost_race, store_err, ApiServer, Caller};
+use crate::apiserver::{store_err, unless_lost, ApiServer, Caller};
 use crate::controllers::runtime::{Cache, Change};
 use flotilla_api::meta::DEFAULT_NAMESPACE;
 use flotilla_api::objects::event::{Event, EventSource, EventType, ObjectReference};
@@ -368,11 +368,7 @@ async fn expire(api: &ApiServer, retention: Retention, now: Time) -> Result<(), 
         api.delete(&ME, Kind::Event, &m.namespace, &m.name, m.resource_version)
     });
     for r in futures_util::future::join_all(deletes).await {
-        match r {
-            Ok(_) => {}
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
-        }
+        unless_lost(r)?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! the collector reads each owner from the store (linearizably), so an
 //! owner the cache has not seen yet is never taken for gone.
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{unless_lost, ApiServer, Caller};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::meta::{OwnerReference, FOREGROUND_DELETION};
 use flotilla_api::objects::object_key;
@@ -231,24 +231,16 @@ impl Collector {
                     Propagation::Background
                 };
                 tracing::info!(object = %object.describe(), ?propagation, "its owners are gone or going: deleting it");
-                match self
-                    .api
-                    .delete_with(&ME, object.kind(), &m.namespace, &m.name, rv, propagation)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if lost_race(&e) => {}
-                    Err(e) => return Err(e),
-                }
+                unless_lost(
+                    self.api
+                        .delete_with(&ME, object.kind(), &m.namespace, &m.name, rv, propagation)
+                        .await,
+                )?;
             }
             Verdict::Trim(left) => {
                 let mut kept = object.clone();
                 kept.meta_mut().owner_references = left;
-                match self.api.update(&ME, kept).await {
-                    Ok(_) => {}
-                    Err(e) if lost_race(&e) => {}
-                    Err(e) => return Err(e),
-                }
+                unless_lost(self.api.update(&ME, kept).await)?;
             }
         }
         Ok(())
@@ -285,11 +277,7 @@ impl Collector {
             .finalizers
             .retain(|f| f != FOREGROUND_DELETION);
         tracing::info!(object = %owner.describe(), "its dependents are gone: removing it");
-        match self.api.update(&ME, done).await {
-            Ok(_) => Ok(None),
-            Err(e) if lost_race(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        unless_lost(self.api.update(&ME, done).await).map(|_| None)
     }
 }
 

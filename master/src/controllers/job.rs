@@ -11,7 +11,7 @@
 //! `Caller::Controller("job")`, then waits to see its own writes, so a pod
 //! is never made twice for one missing run.
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{unless_lost, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::replicaset::{
     controller_ref, deletion_order, generate_name, is_active, managed, owner_keys, ready_since,
@@ -350,10 +350,8 @@ async fn execute(
         )
     });
     for r in futures_util::future::join_all(deletes).await {
-        match r {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(r)? {
+            note(&o);
         }
     }
     if let Some(status) = plan.status {
@@ -368,30 +366,26 @@ async fn execute(
         }
         let mut with = job.clone();
         with.status = status;
-        match api
-            .update_status_at(&ME, Object::Job(with), job.metadata.resource_version)
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(
+            api.update_status_at(&ME, Object::Job(with), job.metadata.resource_version)
+                .await,
+        )? {
+            note(&o);
         }
     }
     if plan.delete_job {
         tracing::info!(job = %name, "deleting a finished job whose time to live is over");
-        match api
-            .delete(
+        if let Some(o) = unless_lost(
+            api.delete(
                 &ME,
                 Kind::Job,
                 &job.metadata.namespace,
                 &job.metadata.name,
                 job.metadata.resource_version,
             )
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+            .await,
+        )? {
+            note(&o);
         }
     }
     Ok(revision)

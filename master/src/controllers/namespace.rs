@@ -9,7 +9,7 @@
 //! and a Namespace for every namespace that holds objects but has none
 //! (objects made before namespaces were objects).
 
-use crate::apiserver::{lost_race, store_err, ApiServer, Caller};
+use crate::apiserver::{store_err, unless_lost, ApiServer, Caller};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::meta::{DEFAULT_NAMESPACE, NAMESPACE_FINALIZER};
 use flotilla_api::objects::namespace::{NamespacePhase, NamespaceStatus};
@@ -92,11 +92,7 @@ impl Reconciler for Namespaces {
             with.status = NamespaceStatus {
                 phase: NamespacePhase::Terminating,
             };
-            match self.api.update_status(&ME, Object::Namespace(with)).await {
-                Ok(_) => {}
-                Err(e) if lost_race(&e) => {}
-                Err(e) => return Err(e),
-            }
+            unless_lost(self.api.update_status(&ME, Object::Namespace(with)).await)?;
         }
         // The store, not the cache: kinds the cache does not hold are
         // emptied too, and nothing the cache has not seen yet is missed.
@@ -111,22 +107,18 @@ impl Reconciler for Namespaces {
             left += items.len();
             for o in items.iter().filter(|o| !o.meta().is_deleting()) {
                 let m = o.meta();
-                match self
-                    .api
-                    .delete_with(
-                        &ME,
-                        kind,
-                        &m.namespace,
-                        &m.name,
-                        m.resource_version,
-                        Propagation::Background,
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if lost_race(&e) => {}
-                    Err(e) => return Err(e),
-                }
+                unless_lost(
+                    self.api
+                        .delete_with(
+                            &ME,
+                            kind,
+                            &m.namespace,
+                            &m.name,
+                            m.resource_version,
+                            Propagation::Background,
+                        )
+                        .await,
+                )?;
             }
         }
         if left > 0 {
@@ -146,11 +138,7 @@ impl Reconciler for Namespaces {
             .finalizers
             .retain(|f| f != NAMESPACE_FINALIZER);
         tracing::info!(namespace = %name, "namespace empty: removing it");
-        match self.api.update(&ME, Object::Namespace(done)).await {
-            Ok(_) => Ok(None),
-            Err(e) if lost_race(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        unless_lost(self.api.update(&ME, Object::Namespace(done)).await).map(|_| None)
     }
 }
 

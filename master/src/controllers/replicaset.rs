@@ -10,7 +10,7 @@
 //! waits for the cache to show its writes before it plans the same set
 //! again, so a pod is never created twice for one missing replica.
 
-use crate::apiserver::{lost_race, ApiServer, Caller};
+use crate::apiserver::{lost_race, unless_lost, ApiServer, Caller};
 use crate::controllers::events::{Happening, Recorder};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::meta::OwnerReference;
@@ -391,10 +391,8 @@ async fn execute(
     let mut note = |o: &Object| revision = revision.max(o.meta().resource_version);
     let set = format!("{}/{}", rs.metadata.namespace, rs.metadata.name);
     for p in plan.adopt.into_iter().chain(plan.release) {
-        match api.update(&ME, Object::Pod(p)).await {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(api.update(&ME, Object::Pod(p)).await)? {
+            note(&o);
         }
     }
     let mut left = plan.create;
@@ -478,13 +476,11 @@ async fn execute(
     if let Some(status) = plan.status {
         let mut with = rs.clone();
         with.status = status;
-        match api
-            .update_status_at(&ME, Object::ReplicaSet(with), rs.metadata.resource_version)
-            .await
-        {
-            Ok(o) => note(&o),
-            Err(e) if lost_race(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(o) = unless_lost(
+            api.update_status_at(&ME, Object::ReplicaSet(with), rs.metadata.resource_version)
+                .await,
+        )? {
+            note(&o);
         }
     }
     Ok(revision)
