@@ -51,9 +51,10 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 9] = [
+pub const APPLYABLE: [Kind; 10] = [
     Kind::Namespace,
     Kind::ConfigMap,
+    Kind::Secret,
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,

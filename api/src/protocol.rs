@@ -175,6 +175,13 @@ pub enum Request {
         resource_version: u64,
         propagation: Propagation,
     },
+    /// Read a Secret with its values (every other read hides them):
+    /// admins, and nodes whose pods use it. Answered `Object`.
+    RevealSecret {
+        namespace: String,
+        name: String,
+        stale: bool,
+    },
 }
 
 /// What deleting an owner does to the objects it owns (their

@@ -535,33 +535,7 @@ pub async fn create_config_map(
         metadata: flotilla_api::ObjectMeta::named(namespace, name),
         ..Default::default()
     };
-    let mut keys = std::collections::BTreeSet::new();
-    for l in literals {
-        let Some((k, v)) = l.split_once('=') else {
-            bail!("--from-literal {l:?}: write KEY=VALUE");
-        };
-        if !keys.insert(k.to_string()) {
-            bail!("key {k:?} is given twice");
-        }
-        cm.data.insert(k.to_string(), v.to_string());
-    }
-    for f in files {
-        let (key, path) = match f.split_once('=') {
-            Some((k, p)) => (k.to_string(), PathBuf::from(p)),
-            None => {
-                let path = PathBuf::from(f);
-                let key = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or_else(|| anyhow!("--from-file {f:?}: not a file name"))?;
-                (key, path)
-            }
-        };
-        if !keys.insert(key.clone()) {
-            bail!("key {key:?} is given twice");
-        }
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("--from-file: reading {}", path.display()))?;
+    for (key, bytes) in key_values(literals, files)? {
         match String::from_utf8(bytes) {
             Ok(text) => {
                 cm.data.insert(key, text);
@@ -574,16 +548,7 @@ pub async fn create_config_map(
             }
         }
     }
-    let object = Object::ConfigMap(cm);
-    let errors = flotilla_api::manifest::validate(&object);
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        bail!("{}", list.join("; "));
-    }
-    let client = connect(config).await?;
-    call(&client, &Request::Create(object)).await?;
-    println!("configmap/{name} created");
-    Ok(ExitCode::SUCCESS)
+    create_object(config, Object::ConfigMap(cm), "configmap", name).await
 }
 
 /// The module a manifest's object runs: a pod's, or its template's.
@@ -641,6 +606,104 @@ fn same_desired(a: &Object, b: &Object) -> bool {
     }
 }
 
+/// The Secrets among `objs` read again with their values (admins only).
+async fn reveal_secrets(
+    client: &Client,
+    objs: Vec<Object>,
+    stale: bool,
+) -> anyhow::Result<Vec<Object>> {
+    let mut out = Vec::with_capacity(objs.len());
+    for o in objs {
+        let m = o.meta();
+        let req = Request::RevealSecret {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            stale,
+        };
+        match call(client, &req).await? {
+            Response::Object(o) => out.push(o),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
+/// `create secret generic NAME`: a Secret from literals and files (the
+/// master seals the values before it stores them).
+pub async fn create_secret(
+    config: &Path,
+    name: &str,
+    namespace: &str,
+    literals: &[String],
+    files: &[String],
+) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let mut secret = flotilla_api::objects::Secret {
+        metadata: flotilla_api::ObjectMeta::named(namespace, name),
+        ..Default::default()
+    };
+    for (key, bytes) in key_values(literals, files)? {
+        secret
+            .data
+            .insert(key, base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    create_object(config, Object::Secret(secret), "secret", name).await
+}
+
+/// The keys and values of `--from-literal KEY=VALUE` and `--from-file
+/// [KEY=]PATH`, each key once.
+fn key_values(
+    literals: &[String],
+    files: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in literals {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--from-literal {l:?}: write KEY=VALUE");
+        };
+        if out.insert(k.to_string(), v.as_bytes().to_vec()).is_some() {
+            bail!("key {k:?} is given twice");
+        }
+    }
+    for f in files {
+        let (key, path) = match f.split_once('=') {
+            Some((k, p)) => (k.to_string(), PathBuf::from(p)),
+            None => {
+                let path = PathBuf::from(f);
+                let key = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow!("--from-file {f:?}: not a file name"))?;
+                (key, path)
+            }
+        };
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("--from-file: reading {}", path.display()))?;
+        if out.insert(key.clone(), bytes).is_some() {
+            bail!("key {key:?} is given twice");
+        }
+    }
+    Ok(out)
+}
+
+/// Validates `object` here, creates it and says so.
+async fn create_object(
+    config: &Path,
+    object: Object,
+    what: &str,
+    name: &str,
+) -> anyhow::Result<ExitCode> {
+    let errors = flotilla_api::manifest::validate(&object);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!("{}", list.join("; "));
+    }
+    let client = connect(config).await?;
+    call(&client, &Request::Create(object)).await?;
+    println!("{what}/{name} created");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
@@ -667,6 +730,10 @@ pub struct GetArgs {
     /// works without a majority of masters, but may miss the latest writes.
     #[arg(long)]
     stale: bool,
+    /// Print Secrets' values (base64 in `data`, as applied) instead of
+    /// `<hidden: N bytes>`; admins only.
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
@@ -715,6 +782,7 @@ fn render(
                 Kind::ConfigMap => {
                     output::config_maps(&typed::<flotilla_api::objects::ConfigMap>(objs), now)
                 }
+                Kind::Secret => output::secrets(&typed::<flotilla_api::objects::Secret>(objs), now),
                 Kind::Namespace => {
                     output::namespaces(&typed::<flotilla_api::objects::Namespace>(objs), now)
                 }
@@ -915,6 +983,11 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
         eprintln!("No {} found.", kind.plural());
         return Ok(ExitCode::SUCCESS);
     }
+    let objs = if a.show_secrets && kind == Kind::Secret {
+        reveal_secrets(&client, objs, a.stale).await?
+    } else {
+        objs
+    };
     // Which pods use each module (the IN-USE column): what module
     // collection goes by, so people see what will be removed.
     let users = if kind == Kind::Module && matches!(a.output, Format::Table | Format::Wide) {

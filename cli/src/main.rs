@@ -61,15 +61,19 @@ enum Command {
         create_namespace: bool,
     },
     /// Create an object from the command line: `create namespace NAME`,
-    /// `create configmap NAME --from-literal k=v --from-file path`.
+    /// `create configmap NAME --from-literal k=v --from-file path`,
+    /// `create secret generic NAME --from-literal k=v --from-file path`.
     Create {
-        /// `namespace` (`ns`) or `configmap` (`cm`).
+        /// `namespace` (`ns`), `configmap` (`cm`) or `secret`.
         kind: String,
+        /// The object's name (for a secret: `generic`, then the name).
         name: String,
-        /// A ConfigMap key and its value, `KEY=VALUE` (repeatable).
+        /// A secret's name, after `generic`.
+        secret_name: Option<String>,
+        /// A key and its value, `KEY=VALUE` (repeatable).
         #[arg(long = "from-literal", value_name = "KEY=VALUE")]
         from_literal: Vec<String>,
-        /// A file as a ConfigMap key: `PATH` (the key is its file name) or
+        /// A file as a key: `PATH` (the key is its file name) or
         /// `KEY=PATH` (repeatable).
         #[arg(long = "from-file", value_name = "[KEY=]PATH")]
         from_file: Vec<String>,
@@ -587,6 +591,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Create {
             kind,
             name,
+            secret_name,
             from_literal,
             from_file,
             namespace,
@@ -596,14 +601,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 commands::create_namespace(&config, &name).await
             }
-            Some(flotilla_api::Kind::ConfigMap) => {
+            Some(flotilla_api::Kind::ConfigMap) if secret_name.is_none() => {
                 commands::create_config_map(&config, &name, &namespace, &from_literal, &from_file)
                     .await
             }
+            Some(flotilla_api::Kind::Secret) => match (name.as_str(), secret_name) {
+                ("generic", Some(secret)) => {
+                    commands::create_secret(&config, &secret, &namespace, &from_literal, &from_file)
+                        .await
+                }
+                _ => Err(anyhow::anyhow!(
+                    "write `create secret generic NAME --from-literal k=v --from-file PATH` \
+                     (generic is the one type of secret made here; write a manifest for others)"
+                )),
+            },
             _ => Err(anyhow::anyhow!(
-                "`create` makes namespaces (`create namespace NAME`) and configmaps (`create \
-                 configmap NAME --from-literal k=v --from-file PATH`); write a manifest and use \
-                 `flotilla apply -f FILE` for {kind:?}"
+                "`create` makes namespaces (`create namespace NAME`), configmaps (`create \
+                 configmap NAME --from-literal k=v --from-file PATH`) and secrets (`create secret \
+                 generic NAME ...`); write a manifest and use `flotilla apply -f FILE` for {kind:?}"
             )),
         },
         Command::Get(args) => commands::get(&config, args).await,

@@ -370,6 +370,23 @@ pub fn config_maps(items: &[flotilla_api::objects::ConfigMap], now: Time) -> Str
     table(&["NAMESPACE", "NAME", "DATA", "AGE"], &rows)
 }
 
+/// Secrets: their type and how many keys each holds (never the values).
+pub fn secrets(items: &[flotilla_api::objects::Secret], now: Time) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            vec![
+                s.metadata.namespace.clone(),
+                s.metadata.name.clone(),
+                s.type_.clone(),
+                s.data.len().to_string(),
+                age_of(&s.metadata, now),
+            ]
+        })
+        .collect();
+    table(&["NAMESPACE", "NAME", "TYPE", "DATA", "AGE"], &rows)
+}
+
 /// Namespaces: Active, or Terminating while their contents are deleted.
 pub fn namespaces(items: &[Namespace], now: Time) -> String {
     let rows: Vec<Vec<String>> = items

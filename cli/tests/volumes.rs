@@ -126,7 +126,8 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
     c.wait_node_ready("n1", "Ready", T);
     let mount = "  volumes:\n  - name: cfg\n    configMap: {name: app}\n  volumeMounts:\n  - {name: cfg, mountPath: /etc/app}\n";
 
-    // Before the ConfigMap exists the pod says why it waits.
+    // Before the ConfigMap exists the pod waits, Pending, and says why
+    // (whatever its restart policy); it starts once the ConfigMap is made.
     apply(
         &c,
         "early.yaml",
@@ -138,9 +139,11 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
             mount,
         ),
     );
-    c.wait_phase("early", "Failed", T);
-    let early = c.get_json("pod", "early").expect("pod");
-    assert_eq!(early["status"]["reason"], "ConfigMapNotFound", "{early}");
+    wait_for("the pod to wait for its configmap", T, || {
+        let early = c.get_json("pod", "early")?;
+        (early["status"]["reason"] == "ConfigMapNotFound").then_some(())
+    });
+    assert_eq!(c.pod_field("early", "phase"), "Pending");
 
     let greeting = c.path("greeting.txt");
     std::fs::write(&greeting, "hello from a file").expect("file");
@@ -154,6 +157,8 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
         greeting.to_str().expect("utf8"),
     ]);
     assert!(out.contains("configmap/app created"), "{out}");
+    c.wait_phase("early", "Succeeded", T);
+    assert_eq!(logs(&c, "early"), "1");
     let table = c.ok(&["get", "cm"]);
     assert!(
         table
@@ -231,12 +236,12 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
         "missing.yaml",
         &pod_yaml("missing", "hello", &[], "Never", missing),
     );
-    c.wait_phase("missing", "Failed", T);
+    wait_for("the pod to wait for its key", T, || {
+        let pod = c.get_json("pod", "missing")?;
+        (pod["status"]["reason"] == "CreateContainerConfigError").then_some(())
+    });
     let pod = c.get_json("pod", "missing").expect("pod");
-    assert_eq!(
-        pod["status"]["reason"], "CreateContainerConfigError",
-        "{pod}"
-    );
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
     assert!(
         pod["status"]["message"]
             .as_str()
@@ -244,4 +249,146 @@ fn a_config_map_is_mounted_read_only_and_its_changes_reach_the_files() {
             .contains("no key \"nope\""),
         "{pod}"
     );
+}
+
+#[test]
+fn a_secret_is_sealed_at_rest_hidden_from_get_and_given_to_its_pods() {
+    use base64::Engine as _;
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    // A value no other byte string of the cluster holds.
+    let password = "hunter2-sealed-at-rest-7f3a";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(password);
+    let token_file = c.path("token");
+    std::fs::write(&token_file, "t0ken-from-a-file").expect("file");
+    let out = c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal",
+        &format!("password={password}"),
+        "--from-file",
+        token_file.to_str().expect("utf8"),
+    ]);
+    assert!(out.contains("secret/db created"), "{out}");
+    let table = c.ok(&["get", "secrets"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("db") && l.contains("Opaque") && l.contains(" 2 ")),
+        "{table}"
+    );
+    // Values are hidden unless an admin asks for them.
+    let yaml = c.ok(&["get", "secret", "db", "-o", "yaml"]);
+    assert!(yaml.contains("<hidden: 27 bytes>"), "{yaml}");
+    assert!(
+        !yaml.contains(&encoded) && !yaml.contains("sealed"),
+        "{yaml}"
+    );
+    let shown = c.ok(&["get", "secret", "db", "-o", "yaml", "--show-secrets"]);
+    assert!(shown.contains(&encoded), "{shown}");
+    // What `get` printed, applied back, says what to do instead of losing values.
+    let hidden = c.manifest("hidden.yaml", &yaml);
+    let refused = c.run(&["apply", "-f", hidden.to_str().expect("utf8")]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--show-secrets"),
+        "{refused:?}"
+    );
+
+    // A pod reads it as variables and as files.
+    let spec = "  env:\n  - name: PASSWORD\n    valueFrom: {secretKeyRef: {name: db, key: password}}\n  envFrom:\n  - {secretRef: {name: db}, prefix: S_}\n";
+    apply(
+        &c,
+        "env.yaml",
+        &pod_yaml("env", "hello", &[], "Never", spec),
+    );
+    c.wait_phase("env", "Succeeded", T);
+    let printed = logs(&c, "env");
+    for line in [
+        format!("PASSWORD={password}"),
+        "S_token=t0ken-from-a-file".to_string(),
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line}: {printed}");
+    }
+    let mount = "  volumes:\n  - name: creds\n    secret: {secretName: db, items: [{key: password, path: db/pw}], defaultMode: 0400}\n  volumeMounts:\n  - {name: creds, mountPath: /run/secrets}\n";
+    apply(
+        &c,
+        "file.yaml",
+        &pod_yaml(
+            "file",
+            "files",
+            &["read", "/run/secrets/db/pw"],
+            "Never",
+            mount,
+        ),
+    );
+    c.wait_phase("file", "Succeeded", T);
+    assert_eq!(logs(&c, "file"), password);
+    let uid = c.get_json("pod", "file").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let dir = c.path(&format!("n1/pods/default_file_{uid}/volumes/creds"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir)
+        .expect("secret dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    let pw = std::fs::metadata(dir.join("db/pw"))
+        .expect("file")
+        .permissions()
+        .mode();
+    assert_eq!(pw & 0o777, 0o400);
+
+    // A pod whose Secret is missing waits for it.
+    let absent = "  env:\n  - name: X\n    valueFrom: {secretKeyRef: {name: later, key: x}}\n";
+    apply(
+        &c,
+        "absent.yaml",
+        &pod_yaml("absent", "hello", &[], "Never", absent),
+    );
+    wait_for("the pod to wait for its secret", T, || {
+        let pod = c.get_json("pod", "absent")?;
+        (pod["status"]["reason"] == "CreateContainerConfigError").then_some(())
+    });
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "later",
+        "--from-literal",
+        "x=1",
+    ]);
+    c.wait_phase("absent", "Succeeded", T);
+
+    // Neither the master's data directory (raft log, store) nor a backup
+    // holds the value, in the clear or base64.
+    let backup = c.path("backup.snap");
+    c.ok(&["cluster", "snapshot", backup.to_str().expect("utf8")]);
+    let mut files = vec![backup];
+    let mut dirs = vec![c.path("master")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            if e.file_type().expect("type").is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(files.len() > 3, "{files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        for needle in [password.as_bytes(), encoded.as_bytes()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds the secret in the clear",
+                f.display()
+            );
+        }
+    }
 }

@@ -17,6 +17,7 @@
 //! - [`logs`]: bounded per-pod log buffers with followers.
 
 pub mod agent;
+pub mod data;
 pub mod join;
 pub mod local;
 pub mod logs;

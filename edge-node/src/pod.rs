@@ -21,7 +21,11 @@ pub enum State {
     /// Getting the module (local cache or master) and compiling it.
     Preparing,
     /// Waiting to retry preparing after a failure.
-    PrepareBackOff { until: Time, message: String },
+    PrepareBackOff {
+        until: Time,
+        reason: String,
+        message: String,
+    },
     /// An instance is running.
     Running { since: Time },
     /// Waiting to start the next instance.
@@ -53,7 +57,11 @@ impl Exit {
 pub enum Event {
     /// The module is compiled and ready to start.
     Prepared,
+    /// The module or what the pod reads (its ConfigMaps and Secrets) is
+    /// not there yet: the pod waits, Pending, showing `reason` (empty:
+    /// `ModuleBackOff`), and preparing is tried again after a back-off.
     PrepareFailed {
+        reason: String,
         message: String,
     },
     /// The module cannot be compiled (not valid Wasm, or not something this
@@ -199,10 +207,11 @@ impl PodMachine {
                 };
                 vec![Report]
             }
-            (State::Preparing, Event::PrepareFailed { message }) => {
+            (State::Preparing, Event::PrepareFailed { reason, message }) => {
                 let d = self.backoff(now);
                 self.state = State::PrepareBackOff {
                     until: add(now, d),
+                    reason,
                     message,
                 };
                 vec![Report, Wait(d)]
@@ -285,9 +294,15 @@ impl PodMachine {
                 s.reason = "Preparing".into();
                 s.message = "fetching and compiling the module".into();
             }
-            State::PrepareBackOff { message, .. } => {
+            State::PrepareBackOff {
+                reason, message, ..
+            } => {
                 s.phase = PodPhase::Pending;
-                s.reason = "ModuleBackOff".into();
+                s.reason = if reason.is_empty() {
+                    "ModuleBackOff".into()
+                } else {
+                    reason.clone()
+                };
                 s.message = format!(
                     "back-off {}s before retrying: {message}",
                     self.current_backoff.as_secs()
@@ -460,6 +475,7 @@ mod tests {
             &[
                 (
                     Event::PrepareFailed {
+                        reason: String::new(),
                         message: "master unreachable".into(),
                     },
                     vec![Report, Wait(BACKOFF_INITIAL)],

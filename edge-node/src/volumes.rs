@@ -15,11 +15,12 @@
 //!   is written beside the old and `..data` is swapped by one rename, so a
 //!   program never reads half of an update ([`write_config_map`]). Always
 //!   mounted read-only.
+//! - `secret`: a Secret's keys as files, laid out and swapped as for a
+//!   configMap, in the same owner-only pod directory. Always read-only.
 //! - A mount's `subPath` is a directory inside the volume (made if
 //!   missing), checked the same way.
 
-use flotilla_api::objects::volume::{ConfigMapVolume, Volume};
-use flotilla_api::objects::ConfigMap;
+use flotilla_api::objects::volume::Volume;
 use flotilla_api::Pod;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -117,7 +118,7 @@ fn inside(root: &Path, path: &Path) -> Result<PathBuf, VolumeError> {
 
 /// The host directory of `volume` for `pod`, made if it is an emptyDir.
 fn volume_root(cfg: &VolumeConfig, pod: &Pod, volume: &Volume) -> Result<PathBuf, VolumeError> {
-    if volume.empty_dir.is_some() || volume.config_map.is_some() {
+    if volume.empty_dir.is_some() || volume.config_map.is_some() || volume.secret.is_some() {
         let dir = cfg
             .pods_dir
             .join(pod_dir_name(pod))
@@ -227,7 +228,7 @@ pub fn prepare(cfg: &VolumeConfig, pod: &Pod) -> Result<(Vec<Mount>, Vec<Limited
             .spec
             .volumes
             .iter()
-            .any(|v| v.name == m.name && v.config_map.is_some());
+            .any(|v| v.name == m.name && (v.config_map.is_some() || v.secret.is_some()));
         mounts.push(Mount {
             host,
             guest: m.mount_path.clone(),
@@ -245,36 +246,8 @@ pub fn volume_dir(cfg: &VolumeConfig, pod: &Pod, volume: &str) -> PathBuf {
         .join(volume)
 }
 
-/// The files a configMap volume shows of `cm`: its `items` (key → path), or
-/// every key under its own name.
-pub fn config_map_files(
-    cm: &ConfigMap,
-    source: &ConfigMapVolume,
-) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
-    let all = cm.files();
-    if source.items.is_empty() {
-        return Ok(all);
-    }
-    let mut out = BTreeMap::new();
-    for item in &source.items {
-        let Some(bytes) = all.get(&item.key) else {
-            return Err(VolumeError::Refused {
-                reason: "ConfigMapKeyMissing",
-                message: format!(
-                    "configmap {} has no key {:?} (it has: {})",
-                    cm.metadata.name,
-                    item.key,
-                    all.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            });
-        };
-        out.insert(item.path.clone(), bytes.clone());
-    }
-    Ok(out)
-}
-
 /// The link every version's files are reached through.
-const DATA_LINK: &str = "..data";
+pub const DATA_LINK: &str = "..data";
 
 /// Writes `files` (relative path → bytes) into `dir` as version `version`
 /// and makes it the one `..data` links to, in one rename; the older

@@ -131,7 +131,15 @@ async fn run(
                             reason: "Compiled".into(),
                             message,
                         });
-                        Event::Prepared
+                        // What the pod reads must be there before its
+                        // first start; until then it waits, Pending.
+                        match crate::data::ready(&ctx, &pod).await {
+                            Ok(()) => Event::Prepared,
+                            Err(e) => {
+                                tracing::info!(pod = %key, error = %e, "waiting for the pod's configmaps and secrets");
+                                Event::PrepareFailed { reason: e.reason().into(), message: e.to_string() }
+                            }
+                        }
                     }
                     // Killed with the pod: not a failure of the module.
                     Err(_) if stop.is_cancelled() => Event::Stop,
@@ -148,7 +156,7 @@ async fn run(
                     }
                     Err(PrepareError::Retry(message)) => {
                         tracing::warn!(pod = %key, %message, "module not ready");
-                        Event::PrepareFailed { message }
+                        Event::PrepareFailed { reason: String::new(), message }
                     }
                 },
             },
@@ -172,8 +180,8 @@ async fn run(
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
-                if let Err(e) = sync_config_maps(&ctx, &pod).await {
-                    tracing::warn!(pod = %key, error = %e, "cannot mount the pod's configmaps");
+                if let Err(e) = crate::data::sync_volumes(&ctx, &pod).await {
+                    tracing::warn!(pod = %key, error = %e, "cannot mount the pod's configmaps and secrets");
                     actions = machine.step(exit_event(e.reason(), e.to_string()), Time::now());
                     continue;
                 }
@@ -191,7 +199,7 @@ async fn run(
                         continue;
                     }
                 };
-                let env = match resolve_env(&ctx, &pod).await {
+                let env = match crate::data::resolve_env(&ctx, &pod).await {
                     Ok(env) => env,
                     Err(e) => {
                         tracing::warn!(pod = %key, error = %e, "cannot resolve the pod's environment");
@@ -226,7 +234,7 @@ async fn run(
                 let sink: Arc<dyn LogSink> = logs.clone();
                 tokio::select! {
                     _ = stop.cancelled() => Event::Stop,
-                    never = keep_config_maps(&ctx, &pod) => match never {},
+                    never = crate::data::keep_volumes(&ctx, &pod) => match never {},
                     over = watch_sizes(limited) => {
                         tracing::warn!(pod = %key, %over, "an emptyDir went over its size limit; stopping the pod");
                         exit_event("EmptyDirSizeLimit", over)
@@ -243,194 +251,6 @@ async fn run(
             Some(Action::Report | Action::Kill) => continue,
         };
         actions = machine.step(event, Time::now());
-    }
-}
-
-/// How often a running pod's ConfigMaps are read again.
-const CONFIG_MAP_SYNC: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Writes the files of `pod`'s configMap volumes from the master's
-/// ConfigMaps. With no master connected, a volume written before is used
-/// as it is (the node runs its pods on its own); otherwise the run fails
-/// with a reason (`ConfigMapNotFound`, ...), and is tried again as its
-/// restart policy says.
-async fn sync_config_maps(ctx: &WorkerCtx, pod: &Pod) -> Result<(), crate::volumes::VolumeError> {
-    use crate::volumes::VolumeError;
-    for v in &pod.spec.volumes {
-        let Some(source) = &v.config_map else {
-            continue;
-        };
-        let dir = crate::volumes::volume_dir(&ctx.volumes, pod, &v.name);
-        let written_before = dir.join("..data").exists();
-        let cm = match read_config_map(ctx, pod, &source.name).await {
-            Ok(Some(cm)) => cm,
-            Ok(None) => {
-                return Err(VolumeError::Refused {
-                    reason: "ConfigMapNotFound",
-                    message: format!(
-                        "configmap {:?} not found in namespace {}: create it (`flotilla create \
-                         configmap {} --from-file ...`); the pod starts once it exists",
-                        source.name, pod.metadata.namespace, source.name
-                    ),
-                })
-            }
-            // No master, or no answer: the files written before serve.
-            Err(_) if written_before => continue,
-            Err(e) => return Err(e),
-        };
-        let files = crate::volumes::config_map_files(&cm, source)?;
-        let mode = source.default_mode.unwrap_or(0o644);
-        let version = cm.metadata.resource_version;
-        let changed = tokio::task::spawn_blocking(move || {
-            crate::volumes::write_config_map(&dir, &files, mode, version)
-        })
-        .await
-        .map_err(|e| VolumeError::Io(e.to_string()))??;
-        if changed {
-            tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), configmap = %source.name, version, "wrote configmap files");
-        }
-    }
-    Ok(())
-}
-
-/// Reads the ConfigMap `name` of `pod`'s namespace from the master: None
-/// if it does not exist.
-async fn read_config_map(
-    ctx: &WorkerCtx,
-    pod: &Pod,
-    name: &str,
-) -> Result<Option<flotilla_api::objects::ConfigMap>, crate::volumes::VolumeError> {
-    use crate::volumes::VolumeError;
-    let client = ctx.client.borrow().clone();
-    let Some(client) = client else {
-        return Err(VolumeError::Io(format!(
-            "configmap {name} is needed and no master is connected"
-        )));
-    };
-    let get = Request::Get {
-        kind: flotilla_api::Kind::ConfigMap,
-        namespace: pod.metadata.namespace.clone(),
-        name: name.to_string(),
-        stale: true,
-    };
-    match client.call(&get).await {
-        Ok(Response::Object(flotilla_api::Object::ConfigMap(cm))) => Ok(Some(cm)),
-        Ok(other) => Err(VolumeError::Io(format!(
-            "unexpected answer for configmap {name}: {other:?}"
-        ))),
-        Err(flotilla_api::net::NetError::Api(e))
-            if e.code == flotilla_api::protocol::ErrorCode::NotFound =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(VolumeError::Io(format!("reading configmap {name}: {e}"))),
-    }
-}
-
-/// The program's environment: `envFrom` first, then `env` (which wins),
-/// values from ConfigMaps and the pod's own fields resolved now.
-async fn resolve_env(
-    ctx: &WorkerCtx,
-    pod: &Pod,
-) -> Result<Vec<(String, String)>, crate::volumes::VolumeError> {
-    use crate::volumes::VolumeError;
-    let refused = |message: String| VolumeError::Refused {
-        reason: "CreateContainerConfigError",
-        message,
-    };
-    let mut maps = std::collections::BTreeMap::new();
-    let spec = &pod.spec;
-    let needs_maps = !spec.env_from.is_empty()
-        || spec.env.iter().any(|e| {
-            e.value_from
-                .as_ref()
-                .is_some_and(|f| f.config_map_key_ref.is_some())
-        });
-    if needs_maps {
-        for name in spec.config_maps() {
-            maps.insert(name.to_string(), read_config_map(ctx, pod, name).await?);
-        }
-    }
-    let mut out: Vec<(String, String)> = Vec::new();
-    let set = |k: String, v: String, out: &mut Vec<(String, String)>| {
-        out.retain(|(name, _)| *name != k);
-        out.push((k, v));
-    };
-    for from in &spec.env_from {
-        let Some(r) = &from.config_map_ref else {
-            continue;
-        };
-        match maps.get(&r.name).cloned().flatten() {
-            Some(cm) => {
-                for (k, v) in &cm.data {
-                    set(format!("{}{k}", from.prefix), v.clone(), &mut out);
-                }
-            }
-            None if r.optional => {}
-            None => {
-                return Err(refused(format!(
-                    "envFrom: configmap {:?} not found in namespace {}",
-                    r.name, pod.metadata.namespace
-                )))
-            }
-        }
-    }
-    for e in &spec.env {
-        let value = match &e.value_from {
-            None => Some(e.value.clone()),
-            Some(from) => match (&from.config_map_key_ref, &from.field_ref) {
-                (Some(r), _) => match maps.get(&r.name).cloned().flatten() {
-                    Some(cm) => match cm.data.get(&r.key) {
-                        Some(v) => Some(v.clone()),
-                        None if r.optional => None,
-                        None => {
-                            return Err(refused(format!(
-                                "env {}: configmap {:?} has no key {:?}",
-                                e.name, r.name, r.key
-                            )))
-                        }
-                    },
-                    None if r.optional => None,
-                    None => {
-                        return Err(refused(format!(
-                            "env {}: configmap {:?} not found in namespace {}",
-                            e.name, r.name, pod.metadata.namespace
-                        )))
-                    }
-                },
-                (None, Some(f)) => Some(match f.field_path.as_str() {
-                    "metadata.name" => pod.metadata.name.clone(),
-                    "metadata.namespace" => pod.metadata.namespace.clone(),
-                    "metadata.uid" => pod.metadata.uid.clone(),
-                    "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
-                    other => {
-                        return Err(refused(format!(
-                            "env {}: fieldRef {other:?} is not known to this node",
-                            e.name
-                        )))
-                    }
-                }),
-                (None, None) => None,
-            },
-        };
-        if let Some(v) = value {
-            set(e.name.clone(), v, &mut out);
-        }
-    }
-    Ok(out)
-}
-
-/// Keeps a running pod's configMap volumes up to date; never returns.
-async fn keep_config_maps(ctx: &WorkerCtx, pod: &Pod) -> std::convert::Infallible {
-    let any = pod.spec.volumes.iter().any(|v| v.config_map.is_some());
-    if !any {
-        return std::future::pending().await;
-    }
-    loop {
-        tokio::time::sleep(CONFIG_MAP_SYNC).await;
-        if let Err(e) = sync_config_maps(ctx, pod).await {
-            tracing::debug!(error = %e, "configmap not updated; keeping the files as they are");
-        }
     }
 }
 

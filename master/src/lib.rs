@@ -42,6 +42,7 @@ pub mod pki;
 pub mod raft;
 mod renewal;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod wasm;
 

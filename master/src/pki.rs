@@ -54,6 +54,8 @@ pub struct Pki {
     server: Mutex<CertifiedKey>,
     /// This master's raft client certificate in use, by node id.
     client: Mutex<Option<(u64, CertifiedKey)>>,
+    /// The key Secrets are sealed with, derived from the CA's on first use.
+    secret_key: std::sync::OnceLock<crate::secrets::SecretKey>,
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -141,6 +143,7 @@ impl Pki {
                 key_pem: String::new(),
             })),
             client: Mutex::new(None),
+            secret_key: std::sync::OnceLock::new(),
         };
         match stored {
             Some(s) if !due(&s, now) => {}
@@ -161,7 +164,14 @@ impl Pki {
             hosts: Vec::new(),
             server: Mutex::new(server),
             client: Mutex::new(None),
+            secret_key: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The cluster's key for Secrets at rest (see [`crate::secrets`]).
+    pub fn secret_key(&self) -> &crate::secrets::SecretKey {
+        self.secret_key
+            .get_or_init(|| crate::secrets::SecretKey::derive(&self.ca.key.key_pem))
     }
 
     fn validity(&self, now: Time) -> Validity {

@@ -28,6 +28,7 @@ pub mod pod;
 pub mod priority_class;
 pub mod replica_set;
 pub mod scheduling;
+pub mod secret;
 pub mod volume;
 pub mod workload;
 
@@ -49,6 +50,7 @@ pub use scheduling::{
     Affinity, LabelSelector, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     PreemptionPolicy, Taint, TaintEffect, Toleration, TopologySpreadConstraint,
 };
+pub use secret::Secret;
 
 use crate::manifest::FieldError;
 use crate::meta::ObjectMeta;
@@ -322,6 +324,7 @@ kinds! {
     Namespace(Namespace), "namespaces", ["ns"], false;
     Event(event::Event), "events", ["ev"], true;
     ConfigMap(config_map::ConfigMap), "configmaps", ["cm"], true;
+    Secret(secret::Secret), "secrets", [], true;
 }
 
 /// The kinds whose objects run a module or make pods that do

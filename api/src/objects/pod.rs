@@ -112,25 +112,28 @@ pub struct EnvVar {
     pub value_from: Option<EnvVarSource>,
 }
 
-/// A variable's value from a ConfigMap's key or from the pod itself.
+/// A variable's value from a ConfigMap's or a Secret's key, or from the
+/// pod itself.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvVarSource {
     #[serde(skip_serializing_if = "crate::is_default")]
-    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub secret_key_ref: Option<KeySelector>,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub field_ref: Option<FieldSelector>,
 }
 
-/// A key of a ConfigMap in the pod's namespace.
+/// A key of a ConfigMap or a Secret in the pod's namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct ConfigMapKeySelector {
+pub struct KeySelector {
     #[serde(skip_serializing_if = "crate::is_default")]
     pub name: String,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub key: String,
-    /// A missing ConfigMap or key leaves the variable unset instead of
+    /// A missing object or key leaves the variable unset instead of
     /// holding the program back.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub optional: bool,
@@ -152,7 +155,7 @@ pub const FIELD_PATHS: [&str; 4] = [
     "spec.nodeName",
 ];
 
-/// All the keys of a ConfigMap as variables.
+/// All the keys of a ConfigMap or a Secret as variables.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvFromSource {
@@ -160,13 +163,15 @@ pub struct EnvFromSource {
     #[serde(skip_serializing_if = "crate::is_default")]
     pub prefix: String,
     #[serde(skip_serializing_if = "crate::is_default")]
-    pub config_map_ref: Option<ConfigMapEnvSource>,
+    pub config_map_ref: Option<EnvSourceRef>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub secret_ref: Option<EnvSourceRef>,
 }
 
-/// A ConfigMap in the pod's namespace whose keys become variables.
+/// A ConfigMap or Secret in the pod's namespace whose keys become variables.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct ConfigMapEnvSource {
+pub struct EnvSourceRef {
     #[serde(skip_serializing_if = "crate::is_default")]
     pub name: String,
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -193,6 +198,31 @@ impl PodSpec {
         }
         for e in &self.env_from {
             if let Some(r) = &e.config_map_ref {
+                out.insert(r.name.as_str());
+            }
+        }
+        out
+    }
+
+    /// The Secrets the pod uses (volumes, env, envFrom), by name.
+    pub fn secrets(&self) -> std::collections::BTreeSet<&str> {
+        let mut out = std::collections::BTreeSet::new();
+        for v in &self.volumes {
+            if let Some(s) = &v.secret {
+                out.insert(s.secret_name.as_str());
+            }
+        }
+        for e in &self.env {
+            if let Some(r) = e
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
+                out.insert(r.name.as_str());
+            }
+        }
+        for e in &self.env_from {
+            if let Some(r) = &e.secret_ref {
                 out.insert(r.name.as_str());
             }
         }
@@ -434,22 +464,28 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
             if !e.value.is_empty() {
                 errors.push(fe(&at, "give value or valueFrom, not both"));
             }
-            match (&from.config_map_key_ref, &from.field_ref) {
-                (Some(r), None) => {
-                    if !is_dns_subdomain(&r.name) {
-                        errors.push(fe(
-                            format!("{at}.configMapKeyRef.name"),
-                            format!("{:?} is not a valid ConfigMap name", r.name),
-                        ));
-                    }
-                    if !super::config_map::is_key(&r.key) {
-                        errors.push(fe(
-                            format!("{at}.configMapKeyRef.key"),
-                            format!("{:?} is not a valid key", r.key),
-                        ));
-                    }
+            let key_ref = |field: &str, what: &str, r: &KeySelector, errors: &mut Vec<_>| {
+                if !is_dns_subdomain(&r.name) {
+                    errors.push(fe(
+                        format!("{at}.{field}.name"),
+                        format!("{:?} is not a valid {what} name", r.name),
+                    ));
                 }
-                (None, Some(f)) => {
+                if !super::config_map::is_key(&r.key) {
+                    errors.push(fe(
+                        format!("{at}.{field}.key"),
+                        format!("{:?} is not a valid key", r.key),
+                    ));
+                }
+            };
+            match (
+                &from.config_map_key_ref,
+                &from.secret_key_ref,
+                &from.field_ref,
+            ) {
+                (Some(r), None, None) => key_ref("configMapKeyRef", "ConfigMap", r, &mut errors),
+                (None, Some(r), None) => key_ref("secretKeyRef", "Secret", r, &mut errors),
+                (None, None, Some(f)) => {
                     if !FIELD_PATHS.contains(&f.field_path.as_str()) {
                         errors.push(fe(
                             format!("{at}.fieldRef.fieldPath"),
@@ -459,21 +495,26 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
                 }
                 _ => errors.push(fe(
                     &at,
-                    "give exactly one of configMapKeyRef: {name, key} or fieldRef: {fieldPath}",
+                    "give exactly one of configMapKeyRef: {name, key}, secretKeyRef: {name, key} \
+                     or fieldRef: {fieldPath}",
                 )),
             }
         }
     }
     for (i, e) in s.env_from.iter().enumerate() {
-        match &e.config_map_ref {
-            Some(r) if is_dns_subdomain(&r.name) => {}
-            Some(r) => errors.push(fe(
+        match (&e.config_map_ref, &e.secret_ref) {
+            (Some(r), None) | (None, Some(r)) if is_dns_subdomain(&r.name) => {}
+            (Some(r), None) => errors.push(fe(
                 format!("spec.envFrom[{i}].configMapRef.name"),
                 format!("{:?} is not a valid ConfigMap name", r.name),
             )),
-            None => errors.push(fe(
+            (None, Some(r)) => errors.push(fe(
+                format!("spec.envFrom[{i}].secretRef.name"),
+                format!("{:?} is not a valid Secret name", r.name),
+            )),
+            _ => errors.push(fe(
                 format!("spec.envFrom[{i}]"),
-                "required: configMapRef: {name: NAME}",
+                "give exactly one of configMapRef: {name: NAME} or secretRef: {name: NAME}",
             )),
         }
     }

@@ -26,6 +26,44 @@ pub struct Volume {
     pub host_path: Option<HostPathVolume>,
     #[serde(skip_serializing_if = "crate::is_default")]
     pub config_map: Option<ConfigMapVolume>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub secret: Option<SecretVolume>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub persistent: Option<PersistentVolume>,
+}
+
+/// The keys of a Secret in the pod's namespace as files, always read-only,
+/// in a directory only the node's user may enter, updated in place when
+/// the Secret changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SecretVolume {
+    /// The Secret's name (Kubernetes' field name).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub secret_name: String,
+    /// As for a configMap volume.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub items: Vec<KeyToPath>,
+    /// The files' mode (as for a configMap volume); 0644 when left out.
+    #[serde(skip_serializing_if = "crate::is_default", with = "file_mode")]
+    pub default_mode: Option<u32>,
+}
+
+/// A named directory on one node that outlives the pods that mount it: the
+/// first pod to use it makes it on its node, and every later pod that
+/// mounts it is scheduled to that node (the node reports the volumes it
+/// holds). Removed only by the node's operator.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PersistentVolume {
+    /// The volume's name in the pod's namespace; pods of the namespace
+    /// that give the same name share the directory.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub name: String,
+    /// The node that holds (or is to hold) it; when left out, the node
+    /// that reports it, or any node for a volume not made yet.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub node: String,
 }
 
 /// The keys of a ConfigMap in the pod's namespace as files, always
@@ -40,8 +78,10 @@ pub struct ConfigMapVolume {
     /// file of its name, when left out.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub items: Vec<KeyToPath>,
-    /// The files' mode (octal in YAML as `0644` or decimal); 0644 when left out.
-    #[serde(skip_serializing_if = "crate::is_default")]
+    /// The files' mode: a number is decimal, as Kubernetes takes it
+    /// (`420` is 0644), a string with a leading zero is octal (`"0644"`,
+    /// and `0644` unquoted, which YAML reads as a string); 0644 when left out.
+    #[serde(skip_serializing_if = "crate::is_default", with = "file_mode")]
     pub default_mode: Option<u32>,
 }
 
@@ -125,6 +165,100 @@ fn plain_relative(p: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
 }
 
+/// A file mode as a manifest writes it; always a plain number on the wire.
+mod file_mode {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match mode {
+            Some(m) => s.serialize_some(m),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Option<u32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file mode: decimal like 420 or octal like \"0644\"")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                if d.is_human_readable() {
+                    d.deserialize_any(self)
+                } else {
+                    d.deserialize_u32(self)
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                u32::try_from(v)
+                    .map(Some)
+                    .map_err(|_| E::custom("a file mode from 0 to 0777"))
+            }
+            fn visit_u32<E: de::Error>(self, v: u32) -> Result<Self::Value, E> {
+                Ok(Some(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a file mode from 0 to 0777"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let octal = v.strip_prefix("0o").or_else(|| v.strip_prefix('0'));
+                let parsed = match octal {
+                    Some("") => Ok(0),
+                    Some(digits) => u32::from_str_radix(digits, 8),
+                    None => v.parse(),
+                };
+                parsed.map(Some).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not a file mode: write it as octal with a leading zero (\"0644\") or as a decimal number (420)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_option(V)
+    }
+}
+
+/// Checks the `items` and `defaultMode` of a configMap or secret volume.
+fn validate_files(
+    field: &str,
+    items: &[KeyToPath],
+    default_mode: Option<u32>,
+    errors: &mut Vec<FieldError>,
+) {
+    for (j, item) in items.iter().enumerate() {
+        if !super::config_map::is_key(&item.key) {
+            errors.push(fe(
+                format!("{field}.items[{j}].key"),
+                format!("{:?} is not a valid key", item.key),
+            ));
+        }
+        if !plain_relative(&item.path) || item.path.split('/').any(|p| p.starts_with("..")) {
+            errors.push(fe(
+                format!("{field}.items[{j}].path"),
+                format!(
+                    "{:?} must be a relative path without '.' or '..' parts",
+                    item.path
+                ),
+            ));
+        }
+    }
+    if default_mode.is_some_and(|m| m > 0o777) {
+        errors.push(fe(
+            format!("{field}.defaultMode"),
+            "a file mode from 0 to 0777",
+        ));
+    }
+}
+
 /// Checks a pod's volumes and mounts; paths start at `spec`.
 pub fn validate(volumes: &[Volume], mounts: &[VolumeMount]) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -150,43 +284,50 @@ pub fn validate(volumes: &[Volume], mounts: &[VolumeMount]) -> Vec<FieldError> {
         }
         let sources = usize::from(v.empty_dir.is_some())
             + usize::from(v.host_path.is_some())
-            + usize::from(v.config_map.is_some());
+            + usize::from(v.config_map.is_some())
+            + usize::from(v.secret.is_some())
+            + usize::from(v.persistent.is_some());
         if sources != 1 {
             errors.push(fe(
                 at(""),
-                "give exactly one source: emptyDir: {}, hostPath: {path: /srv/data} or \
-                 configMap: {name: NAME}",
+                "give exactly one source: emptyDir: {}, hostPath: {path: /srv/data}, \
+                 configMap: {name: NAME}, secret: {secretName: NAME} or persistent: {name: NAME}",
             ));
         }
         if let Some(c) = &v.config_map {
+            let field = at(".configMap");
             if !crate::manifest::is_dns_subdomain(&c.name) {
                 errors.push(fe(
-                    at(".configMap.name"),
+                    format!("{field}.name"),
                     format!("{:?} is not a valid ConfigMap name", c.name),
                 ));
             }
-            for (j, item) in c.items.iter().enumerate() {
-                if !super::config_map::is_key(&item.key) {
-                    errors.push(fe(
-                        at(&format!(".configMap.items[{j}].key")),
-                        format!("{:?} is not a valid key", item.key),
-                    ));
-                }
-                if !plain_relative(&item.path) || item.path.split('/').any(|p| p.starts_with(".."))
-                {
-                    errors.push(fe(
-                        at(&format!(".configMap.items[{j}].path")),
-                        format!(
-                            "{:?} must be a relative path without '.' or '..' parts",
-                            item.path
-                        ),
-                    ));
-                }
-            }
-            if c.default_mode.is_some_and(|m| m > 0o777) {
+            validate_files(&field, &c.items, c.default_mode, &mut errors);
+        }
+        if let Some(c) = &v.secret {
+            let field = at(".secret");
+            if !crate::manifest::is_dns_subdomain(&c.secret_name) {
                 errors.push(fe(
-                    at(".configMap.defaultMode"),
-                    "a file mode from 0 to 0777",
+                    format!("{field}.secretName"),
+                    format!("{:?} is not a valid Secret name", c.secret_name),
+                ));
+            }
+            validate_files(&field, &c.items, c.default_mode, &mut errors);
+        }
+        if let Some(p) = &v.persistent {
+            if !is_dns_label(&p.name) {
+                errors.push(fe(
+                    at(".persistent.name"),
+                    format!(
+                        "{:?} must be a DNS label (lowercase letters, digits, '-')",
+                        p.name
+                    ),
+                ));
+            }
+            if !p.node.is_empty() && !crate::manifest::is_dns_subdomain(&p.node) {
+                errors.push(fe(
+                    at(".persistent.node"),
+                    format!("{:?} is not a valid node name", p.node),
                 ));
             }
         }
@@ -270,6 +411,31 @@ mod tests {
             mount_path: path.into(),
             ..VolumeMount::default()
         }
+    }
+
+    #[test]
+    fn a_file_mode_reads_as_octal_with_a_leading_zero_and_decimal_without() {
+        let mode = |yaml: &str| {
+            serde_yaml::from_str::<SecretVolume>(&format!("{{secretName: s, defaultMode: {yaml}}}"))
+                .map(|v| v.default_mode)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode("0400"), Ok(Some(0o400)));
+        assert_eq!(mode("\"0644\""), Ok(Some(0o644)));
+        assert_eq!(mode("0o600"), Ok(Some(0o600)));
+        assert_eq!(mode("420"), Ok(Some(0o644)));
+        assert_eq!(mode("0"), Ok(Some(0)));
+        assert!(mode("0999").unwrap_err().contains("leading zero"));
+        assert!(mode("-1").is_err());
+        let wire = SecretVolume {
+            secret_name: "s".into(),
+            default_mode: Some(0o440),
+            ..SecretVolume::default()
+        };
+        let bytes = postcard::to_allocvec(&wire).unwrap();
+        assert_eq!(postcard::from_bytes::<SecretVolume>(&bytes).unwrap(), wire);
+        let json = serde_json::to_string(&wire).unwrap();
+        assert_eq!(serde_json::from_str::<SecretVolume>(&json).unwrap(), wire);
     }
 
     #[test]

@@ -64,7 +64,17 @@ pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
         )),
         Caller::Admin | Caller::Master(_) | Caller::Controller(_) => Ok(()),
         Caller::Viewer => {
-            if verb.action.reads() && !matches!(verb.target, Target::Token) {
+            if matches!(
+                verb.target,
+                Target::Object {
+                    subresource: Some(Subresource::Data),
+                    ..
+                }
+            ) {
+                Err(forbidden(
+                    "viewers may not read a Secret's values (they see its keys and sizes); ask an admin".into(),
+                ))
+            } else if verb.action.reads() && !matches!(verb.target, Target::Token) {
                 Ok(())
             } else {
                 Err(forbidden(

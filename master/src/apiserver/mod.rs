@@ -162,6 +162,7 @@ impl ApiServer {
         let verb = Verb::object(Action::Create, obj.kind(), &m.namespace, &m.name, None);
         authorize(caller, &verb)?;
         let obj = admission::admit_create(caller, obj, &self.store, new_uid(), Time::now())?;
+        let obj = self.seal(obj)?;
         tracing::debug!(caller = %caller, key = %obj.key(), "create");
         match self.apply(Command::Create { object: obj }).await? {
             Outcome::Object(o) => Ok(o),
@@ -181,8 +182,22 @@ impl ApiServer {
             .store
             .get(kind, &m.namespace, &m.name)
             .map_err(store_err)?;
+        let (obj, stored) = match (obj, stored) {
+            // Admitted in the clear (immutability compares values), written
+            // sealed, over the very version that was compared.
+            (Object::Secret(mut s), Some(Object::Secret(old))) => {
+                s.normalize();
+                if s.metadata.resource_version == 0 {
+                    s.metadata.resource_version = old.metadata.resource_version;
+                }
+                let old = self.pki.secret_key().open(&old)?;
+                (Object::Secret(s), Some(Object::Secret(old)))
+            }
+            other => other,
+        };
         let (obj, expected_rv) =
             admission::admit_update(caller, obj, stored.as_ref(), &self.store)?;
+        let obj = self.seal(obj)?;
         let out = self
             .apply(Command::Update {
                 object: obj,
@@ -372,7 +387,44 @@ impl ApiServer {
         }
     }
 
-    /// Reads one object (linearizably unless `stale`).
+    /// A Secret sealed as the store keeps it; any other object as it is.
+    fn seal(&self, obj: Object) -> Result<Object, ApiError> {
+        match obj {
+            Object::Secret(s) => Ok(Object::Secret(self.pki.secret_key().seal(s)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// Reads a Secret with its values: for admins (`get --show-secrets`)
+    /// and for nodes whose pods use it. Every other read hides them.
+    pub async fn reveal_secret(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+        stale: bool,
+    ) -> Result<Object, ApiError> {
+        authorize(
+            caller,
+            &Verb::object(
+                Action::Get,
+                Kind::Secret,
+                namespace,
+                name,
+                Some(Subresource::Data),
+            ),
+        )?;
+        let o = self
+            .read_one(caller, Kind::Secret, namespace, name, stale)
+            .await?;
+        match o {
+            Object::Secret(s) => Ok(Object::Secret(self.pki.secret_key().open(&s)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// Reads one object (linearizably unless `stale`); a Secret's values
+    /// are hidden ([`ApiServer::reveal_secret`] reads them).
     pub async fn get(
         &self,
         caller: &Caller,
@@ -385,6 +437,19 @@ impl ApiServer {
             caller,
             &Verb::object(Action::Get, kind, namespace, name, None),
         )?;
+        let o = self.read_one(caller, kind, namespace, name, stale).await?;
+        Ok(self.pki.secret_key().outward(o))
+    }
+
+    /// One object as stored, if the caller (a node) may read it.
+    async fn read_one(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        stale: bool,
+    ) -> Result<Object, ApiError> {
         self.before_read(stale).await?;
         let o = self
             .store
@@ -396,7 +461,7 @@ impl ApiServer {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
                     format!(
-                        "node {} may read only its own Node, the pods bound to it, their modules and the ConfigMaps they mount",
+                        "node {} may read only its own Node, the pods bound to it, their modules and the ConfigMaps and Secrets they use",
                         view.me
                     ),
                 ));
@@ -433,7 +498,7 @@ impl ApiServer {
                     continue;
                 }
             }
-            kept.push(o);
+            kept.push(self.pki.secret_key().outward(o));
         }
         Ok((revision, kept))
     }
@@ -465,7 +530,11 @@ impl ApiServer {
             None => Source::Store(self.store.watch(from).map_err(store_err)?),
         };
         let filter = watch::Filter::new(opts.list, selector, caller.node().map(String::from));
-        Ok(Watch { inner, filter })
+        Ok(Watch {
+            inner,
+            filter,
+            pki: self.pki.clone(),
+        })
     }
 
     /// A node's heartbeat: recorded here and passed on to the leader.
@@ -546,6 +615,8 @@ impl ApiServer {
 pub struct Watch {
     inner: Source,
     filter: watch::Filter,
+    /// Its Secret key hides the values of the Secrets in events.
+    pki: Arc<Pki>,
 }
 
 /// Where a watch's events come from.
@@ -569,6 +640,10 @@ impl Watch {
             if let Some(kind) = self.filter.admit(&ev) {
                 let mut ev = std::sync::Arc::unwrap_or_clone(ev);
                 ev.kind = kind;
+                if matches!(ev.object, Object::Secret(_)) {
+                    let key = self.pki.secret_key();
+                    ev.object = key.outward(ev.object);
+                }
                 return Ok(ev);
             }
         }
@@ -580,8 +655,8 @@ pub(crate) struct NodeView<'a> {
     me: String,
     store: &'a Store,
     /// What the pods bound to the node use: their modules' digests and
-    /// their ConfigMaps (`namespace/name`), listed only when a module or a
-    /// ConfigMap is asked about: reading a Node or a pod needs no list of
+    /// their ConfigMaps and Secrets (`namespace/name`), listed only when one
+    /// of those is asked about: reading a Node or a pod needs no list of
     /// every pod.
     used: std::cell::OnceCell<Result<Used, ApiError>>,
 }
@@ -591,6 +666,7 @@ pub(crate) struct NodeView<'a> {
 pub(crate) struct Used {
     modules: std::collections::HashSet<String>,
     config_maps: std::collections::HashSet<String>,
+    secrets: std::collections::HashSet<String>,
 }
 
 impl<'a> NodeView<'a> {
@@ -619,6 +695,10 @@ impl<'a> NodeView<'a> {
                     used.config_maps
                         .insert(format!("{}/{}", p.metadata.namespace, name));
                 }
+                for name in p.spec.secrets() {
+                    used.secrets
+                        .insert(format!("{}/{}", p.metadata.namespace, name));
+                }
             }
             Ok(used)
         });
@@ -637,6 +717,11 @@ impl<'a> NodeView<'a> {
                 .used()?
                 .config_maps
                 .contains(&format!("{}/{}", c.metadata.namespace, c.metadata.name))),
+            // Likewise the Secrets they use.
+            Object::Secret(s) => Ok(self
+                .used()?
+                .secrets
+                .contains(&format!("{}/{}", s.metadata.namespace, s.metadata.name))),
             _ => Ok(node_may_read(&self.me, o, &|_| false)),
         }
     }

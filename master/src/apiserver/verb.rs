@@ -103,6 +103,8 @@ pub enum Subresource {
     Heartbeat,
     /// A pod's placement on a node (spec.nodeName and its PodScheduled condition).
     Binding,
+    /// A Secret's values (every other read hides them).
+    Data,
 }
 
 /// What is acted on.

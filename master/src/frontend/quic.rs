@@ -244,6 +244,11 @@ async fn handle(
             name,
             stale,
         } => Response::Object(Box::pin(api.get(caller, kind, &namespace, &name, stale)).await?),
+        Request::RevealSecret {
+            namespace,
+            name,
+            stale,
+        } => Response::Object(Box::pin(api.reveal_secret(caller, &namespace, &name, stale)).await?),
         Request::List(opts) => {
             let (revision, items) = api.list(caller, &opts).await?;
             let answer = Response::List { revision, items };

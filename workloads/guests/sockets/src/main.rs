@@ -1,14 +1,37 @@
 //! Opens a TCP listener on loopback, so that its component imports
-//! `wasi:sockets`: a workload for placement by what a module imports.
+//! `wasi:sockets`: a workload for placement by what a module imports, and
+//! for a pod's network allowance (`spec.network`).
 //!
-//! Prints `listening on ADDR`, or `no network: ERROR` when the node links
-//! sockets but gives the pod no network (pods get none yet); exits 0 either
-//! way, since both show the guest started with sockets linked. A node that
+//! Without arguments: prints `listening on ADDR`, or `no network: ERROR`
+//! when the pod's allowance does not cover binding; exits 0 either way,
+//! since both show the guest started with sockets linked. A node that
 //! withholds sockets does not start it at all.
+//!
+//! With `connect HOST:PORT`: connects, sends `hello from PODNAME\n` and
+//! prints `connected to ADDR` (exit 0), or prints `refused: ERROR` (exit 1)
+//! when the allowance (or the peer) refuses.
 
-use std::net::TcpListener;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, verb, addr] = args.as_slice() {
+        if verb == "connect" {
+            match TcpStream::connect(addr.as_str()) {
+                Ok(mut s) => {
+                    let me = args[0].clone();
+                    let _ = writeln!(s, "hello from {me}");
+                    println!("connected to {addr}");
+                    return;
+                }
+                Err(e) => {
+                    println!("refused: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
     match TcpListener::bind("127.0.0.1:0") {
         Ok(listener) => match listener.local_addr() {
             Ok(addr) => println!("listening on {addr}"),
