@@ -17,7 +17,7 @@ use crate::worker::WorkerCtx;
 use flotilla_api::objects::volume::KeyToPath;
 use flotilla_api::protocol::{ErrorCode, Request, Response};
 use flotilla_api::{Kind, Object, Pod};
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 
 /// How often a running pod's ConfigMap and Secret volumes are read again.
 pub const SYNC: std::time::Duration = std::time::Duration::from_secs(2);
@@ -247,8 +247,8 @@ pub async fn resolve_env(ctx: &WorkerCtx, pod: &Pod) -> Result<Vec<(String, Stri
     }
     let mut read_ = BTreeMap::new();
     for (source, name) in wanted {
-        if !read_.contains_key(&(source, name)) {
-            read_.insert((source, name), read(ctx, pod, source, name).await?);
+        if let btree_map::Entry::Vacant(slot) = read_.entry((source, name)) {
+            slot.insert(read(ctx, pod, source, name).await?);
         }
     }
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
