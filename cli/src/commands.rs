@@ -1089,6 +1089,7 @@ pub async fn describe(
             text.push_str(&format!(" — {}", p.status.message));
         }
         text.push('\n');
+        text.push_str(&output::describe_pod_capabilities(p));
     }
     if kind != Kind::Event {
         text.push('\n');

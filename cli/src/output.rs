@@ -312,6 +312,94 @@ pub fn events(items: &[Event], wide: bool, now: Time) -> String {
     table(&header, &rows)
 }
 
+/// What `describe pod` says of the pod's mounts and network, after the
+/// manifest: each mount with where its directory comes from, what the
+/// program may reach, and what it was refused.
+pub fn describe_pod_capabilities(p: &Pod) -> String {
+    let mut out = String::new();
+    if p.spec.volume_mounts.is_empty() {
+        out.push_str("Mounts:  <none>\n");
+    } else {
+        out.push_str("Mounts:\n");
+        for m in &p.spec.volume_mounts {
+            let source = p
+                .spec
+                .volumes
+                .iter()
+                .find(|v| v.name == m.name)
+                .map(volume_source)
+                .unwrap_or_else(|| "<no such volume>".into());
+            let sub = if m.sub_path.is_empty() {
+                String::new()
+            } else {
+                format!(" (subPath {})", m.sub_path)
+            };
+            let ro =
+                if m.read_only || source.starts_with("ConfigMap") || source.starts_with("Secret") {
+                    "ro"
+                } else {
+                    "rw"
+                };
+            out.push_str(&format!(
+                "  {} from {}{sub} ({ro}): {source}\n",
+                m.mount_path, m.name
+            ));
+        }
+    }
+    let n = &p.spec.network;
+    if n.allow.is_empty() && n.listen.is_empty() {
+        out.push_str("Network: none (no spec.network)\n");
+    } else {
+        out.push_str("Network:\n");
+        for a in &n.allow {
+            let ports = if a.ports.is_empty() {
+                "any port".to_string()
+            } else {
+                let ports: Vec<String> = a.ports.iter().map(u16::to_string).collect();
+                format!("port {}", ports.join(","))
+            };
+            out.push_str(&format!("  to {} {ports}/{}\n", a.host, a.protocol));
+        }
+        for l in &n.listen {
+            out.push_str(&format!("  listen on {}/{}\n", l.port, l.protocol));
+        }
+    }
+    if let Some(r) = &p.status.network_refusals {
+        let when = r
+            .last_time
+            .map(|t| format!(" ({} ago)", age(t, Time::now())))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "Refused: {} attempt(s) outside spec.network; last: {}{when}\n",
+            r.count, r.last
+        ));
+    }
+    out
+}
+
+fn volume_source(v: &flotilla_api::objects::volume::Volume) -> String {
+    if let Some(e) = &v.empty_dir {
+        match &e.size_limit {
+            Some(l) => format!("EmptyDir (sizeLimit {})", l.0),
+            None => "EmptyDir".into(),
+        }
+    } else if let Some(h) = &v.host_path {
+        format!("HostPath {}", h.path)
+    } else if let Some(c) = &v.config_map {
+        format!("ConfigMap {}", c.name)
+    } else if let Some(s) = &v.secret {
+        format!("Secret {}", s.secret_name)
+    } else if let Some(pv) = &v.persistent {
+        if pv.node.is_empty() {
+            format!("Persistent {}", pv.name)
+        } else {
+            format!("Persistent {} on {}", pv.name, pv.node)
+        }
+    } else {
+        "<no source>".into()
+    }
+}
+
 /// The `Events:` section `describe` ends with: the object's events, oldest
 /// first, a repeated one as `AGE (xN over FIRST)`.
 pub fn describe_events(items: &[Event], now: Time) -> String {
@@ -739,6 +827,32 @@ pub fn certificates(certs: &[flotilla_api::protocol::CertificateStatus], now: Ti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_says_where_each_mount_comes_from_and_what_the_pod_may_reach() {
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: p}\nspec:\n  module: m.wasm\n  volumes:\n  - {name: cfg, configMap: {name: app}}\n  - {name: data, persistent: {name: db, node: pi-1}}\n  - {name: tmp, emptyDir: {sizeLimit: 1Mi}}\n  volumeMounts:\n  - {name: cfg, mountPath: /etc/app}\n  - {name: data, mountPath: /var/db, subPath: v1}\n  - {name: tmp, mountPath: /tmp, readOnly: true}\n  network:\n    allow: [{host: 10.0.0.0/24, ports: [5432]}, {host: '*', protocol: UDP}]\n    listen: [{port: 8080}]\nstatus:\n  networkRefusals: {count: 3, last: TCP connect to 1.2.3.4:80}\n",
+        )
+        .unwrap();
+        let text = describe_pod_capabilities(&pod);
+        for want in [
+            "  /etc/app from cfg (ro): ConfigMap app\n",
+            "  /var/db from data (subPath v1) (rw): Persistent db on pi-1\n",
+            "  /tmp from tmp (ro): EmptyDir (sizeLimit 1Mi)\n",
+            "  to 10.0.0.0/24 port 5432/TCP\n",
+            "  to * any port/UDP\n",
+            "  listen on 8080/TCP\n",
+            "Refused: 3 attempt(s) outside spec.network; last: TCP connect to 1.2.3.4:80\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let bare: Pod =
+            serde_yaml::from_str("metadata: {name: p}\nspec: {module: m.wasm}").unwrap();
+        assert_eq!(
+            describe_pod_capabilities(&bare),
+            "Mounts:  <none>\nNetwork: none (no spec.network)\n"
+        );
+    }
 
     #[test]
     fn tables_line_up() {

@@ -392,3 +392,96 @@ fn a_secret_is_sealed_at_rest_hidden_from_get_and_given_to_its_pods() {
         }
     }
 }
+
+#[test]
+fn a_pod_reaches_only_what_its_network_allows_and_refusals_are_counted() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let port = listener.local_addr().expect("addr").port();
+
+    // No allowance: the connect fails in the guest and never reaches the listener.
+    apply(
+        &c,
+        "closed.yaml",
+        &pod_yaml("closed", "sockets", &["connect", &addr], "Never", ""),
+    );
+    // Allowed, but to another port: refused as well.
+    let other = format!(
+        "  network:\n    allow:\n    - {{host: 127.0.0.1, ports: [{}]}}\n",
+        port.wrapping_add(1).max(1)
+    );
+    apply(
+        &c,
+        "elsewhere.yaml",
+        &pod_yaml("elsewhere", "sockets", &["connect", &addr], "Never", &other),
+    );
+    for pod in ["closed", "elsewhere"] {
+        c.wait_phase(pod, "Failed", T);
+        assert!(logs(&c, pod).contains("refused: "), "{}", logs(&c, pod));
+        let last = wait_for("the refusal in the pod's status", T, || {
+            let pod = c.get_json("pod", pod)?;
+            let r = &pod["status"]["networkRefusals"];
+            (r["count"].as_u64()? >= 1).then(|| r["last"].as_str().unwrap_or_default().to_string())
+        });
+        assert_eq!(last, format!("TCP connect to {addr}"));
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a refused pod reached the listener: {other:?}"),
+    }
+    let events = wait_for("a NetworkRefused event", T, || {
+        let events = c.ok(&["get", "events"]);
+        events.contains("NetworkRefused").then_some(events)
+    });
+    assert!(
+        events.contains(&format!("TCP connect to {addr}")),
+        "{events}"
+    );
+    let described = c.ok(&["describe", "pod", "elsewhere"]);
+    assert!(
+        described.contains(&format!(
+            "  to 127.0.0.1 port {}/TCP",
+            port.wrapping_add(1).max(1)
+        )) && described.contains(&format!("last: TCP connect to {addr}")),
+        "{described}"
+    );
+
+    // Allowed: it connects and the listener hears it.
+    let allow = format!("  network:\n    allow:\n    - {{host: 127.0.0.0/8, ports: [{port}]}}\n");
+    apply(
+        &c,
+        "open.yaml",
+        &pod_yaml("open", "sockets", &["connect", &addr], "Never", &allow),
+    );
+    let mut conn = wait_for("the allowed pod to connect", T, || {
+        listener.accept().ok().map(|(s, _)| s)
+    });
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut heard = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut heard).expect("read");
+    assert_eq!(heard, "hello from open\n");
+    c.wait_phase("open", "Succeeded", T);
+    assert!(logs(&c, "open").contains(&format!("connected to {addr}")));
+    assert!(c.get_json("pod", "open").expect("pod")["status"]["networkRefusals"].is_null());
+
+    // An allowance that does not parse is refused at apply, saying what to write.
+    let bad = "  network:\n    allow:\n    - {host: 10.0.0.0/40}\n";
+    let out = c.run(&[
+        "apply",
+        "-f",
+        c.manifest("bad.yaml", &pod_yaml("bad", "sockets", &[], "Never", bad))
+            .to_str()
+            .expect("utf8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.network.allow[0].host"),
+        "{err}"
+    );
+}

@@ -15,6 +15,10 @@
 //! - [`module_gc`]: what the node keeps of modules no pod uses (memory at
 //!   once; disk after a grace period, within a size budget).
 //! - [`logs`]: bounded per-pod log buffers with followers.
+//! - [`volumes`], [`data`]: a pod's directories, and the ConfigMaps and
+//!   Secrets it reads (as files and as environment).
+//! - [`network`]: what a pod's program may reach (`spec.network`), checked
+//!   for every socket address it uses.
 
 pub mod agent;
 pub mod data;
@@ -22,6 +26,7 @@ pub mod join;
 pub mod local;
 pub mod logs;
 pub mod module_gc;
+pub mod network;
 pub mod node_status;
 pub mod pod;
 pub mod runtime;

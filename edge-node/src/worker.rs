@@ -8,6 +8,7 @@
 use crate::local::LocalStore;
 use crate::logs::LogBuffer;
 use crate::module_gc::{InUse, Lease};
+use crate::network::{Allowance, Refusals};
 use crate::pod::{Action, Event, Exit, PodMachine};
 use crate::runtime::{LogSink, Program, RunOutcome, RunSpec, Runtime, RuntimeError};
 use flotilla_api::net::{read_frame, Client};
@@ -92,13 +93,19 @@ async fn run(
     let (mut machine, mut actions) = PodMachine::resume(pod.spec.restart_policy, &pod.status);
     let mut program: Option<Arc<Program>> = None;
     let mut module_condition = pod.status.condition(condition::MODULE_READY).cloned();
+    let refusals = Arc::new(Refusals::resume(pod.status.network_refusals.as_ref()));
     loop {
         let mut next = None;
         for a in actions.drain(..) {
             match a {
-                Action::Report => {
-                    report(&ctx, &last, &mut pod, &machine, module_condition.as_ref())
-                }
+                Action::Report => report(
+                    &ctx,
+                    &last,
+                    &mut pod,
+                    &machine,
+                    module_condition.as_ref(),
+                    &refusals,
+                ),
                 Action::Kill => {
                     tracing::info!(pod = %key, "stopped pod");
                     return;
@@ -176,7 +183,14 @@ async fn run(
                 // Report Running before the guest starts, so short pods show the transition too.
                 for a in machine.step(Event::Started, Time::now()) {
                     if a == Action::Report {
-                        report(&ctx, &last, &mut pod, &machine, module_condition.as_ref());
+                        report(
+                            &ctx,
+                            &last,
+                            &mut pod,
+                            &machine,
+                            module_condition.as_ref(),
+                            &refusals,
+                        );
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
@@ -207,9 +221,22 @@ async fn run(
                         continue;
                     }
                 };
+                let (allowance, unresolved) =
+                    Allowance::resolve(&pod.spec.network, |name| async move {
+                        tokio::net::lookup_host((name, 0))
+                            .await
+                            .map(|addrs| addrs.map(|a| a.ip()).collect())
+                    })
+                    .await;
+                for u in unresolved {
+                    tracing::warn!(pod = %key, host = %u, "a host of the pod's spec.network does not resolve; it allows nothing until the program next starts");
+                }
                 let spec = RunSpec {
                     env,
                     mounts,
+                    network: Arc::new(allowance),
+                    refusals: refusals.clone(),
+                    pod: key.clone(),
                     name: pod
                         .spec
                         .argv0
@@ -232,20 +259,39 @@ async fn run(
                         .and_then(|q| q.millicores().ok()),
                 };
                 let sink: Arc<dyn LogSink> = logs.clone();
-                tokio::select! {
-                    _ = stop.cancelled() => Event::Stop,
-                    never = crate::data::keep_volumes(&ctx, &pod) => match never {},
-                    over = watch_sizes(limited) => {
-                        tracing::warn!(pod = %key, %over, "an emptyDir went over its size limit; stopping the pod");
-                        exit_event("EmptyDirSizeLimit", over)
-                    }
-                    outcome = ctx.runtime.run(&p, spec, sink) => {
-                        tracing::info!(pod = %key, ?outcome, "pod instance ended");
-                        match outcome {
-                            RunOutcome::Exited(code) => Event::Exited(Exit { code: Some(code), reason: String::new(), message: String::new(), at: Time::now() }),
-                            RunOutcome::Failed { reason, message } => exit_event(&reason, message),
+                let watched = pod.clone();
+                let keep = crate::data::keep_volumes(&ctx, &watched);
+                let sizes = watch_sizes(limited);
+                let instance = ctx.runtime.run(&p, spec, sink);
+                tokio::pin!(keep, sizes, instance);
+                // Refusals are reported at most once a second while it runs.
+                let mut refused_report: Option<tokio::time::Instant> = None;
+                loop {
+                    let report_at = refused_report.unwrap_or_else(tokio::time::Instant::now);
+                    break tokio::select! {
+                        _ = stop.cancelled() => Event::Stop,
+                        never = &mut keep => match never {},
+                        over = &mut sizes => {
+                            tracing::warn!(pod = %key, %over, "an emptyDir went over its size limit; stopping the pod");
+                            exit_event("EmptyDirSizeLimit", over)
                         }
-                    }
+                        outcome = &mut instance => {
+                            tracing::info!(pod = %key, ?outcome, "pod instance ended");
+                            match outcome {
+                                RunOutcome::Exited(code) => Event::Exited(Exit { code: Some(code), reason: String::new(), message: String::new(), at: Time::now() }),
+                                RunOutcome::Failed { reason, message } => exit_event(&reason, message),
+                            }
+                        }
+                        _ = refusals.changed.notified(), if refused_report.is_none() => {
+                            refused_report = Some(tokio::time::Instant::now() + REFUSAL_REPORT);
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(report_at), if refused_report.is_some() => {
+                            refused_report = None;
+                            report(&ctx, &last, &mut pod, &machine, module_condition.as_ref(), &refusals);
+                            continue;
+                        }
+                    };
                 }
             }
             Some(Action::Report | Action::Kill) => continue,
@@ -253,6 +299,10 @@ async fn run(
         actions = machine.step(event, Time::now());
     }
 }
+
+/// How long after a network refusal the pod's status reports it (and
+/// the others that came meanwhile).
+const REFUSAL_REPORT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often emptyDir size limits are checked while a program runs.
 const SIZE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -303,8 +353,10 @@ fn report(
     pod: &mut Pod,
     machine: &PodMachine,
     module: Option<&PodCondition>,
+    refusals: &Refusals,
 ) {
     let mut status = machine.status();
+    status.network_refusals = refusals.snapshot();
     status.conditions = pod.status.conditions.clone();
     if let Some(c) = module {
         status.set_condition(c.clone());

@@ -23,6 +23,7 @@ pub mod job;
 pub mod legacy;
 pub mod module;
 pub mod namespace;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod priority_class;

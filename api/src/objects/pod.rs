@@ -75,6 +75,10 @@ pub struct PodSpec {
     /// Where the program sees them: each a WASI preopened directory.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub volume_mounts: Vec<super::volume::VolumeMount>,
+    /// What the program may reach over the network; nothing when left
+    /// out ([`super::network`]).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub network: super::network::NetworkSpec,
 }
 
 impl PodSpec {
@@ -331,6 +335,10 @@ pub struct PodStatus {
     /// room for this one, while they stop.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub nominated_node_name: Option<String>,
+    /// Set by the node: what the program tried to reach outside
+    /// `spec.network`, refused.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub network_refusals: Option<super::network::NetworkRefusals>,
 }
 
 /// A milestone in a pod's life, with when it happened.
@@ -573,6 +581,7 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
         }
     }
     errors.extend(super::volume::validate(&s.volumes, &s.volume_mounts));
+    errors.extend(super::network::validate(&s.network));
     if !s.priority_class_name.is_empty() && !is_dns_subdomain(&s.priority_class_name) {
         errors.push(fe(
             "spec.priorityClassName",

@@ -122,6 +122,12 @@ pub struct RunSpec {
     pub cpu_limit: Option<u64>,
     /// Directories preopened for the guest (its volume mounts).
     pub mounts: Vec<crate::volumes::Mount>,
+    /// What the guest may reach; nothing by default.
+    pub network: Arc<crate::network::Allowance>,
+    /// Where refused socket addresses are counted, and the pod they are
+    /// logged under.
+    pub refusals: Arc<crate::network::Refusals>,
+    pub pod: String,
 }
 
 /// Receives a guest's output as it writes it. Called synchronously from the
@@ -537,11 +543,27 @@ impl Runtime {
             .envs(&spec.env)
             .stdout(SinkOutput::new(sink.clone(), LogStream::Stdout))
             .stderr(SinkOutput::new(sink, LogStream::Stderr))
-            // Pods get no network until the pod spec can ask for it; say so
-            // explicitly rather than rely on wasmtime-wasi's defaults.
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            // Sockets are there for every guest, and every address one uses
+            // goes through the pod's allowance (nothing when it has none), so
+            // a refusal is the guest's `access-denied` and is counted.
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(spec.network.lookups);
+        {
+            let (allowance, refusals, pod) = (
+                spec.network.clone(),
+                spec.refusals.clone(),
+                spec.pod.clone(),
+            );
+            wasi.socket_addr_check(move |addr, how| {
+                let how = socket_use(how);
+                let allowed = allowance.permits(addr, how);
+                if !allowed {
+                    refusals.record(&pod, addr, how);
+                }
+                Box::pin(std::future::ready(allowed))
+            });
+        }
         // Files: only the pod's volume mounts, each a preopened directory.
         for m in &spec.mounts {
             let perms = if m.read_only {
@@ -586,6 +608,23 @@ impl Runtime {
                 outcome(result, store.data().limiter.denial())
             }
         }
+    }
+}
+
+/// wasmtime-wasi's name for what a guest does with an address, as the
+/// allowance knows it.
+fn socket_use(how: wasmtime_wasi::sockets::SocketAddrUse) -> crate::network::Use {
+    use crate::network::Use;
+    use flotilla_api::objects::network::Protocol;
+    use wasmtime_wasi::sockets::SocketAddrUse as S;
+    match how {
+        S::TcpBind => Use::Bind(Protocol::Tcp),
+        S::TcpListen => Use::Listen,
+        S::TcpAccept => Use::Accept,
+        S::TcpConnect => Use::Connect,
+        S::UdpBind => Use::Bind(Protocol::Udp),
+        S::UdpSend => Use::Send,
+        S::UdpReceive => Use::Receive,
     }
 }
 

@@ -438,8 +438,33 @@ pub fn pod_events(old: &Pod, new: &Pod) -> Vec<Happening> {
             .on(node),
         );
     }
-    if reason_now("ModuleBackOff") || reason_now("InvalidModule") {
+    if [
+        "ModuleBackOff",
+        "InvalidModule",
+        "ConfigMapNotFound",
+        "SecretNotFound",
+        "CreateContainerConfigError",
+    ]
+    .iter()
+    .any(|r| reason_now(r))
+    {
         out.push(Happening::warning("node", "Failed", n.message.clone()).on(node));
+    }
+    let refused =
+        |s: &flotilla_api::objects::PodStatus| s.network_refusals.as_ref().map_or(0, |r| r.count);
+    if let Some(r) = n
+        .network_refusals
+        .as_ref()
+        .filter(|_| refused(n) > refused(o))
+    {
+        out.push(
+            Happening::warning(
+                "node",
+                "NetworkRefused",
+                format!("refused {}: not in the pod's spec.network", r.last),
+            )
+            .on(node),
+        );
     }
     let restarted = n.restart_count > o.restart_count;
     // Each run: the first (the pod turns Running, even if it has already
@@ -634,6 +659,31 @@ mod tests {
         let got = pod_events(&again, &failed);
         assert_eq!(reasons(&got), ["Failed"]);
         assert_eq!(got[0].message, "Error: exit code 3");
+    }
+
+    #[test]
+    fn network_refusals_and_missing_data_read_as_warnings() {
+        let mut bound = pod();
+        bound.spec.node_name = Some("n1".into());
+        let mut waiting = bound.clone();
+        waiting.status.reason = "SecretNotFound".into();
+        waiting.status.message = "secret \"db\" not found".into();
+        assert_eq!(reasons(&pod_events(&bound, &waiting)), ["Failed"]);
+        assert!(pod_events(&waiting, &waiting).is_empty());
+        let mut refused = bound.clone();
+        refused.status.network_refusals = Some(flotilla_api::objects::network::NetworkRefusals {
+            count: 3,
+            last: "TCP connect to 127.0.0.1:9".into(),
+            last_time: None,
+        });
+        let got = pod_events(&bound, &refused);
+        assert_eq!(reasons(&got), ["NetworkRefused"]);
+        assert!(
+            got[0].message.contains("TCP connect to 127.0.0.1:9"),
+            "{}",
+            got[0].message
+        );
+        assert!(pod_events(&refused, &refused).is_empty());
     }
 
     #[test]
