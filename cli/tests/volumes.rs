@@ -485,3 +485,76 @@ fn a_pod_reaches_only_what_its_network_allows_and_refusals_are_counted() {
         "{err}"
     );
 }
+
+#[test]
+fn a_persistent_volume_outlives_its_pods_and_keeps_them_on_its_node() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.start_node("n2");
+    c.wait_node_ready("n1", "Ready", T);
+    c.wait_node_ready("n2", "Ready", T);
+    let node_of = |c: &Cluster, pod: &str| {
+        c.get_json("pod", pod)
+            .and_then(|v| v["spec"]["nodeName"].as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let db = |node: &str| {
+        let node = if node.is_empty() {
+            String::new()
+        } else {
+            format!(", node: {node}")
+        };
+        format!("  volumes:\n  - name: data\n    persistent: {{name: db{node}}}\n  volumeMounts:\n  - {{name: data, mountPath: /data}}\n")
+    };
+    let count = |c: &Cluster, pod: &str, volume: &str| {
+        apply(
+            c,
+            &format!("{pod}.yaml"),
+            &pod_yaml(pod, "files", &["count", "/data/n"], "Never", volume),
+        );
+    };
+
+    count(&c, "first", &db(""));
+    c.wait_phase("first", "Succeeded", T);
+    assert!(
+        logs(&c, "first").contains("count 1"),
+        "{}",
+        logs(&c, "first")
+    );
+    let home = node_of(&c, "first");
+    let away = if home == "n1" { "n2" } else { "n1" };
+    c.ok(&["delete", "pod", "first"]);
+    wait_for("the node to report the volume it holds", T, || {
+        let node = c.get_json("node", &home)?;
+        node["status"]["volumes"]
+            .as_array()?
+            .iter()
+            .any(|v| v == "default/db")
+            .then_some(())
+    });
+    assert!(c.path(&format!("{home}/persistent/default/db/n")).exists());
+
+    // Every later pod of the volume goes to its node and finds the data.
+    for (i, pod) in ["second", "third", "fourth"].iter().enumerate() {
+        count(&c, pod, &db(""));
+        c.wait_phase(pod, "Succeeded", T);
+        assert_eq!(node_of(&c, pod), home, "{pod}");
+        let want = format!("count {}", i + 2);
+        assert!(logs(&c, pod).contains(&want), "{pod}: {}", logs(&c, pod));
+    }
+
+    // A pod that says the volume is on the other node cannot be placed.
+    count(&c, "astray", &db(away));
+    let message = wait_for("astray to be unschedulable", T, || {
+        let m = c.pod_field("astray", "message");
+        m.contains("persistent volume default/db").then_some(m)
+    });
+    assert!(message.contains("0/2 nodes are available"), "{message}");
+    assert_eq!(node_of(&c, "astray"), "");
+    // Bound by hand to a node that does not hold it: that node refuses.
+    let pinned = format!("  nodeName: {away}\n{}", db(&home));
+    count(&c, "pinned", &pinned);
+    c.wait_phase("pinned", "Failed", T);
+    assert_eq!(c.pod_field("pinned", "reason"), "PersistentVolumeElsewhere");
+    assert!(!c.path(&format!("{away}/persistent/default/db")).exists());
+}

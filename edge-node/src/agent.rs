@@ -86,7 +86,7 @@ struct Agent {
     ctx: Arc<WorkerCtx>,
     workers: HashMap<String, WorkerHandle>,
     logs: Logs,
-    /// The modules held as this connection's registration reported them.
+    /// What is held, as this connection's registration reported it.
     reported: crate::node_status::Reported,
 }
 
@@ -222,10 +222,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         programs: Mutex::default(),
         reports: report_tx,
         in_use: Default::default(),
-        volumes: crate::volumes::VolumeConfig {
-            pods_dir: cfg.data_dir.join("pods"),
-            allowed_host_paths: cfg.allowed_host_paths.clone(),
-        },
+        volumes: crate::volumes::VolumeConfig::new(
+            &cfg.data_dir,
+            &cfg.name,
+            cfg.allowed_host_paths.clone(),
+        ),
     });
     let mut agent = Agent {
         name: cfg.name.clone(),
@@ -254,10 +255,11 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         gc_stop.clone(),
     ));
     let status_stop = CancellationToken::new();
-    let status = tokio::spawn(crate::node_status::report_modules(
+    let status = tokio::spawn(crate::node_status::report_held(
         cfg.name.clone(),
         local.clone(),
         agent.ctx.runtime.clone(),
+        agent.ctx.volumes.clone(),
         client_rx.clone(),
         agent.reported.clone(),
         status_stop.clone(),
@@ -446,13 +448,17 @@ async fn session(
     creds: &ClientConfigFile,
     agent: &mut Agent,
 ) -> Result<(), NetError> {
-    let (local, runtime) = (agent.ctx.local.clone(), agent.ctx.runtime.clone());
-    let modules =
-        tokio::task::spawn_blocking(move || crate::node_status::held_modules(&local, &runtime))
+    let (local, runtime, volumes) = (
+        agent.ctx.local.clone(),
+        agent.ctx.runtime.clone(),
+        agent.ctx.volumes.clone(),
+    );
+    let held =
+        tokio::task::spawn_blocking(move || crate::node_status::held(&local, &runtime, &volumes))
             .await
             .unwrap_or_default();
-    register(client, cfg, creds, modules.clone()).await?;
-    *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(modules);
+    register(client, cfg, creds, held.clone()).await?;
+    *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
     let list = ListOptions {
         kind: Some(Kind::Pod),
         namespace: None,
@@ -514,10 +520,11 @@ async fn register(
     client: &Client,
     cfg: &NodeConfig,
     creds: &ClientConfigFile,
-    modules: Vec<String>,
+    held: crate::node_status::Held,
 ) -> Result<(), NetError> {
     let mut node = describe_node(cfg);
-    node.status.modules = modules;
+    node.status.modules = held.modules;
+    node.status.volumes = held.volumes;
     if let Ok(v) = Validity::of_pem(&creds.cert_pem) {
         node.metadata.annotations.insert(
             annotations::CERTIFICATE_EXPIRES.into(),
@@ -577,6 +584,7 @@ pub async fn register_node(client: &Client, node: Node) -> Result<(), NetError> 
             updated.status.allocatable = node.status.allocatable;
             updated.status.interfaces = node.status.interfaces;
             updated.status.modules = node.status.modules;
+            updated.status.volumes = node.status.volumes;
             client
                 .call(&Request::UpdateStatus(Object::Node(updated)))
                 .await?;

@@ -2,7 +2,8 @@
 //! what pods may use of the machine (`status.allocatable`, the pod limit),
 //! which WASI interfaces its runtime gives guests (`status.interfaces`,
 //! from [`crate::runtime::interfaces`]), and which modules' compiled code
-//! it holds (`status.modules`), kept current by [`report_modules`].
+//! it holds (`status.modules`) and which persistent volumes
+//! (`status.volumes`), kept current by [`report_held`].
 
 use crate::local::LocalStore;
 use crate::runtime::Runtime;
@@ -108,28 +109,46 @@ pub fn held_modules(local: &LocalStore, runtime: &Runtime) -> Vec<String> {
     held
 }
 
-/// The modules last written to this node's Node object in the current
-/// connection; None until the Node is registered (or after the connection
-/// is lost): [`report_modules`] waits for registration rather than race it.
-pub type Reported = Arc<Mutex<Option<Vec<String>>>>;
+/// What the node holds that the scheduler wants to know of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// `status.modules`: [`held_modules`].
+    pub modules: Vec<String>,
+    /// `status.volumes`: [`crate::volumes::held`].
+    pub volumes: Vec<String>,
+}
 
-/// What to write to `status.modules`, if anything: the modules held, when
+/// What the node holds now.
+pub fn held(local: &LocalStore, runtime: &Runtime, volumes: &crate::volumes::VolumeConfig) -> Held {
+    Held {
+        modules: held_modules(local, runtime),
+        volumes: crate::volumes::held(volumes),
+    }
+}
+
+/// What was last written to this node's Node object in the current
+/// connection; None until the Node is registered (or after the connection
+/// is lost): [`report_held`] waits for registration rather than race it.
+pub type Reported = Arc<Mutex<Option<Held>>>;
+
+/// What to write to the Node's status, if anything: what is held, when
 /// the Node is registered and says otherwise.
-pub fn modules_update(held: &[String], reported: Option<&[String]>) -> Option<Vec<String>> {
+pub fn held_update(held: &Held, reported: Option<&Held>) -> Option<Held> {
     match reported {
-        Some(r) if r != held => Some(held.to_vec()),
+        Some(r) if r != held => Some(held.clone()),
         _ => None,
     }
 }
 
-/// Keeps `status.modules` of the node `name` current until `stop` fires:
-/// every `MODULES_CHECK` (5 s) it looks at the modules held and, when they
-/// differ from what was reported, writes them (at most one write per
-/// check, none while nothing changes).
-pub async fn report_modules(
+/// Keeps `status.modules` and `status.volumes` of the node `name` current
+/// until `stop` fires: every `MODULES_CHECK` (5 s) it looks at what is
+/// held and, when it differs from what was reported, writes it (at most
+/// one write per check, none while nothing changes).
+pub async fn report_held(
     name: String,
     local: LocalStore,
     runtime: Runtime,
+    volumes: crate::volumes::VolumeConfig,
     client: watch::Receiver<Option<Client>>,
     reported: Reported,
     stop: CancellationToken,
@@ -142,16 +161,16 @@ pub async fn report_modules(
         let Some(c) = client.borrow().clone() else {
             continue;
         };
-        let (l, r) = (local.clone(), runtime.clone());
-        let held = match tokio::task::spawn_blocking(move || held_modules(&l, &r)).await {
+        let (l, r, v) = (local.clone(), runtime.clone(), volumes.clone());
+        let now = match tokio::task::spawn_blocking(move || held(&l, &r, &v)).await {
             Ok(h) => h,
             Err(_) => continue,
         };
         let last = reported.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(update) = modules_update(&held, last.as_deref()) else {
+        let Some(update) = held_update(&now, last.as_ref()) else {
             continue;
         };
-        match write_modules(&c, &name, update.clone()).await {
+        match write_held(&c, &name, update.clone()).await {
             Ok(()) => {
                 let mut r = reported.lock().unwrap_or_else(|p| p.into_inner());
                 // A new connection that registered meanwhile reported its own.
@@ -159,14 +178,16 @@ pub async fn report_modules(
                     *r = Some(update);
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot report the modules held; will retry"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot report the modules and volumes held; will retry")
+            }
         }
     }
 }
 
-/// Writes `modules` to the node's `status.modules`, as registration writes
-/// the rest of what the node reports: read the Node, update its status.
-async fn write_modules(client: &Client, name: &str, modules: Vec<String>) -> Result<(), NetError> {
+/// Writes what is held to the node's status, as registration writes the
+/// rest of what the node reports: read the Node, update its status.
+async fn write_held(client: &Client, name: &str, held: Held) -> Result<(), NetError> {
     let mut node = match client
         .call(&Request::Get {
             kind: Kind::Node,
@@ -179,7 +200,8 @@ async fn write_modules(client: &Client, name: &str, modules: Vec<String>) -> Res
         Response::Object(Object::Node(n)) => n,
         other => return Err(NetError::Unexpected(format!("{other:?}"))),
     };
-    node.status.modules = modules;
+    node.status.modules = held.modules;
+    node.status.volumes = held.volumes;
     node.metadata.resource_version = 0;
     client
         .call(&Request::UpdateStatus(Object::Node(node)))
@@ -266,24 +288,26 @@ mod tests {
     }
 
     #[test]
-    fn modules_are_written_once_registered_and_only_when_changed() {
-        let a = vec!["sha256:a".to_string()];
-        let ab = vec!["sha256:a".to_string(), "sha256:b".to_string()];
+    fn what_is_held_is_written_once_registered_and_only_when_changed() {
+        let held = |m: &[&str], v: &[&str]| Held {
+            modules: m.iter().map(|s| s.to_string()).collect(),
+            volumes: v.iter().map(|s| s.to_string()).collect(),
+        };
+        let a = held(&["sha256:a"], &[]);
+        let ab = held(&["sha256:a", "sha256:b"], &[]);
+        let a_db = held(&["sha256:a"], &["default/db"]);
+        let none = Held::default();
         // (held, reported, write)
-        #[allow(clippy::type_complexity)]
-        let cases: [(&[String], Option<&[String]>, Option<Vec<String>>); 5] = [
+        let cases = [
             (&a, None, None),
             (&a, Some(&a), None),
             (&ab, Some(&a), Some(ab.clone())),
-            (&[], Some(&a), Some(vec![])),
-            (&[], Some(&[]), None),
+            (&a_db, Some(&a), Some(a_db.clone())),
+            (&none, Some(&a), Some(none.clone())),
+            (&none, Some(&none), None),
         ];
-        for (held, reported, want) in cases {
-            assert_eq!(
-                modules_update(held, reported),
-                want,
-                "{held:?} {reported:?}"
-            );
+        for (now, reported, want) in cases {
+            assert_eq!(held_update(now, reported), want, "{now:?} {reported:?}");
         }
     }
 

@@ -17,6 +17,12 @@
 //!   mounted read-only.
 //! - `secret`: a Secret's keys as files, laid out and swapped as for a
 //!   configMap, in the same owner-only pod directory. Always read-only.
+//! - `persistent`: `<data>/persistent/<namespace>/<name>`, made by the
+//!   first pod that mounts it and shared by every pod of the namespace that
+//!   names it; it outlives them all (only the operator removes it). The
+//!   node reports the volumes it holds ([`held`]) and the scheduler sends
+//!   the pods that mount one here; a pod whose volume names another node
+//!   is refused.
 //! - A mount's `subPath` is a directory inside the volume (made if
 //!   missing), checked the same way.
 
@@ -30,8 +36,48 @@ use std::path::{Path, PathBuf};
 pub struct VolumeConfig {
     /// `<data dir>/pods`.
     pub pods_dir: PathBuf,
+    /// `<data dir>/persistent`.
+    pub persistent_dir: PathBuf,
+    /// This node's name: a persistent volume that names another is refused.
+    pub node_name: String,
     /// Host directories (and what is under them) pods may mount.
     pub allowed_host_paths: Vec<PathBuf>,
+}
+
+impl VolumeConfig {
+    /// The volumes of node `node_name` in its data directory `data_dir`.
+    pub fn new(data_dir: &Path, node_name: &str, allowed_host_paths: Vec<PathBuf>) -> VolumeConfig {
+        VolumeConfig {
+            pods_dir: data_dir.join("pods"),
+            persistent_dir: data_dir.join("persistent"),
+            node_name: node_name.to_string(),
+            allowed_host_paths,
+        }
+    }
+}
+
+/// The persistent volumes this node holds, as `namespace/name`, sorted.
+pub fn held(cfg: &VolumeConfig) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<String> = names(&cfg.persistent_dir)
+        .into_iter()
+        .flat_map(|ns| {
+            names(&cfg.persistent_dir.join(&ns))
+                .into_iter()
+                .map(move |name| format!("{ns}/{name}"))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One preopened directory of a run.
@@ -184,6 +230,41 @@ fn volume_root(cfg: &VolumeConfig, pod: &Pod, volume: &Volume) -> Result<PathBuf
             });
         }
         return Ok(resolved);
+    }
+    if let Some(p) = &volume.persistent {
+        if !p.node.is_empty() && p.node != cfg.node_name {
+            return Err(VolumeError::Refused {
+                reason: "PersistentVolumeElsewhere",
+                message: format!(
+                    "volume {}: persistent volume {} is on node {}, not on {}; leave out \
+                     spec.nodeName and the scheduler places the pod there",
+                    volume.name, p.name, p.node, cfg.node_name
+                ),
+            });
+        }
+        // Names are DNS labels (validated by the master); checked again
+        // here, as they become path parts.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && s != "."
+                && s != ".."
+        };
+        if !plain(&pod.metadata.namespace) || !plain(&p.name) {
+            return Err(VolumeError::Refused {
+                reason: "VolumeError",
+                message: format!("volume {}: {:?} is not a volume name", volume.name, p.name),
+            });
+        }
+        let ns_dir = cfg.persistent_dir.join(&pod.metadata.namespace);
+        make_dir(&cfg.persistent_dir)?;
+        make_dir(&ns_dir)?;
+        let dir = ns_dir.join(&p.name);
+        make_dir(&dir)?;
+        return dir
+            .canonicalize()
+            .map_err(|e| io("cannot resolve", &dir, e));
     }
     Err(VolumeError::Refused {
         reason: "VolumeError",
@@ -412,10 +493,7 @@ mod tests {
     #[test]
     fn empty_dirs_are_made_kept_and_removed_with_their_pod() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let cfg = VolumeConfig {
-            pods_dir: tmp.path().join("pods"),
-            allowed_host_paths: vec![],
-        };
+        let cfg = VolumeConfig::new(tmp.path(), "n1", vec![]);
         let scratch = Volume {
             name: "scratch".into(),
             empty_dir: Some(EmptyDirVolume {
@@ -498,10 +576,7 @@ mod tests {
         let other = tmp.path().join("etc");
         std::fs::create_dir_all(allowed.join("data")).expect("dir");
         std::fs::create_dir_all(&other).expect("dir");
-        let mut cfg = VolumeConfig {
-            pods_dir: tmp.path().join("pods"),
-            allowed_host_paths: vec![],
-        };
+        let mut cfg = VolumeConfig::new(tmp.path(), "n1", vec![]);
         let refused = |cfg: &VolumeConfig, p: &Pod| match prepare(cfg, p) {
             Err(e) => e,
             Ok(m) => panic!("allowed: {m:?}"),

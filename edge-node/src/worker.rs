@@ -596,10 +596,7 @@ mod tests {
             programs: Mutex::default(),
             reports: report_tx,
             in_use: InUse::default(),
-            volumes: crate::volumes::VolumeConfig {
-                pods_dir: dir.path().join("pods"),
-                allowed_host_paths: vec![],
-            },
+            volumes: crate::volumes::VolumeConfig::new(dir.path(), "n1", vec![]),
         });
         let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
         let a = start(pod("a", &ticker, RestartPolicy::Always));

@@ -69,6 +69,10 @@ pub struct NodeStatus {
     /// need not fetch and compile a pod's module.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub modules: Vec<String>,
+    /// The persistent volumes the node holds, as `namespace/name`: the
+    /// scheduler sends every pod that mounts one to this node.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub volumes: Vec<String>,
 }
 
 /// Whether a node is fit to run pods.

@@ -165,6 +165,20 @@ fn plain_relative(p: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
 }
 
+/// The persistent volumes `volumes` mounts in `namespace`: their keys
+/// (`namespace/name`, as nodes report them) and the node each names, if any.
+pub fn persistent<'a>(
+    namespace: &str,
+    volumes: &'a [Volume],
+) -> impl Iterator<Item = (String, &'a str)> + 'a {
+    let namespace = namespace.to_string();
+    volumes.iter().filter_map(move |v| {
+        v.persistent
+            .as_ref()
+            .map(|p| (format!("{namespace}/{}", p.name), p.node.as_str()))
+    })
+}
+
 /// A file mode as a manifest writes it; always a plain number on the wire.
 mod file_mode {
     use serde::{de, Deserializer, Serializer};

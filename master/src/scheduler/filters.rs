@@ -38,6 +38,8 @@ pub enum Reason {
     MissingInterface(String),
     /// A DoNotSchedule spread constraint would be broken, or the node lacks its topology key.
     TopologySpread,
+    /// A persistent volume the pod mounts is on another node.
+    VolumeNode(String),
 }
 
 impl Reason {
@@ -69,6 +71,9 @@ impl Reason {
             Reason::TopologySpread => {
                 vec!["node(s) didn't match pod topology spread constraints".into()]
             }
+            Reason::VolumeNode(v) => {
+                vec![format!("node(s) do not hold persistent volume {v}")]
+            }
         }
     }
 }
@@ -97,6 +102,7 @@ pub const FILTERS: &[Filter] = &[
     ready,
     schedulable,
     node_affinity,
+    persistent_volumes,
     taints,
     resources,
     interfaces,
@@ -113,6 +119,7 @@ const FILTERS_EXCEPT_RESOURCES: &[Filter] = &[
     ready,
     schedulable,
     node_affinity,
+    persistent_volumes,
     taints,
     interfaces,
     topology_spread,
@@ -150,6 +157,20 @@ pub fn node_affinity(node: &NodeState, pod: &PodInfo) -> Result<(), Reason> {
         Ok(())
     } else {
         Err(Reason::NodeAffinity)
+    }
+}
+
+/// The node holds every persistent volume of the pod that is somewhere
+/// already, and is the node each names (a volume made by no pod yet may go
+/// anywhere).
+pub fn persistent_volumes(node: &NodeState, pod: &PodInfo) -> Result<(), Reason> {
+    match pod
+        .volume_nodes
+        .iter()
+        .find(|(_, holders)| !holders.contains(node.name()))
+    {
+        Some((volume, _)) => Err(Reason::VolumeNode(volume.clone())),
+        None => Ok(()),
     }
 }
 
@@ -463,6 +484,96 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn persistent_volume_cases() {
+        let cases: Vec<(&str, Vec<NodeState>, PodB, Vec<&str>)> = vec![
+            (
+                "a volume no pod made yet may go anywhere",
+                vec![node("a").state(), node("b").state()],
+                pod("p").persistent("db", ""),
+                vec!["a", "b"],
+            ),
+            (
+                "a volume a node reports pins the pod there",
+                vec![
+                    node("a").state(),
+                    node("b").volumes(&["default/db"]).state(),
+                ],
+                pod("p").persistent("db", ""),
+                vec!["b"],
+            ),
+            (
+                "the same name in another namespace is another volume",
+                vec![node("a").state(), node("b").volumes(&["other/db"]).state()],
+                pod("p").persistent("db", ""),
+                vec!["a", "b"],
+            ),
+            (
+                "a pod that mounts it (even nominated) holds it before its node reports it",
+                vec![
+                    node("a").nominated(pod("q").persistent("db", "")).state(),
+                    node("b").running(pod("r").persistent("db", "")).state(),
+                    node("c").state(),
+                ],
+                pod("p").persistent("db", ""),
+                vec!["a", "b"],
+            ),
+            (
+                "a volume that names its node goes there only",
+                vec![node("a").state(), node("b").state()],
+                pod("p").persistent("db", "b"),
+                vec!["b"],
+            ),
+            (
+                "a volume that names a node it is not on: nowhere",
+                vec![
+                    node("a").volumes(&["default/db"]).state(),
+                    node("b").state(),
+                ],
+                pod("p").persistent("db", "b"),
+                vec![],
+            ),
+            (
+                "two volumes on two nodes: nowhere",
+                vec![
+                    node("a").volumes(&["default/x"]).state(),
+                    node("b").volumes(&["default/y"]).state(),
+                ],
+                pod("p").persistent("x", "").persistent("y", ""),
+                vec![],
+            ),
+        ];
+        for (what, nodes, p, want) in cases {
+            let p = p.build();
+            let snapshot = snapshot(nodes, &p, &[]);
+            let info = PodInfo::new(&p, &snapshot);
+            let got: Vec<&str> = snapshot
+                .nodes
+                .iter()
+                .filter(|n| persistent_volumes(n, &info).is_ok())
+                .map(NodeState::name)
+                .collect();
+            assert_eq!(got, want, "{what}");
+        }
+        let p = pod("p").persistent("db", "").build();
+        let snapshot = snapshot(
+            vec![
+                node("a").state(),
+                node("b").volumes(&["default/db"]).state(),
+            ],
+            &p,
+            &[],
+        );
+        assert_eq!(
+            persistent_volumes(&snapshot.nodes[0], &PodInfo::new(&p, &snapshot)),
+            Err(Reason::VolumeNode("default/db".into()))
+        );
+        assert_eq!(
+            Reason::VolumeNode("default/db".into()).texts(),
+            ["node(s) do not hold persistent volume default/db"]
+        );
     }
 
     #[test]

@@ -90,6 +90,9 @@ impl NodeB {
     pub fn modules(self, list: &[&str]) -> Self {
         self.node(|n| n.status.modules = list.iter().map(|s| s.to_string()).collect())
     }
+    pub fn volumes(self, list: &[&str]) -> Self {
+        self.node(|n| n.status.volumes = list.iter().map(|s| s.to_string()).collect())
+    }
     pub fn running(mut self, p: PodB) -> Self {
         self.0.pods.push(p.state());
         self
@@ -225,6 +228,19 @@ impl PodB {
     }
     pub fn nominated(self, node: &str) -> Self {
         self.pod(|p| p.status.nominated_node_name = Some(node.into()))
+    }
+    /// Mounts the persistent volume `name`, on `node` when not empty.
+    pub fn persistent(self, name: &str, node: &str) -> Self {
+        self.pod(|p| {
+            p.spec.volumes.push(flotilla_api::objects::volume::Volume {
+                name: format!("v-{name}"),
+                persistent: Some(flotilla_api::objects::volume::PersistentVolume {
+                    name: name.into(),
+                    node: node.into(),
+                }),
+                ..Default::default()
+            })
+        })
     }
     pub fn bound(self, node: &str) -> Self {
         self.pod(|p| p.spec.node_name = Some(node.into()))

@@ -31,7 +31,7 @@ use flotilla_api::objects::scheduling::{
 };
 use flotilla_api::time::Time;
 use flotilla_api::{Module, Node, Pod};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// Kubernetes' default `maxPods`, used for a node that reports no pod limit.
@@ -86,6 +86,8 @@ pub struct PodState {
     /// does not count towards spreading, and a pod nominated to its node
     /// waits for it rather than preempting more.
     pub terminating: bool,
+    /// The persistent volumes it mounts (`namespace/name`): its node holds them.
+    pub volumes: Vec<String>,
 }
 
 impl PodState {
@@ -104,6 +106,12 @@ impl PodState {
             module: pod.spec.module.clone(),
             created: pod.metadata.creation_timestamp,
             terminating: false,
+            volumes: flotilla_api::objects::volume::persistent(
+                &pod.metadata.namespace,
+                &pod.spec.volumes,
+            )
+            .map(|(key, _)| key)
+            .collect(),
         }
     }
 
@@ -517,6 +525,9 @@ pub struct PodInfo<'a> {
     /// Per [`NodeState::interfaces_id`]: the first import the list lacks
     /// (None: all provided), worked out the first time it is asked.
     pub interfaces_checked: std::cell::RefCell<HashMap<u32, Option<String>>>,
+    /// Per persistent volume the pod mounts that is somewhere already (or
+    /// names its node): the volume and the nodes that hold it.
+    pub volume_nodes: Vec<(String, BTreeSet<&'a str>)>,
 }
 
 /// How the pods one spread constraint selects are spread now.
@@ -569,7 +580,24 @@ impl<'a> PodInfo<'a> {
             .iter()
             .map(|c| spread_counts(c, pod, &snapshot.nodes))
             .collect();
+        let volume_nodes =
+            flotilla_api::objects::volume::persistent(&pod.metadata.namespace, &pod.spec.volumes)
+                .filter_map(|(key, named)| {
+                    let holders = volume_holders(&key, &snapshot.nodes);
+                    // A volume that names its node is there, or is made there: a
+                    // copy of it elsewhere would be another volume of the same name.
+                    let holders: BTreeSet<&str> = match named {
+                        "" => holders,
+                        named if holders.is_empty() || holders.contains(named) => {
+                            BTreeSet::from([named])
+                        }
+                        _ => BTreeSet::new(),
+                    };
+                    (!named.is_empty() || !holders.is_empty()).then_some((key, holders))
+                })
+                .collect();
         PodInfo {
+            volume_nodes,
             pod,
             priority: priority(pod),
             cpu_millis,
@@ -585,6 +613,22 @@ impl<'a> PodInfo<'a> {
     pub fn may_preempt(&self) -> bool {
         self.pod.spec.preemption_policy != Some(PreemptionPolicy::Never)
     }
+}
+
+/// The nodes that hold the persistent volume `key`: those that report it,
+/// and those with a pod (bound, or nominated) that mounts it.
+fn volume_holders<'a>(key: &str, nodes: &'a [NodeState]) -> BTreeSet<&'a str> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.node.status.volumes.iter().any(|v| v == key)
+                || n.pods
+                    .iter()
+                    .chain(&n.nominated)
+                    .any(|p| p.volumes.iter().any(|v| v == key))
+        })
+        .map(NodeState::name)
+        .collect()
 }
 
 fn spread_counts<'a>(

@@ -366,6 +366,7 @@ fn pod_state_cases() {
                 module: "sha256:m".into(),
                 created: Some(Time(9)),
                 terminating: false,
+                volumes: vec![],
             },
         ),
     ];
