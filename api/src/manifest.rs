@@ -412,6 +412,33 @@ pub fn is_label_value(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sample manifests users copy from are valid as written.
+    #[test]
+    fn every_sample_manifest_parses_and_validates() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads");
+        let mut seen = 0;
+        for dir in std::fs::read_dir(&root).expect("workloads/").flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    let text = std::fs::read_to_string(&path).expect("read");
+                    if let Err(e) = parse_manifests(&text) {
+                        panic!("{}: {e:?}", path.display());
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        assert!(
+            seen >= 8,
+            "only {seen} sample manifests found under {}",
+            root.display()
+        );
+    }
     use crate::objects::Pod;
 
     const GOOD: &str = "apiVersion: flotilla.dev/v1
