@@ -51,10 +51,11 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 10] = [
+pub const APPLYABLE: [Kind; 11] = [
     Kind::Namespace,
     Kind::ConfigMap,
     Kind::Secret,
+    Kind::Service,
     Kind::Pod,
     Kind::PriorityClass,
     Kind::ReplicaSet,

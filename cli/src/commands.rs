@@ -783,6 +783,15 @@ fn render(
                     output::config_maps(&typed::<flotilla_api::objects::ConfigMap>(objs), now)
                 }
                 Kind::Secret => output::secrets(&typed::<flotilla_api::objects::Secret>(objs), now),
+                Kind::Service => output::services(
+                    &typed::<flotilla_api::objects::service::Service>(objs),
+                    wide,
+                    now,
+                ),
+                Kind::Endpoints => output::endpoints(
+                    &typed::<flotilla_api::objects::service::Endpoints>(objs),
+                    now,
+                ),
                 Kind::Namespace => {
                     output::namespaces(&typed::<flotilla_api::objects::Namespace>(objs), now)
                 }
@@ -1090,6 +1099,23 @@ pub async fn describe(
         }
         text.push('\n');
         text.push_str(&output::describe_pod_capabilities(p));
+    }
+    if let Object::Service(svc) = &obj {
+        let endpoints = match call(
+            &client,
+            &Request::Get {
+                kind: Kind::Endpoints,
+                namespace: svc.metadata.namespace.clone(),
+                name: svc.metadata.name.clone(),
+                stale: false,
+            },
+        )
+        .await
+        {
+            Ok(Response::Object(Object::Endpoints(e))) => Some(e),
+            _ => None,
+        };
+        text.push_str(&output::describe_service_endpoints(endpoints.as_ref()));
     }
     if kind != Kind::Event {
         text.push('\n');

@@ -138,6 +138,24 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Make a Service for a deployment's (replicaset's, daemonset's) pods,
+    /// or a pod: `expose deployment web --port 8080`.
+    Expose {
+        /// `KIND/NAME`, or `KIND NAME`.
+        #[arg(required = true, num_args = 1..=2)]
+        target: Vec<String>,
+        /// The port every node serves for the Service.
+        #[arg(long)]
+        port: u16,
+        /// The pods' port (TCP pods); the same as --port when left out.
+        #[arg(long)]
+        target_port: Option<u16>,
+        /// The Service's name; the object's name when left out.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
     /// Rollouts of a Deployment: status, history, undo, pause, resume, restart.
     #[command(subcommand)]
     Rollout(workloads::RolloutCommand),
@@ -674,6 +692,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             replicas,
             namespace,
         } => workloads::scale(&config, &target, replicas, &namespace).await,
+        Command::Expose {
+            target,
+            port,
+            target_port,
+            name,
+            namespace,
+        } => {
+            workloads::expose(
+                &config,
+                &target,
+                port,
+                target_port,
+                name.as_deref(),
+                &namespace,
+            )
+            .await
+        }
         Command::Rollout(c) => workloads::rollout(&config, c).await,
         Command::Taint { kind, name, taints } => nodes::taint(&config, &kind, &name, &taints).await,
         Command::Cordon { name } => nodes::cordon(&config, &name, true).await,

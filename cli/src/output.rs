@@ -475,6 +475,110 @@ pub fn secrets(items: &[flotilla_api::objects::Secret], now: Time) -> String {
     table(&["NAMESPACE", "NAME", "TYPE", "DATA", "AGE"], &rows)
 }
 
+/// Services: the ports every node serves (`8080:80/TCP` when the pods'
+/// port differs) and the selector; wide adds host names and affinity.
+pub fn services(
+    items: &[flotilla_api::objects::service::Service],
+    wide: bool,
+    now: Time,
+) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let ports: Vec<String> = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| match p.target_port {
+                    Some(t) if t != p.port => format!("{}:{t}/{}", p.port, p.protocol),
+                    _ => format!("{}/{}", p.port, p.protocol),
+                })
+                .collect();
+            let selector: Vec<String> = s
+                .spec
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut row = vec![
+                s.metadata.namespace.clone(),
+                s.metadata.name.clone(),
+                ports.join(","),
+                selector.join(","),
+                age_of(&s.metadata, now),
+            ];
+            if wide {
+                row.push(if s.spec.hosts.is_empty() {
+                    "<none>".into()
+                } else {
+                    s.spec.hosts.join(",")
+                });
+                row.push(match s.spec.session_affinity {
+                    flotilla_api::objects::service::SessionAffinity::None => "None".into(),
+                    flotilla_api::objects::service::SessionAffinity::ClientIp => "ClientIP".into(),
+                });
+            }
+            row
+        })
+        .collect();
+    let mut headers = vec!["NAMESPACE", "NAME", "PORT(S)", "SELECTOR", "AGE"];
+    if wide {
+        headers.extend(["HOSTS", "AFFINITY"]);
+    }
+    table(&headers, &rows)
+}
+
+/// Endpoints: the ready pods as `pod@node` (at most three, then how many
+/// more), and how many are not ready.
+pub fn endpoints(items: &[flotilla_api::objects::service::Endpoints], now: Time) -> String {
+    const SHOWN: usize = 3;
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            let ready: Vec<String> = e
+                .endpoints
+                .iter()
+                .filter(|x| x.ready)
+                .map(|x| format!("{}@{}", x.pod, x.node))
+                .collect();
+            let mut shown = if ready.is_empty() {
+                "<none>".to_string()
+            } else {
+                ready[..ready.len().min(SHOWN)].join(",")
+            };
+            if ready.len() > SHOWN {
+                shown.push_str(&format!(" + {} more...", ready.len() - SHOWN));
+            }
+            vec![
+                e.metadata.namespace.clone(),
+                e.metadata.name.clone(),
+                shown,
+                (e.endpoints.len() - ready.len()).to_string(),
+                age_of(&e.metadata, now),
+            ]
+        })
+        .collect();
+    table(
+        &["NAMESPACE", "NAME", "ENDPOINTS", "NOT-READY", "AGE"],
+        &rows,
+    )
+}
+
+/// What `describe service` says of its pods: each with its node and
+/// whether it takes traffic.
+pub fn describe_service_endpoints(e: Option<&flotilla_api::objects::service::Endpoints>) -> String {
+    let Some(e) = e.filter(|e| !e.endpoints.is_empty()) else {
+        return "\nEndpoints:  <none> (no bound pod matches the selector yet)\n".into();
+    };
+    let ready = e.endpoints.iter().filter(|x| x.ready).count();
+    let mut out = format!("\nEndpoints:  {ready} ready of {}\n", e.endpoints.len());
+    for x in &e.endpoints {
+        let state = if x.ready { "ready" } else { "not ready" };
+        out.push_str(&format!("  {} on {}: {state}\n", x.pod, x.node));
+    }
+    out
+}
+
 /// Namespaces: Active, or Terminating while their contents are deleted.
 pub fn namespaces(items: &[Namespace], now: Time) -> String {
     let rows: Vec<Vec<String>> = items
@@ -827,6 +931,29 @@ pub fn certificates(certs: &[flotilla_api::protocol::CertificateStatus], now: Ti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_and_endpoints_tables() {
+        let svc: flotilla_api::objects::service::Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080, targetPort: 80}, {name: raw, port: 9000}], hosts: [web.local]}",
+        )
+        .unwrap();
+        let text = services(&[svc], true, Time(0));
+        assert!(text.contains("8080:80/TCP,9000/TCP"), "{text}");
+        assert!(
+            text.contains("app=web") && text.contains("web.local") && text.contains("None"),
+            "{text}"
+        );
+        let ep: flotilla_api::objects::service::Endpoints = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nendpoints:\n- {pod: a, node: n1, ready: true}\n- {pod: b, node: n2}\n- {pod: c, node: n1, ready: true}\n- {pod: d, node: n1, ready: true}\n- {pod: e, node: n2, ready: true}\n",
+        )
+        .unwrap();
+        let text = endpoints(&[ep], Time(0));
+        assert!(text.contains("a@n1,c@n1,d@n1 + 1 more...   1"), "{text}");
+        let empty: flotilla_api::objects::service::Endpoints =
+            serde_yaml::from_str("metadata: {name: idle, namespace: default}").unwrap();
+        assert!(endpoints(&[empty], Time(0)).contains("<none>"));
+    }
 
     #[test]
     fn describe_says_where_each_mount_comes_from_and_what_the_pod_may_reach() {

@@ -188,6 +188,94 @@ pub async fn scale(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The Service `expose` makes for `obj` (a Deployment, ReplicaSet,
+/// DaemonSet or Pod): its pods' labels as the selector, one port.
+pub fn service_for(
+    obj: &Object,
+    name: Option<&str>,
+    port: u16,
+    target_port: Option<u16>,
+) -> anyhow::Result<flotilla_api::objects::service::Service> {
+    use flotilla_api::objects::service::{Service, ServicePort, ServiceSpec};
+    let m = obj.meta();
+    let selector = match obj {
+        Object::Deployment(d) => Some(&d.spec.selector),
+        Object::ReplicaSet(r) => Some(&r.spec.selector),
+        Object::DaemonSet(d) => Some(&d.spec.selector),
+        Object::Pod(_) => None,
+        other => bail!(
+            "cannot expose a {}: expose a deployment, replicaset, daemonset or pod",
+            other.kind().as_str().to_lowercase()
+        ),
+    };
+    let labels = match selector {
+        Some(s) if !s.match_expressions.is_empty() => bail!(
+            "{} selects its pods with matchExpressions, which a Service's selector cannot say; write a Service manifest",
+            obj.describe()
+        ),
+        Some(s) => s.match_labels.clone(),
+        None => m.labels.clone(),
+    };
+    if labels.is_empty() {
+        bail!(
+            "{} has no labels to select its pods by; label it, or write a Service manifest",
+            obj.describe()
+        );
+    }
+    Ok(Service {
+        metadata: flotilla_api::ObjectMeta::named(&m.namespace, name.unwrap_or(&m.name)),
+        spec: ServiceSpec {
+            selector: labels,
+            ports: vec![ServicePort {
+                port,
+                target_port: target_port.filter(|t| *t != port),
+                ..ServicePort::default()
+            }],
+            ..ServiceSpec::default()
+        },
+    })
+}
+
+/// `expose KIND/NAME --port P`: a Service for the object's pods.
+pub async fn expose(
+    config: &Path,
+    target: &[String],
+    port: u16,
+    target_port: Option<u16>,
+    name: Option<&str>,
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let (kind, obj_name) = parse_target(target)?;
+    let client = connect(config).await?;
+    let obj = match client
+        .call(&Request::Get {
+            kind,
+            namespace: namespace.to_string(),
+            name: obj_name.clone(),
+            stale: false,
+        })
+        .await
+        .map_err(api_error)?
+    {
+        Response::Object(o) => o,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let svc = service_for(&obj, name, port, target_port)?;
+    let svc_name = svc.metadata.name.clone();
+    let object = Object::Service(svc);
+    let errors = flotilla_api::manifest::validate(&object);
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        bail!("{}", list.join("; "));
+    }
+    client
+        .call(&Request::Create(object))
+        .await
+        .map_err(api_error)?;
+    println!("service/{svc_name} exposed");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Where a rollout stands, as `rollout status` says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloutState {
@@ -516,6 +604,40 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expose_selects_by_the_workloads_match_labels_or_the_pods_labels() {
+        let d: Object = flotilla_api::manifest::parse_manifests(
+            "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web, tier: front}}\n    spec: {module: sha256:0000000000000000000000000000000000000000000000000000000000000000}\n",
+        )
+        .expect("manifest")
+        .remove(0);
+        let s = service_for(&d, None, 8080, Some(80)).expect("service");
+        assert_eq!(s.metadata.name, "web");
+        assert_eq!(
+            s.spec.selector,
+            [("app".to_string(), "web".to_string())].into()
+        );
+        assert_eq!(
+            (s.spec.ports[0].port, s.spec.ports[0].target_port),
+            (8080, Some(80))
+        );
+        let s = service_for(&d, Some("front"), 8080, Some(8080)).expect("service");
+        assert_eq!(
+            (s.metadata.name.as_str(), s.spec.ports[0].target_port),
+            ("front", None)
+        );
+        let mut bare = flotilla_api::Pod::default();
+        bare.metadata.name = "p".into();
+        let err = service_for(&Object::Pod(bare), None, 80, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no labels"), "{err}");
+        let err = service_for(&Object::Namespace(Default::default()), None, 80, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot expose a namespace"), "{err}");
+    }
     use flotilla_api::objects::deployment::DeploymentStatus;
     use flotilla_api::objects::workload::Condition;
 

@@ -30,6 +30,7 @@ pub mod priority_class;
 pub mod replica_set;
 pub mod scheduling;
 pub mod secret;
+pub mod service;
 pub mod volume;
 pub mod workload;
 
@@ -326,6 +327,8 @@ kinds! {
     Event(event::Event), "events", ["ev"], true;
     ConfigMap(config_map::ConfigMap), "configmaps", ["cm"], true;
     Secret(secret::Secret), "secrets", [], true;
+    Service(service::Service), "services", ["svc"], true;
+    Endpoints(service::Endpoints), "endpoints", ["ep"], true;
 }
 
 /// The kinds whose objects run a module or make pods that do

@@ -28,15 +28,16 @@ use std::time::Duration;
 const ME: Caller = Caller::Controller("garbage-collector");
 
 /// The kinds that own others (their dependents are collected).
-pub const OWNER_KINDS: [Kind; 5] = [
+pub const OWNER_KINDS: [Kind; 6] = [
     Kind::ReplicaSet,
     Kind::Deployment,
     Kind::DaemonSet,
     Kind::Job,
     Kind::CronJob,
+    Kind::Service,
 ];
 /// The kinds that may be owned.
-pub const DEPENDENT_KINDS: [Kind; 3] = [Kind::Pod, Kind::ReplicaSet, Kind::Job];
+pub const DEPENDENT_KINDS: [Kind; 4] = [Kind::Pod, Kind::ReplicaSet, Kind::Job, Kind::Endpoints];
 
 /// What became of an owner a reference names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,10 +338,12 @@ mod tests {
                 &[("ReplicaSet", "a"), ("ReplicaSet", "x")],
                 Verdict::Trim(vec![]),
             ),
+            // A Service owns its Endpoints: gone, they go.
+            (&[("Service", "x")], gone.clone()),
             // Kinds the collector does not judge are left alone.
-            (&[("Service", "x")], Verdict::Keep),
+            (&[("ConfigMap", "x")], Verdict::Keep),
             (
-                &[("Service", "x"), ("ReplicaSet", "y")],
+                &[("ConfigMap", "x"), ("ReplicaSet", "y")],
                 Verdict::Trim(vec![]),
             ),
         ];

@@ -5,6 +5,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod eviction;
 pub mod gc;
@@ -56,7 +57,7 @@ fn spawn_reconciler<R: runtime::Reconciler>(
 }
 
 /// The kinds the controllers' shared cache holds.
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 12] = [
     Kind::Pod,
     Kind::Node,
     Kind::Module,
@@ -67,6 +68,8 @@ const KINDS: [Kind; 10] = [
     Kind::Job,
     Kind::CronJob,
     Kind::Namespace,
+    Kind::Service,
+    Kind::Endpoints,
 ];
 
 /// Workers of each key-by-key controller (keys are worked on concurrently,
@@ -154,6 +157,15 @@ pub(crate) async fn run_while_leading(
                         api: api.clone(),
                         cache: cache.clone(),
                         events: recorder.clone(),
+                    },
+                );
+                spawn_reconciler(
+                    &tracker,
+                    &cache,
+                    &child,
+                    endpoints::EndpointsController {
+                        api: api.clone(),
+                        cache: cache.clone(),
                     },
                 );
                 spawn_reconciler(

@@ -117,6 +117,7 @@ pub fn admit_create(
         Object::PriorityClass(c) if c.global_default => {
             one_global_default(lookup, &c.metadata.name)?;
         }
+        Object::Service(svc) => ports_free(lookup, svc)?,
         _ => {}
     }
     let m = obj.meta_mut();
@@ -150,6 +151,9 @@ pub fn admit_update(
         }
     }
     check_module(lookup, &obj)?;
+    if let Object::Service(svc) = &obj {
+        ports_free(lookup, svc)?;
+    }
     if let Object::Pod(p) = &mut obj {
         if let Some(Object::Pod(stored)) = stored {
             p.spec.keep_server_fields(&stored.spec);
@@ -310,6 +314,32 @@ fn resolve_priority(p: &mut Pod, lookup: &dyn Lookup) -> Result<(), ApiError> {
     }
     p.spec.priority = Some(value);
     p.spec.preemption_policy = Some(policy);
+    Ok(())
+}
+
+/// Every node serves every Service's ports, so a port belongs to one
+/// Service in the whole cluster.
+fn ports_free(
+    lookup: &dyn Lookup,
+    svc: &flotilla_api::objects::service::Service,
+) -> Result<(), ApiError> {
+    use flotilla_api::objects::service::Service;
+    let me = (&svc.metadata.namespace, &svc.metadata.name);
+    for other in lookup
+        .list(Kind::Service)?
+        .into_iter()
+        .filter_map(|o| o.into_kind::<Service>())
+        .filter(|o| (&o.metadata.namespace, &o.metadata.name) != me)
+    {
+        for (i, p) in svc.spec.ports.iter().enumerate() {
+            if other.spec.ports.iter().any(|q| q.port == p.port) {
+                return Err(invalid(format!(
+                    "spec.ports[{i}].port: {} is taken by service {}/{} (every node serves every Service's ports); choose another port",
+                    p.port, other.metadata.namespace, other.metadata.name
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -368,3 +368,57 @@ fn objects_are_made_only_in_namespaces_that_exist_and_are_not_going() {
     )
     .is_ok());
 }
+
+#[test]
+fn a_service_port_belongs_to_one_service_in_the_cluster() {
+    use flotilla_api::objects::service::Service;
+    let svc = |ns: &str, name: &str, ports: &[u16]| -> Service {
+        let ports: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{name: p{p}, port: {p}}}"))
+            .collect();
+        let mut s: Service = serde_yaml::from_str(&format!(
+            "spec: {{selector: {{app: x}}, ports: [{}]}}",
+            ports.join(", ")
+        ))
+        .expect("yaml");
+        s.metadata = ObjectMeta::named(ns, name);
+        s
+    };
+    let world = Objects::default()
+        .with(flotilla_api::objects::Namespace {
+            metadata: ObjectMeta::named("", "default"),
+            ..Default::default()
+        })
+        .with(flotilla_api::objects::Namespace {
+            metadata: ObjectMeta::named("", "lab"),
+            ..Default::default()
+        })
+        .with(svc("default", "web", &[8080, 9000]));
+    let create = |s: Service| {
+        admit_create(
+            &Caller::Admin,
+            Object::Service(s),
+            &world,
+            "u".into(),
+            Time(1),
+        )
+    };
+    let taken = create(svc("lab", "other", &[7000, 9000])).unwrap_err();
+    assert!(
+        taken
+            .message
+            .contains("spec.ports[1].port: 9000 is taken by service default/web"),
+        "{}",
+        taken.message
+    );
+    assert!(create(svc("lab", "other", &[7000])).is_ok());
+    // The Service itself may keep its ports on update.
+    let update = admit_update(
+        &Caller::Admin,
+        Object::Service(svc("default", "web", &[8080, 9001])),
+        None,
+        &world,
+    );
+    assert!(update.is_ok(), "{update:?}");
+}
