@@ -509,6 +509,12 @@ fn nodes_read_only_their_own_pods_and_modules() {
         "-f",
         c.manifest("m.yaml", &mine).to_str().expect("utf8"),
     ]);
+    let svc = "apiVersion: flotilla.dev/v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 18090}]}\n";
+    c.ok(&[
+        "apply",
+        "-f",
+        c.manifest("svc.yaml", svc).to_str().expect("utf8"),
+    ]);
     c.wait_phase("secret", "Running", T);
     let pods = c.get_json("pod", "secret").expect("pod");
     let theirs = pods["spec"]["module"].as_str().expect("module").to_string();
@@ -531,6 +537,8 @@ fn nodes_read_only_their_own_pods_and_modules() {
         };
         assert_eq!(names(client.call(&list(Kind::Pod)).await), ["mine"]);
         assert_eq!(names(client.call(&list(Kind::Node)).await), ["n1"]);
+        // Every Service: the node's proxy routes them all.
+        assert_eq!(names(client.call(&list(Kind::Service)).await), ["web"]);
         let modules = names(client.call(&list(Kind::Module)).await);
         assert_eq!(modules.len(), 1, "{modules:?}");
         let get_module = Request::GetModule {

@@ -118,14 +118,17 @@ pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
 }
 
 /// Whether node `me` may read `obj` (Kubernetes' node authorizer): its own
-/// Node, the pods bound to it, and the modules `used` says its pods run.
-/// Everything else (other nodes' pods with their env values, every other
-/// module, every other kind) is not the node's business.
+/// Node, the pods bound to it, the modules `used` says its pods run, and
+/// every Service and Endpoints (its proxy routes them all, as kube-proxy
+/// reads them; they hold no secrets). Everything else (other nodes' pods
+/// with their env values, every other module, every other kind) is not
+/// the node's business.
 pub fn node_may_read(me: &str, obj: &Object, used: &dyn Fn(&str) -> bool) -> bool {
     match obj {
         Object::Node(n) => n.metadata.name == me,
         Object::Pod(p) => p.spec.node_name.as_deref() == Some(me),
         Object::Module(m) => used(&m.spec.digest),
+        Object::Service(_) | Object::Endpoints(_) => true,
         _ => false,
     }
 }
@@ -318,6 +321,9 @@ mod tests {
                 Object::PriorityClass(flotilla_api::objects::PriorityClass::default()),
                 false,
             ),
+            (Object::Service(Default::default()), true),
+            (Object::Endpoints(Default::default()), true),
+            (Object::ConfigMap(Default::default()), false),
         ];
         for (o, want) in cases {
             assert_eq!(node_may_read("n1", &o, &used), want, "{}", o.describe());
