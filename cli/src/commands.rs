@@ -687,20 +687,32 @@ fn key_values(
 }
 
 /// Validates `object` here, creates it and says so.
-async fn create_object(
+pub(crate) async fn create_object(
     config: &Path,
     object: Object,
     what: &str,
     name: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    create_on(&client, object, what, name, "created").await
+}
+
+/// Checks `object` and creates it over `client`, saying `done` (`created`,
+/// `exposed`) when it is.
+pub(crate) async fn create_on(
+    client: &Client,
+    object: Object,
+    what: &str,
+    name: &str,
+    done: &str,
 ) -> anyhow::Result<ExitCode> {
     let errors = flotilla_api::manifest::validate(&object);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         bail!("{}", list.join("; "));
     }
-    let client = connect(config).await?;
-    call(&client, &Request::Create(object)).await?;
-    println!("{what}/{name} created");
+    call(client, &Request::Create(object)).await?;
+    println!("{what}/{name} {done}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -322,11 +322,8 @@ pub fn describe_pod_capabilities(p: &Pod) -> String {
     } else {
         out.push_str("Mounts:\n");
         for m in &p.spec.volume_mounts {
-            let source = p
-                .spec
-                .volumes
-                .iter()
-                .find(|v| v.name == m.name)
+            let volume = p.spec.volumes.iter().find(|v| v.name == m.name);
+            let source = volume
                 .map(volume_source)
                 .unwrap_or_else(|| "<no such volume>".into());
             let sub = if m.sub_path.is_empty() {
@@ -334,12 +331,11 @@ pub fn describe_pod_capabilities(p: &Pod) -> String {
             } else {
                 format!(" (subPath {})", m.sub_path)
             };
-            let ro =
-                if m.read_only || source.starts_with("ConfigMap") || source.starts_with("Secret") {
-                    "ro"
-                } else {
-                    "rw"
-                };
+            let ro = if m.read_only || volume.is_some_and(|v| v.always_read_only()) {
+                "ro"
+            } else {
+                "rw"
+            };
             out.push_str(&format!(
                 "  {} from {}{sub} ({ro}): {source}\n",
                 m.mount_path, m.name

@@ -262,18 +262,14 @@ pub async fn expose(
     };
     let svc = service_for(&obj, name, port, target_port)?;
     let svc_name = svc.metadata.name.clone();
-    let object = Object::Service(svc);
-    let errors = flotilla_api::manifest::validate(&object);
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        bail!("{}", list.join("; "));
-    }
-    client
-        .call(&Request::Create(object))
-        .await
-        .map_err(api_error)?;
-    println!("service/{svc_name} exposed");
-    Ok(ExitCode::SUCCESS)
+    crate::commands::create_on(
+        &client,
+        Object::Service(svc),
+        "service",
+        &svc_name,
+        "exposed",
+    )
+    .await
 }
 
 /// Where a rollout stands, as `rollout status` says it.

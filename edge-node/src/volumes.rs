@@ -309,7 +309,7 @@ pub fn prepare(cfg: &VolumeConfig, pod: &Pod) -> Result<(Vec<Mount>, Vec<Limited
             .spec
             .volumes
             .iter()
-            .any(|v| v.name == m.name && (v.config_map.is_some() || v.secret.is_some()));
+            .any(|v| v.name == m.name && v.always_read_only());
         mounts.push(Mount {
             host,
             guest: m.mount_path.clone(),

@@ -138,6 +138,14 @@ pub struct VolumeMount {
     pub sub_path: String,
 }
 
+impl Volume {
+    /// ConfigMap and Secret volumes are mounted read-only whatever the
+    /// mount says: the node rewrites them.
+    pub fn always_read_only(&self) -> bool {
+        self.config_map.is_some() || self.secret.is_some()
+    }
+}
+
 impl EmptyDirVolume {
     /// The size limit in bytes, if any (validation has checked it parses).
     pub fn size_limit_bytes(&self) -> Option<u64> {

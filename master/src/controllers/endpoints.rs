@@ -9,10 +9,12 @@
 //! collector removes them with it.
 
 use crate::apiserver::{unless_lost, ApiServer, Caller};
-use crate::controllers::replicaset::{controller_ref, is_active, managed, see_own_writes};
+use crate::controllers::replicaset::{
+    controller_ref, is_active, managed, ready_since, see_own_writes,
+};
 use crate::controllers::runtime::{Cache, CacheState, Reconciler};
 use flotilla_api::objects::service::{Endpoint, EndpointPort, Endpoints, Service};
-use flotilla_api::objects::{condition, object_key, PodPhase};
+use flotilla_api::objects::{object_key, PodPhase};
 use flotilla_api::protocol::ApiError;
 use flotilla_api::{Kind, Object, ObjectMeta, Pod};
 use std::time::Duration;
@@ -32,11 +34,7 @@ pub fn selects(svc: &Service, pod: &Pod) -> bool {
 
 /// Whether a pod takes traffic: Ready, and its node not lost.
 pub fn is_ready(pod: &Pod) -> bool {
-    pod.status.phase == PodPhase::Running
-        && pod
-            .status
-            .condition(condition::READY)
-            .is_some_and(|c| c.status)
+    pod.status.phase == PodPhase::Running && ready_since(pod).is_some()
 }
 
 /// The Endpoints `svc` calls for, given `pods` (any pods; those it selects
@@ -185,7 +183,7 @@ impl Reconciler for EndpointsController {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_api::objects::PodCondition;
+    use flotilla_api::objects::{condition, PodCondition};
 
     fn service() -> Service {
         let mut s: Service = serde_yaml::from_str(
