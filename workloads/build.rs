@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every guest package; each becomes `<name>.wasm` for wasm32-wasip2.
-const GUESTS: [&str; 8] = [
+/// The wasi:http ones are libraries (`cdylib`), which cargo names with
+/// underscores; they are copied to `<name>.wasm` beside the others.
+const GUESTS: [&str; 11] = [
     "hello",
     "ticker",
     "crasher",
@@ -20,6 +22,9 @@ const GUESTS: [&str; 8] = [
     "version-v1",
     "version-v2",
     "files",
+    "hello-http",
+    "echo",
+    "slow",
 ];
 /// Guests that are also built as WASI p1 core modules (`files` because p1
 /// and p2 reach preopened directories through different host code).
@@ -59,6 +64,19 @@ fn main() {
 
     let p2_dir = target_dir.join("wasm32-wasip2").join("release");
     let p1_dir = target_dir.join("wasm32-wasip1").join("release");
+    for name in GUESTS {
+        let library = p2_dir.join(format!("{}.wasm", name.replace('-', "_")));
+        if name.contains('-') && library.is_file() {
+            let wasm = p2_dir.join(format!("{name}.wasm"));
+            std::fs::copy(&library, &wasm).unwrap_or_else(|e| {
+                panic!(
+                    "cannot copy {} to {}: {e}",
+                    library.display(),
+                    wasm.display()
+                )
+            });
+        }
+    }
     for (dir, names) in [(&p2_dir, &GUESTS[..]), (&p1_dir, &P1_GUESTS[..])] {
         for name in names {
             let wasm = dir.join(format!("{name}.wasm"));

@@ -10,7 +10,7 @@ pub const P2_DIR: &str = env!("FLOTILLA_GUESTS_P2_DIR");
 /// Directory holding the WASI p1 core modules (`<name>.wasm`).
 pub const P1_DIR: &str = env!("FLOTILLA_GUESTS_P1_DIR");
 /// Every workload built as a WASI p2 component.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 11] = [
     "hello",
     "ticker",
     "crasher",
@@ -19,6 +19,9 @@ pub const NAMES: [&str; 8] = [
     "version-v1",
     "version-v2",
     "files",
+    "hello-http",
+    "echo",
+    "slow",
 ];
 /// The workloads also built as WASI p1 core modules.
 pub const P1_NAMES: [&str; 2] = ["hello", "files"];

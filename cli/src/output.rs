@@ -732,11 +732,12 @@ pub fn priority_classes(items: &[PriorityClass], now: Time) -> String {
 
 /// Modules with their IN-USE column: how many pods use each, or `no` for a
 /// module the master removes once it has been unused for `--module-grace`.
-/// Wide adds the pods' names and what the module imports.
+/// Wide adds what the program does (`command` or `http`), the pods' names
+/// and what the module imports.
 pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> String {
     let mut header = vec!["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"];
     if wide {
-        header.extend(["PODS", "IMPORTS"]);
+        header.extend(["WORKLOAD", "PODS", "IMPORTS"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -766,6 +767,7 @@ pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> 
                 if pods.len() > PODS_SHOWN {
                     names.push_str(",...");
                 }
+                r.push(or_none(&m.status.workload));
                 r.push(or_none(&names));
                 r.push(imports_column(&m.status.imports));
             }

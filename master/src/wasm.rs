@@ -33,6 +33,31 @@ pub enum WasmKind {
     Component,
 }
 
+/// The export by which a component serves HTTP requests (any 0.2 version).
+pub const HTTP_HANDLER: &str = "wasi:http/incoming-handler@";
+/// The export by which a component runs as a command.
+pub const CLI_RUN: &str = "wasi:cli/run@";
+
+/// What a program does once started, from what it exports: a command runs
+/// to its end; an http component serves requests until stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// A core module's `_start`, or a component's `wasi:cli/run`.
+    Command,
+    /// A component exporting `wasi:http/incoming-handler`.
+    Http,
+}
+
+impl Workload {
+    /// As `Module.status.workload` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Command => "command",
+            Workload::Http => "http",
+        }
+    }
+}
+
 /// Why some bytes are not WebAssembly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -85,6 +110,9 @@ pub struct Checked {
     /// (`wasi_snapshot_preview1`), plus [`SOCKETS`] if it imports one of the
     /// [`P1_SOCKET_FUNCTIONS`].
     pub imports: Vec<String>,
+    /// What it does once started; an http component that is also a
+    /// command serves HTTP.
+    pub workload: Workload,
 }
 
 /// Checks the header, then parses and validates the whole binary (nested
@@ -95,15 +123,26 @@ pub fn check(bytes: &[u8]) -> Result<Checked, NotWasm> {
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(bytes)
         .map_err(|e| not_wasm(e.to_string()))?;
-    let imports = imports(bytes).map_err(|e| not_wasm(e.to_string()))?;
-    Ok(Checked { kind, imports })
+    let (imports, http) = imports(bytes).map_err(|e| not_wasm(e.to_string()))?;
+    let workload = if http {
+        Workload::Http
+    } else {
+        Workload::Command
+    };
+    Ok(Checked {
+        kind,
+        imports,
+        workload,
+    })
 }
 
 /// The imports of the outermost module or component (see
-/// [`Checked::imports`]). A second pass after validation: it cannot fail on
-/// bytes the validator accepted, but says why if it does.
-fn imports(bytes: &[u8]) -> Result<Vec<String>, wasmparser::BinaryReaderError> {
+/// [`Checked::imports`]), and whether it exports [`HTTP_HANDLER`]. A
+/// second pass after validation: it cannot fail on bytes the validator
+/// accepted, but says why if it does.
+fn imports(bytes: &[u8]) -> Result<(Vec<String>, bool), wasmparser::BinaryReaderError> {
     let mut out = std::collections::BTreeSet::new();
+    let mut http = false;
     // How deep in nested modules and components the parser is: `parse_all`
     // flattens them, each ending with its own `End`.
     let mut depth = 0usize;
@@ -125,10 +164,15 @@ fn imports(bytes: &[u8]) -> Result<Vec<String>, wasmparser::BinaryReaderError> {
                     out.insert(import?.name.name.to_string());
                 }
             }
+            Payload::ComponentExportSection(section) if depth == 0 => {
+                for export in section {
+                    http |= export?.name.name.starts_with(HTTP_HANDLER);
+                }
+            }
             _ => {}
         }
     }
-    Ok(out.into_iter().collect())
+    Ok((out.into_iter().collect(), http))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod cron_job;
 pub mod daemon_set;
 pub mod deployment;
 pub mod event;
+pub mod http;
 pub mod job;
 pub mod legacy;
 pub mod module;

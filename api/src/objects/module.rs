@@ -45,6 +45,12 @@ pub struct ModuleStatus {
     /// (`wasi_snapshot_preview1`).
     #[serde(skip_serializing_if = "crate::is_default")]
     pub imports: Vec<String>,
+    /// What the program does once started: `command` (runs to its end) or
+    /// `http` (a component exporting `wasi:http/incoming-handler`, which
+    /// serves requests until stopped); empty for modules uploaded before
+    /// the master recorded it.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub workload: String,
 }
 
 /// The object name under which a module with this digest is stored

@@ -79,6 +79,20 @@ pub struct PodSpec {
     /// out ([`super::network`]).
     #[serde(skip_serializing_if = "crate::is_default")]
     pub network: super::network::NetworkSpec,
+    /// Limits on an http pod's requests ([`super::http`]).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub http: super::http::HttpOptions,
+    /// Whether the pod may get traffic: failing, it leaves its Services'
+    /// endpoints until it passes again.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub readiness_probe: Option<super::http::Probe>,
+    /// Whether the pod is alive: failing, its program is restarted.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub liveness_probe: Option<super::http::Probe>,
+    /// Whether the pod has started: until it passes, the other probes
+    /// wait; failing, the program is restarted.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub startup_probe: Option<super::http::Probe>,
 }
 
 impl PodSpec {
@@ -582,6 +596,16 @@ pub(crate) fn validate_spec(s: &PodSpec) -> Vec<FieldError> {
     }
     errors.extend(super::volume::validate(&s.volumes, &s.volume_mounts));
     errors.extend(super::network::validate(&s.network));
+    errors.extend(super::http::validate_http(&s.http));
+    for (at, probe) in [
+        ("spec.readinessProbe", &s.readiness_probe),
+        ("spec.livenessProbe", &s.liveness_probe),
+        ("spec.startupProbe", &s.startup_probe),
+    ] {
+        if let Some(p) = probe {
+            errors.extend(super::http::validate_probe(at, p));
+        }
+    }
     if !s.priority_class_name.is_empty() && !is_dns_subdomain(&s.priority_class_name) {
         errors.push(fe(
             "spec.priorityClassName",

@@ -42,6 +42,10 @@ pub const P1_SOCKET_FUNCTIONS: [(&str, usize); 4] = [
 /// `wasi:cli/stdout@0.2.12`.
 pub const WASI_P2_VERSION: &str = "0.2.12";
 
+/// The wasi:http interfaces an http pod imports beside WASI p2, at
+/// [`WASI_P2_VERSION`] (wasmtime-wasi-http 48's `wasi:http@0.2.12`).
+pub const HTTP_INTERFACES: [&str; 2] = ["wasi:http/outgoing-handler", "wasi:http/types"];
+
 /// How an interface is added to a linker.
 type Link<T> = fn(&mut Linker<T>) -> wasmtime::Result<()>;
 
@@ -156,6 +160,11 @@ pub fn all() -> Vec<String> {
         .iter()
         .map(|(name, _)| format!("{name}@{WASI_P2_VERSION}"))
         .collect();
+    out.extend(
+        HTTP_INTERFACES
+            .iter()
+            .map(|name| format!("{name}@{WASI_P2_VERSION}")),
+    );
     out.push(SOCKETS.to_string());
     out.push(WASI_P1.to_string());
     out.sort();
@@ -177,6 +186,23 @@ pub(super) fn add_p2_to_linker<T: WasiView>(
         if !deny.denies(&format!("{name}@{WASI_P2_VERSION}")) {
             link(linker)?;
         }
+    }
+    Ok(())
+}
+
+/// Links what an http pod's instances get: the WASI p2 interfaces that
+/// `deny` does not withhold, and wasi:http unless it withholds that (both
+/// of its interfaces go together: one is no use without the other).
+pub(super) fn add_http_to_linker<T>(linker: &mut Linker<T>, deny: &Deny) -> wasmtime::Result<()>
+where
+    T: WasiView + wasmtime_wasi_http::WasiHttpView + 'static,
+{
+    add_p2_to_linker(linker, deny)?;
+    let denied = HTTP_INTERFACES
+        .iter()
+        .any(|name| deny.denies(&format!("{name}@{WASI_P2_VERSION}")));
+    if !denied {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     }
     Ok(())
 }

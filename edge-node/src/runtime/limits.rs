@@ -3,6 +3,9 @@
 //! together against the pod's memory limit — and remembers whether the cap
 //! was hit, so a run that dies of it reads as `OOMKilled`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use wasmtime::ResourceLimiter;
 
 /// Most table elements one table may have. Each costs a pointer on the
@@ -46,7 +49,7 @@ impl std::fmt::Display for MemoryLimitExceeded {
 impl std::error::Error for MemoryLimitExceeded {}
 
 /// Counts the linear memory of all memories in one store against one limit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Limiter {
     limit: Option<u64>,
     /// Bytes currently granted across all linear memories and tables of the store.
@@ -55,13 +58,61 @@ pub(super) struct Limiter {
     /// returned if the growth then fails for another reason.
     last_grant: u64,
     denial: Option<MemoryDenial>,
+    /// The pod's budget this store also draws on, when several stores run
+    /// for one pod at once (an http pod's requests).
+    pool: Option<Arc<Pool>>,
+}
+
+/// A memory budget that several stores draw on together: what an http
+/// pod's concurrent requests may hold between them.
+#[derive(Debug)]
+pub(super) struct Pool {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Pool {
+    pub(super) fn new(limit: u64) -> Pool {
+        Pool {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `delta` bytes if they fit, else says what the total would be.
+    fn take(&self, delta: u64) -> Result<(), u64> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let total = used.saturating_add(delta);
+                (total <= self.limit).then_some(total)
+            })
+            .map(|_| ())
+            .map_err(|used| used.saturating_add(delta))
+    }
+
+    fn give_back(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
 }
 
 impl Limiter {
     pub(super) fn new(limit: Option<u64>) -> Self {
+        Limiter::pooled(limit, None)
+    }
+
+    /// As [`Limiter::new`], drawing also on `pool`: a growth must fit both
+    /// this store's own limit and what is left of the pool.
+    pub(super) fn pooled(limit: Option<u64>, pool: Option<Arc<Pool>>) -> Self {
         Limiter {
             limit,
-            ..Limiter::default()
+            used: 0,
+            last_grant: 0,
+            denial: None,
+            pool,
         }
     }
 
@@ -81,9 +132,39 @@ impl Limiter {
                 return Err(wasmtime::Error::new(MemoryLimitExceeded(denial)));
             }
         }
+        if let Some(pool) = &self.pool {
+            if let Err(total) = pool.take(delta) {
+                let denial = MemoryDenial {
+                    limit: pool.limit,
+                    requested: total,
+                };
+                self.denial = Some(denial);
+                return Err(wasmtime::Error::new(MemoryLimitExceeded(denial)));
+            }
+        }
         self.used = requested;
         self.last_grant = delta;
         Ok(true)
+    }
+}
+
+impl Limiter {
+    /// Undoes the last grant, whose growth failed after all.
+    fn take_back_last(&mut self) {
+        self.used = self.used.saturating_sub(self.last_grant);
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.last_grant);
+        }
+        self.last_grant = 0;
+    }
+}
+
+impl Drop for Limiter {
+    /// A store's memory goes with it: its share of the pool is free again.
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.used);
+        }
     }
 }
 
@@ -120,8 +201,7 @@ impl ResourceLimiter for Limiter {
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.used = self.used.saturating_sub(self.last_grant);
-        self.last_grant = 0;
+        self.take_back_last();
         Ok(())
     }
 
@@ -202,5 +282,25 @@ mod tests {
             Ok(true)
         ));
         assert!(l.denial().is_none());
+    }
+
+    #[test]
+    fn stores_of_one_pool_share_its_budget() {
+        let pool = Arc::new(Pool::new(4 * PAGE as u64));
+        let mut a = Limiter::pooled(Some(3 * PAGE as u64), Some(pool.clone()));
+        let mut b = Limiter::pooled(Some(3 * PAGE as u64), Some(pool.clone()));
+        assert!(matches!(a.memory_growing(0, 3 * PAGE, None), Ok(true)));
+        // Within its own limit, but the pool has one page left.
+        assert!(b.memory_growing(0, 2 * PAGE, None).is_err());
+        assert_eq!(b.denial().map(|d| d.limit), Some(4 * PAGE as u64));
+        let mut c = Limiter::pooled(Some(3 * PAGE as u64), Some(pool.clone()));
+        assert!(matches!(c.memory_growing(0, PAGE, None), Ok(true)));
+        // A store that goes gives its share back.
+        drop(a);
+        drop(c);
+        let mut d = Limiter::pooled(Some(3 * PAGE as u64), Some(pool.clone()));
+        assert!(matches!(d.memory_growing(0, 3 * PAGE, None), Ok(true)));
+        // Its own limit still holds with the pool free.
+        assert!(d.memory_growing(3 * PAGE, 4 * PAGE, None).is_err());
     }
 }

@@ -15,6 +15,7 @@
 mod cache;
 pub mod compile;
 mod cpu;
+pub mod http;
 pub mod interfaces;
 mod limits;
 mod stdio;
@@ -41,6 +42,8 @@ use stdio::SinkOutput;
 /// every tick, so this bounds how long a guest can hold a worker thread and
 /// how late a stop takes effect.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The export of an http component (any 0.2 version).
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler@";
 /// Most backtrace frames quoted in a trap message.
 const MAX_TRAP_FRAMES: usize = 8;
 /// Longest trap or compile-error message kept; guest-controlled names could make it huge.
@@ -178,6 +181,8 @@ struct Inner {
     /// WASI as [`interfaces`] links it, less what `deny` withholds.
     p2_linker: wasmtime::component::Linker<P2State>,
     p1_linker: wasmtime::Linker<P1State>,
+    /// WASI p2 and wasi:http as [`interfaces`] links them, for http pods.
+    http_linker: wasmtime::component::Linker<http::HttpState>,
     /// What the operator withholds; a program importing it is refused
     /// before it is instantiated ([`Deny::refusal`]).
     deny: Deny,
@@ -289,6 +294,12 @@ impl Runtime {
         interfaces::add_p2_to_linker(&mut p2_linker, deny).map_err(|e| RuntimeError::Engine {
             message: format!("cannot link WASI p2: {e:#}"),
         })?;
+        let mut http_linker = wasmtime::component::Linker::new(&engine);
+        interfaces::add_http_to_linker(&mut http_linker, deny).map_err(|e| {
+            RuntimeError::Engine {
+                message: format!("cannot link wasi:http: {e:#}"),
+            }
+        })?;
         let mut p1_linker = wasmtime::Linker::new(&engine);
         interfaces::add_p1_to_linker(&mut p1_linker, deny, |s: &mut P1State| &mut s.wasi).map_err(
             |e| RuntimeError::Engine {
@@ -323,6 +334,7 @@ impl Runtime {
                 compiler,
                 p2_linker,
                 p1_linker,
+                http_linker,
                 deny: deny.clone(),
                 compile_turn: std::sync::Mutex::new(()),
                 _epoch_stop: stop_tx,
@@ -523,6 +535,54 @@ impl Runtime {
         loaded.map_err(|e| format!("{e:#}"))
     }
 
+    /// Whether `program` serves HTTP (a component exporting
+    /// `wasi:http/incoming-handler`) rather than running as a command.
+    pub fn is_http(&self, program: &Program) -> bool {
+        let Program::Component(c) = program else {
+            return false;
+        };
+        let ty = c.component_type();
+        let mut exports = ty.exports(&self.inner.engine);
+        exports.any(|(name, _)| name.starts_with(HTTP_HANDLER))
+    }
+
+    /// Makes an http program ready to serve requests: pre-instantiated,
+    /// with `spec` for every request's instance and `limits` on them. Fails
+    /// as a run fails to start (`StartError`) when the program cannot be
+    /// served here.
+    pub fn serve(
+        &self,
+        program: &Program,
+        spec: RunSpec,
+        sink: Arc<dyn LogSink>,
+        limits: http::HttpLimits,
+    ) -> Result<http::HttpPod, RunOutcome> {
+        let start_error = |message: String| RunOutcome::Failed {
+            reason: "StartError".into(),
+            message,
+        };
+        if let Some(message) = self.inner.deny.refusal(program, &self.inner.engine) {
+            return Err(start_error(message));
+        }
+        let Program::Component(component) = program else {
+            return Err(start_error(
+                "a core module cannot serve HTTP; build a component that exports \
+                 wasi:http/incoming-handler"
+                    .into(),
+            ));
+        };
+        // The mounts are checked once here, so that a missing directory
+        // fails the pod rather than every request.
+        wasi_builder(&spec, sink.clone()).map_err(start_error)?;
+        let pre = self
+            .inner
+            .http_linker
+            .instantiate_pre(component)
+            .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
+            .map_err(|e| start_error(format!("cannot prepare the http component: {e:#}")))?;
+        Ok(http::HttpPod::new(pre, spec, sink, limits))
+    }
+
     /// Runs one instance of `program` to completion (or until the future is
     /// dropped, which stops the guest at its next epoch tick at the latest).
     pub async fn run(
@@ -537,52 +597,21 @@ impl Runtime {
                 message,
             };
         }
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.arg(&spec.name)
-            .args(&spec.args)
-            .envs(&spec.env)
-            .stdout(SinkOutput::new(sink.clone(), LogStream::Stdout))
-            .stderr(SinkOutput::new(sink, LogStream::Stderr))
-            // Sockets are there for every guest, and every address one uses
-            // goes through the pod's allowance (nothing when it has none), so
-            // a refusal is the guest's `access-denied` and is counted.
-            .allow_tcp(true)
-            .allow_udp(true)
-            .allow_ip_name_lookup(spec.network.lookups);
-        {
-            let (allowance, refusals, pod) = (
-                spec.network.clone(),
-                spec.refusals.clone(),
-                spec.pod.clone(),
-            );
-            wasi.socket_addr_check(move |addr, how| {
-                let how = socket_use(how);
-                let allowed = allowance.permits(addr, how);
-                if !allowed {
-                    refusals.record(&pod, addr, how);
-                }
-                Box::pin(std::future::ready(allowed))
-            });
-        }
-        // Files: only the pod's volume mounts, each a preopened directory.
-        for m in &spec.mounts {
-            let perms = if m.read_only {
-                wasmtime_wasi::FsPerms::ReadOnly
-            } else {
-                wasmtime_wasi::FsPerms::ReadWrite
-            };
-            if let Err(e) = wasi.preopened_dir(&m.host, &m.guest, perms) {
+        let wasi = match wasi_builder(&spec, sink) {
+            Ok(w) => w,
+            Err(message) => {
                 return RunOutcome::Failed {
                     reason: "StartError".into(),
-                    message: format!("cannot mount {} at {}: {e:#}", m.host.display(), m.guest),
-                };
+                    message,
+                }
             }
-        }
+        };
         let limiter = Limiter::new(spec.memory_limit);
         let engine = &self.inner.engine;
 
         match program {
             Program::Component(component) => {
+                let mut wasi = wasi;
                 let state = P2State {
                     wasi: wasi.build(),
                     table: ResourceTable::new(),
@@ -596,6 +625,7 @@ impl Runtime {
                 outcome(result, store.data().limiter.denial())
             }
             Program::Module(module) => {
+                let mut wasi = wasi;
                 let state = P1State {
                     wasi: wasi.build_p1(),
                     limiter,
@@ -609,6 +639,50 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The WASI context of a run of `spec`: its arguments, environment,
+/// output to `sink`, sockets through the pod's allowance and its volume
+/// mounts as preopened directories.
+fn wasi_builder(spec: &RunSpec, sink: Arc<dyn LogSink>) -> Result<WasiCtxBuilder, String> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.arg(&spec.name)
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(SinkOutput::new(sink.clone(), LogStream::Stdout))
+        .stderr(SinkOutput::new(sink, LogStream::Stderr))
+        // Sockets are there for every guest, and every address one uses
+        // goes through the pod's allowance (nothing when it has none), so
+        // a refusal is the guest's `access-denied` and is counted.
+        .allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(spec.network.lookups);
+    {
+        let (allowance, refusals, pod) = (
+            spec.network.clone(),
+            spec.refusals.clone(),
+            spec.pod.clone(),
+        );
+        wasi.socket_addr_check(move |addr, how| {
+            let how = socket_use(how);
+            let allowed = allowance.permits(addr, how);
+            if !allowed {
+                refusals.record(&pod, addr, how);
+            }
+            Box::pin(std::future::ready(allowed))
+        });
+    }
+    // Files: only the pod's volume mounts, each a preopened directory.
+    for m in &spec.mounts {
+        let perms = if m.read_only {
+            wasmtime_wasi::FsPerms::ReadOnly
+        } else {
+            wasmtime_wasi::FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(&m.host, &m.guest, perms)
+            .map_err(|e| format!("cannot mount {} at {}: {e:#}", m.host.display(), m.guest))?;
+    }
+    Ok(wasi)
 }
 
 /// wasmtime-wasi's name for what a guest does with an address, as the

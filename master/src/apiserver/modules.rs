@@ -231,6 +231,7 @@ async fn check_wasm(
             let read = flotilla_api::objects::ModuleStatus {
                 format: format.into(),
                 imports: checked.imports,
+                workload: checked.workload.as_str().into(),
             };
             Ok((bytes, read))
         }
