@@ -96,6 +96,43 @@ impl Identity {
     }
 }
 
+/// The name a node's certificate is valid for as a server, which other
+/// nodes' proxies verify when they connect to it.
+pub fn node_server_name(node: &str) -> String {
+    format!("{node}.node.flotilla")
+}
+
+/// Whether the first certificate of `pem` may serve as node `node` to
+/// other nodes (it names [`node_server_name`]); certificates issued before
+/// nodes served each other do not, and are renewed.
+pub fn serves_as_node(pem: &str, node: &str) -> bool {
+    let Ok(der) = crate::tls::parse_certs(pem) else {
+        return false;
+    };
+    let Some(first) = der.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(first.as_ref()) else {
+        return false;
+    };
+    let want = node_server_name(node);
+    let named = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(
+                |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == want),
+            )
+        });
+    let serves = cert
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.server_auth);
+    named && serves
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -389,6 +426,15 @@ fn client_params(
         .distinguished_name
         .push(DnType::OrganizationName, "flotilla");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    // A node's proxy also serves the other nodes' proxies, under its name.
+    if let Identity::Node(n) = identity {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(node_server_name(n).try_into()?));
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity.apply(&mut params)?;
     Ok(params)
@@ -605,6 +651,13 @@ mod tests {
         assert!(ca
             .sign_csr("garbage", &Identity::Admin, year_from_now())
             .is_err());
+        // A node's certificate serves other nodes under its own name only.
+        assert!(serves_as_node(&pem, "n2"));
+        assert!(!serves_as_node(&pem, "n3"));
+        let admin = ca
+            .issue_client(&Identity::Admin, year_from_now())
+            .expect("admin");
+        assert!(!serves_as_node(&admin.cert_pem, "n2"));
     }
 
     #[test]

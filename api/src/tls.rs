@@ -75,6 +75,25 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// A node proxy's server configuration for other nodes: its certificate,
+/// and a client certificate from the CA required of every peer (the
+/// caller checks that it names a node).
+pub fn peer_server_config(
+    own: &CertifiedKey,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_certs(&own.cert_pem)?, parse_key(&own.key_pem)?)?;
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
 /// A client configuration that trusts the cluster CA and presents `client` if given.
 pub fn client_config(
     ca_pem: &str,

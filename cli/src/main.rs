@@ -391,6 +391,31 @@ struct OfferArgs {
     /// none by default.
     #[arg(long = "allow-host-path", value_name = "DIR", value_delimiter = ',')]
     allow_host_path: Vec<PathBuf>,
+    /// The address the node proxy serves Service ports (and the host port)
+    /// on; every address by default.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    proxy_address: std::net::IpAddr,
+    /// The UDP port other nodes' proxies forward requests to this one on
+    /// (QUIC, mutual TLS); 0 picks a free one.
+    #[arg(long, value_name = "PORT", default_value_t = flotilla_node::proxy::DEFAULT_PEER_PORT)]
+    proxy_peer_port: u16,
+    /// The address other nodes reach this one at [default: --proxy-address,
+    /// or when that is every address, the one this machine reaches its
+    /// master from].
+    #[arg(long, value_name = "IP")]
+    advertise_address: Option<std::net::IpAddr>,
+    /// The Service ports this node listens on, LOW-HIGH; a Service port
+    /// outside is not served here.
+    #[arg(long, value_name = "LOW-HIGH", default_value = "1024-65535")]
+    service_ports: String,
+    /// The shared port that routes HTTP by Host header to the Services that
+    /// name host names (spec.hosts); 0 turns host routing off.
+    #[arg(long, value_name = "PORT", default_value_t = 80)]
+    host_port: u16,
+    /// Run no proxy on this node: it serves no Service port (its http pods
+    /// are still reached through other nodes).
+    #[arg(long)]
+    no_proxy: bool,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -591,6 +616,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 reserve: offer.reserve,
                 max_pods: offer.max_pods,
                 allowed_host_paths: offer.allowed_host_paths,
+                proxy: offer.proxy,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -773,6 +799,7 @@ struct Offer {
     reserve: flotilla_node::Reserve,
     max_pods: Option<u32>,
     allowed_host_paths: Vec<PathBuf>,
+    proxy: Option<flotilla_node::proxy::ProxyConfig>,
 }
 
 #[cfg(feature = "node")]
@@ -795,11 +822,37 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
             );
         }
     }
+    let proxy = if a.no_proxy {
+        None
+    } else {
+        let bad = || {
+            anyhow::anyhow!(
+                "--service-ports {:?}: give LOW-HIGH, e.g. 30000-32767",
+                a.service_ports
+            )
+        };
+        let (low, high) = a.service_ports.split_once('-').ok_or_else(bad)?;
+        let (low, high): (u16, u16) = (
+            low.trim().parse().map_err(|_| bad())?,
+            high.trim().parse().map_err(|_| bad())?,
+        );
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Some(flotilla_node::proxy::ProxyConfig {
+            address: a.proxy_address,
+            peer_port: a.proxy_peer_port,
+            advertise: a.advertise_address,
+            ports: low..=high,
+            host_port: (a.host_port != 0).then_some(a.host_port),
+        })
+    };
     Ok(Offer {
         deny,
         reserve,
         max_pods: a.max_pods,
         allowed_host_paths: a.allow_host_path.clone(),
+        proxy,
     })
 }
 
@@ -901,6 +954,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         reserve: offer.reserve,
         max_pods: offer.max_pods,
         allowed_host_paths: offer.allowed_host_paths,
+        proxy: offer.proxy,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

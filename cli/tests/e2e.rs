@@ -531,6 +531,7 @@ fn up_runs_master_and_node_in_one_process() {
     let mut up = Command::new(common::BIN)
         .args(["up", "--listen", &addr, "--name", "laptop", "--data-dir"])
         .arg(dir.path().join("data"))
+        .args(common::proxy_args(&[]))
         .env("FLOTILLA_CONFIG", &config)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     /// Host directories pods may mount as `hostPath` volumes (none: no
     /// host path at all).
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Where the node proxy listens; None: this node serves no Service
+    /// (its http pods are still reached through other nodes' proxies).
+    pub proxy: Option<crate::proxy::ProxyConfig>,
 }
 
 /// How often the node tells the master it is alive.
@@ -88,6 +91,8 @@ struct Agent {
     logs: Logs,
     /// What is held, as this connection's registration reported it.
     reported: crate::node_status::Reported,
+    /// Where other nodes reach this node's proxy (empty: no proxy).
+    proxy_endpoint: String,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -215,7 +220,31 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     }
     let (client_tx, client_rx) = watch::channel(None::<Client>);
     let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let served = crate::proxy::served::Served::default();
+    let proxy = match &cfg.proxy {
+        Some(pc) => {
+            let ck = creds
+                .client_key()
+                .ok_or_else(|| NodeError::Config("credentials hold no certificate".into()))?;
+            let p = crate::proxy::Proxy::start(
+                &cfg.name,
+                pc.clone(),
+                served.clone(),
+                &ck,
+                &creds.ca_pem,
+                &creds.masters,
+            )
+            .map_err(NodeError::Config)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let proxy_stop = CancellationToken::new();
+    if let Some(p) = &proxy {
+        tokio::spawn(p.clone().follow(client_rx.clone(), proxy_stop.clone()));
+    }
     let ctx = Arc::new(WorkerCtx {
+        served,
         runtime,
         local: local.clone(),
         client: client_rx.clone(),
@@ -234,6 +263,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         workers: HashMap::new(),
         logs: Logs::default(),
         reported: Default::default(),
+        proxy_endpoint: proxy
+            .as_ref()
+            .map(|p| p.endpoint().to_string())
+            .unwrap_or_default(),
     };
     let restored = local.pods()?;
     if !restored.is_empty() {
@@ -295,11 +328,19 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         };
         tracing::info!(master = %client.addr, "connected to master");
         let calm = renewal_failed.is_none_or(|t| t.elapsed() >= RENEW_RETRY);
-        if validity.is_none_or(|v| v.renewal_due(now)) && calm {
+        // A certificate from before nodes served each other cannot serve
+        // this node's proxy: renewed now, whatever its age.
+        let serves = flotilla_api::identity::serves_as_node(&creds.cert_pem, &cfg.name);
+        if (validity.is_none_or(|v| v.renewal_due(now)) || !serves) && calm {
             match join::renew(&client, &cfg.data_dir, &cfg.name, &creds).await {
                 Ok(renewed) => {
                     creds = renewed;
                     tls = client_tls(&creds)?;
+                    if let (Some(p), Some(ck)) = (&proxy, creds.client_key()) {
+                        if let Err(e) = p.set_credentials(&ck) {
+                            tracing::warn!(error = %e, "the proxy keeps its former certificate");
+                        }
+                    }
                     renewal_failed = None;
                     tracing::info!(
                         not_after = %Validity::of_pem(&creds.cert_pem).map(|v| v.not_after.to_string()).unwrap_or_default(),
@@ -382,6 +423,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     let _ = gc.await;
     status_stop.cancel();
     let _ = status.await;
+    proxy_stop.cancel();
     // Pods stop with the node but stay in the local store, to start again with it.
     for (_, w) in agent.workers.drain() {
         w.stop.cancel();
@@ -457,7 +499,7 @@ async fn session(
         tokio::task::spawn_blocking(move || crate::node_status::held(&local, &runtime, &volumes))
             .await
             .unwrap_or_default();
-    register(client, cfg, creds, held.clone()).await?;
+    register(client, cfg, creds, held.clone(), &agent.proxy_endpoint).await?;
     *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
     let list = ListOptions {
         kind: Some(Kind::Pod),
@@ -521,8 +563,10 @@ async fn register(
     cfg: &NodeConfig,
     creds: &ClientConfigFile,
     held: crate::node_status::Held,
+    proxy_endpoint: &str,
 ) -> Result<(), NetError> {
     let mut node = describe_node(cfg);
+    node.status.proxy_endpoint = proxy_endpoint.to_string();
     node.status.modules = held.modules;
     node.status.volumes = held.volumes;
     if let Ok(v) = Validity::of_pem(&creds.cert_pem) {
@@ -585,6 +629,7 @@ pub async fn register_node(client: &Client, node: Node) -> Result<(), NetError> 
             updated.status.interfaces = node.status.interfaces;
             updated.status.modules = node.status.modules;
             updated.status.volumes = node.status.volumes;
+            updated.status.proxy_endpoint = node.status.proxy_endpoint;
             client
                 .call(&Request::UpdateStatus(Object::Node(updated)))
                 .await?;

@@ -39,6 +39,8 @@ pub struct WorkerCtx {
     pub in_use: InUse,
     /// Where pods' volumes live, and which host paths they may mount.
     pub volumes: crate::volumes::VolumeConfig,
+    /// The http pods this node serves, for its proxy.
+    pub served: crate::proxy::served::Served,
 }
 
 /// A running worker.
@@ -262,7 +264,27 @@ async fn run(
                 let watched = pod.clone();
                 let keep = crate::data::keep_volumes(&ctx, &watched);
                 let sizes = watch_sizes(limited);
-                let instance = ctx.runtime.run(&p, spec, sink);
+                // An http program "runs" while it is served: until the pod
+                // stops, or its registration is dropped with this loop.
+                let mut _serving = None;
+                let instance: std::pin::Pin<
+                    Box<dyn std::future::Future<Output = RunOutcome> + Send>,
+                > = if ctx.runtime.is_http(&p) {
+                    match ctx.runtime.serve(&p, spec, sink, http_limits(&pod)) {
+                        Ok(served) => {
+                            tracing::info!(pod = %key, "serving http");
+                            _serving = Some(ctx.served.register(
+                                &key,
+                                &pod.metadata.uid,
+                                Arc::new(served),
+                            ));
+                            Box::pin(std::future::pending())
+                        }
+                        Err(outcome) => Box::pin(std::future::ready(outcome)),
+                    }
+                } else {
+                    Box::pin(ctx.runtime.run(&p, spec, sink))
+                };
                 tokio::pin!(keep, sizes, instance);
                 // Refusals are reported at most once a second while it runs.
                 let mut refused_report: Option<tokio::time::Instant> = None;
@@ -297,6 +319,16 @@ async fn run(
             Some(Action::Report | Action::Kill) => continue,
         };
         actions = machine.step(event, Time::now());
+    }
+}
+
+/// What bounds an http pod's requests, from its spec.
+fn http_limits(pod: &Pod) -> crate::runtime::http::HttpLimits {
+    let h = &pod.spec.http;
+    crate::runtime::http::HttpLimits {
+        concurrency: h.concurrency() as usize,
+        timeout: h.timeout(),
+        request_memory: h.request_memory.as_ref().and_then(|q| q.bytes().ok()),
     }
 }
 

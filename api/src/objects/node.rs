@@ -73,6 +73,10 @@ pub struct NodeStatus {
     /// scheduler sends every pod that mounts one to this node.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub volumes: Vec<String>,
+    /// Where other nodes' proxies reach this node's proxy over QUIC
+    /// (`IP:PORT`).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub proxy_endpoint: String,
 }
 
 /// Whether a node is fit to run pods.

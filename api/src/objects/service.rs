@@ -199,6 +199,11 @@ pub struct Endpoint {
     /// The pod is ready: it gets traffic.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub ready: bool,
+    /// Where other nodes' proxies reach the pod's node (its
+    /// `status.proxyEndpoint`, `IP:PORT`); empty while the node has not
+    /// said.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub proxy: String,
 }
 
 /// A port of the Service's pods.

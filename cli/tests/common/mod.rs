@@ -37,6 +37,8 @@ pub struct Cluster {
     pub grace: String,
     master: Option<Child>,
     nodes: HashMap<String, Child>,
+    /// The proxy address each node was last started with.
+    proxies: HashMap<String, String>,
     /// When set, every process this cluster starts (master, nodes, CLI)
     /// runs with its wall clock at this time (libfaketime, `@YYYY-MM-DD hh:mm:ss`).
     pub fake_time: Option<String>,
@@ -78,6 +80,7 @@ impl Cluster {
             grace: grace.into(),
             master: None,
             nodes: HashMap::new(),
+            proxies: HashMap::new(),
             fake_time: None,
             master_args: master_args.iter().map(|a| a.to_string()).collect(),
         };
@@ -214,6 +217,11 @@ impl Cluster {
             cmd.args(["--token", &self.token()]);
         }
         cmd.args(args);
+        let proxy = proxy_args(args);
+        if let Some(i) = proxy.iter().position(|a| a == "--proxy-address") {
+            self.proxies.insert(name.to_string(), proxy[i + 1].clone());
+        }
+        cmd.args(proxy);
         let log = self.log_file(name);
         let child = cmd
             .stdout(log.try_clone().expect("log"))
@@ -221,6 +229,14 @@ impl Cluster {
             .spawn()
             .expect("start node");
         self.nodes.insert(name.to_string(), child);
+    }
+
+    /// The address node `name`'s proxy serves Service ports on.
+    pub fn proxy_address(&self, name: &str) -> String {
+        self.proxies
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1".into())
     }
 
     pub fn kill_node(&mut self, name: &str) {
@@ -299,6 +315,12 @@ impl Drop for Cluster {
             let _ = n.wait();
         }
         self.kill_master();
+        // A failing test keeps its cluster's directory (logs, data) when
+        // FLOTILLA_TEST_KEEP is set, and says where.
+        if std::thread::panicking() && std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept the cluster's files in {}", dir.keep().display());
+        }
     }
 }
 
@@ -327,4 +349,32 @@ pub fn run_flotilla(args: &[&str], config: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run flotilla")
+}
+
+/// Proxy flags for a node of a test, less those `given`: an address of its
+/// own on loopback (127.P.N.N, P from the test process, N counting nodes),
+/// any free peer port, no host port, so that nodes of tests running at
+/// once never contend for a port.
+pub fn proxy_args(given: &[&str]) -> Vec<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let mut out = Vec::new();
+    let has = |flag: &str| {
+        given
+            .iter()
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    if !has("--proxy-address") && !has("--no-proxy") {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = std::process::id() % 250 + 1;
+        out.push("--proxy-address".into());
+        out.push(format!("127.{p}.{}.{}", (n / 250) % 250, n % 250 + 2));
+    }
+    if !has("--proxy-peer-port") && !has("--no-proxy") {
+        out.extend(["--proxy-peer-port".into(), "0".into()]);
+    }
+    if !has("--host-port") && !has("--no-proxy") {
+        out.extend(["--host-port".into(), "0".into()]);
+    }
+    out
 }

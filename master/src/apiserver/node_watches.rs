@@ -2,7 +2,8 @@
 //! a node's watch would otherwise look at (and be woken by) every event of
 //! the cluster. One dispatcher reads the store's events once and hands
 //! each to the watches of the node it concerns (a pod's `spec.nodeName`, a
-//! Node's name); nothing else reaches a node.
+//! Node's name), or to every node's (Services and Endpoints, which every
+//! node's proxy routes); nothing else reaches a node.
 //!
 //! A watch that registers at some revision reads what happened since its
 //! starting revision from the store's history, then the dispatcher's
@@ -43,12 +44,24 @@ pub struct NodeWatches {
     routes: Arc<Mutex<Routes>>,
 }
 
-/// The node an event concerns, if any.
-fn node_of(object: &Object) -> Option<&str> {
+/// Which nodes' watches an event goes to.
+enum Route<'a> {
+    One(&'a str),
+    Every,
+    Nobody,
+}
+
+/// The nodes an event concerns.
+fn route_of(object: &Object) -> Route<'_> {
     match object {
-        Object::Pod(p) => p.spec.node_name.as_deref(),
-        Object::Node(n) => Some(&n.metadata.name),
-        _ => None,
+        Object::Pod(p) => p
+            .spec
+            .node_name
+            .as_deref()
+            .map_or(Route::Nobody, Route::One),
+        Object::Node(n) => Route::One(&n.metadata.name),
+        Object::Service(_) | Object::Endpoints(_) => Route::Every,
+        _ => Route::Nobody,
     }
 }
 
@@ -121,17 +134,25 @@ impl NodeWatches {
     fn route(&self, ev: Arc<WatchEvent>) {
         let mut r = self.lock();
         r.last = ev.revision;
-        let Some(node) = node_of(&ev.object) else {
-            return;
-        };
-        let Some(watches) = r.watches.get_mut(node) else {
-            return;
-        };
         // A watch whose buffer is full fell behind; one whose receiver is
         // gone ended. Both are dropped.
-        watches.retain(|(_, tx)| tx.try_send(ev.clone()).is_ok());
-        if watches.is_empty() {
-            r.watches.remove(node);
+        match route_of(&ev.object) {
+            Route::Nobody => {}
+            Route::One(node) => {
+                let Some(watches) = r.watches.get_mut(node) else {
+                    return;
+                };
+                watches.retain(|(_, tx)| tx.try_send(ev.clone()).is_ok());
+                if watches.is_empty() {
+                    r.watches.remove(node);
+                }
+            }
+            Route::Every => {
+                r.watches.retain(|_, watches| {
+                    watches.retain(|(_, tx)| tx.try_send(ev.clone()).is_ok());
+                    !watches.is_empty()
+                });
+            }
         }
     }
 
@@ -250,6 +271,27 @@ mod tests {
                 .is_err(),
             "n1 gets nothing of n2's"
         );
+    }
+
+    #[tokio::test]
+    async fn services_and_endpoints_reach_every_node() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("state.redb"), 1000).expect("store");
+        let hub = NodeWatches::default();
+        let now = store.revision().expect("rev");
+        let mut n1 = hub.watch(&store, "n1", now).expect("watch");
+        let mut n2 = hub.watch(&store, "n2", now).expect("watch");
+        let svc: flotilla_api::objects::service::Service =
+            serde_yaml::from_str("metadata: {name: web, namespace: default}\nspec: {selector: {app: web}, ports: [{port: 30080}]}")
+                .expect("service");
+        create(&store, Object::Service(svc));
+        let mut eps = flotilla_api::objects::service::Endpoints::default();
+        eps.metadata = ObjectMeta::named("default", "web-eps");
+        create(&store, Object::Endpoints(eps));
+        for w in [&mut n1, &mut n2] {
+            assert_eq!(next_name(w).await, "web");
+            assert_eq!(next_name(w).await, "web-eps");
+        }
     }
 
     #[tokio::test]

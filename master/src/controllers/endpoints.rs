@@ -38,16 +38,19 @@ pub fn is_ready(pod: &Pod) -> bool {
 }
 
 /// The Endpoints `svc` calls for, given `pods` (any pods; those it selects
-/// that are bound and have not ended are listed).
-pub fn wanted(svc: &Service, pods: &[&Pod]) -> Endpoints {
+/// that are bound and have not ended are listed) and where each node's
+/// proxy is reached (`proxy_of`, empty when unknown).
+pub fn wanted(svc: &Service, pods: &[&Pod], proxy_of: &dyn Fn(&str) -> String) -> Endpoints {
     let mut endpoints: Vec<Endpoint> = pods
         .iter()
         .filter(|p| selects(svc, p) && is_active(p))
         .filter_map(|p| {
+            let node = p.spec.node_name.clone()?;
             Some(Endpoint {
                 pod: p.metadata.name.clone(),
                 uid: p.metadata.uid.clone(),
-                node: p.spec.node_name.clone()?,
+                proxy: proxy_of(&node),
+                node,
                 ready: is_ready(p),
             })
         })
@@ -124,6 +127,14 @@ impl Reconciler for EndpointsController {
         match new {
             Object::Service(s) => out.push(service_key(&s.metadata.namespace, &s.metadata.name)),
             Object::Endpoints(e) => out.push(service_key(&e.metadata.namespace, &e.metadata.name)),
+            // Where a node's proxy is reached is in every Endpoints that
+            // lists one of its pods.
+            Object::Node(n) => {
+                let before = old.and_then(|o| o.as_kind::<flotilla_api::Node>());
+                if before.is_none_or(|b| b.status.proxy_endpoint != n.status.proxy_endpoint) {
+                    out.extend(self.all_keys(state));
+                }
+            }
             Object::Pod(p) => {
                 let before = old.and_then(|o| o.as_pod());
                 for o in state.in_namespace(Kind::Service, &p.metadata.namespace) {
@@ -156,7 +167,14 @@ impl Reconciler for EndpointsController {
             let stored = state
                 .get(&object_key(Kind::Endpoints, ns, &svc.metadata.name))
                 .and_then(|o| o.as_kind::<Endpoints>());
-            plan(wanted(svc, &pods), stored).map(|e| (e, stored.is_some()))
+            let proxy_of = |node: &str| {
+                state
+                    .get(&object_key(Kind::Node, "", node))
+                    .and_then(|o| o.as_kind::<flotilla_api::Node>())
+                    .map(|n| n.status.proxy_endpoint.clone())
+                    .unwrap_or_default()
+            };
+            plan(wanted(svc, &pods, &proxy_of), stored).map(|e| (e, stored.is_some()))
         };
         let Some((endpoints, exists)) = write else {
             return Ok(None);
@@ -184,6 +202,10 @@ impl Reconciler for EndpointsController {
 mod tests {
     use super::*;
     use flotilla_api::objects::{condition, PodCondition};
+
+    fn no_proxy(_: &str) -> String {
+        String::new()
+    }
 
     fn service() -> Service {
         let mut s: Service = serde_yaml::from_str(
@@ -227,7 +249,11 @@ mod tests {
         elsewhere.metadata.namespace = "lab".into();
         let mut lost = pod("web-f", "web", Some("n3"), true);
         lost.status.phase = PodPhase::Unknown;
-        let got = wanted(&svc, &[&b, &a, &pending, &other, &ended, &elsewhere, &lost]);
+        let got = wanted(
+            &svc,
+            &[&b, &a, &pending, &other, &ended, &elsewhere, &lost],
+            &no_proxy,
+        );
         let rows: Vec<(&str, &str, bool)> = got
             .endpoints
             .iter()
@@ -251,13 +277,13 @@ mod tests {
     fn written_only_when_it_changes() {
         let svc = service();
         let a = pod("web-a", "web", Some("n1"), true);
-        let first = plan(wanted(&svc, &[&a]), None).expect("create");
+        let first = plan(wanted(&svc, &[&a], &no_proxy), None).expect("create");
         let mut stored = first.clone();
         stored.metadata.uid = "ep-uid".into();
         stored.metadata.resource_version = 7;
-        assert_eq!(plan(wanted(&svc, &[&a]), Some(&stored)), None);
+        assert_eq!(plan(wanted(&svc, &[&a], &no_proxy), Some(&stored)), None);
         let not_ready = pod("web-a", "web", Some("n1"), false);
-        let update = plan(wanted(&svc, &[&not_ready]), Some(&stored)).expect("update");
+        let update = plan(wanted(&svc, &[&not_ready], &no_proxy), Some(&stored)).expect("update");
         assert!(!update.endpoints[0].ready);
         assert_eq!(
             (
@@ -268,7 +294,7 @@ mod tests {
         );
         let mut relabelled = svc.clone();
         relabelled.spec.selector.insert("tier".into(), "x".into());
-        assert!(plan(wanted(&relabelled, &[&a]), Some(&stored))
+        assert!(plan(wanted(&relabelled, &[&a], &no_proxy), Some(&stored))
             .expect("update")
             .endpoints
             .is_empty());

@@ -1,0 +1,409 @@
+//! Node to node: a node's proxy forwards a request for a pod on another
+//! node over QUIC, with mutual TLS under the cluster CA. Each request is
+//! one bidirectional stream: the request's head as a frame ([`PeerHead`]),
+//! then its body's bytes until the stream finishes; the answer the same
+//! way ([`PeerAnswer`], then the body). Bodies stream both ways and are
+//! never held whole. The server takes only peers whose certificate names a
+//! node; a client verifies the server's certificate names the node it
+//! meant to reach ([`flotilla_api::identity::node_server_name`]).
+
+use super::{BoxError, ProxyBody};
+use crate::proxy::served::Served;
+use bytes::Bytes;
+use flotilla_api::identity::{node_server_name, CertifiedKey, Identity};
+use flotilla_api::net::{read_frame, write_frame, NetError};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The protocol name nodes' proxies speak to each other.
+pub const ALPN: &[u8] = b"flotilla-peer/1";
+/// How long connecting to another node may take before it counts as
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most header bytes a forwarded request or answer carries (as a proxy
+/// would refuse a larger header section).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Keep-alives every second, and a connection silent for this long is
+/// lost: a node that died is noticed within it, and the requests in
+/// flight to it fail (and are tried elsewhere when they may be).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The transport settings of connections between nodes.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    Arc::new(t)
+}
+
+/// A request as forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerHead {
+    /// `namespace/name` and uid of the pod that is to serve it.
+    pub pod: String,
+    pub uid: String,
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The client's address, for the pod's `x-forwarded-for`.
+    pub client: Option<IpAddr>,
+}
+
+/// An answer as forwarded back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+fn head_bytes(headers: &[(String, Vec<u8>)]) -> usize {
+    headers.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+fn to_pairs(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn from_pairs(pairs: Vec<(String, Vec<u8>)>) -> Result<http::HeaderMap, String> {
+    let mut map = http::HeaderMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("bad header name {k:?}"))?;
+        let value =
+            http::HeaderValue::from_bytes(&v).map_err(|_| format!("bad value of header {k}"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// A QUIC receive stream as a request or response body.
+pub struct RecvBody {
+    recv: quinn::RecvStream,
+    done: bool,
+}
+
+impl RecvBody {
+    pub fn new(recv: quinn::RecvStream) -> RecvBody {
+        RecvBody { recv, done: false }
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = tokio::io::ReadBuf::new(&mut buf);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n == 0 {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                buf.truncate(n);
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(buf)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Copies `body` into `send` as it comes, then finishes the stream; a body
+/// that breaks resets it, so the other side sees an error, not an end.
+async fn pump<B>(mut body: B, mut send: quinn::SendStream)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Send,
+{
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = send.finish();
+                return;
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if send.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                let _ = send.reset(1u32.into());
+                return;
+            }
+        }
+    }
+}
+
+/// Serves other nodes' forwarded requests on `endpoint` from `served`
+/// until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, served: Served) {
+    while let Some(incoming) = endpoint.accept().await {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a peer's connection failed");
+                    return;
+                }
+            };
+            let Some(peer) = peer_node(&conn) else {
+                tracing::warn!(remote = %conn.remote_address(), "refused a peer whose certificate names no node");
+                conn.close(1u32.into(), b"only nodes may forward requests");
+                return;
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let served = served.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(send, recv, &served).await {
+                        tracing::debug!(%peer, error = %e, "a forwarded request failed");
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The node a peer's certificate names (TLS verified it against the CA).
+fn peer_node(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    match Identity::from_cert_der(certs.first()?.as_ref()).ok()? {
+        Identity::Node(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// Serves one forwarded request.
+async fn answer(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    served: &Served,
+) -> Result<(), NetError> {
+    let Some(head) = read_frame::<PeerHead>(&mut recv).await? else {
+        return Ok(());
+    };
+    let (response, here) = match request_of(&head, recv) {
+        Err(message) => (super::plain(400, &message), true),
+        Ok(request) => match served.get(&head.pod, &head.uid) {
+            Some(pod) => (
+                pod.handle(request.map(|b| b.map_err(super::wasi_error)))
+                    .await
+                    .map(super::boxed),
+                true,
+            ),
+            None => (
+                super::plain(
+                    503,
+                    &format!(
+                        "pod {} is not served on node it was sent to (it moved or stopped); try again",
+                        head.pod
+                    ),
+                ),
+                false,
+            ),
+        },
+    };
+    let (parts, body) = response.into_parts();
+    let mut answer = PeerAnswer {
+        status: parts.status.as_u16(),
+        headers: to_pairs(&parts.headers),
+    };
+    if !here {
+        answer
+            .headers
+            .push((super::NOT_HERE.to_string(), b"1".to_vec()));
+    }
+    write_frame(&mut send, &answer).await?;
+    pump(body, send).await;
+    Ok(())
+}
+
+/// The request `head` describes, its body read from `recv`.
+fn request_of(head: &PeerHead, recv: quinn::RecvStream) -> Result<http::Request<RecvBody>, String> {
+    if head_bytes(&head.headers) > MAX_HEAD {
+        return Err("the request's headers are too large".into());
+    }
+    let mut request = http::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str())
+        .body(RecvBody::new(recv))
+        .map_err(|e| format!("bad forwarded request: {e}"))?;
+    *request.headers_mut() = from_pairs(head.headers.clone())?;
+    Ok(request)
+}
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum ForwardError<B> {
+    /// Nothing reached the peer: the request is handed back, to be tried
+    /// elsewhere.
+    Unreached(http::Request<B>, String),
+    /// The request was sent but no answer came.
+    Lost(String),
+}
+
+/// Connections to other nodes' proxies, one per node, made when first
+/// needed and made again when lost.
+pub struct Peers {
+    endpoint: quinn::Endpoint,
+    tls: Mutex<Option<quinn::ClientConfig>>,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    pub fn new(endpoint: quinn::Endpoint) -> Peers {
+        Peers {
+            endpoint,
+            tls: Mutex::new(None),
+            conns: Mutex::default(),
+        }
+    }
+
+    /// The node's credentials, for the connections made from now on.
+    pub fn set_credentials(&self, ck: &CertifiedKey, ca_pem: &str) -> Result<(), String> {
+        let client =
+            flotilla_api::tls::client_config(ca_pem, Some(ck), ALPN).map_err(|e| e.to_string())?;
+        let quic =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport());
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
+        Ok(())
+    }
+
+    /// A connection to `node`'s proxy at `addr`.
+    async fn connection(&self, node: &str, addr: &str) -> Result<quinn::Connection, String> {
+        let key = format!("{node}@{addr}");
+        if let Some(c) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.close_reason().is_none())
+        {
+            return Ok(c.clone());
+        }
+        let tls = self
+            .tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("this node has no credentials yet")?;
+        let sock: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("node {node} gave no usable proxy address ({addr:?})"))?;
+        let connecting = self
+            .endpoint
+            .connect_with(tls, sock, &node_server_name(node))
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("no answer from node {node} at {addr}"))?
+            .map_err(|e| format!("cannot reach node {node} at {addr}: {e}"))?;
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Forwards `request` to `pod` (uid `uid`) on `node`, whose proxy is
+    /// at `addr`.
+    pub async fn forward<B>(
+        &self,
+        node: &str,
+        addr: &str,
+        pod: &str,
+        uid: &str,
+        request: http::Request<B>,
+        client: Option<IpAddr>,
+    ) -> Result<http::Response<ProxyBody>, ForwardError<B>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Send,
+    {
+        let opened = match self.connection(node, addr).await {
+            Ok(conn) => conn.open_bi().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let (mut send, mut recv) = match opened {
+            Ok(s) => s,
+            Err(e) => return Err(ForwardError::Unreached(request, e)),
+        };
+        let head = PeerHead {
+            pod: pod.to_string(),
+            uid: uid.to_string(),
+            method: request.method().as_str().to_string(),
+            uri: request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers: to_pairs(request.headers()),
+            client,
+        };
+        if let Err(e) = write_frame(&mut send, &head).await {
+            return Err(ForwardError::Unreached(request, e.to_string()));
+        }
+        tokio::spawn(pump(request.into_body(), send));
+        let answer = match read_frame::<PeerAnswer>(&mut recv).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(ForwardError::Lost(format!(
+                    "node {node} closed the request"
+                )))
+            }
+            Err(e) => return Err(ForwardError::Lost(format!("node {node}: {e}"))),
+        };
+        if head_bytes(&answer.headers) > MAX_HEAD {
+            return Err(ForwardError::Lost(format!(
+                "node {node} answered with too large a head"
+            )));
+        }
+        let headers = from_pairs(answer.headers).map_err(ForwardError::Lost)?;
+        let mut response = http::Response::new(RecvBody::new(recv).boxed_unsync());
+        *response.status_mut() = http::StatusCode::from_u16(answer.status).map_err(|_| {
+            ForwardError::Lost(format!("node {node} gave status {}", answer.status))
+        })?;
+        *response.headers_mut() = headers;
+        Ok(response)
+    }
+}

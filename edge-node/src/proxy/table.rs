@@ -1,0 +1,194 @@
+//! The proxy's routing table, built from the Services and Endpoints the
+//! node watches: for each Service port every node listens on, the pods
+//! that may take its traffic; for each host name, the Service it goes to.
+//! Pure: [`Table::build`] is a function of the objects.
+
+use flotilla_api::objects::network::Protocol;
+use flotilla_api::objects::service::{Endpoints, Service, SessionAffinity};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A pod that may take a Service's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    pub uid: String,
+    /// The node it runs on, and where that node's proxy is reached.
+    pub node: String,
+    pub proxy: String,
+    /// The pod's port (a TCP pod's listener; nothing for an http pod).
+    pub port: u16,
+}
+
+/// One Service port: where its traffic may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The port every node listens on.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub affinity: SessionAffinity,
+    /// The ready pods, sorted by pod.
+    pub ready: Vec<Target>,
+    /// Selected pods that are not ready (for messages).
+    pub not_ready: usize,
+}
+
+/// A host name of a Service on the shared host-routing port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoute {
+    /// A name, or `*.rest` for every name under `rest`.
+    pub host: String,
+    pub route: Arc<Route>,
+}
+
+/// Every route a node serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// By the port every node listens on.
+    pub ports: BTreeMap<u16, Arc<Route>>,
+    /// Exact names first, then wildcards by length (the longest wins).
+    pub hosts: Vec<HostRoute>,
+}
+
+impl Table {
+    /// The table `services` and their `endpoints` call for. A Service with
+    /// no Endpoints yet has routes with no targets (its requests get 503).
+    pub fn build(services: &[Service], endpoints: &[Endpoints]) -> Table {
+        let by_key: HashMap<(&str, &str), &Endpoints> = endpoints
+            .iter()
+            .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+            .collect();
+        let mut table = Table::default();
+        for svc in services {
+            let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
+            let eps = by_key.get(&(ns.as_str(), name.as_str()));
+            let list = eps.map(|e| e.endpoints.as_slice()).unwrap_or(&[]);
+            let mut first: Option<Arc<Route>> = None;
+            for port in &svc.spec.ports {
+                let mut ready: Vec<Target> = list
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| Target {
+                        pod: format!("{ns}/{}", e.pod),
+                        uid: e.uid.clone(),
+                        node: e.node.clone(),
+                        proxy: e.proxy.clone(),
+                        port: port.target(),
+                    })
+                    .collect();
+                ready.sort_by(|a, b| a.pod.cmp(&b.pod));
+                let route = Arc::new(Route {
+                    service: format!("{ns}/{name}"),
+                    port: port.port,
+                    protocol: port.protocol,
+                    affinity: svc.spec.session_affinity,
+                    not_ready: list.len() - ready.len(),
+                    ready,
+                });
+                first.get_or_insert_with(|| route.clone());
+                // Admission keeps a port to one Service; should two ever
+                // claim one, the first by name keeps it.
+                table.ports.entry(port.port).or_insert(route);
+            }
+            if let Some(route) = first {
+                for host in &svc.spec.hosts {
+                    table.hosts.push(HostRoute {
+                        host: host.to_ascii_lowercase(),
+                        route: route.clone(),
+                    });
+                }
+            }
+        }
+        table.hosts.sort_by(|a, b| {
+            let wild = |h: &HostRoute| h.host.starts_with("*.");
+            wild(a)
+                .cmp(&wild(b))
+                .then(b.host.len().cmp(&a.host.len()))
+                .then(a.host.cmp(&b.host))
+        });
+        table
+    }
+
+    /// The route for a request's `Host` (a port after it is ignored): an
+    /// exact name, else the longest wildcard that covers it.
+    pub fn for_host(&self, host: &str) -> Option<&Arc<Route>> {
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.hosts
+            .iter()
+            .find(|h| match h.host.strip_prefix("*.") {
+                Some(rest) => host
+                    .strip_suffix(rest)
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+                None => h.host == host,
+            })
+            .map(|h| &h.route)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).expect("service")
+    }
+
+    fn endpoints(yaml: &str) -> Endpoints {
+        serde_yaml::from_str(yaml).expect("endpoints")
+    }
+
+    #[test]
+    fn routes_each_port_to_the_ready_pods() {
+        let svc = service(
+            "metadata: {name: web, namespace: shop}\n\
+             spec: {selector: {app: web}, sessionAffinity: ClientIP, hosts: [shop.local, '*.shop.local'],\n\
+             ports: [{name: http, port: 30080}, {name: tcp, port: 30090, targetPort: 9000}]}",
+        );
+        let eps = endpoints(
+            "metadata: {name: web, namespace: shop}\n\
+             endpoints: [{pod: b, uid: ub, node: n2, ready: true, proxy: '10.0.0.2:7446'},\n\
+             {pod: a, uid: ua, node: n1, ready: true}, {pod: c, uid: uc, node: n1}]",
+        );
+        let other = service("metadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 30100}]}");
+        let t = Table::build(&[svc, other], &[eps]);
+        let web = &t.ports[&30080];
+        assert_eq!(web.service, "shop/web");
+        assert_eq!(web.affinity, SessionAffinity::ClientIp);
+        let pods: Vec<_> = web.ready.iter().map(|t| t.pod.as_str()).collect();
+        assert_eq!(pods, ["shop/a", "shop/b"]);
+        assert_eq!(web.not_ready, 1);
+        assert_eq!(web.ready[1].proxy, "10.0.0.2:7446");
+        assert_eq!(t.ports[&30090].ready[0].port, 9000);
+        // No Endpoints yet: a route with nobody behind it.
+        assert!(t.ports[&30100].ready.is_empty());
+        // Host names go to the Service's first port.
+        assert_eq!(t.for_host("shop.local").map(|r| r.port), Some(30080));
+        assert_eq!(t.for_host("SHOP.local:8080").map(|r| r.port), Some(30080));
+        assert_eq!(t.for_host("eu.shop.local").map(|r| r.port), Some(30080));
+        assert_eq!(t.for_host("xshop.local"), None);
+        assert_eq!(t.for_host("other.local"), None);
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_longer_wildcards_over_shorter() {
+        let a = service("metadata: {name: a, namespace: d}\nspec: {selector: {x: a}, hosts: ['*.example.org'], ports: [{port: 1}]}");
+        let b = service("metadata: {name: b, namespace: d}\nspec: {selector: {x: b}, hosts: ['*.eu.example.org'], ports: [{port: 2}]}");
+        let c = service("metadata: {name: c, namespace: d}\nspec: {selector: {x: c}, hosts: [www.eu.example.org], ports: [{port: 3}]}");
+        let t = Table::build(&[a, b, c], &[]);
+        let port = |h: &str| t.for_host(h).map(|r| r.port);
+        assert_eq!(port("www.eu.example.org"), Some(3));
+        assert_eq!(port("api.eu.example.org"), Some(2));
+        assert_eq!(port("api.example.org"), Some(1));
+        assert_eq!(port("example.org"), None);
+    }
+}
