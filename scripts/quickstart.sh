@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Flotilla, starts a local cluster (`flotilla up`: master and node in
-# one process) and runs the sample workloads on it. The cluster keeps
-# running afterwards; the script prints how to use and stop it.
+# one process), deploys the hello-http app behind a Service and requests it
+# once, then runs the sample command pods. The cluster keeps running
+# afterwards; the script prints how to use and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,6 +39,25 @@ hello_done() { "$flotilla" get pods hello -o json | grep -q '"phase": "Succeeded
 wait_until "the node to be Ready" node_ready
 "$flotilla" get nodes -o wide
 
+echo "== deploying hello-http behind a Service (workloads/hello-http/deployment.yaml) =="
+"$flotilla" apply -f workloads/hello-http/deployment.yaml
+app_ready() { "$flotilla" get endpoints hello | grep -q 'hello-'; }
+wait_until "the app's pods to be ready" app_ready
+get() { # host port path: one HTTP request, with curl when there is one
+    if command -v curl >/dev/null; then
+        curl -fsS "http://$1:$2$3"
+    else
+        exec 3<>"/dev/tcp/$1/$2" && printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$3" "$1" >&3 &&
+            sed '1,/^\r$/d' <&3 && exec 3<&-
+    fi
+}
+serves() { get 127.0.0.1 30080 / | grep -q 'hello from'; }
+wait_until "the app to answer on port 30080" serves
+"$flotilla" get svc hello
+"$flotilla" get endpoints hello
+echo "== curl http://127.0.0.1:30080/ =="
+get 127.0.0.1 30080 /
+
 echo "== applying workloads/hello and workloads/ticker =="
 "$flotilla" apply -f workloads/hello/pod.yaml -f workloads/ticker/pod.yaml
 wait_until "hello to finish" hello_done
@@ -51,7 +71,9 @@ echo "== flotilla logs ticker --tail 3 =="
 cat <<EOT
 
 The cluster keeps running (pid $(cat "$demo/up.pid")). Try:
+  curl http://127.0.0.1:30080/            # the app, through the node's proxy
   export FLOTILLA_CONFIG=$FLOTILLA_CONFIG
+  $flotilla scale deployment hello --replicas 5
   $flotilla get pods -o wide
   $flotilla logs -f ticker
   $flotilla delete pod ticker

@@ -1,7 +1,8 @@
 //! ARM from day one: the aarch64 build of `flotilla` (node feature only),
 //! run under qemu-user, joins an x86_64 master beside an x86_64 node; a pod
 //! for arm64 waits rather than land on the amd64 node, then runs on the
-//! arm64 one, and a pod for amd64 never lands on it.
+//! arm64 one, and a pod for amd64 never lands on it. An http pod on the
+//! arm64 node serves a Service, reached through the amd64 node's proxy.
 //!
 //! Needs the cross build (`scripts/test.sh` makes it) and qemu-user, so it is
 //! ignored by a plain `cargo test`; run it with
@@ -9,7 +10,7 @@
 
 mod common;
 
-use common::{pod_yaml, wait_for, Cluster};
+use common::{http, pod_yaml, wait_for, Cluster};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,4 +105,24 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
             .any(|l| l.contains("hello-arm") && l.contains("pi")),
         "{wide}"
     );
+
+    // An http pod on the arm64 node, behind a Service: the amd64 node's
+    // proxy reaches it over QUIC, the arm64 node's in-process.
+    let port = common::free_port();
+    let web = format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: web-arm\n  labels: {{app: web-arm}}\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/arch: arm64}}\n  env:\n  - name: NODE_NAME\n    valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: web-arm\nspec:\n  selector: {{app: web-arm}}\n  ports:\n  - {{port: {port}}}\n",
+        flotilla_workloads::path("hello-http").display()
+    );
+    let web = c.manifest("web-arm.yaml", &web);
+    c.ok(&["apply", "-f", web.to_str().expect("utf8")]);
+    for node in ["amd", "pi"] {
+        let addr = format!("{}:{port}", c.proxy_address(node));
+        let (_, body) = wait_for(&format!("web-arm answering through {node}"), slow, || {
+            http(&addr, "GET", "/", b"").filter(|(s, _)| *s == 200)
+        });
+        assert!(
+            body.starts_with("hello from web-arm on pi (request "),
+            "{body}"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{http, wait_for, Cluster};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,25 +24,6 @@ fn hello(replicas: u32, port: u16) -> String {
         "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata:\n  name: hello\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: hello}}\n  template:\n    metadata:\n      labels: {{app: hello}}\n    spec:\n      module: {}\n      restartPolicy: Always\n      env:\n      - name: POD_NAME\n        valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}\n      - name: NODE_NAME\n        valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}\n      topologySpreadConstraints:\n      - {{maxSkew: 1, topologyKey: flotilla.dev/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: hello}}}}}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  selector: {{app: hello}}\n  ports:\n  - {{name: http, port: {port}}}\n",
         flotilla_workloads::path("hello-http").display()
     )
-}
-
-/// One HTTP/1.0 request (so the answer ends with the connection): the
-/// status and body, or None if no answer came.
-fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
 }
 
 /// The pod named in a hello-http answer.
@@ -138,4 +119,210 @@ fn requests_to_any_node_reach_every_pod_and_survive_a_dead_node_and_no_master() 
         body.contains("Service default/hello has no ready pods"),
         "{body}"
     );
+}
+
+/// hello-http pods that read their health from `flags` (a host directory),
+/// with a readiness probe on /healthz and a liveness probe on /livez.
+fn probed_hello(flags: &std::path::Path, port: u16, extra_service: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata:\n  name: probed\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: probed}}\n  template:\n    metadata:\n      labels: {{app: probed}}\n    spec:\n      module: {}\n      restartPolicy: Always\n      env:\n      - name: POD_NAME\n        valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}\n      - {{name: UNHEALTHY_DIR, value: /flags}}\n      volumes:\n      - name: flags\n        hostPath: {{path: {}}}\n      volumeMounts:\n      - {{name: flags, mountPath: /flags, readOnly: true}}\n      readinessProbe: {{httpGet: {{path: /healthz}}, periodSeconds: 1, failureThreshold: 1}}\n      livenessProbe: {{httpGet: {{path: /livez}}, periodSeconds: 1, failureThreshold: 2}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: probed\nspec:\n  selector: {{app: probed}}\n  ports:\n  - {{name: http, port: {port}}}\n{extra_service}",
+        flotilla_workloads::path("hello-http").display(),
+        flags.display()
+    )
+}
+
+/// The pods of Service `name` in its Endpoints, with their readiness.
+fn endpoint_pods(c: &Cluster, name: &str) -> Vec<(String, bool)> {
+    c.get_json("endpoints", name)
+        .and_then(|e| {
+            e["endpoints"].as_array().map(|l| {
+                l.iter()
+                    .map(|x| {
+                        (
+                            x["pod"].as_str().unwrap_or_default().to_string(),
+                            x["ready"] == true,
+                        )
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The most memory a process has held (its peak RSS), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[test]
+fn probes_affinity_host_names_and_large_bodies() {
+    let mut c = Cluster::start("20s");
+    let flags = c.path("flags");
+    std::fs::create_dir_all(&flags).expect("flags dir");
+    let flags_arg = flags.to_str().expect("utf8").to_string();
+    let host_port = common::free_port().to_string();
+    c.start_node_args(
+        "n1",
+        &["--allow-host-path", &flags_arg, "--host-port", &host_port],
+    );
+    c.start_node_args("n2", &["--allow-host-path", &flags_arg]);
+    c.wait_node_ready("n1", "Ready", T);
+    c.wait_node_ready("n2", "Ready", T);
+    let port = common::free_port();
+    let sticky_port = common::free_port();
+    let sticky = format!("---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  selector: {{app: probed}}\n  sessionAffinity: ClientIP\n  hosts: [hello.test]\n  ports:\n  - {{name: http, port: {sticky_port}}}\n");
+    apply(&c, "probed.yaml", &probed_hello(&flags, port, &sticky));
+    let addr = format!("{}:{port}", c.proxy_address("n1"));
+    wait_for("two ready endpoints", T, || {
+        let e = endpoint_pods(&c, "probed");
+        (e.len() == 2 && e.iter().all(|(_, r)| *r)).then_some(())
+    });
+    let pods: Vec<String> = endpoint_pods(&c, "probed")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    wait_for("both pods answering", T, || {
+        (pods_answering(&addr, 30).len() == 2).then_some(())
+    });
+
+    // Readiness fails: the pod leaves the endpoints and gets no traffic...
+    std::fs::write(flags.join(&pods[0]), b"").expect("flag");
+    wait_for("the flagged pod not ready", T, || {
+        endpoint_pods(&c, "probed")
+            .iter()
+            .any(|(p, r)| *p == pods[0] && !r)
+            .then_some(())
+    });
+    wait_for("traffic only to the ready pod", T, || {
+        (pods_answering(&addr, 20) == BTreeSet::from([pods[1].clone()])).then_some(())
+    });
+    wait_for("an Unhealthy event for readiness", T, || {
+        c.ok(&["get", "events"])
+            .contains("readiness probe failed")
+            .then_some(())
+    });
+    // ...and gets it again once it passes.
+    std::fs::remove_file(flags.join(&pods[0])).expect("unflag");
+    wait_for("both pods answering again", T, || {
+        (pods_answering(&addr, 30).len() == 2).then_some(())
+    });
+
+    // Liveness fails: the program is restarted, with an event.
+    std::fs::write(flags.join(format!("{}.dead", pods[1])), b"").expect("flag");
+    wait_for("a restart for liveness", T, || {
+        let restarts = c.get_json("pod", &pods[1])?["status"]["restartCount"].as_u64()?;
+        (restarts >= 1).then_some(())
+    });
+    std::fs::remove_file(flags.join(format!("{}.dead", pods[1]))).expect("unflag");
+    wait_for("an Unhealthy event for liveness", T, || {
+        c.ok(&["get", "events"])
+            .contains("liveness probe failed")
+            .then_some(())
+    });
+
+    // ClientIP affinity: one client, one pod, through every node.
+    let sticky_addr = format!("{}:{sticky_port}", c.proxy_address("n1"));
+    wait_for("the sticky service answering", T, || {
+        http(&sticky_addr, "GET", "/", b"").filter(|(s, _)| *s == 200)
+    });
+    wait_for("both pods ready again", T, || {
+        let e = endpoint_pods(&c, "sticky");
+        (e.len() == 2 && e.iter().all(|(_, r)| *r)).then_some(())
+    });
+    let seen = pods_answering(&sticky_addr, 20);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let via_n2 = pods_answering(&format!("{}:{sticky_port}", c.proxy_address("n2")), 20);
+    assert_eq!(via_n2, seen, "every node sends a client to the same pod");
+
+    // Host routing: the shared port sends by Host header.
+    let host_addr = format!("{}:{host_port}", c.proxy_address("n1"));
+    let by_host = wait_for("host routing", T, || {
+        let mut s = TcpStream::connect(&host_addr).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: hello.test\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("200 OK").then_some(out)
+    });
+    assert!(by_host.contains("hello from probed-"), "{by_host}");
+    let mut s = TcpStream::connect(&host_addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.0\r\nHost: nobody.test\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(
+        out.starts_with("HTTP/1.0 404") || out.starts_with("HTTP/1.1 404"),
+        "{out}"
+    );
+
+    // A large body crosses nodes streamed: n1's proxy to echo on n2 and back.
+    let echo_port = common::free_port();
+    let echo = format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {{app: echo}}\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  selector: {{app: echo}}\n  ports:\n  - {{port: {echo_port}}}\n",
+        flotilla_workloads::path("echo").display()
+    );
+    apply(&c, "echo.yaml", &echo);
+    let echo_addr = format!("{}:{echo_port}", c.proxy_address("n1"));
+    wait_for("echo answering", T, || {
+        http(&echo_addr, "POST", "/", b"x").filter(|(s, _)| *s == 200)
+    });
+    let pid = c.node_pid("n1").expect("n1 runs");
+    let pass = |mib: usize| {
+        let body = vec![b'z'; mib << 20];
+        let (status, back) = http(&echo_addr, "POST", "/big", &body).expect("echo answers");
+        assert_eq!(status, 200);
+        let (_, echoed) = back.split_once("\n\n").expect("head then body");
+        assert_eq!(echoed.len(), body.len(), "the whole body came back");
+    };
+    // The node's peak memory after an 8 MiB body each way, then after a
+    // 64 MiB one: a proxy that held bodies whole would peak at least 56 MiB
+    // higher the second time; one that streams them stays put.
+    pass(8);
+    let small = peak_rss(pid);
+    pass(64);
+    let grown = peak_rss(pid).saturating_sub(small);
+    assert!(
+        grown < 24 << 20,
+        "n1's peak grew by {grown} bytes from an 8 MiB to a 64 MiB body: bodies must stream"
+    );
+}
+
+#[test]
+fn tcp_services_forward_connections_to_command_pods_across_nodes() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.start_node("n2");
+    c.wait_node_ready("n1", "Ready", T);
+    c.wait_node_ready("n2", "Ready", T);
+    let (port, target) = (common::free_port(), common::free_port());
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: lines\n  labels: {{app: lines}}\nspec:\n  module: {}\n  args: [serve, \"{target}\"]\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n  network:\n    listen: [{{port: {target}}}]\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: lines\nspec:\n  selector: {{app: lines}}\n  ports:\n  - {{port: {port}, targetPort: {target}}}\n",
+        flotilla_workloads::path("sockets").display()
+    );
+    apply(&c, "lines.yaml", &manifest);
+    wait_for("a ready endpoint", T, || {
+        (ready_endpoints(&c, "lines") == 1).then_some(())
+    });
+    // Through n1 (over QUIC to n2) and through n2 (to its own pod).
+    for node in ["n1", "n2"] {
+        let addr = format!("{}:{port}", c.proxy_address(node));
+        let got = wait_for(&format!("a TCP answer through {node}"), T, || {
+            let mut s = TcpStream::connect(&addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            s.write_all(b"ping\nsecond line\n").ok()?;
+            s.shutdown(std::net::Shutdown::Write).ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).ok()?;
+            out.contains("second line").then_some(out)
+        });
+        assert_eq!(
+            got, "hello from lines\nping\nsecond line\n",
+            "through {node}"
+        );
+    }
 }

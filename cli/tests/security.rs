@@ -419,6 +419,7 @@ fn try_join(c: &Cluster, dir: &str, name: &str, token: &str) -> (bool, String) {
         ])
         .arg("--data-dir")
         .arg(&data)
+        .args(common::proxy_args(&[]))
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(std::fs::File::create(c.path(&format!("{dir}.err"))).expect("log"))
         .spawn()

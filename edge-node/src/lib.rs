@@ -29,6 +29,7 @@ pub mod module_gc;
 pub mod network;
 pub mod node_status;
 pub mod pod;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod volumes;

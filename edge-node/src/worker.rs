@@ -10,6 +10,7 @@ use crate::logs::LogBuffer;
 use crate::module_gc::{InUse, Lease};
 use crate::network::{Allowance, Refusals};
 use crate::pod::{Action, Event, Exit, PodMachine};
+use crate::probe::{Probes, Verdict};
 use crate::runtime::{LogSink, Program, RunOutcome, RunSpec, Runtime, RuntimeError};
 use flotilla_api::net::{read_frame, Client};
 use flotilla_api::objects::{condition, digest_of, PodCondition, PodPhase};
@@ -96,6 +97,9 @@ async fn run(
     let mut program: Option<Arc<Program>> = None;
     let mut module_condition = pod.status.condition(condition::MODULE_READY).cloned();
     let refusals = Arc::new(Refusals::resume(pod.status.network_refusals.as_ref()));
+    // What the readiness probe of the current run last said (None: no
+    // probe, or no run).
+    let mut probed: Option<(bool, String)> = None;
     loop {
         let mut next = None;
         for a in actions.drain(..) {
@@ -107,6 +111,7 @@ async fn run(
                     &machine,
                     module_condition.as_ref(),
                     &refusals,
+                    probed.as_ref(),
                 ),
                 Action::Kill => {
                     tracing::info!(pod = %key, "stopped pod");
@@ -182,6 +187,11 @@ async fn run(
                     );
                     continue;
                 };
+                probed = pod
+                    .spec
+                    .readiness_probe
+                    .as_ref()
+                    .map(|_| (false, "waiting for the readiness probe to pass".to_string()));
                 // Report Running before the guest starts, so short pods show the transition too.
                 for a in machine.step(Event::Started, Time::now()) {
                     if a == Action::Report {
@@ -192,6 +202,7 @@ async fn run(
                             &machine,
                             module_condition.as_ref(),
                             &refusals,
+                            probed.as_ref(),
                         );
                     }
                 }
@@ -267,24 +278,42 @@ async fn run(
                 // An http program "runs" while it is served: until the pod
                 // stops, or its registration is dropped with this loop.
                 let mut _serving = None;
+                let mut http_pod = None;
                 let instance: std::pin::Pin<
                     Box<dyn std::future::Future<Output = RunOutcome> + Send>,
                 > = if ctx.runtime.is_http(&p) {
                     match ctx.runtime.serve(&p, spec, sink, http_limits(&pod)) {
                         Ok(served) => {
                             tracing::info!(pod = %key, "serving http");
-                            _serving = Some(ctx.served.register(
-                                &key,
-                                &pod.metadata.uid,
-                                Arc::new(served),
-                            ));
+                            let served = Arc::new(served);
+                            http_pod = Some(served.clone());
+                            _serving = Some(ctx.served.register(&key, &pod.metadata.uid, served));
                             Box::pin(std::future::pending())
                         }
                         Err(outcome) => Box::pin(std::future::ready(outcome)),
                     }
                 } else {
+                    // A command pod's only health is that it runs; the
+                    // proxy may reach the TCP ports it listens on.
+                    probed = None;
+                    let ports: Vec<u16> = pod
+                        .spec
+                        .network
+                        .listen
+                        .iter()
+                        .filter(|l| l.protocol == flotilla_api::objects::network::Protocol::Tcp)
+                        .map(|l| l.port)
+                        .collect();
+                    if !ports.is_empty() {
+                        _serving = Some(ctx.served.register_tcp(&key, &pod.metadata.uid, ports));
+                    }
                     Box::pin(ctx.runtime.run(&p, spec, sink))
                 };
+                let mut probes = Probes::new(
+                    pod.spec.startup_probe.as_ref(),
+                    pod.spec.liveness_probe.as_ref(),
+                    pod.spec.readiness_probe.as_ref(),
+                );
                 tokio::pin!(keep, sizes, instance);
                 // Refusals are reported at most once a second while it runs.
                 let mut refused_report: Option<tokio::time::Instant> = None;
@@ -304,13 +333,30 @@ async fn run(
                                 RunOutcome::Failed { reason, message } => exit_event(&reason, message),
                             }
                         }
+                        verdict = async {
+                            match &http_pod {
+                                Some(p) => probes.next_verdict(p).await,
+                                None => std::future::pending().await,
+                            }
+                        } => match verdict {
+                            Verdict::Restart(why) => {
+                                tracing::warn!(pod = %key, %why, "restarting an unhealthy pod");
+                                exit_event("Unhealthy", why)
+                            }
+                            Verdict::Ready(ready, why) => {
+                                tracing::info!(pod = %key, ready, %why, "readiness changed");
+                                probed = Some((ready, why));
+                                report(&ctx, &last, &mut pod, &machine, module_condition.as_ref(), &refusals, probed.as_ref());
+                                continue;
+                            }
+                        },
                         _ = refusals.changed.notified(), if refused_report.is_none() => {
                             refused_report = Some(tokio::time::Instant::now() + REFUSAL_REPORT);
                             continue;
                         }
                         _ = tokio::time::sleep_until(report_at), if refused_report.is_some() => {
                             refused_report = None;
-                            report(&ctx, &last, &mut pod, &machine, module_condition.as_ref(), &refusals);
+                            report(&ctx, &last, &mut pod, &machine, module_condition.as_ref(), &refusals, probed.as_ref());
                             continue;
                         }
                     };
@@ -386,6 +432,7 @@ fn report(
     machine: &PodMachine,
     module: Option<&PodCondition>,
     refusals: &Refusals,
+    probed: Option<&(bool, String)>,
 ) {
     let mut status = machine.status();
     status.network_refusals = refusals.snapshot();
@@ -394,17 +441,19 @@ fn report(
         status.set_condition(c.clone());
     }
     let running = status.phase == PodPhase::Running && status.reason.is_empty();
-    let was_running = pod
-        .status
-        .condition(condition::READY)
-        .is_some_and(|c| c.status);
-    if running != was_running || pod.status.condition(condition::READY).is_none() {
+    // A readiness probe has the last word while the program runs.
+    let (ready, reason, message) = match probed {
+        Some((false, why)) if running => (false, "ReadinessProbeFailed".to_string(), why.clone()),
+        _ => (running, status.reason.clone(), String::new()),
+    };
+    let was = pod.status.condition(condition::READY);
+    if was.is_none_or(|c| c.status != ready || c.reason != reason) {
         status.set_condition(PodCondition {
             type_: condition::READY.into(),
-            status: running,
+            status: ready,
             last_transition_time: Some(Time::now()),
-            reason: status.reason.clone(),
-            message: String::new(),
+            reason,
+            message,
         });
     }
     status.observed_generation = pod.status.observed_generation + 1;
@@ -629,6 +678,7 @@ mod tests {
             reports: report_tx,
             in_use: InUse::default(),
             volumes: crate::volumes::VolumeConfig::new(dir.path(), "n1", vec![]),
+            served: Default::default(),
         });
         let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
         let a = start(pod("a", &ticker, RestartPolicy::Always));

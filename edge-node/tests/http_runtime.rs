@@ -210,3 +210,55 @@ async fn a_memory_bomb_is_contained_per_request_and_per_pod() {
     // Once it is done, the pool is whole again.
     assert_eq!(call(&pod, get("/alloc?mib=30")).await.0, 200);
 }
+
+/// A one-shot HTTP server on loopback: its port.
+async fn tiny_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+                )
+                .await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn outgoing_requests_go_only_where_the_network_allows() {
+    let (rt, _dir) = runtime();
+    let port = tiny_server().await;
+    let allowed: flotilla_api::objects::network::NetworkSpec =
+        serde_yaml::from_str(&format!("allow: [{{host: 127.0.0.1, ports: [{port}]}}]")).unwrap();
+    let (allowance, _) =
+        flotilla_node::network::Allowance::resolve(&allowed, |_| async { Ok(Vec::new()) }).await;
+    let spec = RunSpec {
+        network: Arc::new(allowance),
+        ..RunSpec::default()
+    };
+    let (pod, _) = serve(&rt, "slow", spec, limits(2, 10_000));
+    let (status, body) = call(&pod, get(&format!("/fetch?port={port}"))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "fetched 200: hello"),
+        "{body}"
+    );
+
+    // No allowance: refused, and counted.
+    let refusals = Arc::new(flotilla_node::network::Refusals::default());
+    let spec = RunSpec {
+        refusals: refusals.clone(),
+        ..RunSpec::default()
+    };
+    let (pod, _) = serve(&rt, "slow", spec, limits(2, 10_000));
+    let (status, body) = call(&pod, get(&format!("/fetch?port={port}"))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    assert_eq!(refusals.snapshot().map(|r| r.count), Some(1));
+}

@@ -204,6 +204,11 @@ pub struct Endpoint {
     /// said.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub proxy: String,
+    /// What the pod's program is (its module's `status.workload`): `http`
+    /// pods are served request by request, `command` pods by forwarding
+    /// TCP connections to the port they listen on.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub workload: String,
 }
 
 /// A port of the Service's pods.

@@ -231,7 +231,10 @@ impl Fleet {
             name,
             "--data-dir",
         ])
-        .arg(&data);
+        .arg(&data)
+        // Nodes of one fleet may share a network namespace: any free peer
+        // port each, and no host-routing port.
+        .args(["--proxy-peer-port", "0", "--host-port", "0"]);
         if !data.join("credentials.yaml").exists() {
             let token = self.ok(&["token", "create"]).trim().to_string();
             cmd.args(["--token", &token]);

@@ -378,3 +378,29 @@ pub fn proxy_args(given: &[&str]) -> Vec<String> {
     }
     out
 }
+
+/// One HTTP/1.0 request (so the answer ends with the connection): the
+/// status and body, or None if no answer came.
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut s, head.as_bytes()).ok()?;
+    // Written beside the reading: an echo answers while the body still
+    // comes, and neither side may wait for the other to finish.
+    let mut writer = s.try_clone().ok()?;
+    let body = body.to_vec();
+    let sent = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &body).is_ok());
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut out).ok()?;
+    if !sent.join().unwrap_or(false) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}

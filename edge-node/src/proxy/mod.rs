@@ -30,7 +30,7 @@ use flotilla_api::objects::service::{Endpoints, Service, SessionAffinity};
 use flotilla_api::protocol::{EventType, ListOptions, Request, Response, WatchOptions};
 use flotilla_api::{Kind, Object};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use served::Served;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -56,17 +56,7 @@ const RESYNC: Duration = Duration::from_secs(1);
 
 /// A plain-text response the proxy makes itself.
 pub fn plain(status: u16, message: &str) -> http::Response<ProxyBody> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut response = http::Response::new(body);
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    crate::runtime::http::error_response(status, message).map(boxed)
 }
 
 /// Any streamed body as a [`ProxyBody`].
@@ -458,6 +448,22 @@ async fn listen(inner: Arc<Inner>, port: u16, stop: CancellationToken) {
         let _ = stream.set_nodelay(true);
         let inner = inner.clone();
         let stop = stop.clone();
+        if !host_port {
+            let table = inner
+                .table
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(route) = table.ports.get(&port).filter(|r| r.tcp).cloned() {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = inner.forward_tcp(&route, stream, client) => {}
+                    }
+                });
+                continue;
+            }
+        }
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -634,7 +640,7 @@ impl Inner {
                 Err(peer::ForwardError::Unreached(back, e)) => {
                     self.failed(target, Failure::Unreachable);
                     last_error = e;
-                    req = Some(back);
+                    req = Some(*back);
                 }
                 Err(peer::ForwardError::Lost(e)) => {
                     self.failed(target, Failure::Unreachable);
@@ -666,6 +672,66 @@ impl Inner {
                 route.service
             ),
         )
+    }
+
+    /// Forwards a TCP connection to one of `route`'s command pods: to its
+    /// port on this node, or over QUIC to its node; once more to another
+    /// pod if the first cannot be reached. Nothing is read from the client
+    /// before a pod is reached.
+    async fn forward_tcp(&self, route: &Route, client: tokio::net::TcpStream, from: SocketAddr) {
+        let affinity = (route.affinity == SessionAffinity::ClientIp).then_some(from.ip());
+        let mut tried: Vec<&str> = Vec::new();
+        for _attempt in 0..2 {
+            let Some(target) = self.choose(route, affinity, &tried) else {
+                break;
+            };
+            tried.push(&target.uid);
+            let _counted = self.count(&target.uid);
+            if target.node == self.node {
+                if !self.served.tcp_port(&target.pod, &target.uid, target.port) {
+                    self.failed(target, Failure::Unreachable);
+                    continue;
+                }
+                match tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, target.port))
+                    .await
+                {
+                    Ok(mut pod) => {
+                        self.observe(target, http::StatusCode::OK);
+                        let mut client = client;
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut pod).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %target.pod, error = %e, "a TCP pod does not answer");
+                        self.failed(target, Failure::Unreachable);
+                        continue;
+                    }
+                }
+            }
+            match self
+                .peers
+                .open_tcp(
+                    &target.node,
+                    &target.proxy,
+                    &target.pod,
+                    &target.uid,
+                    target.port,
+                )
+                .await
+            {
+                Ok((send, recv)) => {
+                    self.observe(target, http::StatusCode::OK);
+                    peer::splice(client, send, recv).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(pod = %target.pod, error = %e, "cannot reach a TCP pod");
+                    self.failed(target, Failure::Unreachable);
+                }
+            }
+        }
+        // No pod: the connection is closed, as a port nobody serves.
+        tracing::debug!(service = %route.service, "no pod took a TCP connection");
     }
 
     /// Picks a target of `route` not yet `tried`.

@@ -35,10 +35,19 @@ const MAX_HEAD: usize = 64 * 1024;
 /// flight to it fail (and are tried elsewhere when they may be).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Bytes of one stream's body in flight between two nodes.
+const STREAM_WINDOW: u32 = 1 << 20;
+
 /// The transport settings of connections between nodes.
 pub fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // What one request may have in flight each way, and all of a
+    // connection's: bodies pass through in bounded memory (quinn's
+    // defaults allow about 10 MB queued per connection).
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
+    t.send_window(u64::from(4 * STREAM_WINDOW));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     Arc::new(t)
 }
@@ -55,6 +64,9 @@ pub struct PeerHead {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The client's address, for the pod's `x-forwarded-for`.
     pub client: Option<IpAddr>,
+    /// A TCP connection to this port of a command pod rather than an HTTP
+    /// request: after the answer, the stream carries its bytes both ways.
+    pub tcp_port: Option<u16>,
 }
 
 /// An answer as forwarded back.
@@ -90,11 +102,19 @@ fn from_pairs(pairs: Vec<(String, Vec<u8>)>) -> Result<http::HeaderMap, String> 
 pub struct RecvBody {
     recv: quinn::RecvStream,
     done: bool,
+    /// Read into, then copied out at the size read: a frame that keeps a
+    /// whole buffer for a packet's worth of bytes would multiply what a
+    /// slow client makes the proxy hold.
+    scratch: Box<[u8]>,
 }
 
 impl RecvBody {
     pub fn new(recv: quinn::RecvStream) -> RecvBody {
-        RecvBody { recv, done: false }
+        RecvBody {
+            recv,
+            done: false,
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+        }
     }
 }
 
@@ -109,22 +129,21 @@ impl http_body::Body for RecvBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut read = tokio::io::ReadBuf::new(&mut buf);
-        match tokio::io::AsyncRead::poll_read(Pin::new(&mut self.recv), cx, &mut read) {
+        let this = &mut *self;
+        let mut read = tokio::io::ReadBuf::new(&mut this.scratch);
+        match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.recv), cx, &mut read) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => {
-                self.done = true;
+                this.done = true;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(Ok(())) => {
-                let n = read.filled().len();
-                if n == 0 {
-                    self.done = true;
+                if read.filled().is_empty() {
+                    this.done = true;
                     return Poll::Ready(None);
                 }
-                buf.truncate(n);
-                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(buf)))))
+                let data = Bytes::copy_from_slice(read.filled());
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
             }
         }
     }
@@ -214,6 +233,9 @@ async fn answer(
     let Some(head) = read_frame::<PeerHead>(&mut recv).await? else {
         return Ok(());
     };
+    if let Some(port) = head.tcp_port {
+        return answer_tcp(send, recv, served, &head, port).await;
+    }
     let (response, here) = match request_of(&head, recv) {
         Err(message) => (super::plain(400, &message), true),
         Ok(request) => match served.get(&head.pod, &head.uid) {
@@ -250,6 +272,58 @@ async fn answer(
     Ok(())
 }
 
+/// Serves one forwarded TCP connection: to the pod's port on this node, if
+/// the pod runs here and may listen there (nothing else of the node is
+/// reachable this way).
+async fn answer_tcp(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    served: &Served,
+    head: &PeerHead,
+    port: u16,
+) -> Result<(), NetError> {
+    let refuse = |status: u16| PeerAnswer {
+        status,
+        headers: vec![(super::NOT_HERE.to_string(), b"1".to_vec())],
+    };
+    if !served.tcp_port(&head.pod, &head.uid, port) {
+        return write_frame(&mut send, &refuse(503)).await;
+    }
+    let local = match tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await {
+        Ok(s) => s,
+        Err(_) => return write_frame(&mut send, &refuse(502)).await,
+    };
+    write_frame(
+        &mut send,
+        &PeerAnswer {
+            status: 200,
+            headers: Vec::new(),
+        },
+    )
+    .await?;
+    splice(local, send, recv).await;
+    Ok(())
+}
+
+/// Carries bytes between a TCP connection and a QUIC stream, both ways,
+/// until both ends have finished.
+pub async fn splice(
+    tcp: tokio::net::TcpStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (mut from_tcp, mut to_tcp) = tcp.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut from_tcp, &mut send).await;
+        let _ = send.finish();
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut recv, &mut to_tcp).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_tcp).await;
+    };
+    tokio::join!(up, down);
+}
+
 /// The request `head` describes, its body read from `recv`.
 fn request_of(head: &PeerHead, recv: quinn::RecvStream) -> Result<http::Request<RecvBody>, String> {
     if head_bytes(&head.headers) > MAX_HEAD {
@@ -269,7 +343,7 @@ fn request_of(head: &PeerHead, recv: quinn::RecvStream) -> Result<http::Request<
 pub enum ForwardError<B> {
     /// Nothing reached the peer: the request is handed back, to be tried
     /// elsewhere.
-    Unreached(http::Request<B>, String),
+    Unreached(Box<http::Request<B>>, String),
     /// The request was sent but no answer came.
     Lost(String),
 }
@@ -366,7 +440,7 @@ impl Peers {
         };
         let (mut send, mut recv) = match opened {
             Ok(s) => s,
-            Err(e) => return Err(ForwardError::Unreached(request, e)),
+            Err(e) => return Err(ForwardError::Unreached(Box::new(request), e)),
         };
         let head = PeerHead {
             pod: pod.to_string(),
@@ -379,9 +453,10 @@ impl Peers {
                 .unwrap_or_else(|| "/".into()),
             headers: to_pairs(request.headers()),
             client,
+            tcp_port: None,
         };
         if let Err(e) = write_frame(&mut send, &head).await {
-            return Err(ForwardError::Unreached(request, e.to_string()));
+            return Err(ForwardError::Unreached(Box::new(request), e.to_string()));
         }
         tokio::spawn(pump(request.into_body(), send));
         let answer = match read_frame::<PeerAnswer>(&mut recv).await {
@@ -405,5 +480,41 @@ impl Peers {
         })?;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+
+    /// Opens a TCP connection to `port` of command pod `pod` (uid `uid`) on
+    /// `node`, whose proxy is at `addr`: the stream to splice the client's
+    /// connection with, or why not (then nothing reached the pod).
+    pub async fn open_tcp(
+        &self,
+        node: &str,
+        addr: &str,
+        pod: &str,
+        uid: &str,
+        port: u16,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let conn = self.connection(node, addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let head = PeerHead {
+            pod: pod.to_string(),
+            uid: uid.to_string(),
+            method: String::new(),
+            uri: String::new(),
+            headers: Vec::new(),
+            client: None,
+            tcp_port: Some(port),
+        };
+        write_frame(&mut send, &head)
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_frame::<PeerAnswer>(&mut recv).await {
+            Ok(Some(a)) if a.status == 200 => Ok((send, recv)),
+            Ok(Some(a)) => Err(format!(
+                "node {node} cannot reach port {port} of pod {pod} (status {})",
+                a.status
+            )),
+            Ok(None) => Err(format!("node {node} closed the connection")),
+            Err(e) => Err(format!("node {node}: {e}")),
+        }
     }
 }

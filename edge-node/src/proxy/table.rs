@@ -19,6 +19,8 @@ pub struct Target {
     pub proxy: String,
     /// The pod's port (a TCP pod's listener; nothing for an http pod).
     pub port: u16,
+    /// A command pod, reached by forwarding TCP connections to `port`.
+    pub tcp: bool,
 }
 
 /// One Service port: where its traffic may go.
@@ -34,6 +36,9 @@ pub struct Route {
     pub ready: Vec<Target>,
     /// Selected pods that are not ready (for messages).
     pub not_ready: usize,
+    /// Its pods are command pods: connections are forwarded as they are
+    /// (TCP), not served as HTTP requests.
+    pub tcp: bool,
 }
 
 /// A host name of a Service on the shared host-routing port.
@@ -77,6 +82,7 @@ impl Table {
                         node: e.node.clone(),
                         proxy: e.proxy.clone(),
                         port: port.target(),
+                        tcp: e.workload == "command",
                     })
                     .collect();
                 ready.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -86,6 +92,7 @@ impl Table {
                     protocol: port.protocol,
                     affinity: svc.spec.session_affinity,
                     not_ready: list.len() - ready.len(),
+                    tcp: !ready.is_empty() && ready.iter().all(|t| t.tcp),
                     ready,
                 });
                 first.get_or_insert_with(|| route.clone());
@@ -156,7 +163,7 @@ mod tests {
         );
         let eps = endpoints(
             "metadata: {name: web, namespace: shop}\n\
-             endpoints: [{pod: b, uid: ub, node: n2, ready: true, proxy: '10.0.0.2:7446'},\n\
+             endpoints: [{pod: b, uid: ub, node: n2, ready: true, proxy: '10.0.0.2:7446', workload: http},\n\
              {pod: a, uid: ua, node: n1, ready: true}, {pod: c, uid: uc, node: n1}]",
         );
         let other = service("metadata: {name: api, namespace: shop}\nspec: {selector: {app: api}, ports: [{port: 30100}]}");
@@ -171,12 +178,23 @@ mod tests {
         assert_eq!(t.ports[&30090].ready[0].port, 9000);
         // No Endpoints yet: a route with nobody behind it.
         assert!(t.ports[&30100].ready.is_empty());
+        assert!(!web.tcp, "http pods are served as HTTP");
         // Host names go to the Service's first port.
         assert_eq!(t.for_host("shop.local").map(|r| r.port), Some(30080));
         assert_eq!(t.for_host("SHOP.local:8080").map(|r| r.port), Some(30080));
         assert_eq!(t.for_host("eu.shop.local").map(|r| r.port), Some(30080));
         assert_eq!(t.for_host("xshop.local"), None);
         assert_eq!(t.for_host("other.local"), None);
+    }
+
+    #[test]
+    fn command_pods_are_reached_over_tcp() {
+        let svc = service("metadata: {name: db, namespace: d}\nspec: {selector: {app: db}, ports: [{port: 30500, targetPort: 5000}]}");
+        let eps = endpoints("metadata: {name: db, namespace: d}\nendpoints: [{pod: a, uid: ua, node: n1, ready: true, workload: command}]");
+        let t = Table::build(&[svc], &[eps]);
+        let r = &t.ports[&30500];
+        assert!(r.tcp);
+        assert_eq!(r.ready[0].port, 5000);
     }
 
     #[test]

@@ -198,11 +198,20 @@ impl HttpPod {
     /// Serves one request in a fresh instance. Never fails: what goes wrong
     /// (too many requests, a timeout, a trap) is an error response that
     /// says so.
-    pub async fn handle<B>(&self, request: http::Request<B>) -> http::Response<ResponseBody>
+    pub async fn handle<B>(&self, mut request: http::Request<B>) -> http::Response<ResponseBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        // wasi:http wants an authority; an HTTP/1.0 client may send none.
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return error_response(
                 503,

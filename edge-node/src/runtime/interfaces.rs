@@ -375,7 +375,7 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(all, sorted);
-        assert_eq!(all.len(), 29);
+        assert_eq!(all.len(), 31);
         let names: Vec<&str> = p2_table::<super::super::P2State>()
             .iter()
             .map(|(n, _)| *n)
@@ -442,10 +442,12 @@ mod tests {
             bad("wasi:socket"),
             DenyError::MatchesNothing { .. }
         ));
-        assert!(matches!(bad("wasi:http"), DenyError::MatchesNothing { .. }));
-        assert!(bad("wasi:http")
+        assert!(matches!(bad("wasi:htp"), DenyError::MatchesNothing { .. }));
+        assert!(bad("wasi:htp")
             .to_string()
             .contains("wasi:cli/stdout@0.2.12"));
+        // wasi:http is linked for http pods, and may be withheld.
+        assert!(Deny::new(["wasi:http".to_string()]).is_ok());
         assert_eq!(
             deny(&["wasi:sockets", "wasi:sockets/"]).prefixes(),
             ["wasi:sockets"]
@@ -536,8 +538,8 @@ mod tests {
     fn the_sample_workloads_import_only_what_nodes_provide() {
         let engine = wasmtime::Engine::default();
         let listed = all();
-        let mut linker = Linker::<super::super::P2State>::new(&engine);
-        add_p2_to_linker(&mut linker, &Deny::default()).expect("links");
+        let mut linker = Linker::<super::super::http::HttpState>::new(&engine);
+        add_http_to_linker(&mut linker, &Deny::default()).expect("links");
         for name in flotilla_workloads::NAMES {
             let path = flotilla_workloads::path(name);
             let c = wasmtime::component::Component::from_file(&engine, &path)

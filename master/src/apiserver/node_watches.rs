@@ -285,8 +285,10 @@ mod tests {
             serde_yaml::from_str("metadata: {name: web, namespace: default}\nspec: {selector: {app: web}, ports: [{port: 30080}]}")
                 .expect("service");
         create(&store, Object::Service(svc));
-        let mut eps = flotilla_api::objects::service::Endpoints::default();
-        eps.metadata = ObjectMeta::named("default", "web-eps");
+        let eps = flotilla_api::objects::service::Endpoints {
+            metadata: ObjectMeta::named("default", "web-eps"),
+            ..Default::default()
+        };
         create(&store, Object::Endpoints(eps));
         for w in [&mut n1, &mut n2] {
             assert_eq!(next_name(w).await, "web");

@@ -37,10 +37,17 @@ pub fn is_ready(pod: &Pod) -> bool {
     pod.status.phase == PodPhase::Running && ready_since(pod).is_some()
 }
 
+/// What the Endpoints controller looks up beside pods: where a node's
+/// proxy is reached, and what a module's program is (empty when unknown).
+pub struct Lookups<'a> {
+    pub proxy_of: &'a dyn Fn(&str) -> String,
+    pub workload_of: &'a dyn Fn(&str) -> String,
+}
+
 /// The Endpoints `svc` calls for, given `pods` (any pods; those it selects
-/// that are bound and have not ended are listed) and where each node's
-/// proxy is reached (`proxy_of`, empty when unknown).
-pub fn wanted(svc: &Service, pods: &[&Pod], proxy_of: &dyn Fn(&str) -> String) -> Endpoints {
+/// that are bound and have not ended are listed) and `look` for their nodes
+/// and modules.
+pub fn wanted(svc: &Service, pods: &[&Pod], look: &Lookups<'_>) -> Endpoints {
     let mut endpoints: Vec<Endpoint> = pods
         .iter()
         .filter(|p| selects(svc, p) && is_active(p))
@@ -49,7 +56,8 @@ pub fn wanted(svc: &Service, pods: &[&Pod], proxy_of: &dyn Fn(&str) -> String) -
             Some(Endpoint {
                 pod: p.metadata.name.clone(),
                 uid: p.metadata.uid.clone(),
-                proxy: proxy_of(&node),
+                proxy: (look.proxy_of)(&node),
+                workload: (look.workload_of)(&p.spec.module),
                 node,
                 ready: is_ready(p),
             })
@@ -174,7 +182,22 @@ impl Reconciler for EndpointsController {
                     .map(|n| n.status.proxy_endpoint.clone())
                     .unwrap_or_default()
             };
-            plan(wanted(svc, &pods, &proxy_of), stored).map(|e| (e, stored.is_some()))
+            let workload_of = |digest: &str| {
+                state
+                    .get(&object_key(
+                        Kind::Module,
+                        "",
+                        &flotilla_api::objects::module_name(digest),
+                    ))
+                    .and_then(|o| o.as_kind::<flotilla_api::objects::Module>())
+                    .map(|m| m.status.workload.clone())
+                    .unwrap_or_default()
+            };
+            let look = Lookups {
+                proxy_of: &proxy_of,
+                workload_of: &workload_of,
+            };
+            plan(wanted(svc, &pods, &look), stored).map(|e| (e, stored.is_some()))
         };
         let Some((endpoints, exists)) = write else {
             return Ok(None);
@@ -203,9 +226,14 @@ mod tests {
     use super::*;
     use flotilla_api::objects::{condition, PodCondition};
 
-    fn no_proxy(_: &str) -> String {
+    fn nothing(_: &str) -> String {
         String::new()
     }
+
+    const NO_LOOKUPS: Lookups<'static> = Lookups {
+        proxy_of: &nothing,
+        workload_of: &nothing,
+    };
 
     fn service() -> Service {
         let mut s: Service = serde_yaml::from_str(
@@ -252,7 +280,7 @@ mod tests {
         let got = wanted(
             &svc,
             &[&b, &a, &pending, &other, &ended, &elsewhere, &lost],
-            &no_proxy,
+            &NO_LOOKUPS,
         );
         let rows: Vec<(&str, &str, bool)> = got
             .endpoints
@@ -277,13 +305,13 @@ mod tests {
     fn written_only_when_it_changes() {
         let svc = service();
         let a = pod("web-a", "web", Some("n1"), true);
-        let first = plan(wanted(&svc, &[&a], &no_proxy), None).expect("create");
+        let first = plan(wanted(&svc, &[&a], &NO_LOOKUPS), None).expect("create");
         let mut stored = first.clone();
         stored.metadata.uid = "ep-uid".into();
         stored.metadata.resource_version = 7;
-        assert_eq!(plan(wanted(&svc, &[&a], &no_proxy), Some(&stored)), None);
+        assert_eq!(plan(wanted(&svc, &[&a], &NO_LOOKUPS), Some(&stored)), None);
         let not_ready = pod("web-a", "web", Some("n1"), false);
-        let update = plan(wanted(&svc, &[&not_ready], &no_proxy), Some(&stored)).expect("update");
+        let update = plan(wanted(&svc, &[&not_ready], &NO_LOOKUPS), Some(&stored)).expect("update");
         assert!(!update.endpoints[0].ready);
         assert_eq!(
             (
@@ -294,7 +322,7 @@ mod tests {
         );
         let mut relabelled = svc.clone();
         relabelled.spec.selector.insert("tier".into(), "x".into());
-        assert!(plan(wanted(&relabelled, &[&a], &no_proxy), Some(&stored))
+        assert!(plan(wanted(&relabelled, &[&a], &NO_LOOKUPS), Some(&stored))
             .expect("update")
             .endpoints
             .is_empty());

@@ -486,6 +486,34 @@ pub fn pod_events(old: &Pod, new: &Pod) -> Vec<Happening> {
             .on(node),
         );
     }
+    // Probes: a failed liveness or startup probe ends the run as
+    // `Unhealthy`; a failed readiness probe turns Ready false.
+    let unhealthy_run = |s: &flotilla_api::objects::PodStatus| {
+        s.reason == "CrashLoopBackOff" && s.message.contains("(last run: Unhealthy: ")
+    };
+    if unhealthy_run(n) && (!unhealthy_run(o) || restarted) {
+        let why = n
+            .message
+            .split_once("(last run: Unhealthy: ")
+            .map(|(_, w)| w.trim_end_matches(')'))
+            .unwrap_or_default();
+        out.push(
+            Happening::warning(
+                "node",
+                "Unhealthy",
+                format!("{why}; restarting the program"),
+            )
+            .on(node),
+        );
+    }
+    let unready = |s: &flotilla_api::objects::PodStatus| {
+        s.condition(condition::READY)
+            .filter(|c| !c.status && c.message.starts_with("readiness probe failed"))
+            .map(|c| c.message.clone())
+    };
+    if let Some(why) = unready(n).filter(|w| unready(o).as_ref() != Some(w)) {
+        out.push(Happening::warning("node", "Unhealthy", why).on(node));
+    }
     if n.reason == "CrashLoopBackOff" && (o.reason != "CrashLoopBackOff" || restarted) {
         out.push(
             Happening::warning(
@@ -591,6 +619,42 @@ mod tests {
 
     fn reasons(h: &[Happening]) -> Vec<&str> {
         h.iter().map(|h| h.reason).collect()
+    }
+
+    #[test]
+    fn failing_probes_read_as_unhealthy() {
+        let mut running = pod();
+        running.spec.node_name = Some("n1".into());
+        running.status.phase = PodPhase::Running;
+        let mut unready = running.clone();
+        unready.status.set_condition(PodCondition {
+            type_: condition::READY.into(),
+            status: false,
+            reason: "ReadinessProbeFailed".into(),
+            message: "readiness probe failed: GET /healthz answered 503".into(),
+            ..PodCondition::default()
+        });
+        let got = pod_events(&running, &unready);
+        assert_eq!(reasons(&got), ["Unhealthy"]);
+        assert_eq!(
+            got[0].message,
+            "readiness probe failed: GET /healthz answered 503"
+        );
+        assert!(pod_events(&unready, &unready).is_empty());
+        let mut restarting = running.clone();
+        restarting.status.reason = "CrashLoopBackOff".into();
+        restarting.status.message = "back-off 10s restarting pod (last run: Unhealthy: liveness probe failed 3 times: GET /healthz answered 503)".into();
+        restarting.status.restart_count = 1;
+        let got = pod_events(&running, &restarting);
+        assert!(reasons(&got).contains(&"Unhealthy"), "{got:?}");
+        let h = got
+            .iter()
+            .find(|h| h.reason == "Unhealthy")
+            .expect("unhealthy");
+        assert_eq!(
+            h.message,
+            "liveness probe failed 3 times: GET /healthz answered 503; restarting the program"
+        );
     }
 
     #[test]

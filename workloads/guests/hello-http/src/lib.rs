@@ -5,9 +5,11 @@
 //! request at its pod. A fresh instance serves each request, so the guest
 //! itself remembers nothing between requests.
 //!
-//! `GET /healthz` answers `ok` (200), or `unhealthy` (503) while the file
-//! named by `UNHEALTHY_FILE` exists: a health endpoint that a test (or an
-//! operator) can turn off and on from outside the pod.
+//! Health endpoints that a test (or an operator) turns off and on from
+//! outside the pod, through a directory mounted at `UNHEALTHY_DIR`:
+//! `GET /healthz` answers `ok` (200), or `unhealthy` (503) while a file
+//! named after the pod (or `all`) is there; `GET /livez` the same with a
+//! file `POD.dead` (or `all.dead`).
 
 use std::io::Write as _;
 
@@ -22,29 +24,43 @@ struct Hello;
 impl wasi::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        let (status, text) = if path == "/healthz" || path.starts_with("/healthz?") {
-            health()
-        } else {
-            (200, greeting())
+        let route = path.split('?').next().unwrap_or_default();
+        let (status, text) = match route {
+            "/healthz" => health(""),
+            "/livez" => health(".dead"),
+            _ => (200, greeting()),
         };
         respond(out, status, &text);
     }
 }
 
-fn greeting() -> String {
-    let pod = std::env::var("POD_NAME")
+fn pod_name() -> String {
+    std::env::var("POD_NAME")
         .ok()
         .or_else(|| std::env::args().next())
-        .unwrap_or_else(|| "an unnamed pod".into());
+        .unwrap_or_else(|| "an unnamed pod".into())
+}
+
+fn greeting() -> String {
+    let pod = pod_name();
     let node = std::env::var("NODE_NAME").unwrap_or_else(|_| "an unnamed node".into());
     let n = std::env::var("FLOTILLA_REQUEST").unwrap_or_else(|_| "?".into());
     format!("hello from {pod} on {node} (request {n})\n")
 }
 
-fn health() -> (u16, String) {
-    match std::env::var("UNHEALTHY_FILE") {
-        Ok(file) if std::path::Path::new(&file).exists() => (503, "unhealthy\n".into()),
-        _ => (200, "ok\n".into()),
+/// 503 while `UNHEALTHY_DIR` holds `POD{suffix}` or `all{suffix}`.
+fn health(suffix: &str) -> (u16, String) {
+    let Ok(dir) = std::env::var("UNHEALTHY_DIR") else {
+        return (200, "ok\n".into());
+    };
+    let dir = std::path::Path::new(&dir);
+    let flagged = [pod_name(), "all".to_string()]
+        .iter()
+        .any(|name| dir.join(format!("{name}{suffix}")).exists());
+    if flagged {
+        (503, "unhealthy\n".into())
+    } else {
+        (200, "ok\n".into())
     }
 }
 
