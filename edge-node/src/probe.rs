@@ -102,11 +102,6 @@ impl Probes {
         }
     }
 
-    /// Whether the pod has a readiness probe (else it is ready while it runs).
-    pub fn has_readiness(&self) -> bool {
-        self.readiness.is_some()
-    }
-
     /// Runs the probes against `pod` until one says something.
     pub async fn next_verdict(&mut self, pod: &HttpPod) -> Verdict {
         loop {

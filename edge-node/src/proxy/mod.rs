@@ -201,25 +201,11 @@ impl Proxy {
         &self.inner.advertised
     }
 
-    /// The http pods this node serves.
-    pub fn served(&self) -> &Served {
-        &self.inner.served
-    }
-
     /// Renewed credentials: used for every connection from now on.
     pub fn set_credentials(&self, ck: &CertifiedKey) -> Result<(), String> {
         let server = server_config(ck, &self.inner.ca_pem)?;
         self.inner.peer_endpoint.set_server_config(Some(server));
         self.inner.peers.set_credentials(ck, &self.inner.ca_pem)
-    }
-
-    /// The current table.
-    pub fn table(&self) -> Arc<Table> {
-        self.inner
-            .table
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Makes `table` the one requests are routed by, and opens and closes
@@ -232,11 +218,18 @@ impl Proxy {
             .values()
             .flat_map(|r| r.ready.iter().map(|t| t.uid.as_str()))
             .collect();
+        // What is known of pods that left the table goes with them (a
+        // counter still in use stays until its requests end).
         self.inner
             .outliers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k| uids.contains(k));
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, c| uids.contains(k.as_str()) || c.load(Ordering::Relaxed) > 0);
         let mut wanted: Vec<u16> = table
             .ports
             .iter()

@@ -69,15 +69,6 @@ impl Served {
     pub fn tcp_port(&self, key: &str, uid: &str, port: u16) -> bool {
         matches!(self.entry(key, uid), Some(Serving::Tcp(ports)) if ports.contains(&port))
     }
-
-    /// How many pods are served here.
-    pub fn len(&self) -> usize {
-        self.pods.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A pod's place in [`Served`]; dropping it stops serving the pod.

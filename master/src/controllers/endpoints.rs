@@ -138,7 +138,7 @@ impl Reconciler for EndpointsController {
             // Where a node's proxy is reached is in every Endpoints that
             // lists one of its pods.
             Object::Node(n) => {
-                let before = old.and_then(|o| o.as_kind::<flotilla_api::Node>());
+                let before = old.and_then(|o| o.as_node());
                 if before.is_none_or(|b| b.status.proxy_endpoint != n.status.proxy_endpoint) {
                     out.extend(self.all_keys(state));
                 }
@@ -178,7 +178,7 @@ impl Reconciler for EndpointsController {
             let proxy_of = |node: &str| {
                 state
                     .get(&object_key(Kind::Node, "", node))
-                    .and_then(|o| o.as_kind::<flotilla_api::Node>())
+                    .and_then(|o| o.as_node())
                     .map(|n| n.status.proxy_endpoint.clone())
                     .unwrap_or_default()
             };
