@@ -33,6 +33,8 @@ done
 pkgs=""
 command -v ip >/dev/null || pkgs="$pkgs iproute2"
 command -v nft >/dev/null || pkgs="$pkgs nftables"
+# curl: the TLS host-port test speaks HTTP/2 over TLS through it.
+command -v curl >/dev/null || pkgs="$pkgs curl"
 if [ $cross = 1 ]; then
     command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
     command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"

@@ -47,6 +47,22 @@ pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem(e.to_string()))
 }
 
+/// A certificate chain and its private key (PEM) as a server presents
+/// them: what a Service's TLS Secret holds. Fails when either does not
+/// parse, or the key is not the certificate's.
+pub fn serving_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs = parse_certs(cert_pem)?;
+    let key = provider()
+        .key_provider
+        .load_private_key(parse_key(key_pem)?)?;
+    let ck = rustls::sign::CertifiedKey::new(certs, key);
+    ck.keys_match()?;
+    Ok(Arc::new(ck))
+}
+
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in parse_certs(ca_pem)? {

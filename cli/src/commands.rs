@@ -650,6 +650,45 @@ pub async fn create_secret(
     create_object(config, Object::Secret(secret), "secret", name).await
 }
 
+/// `create secret tls NAME --cert FILE --key FILE`: a Secret of type
+/// `kubernetes.io/tls` with the PEM chain in `tls.crt` and its key in
+/// `tls.key`, checked here to be a usable pair.
+pub async fn create_tls_secret(
+    config: &Path,
+    name: &str,
+    namespace: &str,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    use flotilla_api::objects::service::{TLS_CERT_KEY, TLS_KEY_KEY, TLS_SECRET_TYPE};
+    let read = |flag: &str, p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}; give a PEM file", p.display()))
+    };
+    let (cert_pem, key_pem) = (read("--cert", cert)?, read("--key", key)?);
+    flotilla_api::tls::serving_key(&cert_pem, &key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "--cert {} and --key {} are not a usable pair: {e}; give the PEM certificate \
+             chain and the private key it was issued for",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t.as_bytes());
+    let secret = flotilla_api::objects::Secret {
+        metadata: flotilla_api::ObjectMeta::named(namespace, name),
+        type_: TLS_SECRET_TYPE.to_string(),
+        data: [
+            (TLS_CERT_KEY.to_string(), b64(&cert_pem)),
+            (TLS_KEY_KEY.to_string(), b64(&key_pem)),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    create_object(config, Object::Secret(secret), "secret", name).await
+}
+
 /// The keys and values of `--from-literal KEY=VALUE` and `--from-file
 /// [KEY=]PATH`, each key once.
 fn key_values(

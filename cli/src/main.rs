@@ -62,14 +62,21 @@ enum Command {
     },
     /// Create an object from the command line: `create namespace NAME`,
     /// `create configmap NAME --from-literal k=v --from-file path`,
-    /// `create secret generic NAME --from-literal k=v --from-file path`.
+    /// `create secret generic NAME --from-literal k=v --from-file path`,
+    /// `create secret tls NAME --cert FILE --key FILE`.
     Create {
         /// `namespace` (`ns`), `configmap` (`cm`) or `secret`.
         kind: String,
-        /// The object's name (for a secret: `generic`, then the name).
+        /// The object's name (for a secret: `generic` or `tls`, then the name).
         name: String,
-        /// A secret's name, after `generic`.
+        /// A secret's name, after `generic` or `tls`.
         secret_name: Option<String>,
+        /// A TLS secret's certificate chain, PEM.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// A TLS secret's private key, PEM.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         /// A key and its value, `KEY=VALUE` (repeatable).
         #[arg(long = "from-literal", value_name = "KEY=VALUE")]
         from_literal: Vec<String>,
@@ -412,10 +419,21 @@ struct OfferArgs {
     /// name host names (spec.hosts); 0 turns host routing off.
     #[arg(long, value_name = "PORT", default_value_t = 80)]
     host_port: u16,
+    /// The shared port that routes HTTPS by Host header to the Services that
+    /// name host names and a TLS Secret (spec.tls); 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = 443)]
+    host_tls_port: u16,
     /// Run no proxy on this node: it serves no Service port (its http pods
     /// are still reached through other nodes).
     #[arg(long)]
     no_proxy: bool,
+    /// Requests the node's http pods may serve at once, all pods together:
+    /// the slots of the instance pool each request takes one of (64-bit
+    /// machines reserve 4 GiB of address space per slot, not memory); a
+    /// request beyond gets 503. 0 turns the pool off: each request then
+    /// allocates its own instance.
+    #[arg(long, value_name = "N", default_value_t = flotilla_node::runtime::DEFAULT_HTTP_SLOTS)]
+    http_slots: u32,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -617,6 +635,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_pods: offer.max_pods,
                 allowed_host_paths: offer.allowed_host_paths,
                 proxy: offer.proxy,
+                http_slots: offer.http_slots,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -636,6 +655,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             name,
             secret_name,
+            cert,
+            key,
             from_literal,
             from_file,
             namespace,
@@ -650,13 +671,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
             }
             Some(flotilla_api::Kind::Secret) => match (name.as_str(), secret_name) {
-                ("generic", Some(secret)) => {
+                ("generic", Some(secret)) if cert.is_none() && key.is_none() => {
                     commands::create_secret(&config, &secret, &namespace, &from_literal, &from_file)
                         .await
                 }
+                ("tls", Some(secret)) if from_literal.is_empty() && from_file.is_empty() => {
+                    match (cert, key) {
+                        (Some(cert), Some(key)) => {
+                            commands::create_tls_secret(&config, &secret, &namespace, &cert, &key)
+                                .await
+                        }
+                        _ => Err(anyhow::anyhow!(
+                            "write `create secret tls NAME --cert FILE --key FILE` (both PEM)"
+                        )),
+                    }
+                }
                 _ => Err(anyhow::anyhow!(
                     "write `create secret generic NAME --from-literal k=v --from-file PATH` \
-                     (generic is the one type of secret made here; write a manifest for others)"
+                     or `create secret tls NAME --cert FILE --key FILE` (write a manifest \
+                     for other types)"
                 )),
             },
             _ => Err(anyhow::anyhow!(
@@ -800,6 +833,7 @@ struct Offer {
     max_pods: Option<u32>,
     allowed_host_paths: Vec<PathBuf>,
     proxy: Option<flotilla_node::proxy::ProxyConfig>,
+    http_slots: u32,
 }
 
 #[cfg(feature = "node")]
@@ -839,12 +873,19 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
         if low == 0 || low > high {
             return Err(bad());
         }
+        if a.host_port != 0 && a.host_port == a.host_tls_port {
+            anyhow::bail!(
+                "--host-port and --host-tls-port are both {}: give them different ports (80 and 443 by default)",
+                a.host_port
+            );
+        }
         Some(flotilla_node::proxy::ProxyConfig {
             address: a.proxy_address,
             peer_port: a.proxy_peer_port,
             advertise: a.advertise_address,
             ports: low..=high,
             host_port: (a.host_port != 0).then_some(a.host_port),
+            tls_port: (a.host_tls_port != 0).then_some(a.host_tls_port),
         })
     };
     Ok(Offer {
@@ -853,6 +894,7 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
         max_pods: a.max_pods,
         allowed_host_paths: a.allow_host_path.clone(),
         proxy,
+        http_slots: a.http_slots,
     })
 }
 
@@ -955,6 +997,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         max_pods: offer.max_pods,
         allowed_host_paths: offer.allowed_host_paths,
         proxy: offer.proxy,
+        http_slots: offer.http_slots,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

@@ -166,9 +166,17 @@ fn probes_affinity_host_names_and_large_bodies() {
     std::fs::create_dir_all(&flags).expect("flags dir");
     let flags_arg = flags.to_str().expect("utf8").to_string();
     let host_port = common::free_port().to_string();
+    let tls_port = common::free_port().to_string();
     c.start_node_args(
         "n1",
-        &["--allow-host-path", &flags_arg, "--host-port", &host_port],
+        &[
+            "--allow-host-path",
+            &flags_arg,
+            "--host-port",
+            &host_port,
+            "--host-tls-port",
+            &tls_port,
+        ],
     );
     c.start_node_args("n2", &["--allow-host-path", &flags_arg]);
     c.wait_node_ready("n1", "Ready", T);
@@ -261,9 +269,10 @@ fn probes_affinity_host_names_and_large_bodies() {
     );
 
     // A large body crosses nodes streamed: n1's proxy to echo on n2 and back.
+    // echo also takes the path /echo of secure.test, over TLS too.
     let echo_port = common::free_port();
     let echo = format!(
-        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {{app: echo}}\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  selector: {{app: echo}}\n  ports:\n  - {{port: {echo_port}}}\n",
+        "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {{app: echo}}\nspec:\n  module: {}\n  restartPolicy: Always\n  nodeSelector: {{flotilla.dev/hostname: n2}}\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  selector: {{app: echo}}\n  hosts: [secure.test/echo]\n  tls: {{secretName: secure-tls}}\n  ports:\n  - {{port: {echo_port}}}\n",
         flotilla_workloads::path("echo").display()
     );
     apply(&c, "echo.yaml", &echo);
@@ -290,6 +299,112 @@ fn probes_affinity_host_names_and_large_bodies() {
         grown < 24 << 20,
         "n1's peak grew by {grown} bytes from an 8 MiB to a 64 MiB body: bodies must stream"
     );
+
+    tls_and_path_prefixes(
+        &c,
+        &host_addr,
+        &format!("{}:{tls_port}", c.proxy_address("n1")),
+    );
+}
+
+/// The host ports of n1 (`plain`, `tls`): a path prefix of a name goes to
+/// its own Service; Services with `spec.tls` are served over TLS with the
+/// certificate of their Secret, HTTP/2 included.
+fn tls_and_path_prefixes(c: &Cluster, plain: &str, tls: &str) {
+    // Plain HTTP: /echo of secure.test is echo's, the rest the secure Service's.
+    let secure = "apiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: secure\nspec:\n  selector: {app: probed}\n  hosts: [secure.test]\n  tls: {secretName: secure-tls}\n  ports:\n  - {name: http, port: 30999}\n";
+    apply(c, "secure.yaml", secure);
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(plain).ok()?;
+        let head = format!("GET {path} HTTP/1.0\r\nHost: secure.test\r\n\r\n");
+        s.write_all(head.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains("200 OK").then_some(out)
+    };
+    let echoed = wait_for("/echo of secure.test to echo", T, || get("/echo/x?y=1"));
+    assert!(echoed.contains("GET /echo/x?y=1"), "{echoed}");
+    let root = wait_for("/ of secure.test to hello", T, || get("/"));
+    assert!(root.contains("hello from probed-"), "{root}");
+
+    // A key that is not the certificate's is refused before it is stored.
+    let now = flotilla_api::time::Time::now();
+    let validity = flotilla_api::identity::Validity::new(now, Duration::from_secs(86_400));
+    let ca = flotilla_api::identity::ClusterCa::generate("tls-test").expect("ca");
+    let issued = ca
+        .issue_server(&["secure.test".to_string()], validity)
+        .expect("certificate");
+    let other = ca
+        .issue_server(&["other.test".to_string()], validity)
+        .expect("certificate");
+    let file = |name: &str, text: &str| {
+        let p = c.path(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf8").to_string()
+    };
+    let (cert, key) = (
+        file("tls.crt", &issued.cert_pem),
+        file("tls.key", &issued.key_pem),
+    );
+    let wrong_key = file("other.key", &other.key_pem);
+    let ca_file = file("ca.crt", &ca.key.cert_pem);
+    let fail = |args: &[&str]| {
+        let out = c.run(args);
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fail(&[
+        "create",
+        "secret",
+        "tls",
+        "secure-tls",
+        "--cert",
+        &cert,
+        "--key",
+        &wrong_key,
+    ]);
+    assert!(err.contains("not a usable pair"), "{err}");
+    let garbage = "apiVersion: flotilla.dev/v1\nkind: Secret\nmetadata:\n  name: secure-tls\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: nonsense\n  tls.key: nonsense\n";
+    let path = c.manifest("garbage-tls.yaml", garbage);
+    let err = fail(&["apply", "-f", path.to_str().expect("utf8")]);
+    assert!(err.contains("data.tls.crt"), "{err}");
+
+    // With the Secret, HTTPS on the TLS host port, HTTP/2 by ALPN.
+    c.ok(&[
+        "create",
+        "secret",
+        "tls",
+        "secure-tls",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    let (ip, port) = tls.rsplit_once(':').expect("address");
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2", "--max-time", "10", "--cacert", &ca_file])
+            .args(["--resolve", &format!("secure.test:{port}:{ip}")])
+            .args(["-w", "\n%{http_version} %{response_code}"])
+            .arg(format!("https://secure.test:{port}{path}"))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.ends_with(" 200").then_some(text)
+    };
+    let hello = wait_for("HTTPS to secure.test", T, || curl("/"));
+    assert!(hello.contains("hello from probed-"), "{hello}");
+    assert!(hello.ends_with("\n2 200"), "HTTP/2 over TLS: {hello}");
+    let echoed = curl("/echo/tls").expect("HTTPS to /echo");
+    assert!(echoed.contains("/echo/tls"), "{echoed}");
+    // A name no Service serves over TLS gets no certificate.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &ca_file])
+        .args(["--resolve", &format!("hello.test:{port}:{ip}")])
+        .arg(format!("https://hello.test:{port}/"))
+        .output()
+        .expect("run curl");
+    assert!(!out.status.success(), "no certificate for hello.test");
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Where the node proxy listens; None: this node serves no Service
     /// (its http pods are still reached through other nodes' proxies).
     pub proxy: Option<crate::proxy::ProxyConfig>,
+    /// Slots of the instance pool http pods are served from (0: none).
+    pub http_slots: u32,
 }
 
 /// How often the node tells the master it is alive.
@@ -214,7 +216,12 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     // When a renewal last failed, so that it is retried calmly, not on every connection.
     let mut renewal_failed: Option<tokio::time::Instant> = None;
     let local = LocalStore::open(&cfg.data_dir.join("node.redb"))?;
-    let runtime = Runtime::for_node(&cfg.data_dir.join("compiled"), cfg.compile, &cfg.deny)?;
+    let runtime = Runtime::for_node(
+        &cfg.data_dir.join("compiled"),
+        cfg.compile,
+        &cfg.deny,
+        cfg.http_slots,
+    )?;
     if !cfg.deny.prefixes().is_empty() {
         tracing::info!(deny = ?cfg.deny.prefixes(), "withholding these interfaces from guests");
     }
@@ -242,6 +249,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
     let proxy_stop = CancellationToken::new();
     if let Some(p) = &proxy {
         tokio::spawn(p.clone().follow(client_rx.clone(), proxy_stop.clone()));
+        tokio::spawn(
+            p.clone()
+                .keep_certificates(client_rx.clone(), proxy_stop.clone()),
+        );
     }
     let ctx = Arc::new(WorkerCtx {
         served,

@@ -147,6 +147,43 @@ async fn beyond_the_concurrency_limit_is_503() {
 }
 
 #[tokio::test]
+async fn beyond_the_nodes_instance_pool_is_503_for_every_pod() {
+    // A pool of 2 slots, shared by two pods that each allow 8 requests.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::for_node(
+        &dir.path().join("cache"),
+        flotilla_node::runtime::CompileLimits::for_this_machine(),
+        &flotilla_node::runtime::Deny::default(),
+        2,
+    )
+    .unwrap();
+    let (a, _) = serve(&rt, "slow", RunSpec::default(), limits(8, 10_000));
+    let (b, _) = serve(&rt, "hello-http", RunSpec::default(), limits(8, 10_000));
+    let slow = |pod: Arc<HttpPod>| tokio::spawn(async move { call(&pod, get("/?ms=800")).await });
+    let first = slow(a.clone());
+    let second = slow(a.clone());
+    for _ in 0..100 {
+        if a.in_flight() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Give both a moment to be instantiated: they then hold the slots.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = call(&b, get("/")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--http-slots"), "{body}");
+    assert_eq!(first.await.unwrap(), (200, "waited 800 ms\n".into()));
+    assert_eq!(second.await.unwrap().0, 200);
+    // Slots come back when requests end, for any pod.
+    let (status, body) = call(&b, get("/")).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..20 {
+        assert_eq!(call(&a, get("/")).await, (200, "ok\n".into()));
+    }
+}
+
+#[tokio::test]
 async fn a_slow_handler_times_out_with_504() {
     let (rt, _dir) = runtime();
     let (pod, log) = serve(&rt, "slow", RunSpec::default(), limits(2, 300));

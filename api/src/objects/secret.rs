@@ -67,6 +67,47 @@ impl Secret {
         }
     }
 
+    /// What is wrong with a TLS Secret's certificate and key, if anything.
+    fn tls_errors(&self) -> Vec<FieldError> {
+        use super::service::{TLS_CERT_KEY, TLS_KEY_KEY};
+        let value = |k: &str| -> Option<String> {
+            if let Some(v) = self.string_data.get(k) {
+                return Some(v.clone());
+            }
+            let v = self.data.get(k)?;
+            if v.starts_with(HIDDEN_PREFIX) {
+                return None;
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let present = |k: &str| self.string_data.contains_key(k) || self.data.contains_key(k);
+        let mut errors = Vec::new();
+        for k in [TLS_CERT_KEY, TLS_KEY_KEY] {
+            if !present(k) {
+                errors.push(fe(
+                    format!("data.{k}"),
+                    format!(
+                        "required in a Secret of type {}: the PEM certificate chain (tls.crt) \
+                         and its key (tls.key)",
+                        super::service::TLS_SECRET_TYPE
+                    ),
+                ));
+            }
+        }
+        if let (Some(cert), Some(key)) = (value(TLS_CERT_KEY), value(TLS_KEY_KEY)) {
+            if let Err(e) = crate::tls::serving_key(&cert, &key) {
+                errors.push(fe(
+                    format!("data.{TLS_CERT_KEY}"),
+                    format!("not a usable certificate and key: {e}; give PEM files whose key is the certificate's"),
+                ));
+            }
+        }
+        errors
+    }
+
     /// Every key with its bytes (`data` decoded).
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out: BTreeMap<String, Vec<u8>> = self
@@ -140,6 +181,9 @@ impl Resource for Secret {
                 errors.push(fe(format!("stringData.{k}"), key_error));
             }
             total += v.len();
+        }
+        if self.type_ == super::service::TLS_SECRET_TYPE {
+            errors.extend(self.tls_errors());
         }
         if total > MAX_SECRET_BYTES {
             errors.push(fe(

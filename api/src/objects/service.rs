@@ -37,10 +37,30 @@ pub struct ServiceSpec {
     #[serde(skip_serializing_if = "crate::is_default")]
     pub session_affinity: SessionAffinity,
     /// Host names the shared host-routing port sends to this Service
-    /// (`sensors.local`, `*.example.org`).
+    /// (`sensors.local`, `*.example.org`), each optionally with a path
+    /// prefix (`shop.local/api`: only paths under `/api`).
     #[serde(skip_serializing_if = "crate::is_default")]
     pub hosts: Vec<String>,
+    /// Serve `hosts` over TLS too, on the nodes' TLS host port.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub tls: Option<ServiceTls>,
 }
+
+/// Where a Service's TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ServiceTls {
+    /// A Secret of the Service's namespace with the certificate chain in
+    /// `tls.crt` and its private key in `tls.key`, both PEM
+    /// (`flotilla create secret tls NAME --cert FILE --key FILE`).
+    pub secret_name: String,
+}
+
+/// The Secret type of a TLS certificate and key.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+/// The keys of a TLS Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
 
 /// One port of a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -80,7 +100,26 @@ pub enum SessionAffinity {
 /// `*` for every name under the rest.
 pub fn is_host(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
-    name.contains('.') || !h.starts_with("*.") && is_dns_label(name)
+    (name.contains('.') || !h.starts_with("*.") && is_dns_label(name)) && is_dns_subdomain(name)
+}
+
+/// A `spec.hosts` entry split into its host and path prefix (`/` when it
+/// has none): `shop.local/api` is `("shop.local", "/api")`.
+pub fn split_host(entry: &str) -> (&str, &str) {
+    match entry.find('/') {
+        Some(i) => (&entry[..i], &entry[i..]),
+        None => (entry, "/"),
+    }
+}
+
+/// Whether `p` may be a path prefix: `/` then printable ASCII, without a
+/// query, fragment or `..` segment.
+fn is_path_prefix(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() <= 256
+        && p.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        && !p.split('/').any(|seg| seg == "..")
 }
 
 impl Resource for Service {
@@ -148,11 +187,44 @@ impl Resource for Service {
                 errors.push(fe(at("name"), format!("{:?} is used twice", p.name)));
             }
         }
-        for (i, h) in s.hosts.iter().enumerate() {
-            if !is_host(h) || !is_dns_subdomain(h.strip_prefix("*.").unwrap_or(h)) {
+        let mut seen = BTreeSet::new();
+        for (i, entry) in s.hosts.iter().enumerate() {
+            let (h, path) = split_host(entry);
+            if !is_host(h) {
                 errors.push(fe(
                     format!("spec.hosts[{i}]"),
-                    format!("{h:?} is not a host name (sensors.local, or *.example.org)"),
+                    format!(
+                        "{h:?} is not a host name (sensors.local, or *.example.org, \
+                         optionally with a path prefix: shop.local/api)"
+                    ),
+                ));
+            } else if !is_path_prefix(path) {
+                errors.push(fe(
+                    format!("spec.hosts[{i}]"),
+                    format!(
+                        "{path:?} is not a path prefix: give printable characters without \
+                         ?, # or .. (shop.local/api)"
+                    ),
+                ));
+            } else if !seen.insert(entry.to_ascii_lowercase()) {
+                errors.push(fe(
+                    format!("spec.hosts[{i}]"),
+                    format!("{entry:?} is listed twice"),
+                ));
+            }
+        }
+        if let Some(tls) = &s.tls {
+            if s.hosts.is_empty() {
+                errors.push(fe(
+                    "spec.tls",
+                    "TLS is served for spec.hosts: name the hosts, e.g. hosts: [shop.example.org]",
+                ));
+            }
+            if !is_dns_subdomain(&tls.secret_name) {
+                errors.push(fe(
+                    "spec.tls.secretName",
+                    "required: the Secret with tls.crt and tls.key \
+                     (flotilla create secret tls NAME --cert FILE --key FILE)",
                 ));
             }
         }
@@ -310,6 +382,31 @@ mod tests {
         let one_port = parse("spec: {selector: {app: x}, ports: [{port: 80}]}");
         assert!(errors(&one_port).is_empty());
         assert!(serde_yaml::from_str::<Service>("spec: {sessionAffinity: Sticky}").is_err());
+    }
+
+    #[test]
+    fn host_paths_and_tls_are_checked() {
+        let good = parse(
+            "metadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 8080}]\n  hosts: [web.local, web.local/api, '*.example.org/v2/']\n  tls: {secretName: web-tls}\n",
+        );
+        assert!(errors(&good).is_empty(), "{:?}", good.validate());
+        assert_eq!(split_host("web.local/api"), ("web.local", "/api"));
+        assert_eq!(split_host("web.local"), ("web.local", "/"));
+        let bad = parse(
+            "spec:\n  selector: {app: web}\n  ports: [{port: 8080}]\n  hosts: [web.local/a?b, web.local/../x, web.local, web.local, 'web.local/a b']\n  tls: {secretName: ''}\n",
+        );
+        assert_eq!(
+            errors(&bad),
+            [
+                "spec.hosts[0]",
+                "spec.hosts[1]",
+                "spec.hosts[3]",
+                "spec.hosts[4]",
+                "spec.tls.secretName"
+            ]
+        );
+        let no_hosts = parse("spec:\n  selector: {app: web}\n  ports: [{port: 8080}]\n  tls: {secretName: web-tls}\n");
+        assert_eq!(errors(&no_hosts), ["spec.tls"]);
     }
 
     #[test]

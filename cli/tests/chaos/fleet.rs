@@ -234,7 +234,14 @@ impl Fleet {
         .arg(&data)
         // Nodes of one fleet may share a network namespace: any free peer
         // port each, and no host-routing port.
-        .args(["--proxy-peer-port", "0", "--host-port", "0"]);
+        .args([
+            "--proxy-peer-port",
+            "0",
+            "--host-port",
+            "0",
+            "--host-tls-port",
+            "0",
+        ]);
         if !data.join("credentials.yaml").exists() {
             let token = self.ok(&["token", "create"]).trim().to_string();
             cmd.args(["--token", &token]);

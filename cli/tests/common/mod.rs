@@ -376,6 +376,9 @@ pub fn proxy_args(given: &[&str]) -> Vec<String> {
     if !has("--host-port") && !has("--no-proxy") {
         out.extend(["--host-port".into(), "0".into()]);
     }
+    if !has("--host-tls-port") && !has("--no-proxy") {
+        out.extend(["--host-tls-port".into(), "0".into()]);
+    }
     out
 }
 

@@ -20,6 +20,7 @@ pub mod balance;
 pub mod peer;
 pub mod served;
 pub mod table;
+pub mod tls;
 
 use balance::{Candidate, Failure, Outliers};
 use bytes::Bytes;
@@ -82,6 +83,9 @@ pub struct ProxyConfig {
     pub ports: RangeInclusive<u16>,
     /// The shared port that routes by Host header; none: no host routing.
     pub host_port: Option<u16>,
+    /// The shared port that routes by Host header over TLS, for Services
+    /// with `spec.tls`; none: no TLS.
+    pub tls_port: Option<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -92,6 +96,7 @@ impl Default for ProxyConfig {
             advertise: None,
             ports: 1024..=65535,
             host_port: None,
+            tls_port: None,
         }
     }
 }
@@ -125,6 +130,8 @@ struct Inner {
     in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// The listener task of each port served.
     listeners: Mutex<BTreeMap<u16, Listener>>,
+    /// The certificates the TLS host port serves.
+    certificates: tls::Certificates,
 }
 
 struct Listener {
@@ -191,6 +198,7 @@ impl Proxy {
                 outliers: Mutex::default(),
                 in_flight: Mutex::default(),
                 listeners: Mutex::default(),
+                certificates: tls::Certificates::default(),
             }),
         })
     }
@@ -241,6 +249,13 @@ impl Proxy {
                 wanted.push(p);
             }
         }
+        let secrets = table.secrets();
+        if let Some(p) = self.inner.config.tls_port {
+            if !secrets.is_empty() {
+                wanted.push(p);
+            }
+        }
+        self.inner.certificates.table_changed(&secrets);
         let mut listeners = self
             .inner
             .listeners
@@ -260,6 +275,16 @@ impl Proxy {
                 Listener { stop, task }
             });
         }
+    }
+
+    /// Keeps the certificates of Services served over TLS, read from the
+    /// masters ([`tls`]), until `stop`.
+    pub async fn keep_certificates(
+        self,
+        client: watch::Receiver<Option<Client>>,
+        stop: CancellationToken,
+    ) {
+        tls::keep(self.inner, client, stop).await
     }
 
     /// Keeps the table up to date from the masters: lists the Services and
@@ -412,6 +437,20 @@ fn advertise_ip(config: &ProxyConfig, masters: &[String]) -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which of the proxy's ports a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// A Service's own port.
+    Service,
+    /// The host port: routed by Host header and path.
+    Host,
+    /// The TLS host port: as `Host`, after a TLS handshake.
+    Tls,
+}
+
 /// Accepts connections on `port` until `stop`, serving each with HTTP/1.1
 /// or HTTP/2 (as the client speaks).
 async fn listen(inner: Arc<Inner>, port: u16, stop: CancellationToken) {
@@ -424,8 +463,24 @@ async fn listen(inner: Arc<Inner>, port: u16, stop: CancellationToken) {
             return;
         }
     };
-    tracing::info!(%addr, "serving a Service port");
-    let host_port = inner.config.host_port == Some(port);
+    let entry = if inner.config.tls_port == Some(port) {
+        Entry::Tls
+    } else if inner.config.host_port == Some(port) {
+        Entry::Host
+    } else {
+        Entry::Service
+    };
+    let acceptor = match entry {
+        Entry::Tls => match tls::acceptor(&inner) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot serve TLS");
+                return;
+            }
+        },
+        _ => None,
+    };
+    tracing::info!(%addr, ?entry, "serving a Service port");
     loop {
         let (stream, client) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -441,7 +496,7 @@ async fn listen(inner: Arc<Inner>, port: u16, stop: CancellationToken) {
         let _ = stream.set_nodelay(true);
         let inner = inner.clone();
         let stop = stop.clone();
-        if !host_port {
+        if entry == Entry::Service {
             let table = inner
                 .table
                 .read()
@@ -457,28 +512,57 @@ async fn listen(inner: Arc<Inner>, port: u16, stop: CancellationToken) {
                 continue;
             }
         }
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let inner = inner.clone();
-                    async move {
-                        let req =
-                            req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
-                        Ok::<_, std::convert::Infallible>(
-                            inner.route(port, host_port, req, client).await,
-                        )
-                    }
-                });
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "a client connection ended with an error");
-                }
+        match &acceptor {
+            None => {
+                tokio::spawn(serve_http(inner, port, entry, stream, client, stop));
             }
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    let stream = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept) => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%client, error = %e, "a TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        },
+                    };
+                    serve_http(inner, port, entry, stream, client, stop).await
+                });
+            }
+        }
+    }
+}
+
+/// Serves the HTTP requests of one client connection until it ends or `stop`.
+async fn serve_http<S>(
+    inner: Arc<Inner>,
+    port: u16,
+    entry: Entry,
+    stream: S,
+    client: SocketAddr,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let inner = inner.clone();
+        async move {
+            let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+            Ok::<_, std::convert::Infallible>(inner.route(port, entry, req, client).await)
+        }
+    });
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "a client connection ended with an error");
+        }
     }
 }
 
@@ -532,12 +616,12 @@ impl Inner {
     async fn route(
         self: Arc<Self>,
         port: u16,
-        by_host: bool,
+        entry: Entry,
         mut req: http::Request<ProxyBody>,
         client: SocketAddr,
     ) -> http::Response<ProxyBody> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let route = if by_host {
+        let route = if entry != Entry::Service {
             let host = req
                 .headers()
                 .get(http::header::HOST)
@@ -545,14 +629,25 @@ impl Inner {
                 .or_else(|| req.uri().host())
                 .unwrap_or_default()
                 .to_string();
-            match table.for_host(&host) {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            match table.for_host(&host, &path, entry == Entry::Tls) {
                 Some(r) => r.clone(),
-                None => {
-                    return plain(
-                        404,
-                        &format!("no Service takes host {host:?} (spec.hosts of a Service)"),
-                    )
-                }
+                None => return plain(
+                    404,
+                    &format!(
+                        "no Service takes host {host:?} and path {:?} (spec.hosts of a Service{})",
+                        req.uri().path(),
+                        if entry == Entry::Tls {
+                            ", with spec.tls"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
             }
         } else {
             match table.ports.get(&port) {
@@ -562,6 +657,11 @@ impl Inner {
         };
         if let Ok(v) = http::HeaderValue::from_str(&client.ip().to_string()) {
             req.headers_mut().append("x-forwarded-for", v);
+        }
+        if entry != Entry::Service {
+            let proto = if entry == Entry::Tls { "https" } else { "http" };
+            req.headers_mut()
+                .insert("x-forwarded-proto", http::HeaderValue::from_static(proto));
         }
         self.send(&route, req, client.ip()).await
     }

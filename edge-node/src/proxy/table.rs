@@ -4,7 +4,7 @@
 //! Pure: [`Table::build`] is a function of the objects.
 
 use flotilla_api::objects::network::Protocol;
-use flotilla_api::objects::service::{Endpoints, Service, SessionAffinity};
+use flotilla_api::objects::service::{split_host, Endpoints, Service, SessionAffinity};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -46,7 +46,12 @@ pub struct Route {
 pub struct HostRoute {
     /// A name, or `*.rest` for every name under `rest`.
     pub host: String,
+    /// The path prefix it takes (`/`: every path).
+    pub path: String,
     pub route: Arc<Route>,
+    /// `namespace/name` of the Secret whose certificate serves it over
+    /// TLS; None: served in plain HTTP only.
+    pub secret: Option<String>,
 }
 
 /// Every route a node serves.
@@ -54,7 +59,8 @@ pub struct HostRoute {
 pub struct Table {
     /// By the port every node listens on.
     pub ports: BTreeMap<u16, Arc<Route>>,
-    /// Exact names first, then wildcards by length (the longest wins).
+    /// Exact names first, then wildcards by length (the longest wins);
+    /// for one name, the longest path prefix first.
     pub hosts: Vec<HostRoute>,
 }
 
@@ -101,10 +107,18 @@ impl Table {
                 table.ports.entry(port.port).or_insert(route);
             }
             if let Some(route) = first {
-                for host in &svc.spec.hosts {
+                let secret = svc
+                    .spec
+                    .tls
+                    .as_ref()
+                    .map(|t| format!("{ns}/{}", t.secret_name));
+                for entry in &svc.spec.hosts {
+                    let (host, path) = split_host(entry);
                     table.hosts.push(HostRoute {
                         host: host.to_ascii_lowercase(),
+                        path: path.trim_end_matches('/').to_string(),
                         route: route.clone(),
+                        secret: secret.clone(),
                     });
                 }
             }
@@ -115,30 +129,68 @@ impl Table {
                 .cmp(&wild(b))
                 .then(b.host.len().cmp(&a.host.len()))
                 .then(a.host.cmp(&b.host))
+                .then(b.path.len().cmp(&a.path.len()))
         });
         table
     }
 
-    /// The route for a request's `Host` (a port after it is ignored): an
-    /// exact name, else the longest wildcard that covers it.
-    pub fn for_host(&self, host: &str) -> Option<&Arc<Route>> {
-        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+    /// The route for a request's `Host` (a port after it is ignored) and
+    /// path: an exact name, else the longest wildcard that covers it; for
+    /// that name, the longest path prefix that covers the path (whole
+    /// segments: `/api` covers `/api` and `/api/v1`, not `/apiary`). On the
+    /// TLS port (`tls`), only names served over TLS.
+    pub fn for_host(&self, host: &str, path: &str, tls: bool) -> Option<&Arc<Route>> {
+        let host = bare_host(host);
         self.hosts
             .iter()
-            .find(|h| match h.host.strip_prefix("*.") {
-                Some(rest) => host
-                    .strip_suffix(rest)
-                    .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-                None => h.host == host,
+            .filter(|h| host_matches(&h.host, &host))
+            .filter(|h| !tls || h.secret.is_some())
+            .find(|h| {
+                path.strip_prefix(h.path.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                })
             })
             .map(|h| &h.route)
+    }
+
+    /// The Secret (`namespace/name`) whose certificate answers a TLS
+    /// client asking for `server_name`.
+    pub fn secret_for(&self, server_name: &str) -> Option<&str> {
+        let host = bare_host(server_name);
+        self.hosts
+            .iter()
+            .find(|h| h.secret.is_some() && host_matches(&h.host, &host))
+            .and_then(|h| h.secret.as_deref())
+    }
+
+    /// Every Secret whose certificate some host is served with.
+    pub fn secrets(&self) -> std::collections::BTreeSet<&str> {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.secret.as_deref())
+            .collect()
+    }
+}
+
+/// A `Host` value without its port or trailing dot, in lower case.
+fn bare_host(host: &str) -> String {
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `pattern` (a name, or `*.rest`) covers `host`.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(rest) => host
+            .strip_suffix(rest)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        None => pattern == host,
     }
 }
 
@@ -180,11 +232,15 @@ mod tests {
         assert!(t.ports[&30100].ready.is_empty());
         assert!(!web.tcp, "http pods are served as HTTP");
         // Host names go to the Service's first port.
-        assert_eq!(t.for_host("shop.local").map(|r| r.port), Some(30080));
-        assert_eq!(t.for_host("SHOP.local:8080").map(|r| r.port), Some(30080));
-        assert_eq!(t.for_host("eu.shop.local").map(|r| r.port), Some(30080));
-        assert_eq!(t.for_host("xshop.local"), None);
-        assert_eq!(t.for_host("other.local"), None);
+        let port = |h: &str| t.for_host(h, "/", false).map(|r| r.port);
+        assert_eq!(port("shop.local"), Some(30080));
+        assert_eq!(port("SHOP.local:8080"), Some(30080));
+        assert_eq!(port("eu.shop.local"), Some(30080));
+        assert_eq!(port("xshop.local"), None);
+        assert_eq!(port("other.local"), None);
+        // Not served over TLS: no route on the TLS port, no certificate.
+        assert_eq!(t.for_host("shop.local", "/", true), None);
+        assert!(t.secrets().is_empty());
     }
 
     #[test]
@@ -203,10 +259,47 @@ mod tests {
         let b = service("metadata: {name: b, namespace: d}\nspec: {selector: {x: b}, hosts: ['*.eu.example.org'], ports: [{port: 2}]}");
         let c = service("metadata: {name: c, namespace: d}\nspec: {selector: {x: c}, hosts: [www.eu.example.org], ports: [{port: 3}]}");
         let t = Table::build(&[a, b, c], &[]);
-        let port = |h: &str| t.for_host(h).map(|r| r.port);
+        let port = |h: &str| t.for_host(h, "/", false).map(|r| r.port);
         assert_eq!(port("www.eu.example.org"), Some(3));
         assert_eq!(port("api.eu.example.org"), Some(2));
         assert_eq!(port("api.example.org"), Some(1));
         assert_eq!(port("example.org"), None);
+    }
+
+    #[test]
+    fn the_longest_path_prefix_of_a_name_wins_on_whole_segments() {
+        let shop = service("metadata: {name: shop, namespace: d}\nspec: {selector: {x: a}, hosts: [shop.local], ports: [{port: 1}]}");
+        let api = service("metadata: {name: api, namespace: d}\nspec: {selector: {x: b}, hosts: [shop.local/api, '*.local/v2/'], ports: [{port: 2}]}");
+        let t = Table::build(&[shop, api], &[]);
+        let port = |h: &str, p: &str| t.for_host(h, p, false).map(|r| r.port);
+        assert_eq!(port("shop.local", "/"), Some(1));
+        assert_eq!(port("shop.local", "/api"), Some(2));
+        assert_eq!(port("shop.local", "/api/orders?id=3"), Some(2));
+        assert_eq!(port("shop.local", "/api?x"), Some(2));
+        assert_eq!(port("shop.local", "/apiary"), Some(1));
+        // The exact name wins over the wildcard, whatever its paths.
+        assert_eq!(port("shop.local", "/v2/x"), Some(1));
+        assert_eq!(port("a.local", "/v2/x"), Some(2));
+        assert_eq!(port("a.local", "/v3"), None);
+    }
+
+    #[test]
+    fn tls_hosts_name_their_secret() {
+        let web = service("metadata: {name: web, namespace: d}\nspec: {selector: {x: a}, hosts: [web.example.org, '*.web.example.org/api'], tls: {secretName: web-tls}, ports: [{port: 1}]}");
+        let plain = service("metadata: {name: plain, namespace: d}\nspec: {selector: {x: b}, hosts: [plain.example.org], ports: [{port: 2}]}");
+        let t = Table::build(&[web, plain], &[]);
+        assert_eq!(t.secret_for("web.example.org"), Some("d/web-tls"));
+        assert_eq!(t.secret_for("eu.web.example.org"), Some("d/web-tls"));
+        assert_eq!(t.secret_for("plain.example.org"), None);
+        assert_eq!(t.secrets().into_iter().collect::<Vec<_>>(), ["d/web-tls"]);
+        assert_eq!(
+            t.for_host("web.example.org", "/", true).map(|r| r.port),
+            Some(1)
+        );
+        assert_eq!(t.for_host("plain.example.org", "/", true), None);
+        assert_eq!(
+            t.for_host("plain.example.org", "/", false).map(|r| r.port),
+            Some(2)
+        );
     }
 }

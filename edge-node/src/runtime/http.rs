@@ -287,6 +287,12 @@ impl HttpPod {
                             d.limit, d.requested
                         ),
                     ),
+                    Ok((Ok(Err(e)), None)) if super::serving::is_exhausted(&e) => (
+                        503,
+                        "every instance slot of the node is serving a request \
+                         (flotilla node --http-slots); try again"
+                            .to_string(),
+                    ),
                     Ok((Ok(Err(e)), None)) => (
                         500,
                         format!("the handler failed: {}", super::trap_message(&e)),

@@ -604,7 +604,7 @@ mod tests {
     /// How `wasm` runs on a runtime that withholds `denied`.
     async fn run_denying(denied: &[&str], wasm: &[u8]) -> super::super::RunOutcome {
         let dir = tempfile::tempdir().expect("tmp");
-        let rt = super::super::Runtime::build(&dir.path().join("c"), &deny(denied), |_| {
+        let rt = super::super::Runtime::build(&dir.path().join("c"), &deny(denied), 0, |_| {
             super::super::Compiler::InProcess
         })
         .expect("runtime");

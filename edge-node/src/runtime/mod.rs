@@ -18,11 +18,12 @@ mod cpu;
 pub mod http;
 pub mod interfaces;
 mod limits;
+mod serving;
 mod stdio;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,7 @@ use compile::CompileFailure;
 pub use compile::CompileLimits;
 pub use interfaces::Deny;
 use limits::Limiter;
+pub use serving::DEFAULT_SLOTS as DEFAULT_HTTP_SLOTS;
 use stdio::SinkOutput;
 
 /// How often the epoch advances. A running guest yields to the executor at
@@ -89,6 +91,16 @@ pub enum Program {
     Component(wasmtime::component::Component),
     /// A WASI p1 core module (run through `_start`).
     Module(wasmtime::Module),
+}
+
+impl Program {
+    /// The engine the program was loaded into.
+    fn engine(&self) -> &Engine {
+        match self {
+            Program::Component(c) => c.engine(),
+            Program::Module(m) => m.engine(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Program {
@@ -181,8 +193,16 @@ struct Inner {
     /// WASI as [`interfaces`] links it, less what `deny` withholds.
     p2_linker: wasmtime::component::Linker<P2State>,
     p1_linker: wasmtime::Linker<P1State>,
-    /// WASI p2 and wasi:http as [`interfaces`] links them, for http pods.
+    /// WASI p2 and wasi:http as [`interfaces`] links them, for http pods
+    /// served from `engine` (when there is no serving pool).
     http_linker: wasmtime::component::Linker<http::HttpState>,
+    /// Instance slots of the serving pool (0: none).
+    http_slots: u32,
+    /// The engine with the pool http pods are served from, and its linker:
+    /// set up when the first http pod is loaded; None when it cannot be.
+    serving: OnceLock<Option<Serving>>,
+    /// The serving engine's, for the epoch thread.
+    serving_epoch: Arc<OnceLock<wasmtime::EngineWeak>>,
     /// What the operator withholds; a program importing it is refused
     /// before it is instantiated ([`Deny::refusal`]).
     deny: Deny,
@@ -193,6 +213,12 @@ struct Inner {
     /// Never sent on: dropping it (with the last `Runtime` clone) is what
     /// tells the epoch thread to stop.
     _epoch_stop: mpsc::Sender<()>,
+}
+
+/// The pooled engine that http pods are served from ([`serving`]).
+struct Serving {
+    engine: Engine,
+    linker: wasmtime::component::Linker<http::HttpState>,
 }
 
 /// Where modules are compiled.
@@ -234,8 +260,11 @@ impl Runtime {
     /// one background thread that advances the epoch every 10 ms until the
     /// last `Runtime` clone is dropped. `cache_dir` holds compiled code.
     /// Modules are compiled in-process, without limits.
+    /// Http pods are served from a pool of [`DEFAULT_HTTP_SLOTS`].
     pub fn new(cache_dir: &Path) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, &Deny::default(), |_| Compiler::InProcess)
+        Runtime::build(cache_dir, &Deny::default(), DEFAULT_HTTP_SLOTS, |_| {
+            Compiler::InProcess
+        })
     }
 
     /// The node agent's runtime: as [`Runtime::new`], but modules are
@@ -244,13 +273,15 @@ impl Runtime {
     /// ends at once. Where that cannot work — the executable is not the
     /// `flotilla` binary, or cannot be started again (say, run by qemu-user
     /// without binfmt) — it compiles in-process and logs why. Guests get no
-    /// interface that `deny` withholds ([`interfaces`]).
+    /// interface that `deny` withholds ([`interfaces`]). Http pods are
+    /// served from a pool of `http_slots` instances ([`serving`]).
     pub fn for_node(
         cache_dir: &Path,
         limits: CompileLimits,
         deny: &Deny,
+        http_slots: u32,
     ) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, deny, |fingerprint| {
+        Runtime::build(cache_dir, deny, http_slots, |fingerprint| {
             let checked = std::env::current_exe()
                 .map_err(|e| format!("cannot find this executable: {e}"))
                 .and_then(|program| compile::probe(&program, fingerprint).map(|()| program));
@@ -278,6 +309,7 @@ impl Runtime {
     fn build(
         cache_dir: &Path,
         deny: &Deny,
+        http_slots: u32,
         compiler: impl FnOnce(&str) -> Compiler,
     ) -> Result<Runtime, RuntimeError> {
         let engine = Engine::new(&compile::engine_config()).map_err(|e| RuntimeError::Engine {
@@ -308,8 +340,10 @@ impl Runtime {
         )?;
 
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        // A weak handle: the thread must not keep the engine alive by itself.
+        // Weak handles: the thread must not keep the engines alive by itself.
         let weak = engine.weak();
+        let serving_epoch = Arc::new(OnceLock::<wasmtime::EngineWeak>::new());
+        let serving_weak = serving_epoch.clone();
         std::thread::Builder::new()
             .name("flotilla-epoch".into())
             .spawn(move || {
@@ -319,6 +353,9 @@ impl Runtime {
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
                         None => break,
+                    }
+                    if let Some(serving) = serving_weak.get().and_then(|w| w.upgrade()) {
+                        serving.increment_epoch();
                     }
                 }
             })
@@ -335,6 +372,9 @@ impl Runtime {
                 p2_linker,
                 p1_linker,
                 http_linker,
+                http_slots,
+                serving: OnceLock::new(),
+                serving_epoch,
                 deny: deny.clone(),
                 compile_turn: std::sync::Mutex::new(()),
                 _epoch_stop: stop_tx,
@@ -375,7 +415,7 @@ impl Runtime {
                 cached: true,
                 duration: start.elapsed(),
             };
-            return Ok((program, info));
+            return Ok((self.for_serving(program, &path), info));
         }
         if cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
@@ -388,7 +428,7 @@ impl Runtime {
             }
         };
         Ok((
-            program,
+            self.for_serving(program, &path),
             CompileInfo {
                 cached: false,
                 duration: start.elapsed(),
@@ -418,7 +458,7 @@ impl Runtime {
             compile::compile_in_child(program, limits, &self.inner.fingerprint, wasm, &tmp, cancel)
                 .map_err(runtime_error)
                 .and_then(|()| {
-                    self.deserialize_file(&tmp, kind)
+                    self.deserialize_file(&self.inner.engine, &tmp, kind)
                         .map_err(|message| RuntimeError::Compiler { message })
                 })
                 .and_then(|loaded| {
@@ -488,12 +528,64 @@ impl Runtime {
         Ok(program)
     }
 
+    /// `program`, which was loaded from or cached at `path`, in the serving
+    /// engine if it serves HTTP and the pool can be had; else as it is.
+    fn for_serving(&self, program: Program, path: &Path) -> Program {
+        if !self.is_http(&program) {
+            return program;
+        }
+        let Some(serving) = self.serving() else {
+            return program;
+        };
+        match self.deserialize_file(&serving.engine, path, Kind::Component) {
+            Ok(pooled) => pooled,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot load code into the serving pool; serving from the node's engine");
+                program
+            }
+        }
+    }
+
+    /// The serving engine, set up at the first call; None if it cannot be.
+    fn serving(&self) -> Option<&Serving> {
+        self.inner
+            .serving
+            .get_or_init(|| {
+                let made = serving::engine(
+                    compile::engine_config(),
+                    self.inner.http_slots,
+                    &self.inner.fingerprint,
+                )
+                .and_then(|engine| {
+                    let mut linker = wasmtime::component::Linker::new(&engine);
+                    interfaces::add_http_to_linker(&mut linker, &self.inner.deny)
+                        .map_err(|e| format!("cannot link wasi:http: {e:#}"))?;
+                    Ok(Serving { engine, linker })
+                });
+                match made {
+                    Ok(s) => {
+                        tracing::info!(
+                            slots = self.inner.http_slots,
+                            "http pods are served from a pool of instance slots"
+                        );
+                        let _ = self.inner.serving_epoch.set(s.engine.weak());
+                        Some(s)
+                    }
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "http requests allocate their own instances");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
     /// The cached program at `path`, or `None` if absent, stale or unusable.
     fn load_cached(&self, path: &Path, kind: Kind) -> Option<Program> {
         if !path.exists() {
             return None;
         }
-        match self.deserialize_file(path, kind) {
+        match self.deserialize_file(&self.inner.engine, path, kind) {
             Ok(program) => Some(program),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache entry");
@@ -503,12 +595,18 @@ impl Runtime {
     }
 
     /// Loads code of `kind` that this node compiled, from the file at `path`
-    /// (a cache entry, or its compiler child's output). The file is mapped,
-    /// not read: the node's memory does not grow with the code's size, and
-    /// the kernel may drop its pages under pressure and read them again.
+    /// (a cache entry, or its compiler child's output), into `engine` (the
+    /// node's, or the serving engine, which has the same fingerprint). The
+    /// file is mapped, not read: the node's memory does not grow with the
+    /// code's size, and the kernel may drop its pages under pressure and
+    /// read them again.
     #[allow(unsafe_code)]
-    fn deserialize_file(&self, path: &Path, kind: Kind) -> Result<Program, String> {
-        let engine = &self.inner.engine;
+    fn deserialize_file(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        kind: Kind,
+    ) -> Result<Program, String> {
         let detected = Engine::detect_precompiled_file(path).map_err(|e| format!("{e:#}"))?;
         let loaded = match (detected, kind) {
             // SAFETY: `deserialize_file` runs native code from the file, so
@@ -542,7 +640,7 @@ impl Runtime {
             return false;
         };
         let ty = c.component_type();
-        let mut exports = ty.exports(&self.inner.engine);
+        let mut exports = ty.exports(c.engine());
         exports.any(|(name, _)| name.starts_with(HTTP_HANDLER))
     }
 
@@ -561,7 +659,7 @@ impl Runtime {
             reason: "StartError".into(),
             message,
         };
-        if let Some(message) = self.inner.deny.refusal(program, &self.inner.engine) {
+        if let Some(message) = self.inner.deny.refusal(program, program.engine()) {
             return Err(start_error(message));
         }
         let Program::Component(component) = program else {
@@ -574,9 +672,11 @@ impl Runtime {
         // The mounts are checked once here, so that a missing directory
         // fails the pod rather than every request.
         wasi_builder(&spec, sink.clone()).map_err(start_error)?;
-        let pre = self
-            .inner
-            .http_linker
+        let linker = match self.inner.serving.get() {
+            Some(Some(s)) if Engine::same(&s.engine, component.engine()) => &s.linker,
+            _ => &self.inner.http_linker,
+        };
+        let pre = linker
             .instantiate_pre(component)
             .and_then(wasmtime_wasi_http::p2::bindings::ProxyPre::new)
             .map_err(|e| start_error(format!("cannot prepare the http component: {e:#}")))?;
@@ -591,6 +691,14 @@ impl Runtime {
         spec: RunSpec,
         sink: Arc<dyn LogSink>,
     ) -> RunOutcome {
+        if !Engine::same(program.engine(), &self.inner.engine) {
+            return RunOutcome::Failed {
+                reason: "StartError".into(),
+                message: "an http component cannot run as a command; serve it (it exports \
+                          wasi:http/incoming-handler)"
+                    .into(),
+            };
+        }
         if let Some(message) = self.inner.deny.refusal(program, &self.inner.engine) {
             return RunOutcome::Failed {
                 reason: "StartError".into(),

@@ -655,7 +655,8 @@ pub(crate) struct NodeView<'a> {
     me: String,
     store: &'a Store,
     /// What the pods bound to the node use: their modules' digests and
-    /// their ConfigMaps and Secrets (`namespace/name`), listed only when one
+    /// their ConfigMaps and Secrets (`namespace/name`), and the Secrets of
+    /// Services served over TLS, listed only when one
     /// of those is asked about: reading a Node or a pod needs no list of
     /// every pod.
     used: std::cell::OnceCell<Result<Used, ApiError>>,
@@ -698,6 +699,21 @@ impl<'a> NodeView<'a> {
                 for name in p.spec.secrets() {
                     used.secrets
                         .insert(format!("{}/{}", p.metadata.namespace, name));
+                }
+            }
+            // Every node's proxy serves every Service's hosts, so the
+            // certificates of those served over TLS.
+            let (_, services) = self
+                .store
+                .list(Kind::Service, None, &Selector::default())
+                .map_err(store_err)?;
+            for svc in services
+                .iter()
+                .filter_map(|o| o.as_kind::<flotilla_api::objects::service::Service>())
+            {
+                if let Some(tls) = &svc.spec.tls {
+                    used.secrets
+                        .insert(format!("{}/{}", svc.metadata.namespace, tls.secret_name));
                 }
             }
             Ok(used)
