@@ -64,9 +64,13 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
         "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
     );
     let bin = bin.to_string_lossy().into_owned();
-    c.start_node_with(
+    // qemu-user tracks every page of the address space a process reserves,
+    // so the 4 TiB of a default instance pool would cost it real memory
+    // (it was OOM-killed): a few slots under emulation.
+    c.start_node_with_args(
         "pi",
         &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", &bin],
+        &["--http-slots", "4"],
     );
     // Emulated start-up and the first compile are slow: be patient, not flaky.
     let slow = Duration::from_secs(180);

@@ -636,9 +636,10 @@ impl Inner {
                 .to_string();
             match table.for_host(&host, &path, entry == Entry::Tls) {
                 Some(r) => r.clone(),
-                None => return plain(
-                    404,
-                    &format!(
+                None => {
+                    return plain(
+                        404,
+                        &format!(
                         "no Service takes host {host:?} and path {:?} (spec.hosts of a Service{})",
                         req.uri().path(),
                         if entry == Entry::Tls {
@@ -647,7 +648,8 @@ impl Inner {
                             ""
                         }
                     ),
-                ),
+                    )
+                }
             }
         } else {
             match table.ports.get(&port) {

@@ -49,8 +49,14 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(4 * STREAM_WINDOW));
     t.send_window(u64::from(4 * STREAM_WINDOW));
     t.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    // One stream per request: enough of them that a busy connection never
+    // waits for the peer to hand out more.
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     Arc::new(t)
 }
+
+/// Requests in flight on one connection between two nodes, at most.
+const MAX_STREAMS: u32 = 1024;
 
 /// A request as forwarded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +73,9 @@ pub struct PeerHead {
     /// A TCP connection to this port of a command pod rather than an HTTP
     /// request: after the answer, the stream carries its bytes both ways.
     pub tcp_port: Option<u16>,
+    /// The request has no body: the stream ends after the head, and the
+    /// pod gets a body that has ended already (as a local request's).
+    pub no_body: bool,
 }
 
 /// An answer as forwarded back.
@@ -104,16 +113,27 @@ pub struct RecvBody {
     done: bool,
     /// Read into, then copied out at the size read: a frame that keeps a
     /// whole buffer for a packet's worth of bytes would multiply what a
-    /// slow client makes the proxy hold.
-    scratch: Box<[u8]>,
+    /// slow client makes the proxy hold. Allocated at the first read.
+    scratch: Vec<u8>,
 }
+
+/// Bytes read from a stream at once into a body's frame, at most.
+const SCRATCH: usize = 64 * 1024;
 
 impl RecvBody {
     pub fn new(recv: quinn::RecvStream) -> RecvBody {
         RecvBody {
             recv,
             done: false,
-            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// A body that has ended: nothing is read from `recv`.
+    fn ended(recv: quinn::RecvStream) -> RecvBody {
+        RecvBody {
+            done: true,
+            ..RecvBody::new(recv)
         }
     }
 }
@@ -130,6 +150,9 @@ impl http_body::Body for RecvBody {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        if this.scratch.is_empty() {
+            this.scratch = vec![0u8; SCRATCH];
+        }
         let mut read = tokio::io::ReadBuf::new(&mut this.scratch);
         match tokio::io::AsyncRead::poll_read(Pin::new(&mut this.recv), cx, &mut read) {
             Poll::Pending => Poll::Pending,
@@ -332,7 +355,11 @@ fn request_of(head: &PeerHead, recv: quinn::RecvStream) -> Result<http::Request<
     let mut request = http::Request::builder()
         .method(head.method.as_str())
         .uri(head.uri.as_str())
-        .body(RecvBody::new(recv))
+        .body(if head.no_body {
+            RecvBody::ended(recv)
+        } else {
+            RecvBody::new(recv)
+        })
         .map_err(|e| format!("bad forwarded request: {e}"))?;
     *request.headers_mut() = from_pairs(head.headers.clone())?;
     Ok(request)
@@ -454,11 +481,16 @@ impl Peers {
             headers: to_pairs(request.headers()),
             client,
             tcp_port: None,
+            no_body: request.body().is_end_stream(),
         };
         if let Err(e) = write_frame(&mut send, &head).await {
             return Err(ForwardError::Unreached(Box::new(request), e.to_string()));
         }
-        tokio::spawn(pump(request.into_body(), send));
+        if head.no_body {
+            let _ = send.finish();
+        } else {
+            tokio::spawn(pump(request.into_body(), send));
+        }
         let answer = match read_frame::<PeerAnswer>(&mut recv).await {
             Ok(Some(a)) => a,
             Ok(None) => {
@@ -503,6 +535,7 @@ impl Peers {
             headers: Vec::new(),
             client: None,
             tcp_port: Some(port),
+            no_body: false,
         };
         write_frame(&mut send, &head)
             .await
