@@ -24,6 +24,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error("the private key is not the one the certificate was issued for")]
+    KeyMismatch,
 }
 
 /// The crypto provider every configuration uses (ring).
@@ -59,7 +61,7 @@ pub fn serving_key(
         .key_provider
         .load_private_key(parse_key(key_pem)?)?;
     let ck = rustls::sign::CertifiedKey::new(certs, key);
-    ck.keys_match()?;
+    ck.keys_match().map_err(|_| TlsError::KeyMismatch)?;
     Ok(Arc::new(ck))
 }
 

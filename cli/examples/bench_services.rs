@@ -32,7 +32,7 @@
 #[path = "common/procs.rs"]
 mod procs;
 
-use procs::{bin, env_usize, memory_mib, Proc};
+use procs::{bin, env_usize, flotilla_cli, memory_mib, start_master, wait_until, Proc};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -122,15 +122,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
-
 /// Whether `url` answers 200.
 fn answers(addr: &str) -> bool {
     use std::io::{Read, Write};
@@ -172,17 +163,7 @@ struct Cluster {
 
 impl Cluster {
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(bin())
-            .args(args)
-            .env("FLOTILLA_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        flotilla_cli(&self.config, args)
     }
 
     /// A node whose proxy serves on `proxy` (an address of 127/8).
@@ -331,35 +312,13 @@ http {{
 
     // Flotilla: one master, a node that runs the pod, a node that only
     // forwards, and a node for idle pods.
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("master.log")).expect("log");
-    let master = Command::new(bin())
-        .args([
-            "master",
-            "--listen",
-            &addr,
-            "--advertise",
-            &addr,
-            "--data-dir",
-        ])
-        .arg(dir.join("master"))
-        .env("FLOTILLA_CONFIG", dir.join("config"))
-        .env("FLOTILLA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("run flotilla master");
+    let (master, addr) = start_master(&dir);
     let c = Cluster {
         dir: dir.clone(),
         config: dir.join("config"),
         addr,
-        _master: Proc(master),
+        _master: master,
     };
-    wait_until("the master", Duration::from_secs(60), || {
-        c.config.exists() && c.cli(&["get", "nodes"]).is_ok()
-    });
     let _local = c.node("local", "127.0.0.2", &[]);
     let _remote = c.node("remote", "127.0.0.3", &[]);
     let svc_port = free_port();

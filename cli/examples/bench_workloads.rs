@@ -28,8 +28,10 @@
 #[path = "common/procs.rs"]
 mod procs;
 
-use procs::{bin, cpu_seconds, env_usize, memory_mib, Proc};
-use std::path::{Path, PathBuf};
+use procs::{
+    bin, cpu_seconds, env_usize, flotilla_cli, memory_mib, start_master, wait_until, Proc,
+};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,17 +44,7 @@ struct Bench {
 
 impl Bench {
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(bin())
-            .args(args)
-            .env("FLOTILLA_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        flotilla_cli(&self.config, args)
     }
 
     fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
@@ -98,15 +90,6 @@ impl Bench {
     fn pid(&self) -> u32 {
         self.master.0.id()
     }
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
 }
 
 /// A Deployment manifest of the `version` sample.
@@ -195,38 +178,13 @@ fn main() {
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = keep.unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir).expect("dir");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("master.log")).expect("log");
-    let master = Command::new(bin())
-        .args([
-            "master",
-            "--listen",
-            &addr,
-            "--advertise",
-            &addr,
-            "--data-dir",
-        ])
-        .arg(dir.join("master"))
-        .env("FLOTILLA_CONFIG", dir.join("config"))
-        .env("FLOTILLA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("run flotilla master");
+    let (master, addr) = start_master(&dir);
     let b = Bench {
         dir: dir.clone(),
         config: dir.join("config"),
         addr,
-        master: Proc(master),
+        master,
     };
-    wait_until("the master", Duration::from_secs(60), || {
-        Path::new(&b.config).exists() && b.cli(&["get", "nodes"]).is_ok()
-    });
     println!("bench_workloads: {nodes} hollow nodes, a Deployment of {replicas}, one master");
 
     // The node to lose, alone first, so that the small Deployment's pods all go there.

@@ -669,8 +669,8 @@ pub async fn create_tls_secret(
     let (cert_pem, key_pem) = (read("--cert", cert)?, read("--key", key)?);
     flotilla_api::tls::serving_key(&cert_pem, &key_pem).map_err(|e| {
         anyhow::anyhow!(
-            "--cert {} and --key {} are not a usable pair: {e}; give the PEM certificate \
-             chain and the private key it was issued for",
+            "--cert {} and --key {} are not a usable pair: {e}; give the PEM \
+             certificate chain and its private key",
             cert.display(),
             key.display()
         )

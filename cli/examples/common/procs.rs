@@ -5,7 +5,8 @@
 #![allow(dead_code)] // Each benchmark uses some of these.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The `flotilla` binary next to this program (`$FLOTILLA_BIN` overrides).
 pub fn bin() -> PathBuf {
@@ -61,4 +62,66 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // rest starts at field 3 (state); utime is field 14 → index 11.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs the `flotilla` CLI with the client config `config`: its standard
+/// output, or its standard error when it fails.
+pub fn flotilla_cli(config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin())
+        .args(args)
+        .env("FLOTILLA_CONFIG", config)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Polls `f` every 200 ms until it holds: how long that took. Panics,
+/// naming `what`, after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+/// A master on a free loopback port, its data in `dir/master`, its log in
+/// `dir/master.log` and the admin's client config at `dir/config`; returned
+/// with its address once it answers.
+pub fn start_master(dir: &Path) -> (Proc, String) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("master.log")).expect("log");
+    let config = dir.join("config");
+    let master = Command::new(bin())
+        .args([
+            "master",
+            "--listen",
+            &addr,
+            "--advertise",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.join("master"))
+        .env("FLOTILLA_CONFIG", &config)
+        .env("FLOTILLA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("run flotilla master");
+    let master = Proc(master);
+    wait_until("the master", Duration::from_secs(60), || {
+        config.exists() && flotilla_cli(&config, &["get", "nodes"]).is_ok()
+    });
+    (master, addr)
 }
