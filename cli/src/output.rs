@@ -509,6 +509,12 @@ pub fn services(
                 } else {
                     s.spec.hosts.join(",")
                 });
+                row.push(
+                    s.spec
+                        .tls
+                        .as_ref()
+                        .map_or_else(|| "<none>".into(), |t| t.secret_name.clone()),
+                );
                 row.push(match s.spec.session_affinity {
                     flotilla_api::objects::service::SessionAffinity::None => "None".into(),
                     flotilla_api::objects::service::SessionAffinity::ClientIp => "ClientIP".into(),
@@ -519,7 +525,7 @@ pub fn services(
         .collect();
     let mut headers = vec!["NAMESPACE", "NAME", "PORT(S)", "SELECTOR", "AGE"];
     if wide {
-        headers.extend(["HOSTS", "AFFINITY"]);
+        headers.extend(["HOSTS", "TLS", "AFFINITY"]);
     }
     table(&headers, &rows)
 }
@@ -938,6 +944,16 @@ mod tests {
         .unwrap();
         let text = services(&[svc], true, Time(0));
         assert!(text.contains("8080:80/TCP,9000/TCP"), "{text}");
+        assert!(text.contains("web.local   <none>   None"), "{text}");
+        let secure: flotilla_api::objects::service::Service = serde_yaml::from_str(
+            "metadata: {name: shop, namespace: default}\nspec: {selector: {app: shop}, ports: [{port: 8443}], hosts: [shop.local, shop.local/api], tls: {secretName: shop-tls}}",
+        )
+        .unwrap();
+        let shop = services(&[secure], true, Time(0));
+        assert!(
+            shop.contains("shop.local,shop.local/api   shop-tls   None"),
+            "{shop}"
+        );
         assert!(
             text.contains("app=web") && text.contains("web.local") && text.contains("None"),
             "{text}"
