@@ -381,30 +381,28 @@ fn tls_and_path_prefixes(c: &Cluster, plain: &str, tls: &str) {
         &key,
     ]);
     let (ip, port) = tls.rsplit_once(':').expect("address");
-    let curl = |path: &str| {
+    // curl over HTTP/2 to `name` at n1's TLS host port: whether it
+    // succeeded, and its output with the HTTP version and status at the end.
+    let curl = |name: &str, path: &str| {
         let out = std::process::Command::new("curl")
             .args(["-sS", "--http2", "--max-time", "10", "--cacert", &ca_file])
-            .args(["--resolve", &format!("secure.test:{port}:{ip}")])
+            .args(["--resolve", &format!("{name}:{port}:{ip}")])
             .args(["-w", "\n%{http_version} %{response_code}"])
-            .arg(format!("https://secure.test:{port}{path}"))
+            .arg(format!("https://{name}:{port}{path}"))
             .output()
             .expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.ends_with(" 200").then_some(text)
+        (out.status.success(), text)
     };
-    let hello = wait_for("HTTPS to secure.test", T, || curl("/"));
+    let ok = |path: &str| Some(curl("secure.test", path).1).filter(|t| t.ends_with(" 200"));
+    let hello = wait_for("HTTPS to secure.test", T, || ok("/"));
     assert!(hello.contains("hello from probed-"), "{hello}");
     assert!(hello.ends_with("\n2 200"), "HTTP/2 over TLS: {hello}");
-    let echoed = curl("/echo/tls").expect("HTTPS to /echo");
+    let echoed = ok("/echo/tls").expect("HTTPS to /echo");
     assert!(echoed.contains("/echo/tls"), "{echoed}");
     // A name no Service serves over TLS gets no certificate.
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert", &ca_file])
-        .args(["--resolve", &format!("hello.test:{port}:{ip}")])
-        .arg(format!("https://hello.test:{port}/"))
-        .output()
-        .expect("run curl");
-    assert!(!out.status.success(), "no certificate for hello.test");
+    let (succeeded, out) = curl("hello.test", "/");
+    assert!(!succeeded, "no certificate for hello.test: {out}");
 }
 
 #[test]
