@@ -55,16 +55,7 @@ struct Cluster {
 
 impl Cluster {
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(bin())
-            .args(args)
-            .env("FLOTILLA_CONFIG", &self.config)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        procs::flotilla_cli(&self.config, args)
     }
 
     fn spawn_master(dir: &Path, addrs: &[String], i: usize, join: Option<&str>) -> Proc {

@@ -14,6 +14,7 @@
 
 use crate::volumes::{self, VolumeError};
 use crate::worker::WorkerCtx;
+use flotilla_api::net::Client;
 use flotilla_api::objects::volume::KeyToPath;
 use flotilla_api::protocol::{ErrorCode, Request, Response};
 use flotilla_api::{Kind, Object, Pod};
@@ -74,14 +75,29 @@ pub async fn read(
     source: Source,
     name: &str,
 ) -> Result<Option<Data>, VolumeError> {
-    let word = source.word();
     let client = ctx.client.borrow().clone();
     let Some(client) = client else {
         return Err(VolumeError::Io(format!(
-            "{word} {name} is needed and no master is connected"
+            "{} {name} is needed and no master is connected",
+            source.word()
         )));
     };
-    let (namespace, name_s) = (pod.metadata.namespace.clone(), name.to_string());
+    fetch(&client, source, &pod.metadata.namespace, name)
+        .await
+        .map_err(VolumeError::Io)
+}
+
+/// Reads `namespace/name` over `client` (a Secret with its values, which
+/// the master gives a node only for what it may read): None if it does not
+/// exist; why not when there is no answer.
+pub async fn fetch(
+    client: &Client,
+    source: Source,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Data>, String> {
+    let word = source.word();
+    let (namespace, name_s) = (namespace.to_string(), name.to_string());
     let req = match source {
         Source::ConfigMap => Request::Get {
             kind: Kind::ConfigMap,
@@ -106,11 +122,9 @@ pub async fn read(
             version: s.metadata.resource_version,
             files: s.files(),
         })),
-        Ok(_) => Err(VolumeError::Io(format!(
-            "unexpected answer for {word} {name}"
-        ))),
+        Ok(_) => Err(format!("unexpected answer for {word} {name}")),
         Err(flotilla_api::net::NetError::Api(e)) if e.code == ErrorCode::NotFound => Ok(None),
-        Err(e) => Err(VolumeError::Io(format!("reading {word} {name}: {e}"))),
+        Err(e) => Err(format!("reading {word} {name}: {e}")),
     }
 }
 

@@ -70,18 +70,12 @@ impl Secret {
     /// What is wrong with a TLS Secret's certificate and key, if anything.
     fn tls_errors(&self) -> Vec<FieldError> {
         use super::service::{TLS_CERT_KEY, TLS_KEY_KEY};
-        let value = |k: &str| -> Option<String> {
-            if let Some(v) = self.string_data.get(k) {
-                return Some(v.clone());
-            }
-            let v = self.data.get(k)?;
-            if v.starts_with(HIDDEN_PREFIX) {
-                return None;
-            }
-            base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .ok()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        // Hidden values do not decode, so they are not checked here.
+        let files = self.files();
+        let value = |k: &str| {
+            files
+                .get(k)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
         };
         let present = |k: &str| self.string_data.contains_key(k) || self.data.contains_key(k);
         let mut errors = Vec::new();

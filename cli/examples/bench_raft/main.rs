@@ -167,18 +167,7 @@ impl Flotilla {
             cmd.spawn()
                 .map_err(|e| format!("cannot run {}: {e}", bin().display()))
         };
-        let cli = |args: &[&str]| -> Result<String, String> {
-            let out = Command::new(bin())
-                .args(args)
-                .env("FLOTILLA_CONFIG", &config)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        };
+        let cli = |args: &[&str]| procs::flotilla_cli(&config, args);
         let mut procs = vec![Some(spawn(0, None)?)];
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::fs::copy(dir.join("m0-config"), &config).is_err()

@@ -627,28 +627,21 @@ impl Inner {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().host())
-                .unwrap_or_default()
-                .to_string();
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            match table.for_host(&host, &path, entry == Entry::Tls) {
+                .unwrap_or_default();
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            match table.for_host(host, path, entry == Entry::Tls) {
                 Some(r) => r.clone(),
                 None => {
-                    return plain(
-                        404,
-                        &format!(
-                        "no Service takes host {host:?} and path {:?} (spec.hosts of a Service{})",
-                        req.uri().path(),
-                        if entry == Entry::Tls {
-                            ", with spec.tls"
-                        } else {
-                            ""
-                        }
-                    ),
-                    )
+                    let tls = if entry == Entry::Tls {
+                        ", with spec.tls"
+                    } else {
+                        ""
+                    };
+                    let message = format!(
+                        "no Service takes host {host:?} and path {:?} (spec.hosts of a Service{tls})",
+                        req.uri().path()
+                    );
+                    return plain(404, &message);
                 }
             }
         } else {

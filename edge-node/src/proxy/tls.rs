@@ -12,10 +12,9 @@
 //! served (a client then fails its handshake) and the node logs why.
 
 use super::Inner;
+use crate::data::Source;
 use flotilla_api::net::Client;
 use flotilla_api::objects::service::{TLS_CERT_KEY, TLS_KEY_KEY};
-use flotilla_api::protocol::{ErrorCode, Request, Response};
-use flotilla_api::Object;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
@@ -30,7 +29,8 @@ pub const RESYNC: Duration = Duration::from_secs(10);
 /// The certificates of the TLS host port, by Secret (`namespace/name`).
 #[derive(Default)]
 pub(super) struct Certificates {
-    by_secret: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Each with the version of the Secret it was read from.
+    by_secret: std::sync::RwLock<HashMap<String, (u64, Arc<CertifiedKey>)>>,
     /// Woken when the table names a Secret not read yet.
     wanted: tokio::sync::Notify,
 }
@@ -41,7 +41,16 @@ impl Certificates {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(secret)
-            .cloned()
+            .map(|(_, ck)| ck.clone())
+    }
+
+    /// The version of `secret` read last, if it is served.
+    fn version(&self, secret: &str) -> Option<u64> {
+        self.by_secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(secret)
+            .map(|(v, _)| *v)
     }
 
     /// Called with each new table: wakes the reader if it names a Secret
@@ -90,45 +99,42 @@ pub(super) fn acceptor(inner: &Arc<Inner>) -> Result<tokio_rustls::TlsAcceptor, 
 
 /// What reading a Secret gave.
 enum Read {
-    Usable(Arc<CertifiedKey>),
+    /// A certificate, from this version of the Secret.
+    Usable(u64, Arc<CertifiedKey>),
+    /// The version already served.
+    Unchanged,
     /// Gone, or not a certificate: why, for the log.
     Unusable(String),
     /// No answer: keep what there is.
     Unknown(String),
 }
 
-/// Reads `secret` (`namespace/name`) over `client`.
-async fn read(client: &Client, secret: &str) -> Read {
+/// Reads `secret` (`namespace/name`) over `client`; its certificate is
+/// parsed only when its version is not the one `served`.
+async fn read(client: &Client, secret: &str, served: Option<u64>) -> Read {
     let (namespace, name) = secret.split_once('/').unwrap_or(("default", secret));
-    let req = Request::RevealSecret {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        stale: true,
+    let data = match crate::data::fetch(client, Source::Secret, namespace, name).await {
+        Ok(Some(data)) => data,
+        Ok(None) => return Read::Unusable("no such Secret".into()),
+        Err(e) => return Read::Unknown(e),
     };
-    match client.call(&req).await {
-        Ok(Response::Object(Object::Secret(s))) => {
-            let files = s.files();
-            let text = |k: &str| {
-                files
-                    .get(k)
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            };
-            match (text(TLS_CERT_KEY), text(TLS_KEY_KEY)) {
-                (Some(cert), Some(key)) => match flotilla_api::tls::serving_key(&cert, &key) {
-                    Ok(ck) => Read::Usable(ck),
-                    Err(e) => Read::Unusable(format!("not a usable certificate and key: {e}")),
-                },
-                _ => Read::Unusable(format!(
-                    "it needs the keys {TLS_CERT_KEY} and {TLS_KEY_KEY} \
-                     (flotilla create secret tls NAME --cert FILE --key FILE)"
-                )),
-            }
-        }
-        Ok(other) => Read::Unknown(format!("unexpected answer: {other:?}")),
-        Err(flotilla_api::net::NetError::Api(e)) if e.code == ErrorCode::NotFound => {
-            Read::Unusable("no such Secret".into())
-        }
-        Err(e) => Read::Unknown(e.to_string()),
+    if served == Some(data.version) {
+        return Read::Unchanged;
+    }
+    let text = |k: &str| {
+        data.files
+            .get(k)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    match (text(TLS_CERT_KEY), text(TLS_KEY_KEY)) {
+        (Some(cert), Some(key)) => match flotilla_api::tls::serving_key(&cert, &key) {
+            Ok(ck) => Read::Usable(data.version, ck),
+            Err(e) => Read::Unusable(format!("not a usable certificate and key: {e}")),
+        },
+        _ => Read::Unusable(format!(
+            "it needs the keys {TLS_CERT_KEY} and {TLS_KEY_KEY} \
+             (flotilla create secret tls NAME --cert FILE --key FILE)"
+        )),
     }
 }
 
@@ -158,9 +164,10 @@ pub(super) async fn keep(
                 .retain(|k, _| wanted.contains(k));
             said.retain(|k, _| wanted.contains(k));
             for secret in wanted {
+                let served = inner.certificates.version(&secret);
                 let outcome = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = read(&c, &secret) => r,
+                    r = read(&c, &secret, served) => r,
                 };
                 let mut certs = inner
                     .certificates
@@ -168,12 +175,12 @@ pub(super) async fn keep(
                     .write()
                     .unwrap_or_else(|p| p.into_inner());
                 match outcome {
-                    Read::Usable(ck) => {
-                        if said.remove(&secret).is_some() || !certs.contains_key(&secret) {
-                            tracing::info!(%secret, "serving TLS with the certificate of a Secret");
-                        }
-                        certs.insert(secret, ck);
+                    Read::Usable(version, ck) => {
+                        said.remove(&secret);
+                        tracing::info!(%secret, version, "serving TLS with the certificate of a Secret");
+                        certs.insert(secret, (version, ck));
                     }
+                    Read::Unchanged => {}
                     Read::Unusable(why) => {
                         certs.remove(&secret);
                         if said.get(&secret) != Some(&why) {
