@@ -45,7 +45,7 @@ app_ready() { "$flotilla" get endpoints hello | grep -q 'hello-'; }
 wait_until "the app's pods to be ready" app_ready
 get() { # host port path: one HTTP request, with curl when there is one
     if command -v curl >/dev/null; then
-        curl -fsS "http://$1:$2$3"
+        curl -fsS --max-time 5 "http://$1:$2$3"
     else
         exec 3<>"/dev/tcp/$1/$2" && printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$3" "$1" >&3 &&
             sed '1,/^\r$/d' <&3 && exec 3<&-
