@@ -290,8 +290,41 @@ async fn answer(
             .headers
             .push((super::NOT_HERE.to_string(), b"1".to_vec()));
     }
-    write_frame(&mut send, &answer).await?;
-    pump(body, send).await;
+    // The head goes out with as much of the body as is ready already: a
+    // small answer crosses in one packet, its end included, rather than
+    // one for the head, one for the body and one for the end.
+    let mut out = flotilla_api::protocol::encode_frame(&answer)?;
+    let mut body = body;
+    let ended = loop {
+        if out.len() >= SCRATCH {
+            break false;
+        }
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(http_body::Body::poll_frame(Pin::new(&mut body), cx))
+        })
+        .await;
+        match ready {
+            Poll::Ready(None) => break true,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // The answer broke before it was sent: the other side
+                // sees an error, not an end.
+                let _ = send.reset(1u32.into());
+                return Ok(());
+            }
+            Poll::Pending => break false,
+        }
+    };
+    send.write_all(&out).await?;
+    if ended {
+        let _ = send.finish();
+    } else {
+        pump(body, send).await;
+    }
     Ok(())
 }
 
