@@ -18,7 +18,10 @@
 //!   without queueing), from this program's own client, which asks the
 //!   four targets in turn, request by request: a stall of the machine
 //!   (this is a shared virtual machine) falls on all targets alike, so
-//!   differences of p99 are the hops' and not the noise's.
+//!   differences of p99 are the hops' and not the noise's. A fifth
+//!   measure takes its turn with them: a UDP datagram to another process
+//!   and back, the floor under any hop between two processes here (each
+//!   round prints its p99 beside what the hop added).
 //!
 //! Then idle http pods: `BENCH_IDLE` (default 300) pods of hello-http on a
 //! node of their own, and the node's RSS before and after.
