@@ -471,6 +471,10 @@ fn main() -> ExitCode {
     if cli.command.is_client() {
         quiet_broken_pipe();
     }
+    #[cfg(all(feature = "master", not(flotilla_system_alloc)))]
+    if matches!(cli.command, Command::Node(_)) {
+        lean_allocator();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -534,6 +538,39 @@ fn quiet_broken_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// A node process (no master in it) wants mimalloc to give memory back
+/// rather than keep it for speed: arenas committed as they are used, and
+/// freed pages returned at once. An idle node then holds about 3 MiB of
+/// heap instead of about 20 (docs/architecture.md, "Edge builds"); a master keeps mimalloc's
+/// defaults, which its throughput was measured with. mimalloc reads its
+/// options from the environment before `main` runs, so the process puts
+/// them there and executes itself again, once (same PID, arguments and
+/// descriptors); options the user set are left as they are. If that fails
+/// the node runs on as it is.
+#[cfg(all(feature = "master", not(flotilla_system_alloc)))]
+fn lean_allocator() {
+    use std::os::unix::process::CommandExt;
+    const LEAN: [(&str, &str); 2] = [
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+        ("MIMALLOC_PURGE_DELAY", "0"),
+    ];
+    if LEAN.iter().all(|(k, _)| std::env::var_os(k).is_some()) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut again = std::process::Command::new(exe);
+    again.args(std::env::args_os().skip(1));
+    for (k, v) in LEAN {
+        if std::env::var_os(k).is_none() {
+            again.env(k, v);
+        }
+    }
+    // Returns only if the exec failed.
+    let _ = again.exec();
 }
 
 fn init_logging() {

@@ -21,6 +21,16 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     let nodes = c.ok(&["get", "nodes", "-o", "wide"]);
     assert!(nodes.starts_with("NAME"), "{nodes}");
     assert_eq!(nodes.matches("Ready").count(), 2, "{nodes}");
+    // A node process runs with mimalloc's lean options: it executed itself
+    // again with them, keeping its PID.
+    let pid = c.node_pid("n1").expect("n1 runs");
+    let environ = environ(pid);
+    for want in ["MIMALLOC_ARENA_EAGER_COMMIT=0", "MIMALLOC_PURGE_DELAY=0"] {
+        assert!(
+            environ.iter().any(|v| v == want),
+            "{want} not in {environ:?}"
+        );
+    }
     // Each node reports the interfaces its runtime links and what pods may
     // use; n2 leaves out the sockets it withholds.
     for (node, sockets) in [("n1", true), ("n2", false)] {
@@ -562,6 +572,11 @@ fn up_runs_master_and_node_in_one_process() {
     assert!(
         String::from_utf8_lossy(&run(&["logs", "hello"]).stdout).contains("hello from flotilla")
     );
+    // A master keeps mimalloc's defaults, which its throughput was measured with.
+    assert!(
+        !environ(up.id()).iter().any(|v| v.starts_with("MIMALLOC_")),
+        "up runs with lean allocator options"
+    );
     // SIGTERM stops both cleanly.
     let _ = Command::new("kill").arg(up.id().to_string()).status();
     let status = wait_for("up to exit", T, || up.try_wait().expect("wait"));
@@ -735,6 +750,15 @@ fn data_files_and_backups_are_private_to_their_owner() {
 }
 
 /// The `get pods` columns of one pod: NAMESPACE NAME STATUS RESTARTS AGE.
+/// The environment process `pid` runs with.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .expect("environ")
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
 fn pod_row(c: &Cluster, pod: &str) -> Vec<String> {
     c.ok(&["get", "pods"])
         .lines()
