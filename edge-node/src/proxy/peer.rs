@@ -176,24 +176,66 @@ impl http_body::Body for RecvBody {
     }
 }
 
-/// Copies `body` into `send` as it comes, then finishes the stream; a body
-/// that breaks resets it, so the other side sees an error, not an end.
-async fn pump<B>(mut body: B, mut send: quinn::SendStream)
+/// Writes `first` (a head, or nothing), then `body` as it comes, then
+/// finishes the stream; a body that breaks resets it, so the other side
+/// sees an error, not an end. Whatever of the body is ready goes out in one
+/// write with what is before it: a small message crosses in one packet, its
+/// end included, rather than one for the head, one for the body and one for
+/// the end.
+async fn pump<B>(first: Vec<u8>, mut body: B, mut send: quinn::SendStream)
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Send,
 {
+    let mut ready: Vec<Bytes> = Vec::new();
+    let mut held = first.len();
+    if !first.is_empty() {
+        ready.push(Bytes::from(first));
+    }
     loop {
+        // Gather what the body has ready, without waiting.
+        let ended = loop {
+            if held >= SCRATCH {
+                break false;
+            }
+            let next = std::future::poll_fn(|cx| {
+                Poll::Ready(http_body::Body::poll_frame(Pin::new(&mut body), cx))
+            })
+            .await;
+            match next {
+                Poll::Ready(None) => break true,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) {
+                        held += data.len();
+                        ready.push(data);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    let _ = send.reset(1u32.into());
+                    return;
+                }
+                Poll::Pending => break false,
+            }
+        };
+        if send.write_all_chunks(&mut ready).await.is_err() {
+            return;
+        }
+        ready.clear();
+        held = 0;
+        if ended {
+            let _ = send.finish();
+            return;
+        }
+        // Then wait for more.
         match body.frame().await {
             None => {
                 let _ = send.finish();
                 return;
             }
             Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if send.write_all(&data).await.is_err() {
-                        return;
-                    }
+                if let Some(data) = frame.into_data().ok().filter(|d| !d.is_empty()) {
+                    held = data.len();
+                    ready.push(data);
                 }
             }
             Some(Err(_)) => {
@@ -249,7 +291,7 @@ fn peer_node(conn: &quinn::Connection) -> Option<String> {
 
 /// Serves one forwarded request.
 async fn answer(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     served: &Served,
 ) -> Result<(), NetError> {
@@ -290,41 +332,8 @@ async fn answer(
             .headers
             .push((super::NOT_HERE.to_string(), b"1".to_vec()));
     }
-    // The head goes out with as much of the body as is ready already: a
-    // small answer crosses in one packet, its end included, rather than
-    // one for the head, one for the body and one for the end.
-    let mut out = flotilla_api::protocol::encode_frame(&answer)?;
-    let mut body = body;
-    let ended = loop {
-        if out.len() >= SCRATCH {
-            break false;
-        }
-        let ready = std::future::poll_fn(|cx| {
-            Poll::Ready(http_body::Body::poll_frame(Pin::new(&mut body), cx))
-        })
-        .await;
-        match ready {
-            Poll::Ready(None) => break true,
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    out.extend_from_slice(&data);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                // The answer broke before it was sent: the other side
-                // sees an error, not an end.
-                let _ = send.reset(1u32.into());
-                return Ok(());
-            }
-            Poll::Pending => break false,
-        }
-    };
-    send.write_all(&out).await?;
-    if ended {
-        let _ = send.finish();
-    } else {
-        pump(body, send).await;
-    }
+    let head = flotilla_api::protocol::encode_frame(&answer)?;
+    pump(head, body, send).await;
     Ok(())
 }
 
@@ -522,7 +531,7 @@ impl Peers {
         if head.no_body {
             let _ = send.finish();
         } else {
-            tokio::spawn(pump(request.into_body(), send));
+            tokio::spawn(pump(Vec::new(), request.into_body(), send));
         }
         let answer = match read_frame::<PeerAnswer>(&mut recv).await {
             Ok(Some(a)) => a,
