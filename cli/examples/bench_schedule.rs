@@ -32,7 +32,7 @@ use flotilla_api::net::Client;
 use flotilla_api::objects::{condition, Node, Object, Pod};
 use flotilla_api::protocol::{ListOptions, Request, Response, ALPN};
 use flotilla_api::quantity::Quantity;
-use procs::{bin, cpu_seconds, env_usize, memory_mib, Proc};
+use procs::{bin, cpu_seconds, env_usize, memory_mib, spawn_logged, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -359,27 +359,15 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
     std::fs::create_dir_all(&dir).expect("bench dir");
     let mut c = Cluster::start(&dir, masters, base_port).await;
     let token = c.cli(&["token", "create"]).expect("token");
-    let hollow_log = std::fs::File::create(c.dir.join("hollow.log")).expect("log");
-    let hollow = Command::new(bin())
-        .args(["hollow-nodes", "--count", &nodes.to_string()])
-        .args(c.addrs.iter().flat_map(|a| ["--master", a.as_str()]))
-        .args([
-            "--token",
-            token.trim(),
-            "--cpu",
-            "4",
-            "--memory",
-            "8Gi",
-            "--data-dir",
-        ])
-        .arg(c.dir.join("hollow"))
-        .env("FLOTILLA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(hollow_log.try_clone().expect("log"))
-        .stderr(hollow_log)
-        .spawn()
-        .expect("run hollow-nodes");
-    c.hollow = Some(Proc(hollow));
+    c.hollow = Some(spawn_logged(
+        Command::new(bin())
+            .args(["hollow-nodes", "--count", &nodes.to_string()])
+            .args(c.addrs.iter().flat_map(|a| ["--master", a.as_str()]))
+            .args(["--token", token.trim(), "--cpu", "4", "--memory", "8Gi"])
+            .arg("--data-dir")
+            .arg(c.dir.join("hollow")),
+        &c.dir.join("hollow.log"),
+    ));
     let client = c.client().await;
     let started = Instant::now();
     loop {

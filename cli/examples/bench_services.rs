@@ -38,7 +38,9 @@
 #[path = "common/procs.rs"]
 mod procs;
 
-use procs::{bin, env_usize, flotilla_cli, memory_mib, start_master, wait_until, Proc};
+use procs::{
+    bin, env_usize, flotilla_cli, memory_mib, spawn_logged, start_master, wait_until, Proc,
+};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -356,22 +358,17 @@ impl Cluster {
     /// A node whose proxy serves on `proxy` (an address of 127/8).
     fn node(&self, name: &str, proxy: &str, extra: &[&str]) -> Proc {
         let token = self.cli(&["token", "create"]).expect("token");
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log");
-        let child = Command::new(bin())
-            .args(["node", "--master", &self.addr, "--name", name])
-            .args(["--token", token.trim(), "--proxy-address", proxy])
-            .args(["--proxy-peer-port", "0", "--host-port", "0"])
-            .args(["--host-tls-port", "0", "--label", &format!("bench={name}")])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(self.dir.join(name))
-            .env("FLOTILLA_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("run flotilla node");
-        Proc(child)
+        spawn_logged(
+            Command::new(bin())
+                .args(["node", "--master", &self.addr, "--name", name])
+                .args(["--token", token.trim(), "--proxy-address", proxy])
+                .args(["--proxy-peer-port", "0", "--host-port", "0"])
+                .args(["--host-tls-port", "0", "--label", &format!("bench={name}")])
+                .args(extra)
+                .arg("--data-dir")
+                .arg(self.dir.join(name)),
+            &self.dir.join(format!("{name}.log")),
+        )
     }
 
     fn apply(&self, name: &str, text: &str) {

@@ -29,10 +29,11 @@
 mod procs;
 
 use procs::{
-    bin, cpu_seconds, env_usize, flotilla_cli, memory_mib, start_master, wait_until, Proc,
+    bin, cpu_seconds, env_usize, flotilla_cli, memory_mib, spawn_logged, start_master, wait_until,
+    Proc,
 };
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Bench {
@@ -55,30 +56,14 @@ impl Bench {
 
     fn hollow(&self, prefix: &str, count: usize) -> Proc {
         let token = self.cli(&["token", "create"]).expect("token");
-        let log = std::fs::File::create(self.dir.join(format!("{prefix}.log"))).expect("log");
-        let child = Command::new(bin())
-            .args([
-                "hollow-nodes",
-                "--count",
-                &count.to_string(),
-                "--master",
-                &self.addr,
-            ])
-            .args([
-                "--token",
-                token.trim(),
-                "--name-prefix",
-                prefix,
-                "--data-dir",
-            ])
-            .arg(self.dir.join(prefix))
-            .env("FLOTILLA_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("run hollow nodes");
-        Proc(child)
+        spawn_logged(
+            Command::new(bin())
+                .args(["hollow-nodes", "--count", &count.to_string()])
+                .args(["--master", &self.addr, "--token", token.trim()])
+                .args(["--name-prefix", prefix, "--data-dir"])
+                .arg(self.dir.join(prefix)),
+            &self.dir.join(format!("{prefix}.log")),
+        )
     }
 
     fn ready_nodes(&self) -> usize {

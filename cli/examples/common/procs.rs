@@ -91,6 +91,20 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
     start.elapsed()
 }
 
+/// Runs the `flotilla` binary with `args`, logging at warn into `log`
+/// (stdout and stderr), with no stdin.
+pub fn spawn_logged(args: &mut Command, log: &Path) -> Proc {
+    let file = std::fs::File::create(log).expect("log");
+    let child = args
+        .env("FLOTILLA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("run flotilla");
+    Proc(child)
+}
+
 /// A master on a free loopback port, its data in `dir/master`, its log in
 /// `dir/master.log` and the admin's client config at `dir/config`; returned
 /// with its address once it answers.
@@ -100,26 +114,15 @@ pub fn start_master(dir: &Path) -> (Proc, String) {
         .expect("port")
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("master.log")).expect("log");
     let config = dir.join("config");
-    let master = Command::new(bin())
-        .args([
-            "master",
-            "--listen",
-            &addr,
-            "--advertise",
-            &addr,
-            "--data-dir",
-        ])
-        .arg(dir.join("master"))
-        .env("FLOTILLA_CONFIG", &config)
-        .env("FLOTILLA_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("run flotilla master");
-    let master = Proc(master);
+    let master = spawn_logged(
+        Command::new(bin())
+            .args(["master", "--listen", &addr, "--advertise", &addr])
+            .arg("--data-dir")
+            .arg(dir.join("master"))
+            .env("FLOTILLA_CONFIG", &config),
+        &dir.join("master.log"),
+    );
     wait_until("the master", Duration::from_secs(60), || {
         config.exists() && flotilla_cli(&config, &["get", "nodes"]).is_ok()
     });
