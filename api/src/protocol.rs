@@ -182,6 +182,16 @@ pub enum Request {
         name: String,
         stale: bool,
     },
+    /// A node asks for a module's code compiled for its engine, so that it
+    /// need not compile it: answered `Code`, then the code in `Chunk`s,
+    /// then `End`; or an error, after which the node compiles by itself.
+    /// The master compiles for `target` only if its engine for it has this
+    /// `fingerprint`.
+    GetCode {
+        digest: String,
+        target: crate::objects::CodeTarget,
+        fingerprint: String,
+    },
 }
 
 /// What deleting an owner does to the objects it owns (their
@@ -367,6 +377,12 @@ pub enum Response {
     /// The answer to `Request::UpdateStatuses`: for each object, in order,
     /// its resourceVersion once its status was written, or why it was not.
     Statuses(Vec<Result<u64, ApiError>>),
+    /// The head of a `GetCode` answer: the code's digest, as the module's
+    /// `status.code` records it, and its size; the chunks follow.
+    Code {
+        sha256: String,
+        size: u64,
+    },
 }
 
 /// One certificate a master knows of, for `flotilla cluster status`.

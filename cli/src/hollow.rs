@@ -188,6 +188,7 @@ impl HollowConfig {
             operating_system: std::env::consts::OS.into(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             wasm_engine: "hollow".into(),
+            ..NodeInfo::default()
         };
         // What a real node's runtime links, none withheld; nothing is linked here.
         node.status.interfaces = interfaces::all();

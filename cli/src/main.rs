@@ -219,6 +219,10 @@ struct CompileArgs {
     /// Print the engine's fingerprint and exit.
     #[arg(long)]
     probe: bool,
+    /// The node's code target (TARGET,CPU,RESERVATION,GUARD): the engine
+    /// is set up as the node's.
+    #[arg(long)]
+    engine: String,
     /// The fingerprint of the node's engine; the code is compiled only for it.
     #[arg(long, required_unless_present = "probe", requires = "output")]
     fingerprint: Option<String>,
@@ -428,12 +432,36 @@ struct OfferArgs {
     #[arg(long)]
     no_proxy: bool,
     /// Requests the node's http pods may serve at once, all pods together:
-    /// the slots of the instance pool each request takes one of (64-bit
-    /// machines reserve 4 GiB of address space per slot, not memory); a
-    /// request beyond gets 503. 0 turns the pool off: each request then
-    /// allocates its own instance.
-    #[arg(long, value_name = "N", default_value_t = flotilla_node::runtime::DEFAULT_HTTP_SLOTS)]
-    http_slots: u32,
+    /// the slots of the instance pool each request takes one of (each
+    /// reserves address space for two memories, not memory); a request
+    /// beyond gets 503. 0 turns the pool off: each request then allocates
+    /// its own instance [default: by device class: 64 tiny, 256 small,
+    /// 1000 standard, fewer where the address space is short; 0 on 32-bit].
+    #[arg(long, value_name = "N")]
+    http_slots: Option<u32>,
+    /// The device class the engine is set up for: tiny, small or standard
+    /// [default: from the machine's memory: under 1.5Gi tiny, under 6Gi
+    /// small].
+    #[arg(long, value_name = "CLASS")]
+    device_class: Option<String>,
+    /// The CPU features compiled code may use: baseline (any CPU of the
+    /// architecture, so masters can compile it for the node) or native
+    /// (this CPU's) [default: native on x86_64, baseline elsewhere].
+    #[arg(long, value_name = "CPU")]
+    engine_cpu: Option<String>,
+    /// Address space reserved for each WebAssembly memory, e.g. 128Mi or
+    /// 4Gi: with less than 4Gi, code checks bounds itself [default: 4Gi on
+    /// x86_64, 128Mi on aarch64, 10Mi on 32-bit].
+    #[arg(long, value_name = "BYTES")]
+    memory_reservation: Option<String>,
+    /// Guard region after each WebAssembly memory, e.g. 2Mi [default: 32Mi
+    /// on x86_64, 2Mi on aarch64, none under Pulley].
+    #[arg(long, value_name = "BYTES")]
+    memory_guard: Option<String>,
+    /// Worker threads that run the node's pods [default: 1 tiny, 2 small,
+    /// one per core standard].
+    #[arg(long, value_name = "N")]
+    runtime_threads: Option<u32>,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -476,10 +504,16 @@ fn main() -> ExitCode {
         lean_allocator();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A node runs as many workers as its device class (or flag) says: a Pi
+    // needs no thread per core. Bad flags are reported by the command.
+    #[cfg(feature = "node")]
+    if let Command::Node(a) = &cli.command {
+        if let Ok(p) = engine_profile(&a.offer) {
+            builder.worker_threads(p.runtime_threads.max(1) as usize);
+        }
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -635,6 +669,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     ttl: commands::parse_duration(&a.event_ttl)?,
                     max_events: a.max_events,
                 },
+                code_compiler: code_compiler(),
             };
             if a.init {
                 let (master, _) = flotilla_master::start(cfg).await?;
@@ -672,7 +707,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_pods: offer.max_pods,
                 allowed_host_paths: offer.allowed_host_paths,
                 proxy: offer.proxy,
-                http_slots: offer.http_slots,
+                engine: offer.engine,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -848,16 +883,60 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What a master compiles its nodes' code with: the node runtime's
+/// compiler, in a binary that has it.
+#[cfg(feature = "master")]
+fn code_compiler() -> Option<flotilla_master::code::Compiler> {
+    #[cfg(feature = "node")]
+    {
+        Some(flotilla_master::code::Compiler(std::sync::Arc::new(
+            NodeCodeCompiler::default(),
+        )))
+    }
+    #[cfg(not(feature = "node"))]
+    {
+        None
+    }
+}
+
+/// The node runtime's compiler, as a master's.
+#[cfg(all(feature = "master", feature = "node"))]
+#[derive(Default)]
+struct NodeCodeCompiler(flotilla_node::runtime::compile::CrossCompiler);
+
+#[cfg(all(feature = "master", feature = "node"))]
+impl flotilla_master::code::CodeCompiler for NodeCodeCompiler {
+    fn fingerprint(&self, target: &flotilla_api::objects::CodeTarget) -> Result<String, String> {
+        self.0.fingerprint(target)
+    }
+
+    fn compile(
+        &self,
+        target: &flotilla_api::objects::CodeTarget,
+        wasm: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        self.0.compile(target, wasm)
+    }
+}
+
 /// `flotilla __compile`: the node agent's compiler child.
 #[cfg(feature = "node")]
 fn compile_child(a: &CompileArgs) -> ExitCode {
     use flotilla_node::runtime::compile::{child_main, ChildRequest};
+    let code = match flotilla_node::runtime::device::parse_code(&a.engine) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("--engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let request = match (&a.fingerprint, &a.output, a.probe) {
         (Some(f), Some(o), false) => ChildRequest::Compile {
+            code,
             fingerprint: f.clone(),
             output: o.clone(),
         },
-        _ => ChildRequest::Probe,
+        _ => ChildRequest::Probe { code },
     };
     ExitCode::from(u8::try_from(child_main(request)).unwrap_or(1))
 }
@@ -870,7 +949,40 @@ struct Offer {
     max_pods: Option<u32>,
     allowed_host_paths: Vec<PathBuf>,
     proxy: Option<flotilla_node::proxy::ProxyConfig>,
-    http_slots: u32,
+    engine: flotilla_node::runtime::device::Profile,
+}
+
+/// The engine profile for this machine and the flags (`node` and `up`).
+#[cfg(feature = "node")]
+fn engine_profile(a: &OfferArgs) -> anyhow::Result<flotilla_node::runtime::device::Profile> {
+    use flotilla_node::runtime::device;
+    let bytes = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|q| {
+                flotilla_api::quantity::parse_bytes(q).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            })
+            .transpose()
+    };
+    let overrides = device::Overrides {
+        class: a
+            .device_class
+            .as_deref()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| anyhow::anyhow!("--device-class: {e}"))
+            })
+            .transpose()?,
+        cpu: a
+            .engine_cpu
+            .as_deref()
+            .map(|c| c.parse().map_err(|e| anyhow::anyhow!("--engine-cpu: {e}")))
+            .transpose()?,
+        memory_reservation: bytes("memory-reservation", &a.memory_reservation)?,
+        memory_guard: bytes("memory-guard", &a.memory_guard)?,
+        http_slots: a.http_slots,
+        runtime_threads: a.runtime_threads,
+    };
+    device::profile(&device::Machine::this(), &overrides).map_err(|e| anyhow::anyhow!(e))
 }
 
 #[cfg(feature = "node")]
@@ -931,7 +1043,7 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
         max_pods: a.max_pods,
         allowed_host_paths: a.allow_host_path.clone(),
         proxy,
-        http_slots: a.http_slots,
+        engine: engine_profile(a)?,
     })
 }
 
@@ -1001,6 +1113,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         replace_config: a.replace_config,
         cert_lifetime: flotilla_api::identity::DEFAULT_CERT_LIFETIME,
         event_retention: Default::default(),
+        code_compiler: code_compiler(),
     };
     let (master, running) = flotilla_master::start(cfg).await?;
     let addr = master.local_addr.to_string();
@@ -1034,7 +1147,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         max_pods: offer.max_pods,
         allowed_host_paths: offer.allowed_host_paths,
         proxy: offer.proxy,
-        http_slots: offer.http_slots,
+        engine: offer.engine,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

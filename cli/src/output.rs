@@ -650,7 +650,16 @@ pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> String {
 pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
     let mut header = vec!["NAME", "STATUS", "ARCH", "AGE"];
     if wide {
-        header.extend(["CPU", "MEMORY", "ENGINE", "VERSION", "CERT-EXPIRES"]);
+        header.extend([
+            "CPU",
+            "MEMORY",
+            "CLASS",
+            "ENGINE",
+            "SLOTS",
+            "THREADS",
+            "VERSION",
+            "CERT-EXPIRES",
+        ]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -671,7 +680,20 @@ pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
             if wide {
                 r.push(format!("{}m", n.status.capacity.cpu_millis));
                 r.push(format_bytes(n.status.capacity.memory_bytes));
-                r.push(or_none(&n.status.node_info.wasm_engine));
+                let engine = &n.status.node_info.engine;
+                r.push(or_none(&engine.class));
+                r.push(engine_column(&n.status.node_info));
+                let known = !engine.class.is_empty();
+                r.push(if known {
+                    engine.http_slots.to_string()
+                } else {
+                    "<none>".into()
+                });
+                r.push(if known {
+                    engine.runtime_threads.to_string()
+                } else {
+                    "<none>".into()
+                });
                 r.push(or_none(&n.status.node_info.agent_version));
                 r.push(cert_expiry(n, now));
             }
@@ -679,6 +701,20 @@ pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+/// How a node runs code: `pulley32`, `cranelift-baseline` (code any
+/// master can compile for it) or `cranelift-native` (for its own CPU);
+/// the engine's name alone from a node that reports no profile.
+fn engine_column(info: &flotilla_api::objects::NodeInfo) -> String {
+    let code = &info.engine.code;
+    if code.target.is_empty() {
+        or_none(&info.wasm_engine)
+    } else if code.target.starts_with("pulley") {
+        code.target.clone()
+    } else {
+        format!("cranelift-{}", code.cpu)
+    }
 }
 
 /// When a node's certificate expires and how long that is from now, from

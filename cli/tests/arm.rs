@@ -3,6 +3,8 @@
 //! for arm64 waits rather than land on the amd64 node, then runs on the
 //! arm64 one, and a pod for amd64 never lands on it. An http pod on the
 //! arm64 node serves a Service, reached through the amd64 node's proxy.
+//! The emulated node compiles nothing: the master compiles both modules
+//! for its engine, and its compile counter stays at zero.
 //!
 //! Needs the cross build (`scripts/test.sh` makes it) and qemu-user, so it is
 //! ignored by a plain `cargo test`; run it with
@@ -89,6 +91,45 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
         "{logs}"
     );
     assert_eq!(node_of(&c, "hello-arm"), "pi");
+    // The emulated node compiled nothing: the x86_64 master compiled the
+    // module for its engine (baseline aarch64 code), and the node loaded it.
+    let node = c.get_json("node", "pi").expect("node");
+    let engine = &node["status"]["nodeInfo"]["engine"];
+    assert_eq!(
+        engine["code"]["target"], "aarch64-unknown-linux-gnu",
+        "{engine}"
+    );
+    assert_eq!(engine["code"]["cpu"], "baseline", "{engine}");
+    let fingerprint = engine["fingerprint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!fingerprint.is_empty(), "{engine}");
+    let message = c.module_ready_message("hello-arm");
+    assert!(message.contains("precompiled by the master"), "{message}");
+    let digest = flotilla_api::objects::digest_of(
+        &std::fs::read(flotilla_workloads::path("hello")).expect("hello.wasm"),
+    );
+    let module = c
+        .get_json("module", &flotilla_api::objects::module_name(&digest))
+        .expect("module");
+    let records = module["status"]["code"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["fingerprint"] == fingerprint.as_str()
+                && r["target"] == "aarch64-unknown-linux-gnu"),
+        "{module}"
+    );
+    let counts = wait_for("the node to report its code counts", slow, || {
+        let n = c.get_json("node", "pi")?;
+        let code = n["status"]["code"].clone();
+        (code["precompiled"].as_u64().unwrap_or(0) >= 1).then_some(code)
+    });
+    assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
     // And a pod for amd64 lands on the amd64 node, never on the arm64 one.
     let pod = c.manifest(
         "hello-amd.yaml",
@@ -129,4 +170,11 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
             "{body}"
         );
     }
+    // The http component too came compiled from the master.
+    let counts = wait_for("the node to report the second module", slow, || {
+        let n = c.get_json("node", "pi")?;
+        let code = n["status"]["code"].clone();
+        (code["precompiled"].as_u64().unwrap_or(0) >= 2).then_some(code)
+    });
+    assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
 }

@@ -1384,18 +1384,6 @@ fn node_code_files(c: &Cluster, node: &str) -> Vec<String> {
     names
 }
 
-/// The message of a pod's ModuleReady condition, e.g.
-/// `fetch 3ms (master), compile 61ms (cold)`.
-fn module_ready_message(c: &Cluster, pod: &str) -> String {
-    let pod = c.get_json("pod", pod).expect("pod");
-    pod["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "ModuleReady"))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// A node keeps a module's bytes and code while a pod uses it, and for
 /// `--module-cache-grace` after (a pod deleted and applied again neither
 /// fetches nor compiles); then both go, and `node.redb` gives the space back.
@@ -1435,7 +1423,7 @@ fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
     let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
     let redb = c.path("n1").join("node.redb");
     let redb_size = || std::fs::metadata(&redb).expect("node.redb").len();
-    assert!(module_ready_message(&c, "once").contains("(master)"));
+    assert!(c.module_ready_message("once").contains("(master)"));
     assert_eq!(node_code_files(&c, "n1").len(), 2);
     assert!(redb_size() > 8 << 20, "{}", redb_size());
 
@@ -1447,7 +1435,7 @@ fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
     });
     c.ok(&["apply", "-f", once]);
     c.wait_phase("once", "Succeeded", T);
-    let message = module_ready_message(&c, "once");
+    let message = c.module_ready_message("once");
     assert!(
         message.contains("(local)") && message.contains("(cached)"),
         "{message}"
@@ -1495,7 +1483,7 @@ fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
     // Applied now, it comes from the master again and compiles anew.
     c.ok(&["apply", "-f", once]);
     c.wait_phase("once", "Succeeded", T);
-    let message = module_ready_message(&c, "once");
+    let message = c.module_ready_message("once");
     assert!(
         message.contains("(master)") && message.contains("(cold)"),
         "{message}"

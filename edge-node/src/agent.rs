@@ -19,7 +19,7 @@ use crate::NodeError;
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::Validity;
 use flotilla_api::net::{read_frame, write_frame, Client, NetError};
-use flotilla_api::objects::{NodeCapacity, NodeInfo, PodPhase};
+use flotilla_api::objects::{NodeCapacity, NodeEngine, NodeInfo, PodPhase};
 use flotilla_api::protocol::{
     status_batches, ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError,
     Request, Response, WatchOptions, ALPN,
@@ -60,8 +60,9 @@ pub struct NodeConfig {
     /// Where the node proxy listens; None: this node serves no Service
     /// (its http pods are still reached through other nodes' proxies).
     pub proxy: Option<crate::proxy::ProxyConfig>,
-    /// Slots of the instance pool http pods are served from (0: none).
-    pub http_slots: u32,
+    /// The engine, pool and runtime threads for the device
+    /// ([`crate::runtime::device`]).
+    pub engine: crate::runtime::device::Profile,
 }
 
 /// How often the node tells the master it is alive.
@@ -220,7 +221,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         &cfg.data_dir.join("compiled"),
         cfg.compile,
         &cfg.deny,
-        cfg.http_slots,
+        &cfg.engine,
     )?;
     if !cfg.deny.prefixes().is_empty() {
         tracing::info!(deny = ?cfg.deny.prefixes(), "withholding these interfaces from guests");
@@ -510,7 +511,15 @@ async fn session(
         tokio::task::spawn_blocking(move || crate::node_status::held(&local, &runtime, &volumes))
             .await
             .unwrap_or_default();
-    register(client, cfg, creds, held.clone(), &agent.proxy_endpoint).await?;
+    register(
+        client,
+        cfg,
+        &agent.ctx.runtime,
+        creds,
+        held.clone(),
+        &agent.proxy_endpoint,
+    )
+    .await?;
     *agent.reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
     let list = ListOptions {
         kind: Some(Kind::Pod),
@@ -572,14 +581,16 @@ pub async fn list_all(client: &Client, list: &ListOptions) -> Result<(u64, Vec<O
 async fn register(
     client: &Client,
     cfg: &NodeConfig,
+    runtime: &Runtime,
     creds: &ClientConfigFile,
     held: crate::node_status::Held,
     proxy_endpoint: &str,
 ) -> Result<(), NetError> {
-    let mut node = describe_node(cfg);
+    let mut node = describe_node(cfg, runtime);
     node.status.proxy_endpoint = proxy_endpoint.to_string();
     node.status.modules = held.modules;
     node.status.volumes = held.volumes;
+    node.status.code = held.code;
     if let Ok(v) = Validity::of_pem(&creds.cert_pem) {
         node.metadata.annotations.insert(
             annotations::CERTIFICATE_EXPIRES.into(),
@@ -640,6 +651,7 @@ pub async fn register_node(client: &Client, node: Node) -> Result<(), NetError> 
             updated.status.interfaces = node.status.interfaces;
             updated.status.modules = node.status.modules;
             updated.status.volumes = node.status.volumes;
+            updated.status.code = node.status.code;
             updated.status.proxy_endpoint = node.status.proxy_endpoint;
             client
                 .call(&Request::UpdateStatus(Object::Node(updated)))
@@ -660,7 +672,7 @@ pub fn arch() -> &'static str {
     }
 }
 
-fn describe_node(cfg: &NodeConfig) -> Node {
+fn describe_node(cfg: &NodeConfig, runtime: &Runtime) -> Node {
     let mut labels = cfg.labels.clone();
     labels.retain(|k, _| {
         let keep = !labels::is_restricted_node_label(k);
@@ -695,12 +707,22 @@ fn describe_node(cfg: &NodeConfig) -> Node {
         architecture: arch().into(),
         operating_system: std::env::consts::OS.into(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        wasm_engine: if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-            "cranelift"
-        } else {
+        wasm_engine: if cfg.engine.is_pulley() {
             "pulley"
+        } else {
+            "cranelift"
         }
         .into(),
+        engine: NodeEngine {
+            class: cfg.engine.class.as_str().into(),
+            code: runtime.code_target().clone(),
+            fingerprint: runtime.fingerprint().into(),
+            http_slots: cfg.engine.http_slots,
+            // What the process runs with, which `main` set from the profile.
+            runtime_threads: tokio::runtime::Handle::try_current()
+                .map(|h| u32::try_from(h.metrics().num_workers()).unwrap_or(u32::MAX))
+                .unwrap_or(cfg.engine.runtime_threads),
+        },
     };
     node
 }

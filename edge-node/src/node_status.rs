@@ -116,6 +116,8 @@ pub struct Held {
     pub modules: Vec<String>,
     /// `status.volumes`: [`crate::volumes::held`].
     pub volumes: Vec<String>,
+    /// `status.code`: how the runtime came by its programs' code.
+    pub code: flotilla_api::objects::CodeCounts,
 }
 
 /// What the node holds now.
@@ -123,6 +125,7 @@ pub fn held(local: &LocalStore, runtime: &Runtime, volumes: &crate::volumes::Vol
     Held {
         modules: held_modules(local, runtime),
         volumes: crate::volumes::held(volumes),
+        code: runtime.code_counts(),
     }
 }
 
@@ -140,7 +143,7 @@ pub fn held_update(held: &Held, reported: Option<&Held>) -> Option<Held> {
     }
 }
 
-/// Keeps `status.modules` and `status.volumes` of the node `name` current
+/// Keeps `status.modules`, `status.volumes` and `status.code` of the node `name` current
 /// until `stop` fires: every `MODULES_CHECK` (5 s) it looks at what is
 /// held and, when it differs from what was reported, writes it (at most
 /// one write per check, none while nothing changes).
@@ -202,6 +205,7 @@ async fn write_held(client: &Client, name: &str, held: Held) -> Result<(), NetEr
     };
     node.status.modules = held.modules;
     node.status.volumes = held.volumes;
+    node.status.code = held.code;
     node.metadata.resource_version = 0;
     client
         .call(&Request::UpdateStatus(Object::Node(node)))
@@ -292,6 +296,7 @@ mod tests {
         let held = |m: &[&str], v: &[&str]| Held {
             modules: m.iter().map(|s| s.to_string()).collect(),
             volumes: v.iter().map(|s| s.to_string()).collect(),
+            code: Default::default(),
         };
         let a = held(&["sha256:a"], &[]);
         let ab = held(&["sha256:a", "sha256:b"], &[]);

@@ -520,6 +520,16 @@ async fn prepare(
         }
     };
     let fetch_ms = t0.elapsed().as_millis();
+    if let Some(loaded) = precompiled(ctx, digest).await {
+        let program = share(&ctx.programs, digest, loaded.0);
+        return Ok((
+            program,
+            format!(
+                "fetch {fetch_ms}ms ({source}), code {}ms (precompiled by the master)",
+                loaded.1
+            ),
+        ));
+    }
     let rt = ctx.runtime.clone();
     let d = digest.to_string();
     let stop = stop.clone();
@@ -551,6 +561,40 @@ async fn prepare(
     ))
 }
 
+/// The program for `digest` from code a master compiled for this node's
+/// engine, with the milliseconds it took to fetch and load; None when the
+/// disk cache has code already, no master is connected, or the master
+/// cannot give code that loads here (the caller then compiles, and says
+/// why in the node's log).
+async fn precompiled(ctx: &WorkerCtx, digest: &str) -> Option<(Program, u128)> {
+    if ctx.runtime.has_compiled(digest) {
+        return None;
+    }
+    let client = ctx.client.borrow().clone()?;
+    let t0 = Instant::now();
+    let rt = ctx.runtime.clone();
+    let fetched = fetch_code(&client, digest, rt.code_target(), rt.fingerprint()).await;
+    let (sha256, code) = match fetched {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(module = %digest, reason = %e, "no precompiled code from the master; compiling here");
+            return None;
+        }
+    };
+    let d = digest.to_string();
+    let loaded = tokio::task::spawn_blocking(move || rt.load_precompiled(&d, &code, &sha256))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match loaded {
+        Ok((program, _)) => Some((program, t0.elapsed().as_millis())),
+        Err(e) => {
+            tracing::warn!(module = %digest, reason = %e, "refused the master's precompiled code; compiling here");
+            None
+        }
+    }
+}
+
 /// The program to run for `digest`: one that another worker compiled
 /// meanwhile, so that both share one copy, or else `compiled`, now shared.
 /// Entries whose programs are gone are dropped on the way.
@@ -578,38 +622,22 @@ const DOWNLOADS: usize = 4;
 
 static DOWNLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(DOWNLOADS);
 
+/// Most bytes of compiled code a node takes from a master: code is a few
+/// times the size of its module, which is at most 64 MiB.
+const MAX_CODE_SIZE: u64 = 4 * flotilla_api::protocol::MAX_MODULE_SIZE;
+
 /// Downloads a module from the master and checks its digest.
 pub async fn fetch(client: &Client, digest: &str) -> Result<Vec<u8>, String> {
-    // Never closed, so acquiring only waits.
-    let _turn = DOWNLOADING.acquire().await.map_err(|e| e.to_string())?;
-    let (_send, mut recv) = client
-        .open(&Request::GetModule {
-            digest: digest.to_string(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    loop {
-        match read_frame::<Response>(&mut recv)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(Response::Chunk(c)) => {
-                if bytes.len() + c.len() > flotilla_api::protocol::MAX_MODULE_SIZE as usize {
-                    return Err("module exceeds the size limit".into());
-                }
-                bytes.extend_from_slice(&c);
-            }
-            Some(Response::End) => break,
-            Some(Response::Error(e)) => return Err(e.to_string()),
-            Some(other) => {
-                return Err(format!(
-                    "unexpected answer while fetching a module: {other:?}"
-                ))
-            }
-            None => return Err("the master closed the module stream early".into()),
-        }
-    }
+    let request = Request::GetModule {
+        digest: digest.to_string(),
+    };
+    let (_, bytes) = download(
+        client,
+        &request,
+        flotilla_api::protocol::MAX_MODULE_SIZE,
+        "module",
+    )
+    .await?;
     let actual = digest_of(&bytes);
     if actual != digest {
         return Err(format!(
@@ -617,6 +645,80 @@ pub async fn fetch(client: &Client, digest: &str) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// Downloads the code a master compiled from module `digest` for an
+/// engine for `target` with `fingerprint`: the digest the master records
+/// for the code, and the code (checked against it by the caller, which
+/// loads it).
+async fn fetch_code(
+    client: &Client,
+    digest: &str,
+    target: &flotilla_api::objects::CodeTarget,
+    fingerprint: &str,
+) -> Result<(String, Vec<u8>), String> {
+    let request = Request::GetCode {
+        digest: digest.to_string(),
+        target: target.clone(),
+        fingerprint: fingerprint.to_string(),
+    };
+    let (head, bytes) = download(client, &request, MAX_CODE_SIZE, "code").await?;
+    let Some((sha256, size)) = head else {
+        return Err("the master sent code without saying its digest".into());
+    };
+    if bytes.len() as u64 != size {
+        return Err(format!(
+            "the master announced {size} bytes of code and sent {}",
+            bytes.len()
+        ));
+    }
+    Ok((sha256, bytes))
+}
+
+/// Sends `request` and gathers the `Chunk`s that answer it, up to `limit`
+/// bytes, with the `Code` head that precedes them, if any. `what` names
+/// the download in errors.
+async fn download(
+    client: &Client,
+    request: &Request,
+    limit: u64,
+    what: &str,
+) -> Result<(Option<(String, u64)>, Vec<u8>), String> {
+    // Never closed, so acquiring only waits.
+    let _turn = DOWNLOADING.acquire().await.map_err(|e| e.to_string())?;
+    let (_send, mut recv) = client.open(request).await.map_err(|e| e.to_string())?;
+    let mut head = None;
+    let mut bytes = Vec::new();
+    loop {
+        match read_frame::<Response>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(Response::Code { sha256, size }) if head.is_none() && bytes.is_empty() => {
+                if size > limit {
+                    return Err(format!(
+                        "{what} of {size} bytes exceeds the limit of {limit}"
+                    ));
+                }
+                head = Some((sha256, size));
+            }
+            Some(Response::Chunk(c)) => {
+                if (bytes.len() + c.len()) as u64 > limit {
+                    return Err(format!("{what} exceeds the size limit of {limit} bytes"));
+                }
+                bytes.extend_from_slice(&c);
+            }
+            Some(Response::End) => break,
+            Some(Response::Error(e)) => return Err(e.to_string()),
+            Some(other) => {
+                return Err(format!(
+                    "unexpected answer while fetching a {what}: {other:?}"
+                ))
+            }
+            None => return Err(format!("the master closed the {what} stream early")),
+        }
+    }
+    Ok((head, bytes))
 }
 
 #[cfg(test)]

@@ -154,7 +154,10 @@ async fn beyond_the_nodes_instance_pool_is_503_for_every_pod() {
         &dir.path().join("cache"),
         flotilla_node::runtime::CompileLimits::for_this_machine(),
         &flotilla_node::runtime::Deny::default(),
-        2,
+        &flotilla_node::runtime::device::Profile {
+            http_slots: 2,
+            ..flotilla_node::runtime::device::for_this_machine().unwrap()
+        },
     )
     .unwrap();
     let (a, _) = serve(&rt, "slow", RunSpec::default(), limits(8, 10_000));

@@ -33,6 +33,7 @@
 pub mod apiserver;
 mod backup;
 mod bootstrap;
+pub mod code;
 pub mod controllers;
 pub mod frontend;
 mod membership;
@@ -90,6 +91,9 @@ pub struct MasterConfig {
     pub cert_lifetime: Duration,
     /// How long Events are kept, and how many at most.
     pub event_retention: controllers::events::Retention,
+    /// Compiles modules for the nodes' engines ([`code`]); None: nodes
+    /// compile by themselves.
+    pub code_compiler: Option<code::Compiler>,
 }
 
 /// How a new master joins an existing cluster.
@@ -204,7 +208,12 @@ impl Running {
             heartbeats,
             cluster: self.cluster.clone(),
             node_watches: apiserver::NodeWatches::default(),
+            code: code::CodeShop::new(
+                self.config.code_compiler.clone(),
+                self.config.data_dir.join("code"),
+            ),
         };
+        tracker.spawn(code::sweep_loop(api.clone(), shutdown.clone()));
         if let Some(join) = &self.config.join {
             tracker.spawn(membership::become_member(
                 self.cluster.clone(),

@@ -246,6 +246,7 @@ impl From<Node> for super::Node {
                     operating_system: st.node_info.operating_system,
                     agent_version: st.node_info.agent_version,
                     wasm_engine: st.node_info.wasm_engine,
+                    ..Default::default()
                 },
                 addresses: st.addresses,
                 ..Default::default()

@@ -40,9 +40,15 @@ pub use cron_job::CronJob;
 pub use daemon_set::DaemonSet;
 pub use deployment::Deployment;
 pub use job::Job;
-pub use module::{digest_of, is_digest, module_name, Module, ModuleSpec, ModuleStatus};
+pub use module::{
+    digest_of, is_digest, module_name, Module, ModuleCode, ModuleSpec, ModuleStatus,
+    MAX_MODULE_CODE,
+};
 pub use namespace::Namespace;
-pub use node::{Node, NodeCapacity, NodeInfo, NodeSpec, NodeStatus, ReadyState};
+pub use node::{
+    CodeCounts, CodeTarget, Node, NodeCapacity, NodeEngine, NodeInfo, NodeSpec, NodeStatus,
+    ReadyState,
+};
 pub use pod::{
     condition, EnvVar, Pod, PodCondition, PodPhase, PodSpec, PodStatus, ResourceList,
     ResourceRequirements, RestartPolicy,

@@ -51,6 +51,42 @@ pub struct ModuleStatus {
     /// the master recorded it.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub workload: String,
+    /// Native code the masters compiled from the binary, one record per
+    /// engine fingerprint of the cluster's nodes: every master serves those
+    /// bytes and no others for that fingerprint (it compiles them again
+    /// if its disk lacks them, and serves them only if they hash the same).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub code: Vec<ModuleCode>,
+}
+
+/// Most compiled-code records a module keeps: one per engine profile
+/// among the nodes, and a cluster has few (an architecture, a CPU
+/// setting, a memory layout each).
+pub const MAX_MODULE_CODE: usize = 32;
+
+/// Code a master compiled from a module for one engine.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ModuleCode {
+    /// The fingerprint of the engine the code is for (a node's
+    /// `status.nodeInfo.engine.fingerprint`).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub fingerprint: String,
+    /// The target it was compiled for, for people (`aarch64-unknown-linux-gnu`).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub target: String,
+    /// `sha256:<hex>` of the serialized code.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub sha256: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub size: u64,
+}
+
+impl ModuleStatus {
+    /// The record of code for `fingerprint`, if any.
+    pub fn code_for(&self, fingerprint: &str) -> Option<&ModuleCode> {
+        self.code.iter().find(|c| c.fingerprint == fingerprint)
+    }
 }
 
 /// The object name under which a module with this digest is stored
@@ -85,10 +121,11 @@ impl Resource for Module {
     }
 
     /// A module's spec and status are what its bytes are: only its labels
-    /// and annotations change.
+    /// and annotations change, and its status gains records of compiled
+    /// code (a record, once written, pins those bytes for good).
     fn merge(stored: &Module, incoming: Module, status_only: bool) -> Result<Module, String> {
         if status_only {
-            return Err("modules have no status to update".into());
+            return merge_code(stored, incoming.status);
         }
         if stored.spec != incoming.spec {
             return Err(
@@ -99,5 +136,135 @@ impl Resource for Module {
         let mut out = stored.clone();
         out.metadata = super::merge_meta(&stored.metadata, incoming.metadata, false);
         Ok(out)
+    }
+}
+
+/// `stored` with the code records of `incoming` added: the rest of the
+/// status is what the bytes are and cannot change, and a record already
+/// written cannot change or go.
+fn merge_code(stored: &Module, incoming: ModuleStatus) -> Result<Module, String> {
+    let ModuleStatus {
+        format,
+        imports,
+        workload,
+        code,
+    } = incoming;
+    let st = &stored.status;
+    if (format, imports, workload) != (st.format.clone(), st.imports.clone(), st.workload.clone()) {
+        return Err(
+            "a module's format, imports and workload are read from its bytes and cannot change"
+                .into(),
+        );
+    }
+    for old in &st.code {
+        if !code.contains(old) {
+            return Err(format!(
+                "the record of code for engine {} cannot change or go",
+                old.fingerprint
+            ));
+        }
+    }
+    if code.len() > MAX_MODULE_CODE {
+        return Err(format!(
+            "{} records of compiled code; a module keeps at most {MAX_MODULE_CODE}",
+            code.len()
+        ));
+    }
+    for (i, c) in code.iter().enumerate() {
+        let hex_ok = !c.fingerprint.is_empty()
+            && c.fingerprint.len() <= 64
+            && c.fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok {
+            return Err(format!(
+                "status.code[{i}].fingerprint {:?} is not a hex fingerprint",
+                c.fingerprint
+            ));
+        }
+        if !is_digest(&c.sha256) {
+            return Err(format!(
+                "status.code[{i}].sha256 {:?} is not a sha256:<hex> digest",
+                c.sha256
+            ));
+        }
+        if c.target.len() > 128 {
+            return Err(format!("status.code[{i}].target is longer than 128 bytes"));
+        }
+        if code[..i].iter().any(|o| o.fingerprint == c.fingerprint) {
+            return Err(format!("two records of code for engine {}", c.fingerprint));
+        }
+    }
+    let mut out = stored.clone();
+    out.status.code = code;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(fingerprint: &str, sha: char) -> ModuleCode {
+        ModuleCode {
+            fingerprint: fingerprint.into(),
+            target: "aarch64-unknown-linux-gnu".into(),
+            sha256: format!("sha256:{}", sha.to_string().repeat(64)),
+            size: 10,
+        }
+    }
+
+    fn with(status: ModuleStatus) -> Module {
+        Module {
+            status,
+            ..Module::default()
+        }
+    }
+
+    #[test]
+    fn a_status_update_only_adds_records_of_code() {
+        let stored = with(ModuleStatus {
+            format: "component".into(),
+            code: vec![code("aa", 'a')],
+            ..ModuleStatus::default()
+        });
+        let mut added = stored.status.clone();
+        added.code.push(code("bb", 'b'));
+        let merged = Module::merge(&stored, with(added.clone()), true).expect("adds");
+        assert_eq!(merged.status.code.len(), 2);
+
+        let mut changed = added.clone();
+        changed.code[0].sha256 = code("aa", 'c').sha256;
+        let e = Module::merge(&stored, with(changed), true).unwrap_err();
+        assert!(e.contains("cannot change or go"), "{e}");
+        let mut dropped = added.clone();
+        dropped.code.remove(0);
+        assert!(Module::merge(&stored, with(dropped), true).is_err());
+        let mut reformatted = added.clone();
+        reformatted.format = "module".into();
+        assert!(Module::merge(&stored, with(reformatted), true).is_err());
+        let mut twice = added.clone();
+        twice.code.push(code("bb", 'b'));
+        assert!(Module::merge(&stored, with(twice), true).is_err());
+        let mut bad = added.clone();
+        bad.code[1].fingerprint = "not hex!".into();
+        assert!(Module::merge(&stored, with(bad), true).is_err());
+        let mut bad = added;
+        bad.code[1].sha256 = "md5:x".into();
+        assert!(Module::merge(&stored, with(bad), true).is_err());
+        let many = ModuleStatus {
+            format: "component".into(),
+            code: (0..=MAX_MODULE_CODE)
+                .map(|i| code(&format!("{i:x}"), 'a'))
+                .collect(),
+            ..ModuleStatus::default()
+        };
+        let e = Module::merge(
+            &with(ModuleStatus {
+                format: "component".into(),
+                ..ModuleStatus::default()
+            }),
+            with(many),
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("at most"), "{e}");
     }
 }

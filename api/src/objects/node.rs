@@ -77,6 +77,9 @@ pub struct NodeStatus {
     /// (`IP:PORT`).
     #[serde(skip_serializing_if = "crate::is_default")]
     pub proxy_endpoint: String,
+    /// How the node came by the code of the modules it ran.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub code: CodeCounts,
 }
 
 /// Whether a node is fit to run pods.
@@ -120,6 +123,72 @@ pub struct NodeInfo {
     /// `cranelift` or `pulley`.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub wasm_engine: String,
+    /// How the node's wasmtime engine is set up for its device; empty from
+    /// nodes older than device classes.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub engine: NodeEngine,
+}
+
+/// A node's engine profile: what it chose for its device class (or was
+/// told by its flags), and the fingerprint of the code its engine runs.
+/// Masters compile modules for the profiles their nodes report
+/// ([`NodeEngine::code`]), so that a node loads code instead of compiling.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct NodeEngine {
+    /// `tiny`, `small` or `standard`, from the machine's memory.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub class: String,
+    /// The code the engine runs, which a master must reproduce.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub code: CodeTarget,
+    /// A short hex digest of everything in the engine that compiled code
+    /// depends on (target, CPU features, tunables, wasmtime's version).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub fingerprint: String,
+    /// Instance slots of the pool http pods are served from (0: none).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub http_slots: u32,
+    /// Worker threads of the node's async runtime, which runs its pods.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub runtime_threads: u32,
+}
+
+/// What compiled code is for: enough for a master to set up the same
+/// engine and check it by the fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CodeTarget {
+    /// A target triple (`aarch64-unknown-linux-gnu`), or `pulley32` /
+    /// `pulley64` for wasmtime's interpreter.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub target: String,
+    /// `baseline`: code for any CPU of the architecture, which any master
+    /// can produce; `native`: code for this machine's CPU features, which
+    /// only a master on the same CPU can.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub cpu: String,
+    /// Address space reserved for each linear memory, in bytes.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub memory_reservation: u64,
+    /// Guard region after each linear memory, in bytes.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub memory_guard: u64,
+}
+
+/// How a node came by its compiled code since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CodeCounts {
+    /// Modules the node compiled itself.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub compiled: u64,
+    /// Modules whose code a master compiled for it.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub precompiled: u64,
+    /// Modules whose code was in its disk cache already.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub cached: u64,
 }
 
 impl Node {

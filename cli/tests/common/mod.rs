@@ -274,6 +274,18 @@ impl Cluster {
             .then(|| serde_json::from_slice(&out.stdout).expect("json"))
     }
 
+    /// The message of a pod's ModuleReady condition, e.g.
+    /// `fetch 3ms (master), compile 61ms (cold)`.
+    pub fn module_ready_message(&self, pod: &str) -> String {
+        let pod = self.get_json("pod", pod).expect("pod");
+        pod["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "ModuleReady"))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// A status field of a pod (`phase`, `reason`, ...) as a string ("" if absent).
     pub fn pod_field(&self, pod: &str, field: &str) -> String {
         self.get_json("pod", pod)

@@ -165,21 +165,23 @@ pub(super) fn write_atomic(
     abandon: &dyn Fn() -> bool,
 ) -> io::Result<()> {
     let tmp = temp_path(path)?;
-    let result = (|| {
-        // Owner-only like the directory: this is code the node will run.
-        let mut file = fs::File::options()
-            .write(true)
-            .create_new(true)
-            .mode(flotilla_api::perms::FILE_MODE)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        publish(&tmp, path, abandon)
-    })();
+    let result = write_new(&tmp, bytes).and_then(|()| publish(&tmp, path, abandon));
     if result.is_err() {
         // Best effort: a stray temp file only wastes space.
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `bytes` to the new file `path` (a [`temp_path`]), owner-only
+/// like the directory: this is code the node will run.
+pub(super) fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(flotilla_api::perms::FILE_MODE)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 /// Makes the complete file `tmp` (from [`temp_path`]) the entry at `path`:

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_api::objects::CodeTarget;
 use tokio_util::sync::CancellationToken;
 use wasmtime::{Config, Engine};
 
@@ -88,7 +89,7 @@ pub fn default_memory_limit(total: Option<u64>) -> u64 {
 }
 
 /// The machine's memory from `/proc/meminfo`, if it can be read.
-fn total_memory() -> Option<u64> {
+pub(super) fn total_memory() -> Option<u64> {
     parse_mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
@@ -105,23 +106,83 @@ fn parse_mem_total(meminfo: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The engine configuration of the node, used by the node and by its
-/// compiler child alike: code compiled by one must load in the other.
-pub(super) fn engine_config() -> Config {
+/// The engine configuration for code of `code`, used by the node, its
+/// compiler child and the masters alike: code compiled by one must load in
+/// the others. A target is named unless the code is for this CPU's
+/// features (naming one makes cranelift assume only what every CPU of the
+/// architecture has).
+pub fn engine_config(code: &CodeTarget) -> Result<Config, String> {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    config
+    if code.cpu != "native" {
+        config
+            .target(&code.target)
+            .map_err(|e| format!("wasmtime cannot compile for {:?}: {e:#}", code.target))?;
+    }
+    config.memory_reservation(code.memory_reservation);
+    config.memory_guard_size(code.memory_guard);
+    Ok(config)
+}
+
+/// Compiles for engines of any code target this build can produce (with
+/// wasmtime's `all-arch`, every architecture's; without, this machine's):
+/// what masters compile nodes' code with. Keeps one engine per target.
+#[derive(Default)]
+pub struct CrossCompiler {
+    /// By encoded code target: the engine and its fingerprint, or why
+    /// there is none.
+    engines: std::sync::Mutex<std::collections::HashMap<String, EngineFor>>,
+}
+
+/// An engine for a code target and its fingerprint, or why there is none.
+type EngineFor = Result<(Engine, String), String>;
+
+impl CrossCompiler {
+    /// The engine for `code` and its fingerprint, made at the first call.
+    fn engine(&self, code: &CodeTarget) -> EngineFor {
+        let key = super::device::encode_code(code);
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        engines
+            .entry(key)
+            .or_insert_with(|| {
+                let engine = Engine::new(&engine_config(code)?).map_err(|e| {
+                    format!("this build cannot compile for {:?}: {e:#}", code.target)
+                })?;
+                let fingerprint = cache::engine_fingerprint(&engine);
+                Ok((engine, fingerprint))
+            })
+            .clone()
+    }
+
+    /// The fingerprint of the engine for `code`.
+    pub fn fingerprint(&self, code: &CodeTarget) -> Result<String, String> {
+        self.engine(code).map(|(_, f)| f)
+    }
+
+    /// The serialized code of `wasm` (a component or a core module) for
+    /// an engine for `code`: what that engine's `deserialize` loads.
+    pub fn compile(&self, code: &CodeTarget, wasm: &[u8]) -> Result<Vec<u8>, String> {
+        let (engine, _) = self.engine(code)?;
+        let compiled = match classify(wasm).map_err(|e| e.to_string())? {
+            Kind::Component => engine.precompile_component(wasm),
+            Kind::Module => engine.precompile_module(wasm),
+        };
+        compiled.map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// What the node asks of a `flotilla __compile` child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChildRequest {
-    /// Print the engine fingerprint and exit: the node checks at start that
-    /// the subcommand works and builds the same engine as itself.
-    Probe,
-    /// Compile the module or component on stdin for the engine with this
-    /// fingerprint and write the serialized code to the new file `output`.
+    /// Print the fingerprint of the engine for `code` and exit: the node
+    /// checks at start that the subcommand works and builds the same engine
+    /// as itself.
+    Probe { code: CodeTarget },
+    /// Compile the module or component on stdin for the engine for `code`,
+    /// which must have this fingerprint, and write the serialized code to
+    /// the new file `output`.
     Compile {
+        code: CodeTarget,
         fingerprint: String,
         output: PathBuf,
     },
@@ -130,22 +191,27 @@ pub enum ChildRequest {
 /// The child's side: runs `request` and returns the process exit code. Errors
 /// go to stderr for the parent to quote.
 pub fn child_main(request: ChildRequest) -> i32 {
-    let engine = match Engine::new(&engine_config()) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("cannot create the wasmtime engine: {e:#}");
-            return EXIT_FAILED;
-        }
+    let code = match &request {
+        ChildRequest::Probe { code } | ChildRequest::Compile { code, .. } => code,
     };
+    let engine =
+        match engine_config(code).and_then(|c| Engine::new(&c).map_err(|e| format!("{e:#}"))) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("cannot create the wasmtime engine: {e}");
+                return EXIT_FAILED;
+            }
+        };
     let ours = cache::engine_fingerprint(&engine);
     let (fingerprint, output) = match request {
-        ChildRequest::Probe => {
+        ChildRequest::Probe { .. } => {
             println!("{ours}");
             return 0;
         }
         ChildRequest::Compile {
             fingerprint,
             output,
+            ..
         } => (fingerprint, output),
     };
     if fingerprint != ours {
@@ -202,9 +268,14 @@ pub fn child_main(request: ChildRequest) -> i32 {
 
 /// Checks that `program` runs the compiler subcommand with the same engine
 /// as this process. `Err` says why not (the node then compiles in-process).
-pub(super) fn probe(program: &Path, fingerprint: &str) -> Result<(), String> {
+pub(super) fn probe(program: &Path, code: &CodeTarget, fingerprint: &str) -> Result<(), String> {
     let mut child = Command::new(program)
-        .args([SUBCOMMAND, "--probe"])
+        .args([
+            SUBCOMMAND,
+            "--probe",
+            "--engine",
+            &super::device::encode_code(code),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -389,6 +460,7 @@ fn judge(e: &Ended, limits: CompileLimits) -> Result<(), CompileFailure> {
 pub(super) fn compile_in_child(
     program: &Path,
     limits: CompileLimits,
+    code: &CodeTarget,
     fingerprint: &str,
     wasm: &[u8],
     output: &Path,
@@ -398,7 +470,8 @@ pub(super) fn compile_in_child(
         return Err(CompileFailure::Cancelled);
     }
     let mut cmd = Command::new(program);
-    cmd.args([SUBCOMMAND, "--fingerprint", fingerprint, "--output"])
+    cmd.args([SUBCOMMAND, "--engine", &super::device::encode_code(code)])
+        .args(["--fingerprint", fingerprint, "--output"])
         .arg(output)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -686,9 +759,9 @@ mod tests {
     #[test]
     fn a_program_without_the_subcommand_fails_the_probe() {
         // `true` exits 0 and prints nothing: not our compiler.
-        let e = probe(Path::new("true"), "abc").unwrap_err();
+        let e = probe(Path::new("true"), &code(), "abc").unwrap_err();
         assert!(e.contains("different engine"), "{e}");
-        let e = probe(Path::new("/nonexistent/flotilla"), "abc").unwrap_err();
+        let e = probe(Path::new("/nonexistent/flotilla"), &code(), "abc").unwrap_err();
         assert!(e.contains("cannot start"), "{e}");
         // A binary for another machine, as under qemu-user without binfmt.
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -698,8 +771,17 @@ mod tests {
             b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\xb7\0",
         )
         .unwrap_or_else(|e| panic!("write: {e}"));
-        let e = probe(&foreign, "abc").unwrap_err();
+        let e = probe(&foreign, &code(), "abc").unwrap_err();
         assert!(e.contains("cannot start"), "{e}");
+    }
+
+    fn code() -> CodeTarget {
+        CodeTarget {
+            target: "x86_64-unknown-linux-gnu".into(),
+            cpu: "baseline".into(),
+            memory_reservation: 1 << 16,
+            memory_guard: 0,
+        }
     }
 
     /// A stand-in for `flotilla __compile`: a shell script that reads the
@@ -721,12 +803,12 @@ mod tests {
         let run = |body: &str, limits: CompileLimits, cancel: &CancellationToken| {
             let program = fake_compiler(dir.path(), body);
             let _ = std::fs::remove_file(&out);
-            compile_in_child(&program, limits, "f00", b"\0asm", &out, cancel)
+            compile_in_child(&program, limits, &code(), "f00", b"\0asm", &out, cancel)
         };
         let never = CancellationToken::new();
         // It gets its arguments, and its output is where it was told.
         let ok = run(
-            r#"[ "$1 $2 $3 $4" = "__compile --fingerprint f00 --output" ] && echo code > "$5""#,
+            r#"[ "$1 $2 $3 $4 $5 $6" = "__compile --engine x86_64-unknown-linux-gnu,baseline,65536,0 --fingerprint f00 --output" ] && echo code > "$7""#,
             LIMITS,
             &never,
         );
@@ -782,7 +864,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         // Already stopped: no child at all.
         assert_eq!(
-            run("echo code > \"$5\"", LIMITS, &cancel),
+            run("echo code > \"$7\"", LIMITS, &cancel),
             Err(CompileFailure::Cancelled)
         );
         assert!(!out.exists());

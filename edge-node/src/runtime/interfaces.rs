@@ -604,9 +604,14 @@ mod tests {
     /// How `wasm` runs on a runtime that withholds `denied`.
     async fn run_denying(denied: &[&str], wasm: &[u8]) -> super::super::RunOutcome {
         let dir = tempfile::tempdir().expect("tmp");
-        let rt = super::super::Runtime::build(&dir.path().join("c"), &deny(denied), 0, |_| {
-            super::super::Compiler::InProcess
-        })
+        let profile = super::super::device::for_this_machine().expect("profile");
+        let rt = super::super::Runtime::build(
+            &dir.path().join("c"),
+            &deny(denied),
+            &profile.code,
+            0,
+            |_| super::super::Compiler::InProcess,
+        )
         .expect("runtime");
         let (program, _) = rt.load("sha256:test", wasm).expect("compiles");
         let spec = super::super::RunSpec::default();
@@ -671,8 +676,9 @@ mod tests {
     #[tokio::test]
     async fn denied_p1_socket_functions_trap() {
         use super::super::{limits::Limiter, P1State};
-        let engine =
-            wasmtime::Engine::new(&super::super::compile::engine_config()).expect("engine");
+        let profile = super::super::device::for_this_machine().expect("profile");
+        let config = super::super::compile::engine_config(&profile.code).expect("config");
+        let engine = wasmtime::Engine::new(&config).expect("engine");
         let mut linker = wasmtime::Linker::<P1State>::new(&engine);
         add_p1_to_linker(&mut linker, &deny(&["wasi:sockets"]), |s| &mut s.wasi).expect("links");
         let module = wasmtime::Module::new(&engine, P1_SOCKET_MODULE).expect("module");

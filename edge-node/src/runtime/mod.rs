@@ -15,6 +15,7 @@
 mod cache;
 pub mod compile;
 mod cpu;
+pub mod device;
 pub mod http;
 pub mod interfaces;
 mod limits;
@@ -22,6 +23,7 @@ mod serving;
 mod stdio;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use compile::CompileFailure;
 pub use compile::CompileLimits;
+use flotilla_api::objects::{CodeCounts, CodeTarget};
 pub use interfaces::Deny;
 use limits::Limiter;
 pub use serving::DEFAULT_SLOTS as DEFAULT_HTTP_SLOTS;
@@ -117,6 +120,8 @@ impl std::fmt::Debug for Program {
 pub struct CompileInfo {
     /// The native code came from the disk cache rather than the compiler.
     pub cached: bool,
+    /// The code was compiled by a master ([`Runtime::load_precompiled`]).
+    pub precompiled: bool,
     /// Time spent compiling or loading from the cache.
     pub duration: Duration,
 }
@@ -179,6 +184,7 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("cache_dir", &self.inner.cache_dir)
+            .field("code", &self.inner.code)
             .field("fingerprint", &self.inner.fingerprint)
             .field("compiler", &self.inner.compiler)
             .finish_non_exhaustive()
@@ -188,7 +194,13 @@ impl std::fmt::Debug for Runtime {
 struct Inner {
     engine: Engine,
     cache_dir: PathBuf,
+    /// What the engine's code is for ([`device`]).
+    code: CodeTarget,
     fingerprint: String,
+    /// How loaded programs came by their code, since the start.
+    compiled: AtomicU64,
+    precompiled: AtomicU64,
+    cached: AtomicU64,
     compiler: Compiler,
     /// WASI as [`interfaces`] links it, less what `deny` withholds.
     p2_linker: wasmtime::component::Linker<P2State>,
@@ -256,63 +268,82 @@ struct P1State {
 }
 
 impl Runtime {
-    /// Engine with cranelift, async support and epoch interruption; starts
-    /// one background thread that advances the epoch every 10 ms until the
-    /// last `Runtime` clone is dropped. `cache_dir` holds compiled code.
-    /// Modules are compiled in-process, without limits.
-    /// Http pods are served from a pool of [`DEFAULT_HTTP_SLOTS`].
+    /// The engine this machine's device class picks ([`device`]), with
+    /// async support and epoch interruption; starts one background thread
+    /// that advances the epoch every 10 ms until the last `Runtime` clone
+    /// is dropped. `cache_dir` holds compiled code. Modules are compiled
+    /// in-process, without limits. Http pods are served from a pool of
+    /// [`DEFAULT_HTTP_SLOTS`].
     pub fn new(cache_dir: &Path) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, &Deny::default(), DEFAULT_HTTP_SLOTS, |_| {
-            Compiler::InProcess
-        })
+        let profile = device::profile(&device::Machine::this(), &device::Overrides::default())
+            .map_err(|message| RuntimeError::Engine { message })?;
+        Runtime::build(
+            cache_dir,
+            &Deny::default(),
+            &profile.code,
+            DEFAULT_HTTP_SLOTS,
+            |_| Compiler::InProcess,
+        )
     }
 
-    /// The node agent's runtime: as [`Runtime::new`], but modules are
-    /// compiled by a child process of this executable (its hidden
-    /// `__compile` subcommand) under `limits`, and a stopped pod's compile
-    /// ends at once. Where that cannot work — the executable is not the
-    /// `flotilla` binary, or cannot be started again (say, run by qemu-user
-    /// without binfmt) — it compiles in-process and logs why. Guests get no
-    /// interface that `deny` withholds ([`interfaces`]). Http pods are
-    /// served from a pool of `http_slots` instances ([`serving`]).
+    /// The node agent's runtime: as [`Runtime::new`], but with the engine
+    /// and pool of `profile`, and modules are compiled by a child process
+    /// of this executable (its hidden `__compile` subcommand) under
+    /// `limits`, and a stopped pod's compile ends at once. Where that
+    /// cannot work — the executable is not the `flotilla` binary, or cannot
+    /// be started again (say, run by qemu-user without binfmt) — it
+    /// compiles in-process and logs why. Guests get no interface that
+    /// `deny` withholds ([`interfaces`]).
     pub fn for_node(
         cache_dir: &Path,
         limits: CompileLimits,
         deny: &Deny,
-        http_slots: u32,
+        profile: &device::Profile,
     ) -> Result<Runtime, RuntimeError> {
-        Runtime::build(cache_dir, deny, http_slots, |fingerprint| {
-            let checked = std::env::current_exe()
-                .map_err(|e| format!("cannot find this executable: {e}"))
-                .and_then(|program| compile::probe(&program, fingerprint).map(|()| program));
-            match checked {
-                Ok(program) => {
-                    tracing::info!(
-                        memory_limit = limits.memory,
-                        time_limit = ?limits.timeout,
-                        "modules compile in a child process under limits"
-                    );
-                    Compiler::Child { program, limits }
+        let code = profile.code.clone();
+        Runtime::build(
+            cache_dir,
+            deny,
+            &profile.code,
+            profile.http_slots,
+            |fingerprint| {
+                let checked = std::env::current_exe()
+                    .map_err(|e| format!("cannot find this executable: {e}"))
+                    .and_then(|program| {
+                        compile::probe(&program, &code, fingerprint).map(|()| program)
+                    });
+                match checked {
+                    Ok(program) => {
+                        tracing::info!(
+                            memory_limit = limits.memory,
+                            time_limit = ?limits.timeout,
+                            "modules compile in a child process under limits"
+                        );
+                        Compiler::Child { program, limits }
+                    }
+                    Err(why) => {
+                        tracing::warn!(
+                            reason = %why,
+                            "modules compile inside the node, without compile memory or time limits"
+                        );
+                        Compiler::InProcess
+                    }
                 }
-                Err(why) => {
-                    tracing::warn!(
-                        reason = %why,
-                        "modules compile inside the node, without compile memory or time limits"
-                    );
-                    Compiler::InProcess
-                }
-            }
-        })
+            },
+        )
     }
 
     /// The runtime, with the compiler that `compiler` picks for the engine's fingerprint.
     fn build(
         cache_dir: &Path,
         deny: &Deny,
+        code: &CodeTarget,
         http_slots: u32,
         compiler: impl FnOnce(&str) -> Compiler,
     ) -> Result<Runtime, RuntimeError> {
-        let engine = Engine::new(&compile::engine_config()).map_err(|e| RuntimeError::Engine {
+        let config =
+            compile::engine_config(code).map_err(|message| RuntimeError::Engine { message })?;
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine {
             message: format!("{e:#}"),
         })?;
 
@@ -365,6 +396,10 @@ impl Runtime {
         let compiler = compiler(&fingerprint);
         Ok(Runtime {
             inner: Arc::new(Inner {
+                code: code.clone(),
+                compiled: AtomicU64::new(0),
+                precompiled: AtomicU64::new(0),
+                cached: AtomicU64::new(0),
                 fingerprint,
                 engine,
                 cache_dir: cache_dir.to_path_buf(),
@@ -385,6 +420,79 @@ impl Runtime {
     /// The wasmtime engine shared by all runs.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// What the engine's code is for.
+    pub fn code_target(&self) -> &CodeTarget {
+        &self.inner.code
+    }
+
+    /// The fingerprint of the engine's code (see [`cache`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// How loaded programs came by their code since the runtime started.
+    pub fn code_counts(&self) -> CodeCounts {
+        CodeCounts {
+            compiled: self.inner.compiled.load(Ordering::Relaxed),
+            precompiled: self.inner.precompiled.load(Ordering::Relaxed),
+            cached: self.inner.cached.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the disk cache holds code for `digest` (loading it then
+    /// needs no compiler and no master).
+    pub fn has_compiled(&self, digest: &str) -> bool {
+        cache::entry_path(&self.inner.cache_dir, digest, &self.inner.fingerprint).exists()
+    }
+
+    /// Loads code that a master compiled from the module `digest` for this
+    /// node's engine, and keeps it in the disk cache as if compiled here.
+    /// `sha256` is the digest the module's `status.code` records for this
+    /// engine (the master sends it ahead of the bytes): bytes that hash
+    /// otherwise, are not wasmtime's code, or that wasmtime finds made by
+    /// another version or configuration, are refused, and nothing is kept:
+    /// the caller then compiles, as without a master. Blocking; call from
+    /// `spawn_blocking`.
+    pub fn load_precompiled(
+        &self,
+        digest: &str,
+        code: &[u8],
+        sha256: &str,
+    ) -> Result<(Program, CompileInfo), String> {
+        let start = Instant::now();
+        let actual = flotilla_api::objects::digest_of(code);
+        if actual != sha256 {
+            return Err(format!(
+                "the code hashes to {actual}, not the {sha256} its master recorded"
+            ));
+        }
+        let kind = match Engine::detect_precompiled(code) {
+            Some(Precompiled::Component) => Kind::Component,
+            Some(Precompiled::Module) => Kind::Module,
+            None => return Err("the bytes are not code compiled by wasmtime".into()),
+        };
+        let path = cache::entry_path(&self.inner.cache_dir, digest, &self.inner.fingerprint);
+        let tmp = cache::temp_path(&path)
+            .map_err(|e| format!("cannot name a file in the code cache: {e}"))?;
+        let result = cache::write_new(&tmp, code)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+            .and_then(|()| self.deserialize_file(&self.inner.engine, &tmp, kind))
+            .and_then(|program| {
+                cache::publish(&tmp, &path, &|| false)
+                    .map_err(|e| format!("cannot keep the code in the cache: {e}"))?;
+                Ok(program)
+            });
+        let _ = std::fs::remove_file(&tmp);
+        let program = result?;
+        self.inner.precompiled.fetch_add(1, Ordering::Relaxed);
+        let info = CompileInfo {
+            cached: false,
+            precompiled: true,
+            duration: start.elapsed(),
+        };
+        Ok((self.for_serving(program, &path), info))
     }
 
     /// Compiles `wasm` (a component or a core module), or loads its code from
@@ -411,8 +519,10 @@ impl Runtime {
         let path = cache::entry_path(&self.inner.cache_dir, digest, &self.inner.fingerprint);
 
         if let Some(program) = self.load_cached(&path, kind) {
+            self.inner.cached.fetch_add(1, Ordering::Relaxed);
             let info = CompileInfo {
                 cached: true,
+                precompiled: false,
                 duration: start.elapsed(),
             };
             return Ok((self.for_serving(program, &path), info));
@@ -427,10 +537,12 @@ impl Runtime {
                 self.compile_in_child(program, *limits, kind, wasm, &path, cancel)?
             }
         };
+        self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         Ok((
             self.for_serving(program, &path),
             CompileInfo {
                 cached: false,
+                precompiled: false,
                 duration: start.elapsed(),
             },
         ))
@@ -454,19 +566,26 @@ impl Runtime {
         // Waiting ends early when the pod is stopped; the compile below
         // then returns at once as cancelled.
         let _turn = wait_for_turn(&self.inner.compile_turn, cancel);
-        let result =
-            compile::compile_in_child(program, limits, &self.inner.fingerprint, wasm, &tmp, cancel)
-                .map_err(runtime_error)
-                .and_then(|()| {
-                    self.deserialize_file(&self.inner.engine, &tmp, kind)
-                        .map_err(|message| RuntimeError::Compiler { message })
-                })
-                .and_then(|loaded| {
-                    self.store(cancel, || {
-                        cache::publish(&tmp, path, &|| cancel.is_cancelled())
-                    })?;
-                    Ok(loaded)
-                });
+        let result = compile::compile_in_child(
+            program,
+            limits,
+            &self.inner.code,
+            &self.inner.fingerprint,
+            wasm,
+            &tmp,
+            cancel,
+        )
+        .map_err(runtime_error)
+        .and_then(|()| {
+            self.deserialize_file(&self.inner.engine, &tmp, kind)
+                .map_err(|message| RuntimeError::Compiler { message })
+        })
+        .and_then(|loaded| {
+            self.store(cancel, || {
+                cache::publish(&tmp, path, &|| cancel.is_cancelled())
+            })?;
+            Ok(loaded)
+        });
         // After a publish the name is gone already; a mapped file stays
         // readable after its name goes.
         let _ = std::fs::remove_file(&tmp);
@@ -551,17 +670,21 @@ impl Runtime {
         self.inner
             .serving
             .get_or_init(|| {
-                let made = serving::engine(
-                    compile::engine_config(),
-                    self.inner.http_slots,
-                    &self.inner.fingerprint,
-                )
-                .and_then(|engine| {
-                    let mut linker = wasmtime::component::Linker::new(&engine);
-                    interfaces::add_http_to_linker(&mut linker, &self.inner.deny)
-                        .map_err(|e| format!("cannot link wasi:http: {e:#}"))?;
-                    Ok(Serving { engine, linker })
-                });
+                let made = compile::engine_config(&self.inner.code)
+                    .and_then(|base| {
+                        serving::engine(
+                            base,
+                            self.inner.http_slots,
+                            self.inner.code.memory_reservation,
+                            &self.inner.fingerprint,
+                        )
+                    })
+                    .and_then(|engine| {
+                        let mut linker = wasmtime::component::Linker::new(&engine);
+                        interfaces::add_http_to_linker(&mut linker, &self.inner.deny)
+                            .map_err(|e| format!("cannot link wasi:http: {e:#}"))?;
+                        Ok(Serving { engine, linker })
+                    });
                 match made {
                     Ok(s) => {
                         tracing::info!(
@@ -613,13 +736,16 @@ impl Runtime {
             // it must have been produced by wasmtime for this engine, and
             // must not change while mapped. Both hold: the file is in the
             // node's own cache directory (owner-only), where files get only
-            // through `write_atomic` of `serialize()` output or from the
+            // through `write_atomic` of `serialize()` output, from the
             // node's compiler child (this same executable run with
             // `__compile`, which checked that its engine has this
-            // fingerprint); names carry the engine fingerprint; files are
-            // replaced by rename and deleted, never rewritten in place.
-            // wasmtime re-checks the version and configuration recorded in
-            // the file.
+            // fingerprint), or from a master of the cluster over the
+            // node's mutually authenticated connection, after its bytes
+            // hashed to the digest the replicated store records for this
+            // engine (`load_precompiled`); names carry the engine
+            // fingerprint; files are replaced by rename and deleted, never
+            // rewritten in place. wasmtime re-checks the version and
+            // configuration recorded in the file.
             (Some(Precompiled::Component), Kind::Component) => {
                 unsafe { wasmtime::component::Component::deserialize_file(engine, path) }
                     .map(Program::Component)
@@ -1102,6 +1228,87 @@ mod tests {
             .load_cancellable("sha256:hello", &wasm, &stopped)
             .unwrap_or_else(|e| panic!("load: {e}"));
         assert!(second.cached, "a cached program needs no compile to stop");
+    }
+
+    #[test]
+    fn code_from_a_master_loads_only_if_it_is_what_was_recorded_for_this_engine() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let rt = Runtime::new(&dir.path().join("cache")).unwrap_or_else(|e| panic!("runtime: {e}"));
+        let wasm = std::fs::read(flotilla_workloads::path("hello"))
+            .unwrap_or_else(|e| panic!("hello: {e}"));
+        let masters = compile::CrossCompiler::default();
+        assert_eq!(
+            masters.fingerprint(rt.code_target()).as_deref(),
+            Ok(rt.fingerprint())
+        );
+        let code = masters
+            .compile(rt.code_target(), &wasm)
+            .unwrap_or_else(|e| panic!("compile: {e}"));
+        let sha = flotilla_api::objects::digest_of(&code);
+        let refused = |r: Result<(Program, CompileInfo), String>| match r {
+            Ok(_) => panic!("loaded code it should have refused"),
+            Err(e) => e,
+        };
+        // Not the recorded bytes.
+        let e = refused(rt.load_precompiled("sha256:hello", &code, "sha256:00"));
+        assert!(e.contains("not the sha256:00 its master recorded"), "{e}");
+        // Recorded, but not wasmtime's code.
+        let garbage = b"\0asm-but-not-code".to_vec();
+        let e = refused(rt.load_precompiled(
+            "sha256:hello",
+            &garbage,
+            &flotilla_api::objects::digest_of(&garbage),
+        ));
+        assert!(e.contains("not code compiled by wasmtime"), "{e}");
+        // wasmtime's code, for another engine (another memory layout).
+        let other = CodeTarget {
+            memory_reservation: rt.code_target().memory_reservation / 2,
+            ..rt.code_target().clone()
+        };
+        let foreign = masters
+            .compile(&other, &wasm)
+            .unwrap_or_else(|e| panic!("compile: {e}"));
+        refused(rt.load_precompiled(
+            "sha256:hello",
+            &foreign,
+            &flotilla_api::objects::digest_of(&foreign),
+        ));
+        assert!(!rt.has_compiled("sha256:hello"), "refused code is not kept");
+        assert_eq!(rt.code_counts(), CodeCounts::default());
+        // What was recorded for this engine: loaded, kept, counted.
+        let (_, info) = rt
+            .load_precompiled("sha256:hello", &code, &sha)
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(info.precompiled && !info.cached);
+        assert!(rt.has_compiled("sha256:hello"));
+        let (_, again) = rt
+            .load("sha256:hello", &wasm)
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(again.cached);
+        assert_eq!(
+            rt.code_counts(),
+            CodeCounts {
+                compiled: 0,
+                precompiled: 1,
+                cached: 1
+            }
+        );
+    }
+
+    #[test]
+    fn masters_compile_the_same_bytes_for_an_engine_every_time() {
+        let wasm = std::fs::read(flotilla_workloads::path("hello"))
+            .unwrap_or_else(|e| panic!("hello: {e}"));
+        let target = device::for_this_machine()
+            .unwrap_or_else(|e| panic!("profile: {e}"))
+            .code;
+        let one = compile::CrossCompiler::default().compile(&target, &wasm);
+        let two = compile::CrossCompiler::default().compile(&target, &wasm);
+        assert!(one.is_ok());
+        assert_eq!(
+            one, two,
+            "a master that compiles again serves the recorded bytes"
+        );
     }
 
     #[test]

@@ -37,8 +37,11 @@ const TABLES_PER_SLOT: u32 = 4;
 
 /// The serving engine's configuration: `base` (the node's engine
 /// configuration) with a pool of `slots` request instances.
-pub(super) fn config(mut base: Config, slots: u32) -> Config {
+pub(super) fn config(mut base: Config, slots: u32, memory_reservation: u64) -> Config {
     let mut pool = PoolingAllocationConfig::new();
+    // A slot's memory lives in its reservation (4 GiB by default; less on
+    // aarch64, see `device`).
+    pool.max_memory_size(usize::try_from(memory_reservation.min(1 << 32)).unwrap_or(usize::MAX));
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
         .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
@@ -54,11 +57,16 @@ pub(super) fn config(mut base: Config, slots: u32) -> Config {
 /// The serving engine, or why there is none (the caller then serves from
 /// the node's engine). `fingerprint` is the node engine's: code compiled for
 /// one must load in the other.
-pub(super) fn engine(base: Config, slots: u32, fingerprint: &str) -> Result<Engine, String> {
+pub(super) fn engine(
+    base: Config,
+    slots: u32,
+    memory_reservation: u64,
+    fingerprint: &str,
+) -> Result<Engine, String> {
     if slots == 0 {
         return Err("the instance pool is off (--http-slots 0)".into());
     }
-    let engine = Engine::new(&config(base, slots))
+    let engine = Engine::new(&config(base, slots, memory_reservation))
         .map_err(|e| format!("cannot reserve {slots} instance slots: {e:#}; lower --http-slots"))?;
     let ours = super::cache::engine_fingerprint(&engine);
     if ours != fingerprint {
@@ -83,11 +91,16 @@ mod tests {
 
     #[test]
     fn pooled_code_is_the_node_engines() {
-        let node = Engine::new(&super::super::compile::engine_config()).expect("engine");
+        use super::super::device;
+        let profile = device::profile(&device::Machine::this(), &device::Overrides::default())
+            .expect("profile");
+        let base = || super::super::compile::engine_config(&profile.code).expect("config");
+        let node = Engine::new(&base()).expect("engine");
         let fingerprint = super::super::cache::engine_fingerprint(&node);
-        let pooled = engine(super::super::compile::engine_config(), 4, &fingerprint);
+        let res = profile.code.memory_reservation;
+        let pooled = engine(base(), 4, res, &fingerprint);
         assert!(pooled.is_ok(), "{pooled:?}");
-        let off = engine(super::super::compile::engine_config(), 0, &fingerprint);
+        let off = engine(base(), 0, res, &fingerprint);
         assert!(off.unwrap_err().contains("--http-slots 0"));
     }
 }

@@ -35,7 +35,8 @@ use crate::pki::Pki;
 use crate::raft::Cluster;
 use crate::store::{Command, Outcome, Refusal, Store, StoreError};
 use admission::{invalid, not_found, Lookup};
-use authz::{authorize, node_may_read};
+pub(crate) use authz::authorize;
+use authz::node_may_read;
 use flotilla_api::protocol::{
     ApiError, ErrorCode, ListOptions, Propagation, WatchEvent, WatchOptions, MAX_STATUS_BATCH,
 };
@@ -58,6 +59,8 @@ pub struct ApiServer {
     pub cluster: Cluster,
     /// The watches of nodes, each fed only its own node's events.
     pub node_watches: NodeWatches,
+    /// The code this master compiles for nodes ([`crate::code`]).
+    pub code: crate::code::CodeShop,
 }
 
 /// How often a status write is tried again when the object changed

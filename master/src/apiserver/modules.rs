@@ -232,6 +232,7 @@ async fn check_wasm(
                 format: format.into(),
                 imports: checked.imports,
                 workload: checked.workload.as_str().into(),
+                code: Vec::new(),
             };
             Ok((bytes, read))
         }

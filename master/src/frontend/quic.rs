@@ -300,7 +300,15 @@ async fn handle(
                 ModuleUpload::Wanted(upload) => {
                     // Ask for the bytes only now, so an existing module costs no transfer.
                     reply(send, Response::Ok).await?;
-                    Box::pin(upload.receive(recv)).await?
+                    let existed = Box::pin(upload.receive(recv)).await?;
+                    if !existed {
+                        // Compiled for the nodes now, before a pod asks.
+                        let (api, digest) = (api.clone(), digest.clone());
+                        tokio::spawn(async move {
+                            api.code.clone().precompile_for_nodes(&api, &digest).await;
+                        });
+                    }
+                    existed
                 }
             };
             Response::ModuleStored {
@@ -308,6 +316,25 @@ async fn handle(
                 size,
                 existed,
             }
+        }
+        Request::GetCode {
+            digest,
+            target,
+            fingerprint,
+        } => {
+            let (sha256, code) = api.get_code(caller, &digest, &target, &fingerprint).await?;
+            reply(
+                send,
+                Response::Code {
+                    sha256,
+                    size: code.len() as u64,
+                },
+            )
+            .await?;
+            for piece in code.chunks(MODULE_CHUNK) {
+                reply(send, Response::Chunk(piece.to_vec())).await?;
+            }
+            Response::End
         }
         Request::GetModule { digest } => {
             // A chunk at a time from the store: a download holds one chunk

@@ -243,6 +243,7 @@ fn context(
         heartbeats: Heartbeats::new(),
         cluster: super::Cluster::new(raft, network, "raft-test"),
         node_watches: crate::apiserver::NodeWatches::default(),
+        code: crate::code::CodeShop::new(None, std::env::temp_dir().join("flotilla-no-code")),
     }
 }
 

@@ -1,0 +1,221 @@
+//! Edge devices with the real binary: a node's engine profile (its device
+//! class, its code target, its pool and threads) as the flags set it, and
+//! code the master compiles for the nodes' engines, which a node loads
+//! instead of compiling, and only if it is the code the cluster recorded.
+
+mod common;
+
+use common::{pod_yaml, wait_for, Cluster, BIN};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `flotilla node` with `args` (and no master to reach): its error.
+fn node_refuses(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "node",
+            "--master",
+            "127.0.0.1:9",
+            "--token",
+            "t",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run flotilla node");
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_node_reports_its_engine_profile_and_flags_override_every_choice() {
+    for (args, says) in [
+        (&["--device-class", "huge"][..], "--device-class"),
+        (&["--engine-cpu", "fast"][..], "--engine-cpu"),
+        (&["--runtime-threads", "0"][..], "--runtime-threads"),
+        (&["--memory-reservation", "100"][..], "--memory-reservation"),
+        (&["--memory-guard", "lots"][..], "--memory-guard"),
+    ] {
+        let err = node_refuses(args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
+    let mut c = Cluster::start("30s");
+    c.start_node("std");
+    c.start_node_args(
+        "pi",
+        &[
+            "--device-class",
+            "tiny",
+            "--engine-cpu",
+            "baseline",
+            "--memory-reservation",
+            "256Mi",
+            "--memory-guard",
+            "1Mi",
+            "--http-slots",
+            "8",
+        ],
+    );
+    c.wait_node_ready("std", "Ready", WAIT);
+    c.wait_node_ready("pi", "Ready", WAIT);
+    let engine = |name: &str| {
+        c.get_json("node", name).expect("node")["status"]["nodeInfo"]["engine"].clone()
+    };
+    let pi = engine("pi");
+    assert_eq!(pi["class"], "tiny", "{pi}");
+    assert_eq!(pi["code"]["cpu"], "baseline", "{pi}");
+    assert_eq!(pi["code"]["memoryReservation"], 256u64 << 20, "{pi}");
+    assert_eq!(pi["code"]["memoryGuard"], 1u64 << 20, "{pi}");
+    assert_eq!(pi["httpSlots"], 8, "{pi}");
+    // A tiny device runs its pods on one thread (the count is the
+    // process's own runtime's).
+    assert_eq!(pi["runtimeThreads"], 1, "{pi}");
+    let std = engine("std");
+    assert_eq!(std["code"]["cpu"], "native", "{std}");
+    assert_ne!(
+        pi["fingerprint"], std["fingerprint"],
+        "another engine, other code"
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let by_class = match std["class"].as_str() {
+        Some("standard") => cores,
+        Some("small") => cores.min(2),
+        _ => 1,
+    };
+    assert_eq!(std["runtimeThreads"], by_class, "{std}");
+
+    let wide = c.ok(&["get", "nodes", "-o", "wide"]);
+    let line = wide
+        .lines()
+        .find(|l| l.starts_with("pi "))
+        .expect("pi's line");
+    for column in ["tiny", "cranelift-baseline", " 8 ", " 1 "] {
+        assert!(line.contains(column), "{column:?} in {wide}");
+    }
+
+    // Both engines run what they are given.
+    for node in ["std", "pi"] {
+        let name = format!("hello-{node}");
+        let pod = c.manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                &name,
+                "hello",
+                &[],
+                "Never",
+                &format!("  nodeName: {node}\n"),
+            ),
+        );
+        c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+        c.wait_phase(&name, "Succeeded", WAIT);
+    }
+}
+
+/// The counts of how node `name` came by its code, once they satisfy `f`.
+fn counts_when(
+    c: &Cluster,
+    name: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(&format!("{name}'s code counts"), WAIT, || {
+        let code = c.get_json("node", name)?["status"]["code"].clone();
+        f(&code).then_some(code)
+    })
+}
+
+fn count(v: &serde_json::Value, what: &str) -> u64 {
+    v[what].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn nodes_load_the_code_the_cluster_recorded_and_compile_when_a_master_has_other_bytes() {
+    let mut c = Cluster::start("30s");
+    for n in ["a", "b", "c"] {
+        c.start_node_args(n, &["--engine-cpu", "baseline"]);
+    }
+    for n in ["a", "b", "c"] {
+        c.wait_node_ready(n, "Ready", WAIT);
+    }
+    let run = |c: &Cluster, node: &str| -> String {
+        let name = format!("hello-{node}");
+        let pod = c.manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                &name,
+                "hello",
+                &[],
+                "Never",
+                &format!("  nodeName: {node}\n"),
+            ),
+        );
+        c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+        c.wait_phase(&name, "Succeeded", WAIT);
+        c.module_ready_message(&name)
+    };
+
+    // The master compiled the module for the nodes' engine (one, as all
+    // three set baseline), recorded the code's digest, and node a loaded it.
+    let message = run(&c, "a");
+    assert!(message.contains("precompiled by the master"), "{message}");
+    let digest = flotilla_api::objects::digest_of(
+        &std::fs::read(flotilla_workloads::path("hello")).expect("hello.wasm"),
+    );
+    let module = c
+        .get_json("module", &flotilla_api::objects::module_name(&digest))
+        .expect("module");
+    let fingerprint = c.get_json("node", "a").expect("node")["status"]["nodeInfo"]["engine"]
+        ["fingerprint"]
+        .clone();
+    let records = module["status"]["code"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(records.len(), 1, "{module}");
+    assert_eq!(records[0]["fingerprint"], fingerprint, "{module}");
+    let a = counts_when(&c, "a", |v| count(v, "precompiled") == 1);
+    assert_eq!(count(&a, "compiled"), 0, "{a}");
+
+    // The master's copy is damaged: it no longer hashes as recorded, so it
+    // is not served, and node b compiles the module itself.
+    let code_dir = c.path("master").join("code");
+    let files: Vec<_> = std::fs::read_dir(&code_dir)
+        .expect("the master's code directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut damaged = std::fs::read(&files[0]).expect("code");
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&files[0], &damaged).expect("damage the code");
+    let message = run(&c, "b");
+    assert!(message.contains("(cold)"), "{message}");
+    let b = counts_when(&c, "b", |v| count(v, "compiled") == 1);
+    assert_eq!(count(&b, "precompiled"), 0, "{b}");
+    assert!(
+        c.node_log("b")
+            .contains("no precompiled code from the master"),
+        "{}",
+        c.node_log("b")
+    );
+
+    // The master dropped the damaged copy and compiles again when next
+    // asked: the same bytes as recorded, which node c loads.
+    let message = run(&c, "c");
+    assert!(message.contains("precompiled by the master"), "{message}");
+    let cc = counts_when(&c, "c", |v| count(v, "precompiled") == 1);
+    assert_eq!(count(&cc, "compiled"), 0, "{cc}");
+    let module = c
+        .get_json("module", &flotilla_api::objects::module_name(&digest))
+        .expect("module");
+    assert_eq!(
+        module["status"]["code"].as_array().map(Vec::len),
+        Some(1),
+        "{module}"
+    );
+}
