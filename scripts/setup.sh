@@ -2,8 +2,8 @@
 # Installs what building and testing Flotilla needs beyond the Rust toolchain:
 # the Wasm targets for the sample workloads, iproute2 and nftables for the
 # chaos tests (network namespaces, packet loss) and, with --cross (what the
-# tests use), the aarch64 cross toolchain, qemu-user for the ARM test and
-# libfaketime for the certificate tests. Safe to run again.
+# tests use), the aarch64 and armv7 cross toolchains, qemu-user for the ARM
+# tests and libfaketime for the certificate tests. Safe to run again.
 set -euo pipefail
 
 cross=0
@@ -16,7 +16,7 @@ as_root() {
 }
 
 targets="wasm32-wasip2 wasm32-wasip1"
-[ $cross = 1 ] && targets="$targets aarch64-unknown-linux-gnu"
+[ $cross = 1 ] && targets="$targets aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"
 installed=$(rustup target list --installed 2>/dev/null || true)
 missing=""
 for t in $targets; do
@@ -37,6 +37,7 @@ command -v nft >/dev/null || pkgs="$pkgs nftables"
 command -v curl >/dev/null || pkgs="$pkgs curl"
 if [ $cross = 1 ]; then
     command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    command -v arm-linux-gnueabihf-gcc >/dev/null || pkgs="$pkgs gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
     command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"
     # libfaketime: the certificate tests run processes with a faked wall clock.
     [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || pkgs="$pkgs faketime"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, end-to-end tests with the real
-# binary, and the aarch64 node under qemu-user. Installs what it needs.
+# binary, and the aarch64 and armv7 nodes under qemu-user. Installs what it
+# needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh --cross
 
-echo "== building the aarch64 node (cross) =="
-cargo build -p flotilla --no-default-features --features node --target aarch64-unknown-linux-gnu
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    echo "== building the $target node (cross) =="
+    cargo build -p flotilla --no-default-features --features node --target "$target"
+done
 
 echo "== running all tests =="
 log=$(mktemp)

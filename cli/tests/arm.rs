@@ -6,8 +6,11 @@
 //! The emulated node compiles nothing: the master compiles both modules
 //! for its engine, and its compile counter stays at zero.
 //!
-//! Needs the cross build (`scripts/test.sh` makes it) and qemu-user, so it is
-//! ignored by a plain `cargo test`; run it with
+//! The armv7 build runs its pods through wasmtime's Pulley interpreter,
+//! with bytecode the x86_64 master compiled for it.
+//!
+//! Needs the cross builds (`scripts/test.sh` makes them) and qemu-user, so
+//! they are ignored by a plain `cargo test`; run them with
 //! `cargo test -p flotilla --test arm -- --ignored`.
 
 mod common;
@@ -17,13 +20,77 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn aarch64_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOTILLA_AARCH64_BIN") {
+    cross_binary("FLOTILLA_AARCH64_BIN", "aarch64-unknown-linux-gnu")
+}
+
+/// The node-only debug build for `triple`, or the file `env` names.
+fn cross_binary(env: &str, triple: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("aarch64-unknown-linux-gnu/debug/flotilla")
+    target.join(triple).join("debug/flotilla")
+}
+
+#[test]
+#[ignore = "needs the armv7 cross build and qemu-user: run by scripts/test.sh"]
+fn armv7_runs_pods_through_pulley_with_code_the_x86_master_compiled() {
+    let bin = cross_binary("FLOTILLA_ARMV7_BIN", "armv7-unknown-linux-gnueabihf");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p flotilla --no-default-features --features node --target armv7-unknown-linux-gnueabihf`",
+        bin.display()
+    );
+    let mut c = Cluster::start("30s");
+    let bin = bin.to_string_lossy().into_owned();
+    c.start_node_with_args(
+        "pi2",
+        &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf", &bin],
+        &[],
+    );
+    let slow = Duration::from_secs(180);
+    c.wait_node_ready("pi2", "Ready", slow);
+    let node = c.get_json("node", "pi2").expect("node");
+    let info = &node["status"]["nodeInfo"];
+    assert_eq!(info["architecture"], "arm", "{node}");
+    assert_eq!(info["wasmEngine"], "pulley", "{node}");
+    assert_eq!(info["engine"]["code"]["target"], "pulley32", "{node}");
+    // A 32-bit machine has no address space for an instance pool.
+    assert_eq!(
+        info["engine"]["httpSlots"].as_u64().unwrap_or(0),
+        0,
+        "{node}"
+    );
+    let wide = c.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("pulley32"), "{wide}");
+    let pod = c.manifest(
+        "hello-v7.yaml",
+        &pod_yaml(
+            "hello-v7",
+            "hello",
+            &["from-armv7"],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: arm}
+",
+        ),
+    );
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    c.wait_phase("hello-v7", "Succeeded", slow);
+    let logs = c.ok(&["logs", "hello-v7"]);
+    assert!(
+        logs.contains("arg[1]=from-armv7") && logs.contains("hello from flotilla"),
+        "{logs}"
+    );
+    // The x86_64 master compiled Pulley bytecode for it; it compiled nothing.
+    let message = c.module_ready_message("hello-v7");
+    assert!(message.contains("precompiled by the master"), "{message}");
+    let counts = wait_for("the node to report its code counts", slow, || {
+        let code = c.get_json("node", "pi2")?["status"]["code"].clone();
+        (code["precompiled"].as_u64().unwrap_or(0) >= 1).then_some(code)
+    });
+    assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
 }
 
 /// The node a pod is bound to.

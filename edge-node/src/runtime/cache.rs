@@ -90,7 +90,9 @@ fn is_unwanted(path: &Path, wanted: &HashSet<PathBuf>, meta: &fs::Metadata) -> b
 /// compiled code (target, flags, tunables, features, wasmtime version).
 ///
 /// Hashed with SHA-256 rather than `DefaultHasher`, whose algorithm may change
-/// between Rust releases and would silently empty the cache on every upgrade.
+/// between Rust releases and would silently empty the cache on every upgrade;
+/// and the same on 32- and 64-bit machines, since masters compile code for
+/// nodes of both.
 pub(super) fn engine_fingerprint(engine: &wasmtime::Engine) -> String {
     let mut hasher = Sha256Hasher(Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -104,6 +106,17 @@ struct Sha256Hasher(Sha256);
 impl Hasher for Sha256Hasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+
+    // Sizes and lengths as 8 bytes on every machine: a 32-bit node and the
+    // 64-bit master that compiles its code must get the same fingerprint
+    // for the same engine (on 64-bit machines this is what `write` gets).
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    fn write_isize(&mut self, i: isize) {
+        self.write_i64(i as i64);
     }
 
     // Only the SHA-256 result is used; `finish` exists to satisfy the trait.
