@@ -462,6 +462,10 @@ struct OfferArgs {
     /// one per core standard].
     #[arg(long, value_name = "N")]
     runtime_threads: Option<u32>,
+    /// Compile every module on this node rather than load the code a master
+    /// compiled for its engine.
+    #[arg(long)]
+    no_precompiled_code: bool,
 }
 
 #[cfg(all(feature = "master", feature = "node"))]
@@ -708,6 +712,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 allowed_host_paths: offer.allowed_host_paths,
                 proxy: offer.proxy,
                 engine: offer.engine,
+                precompiled: offer.precompiled,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -950,6 +955,7 @@ struct Offer {
     allowed_host_paths: Vec<PathBuf>,
     proxy: Option<flotilla_node::proxy::ProxyConfig>,
     engine: flotilla_node::runtime::device::Profile,
+    precompiled: bool,
 }
 
 /// The engine profile for this machine and the flags (`node` and `up`).
@@ -1044,6 +1050,7 @@ fn offer(a: &OfferArgs) -> anyhow::Result<Offer> {
         allowed_host_paths: a.allow_host_path.clone(),
         proxy,
         engine: engine_profile(a)?,
+        precompiled: !a.no_precompiled_code,
     })
 }
 
@@ -1148,6 +1155,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         allowed_host_paths: offer.allowed_host_paths,
         proxy: offer.proxy,
         engine: offer.engine,
+        precompiled: offer.precompiled,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

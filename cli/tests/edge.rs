@@ -44,7 +44,7 @@ fn a_node_reports_its_engine_profile_and_flags_override_every_choice() {
     }
 
     let mut c = Cluster::start("30s");
-    c.start_node("std");
+    c.start_node_args("std", &["--no-precompiled-code"]);
     c.start_node_args(
         "pi",
         &[
@@ -113,6 +113,12 @@ fn a_node_reports_its_engine_profile_and_flags_override_every_choice() {
         c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
         c.wait_phase(&name, "Succeeded", WAIT);
     }
+    // The node told to compile everything itself did; the other loaded the
+    // code the master compiled for its engine.
+    let own = c.module_ready_message("hello-std");
+    assert!(own.contains("(cold)"), "{own}");
+    let given = c.module_ready_message("hello-pi");
+    assert!(given.contains("precompiled by the master"), "{given}");
 }
 
 /// The counts of how node `name` came by its code, once they satisfy `f`.

@@ -63,6 +63,9 @@ pub struct NodeConfig {
     /// The engine, pool and runtime threads for the device
     /// ([`crate::runtime::device`]).
     pub engine: crate::runtime::device::Profile,
+    /// Ask the masters for modules' code compiled for this node's engine
+    /// before compiling here (`--no-precompiled-code` turns it off).
+    pub precompiled: bool,
 }
 
 /// How often the node tells the master it is alive.
@@ -268,6 +271,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             &cfg.name,
             cfg.allowed_host_paths.clone(),
         ),
+        precompiled: cfg.precompiled,
     });
     let mut agent = Agent {
         name: cfg.name.clone(),

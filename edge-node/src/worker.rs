@@ -42,6 +42,8 @@ pub struct WorkerCtx {
     pub volumes: crate::volumes::VolumeConfig,
     /// The http pods this node serves, for its proxy.
     pub served: crate::proxy::served::Served,
+    /// Whether modules' code is asked of the masters before compiling here.
+    pub precompiled: bool,
 }
 
 /// A running worker.
@@ -567,7 +569,7 @@ async fn prepare(
 /// cannot give code that loads here (the caller then compiles, and says
 /// why in the node's log).
 async fn precompiled(ctx: &WorkerCtx, digest: &str) -> Option<(Program, u128)> {
-    if ctx.runtime.has_compiled(digest) {
+    if !ctx.precompiled || ctx.runtime.has_compiled(digest) {
         return None;
     }
     let client = ctx.client.borrow().clone()?;
@@ -781,6 +783,7 @@ mod tests {
             in_use: InUse::default(),
             volumes: crate::volumes::VolumeConfig::new(dir.path(), "n1", vec![]),
             served: Default::default(),
+            precompiled: false,
         });
         let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
         let a = start(pod("a", &ticker, RestartPolicy::Always));
