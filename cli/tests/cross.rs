@@ -160,7 +160,7 @@ fn the_bundle_installs_hardened_units_and_a_config_that_joins_the_master() {
     assert!(!root.exists(), "a refused install wrote nothing");
 
     // A master for the installed node to join.
-    let mut c = common::Cluster::start("30s");
+    let c = common::Cluster::start("30s");
     let token = c.token();
     let root = tmp.path().join("root");
     let r = root.to_str().expect("utf8");
@@ -217,9 +217,9 @@ fn the_bundle_installs_hardened_units_and_a_config_that_joins_the_master() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("the installed node");
-    let mut node = scopeguard(node);
+    let node = Guard(node);
     c.wait_node_ready("pi-7", "Ready", std::time::Duration::from_secs(60));
-    let _ = node.0.kill();
+    drop(node);
 
     // Installed again without a token: the node joined already.
     let (code, err) = run(&["--root", r, "--master", &c.addr], &[]);
@@ -315,8 +315,4 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn scopeguard(child: std::process::Child) -> Guard {
-    Guard(child)
 }
