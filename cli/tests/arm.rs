@@ -86,10 +86,7 @@ fn armv7_runs_pods_through_pulley_with_code_the_x86_master_compiled() {
     // The x86_64 master compiled Pulley bytecode for it; it compiled nothing.
     let message = c.module_ready_message("hello-v7");
     assert!(message.contains("precompiled by the master"), "{message}");
-    let counts = wait_for("the node to report its code counts", slow, || {
-        let code = c.get_json("node", "pi2")?["status"]["code"].clone();
-        (code["precompiled"].as_u64().unwrap_or(0) >= 1).then_some(code)
-    });
+    let counts = c.code_counts("pi2", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
 }
 
@@ -174,12 +171,7 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
     assert!(!fingerprint.is_empty(), "{engine}");
     let message = c.module_ready_message("hello-arm");
     assert!(message.contains("precompiled by the master"), "{message}");
-    let digest = flotilla_api::objects::digest_of(
-        &std::fs::read(flotilla_workloads::path("hello")).expect("hello.wasm"),
-    );
-    let module = c
-        .get_json("module", &flotilla_api::objects::module_name(&digest))
-        .expect("module");
+    let module = c.module_of("hello");
     let records = module["status"]["code"]
         .as_array()
         .cloned()
@@ -191,11 +183,7 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
                 && r["target"] == "aarch64-unknown-linux-gnu"),
         "{module}"
     );
-    let counts = wait_for("the node to report its code counts", slow, || {
-        let n = c.get_json("node", "pi")?;
-        let code = n["status"]["code"].clone();
-        (code["precompiled"].as_u64().unwrap_or(0) >= 1).then_some(code)
-    });
+    let counts = c.code_counts("pi", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
     // And a pod for amd64 lands on the amd64 node, never on the arm64 one.
     let pod = c.manifest(
@@ -238,10 +226,6 @@ fn arm64_pods_run_on_the_aarch64_node_under_qemu_and_never_on_amd64() {
         );
     }
     // The http component too came compiled from the master.
-    let counts = wait_for("the node to report the second module", slow, || {
-        let n = c.get_json("node", "pi")?;
-        let code = n["status"]["code"].clone();
-        (code["precompiled"].as_u64().unwrap_or(0) >= 2).then_some(code)
-    });
+    let counts = c.code_counts("pi", 2, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{pod_yaml, wait_for, Cluster, BIN};
+use common::{wait_for, Cluster, BIN};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -98,39 +98,12 @@ fn a_node_reports_its_engine_profile_and_flags_override_every_choice() {
     }
 
     // Both engines run what they are given.
-    for node in ["std", "pi"] {
-        let name = format!("hello-{node}");
-        let pod = c.manifest(
-            &format!("{name}.yaml"),
-            &pod_yaml(
-                &name,
-                "hello",
-                &[],
-                "Never",
-                &format!("  nodeName: {node}\n"),
-            ),
-        );
-        c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-        c.wait_phase(&name, "Succeeded", WAIT);
-    }
+    let own = c.hello_on("std", WAIT);
+    let given = c.hello_on("pi", WAIT);
     // The node told to compile everything itself did; the other loaded the
     // code the master compiled for its engine.
-    let own = c.module_ready_message("hello-std");
     assert!(own.contains("(cold)"), "{own}");
-    let given = c.module_ready_message("hello-pi");
     assert!(given.contains("precompiled by the master"), "{given}");
-}
-
-/// The counts of how node `name` came by its code, once they satisfy `f`.
-fn counts_when(
-    c: &Cluster,
-    name: &str,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    wait_for(&format!("{name}'s code counts"), WAIT, || {
-        let code = c.get_json("node", name)?["status"]["code"].clone();
-        f(&code).then_some(code)
-    })
 }
 
 fn count(v: &serde_json::Value, what: &str) -> u64 {
@@ -146,33 +119,12 @@ fn nodes_load_the_code_the_cluster_recorded_and_compile_when_a_master_has_other_
     for n in ["a", "b", "c"] {
         c.wait_node_ready(n, "Ready", WAIT);
     }
-    let run = |c: &Cluster, node: &str| -> String {
-        let name = format!("hello-{node}");
-        let pod = c.manifest(
-            &format!("{name}.yaml"),
-            &pod_yaml(
-                &name,
-                "hello",
-                &[],
-                "Never",
-                &format!("  nodeName: {node}\n"),
-            ),
-        );
-        c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-        c.wait_phase(&name, "Succeeded", WAIT);
-        c.module_ready_message(&name)
-    };
 
     // The master compiled the module for the nodes' engine (one, as all
     // three set baseline), recorded the code's digest, and node a loaded it.
-    let message = run(&c, "a");
+    let message = c.hello_on("a", WAIT);
     assert!(message.contains("precompiled by the master"), "{message}");
-    let digest = flotilla_api::objects::digest_of(
-        &std::fs::read(flotilla_workloads::path("hello")).expect("hello.wasm"),
-    );
-    let module = c
-        .get_json("module", &flotilla_api::objects::module_name(&digest))
-        .expect("module");
+    let module = c.module_of("hello");
     let fingerprint = c.get_json("node", "a").expect("node")["status"]["nodeInfo"]["engine"]
         ["fingerprint"]
         .clone();
@@ -182,7 +134,7 @@ fn nodes_load_the_code_the_cluster_recorded_and_compile_when_a_master_has_other_
         .unwrap_or_default();
     assert_eq!(records.len(), 1, "{module}");
     assert_eq!(records[0]["fingerprint"], fingerprint, "{module}");
-    let a = counts_when(&c, "a", |v| count(v, "precompiled") == 1);
+    let a = c.code_counts("a", 1, WAIT);
     assert_eq!(count(&a, "compiled"), 0, "{a}");
 
     // The master's copy is damaged: it no longer hashes as recorded, so it
@@ -199,9 +151,12 @@ fn nodes_load_the_code_the_cluster_recorded_and_compile_when_a_master_has_other_
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
     std::fs::write(&files[0], &damaged).expect("damage the code");
-    let message = run(&c, "b");
+    let message = c.hello_on("b", WAIT);
     assert!(message.contains("(cold)"), "{message}");
-    let b = counts_when(&c, "b", |v| count(v, "compiled") == 1);
+    let b = wait_for("b to report its compile", WAIT, || {
+        let code = c.get_json("node", "b")?["status"]["code"].clone();
+        (count(&code, "compiled") == 1).then_some(code)
+    });
     assert_eq!(count(&b, "precompiled"), 0, "{b}");
     assert!(
         c.node_log("b")
@@ -212,13 +167,11 @@ fn nodes_load_the_code_the_cluster_recorded_and_compile_when_a_master_has_other_
 
     // The master dropped the damaged copy and compiles again when next
     // asked: the same bytes as recorded, which node c loads.
-    let message = run(&c, "c");
+    let message = c.hello_on("c", WAIT);
     assert!(message.contains("precompiled by the master"), "{message}");
-    let cc = counts_when(&c, "c", |v| count(v, "precompiled") == 1);
+    let cc = c.code_counts("c", 1, WAIT);
     assert_eq!(count(&cc, "compiled"), 0, "{cc}");
-    let module = c
-        .get_json("module", &flotilla_api::objects::module_name(&digest))
-        .expect("module");
+    let module = c.module_of("hello");
     assert_eq!(
         module["status"]["code"].as_array().map(Vec::len),
         Some(1),

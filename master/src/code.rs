@@ -17,8 +17,7 @@
 //! `flotilla` binary hands one in ([`CodeCompiler`]); a master without one
 //! answers that it has no code, and nodes compile by themselves.
 
-use crate::apiserver::{store_err, ApiServer, Caller, NodeView};
-use crate::apiserver::{Action, Subresource, Verb};
+use crate::apiserver::{store_err, ApiServer, Caller};
 use flotilla_api::objects::{digest_of, module_name, CodeTarget, ModuleCode};
 use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::{Kind, Object};
@@ -262,25 +261,7 @@ impl ApiServer {
         target: &CodeTarget,
         fingerprint: &str,
     ) -> Result<(String, Vec<u8>), ApiError> {
-        let verb = Verb::object(
-            Action::Get,
-            Kind::Module,
-            "",
-            &module_name(digest),
-            Some(Subresource::Bytes),
-        );
-        crate::apiserver::authorize(caller, &verb)?;
-        if let Some(view) = NodeView::of(&self.store, caller) {
-            if !view.uses(digest)? {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "node {} may fetch only the code of modules of pods bound to it",
-                        caller.node().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
+        self.may_read_module(caller, digest)?;
         self.code.code(self, digest, target, fingerprint).await
     }
 }

@@ -274,6 +274,43 @@ impl Cluster {
             .then(|| serde_json::from_slice(&out.stdout).expect("json"))
     }
 
+    /// How node `name` came by its code (`status.code`: `compiled`,
+    /// `precompiled`, `cached`), once `precompiled` is at least `least`
+    /// (waits up to `timeout`: the node reports it every few seconds).
+    pub fn code_counts(&self, name: &str, least: u64, timeout: Duration) -> serde_json::Value {
+        wait_for(&format!("{name} to report its code"), timeout, || {
+            let code = self.get_json("node", name)?["status"]["code"].clone();
+            (code["precompiled"].as_u64().unwrap_or(0) >= least).then_some(code)
+        })
+    }
+
+    /// The Module object of the sample `workload`, as JSON.
+    pub fn module_of(&self, workload: &str) -> serde_json::Value {
+        let bytes = std::fs::read(flotilla_workloads::path(workload)).expect("sample workload");
+        let digest = flotilla_api::objects::digest_of(&bytes);
+        self.get_json("module", &flotilla_api::objects::module_name(&digest))
+            .expect("module")
+    }
+
+    /// Runs the sample `hello` as pod `hello-NODE` on `node` to Succeeded:
+    /// its ModuleReady message.
+    pub fn hello_on(&self, node: &str, timeout: Duration) -> String {
+        let name = format!("hello-{node}");
+        let pod = self.manifest(
+            &format!("{name}.yaml"),
+            &pod_yaml(
+                &name,
+                "hello",
+                &[],
+                "Never",
+                &format!("  nodeName: {node}\n"),
+            ),
+        );
+        self.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+        self.wait_phase(&name, "Succeeded", timeout);
+        self.module_ready_message(&name)
+    }
+
     /// The message of a pod's ModuleReady condition, e.g.
     /// `fetch 3ms (master), compile 61ms (cold)`.
     pub fn module_ready_message(&self, pod: &str) -> String {

@@ -92,6 +92,23 @@ impl ApiServer {
     /// Opens a module's bytes for download. A node may download only the
     /// modules of pods bound to it.
     pub fn get_module(&self, caller: &Caller, digest: &str) -> Result<ModuleDownload, ApiError> {
+        self.may_read_module(caller, digest)?;
+        self.store
+            .module_reader(digest)
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("module {digest} is not stored on this master"),
+                )
+            })
+    }
+}
+
+impl ApiServer {
+    /// Whether `caller` may read what a module's bytes make (the bytes,
+    /// their compiled code): a node only those of pods bound to it.
+    pub(crate) fn may_read_module(&self, caller: &Caller, digest: &str) -> Result<(), ApiError> {
         let verb = Verb::object(
             Action::Get,
             Kind::Module,
@@ -111,15 +128,7 @@ impl ApiServer {
                 ));
             }
         }
-        self.store
-            .module_reader(digest)
-            .map_err(store_err)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("module {digest} is not stored on this master"),
-                )
-            })
+        Ok(())
     }
 }
 
