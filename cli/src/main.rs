@@ -894,8 +894,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn code_compiler() -> Option<flotilla_master::code::Compiler> {
     #[cfg(feature = "node")]
     {
+        // Compiles run in children of this binary under the limits a node
+        // of this machine would have; in-process only if it cannot be found.
+        let compiler = match std::env::current_exe() {
+            Ok(program) => flotilla_node::runtime::compile::CrossCompiler::in_children(
+                program,
+                flotilla_node::CompileLimits::for_this_machine(),
+            ),
+            Err(_) => Default::default(),
+        };
         Some(flotilla_master::code::Compiler(std::sync::Arc::new(
-            NodeCodeCompiler::default(),
+            NodeCodeCompiler(compiler),
         )))
     }
     #[cfg(not(feature = "node"))]
@@ -906,7 +915,6 @@ fn code_compiler() -> Option<flotilla_master::code::Compiler> {
 
 /// The node runtime's compiler, as a master's.
 #[cfg(all(feature = "master", feature = "node"))]
-#[derive(Default)]
 struct NodeCodeCompiler(flotilla_node::runtime::compile::CrossCompiler);
 
 #[cfg(all(feature = "master", feature = "node"))]

@@ -1257,7 +1257,8 @@ fn cache_files(cache: &std::path::Path) -> Vec<String> {
 #[test]
 fn deleting_a_pod_stops_its_compile_and_caches_nothing() {
     let mut c = Cluster::start("10s");
-    c.start_node("n1");
+    // The node's own compile is what is stopped: no code from the master.
+    c.start_node_args("n1", &["--no-precompiled-code"]);
     c.wait_node_ready("n1", "Ready", T);
     std::fs::write(c.path("heavy.wasm"), code_heavy_module(400)).expect("write");
     let heavy = module_pod(&c, "heavy", "heavy.wasm", "Never", "");
@@ -1297,8 +1298,15 @@ fn deleting_a_pod_stops_its_compile_and_caches_nothing() {
 #[test]
 fn modules_over_the_compile_limits_fail_their_pods() {
     let mut c = Cluster::start("10s");
-    c.start_node_args("slow", &["--compile-timeout", "1s"]);
-    c.start_node_args("small", &["--compile-memory", "128Mi"]);
+    // The nodes' own compiler is what is tested: no code from the master.
+    c.start_node_args(
+        "slow",
+        &["--compile-timeout", "1s", "--no-precompiled-code"],
+    );
+    c.start_node_args(
+        "small",
+        &["--compile-memory", "128Mi", "--no-precompiled-code"],
+    );
     std::fs::write(c.path("heavy.wasm"), code_heavy_module(400)).expect("write");
     let cases = [
         (
@@ -1390,7 +1398,11 @@ fn node_code_files(c: &Cluster, node: &str) -> Vec<String> {
 #[test]
 fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
     let mut c = Cluster::start("10s");
-    c.start_node_args("n1", &["--module-cache-grace", "10s"]);
+    // Compiling by itself, so that "compiles anew" shows.
+    c.start_node_args(
+        "n1",
+        &["--module-cache-grace", "10s", "--no-precompiled-code"],
+    );
     c.wait_node_ready("n1", "Ready", T);
     // Two pods share ticker's module; a third runs an 8 MiB module once.
     for name in ["keeper", "leaver"] {

@@ -341,7 +341,8 @@ async fn read_file(path: &Path) -> Option<Vec<u8>> {
 
 /// Writes `code` to `path` in `dir` by a rename, owner-only.
 fn write_file(dir: &Path, path: &Path, code: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    // Owner-only, as the rest of the master's data directory.
+    flotilla_api::perms::create_dir(dir)?;
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::options()

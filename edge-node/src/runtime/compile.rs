@@ -132,6 +132,9 @@ pub struct CrossCompiler {
     /// By encoded code target: the engine and its fingerprint, or why
     /// there is none.
     engines: std::sync::Mutex<std::collections::HashMap<String, EngineFor>>,
+    /// Compile in children of this program (`__compile`) under these
+    /// limits; None: in this process.
+    child: Option<(PathBuf, CompileLimits)>,
 }
 
 /// An engine for a code target and its fingerprint, or why there is none.
@@ -154,6 +157,17 @@ impl CrossCompiler {
             .clone()
     }
 
+    /// A compiler that compiles each module in a child process of
+    /// `program` (the `flotilla` binary's `__compile`) under `limits`, as
+    /// nodes do: a module built to exhaust the compiler fails its compile,
+    /// not the master.
+    pub fn in_children(program: PathBuf, limits: CompileLimits) -> CrossCompiler {
+        CrossCompiler {
+            child: Some((program, limits)),
+            ..CrossCompiler::default()
+        }
+    }
+
     /// The fingerprint of the engine for `code`.
     pub fn fingerprint(&self, code: &CodeTarget) -> Result<String, String> {
         self.engine(code).map(|(_, f)| f)
@@ -162,7 +176,38 @@ impl CrossCompiler {
     /// The serialized code of `wasm` (a component or a core module) for
     /// an engine for `code`: what that engine's `deserialize` loads.
     pub fn compile(&self, code: &CodeTarget, wasm: &[u8]) -> Result<Vec<u8>, String> {
-        let (engine, _) = self.engine(code)?;
+        let (engine, fingerprint) = self.engine(code)?;
+        if let Some((program, limits)) = &self.child {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let out = std::env::temp_dir()
+                .join(format!(".flotilla-code-{}-{n}.cwasm", std::process::id()));
+            let done = compile_in_child(
+                program,
+                *limits,
+                code,
+                &fingerprint,
+                wasm,
+                &out,
+                &CancellationToken::new(),
+            );
+            let bytes = match done {
+                Ok(()) => {
+                    std::fs::read(&out).map_err(|e| format!("cannot read the compiled code: {e}"))
+                }
+                Err(CompileFailure::TimeLimit { limit }) => Err(format!(
+                    "compiling took longer than the master's limit of {}s",
+                    limit.as_secs()
+                )),
+                Err(CompileFailure::MemoryLimit { limit, detail }) => Err(format!(
+                    "compiling needed more than the master's limit of {} ({detail})",
+                    human_bytes(limit)
+                )),
+                Err(other) => Err(other.to_string()),
+            };
+            let _ = std::fs::remove_file(&out);
+            return bytes;
+        }
         let compiled = match classify(wasm).map_err(|e| e.to_string())? {
             Kind::Component => engine.precompile_component(wasm),
             Kind::Module => engine.precompile_module(wasm),

@@ -358,10 +358,26 @@ mod tests {
             merge_update(&old, Object::Module(respecced), false),
             Err(StoreError::Refused(Refusal::Invalid(_)))
         ));
+        // Its status is what its bytes are; only records of compiled code
+        // may be added to it.
+        let mut reformatted = m.clone();
+        reformatted.status.format = "component".into();
         assert!(matches!(
-            merge_update(&old, Object::Module(m), true),
+            merge_update(&old, Object::Module(reformatted), true),
             Err(StoreError::Refused(Refusal::Invalid(_)))
         ));
+        let mut compiled = m;
+        compiled.status.code.push(objects::ModuleCode {
+            fingerprint: "ab12".into(),
+            target: "pulley32".into(),
+            sha256: objects::digest_of(b"code"),
+            size: 4,
+        });
+        let out = merge_update(&old, Object::Module(compiled), true).unwrap();
+        let Object::Module(out) = out else {
+            panic!("a module")
+        };
+        assert_eq!(out.status.code.len(), 1);
     }
 
     #[test]
