@@ -15,24 +15,15 @@
 #[path = "common/procs.rs"]
 mod procs;
 
-use procs::{bin, flotilla_cli, spawn_logged, start_master, wait_until};
+use procs::{bin, flotilla_cli, spawn_logged, start_master, status_mib, wait_until};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 /// RSS, anonymous and file-backed memory of `pid`, in MiB.
 fn rss(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-            .unwrap_or(0.0)
-    };
-    (field("VmRSS:"), field("RssAnon:"), field("RssFile:"))
+    let [rss, anon, file] = status_mib(pid, ["VmRSS:", "RssAnon:", "RssFile:"]);
+    (rss, anon, file)
 }
 
 /// How many of the node's pods are Running.

@@ -38,10 +38,11 @@ impl Drop for Proc {
     }
 }
 
-/// Resident and peak memory of a process, in MiB.
-pub fn memory_mib(pid: u32) -> (f64, f64) {
+/// Fields of a process's /proc status given in kB (`VmRSS:`, ...), in MiB
+/// (0 when absent).
+pub fn status_mib<const N: usize>(pid: u32, names: [&str; N]) -> [f64; N] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
+    names.map(|name| {
         status
             .lines()
             .find(|l| l.starts_with(name))
@@ -49,8 +50,13 @@ pub fn memory_mib(pid: u32) -> (f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .map(|kib| kib / 1024.0)
             .unwrap_or(0.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    })
+}
+
+/// Resident and peak memory of a process, in MiB.
+pub fn memory_mib(pid: u32) -> (f64, f64) {
+    let [rss, peak] = status_mib(pid, ["VmRSS:", "VmHWM:"]);
+    (rss, peak)
 }
 
 /// CPU seconds a process has used (user + system).
