@@ -137,6 +137,9 @@ pub struct CrossCompiler {
     child: Option<(PathBuf, CompileLimits)>,
 }
 
+/// Most engines a [`CrossCompiler`] keeps.
+const MAX_ENGINES: usize = 32;
+
 /// An engine for a code target and its fingerprint, or why there is none.
 type EngineFor = Result<(Engine, String), String>;
 
@@ -144,17 +147,23 @@ impl CrossCompiler {
     /// The engine for `code` and its fingerprint, made at the first call.
     fn engine(&self, code: &CodeTarget) -> EngineFor {
         let key = super::device::encode_code(code);
+        let make = || {
+            let engine = Engine::new(&engine_config(code)?)
+                .map_err(|e| format!("this build cannot compile for {:?}: {e:#}", code.target))?;
+            let fingerprint = cache::engine_fingerprint(&engine);
+            Ok((engine, fingerprint))
+        };
         let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
-        engines
-            .entry(key)
-            .or_insert_with(|| {
-                let engine = Engine::new(&engine_config(code)?).map_err(|e| {
-                    format!("this build cannot compile for {:?}: {e:#}", code.target)
-                })?;
-                let fingerprint = cache::engine_fingerprint(&engine);
-                Ok((engine, fingerprint))
-            })
-            .clone()
+        if let Some(made) = engines.get(&key) {
+            return made.clone();
+        }
+        let made = make();
+        // Targets come from nodes: a cluster has a few; more are made each
+        // time rather than kept.
+        if engines.len() < MAX_ENGINES {
+            engines.insert(key, made.clone());
+        }
+        made
     }
 
     /// A compiler that compiles each module in a child process of
