@@ -701,7 +701,7 @@ fn describe_node(cfg: &NodeConfig, runtime: &Runtime) -> Node {
     };
     let machine = NodeCapacity {
         cpu_millis: cpus * 1000,
-        memory_bytes: total_memory(),
+        memory_bytes: crate::runtime::compile::total_memory().unwrap_or(0),
         pods: 0,
     };
     (node.status.capacity, node.status.allocatable) =
@@ -729,18 +729,6 @@ fn describe_node(cfg: &NodeConfig, runtime: &Runtime) -> Node {
         },
     };
     node
-}
-
-fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
 }
 
 async fn heartbeat_loop(client: Client, name: String, done: CancellationToken) {

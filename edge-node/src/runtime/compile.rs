@@ -89,7 +89,7 @@ pub fn default_memory_limit(total: Option<u64>) -> u64 {
 }
 
 /// The machine's memory from `/proc/meminfo`, if it can be read.
-pub(super) fn total_memory() -> Option<u64> {
+pub(crate) fn total_memory() -> Option<u64> {
     parse_mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
