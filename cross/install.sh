@@ -13,7 +13,8 @@
 #   --name NAME     the node's name [the host name]    FLOTILLA_NAME
 #   --args "FLAGS"  more `flotilla node|master` flags  FLOTILLA_ARGS
 #   --role ROLE     node or master [node]              FLOTILLA_ROLE
-#   --root DIR      install under DIR, do not touch systemd (images, tests)
+#   --root DIR      install under DIR, do not touch systemd (images, tests);
+#                   without --master and --token, only the binary and units
 #   --no-start      install and enable, but do not start
 #
 # Writes BINDIR/flotilla (/usr/local/bin), the systemd units, and
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
         --role) [ $# -ge 2 ] || die "--role needs node or master"; role=$2; shift 2 ;;
         --root) [ $# -ge 2 ] || die "--root needs a directory"; root=$2; shift 2 ;;
         --no-start) start=0; shift ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -62,7 +63,11 @@ case $args in *[\"\'\\\$\`]*|*'
 bin="$here/bin/flotilla"
 [ -x "$bin" ] || die "$bin is missing: run install.sh from the unpacked bundle"
 state="$root/var/lib/flotilla"
-if [ "$role" = node ]; then
+# Under --root with neither master nor token: the binary and units only,
+# for an image whose node is configured at its first boot (cross/image.sh).
+units_only=0
+[ "$role" = node ] && [ -n "$root" ] && [ -z "$master$token" ] && units_only=1
+if [ "$role" = node ] && [ $units_only = 0 ]; then
     [ -n "$master" ] || die "give the master: --master ADDR or FLOTILLA_MASTER=ADDR (e.g. 10.0.0.1:7443)"
     # A node that joined already has its certificate: no token needed.
     if [ -z "$token" ] && [ ! -e "$state/node/credentials.yaml" ]; then
@@ -84,7 +89,9 @@ done
 
 env_file="$root/etc/flotilla/$role.env"
 umask 077
-if [ "$role" = node ]; then
+if [ $units_only = 1 ]; then
+    env_file="no settings yet (no --master): run install.sh again with them"
+elif [ "$role" = node ]; then
     flags="--master $master"
     [ -n "$name" ] && flags="$flags --name $name"
     [ -n "$args" ] && flags="$flags $args"
@@ -101,8 +108,10 @@ else
         [ -n "$token" ] && echo "FLOTILLA_TOKEN=$token"
     } > "$env_file.new"
 fi
-chmod 0600 "$env_file.new"
-mv -f "$env_file.new" "$env_file"
+if [ $units_only = 0 ]; then
+    chmod 0600 "$env_file.new"
+    mv -f "$env_file.new" "$env_file"
+fi
 echo "installed $bindir/flotilla ($("$bin" --version 2>/dev/null || echo "for another architecture")), flotilla-$role.service, $env_file"
 
 if [ -n "$root" ]; then

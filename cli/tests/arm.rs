@@ -15,23 +15,12 @@
 
 mod common;
 
-use common::{http, pod_yaml, wait_for, Cluster};
+use common::{cross_binary, http, pod_yaml, wait_for, Cluster};
 use std::path::PathBuf;
 use std::time::Duration;
 
 fn aarch64_binary() -> PathBuf {
     cross_binary("FLOTILLA_AARCH64_BIN", "aarch64-unknown-linux-gnu")
-}
-
-/// The node-only debug build for `triple`, or the file `env` names.
-fn cross_binary(env: &str, triple: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join(triple).join("debug/flotilla")
 }
 
 #[test]

@@ -456,3 +456,21 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, S
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
 }
+
+/// The node-only build for `triple` that `scripts/test.sh` makes (the
+/// `cross-test` profile; else a debug build, as `cargo build --target`
+/// makes), or the file the environment variable `env` names.
+pub fn cross_binary(env: &str, triple: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let built = target.join(triple).join("cross-test/flotilla");
+    let debug = target.join(triple).join("debug/flotilla");
+    if !built.exists() && debug.exists() {
+        return debug;
+    }
+    built
+}
