@@ -8,8 +8,8 @@
 //! itself while the new node loads the master's code. Then the old node is
 //! stopped and started again from the same data directory with this
 //! release's binary, as an upgrade does: it keeps its certificate (no
-//! token), reports the new version and its engine, and loads precompiled
-//! code.
+//! token), reports the new version and its engine, and runs the module
+//! again from the code it compiled before the upgrade, compiling nothing.
 
 mod common;
 
@@ -68,8 +68,16 @@ fn previous_release_node_runs_pods_beside_this_release_and_upgrades_in_place() {
     assert_eq!(version_column(&c, "new"), version);
     assert_eq!(version_column(&c, "old"), "0.1.0");
     let node = c.get_json("node", "old").expect("node");
+    let engine = &node["status"]["nodeInfo"]["engine"];
     assert!(
-        node["status"]["nodeInfo"]["engine"].is_null(),
+        engine["fingerprint"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+            && engine["code"]["target"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty(),
         "0.1.0 reports no engine profile: {node}"
     );
 
@@ -103,9 +111,16 @@ fn previous_release_node_runs_pods_beside_this_release_and_upgrades_in_place() {
     common::wait_for("hello-old to go", wait, || {
         c.get_json("pod", "hello-old").is_none().then_some(())
     });
+    // The code 0.1.0 compiled and kept is this release's engine's too:
+    // loaded from the node's cache, nothing compiled or fetched again.
     let message = c.hello_on("old", wait);
-    assert!(message.contains("precompiled by the master"), "{message}");
+    assert!(message.contains("(cached)"), "{message}");
     assert!(c.ok(&["logs", "hello-old"]).contains("hello from flotilla"));
+    let code = common::wait_for("old to report its code", wait, || {
+        let code = c.get_json("node", "old")?["status"]["code"].clone();
+        (code["cached"].as_u64().unwrap_or(0) >= 1).then_some(code)
+    });
+    assert_eq!(code["compiled"].as_u64().unwrap_or(0), 0, "{code}");
 }
 
 fn wait_for_version(c: &Cluster, node: &str, version: &str, timeout: Duration) {
