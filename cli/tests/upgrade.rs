@@ -87,15 +87,11 @@ fn previous_release_node_runs_pods_beside_this_release_and_upgrades_in_place() {
     assert!(c.ok(&["logs", "hello-old"]).contains("hello from flotilla"));
     let message = c.hello_on("new", wait);
     assert!(message.contains("precompiled by the master"), "{message}");
-    let module = c.module_of("hello");
-    let records = module["status"]["code"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let records = c.code_records("hello");
     assert_eq!(
         records.len(),
         1,
-        "code for the new node's engine only: {module}"
+        "code for the new node's engine only: {records:?}"
     );
 
     // The upgrade: the same node, data directory and name, the new binary.

@@ -284,6 +284,15 @@ impl Cluster {
         })
     }
 
+    /// The code records of the sample `workload`'s Module (`status.code`):
+    /// one per engine the masters compiled it for.
+    pub fn code_records(&self, workload: &str) -> Vec<serde_json::Value> {
+        self.module_of(workload)["status"]["code"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The Module object of the sample `workload`, as JSON.
     pub fn module_of(&self, workload: &str) -> serde_json::Value {
         let bytes = std::fs::read(flotilla_workloads::path(workload)).expect("sample workload");
@@ -459,7 +468,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, S
 
 /// The node-only build for `triple` that `scripts/test.sh` makes (the
 /// `cross-test` profile; else a debug build, as `cargo build --target`
-/// makes), or the file the environment variable `env` names.
+/// makes), or the file the environment variable `env` names. Panics with
+/// the command that builds it when there is none.
 pub fn cross_binary(env: &str, triple: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
@@ -472,5 +482,10 @@ pub fn cross_binary(env: &str, triple: &str) -> PathBuf {
     if !built.exists() && debug.exists() {
         return debug;
     }
+    assert!(
+        built.exists(),
+        "{} is missing: build it with `cargo build -p flotilla --no-default-features --features node --profile cross-test --target {triple}`",
+        built.display()
+    );
     built
 }
