@@ -2,7 +2,8 @@
 //! cannot use (building a target takes minutes per target; the builds and
 //! their sizes are in docs/edge.md), and the bundles of this build: the
 //! tarball's install script, the units and config it writes (and a node
-//! started from them joining a master), uninstalling, and the .deb.
+//! started from them joining a master; only the units, for an image),
+//! uninstalling, and the .deb.
 
 mod common;
 
@@ -158,6 +159,19 @@ fn the_bundle_installs_hardened_units_and_a_config_that_joins_the_master() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!root.exists(), "a refused install wrote nothing");
+
+    // Into a root with neither master nor token, as an image is built: the
+    // binary and the units, enabled, and no settings until its first boot.
+    let image = tmp.path().join("image");
+    let i = image.to_str().expect("utf8");
+    let (code, err) = run(&["--root", i], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(image.join("usr/local/bin/flotilla").exists());
+    assert!(image
+        .join("etc/systemd/system/multi-user.target.wants/flotilla-node.service")
+        .symlink_metadata()
+        .is_ok());
+    assert!(!image.join("etc/flotilla/node.env").exists());
 
     // A master for the installed node to join.
     let c = common::Cluster::start("30s");
