@@ -160,18 +160,15 @@ install -m 0644 cross/image/20-wired.network "$root/etc/systemd/network/"
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
 
-# flotilla: the binary and units by the bundle's install.sh; its first-boot
-# configuration keeps install.sh beside it.
-bundle=$work/bundle
-mkdir -p "$bundle/bin" "$bundle/systemd"
-install -m 0755 "$binary" "$bundle/bin/flotilla"
-install -m 0644 cross/systemd/*.service "$bundle/systemd/"
-install -m 0755 cross/install.sh cross/uninstall.sh "$bundle/"
-sh "$bundle/install.sh" --root "$root"
+# flotilla: the bundle's layout in /usr/local/lib/flotilla, whose install.sh
+# installs the binary and units now and the node's settings at the first
+# boot. Once installed, its bin/flotilla is the installed binary.
 lib=$root/usr/local/lib/flotilla
 mkdir -p "$lib/bin" "$lib/systemd"
-install -m 0755 cross/install.sh cross/uninstall.sh cross/image/firstboot.sh "$lib/"
+install -m 0755 "$binary" "$lib/bin/flotilla"
 install -m 0644 cross/systemd/*.service "$lib/systemd/"
+install -m 0755 cross/install.sh cross/uninstall.sh cross/image/firstboot.sh "$lib/"
+sh "$lib/install.sh" --root "$root"
 ln -sf /usr/local/bin/flotilla "$lib/bin/flotilla"
 install -m 0644 cross/image/flotilla-firstboot.service "$root/etc/systemd/system/"
 mkdir -p "$root/etc/systemd/system/flotilla-node.service.d"

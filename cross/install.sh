@@ -88,9 +88,10 @@ for unit in flotilla-node.service flotilla-master.service; do
 done
 
 env_file="$root/etc/flotilla/$role.env"
+settings=$env_file
 umask 077
 if [ $units_only = 1 ]; then
-    env_file="no settings yet (no --master): run install.sh again with them"
+    settings="no settings yet (no --master): run install.sh again with them"
 elif [ "$role" = node ]; then
     flags="--master $master"
     [ -n "$name" ] && flags="$flags --name $name"
@@ -112,7 +113,7 @@ if [ $units_only = 0 ]; then
     chmod 0600 "$env_file.new"
     mv -f "$env_file.new" "$env_file"
 fi
-echo "installed $bindir/flotilla ($("$bin" --version 2>/dev/null || echo "for another architecture")), flotilla-$role.service, $env_file"
+echo "installed $bindir/flotilla ($("$bin" --version 2>/dev/null || echo "for another architecture")), flotilla-$role.service, $settings"
 
 if [ -n "$root" ]; then
     echo "under $root: systemd left alone; the service starts at the system's first boot if enabled there"

@@ -467,9 +467,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> Option<(u16, S
 }
 
 /// The node-only build for `triple` that `scripts/test.sh` makes (the
-/// `cross-test` profile; else a debug build, as `cargo build --target`
-/// makes), or the file the environment variable `env` names. Panics with
-/// the command that builds it when there is none.
+/// `cross-test` profile), or the file the environment variable `env`
+/// names. Panics with the command that builds it when there is none.
 pub fn cross_binary(env: &str, triple: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
@@ -478,10 +477,6 @@ pub fn cross_binary(env: &str, triple: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let built = target.join(triple).join("cross-test/flotilla");
-    let debug = target.join(triple).join("debug/flotilla");
-    if !built.exists() && debug.exists() {
-        return debug;
-    }
     assert!(
         built.exists(),
         "{} is missing: build it with `cargo build -p flotilla --no-default-features --features node --profile cross-test --target {triple}`",
