@@ -2,8 +2,9 @@
 # Installs what building and testing Flotilla needs beyond the Rust toolchain:
 # the Wasm targets for the sample workloads, iproute2 and nftables for the
 # chaos tests (network namespaces, packet loss) and, with --cross (what the
-# tests use), the aarch64 and armv7 cross toolchains, qemu-user for the ARM
-# tests and libfaketime for the certificate tests. Safe to run again.
+# tests use), the aarch64 (glibc and static musl) and armv7 cross toolchains,
+# qemu-user for the ARM tests and libfaketime for the certificate tests.
+# Safe to run again.
 set -euo pipefail
 
 cross=0
@@ -16,7 +17,7 @@ as_root() {
 }
 
 targets="wasm32-wasip2 wasm32-wasip1"
-[ $cross = 1 ] && targets="$targets aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"
+[ $cross = 1 ] && targets="$targets aarch64-unknown-linux-gnu aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf"
 installed=$(rustup target list --installed 2>/dev/null || true)
 missing=""
 for t in $targets; do

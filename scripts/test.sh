@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, end-to-end tests with the real
-# binary, and the aarch64 and armv7 nodes under qemu-user. Installs what it
+# binary, and the aarch64 (glibc and musl) and armv7 nodes under qemu-user. Installs what it
 # needs.
 #
 #   scripts/test.sh [--slow]
@@ -37,11 +37,12 @@ if [ $slow = 1 ]; then
     fi
 fi
 
-# One cargo run for both: each target's crates fill the cores while the
-# other's longest ones build.
-echo "== building the aarch64 and armv7 nodes (cross) =="
+# One cargo run for all three: each target's crates fill the cores while
+# the others' longest ones build.
+echo "== building the aarch64 (glibc and static musl) and armv7 nodes (cross) =="
 cargo build -p flotilla --no-default-features --features node --profile cross-test \
-    --target aarch64-unknown-linux-gnu --target armv7-unknown-linux-gnueabihf
+    --target aarch64-unknown-linux-gnu --target aarch64-unknown-linux-musl \
+    --target armv7-unknown-linux-gnueabihf
 
 echo "== running all tests =="
 log=$(mktemp)

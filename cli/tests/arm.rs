@@ -7,7 +7,8 @@
 //! for its engine, and its compile counter stays at zero.
 //!
 //! The armv7 build runs its pods through wasmtime's Pulley interpreter,
-//! with bytecode the x86_64 master compiled for it.
+//! with bytecode the x86_64 master compiled for it. The static aarch64
+//! build (musl) runs with no system libraries at all.
 //!
 //! Needs the cross builds (`scripts/test.sh` makes them) and qemu-user, so
 //! they are ignored by a plain `cargo test`; run them with
@@ -71,6 +72,47 @@ fn armv7_runs_pods_through_pulley_with_code_the_x86_master_compiled() {
     let message = c.module_ready_message("hello-v7");
     assert!(message.contains("precompiled by the master"), "{message}");
     let counts = c.code_counts("pi2", 1, slow);
+    assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
+}
+
+#[test]
+#[ignore = "needs the aarch64 musl cross build and qemu-user: run by scripts/test.sh"]
+fn the_static_aarch64_node_joins_with_no_system_libraries() {
+    let bin = cross_binary("FLOTILLA_AARCH64_MUSL_BIN", "aarch64-unknown-linux-musl");
+    let mut c = Cluster::start("30s");
+    let bin = bin.to_string_lossy().into_owned();
+    // No `-L`: this machine has no aarch64 loader or libc where a
+    // dynamically linked binary looks for them, so only a static one runs.
+    c.start_node_with_args("pi-musl", &["qemu-aarch64", &bin], &["--http-slots", "4"]);
+    let slow = Duration::from_secs(180);
+    c.wait_node_ready("pi-musl", "Ready", slow);
+    let node = c.get_json("node", "pi-musl").expect("node");
+    let info = &node["status"]["nodeInfo"];
+    assert_eq!(info["architecture"], "arm64", "{node}");
+    assert_eq!(
+        info["engine"]["code"]["target"], "aarch64-unknown-linux-musl",
+        "{node}"
+    );
+    let pod = c.manifest(
+        "hello-musl.yaml",
+        &pod_yaml(
+            "hello-musl",
+            "hello",
+            &["from-musl"],
+            "Never",
+            "  nodeSelector: {flotilla.dev/arch: arm64}\n",
+        ),
+    );
+    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
+    c.wait_phase("hello-musl", "Succeeded", slow);
+    let logs = c.ok(&["logs", "hello-musl"]);
+    assert!(
+        logs.contains("arg[1]=from-musl") && logs.contains("hello from flotilla"),
+        "{logs}"
+    );
+    let message = c.module_ready_message("hello-musl");
+    assert!(message.contains("precompiled by the master"), "{message}");
+    let counts = c.code_counts("pi-musl", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
 }
 
