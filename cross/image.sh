@@ -111,6 +111,8 @@ fi
 # needs the time), the kernel with an initramfs.
 include=systemd,systemd-sysv,systemd-resolved,systemd-timesyncd,udev,dbus,kmod
 include=$include,initramfs-tools,linux-image-arm64,e2fsprogs,dosfstools,iproute2,iputils-ping
+# sfdisk, to grow the root partition to the end of the card at boot.
+include=$include,fdisk
 # GRUB's arm64 EFI modules, for the boot loader made below.
 include=$include,grub-efi-arm64-bin
 # The installed system is kept for a week (target/image-cache), keyed by
@@ -167,13 +169,14 @@ lib=$root/usr/local/lib/flotilla
 mkdir -p "$lib/bin" "$lib/systemd"
 install -m 0755 "$binary" "$lib/bin/flotilla"
 install -m 0644 cross/systemd/*.service "$lib/systemd/"
-install -m 0755 cross/install.sh cross/uninstall.sh cross/image/firstboot.sh "$lib/"
+install -m 0755 cross/install.sh cross/uninstall.sh cross/image/firstboot.sh cross/image/growroot.sh "$lib/"
 sh "$lib/install.sh" --root "$root"
 ln -sf /usr/local/bin/flotilla "$lib/bin/flotilla"
-install -m 0644 cross/image/flotilla-firstboot.service "$root/etc/systemd/system/"
+install -m 0644 cross/image/flotilla-firstboot.service cross/image/flotilla-growroot.service "$root/etc/systemd/system/"
 mkdir -p "$root/etc/systemd/system/flotilla-node.service.d"
 install -m 0644 cross/image/flotilla-node-image.conf "$root/etc/systemd/system/flotilla-node.service.d/image.conf"
-chroot "$root" systemctl enable --quiet systemd-networkd systemd-resolved systemd-timesyncd flotilla-firstboot.service
+chroot "$root" systemctl enable --quiet systemd-networkd systemd-resolved systemd-timesyncd \
+    flotilla-growroot.service flotilla-firstboot.service
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root/debootstrap"
 

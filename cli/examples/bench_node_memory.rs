@@ -2,8 +2,9 @@
 //!
 //! A master on loopback and one node (the `flotilla` binary next to this
 //! program, or `$FLOTILLA_BIN`; the node alone may be another build, e.g.
-//! the node-only edge build, with `$FLOTILLA_NODE_BIN`), no proxy. The
-//! node's RSS (anonymous and file-backed, from /proc) is read once it has
+//! the node-only edge build, with `$FLOTILLA_NODE_BIN`), no proxy. The node
+//! runs a copy of its binary, as on a device, where no master maps the
+//! same file. The node's RSS (anonymous and file-backed, from /proc) is read once it has
 //! been Ready for 10 s, then after each step of ticker pods (a p2 command
 //! that prints a line a second) has been Running for 10 s: 1, 10, 100 in
 //! all. Prints each step and the RSS each pod adds. The goal of issue 13
@@ -38,9 +39,17 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).expect("dir");
-    let node_bin = std::env::var_os("FLOTILLA_NODE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(bin);
+    // A copy: on a device no master maps the node's binary, and a node
+    // gives back only the pages of its code no other process shares
+    // (docs/edge.md, "A node's memory").
+    let node_bin = dir.join("flotilla-node");
+    std::fs::copy(
+        std::env::var_os("FLOTILLA_NODE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(bin),
+        &node_bin,
+    )
+    .expect("a copy of the node's binary");
     println!("master: {}\nnode: {}", bin().display(), node_bin.display());
     let (_master, addr) = start_master(&dir);
     let config = dir.join("config");

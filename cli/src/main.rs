@@ -713,6 +713,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 proxy: offer.proxy,
                 engine: offer.engine,
                 precompiled: offer.precompiled,
+                release_startup_code: true,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -1164,6 +1165,8 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         proxy: offer.proxy,
         engine: offer.engine,
         precompiled: offer.precompiled,
+        // The master in this process runs the code the node would give back.
+        release_startup_code: false,
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

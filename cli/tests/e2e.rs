@@ -31,6 +31,13 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
             "{want} not in {environ:?}"
         );
     }
+    // Once joined and settled, it hands back the pages of the code only
+    // starting ran (docs/edge.md, "A node's memory").
+    wait_for("n1 to release its start-up code", T, || {
+        c.node_log("n1")
+            .contains("released the pages of the code only starting ran")
+            .then_some(())
+    });
     // Each node reports the interfaces its runtime links and what pods may
     // use; n2 leaves out the sockets it withholds.
     for (node, sockets) in [("n1", true), ("n2", false)] {

@@ -6,8 +6,10 @@
 //! `flotilla.conf` on its FAT partition as a user would (mtools, the way a
 //! laptop writes the card), started in qemu-system-aarch64 (virt machine,
 //! UEFI firmware that boots the image's own loader, a user network that
-//! reaches the master on this host): the node joins under the configured name and runs a pod with
-//! code the master compiled, and the token has left the card. It builds a
+//! reaches the master on this host): the node joins under the configured
+//! name and runs a pod with code the master compiled, the token has left
+//! the card, and the root partition and file system have grown to the end
+//! of a disk larger than the image. It builds a
 //! Debian system and boots it under emulation (many minutes), so it runs
 //! only with `scripts/test.sh --slow`.
 
@@ -199,6 +201,37 @@ impl Drop for Machine {
     }
 }
 
+/// The root partition (the MBR's second entry) of the disk image `img`, as
+/// (first sector, sectors), and the size in bytes of the ext4 file system
+/// in it, read from its superblock.
+fn root_partition(img: &Path) -> (u64, u64, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(img).expect("image");
+    let mut mbr = [0u8; 512];
+    f.read_exact(&mut mbr).expect("MBR");
+    assert_eq!(&mbr[510..], &[0x55, 0xaa], "no MBR");
+    let u32_at = |b: &[u8], at: usize| {
+        u64::from(u32::from_le_bytes(
+            b[at..at + 4].try_into().expect("4 bytes"),
+        ))
+    };
+    let entry = &mbr[446 + 16..446 + 32];
+    let (start, sectors) = (u32_at(entry, 8), u32_at(entry, 12));
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(start * 512 + 1024)).expect("seek");
+    f.read_exact(&mut sb).expect("superblock");
+    assert_eq!(&sb[0x38..0x3a], &[0x53, 0xef], "no ext4 superblock");
+    // Cleanly unmounted (s_state), so the counts below are the final ones.
+    assert_eq!(
+        sb[0x3a] & 1,
+        1,
+        "the root file system was not cleanly unmounted"
+    );
+    let blocks = u32_at(&sb, 4) | (u32_at(&sb, 0x150) << 32);
+    let block_size = 1024u64 << u32_at(&sb, 24);
+    (start, sectors, blocks * block_size)
+}
+
 /// mtools' name for the image's first partition (the FAT one at 1 MiB).
 fn boot_partition(img: &Path) -> String {
     format!("{}@@1048576", img.display())
@@ -231,6 +264,14 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
         assert!(p.exists(), "{} missing: {printed}", p.display());
     }
     let size = std::fs::metadata(&img).expect("image").len();
+    // Written to a larger card: the root grows to its end at the boot.
+    let (_, sectors, fs_bytes) = root_partition(&img);
+    let card = size + (1 << 30);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .and_then(|f| f.set_len(card))
+        .expect("a larger card");
 
     // The user's step: the master's address (as the guest reaches this
     // host) and a token, written to flotilla.conf on the card.
@@ -256,6 +297,7 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
     assert!(status.success());
 
     let console = c.path("console.log");
+    let monitor = c.path("monitor.sock");
     let booted = Instant::now();
     let machine = Command::new("qemu-system-aarch64")
         .args([
@@ -268,7 +310,10 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
             "-m",
             "1024",
         ])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .args(["-display", "none", "-no-reboot"])
+        // The monitor's power button shuts the machine down cleanly.
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         // UEFI firmware: the image boots by itself, through its own loader.
@@ -328,7 +373,29 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
     );
     let message = c.module_ready_message("hello-image");
     assert!(message.contains("precompiled by the master"), "{message}");
+
+    // The power button: systemd stops the node and unmounts the disk.
+    {
+        use std::io::Write;
+        let mut m = std::os::unix::net::UnixStream::connect(&monitor).expect("qemu monitor");
+        m.write_all(b"system_powerdown\n")
+            .expect("system_powerdown");
+    }
+    wait_for("the machine to power off", Duration::from_secs(300), || {
+        machine.0.try_wait().ok().flatten()
+    });
     drop(machine);
+    let (start, grown, grown_fs) = root_partition(&img);
+    assert_eq!(
+        (start + grown) * 512,
+        card,
+        "the root partition does not reach the end of the card (it had {sectors} sectors)"
+    );
+    assert!(
+        grown_fs > fs_bytes && grown_fs + (1 << 20) >= grown * 512,
+        "the file system did not grow with its partition: {fs_bytes} -> {grown_fs} bytes in {} bytes",
+        grown * 512
+    );
 
     // The token has left the card; no error was written beside it.
     let out = Command::new("mtype")
@@ -349,8 +416,10 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
     assert!(!files.contains("flotilla-error"), "{files}");
 
     println!(
-        "edge image: {} MiB, built in {:.0} s; boot to Ready {:.0} s under qemu-system-aarch64 (TCG)",
+        "edge image: {} MiB (root grown to {} MiB on a {} MiB card), built in {:.0} s; boot to Ready {:.0} s under qemu-system-aarch64 (TCG)",
         size / (1 << 20),
+        grown_fs >> 20,
+        card >> 20,
         built.as_secs_f64(),
         to_ready.as_secs_f64()
     );

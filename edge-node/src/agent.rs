@@ -66,6 +66,10 @@ pub struct NodeConfig {
     /// Ask the masters for modules' code compiled for this node's engine
     /// before compiling here (`--no-precompiled-code` turns it off).
     pub precompiled: bool,
+    /// Once joined, give back the pages of the binary's code that only
+    /// starting ran ([`crate::memory`]): for a process that is only a node,
+    /// not one that is also a busy master.
+    pub release_startup_code: bool,
 }
 
 /// How often the node tells the master it is alive.
@@ -314,6 +318,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         status_stop.clone(),
     ));
     let mut delay = MIN_RECONNECT;
+    let mut release_startup_code = cfg.release_startup_code;
     while !shutdown.is_cancelled() {
         let client = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -343,6 +348,18 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             }
         };
         tracing::info!(master = %client.addr, "connected to master");
+        if std::mem::take(&mut release_startup_code) {
+            tokio::spawn(async {
+                tokio::time::sleep(crate::memory::SETTLE).await;
+                match crate::memory::release_startup_code() {
+                    Ok(bytes) => tracing::info!(
+                        mapped_kib = bytes / 1024,
+                        "released the pages of the code only starting ran"
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "startup code stays resident"),
+                }
+            });
+        }
         let calm = renewal_failed.is_none_or(|t| t.elapsed() >= RENEW_RETRY);
         // A certificate from before nodes served each other cannot serve
         // this node's proxy: renewed now, whatever its age.

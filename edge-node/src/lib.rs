@@ -17,6 +17,7 @@
 //! - [`logs`]: bounded per-pod log buffers with followers.
 //! - [`volumes`], [`data`]: a pod's directories, and the ConfigMaps and
 //!   Secrets it reads (as files and as environment).
+//! - [`memory`]: the node handing back the code it ran only to start.
 //! - [`network`]: what a pod's program may reach (`spec.network`), checked
 //!   for every socket address it uses.
 
@@ -25,6 +26,7 @@ pub mod data;
 pub mod join;
 pub mod local;
 pub mod logs;
+pub mod memory;
 pub mod module_gc;
 pub mod network;
 pub mod node_status;
