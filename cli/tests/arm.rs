@@ -50,26 +50,12 @@ fn armv7_runs_pods_through_pulley_with_code_the_x86_master_compiled() {
     );
     let wide = c.ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("pulley32"), "{wide}");
-    let pod = c.manifest(
-        "hello-v7.yaml",
-        &pod_yaml(
-            "hello-v7",
-            "hello",
-            &["from-armv7"],
-            "Never",
-            "  nodeSelector: {flotilla.dev/arch: arm}
-",
-        ),
+    let message = c.hello(
+        "hello-v7",
+        "from-armv7",
+        "  nodeSelector: {flotilla.dev/arch: arm}\n",
+        slow,
     );
-    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-    c.wait_phase("hello-v7", "Succeeded", slow);
-    let logs = c.ok(&["logs", "hello-v7"]);
-    assert!(
-        logs.contains("arg[1]=from-armv7") && logs.contains("hello from flotilla"),
-        "{logs}"
-    );
-    // The x86_64 master compiled Pulley bytecode for it; it compiled nothing.
-    let message = c.module_ready_message("hello-v7");
     assert!(message.contains("precompiled by the master"), "{message}");
     let counts = c.code_counts("pi2", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
@@ -93,24 +79,12 @@ fn the_static_aarch64_node_joins_with_no_system_libraries() {
         info["engine"]["code"]["target"], "aarch64-unknown-linux-musl",
         "{node}"
     );
-    let pod = c.manifest(
-        "hello-musl.yaml",
-        &pod_yaml(
-            "hello-musl",
-            "hello",
-            &["from-musl"],
-            "Never",
-            "  nodeSelector: {flotilla.dev/arch: arm64}\n",
-        ),
+    let message = c.hello(
+        "hello-musl",
+        "from-musl",
+        "  nodeSelector: {flotilla.dev/arch: arm64}\n",
+        slow,
     );
-    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-    c.wait_phase("hello-musl", "Succeeded", slow);
-    let logs = c.ok(&["logs", "hello-musl"]);
-    assert!(
-        logs.contains("arg[1]=from-musl") && logs.contains("hello from flotilla"),
-        "{logs}"
-    );
-    let message = c.module_ready_message("hello-musl");
     assert!(message.contains("precompiled by the master"), "{message}");
     let counts = c.code_counts("pi-musl", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{cross_binary, pod_yaml, wait_for, Cluster};
+use common::{cross_binary, wait_for, Cluster};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -354,24 +354,12 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
         "{ready}"
     );
 
-    let pod = c.manifest(
-        "hello-image.yaml",
-        &pod_yaml(
-            "hello-image",
-            "hello",
-            &["from-the-image"],
-            "Never",
-            "  nodeSelector: {flotilla.dev/hostname: pi-image}\n",
-        ),
+    let message = c.hello(
+        "hello-image",
+        "from-the-image",
+        "  nodeSelector: {flotilla.dev/hostname: pi-image}\n",
+        Duration::from_secs(600),
     );
-    c.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-    c.wait_phase("hello-image", "Succeeded", Duration::from_secs(600));
-    let logs = c.ok(&["logs", "hello-image"]);
-    assert!(
-        logs.contains("arg[1]=from-the-image") && logs.contains("hello from flotilla"),
-        "{logs}"
-    );
-    let message = c.module_ready_message("hello-image");
     assert!(message.contains("precompiled by the master"), "{message}");
 
     // The power button: systemd stops the node and unmounts the disk.

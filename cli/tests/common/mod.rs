@@ -304,20 +304,33 @@ impl Cluster {
     /// Runs the sample `hello` as pod `hello-NODE` on `node` to Succeeded:
     /// its ModuleReady message.
     pub fn hello_on(&self, node: &str, timeout: Duration) -> String {
-        let name = format!("hello-{node}");
+        self.hello(
+            &format!("hello-{node}"),
+            "",
+            &format!("  nodeName: {node}\n"),
+            timeout,
+        )
+    }
+
+    /// Runs the sample `hello` as pod `name` with the argument `arg` (none
+    /// if empty), placed by `placement` (spec lines, e.g. a nodeSelector),
+    /// to Succeeded; checks what it printed and returns its ModuleReady
+    /// message.
+    pub fn hello(&self, name: &str, arg: &str, placement: &str, timeout: Duration) -> String {
+        let args: &[&str] = if arg.is_empty() { &[] } else { &[arg] };
         let pod = self.manifest(
             &format!("{name}.yaml"),
-            &pod_yaml(
-                &name,
-                "hello",
-                &[],
-                "Never",
-                &format!("  nodeName: {node}\n"),
-            ),
+            &pod_yaml(name, "hello", args, "Never", placement),
         );
         self.ok(&["apply", "-f", pod.to_str().expect("utf8")]);
-        self.wait_phase(&name, "Succeeded", timeout);
-        self.module_ready_message(&name)
+        self.wait_phase(name, "Succeeded", timeout);
+        let logs = self.ok(&["logs", name]);
+        assert!(
+            logs.contains("hello from flotilla")
+                && (arg.is_empty() || logs.contains(&format!("arg[1]={arg}"))),
+            "{name}: {logs}"
+        );
+        self.module_ready_message(name)
     }
 
     /// The message of a pod's ModuleReady condition, e.g.
