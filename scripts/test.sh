@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, end-to-end tests with the real
-# binary, and the aarch64 (glibc and musl) and armv7 nodes under qemu-user. Installs what it
-# needs.
+# binary, and the aarch64 (glibc and musl) and armv7 nodes under
+# qemu-user. Installs what it needs.
 #
 #   scripts/test.sh [--slow]
 #

@@ -65,6 +65,11 @@ fn armv7_runs_pods_through_pulley_with_code_the_x86_master_compiled() {
 #[ignore = "needs the aarch64 musl cross build and qemu-user: run by scripts/test.sh"]
 fn the_static_aarch64_node_joins_with_no_system_libraries() {
     let bin = cross_binary("FLOTILLA_AARCH64_MUSL_BIN", "aarch64-unknown-linux-musl");
+    assert!(
+        !asks_for_a_loader(&bin),
+        "{} names a program interpreter: it is not static",
+        bin.display()
+    );
     let mut c = Cluster::start("30s");
     let bin = bin.to_string_lossy().into_owned();
     // No `-L`: this machine has no aarch64 loader or libc where a
@@ -88,6 +93,24 @@ fn the_static_aarch64_node_joins_with_no_system_libraries() {
     assert!(message.contains("precompiled by the master"), "{message}");
     let counts = c.code_counts("pi-musl", 1, slow);
     assert_eq!(counts["compiled"].as_u64().unwrap_or(0), 0, "{counts}");
+}
+
+/// Whether the 64-bit little-endian ELF file `path` has a program header
+/// of type PT_INTERP: a dynamic loader to start it, so not static.
+fn asks_for_a_loader(path: &std::path::Path) -> bool {
+    let elf = std::fs::read(path).expect("the binary");
+    assert!(
+        elf.starts_with(b"\x7fELF\x02\x01"),
+        "not a 64-bit little-endian ELF"
+    );
+    let u16_at = |at: usize| usize::from(u16::from_le_bytes([elf[at], elf[at + 1]]));
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes"));
+    let phoff = usize::try_from(phoff).expect("offset");
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == 3
+    })
 }
 
 /// The node a pod is bound to.

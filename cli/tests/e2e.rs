@@ -31,13 +31,22 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
             "{want} not in {environ:?}"
         );
     }
-    // Once joined and settled, it hands back the pages of the code only
-    // starting ran (docs/edge.md, "A node's memory").
-    wait_for("n1 to release its start-up code", T, || {
+    // Once joined and settled, it hands back the pages of its start-up
+    // code (docs/edge.md, "A node's memory"), and fewer stay resident.
+    let line = wait_for("n1 to release its start-up code", T, || {
         c.node_log("n1")
-            .contains("released the pages of the code only starting ran")
-            .then_some(())
+            .lines()
+            .find(|l| l.contains("released start-up code pages"))
+            .map(String::from)
     });
+    let kib = |key: &str| -> u64 {
+        line.split_once(&format!("{key}="))
+            .and_then(|(_, rest)| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let (before, after) = (kib("resident_kib_before"), kib("resident_kib_after"));
+    assert!(after < before, "{line}");
     // Each node reports the interfaces its runtime links and what pods may
     // use; n2 leaves out the sockets it withholds.
     for (node, sockets) in [("n1", true), ("n2", false)] {

@@ -25,7 +25,8 @@ for other in /sys/class/block/"$disk"/"$disk"*; do
         exit 0
     fi
 done
-# Less than 1 MiB to gain is what alignment leaves.
+# Under 1 MiB beyond the partition is no more than alignment leaves:
+# nothing to grow into.
 if [ $((total - start - size)) -lt 2048 ]; then
     exit 0
 fi

@@ -317,8 +317,10 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         agent.reported.clone(),
         status_stop.clone(),
     ));
+    let release = cfg
+        .release_startup_code
+        .then(|| tokio::spawn(release_startup_code(client_rx.clone(), shutdown.clone())));
     let mut delay = MIN_RECONNECT;
-    let mut release_startup_code = cfg.release_startup_code;
     while !shutdown.is_cancelled() {
         let client = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -348,18 +350,6 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
             }
         };
         tracing::info!(master = %client.addr, "connected to master");
-        if std::mem::take(&mut release_startup_code) {
-            tokio::spawn(async {
-                tokio::time::sleep(crate::memory::SETTLE).await;
-                match crate::memory::release_startup_code() {
-                    Ok(bytes) => tracing::info!(
-                        mapped_kib = bytes / 1024,
-                        "released the pages of the code only starting ran"
-                    ),
-                    Err(e) => tracing::debug!(error = %e, "startup code stays resident"),
-                }
-            });
-        }
         let calm = renewal_failed.is_none_or(|t| t.elapsed() >= RENEW_RETRY);
         // A certificate from before nodes served each other cannot serve
         // this node's proxy: renewed now, whatever its age.
@@ -463,7 +453,40 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
     }
     reporter.abort();
+    if let Some(release) = release {
+        release.abort();
+        let _ = release.await;
+    }
     Ok(())
+}
+
+/// Once the node has first reached a master and settled
+/// ([`crate::memory::SETTLE`]), hands the pages of its start-up code back
+/// to the kernel ([`crate::memory`]).
+async fn release_startup_code(
+    mut client: watch::Receiver<Option<Client>>,
+    shutdown: CancellationToken,
+) {
+    let joined = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        r = client.wait_for(Option::is_some) => r.is_ok(),
+    };
+    if !joined {
+        return;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(crate::memory::SETTLE) => {}
+    }
+    match tokio::task::spawn_blocking(crate::memory::release_startup_code).await {
+        Ok(Ok(r)) => tracing::info!(
+            resident_kib_before = r.before_kib,
+            resident_kib_after = r.after_kib,
+            "released start-up code pages"
+        ),
+        Ok(Err(e)) => tracing::debug!(error = %e, "start-up code pages stay resident"),
+        Err(_) => {}
+    }
 }
 
 /// How an attempt to hold a session with a master ended.

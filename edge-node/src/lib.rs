@@ -17,7 +17,7 @@
 //! - [`logs`]: bounded per-pod log buffers with followers.
 //! - [`volumes`], [`data`]: a pod's directories, and the ConfigMaps and
 //!   Secrets it reads (as files and as environment).
-//! - [`memory`]: the node handing back the code it ran only to start.
+//! - [`memory`]: the pages of start-up code, handed back once the node has joined.
 //! - [`network`]: what a pod's program may reach (`spec.network`), checked
 //!   for every socket address it uses.
 
