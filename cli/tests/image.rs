@@ -363,16 +363,33 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
     );
     assert!(message.contains("precompiled by the master"), "{message}");
 
-    // The power button: systemd stops the node and unmounts the disk.
-    {
+    // The power button: systemd stops the node and unmounts the disk. The
+    // monitor stays connected until the machine is off (qemu may drop a
+    // command whose sender has gone), and the button is pressed again
+    // every 30 s in case the guest was not listening yet.
+    let (presses, to_off) = {
         use std::io::Write;
         let mut m = std::os::unix::net::UnixStream::connect(&monitor).expect("qemu monitor");
-        m.write_all(b"system_powerdown\n")
-            .expect("system_powerdown");
-    }
-    wait_for("the machine to power off", Duration::from_secs(300), || {
-        machine.0.try_wait().ok().flatten()
-    });
+        let started = Instant::now();
+        let mut pressed = 0;
+        loop {
+            if machine.0.try_wait().ok().flatten().is_some() {
+                break (pressed, started.elapsed());
+            }
+            let since = started.elapsed();
+            assert!(
+                since < Duration::from_secs(300),
+                "the machine did not power off in 300 s ({pressed} presses of its power button); console:\n{}",
+                console_tail()
+            );
+            if since >= Duration::from_secs(30 * pressed) {
+                m.write_all(b"system_powerdown\n")
+                    .expect("system_powerdown");
+                pressed += 1;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     drop(machine);
     let (start, grown, grown_fs) = root_partition(&img);
     assert_eq!(
@@ -405,11 +422,12 @@ fn edge_image_boots_in_qemu_and_its_node_joins_the_master_its_boot_partition_nam
     assert!(!files.contains("flotilla-error"), "{files}");
 
     println!(
-        "edge image: {} MiB (root grown to {} MiB on a {} MiB card), built in {:.0} s; boot to Ready {:.0} s under qemu-system-aarch64 (TCG)",
+        "edge image: {} MiB (root grown to {} MiB on a {} MiB card), built in {:.0} s; boot to Ready {:.0} s under qemu-system-aarch64 (TCG); off {:.0} s after the first of {presses} presses of its power button",
         size / (1 << 20),
         grown_fs >> 20,
         card >> 20,
         built.as_secs_f64(),
-        to_ready.as_secs_f64()
+        to_ready.as_secs_f64(),
+        to_off.as_secs_f64()
     );
 }
