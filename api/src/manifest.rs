@@ -410,6 +410,44 @@ pub fn is_label_value(v: &str) -> bool {
             && b[b.len() - 1].is_ascii_alphanumeric())
 }
 
+/// What `apply` says beside applying a file's documents, for a user who
+/// may not expect what a manifest does: (document number, the hint).
+///
+/// A bare Pod without `restartPolicy` gets the default, `Always`, as in
+/// Kubernetes: its program is started again each time it exits, even with
+/// 0, so a program that runs to completion ends in CrashLoopBackOff. The
+/// pod is still applied; the hint says how to have it finish instead.
+/// Documents that are not valid YAML are left to [`parse_manifests`].
+pub fn hints(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let Ok(value) = <serde_yaml::Value as serde::Deserialize>::deserialize(doc) else {
+            break;
+        };
+        if value.get("kind").and_then(|k| k.as_str()) != Some("Pod") {
+            continue;
+        }
+        let spec = value.get("spec");
+        if spec.and_then(|s| s.get("restartPolicy")).is_some() {
+            continue;
+        }
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        out.push((
+            i + 1,
+            format!(
+                "pod/{name} sets no restartPolicy, so it is Always: its program is started again \
+                 each time it exits, even with 0. For a program that runs to completion, set \
+                 `restartPolicy: Never` (or `OnFailure`) in its spec"
+            ),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,5 +747,23 @@ spec:
         assert!(!is_label_key("/x"));
         assert!(is_label_value(""));
         assert!(!is_label_value("a b"));
+    }
+
+    #[test]
+    fn a_bare_pod_without_restart_policy_gets_a_hint() {
+        let text = "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata: {name: a}\nspec: {module: m.wasm}\n---\n\
+                    apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata: {name: b}\nspec: {module: m.wasm, restartPolicy: Always}\n---\n\
+                    apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata: {name: c}\nspec: {}\n";
+        let got = hints(text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, 1);
+        assert!(
+            got[0]
+                .1
+                .starts_with("pod/a sets no restartPolicy, so it is Always"),
+            "{got:?}"
+        );
+        // Broken YAML: no hint, and no panic (parse_manifests reports it).
+        assert!(hints("kind: Pod\n  bad: [").is_empty());
     }
 }

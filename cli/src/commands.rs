@@ -5,7 +5,7 @@ use crate::output::{self, Format};
 use anyhow::{anyhow, bail, Context};
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{Identity, Validity};
-use flotilla_api::manifest::{duplicates, parse_manifests_numbered, Source};
+use flotilla_api::manifest::{duplicates, hints, parse_manifests_numbered, Source};
 use flotilla_api::net::{read_frame, Client, NetError};
 use flotilla_api::objects::{is_digest, module_name, Deployment, ReplicaSet};
 use flotilla_api::protocol::{
@@ -163,11 +163,21 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
 
 /// Reads and validates every file first: a bad document anywhere changes
 /// nothing. Each object comes with its file and its document number there.
-fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, usize, Object)>> {
+/// The objects of every file, all or nothing, and the hints to print beside
+/// applying them ([`flotilla_api::manifest::hints`]).
+type Loaded = (Vec<(PathBuf, usize, Object)>, Vec<String>);
+
+fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Loaded> {
     let mut all = Vec::new();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     for f in files {
         let text = read_input(f)?;
+        notes.extend(
+            hints(&text).into_iter().map(|(document, hint)| {
+                format!("hint: {}: document {document}: {hint}", f.display())
+            }),
+        );
         match parse_manifests_numbered(&text) {
             Ok(objs) => all.extend(objs.into_iter().map(|(n, o)| (f.clone(), n, o))),
             Err(errs) => problems.extend(errs.iter().map(|e| format!("{}: {e}", f.display()))),
@@ -179,7 +189,7 @@ fn load_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, usize, Obje
             problems.join("\n  ")
         );
     }
-    Ok(all)
+    Ok((all, notes))
 }
 
 /// Refuses two documents that name one object: the second would overwrite
@@ -369,7 +379,7 @@ pub async fn apply(
     namespace: Option<&str>,
     create_namespace: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut objects = load_manifests(files)?;
+    let (mut objects, notes) = load_manifests(files)?;
     if let Some(ns) = namespace {
         for (_, _, obj) in &mut objects {
             if obj.kind().namespaced() {
@@ -474,6 +484,9 @@ pub async fn apply(
             }
             Err(e) => return Err(explain(e).context(format!("applying {what}"))),
         }
+    }
+    for note in notes {
+        eprintln!("{note}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1413,7 +1426,7 @@ pub async fn delete(
 ) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(Kind, String, String)> = Vec::new();
     if !files.is_empty() {
-        for (_, _, o) in load_manifests(files)? {
+        for (_, _, o) in load_manifests(files)?.0 {
             targets.push((o.kind(), o.meta().namespace.clone(), o.meta().name.clone()));
         }
     }

@@ -1517,3 +1517,36 @@ fn a_node_deletes_modules_no_pod_uses_after_its_grace_period() {
         "{message}"
     );
 }
+
+#[test]
+fn a_bare_pod_without_restart_policy_is_applied_with_a_hint() {
+    let c = Cluster::start("10s");
+    let bare = c.manifest(
+        "bare.yaml",
+        &format!(
+            "apiVersion: flotilla.dev/v1\nkind: Pod\nmetadata:\n  name: bare\nspec:\n  module: {}\n",
+            flotilla_workloads::path("hello").display()
+        ),
+    );
+    let out = c.run(&["apply", "-f", bare.to_str().expect("utf8")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("pod/bare created"), "{stdout}");
+    assert!(
+        stderr.contains("bare.yaml: document 1: pod/bare sets no restartPolicy, so it is Always")
+            && stderr.contains("set `restartPolicy: Never` (or `OnFailure`)"),
+        "{stderr}"
+    );
+    // Applied as written: Always.
+    let pod = c.get_json("pod", "bare").expect("pod");
+    assert_eq!(pod["spec"]["restartPolicy"], "Always", "{pod}");
+    // A pod that says its policy gets no hint.
+    let never = c.manifest("never.yaml", &pod_yaml("never", "hello", &[], "Never", ""));
+    let out = c.run(&["apply", "-f", never.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("hint:"), "{stderr}");
+}
