@@ -392,10 +392,16 @@ pub async fn apply(
     // Resolve local modules before connecting, so a missing file changes
     // nothing either. Each file is read once, however many pods use it.
     let mut hashed: BTreeMap<PathBuf, LocalModule> = BTreeMap::new();
-    for (file, _, obj) in &mut objects {
+    // Pods whose module is a local file: the ones whose apply would upload.
+    let mut uploading_pods = Vec::new();
+    for (i, (file, _, obj)) in objects.iter_mut().enumerate() {
         let what = format!("{}/{}", obj.kind().as_str().to_lowercase(), obj.meta().name);
+        let is_pod = obj.kind() == Kind::Pod;
         if let Some(module) = module_of(obj) {
             if !is_digest(module) {
+                if is_pod {
+                    uploading_pods.push(i);
+                }
                 let path = module_path(file, module);
                 let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 let m = match hashed.get(&key) {
@@ -422,6 +428,45 @@ pub async fn apply(
         for ns in wanted {
             ensure_namespace(&client, &ns).await?;
         }
+    }
+    // A pod's spec cannot change once created: refused here, before any
+    // module is uploaded, rather than by the master after.
+    let mut changed = Vec::new();
+    for &i in &uploading_pods {
+        let Object::Pod(pod) = &objects[i].2 else {
+            continue;
+        };
+        let m = &pod.metadata;
+        let current = client
+            .call(&Request::Get {
+                kind: Kind::Pod,
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                stale: false,
+            })
+            .await;
+        if let Ok(Response::Object(Object::Pod(old))) = current {
+            let mut wanted = pod.spec.clone();
+            wanted.keep_server_fields(&old.spec);
+            if wanted != old.spec {
+                changed.push(format!(
+                    "pod/{} (namespace {}): its spec cannot change once created (only labels and annotations can): \
+                     delete it and apply again (`flotilla delete pod {} -n {} && flotilla apply -f {}`), \
+                     or run it from a Deployment, which replaces its pods when its template changes",
+                    m.name,
+                    m.namespace,
+                    m.name,
+                    m.namespace,
+                    objects[i].0.display()
+                ));
+            }
+        }
+    }
+    if !changed.is_empty() {
+        bail!(
+            "nothing was applied and no module uploaded:\n  {}",
+            changed.join("\n  ")
+        );
     }
     let mut modules: Vec<LocalModule> = hashed.into_values().collect();
     modules.sort_by(|a, b| a.digest.cmp(&b.digest));

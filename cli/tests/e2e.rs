@@ -174,6 +174,33 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A new module for it is refused before it is uploaded, with what to do.
+    let other = flotilla_workloads::path("echo");
+    let remoduled = c.manifest(
+        "hello-remoduled.yaml",
+        &std::fs::read_to_string(&relabeled).expect("read").replace(
+            module.to_str().expect("utf8"),
+            other.to_str().expect("utf8"),
+        ),
+    );
+    let out = c.run(&["apply", "-f", remoduled.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nothing was applied and no module uploaded")
+            && stderr
+                .contains("pod/hello (namespace default): its spec cannot change once created")
+            && stderr.contains("flotilla delete pod hello -n default && flotilla apply -f")
+            && stderr.contains("Deployment")
+            && !stderr.contains("uploaded ("),
+        "{stderr}"
+    );
+    let digest = flotilla_api::objects::digest_of(&std::fs::read(&other).expect("echo"));
+    assert!(
+        c.get_json("module", &flotilla_api::objects::module_name(&digest))
+            .is_none(),
+        "the refused pod's module was uploaded"
+    );
 
     // The same program as a WASI p1 module.
     let p1 = c.manifest(
