@@ -298,7 +298,7 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     assert_eq!(c.pod_field("hog", "reason"), "OOMKilled");
     assert!(
         c.pod_field("hog", "message")
-            .contains("memory limit of 33554432 bytes"),
+            .contains("memory limit of 32Mi exceeded (the guest tried to grow its linear memory and tables to "),
         "{}",
         c.pod_field("hog", "message")
     );

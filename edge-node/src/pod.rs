@@ -372,7 +372,7 @@ mod tests {
         Event::Exited(Exit {
             code: None,
             reason: "OOMKilled".into(),
-            message: "memory limit of 33554432 bytes exceeded".into(),
+            message: "memory limit of 32Mi exceeded".into(),
             at: Time(0),
         })
     }

@@ -228,7 +228,10 @@ async fn a_memory_bomb_is_contained_per_request_and_per_pod() {
     let (pod, _) = serve(&rt, "slow", spec, limits);
     let (status, body) = call(&pod, get("/alloc?mib=64")).await;
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("memory limit of 33554432 bytes"), "{body}");
+    assert!(
+        body.contains("memory limit of 32Mi (the handler asked for "),
+        "{body}"
+    );
     assert_eq!(call(&pod, get("/alloc?mib=8")).await.0, 200);
     // A request holding 30 MiB leaves 18 of the pod's 48: another of 30
     // fits its own limit but not the pod's.
@@ -245,7 +248,10 @@ async fn a_memory_bomb_is_contained_per_request_and_per_pod() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = call(&pod, get("/alloc?mib=30")).await;
     assert_eq!(status, 500, "{body}");
-    assert!(body.contains("memory limit of 50331648 bytes"), "{body}");
+    assert!(
+        body.contains("memory limit of 48Mi (the handler asked for "),
+        "{body}"
+    );
     assert_eq!(hold.await.unwrap().0, 200);
     // Once it is done, the pool is whole again.
     assert_eq!(call(&pod, get("/alloc?mib=30")).await.0, 200);

@@ -116,7 +116,10 @@ async fn memory_hog_is_oom_killed() {
         RunOutcome::Failed { reason, message } => {
             assert_eq!(reason, "OOMKilled");
             assert!(
-                message.starts_with(&format!("memory limit of {limit} bytes exceeded")),
+                message.starts_with(&format!(
+                    "memory limit of {} exceeded",
+                    flotilla_api::quantity::format_bytes(limit)
+                )),
                 "{message}"
             );
         }

@@ -281,10 +281,11 @@ impl HttpPod {
                     Ok((Ok(_), Some(d))) => (
                         500,
                         format!(
-                            "the request went over its memory limit of {} bytes \
+                            "the request went over its memory limit of {} \
                              (the handler asked for {}); raise spec.http.requestMemory \
                              or resources.limits.memory",
-                            d.limit, d.requested
+                            flotilla_api::quantity::format_bytes(d.limit),
+                            flotilla_api::quantity::format_bytes(d.requested)
                         ),
                     ),
                     Ok((Ok(Err(e)), None)) if super::serving::is_exhausted(&e) => (

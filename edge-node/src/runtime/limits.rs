@@ -40,8 +40,9 @@ impl std::fmt::Display for MemoryLimitExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "memory limit of {} bytes exceeded (growth to {} bytes denied)",
-            self.0.limit, self.0.requested
+            "memory limit of {} exceeded (growth to {} denied)",
+            flotilla_api::quantity::format_bytes(self.0.limit),
+            flotilla_api::quantity::format_bytes(self.0.requested)
         )
     }
 }

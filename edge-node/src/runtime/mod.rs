@@ -1074,8 +1074,9 @@ fn outcome(result: Result<i32, RunError>, denial: Option<limits::MemoryDenial>) 
         return RunOutcome::Failed {
             reason: "OOMKilled".into(),
             message: format!(
-                "memory limit of {} bytes exceeded (the guest tried to grow its linear memory and tables to {} bytes)",
-                d.limit, d.requested
+                "memory limit of {} exceeded (the guest tried to grow its linear memory and tables to {})",
+                flotilla_api::quantity::format_bytes(d.limit),
+                flotilla_api::quantity::format_bytes(d.requested)
             ),
         };
     }
