@@ -446,9 +446,7 @@ pub async fn apply(
             })
             .await;
         if let Ok(Response::Object(Object::Pod(old))) = current {
-            let mut wanted = pod.spec.clone();
-            wanted.keep_server_fields(&old.spec);
-            if wanted != old.spec {
+            if !same_pod_spec(&old.spec, &pod.spec) {
                 changed.push(format!(
                     "pod/{} (namespace {}): its spec cannot change once created (only labels and annotations can): \
                      delete it and apply again (`flotilla delete pod {} -n {} && flotilla apply -f {}`), \
@@ -627,6 +625,17 @@ fn is_system_finalizer(f: &str) -> bool {
     f == flotilla_api::meta::FOREGROUND_DELETION || f == flotilla_api::meta::NAMESPACE_FINALIZER
 }
 
+/// Whether a manifest's pod spec (`wanted`) asks for what the stored one
+/// has, leaving aside the fields the master sets (binding, priority).
+fn same_pod_spec(
+    stored: &flotilla_api::objects::PodSpec,
+    wanted: &flotilla_api::objects::PodSpec,
+) -> bool {
+    let mut wanted = wanted.clone();
+    wanted.keep_server_fields(stored);
+    wanted == *stored
+}
+
 fn same_desired(a: &Object, b: &Object) -> bool {
     let own = |o: &Object| -> Vec<String> {
         let mut f: Vec<String> = o
@@ -648,11 +657,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
         (Object::DaemonSet(x), Object::DaemonSet(y)) => same_meta && x.spec == y.spec,
         (Object::Job(x), Object::Job(y)) => same_meta && x.spec == y.spec,
         (Object::CronJob(x), Object::CronJob(y)) => same_meta && x.spec == y.spec,
-        (Object::Pod(x), Object::Pod(y)) => {
-            let mut ys = y.spec.clone();
-            ys.keep_server_fields(&x.spec);
-            x.spec == ys && same_meta
-        }
+        (Object::Pod(x), Object::Pod(y)) => same_meta && same_pod_spec(&x.spec, &y.spec),
         (Object::Namespace(_), Object::Namespace(_)) => same_meta,
         (Object::ConfigMap(x), Object::ConfigMap(y)) => {
             same_meta
