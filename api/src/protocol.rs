@@ -192,6 +192,69 @@ pub enum Request {
         target: crate::objects::CodeTarget,
         fingerprint: String,
     },
+    /// A pod's logs, with every option of `flotilla logs` (`Logs` is the
+    /// older form, without `previous`, `timestamps` and `since`, still
+    /// understood, and still sent to nodes when it says enough).
+    PodLogs(LogOptions),
+}
+
+/// What of a pod's logs is asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogOptions {
+    pub namespace: String,
+    pub name: String,
+    /// Keep streaming what the pod writes next.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u32>,
+    /// The run before the current one (the program's previous start).
+    pub previous: bool,
+    /// Each line after the time it was written (RFC 3339, nanoseconds).
+    pub timestamps: bool,
+    /// Only lines written in the last N seconds, by the node's clock.
+    pub since_seconds: Option<u64>,
+    /// Only lines written at or after this time.
+    pub since_time: Option<crate::time::Time>,
+}
+
+impl LogOptions {
+    /// The request that asks for these: the older `Logs` when it can say
+    /// them all (so a node of an older release answers it), else `PodLogs`.
+    pub fn request(&self) -> Request {
+        if self.previous
+            || self.timestamps
+            || self.since_seconds.is_some()
+            || self.since_time.is_some()
+        {
+            return Request::PodLogs(self.clone());
+        }
+        Request::Logs {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            follow: self.follow,
+            tail_lines: self.tail_lines,
+        }
+    }
+
+    /// The options a log request carries (None: not a log request).
+    pub fn of(req: &Request) -> Option<LogOptions> {
+        match req {
+            Request::Logs {
+                namespace,
+                name,
+                follow,
+                tail_lines,
+            } => Some(LogOptions {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                follow: *follow,
+                tail_lines: *tail_lines,
+                ..LogOptions::default()
+            }),
+            Request::PodLogs(o) => Some(o.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// What deleting an owner does to the objects it owns (their
@@ -684,6 +747,15 @@ mod tests {
                 kind: Some(Kind::Pod),
                 node_name: Some("n1".into()),
                 ..ListOptions::default()
+            }),
+            Request::PodLogs(LogOptions {
+                namespace: "default".into(),
+                name: "p".into(),
+                previous: true,
+                timestamps: true,
+                since_seconds: Some(60),
+                since_time: Some(crate::time::Time(1_000)),
+                ..LogOptions::default()
             }),
         ]
     }

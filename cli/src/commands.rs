@@ -9,8 +9,8 @@ use flotilla_api::manifest::{duplicates, hints, parse_manifests_numbered, Source
 use flotilla_api::net::{read_frame, Client, NetError};
 use flotilla_api::objects::{is_digest, module_name, Deployment, ReplicaSet};
 use flotilla_api::protocol::{
-    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, Propagation,
-    Request, Response, WatchOptions, ALPN, MAX_MODULE_SIZE,
+    ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError, LogOptions,
+    Propagation, Request, Response, WatchOptions, ALPN, MAX_MODULE_SIZE,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object};
@@ -1281,16 +1281,86 @@ async fn events_about(
 /// Most pods `logs -l` reads at once.
 const MAX_LOG_PODS: usize = 20;
 
-pub async fn logs(
-    config: &Path,
-    target: Option<&str>,
-    selector: Option<&str>,
-    namespace: &str,
+/// Arguments of `logs`.
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// A pod, `pod/NAME`, or `deploy/NAME` / `rs/NAME` / `ds/NAME` /
+    /// `job/NAME` (one of its pods).
+    pod: Option<String>,
+    /// The logs of every pod these labels select (e.g. app=web), each
+    /// line after its pod's name.
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Keep streaming new output; a line marks where the program started again.
+    #[arg(short, long)]
     follow: bool,
-    tail: Option<u32>,
-) -> anyhow::Result<ExitCode> {
+    /// Only the last N lines (-1: all).
+    #[arg(long, allow_negative_numbers = true)]
+    tail: Option<i64>,
+    /// The output of the program's run before the current one (before its
+    /// last restart).
+    #[arg(short, long)]
+    previous: bool,
+    /// Each line after the time it was written (RFC 3339, UTC, nanoseconds).
+    #[arg(long)]
+    timestamps: bool,
+    /// Only lines written in this last while, e.g. 30s, 10m, 2h (by the
+    /// node's clock).
+    #[arg(long, conflicts_with = "since_time")]
+    since: Option<String>,
+    /// Only lines written at or after this time, e.g. 2026-12-04T10:00:00Z.
+    #[arg(long)]
+    since_time: Option<String>,
+    /// Each line after its pod, `[pod/NAME] ` (always so with -l).
+    #[arg(long)]
+    prefix: bool,
+}
+
+impl LogsArgs {
+    /// The request options for `pod` (checked: durations and times parse).
+    fn options(&self, pod: &str) -> anyhow::Result<LogOptions> {
+        let since_seconds = match &self.since {
+            Some(s) => Some(
+                parse_duration(s)
+                    .map_err(|e| anyhow!("--since: {e}"))?
+                    .as_secs()
+                    .max(1),
+            ),
+            None => None,
+        };
+        let since_time = match &self.since_time {
+            Some(t) => Some(flotilla_api::time::Time::parse_rfc3339(t).ok_or_else(|| {
+                anyhow!("--since-time {t:?} is not a time; write it as RFC 3339 in UTC, e.g. 2026-12-04T10:00:00Z")
+            })?),
+            None => None,
+        };
+        Ok(LogOptions {
+            namespace: self.namespace.clone(),
+            name: pod.to_string(),
+            follow: self.follow,
+            tail_lines: self
+                .tail
+                .filter(|n| *n >= 0)
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            previous: self.previous,
+            timestamps: self.timestamps,
+            since_seconds,
+            since_time,
+        })
+    }
+}
+
+pub async fn logs(config: &Path, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let namespace = args.namespace.as_str();
+    // Checked before connecting: a typo in a flag needs no cluster.
+    args.options("")?;
+    if args.previous && args.follow {
+        bail!("--previous shows a run that has ended: leave out -f");
+    }
     let client = connect(config).await?;
-    let pods = match (target, selector) {
+    let pods = match (args.pod.as_deref(), args.selector.as_deref()) {
         (Some(_), Some(_)) => bail!("name a pod (or deploy/NAME) or give -l SELECTOR, not both"),
         (None, None) => bail!("name a pod, e.g. `flotilla logs web`, `flotilla logs deploy/web`, or `flotilla logs -l app=web`"),
         (Some(t), None) => vec![log_target(&client, t, namespace).await?],
@@ -1325,15 +1395,19 @@ pub async fn logs(
             names
         }
     };
+    let prefixed = args.prefix || args.selector.is_some();
     if let [pod] = pods.as_slice() {
-        if selector.is_none() {
-            return stream_log(&client, pod, namespace, follow, tail, None).await;
+        if !prefixed {
+            return stream_log(&client, &args.options(pod)?, None).await;
         }
     }
-    // Several pods: each line prefixed with its pod, the pods read together.
-    let streams = pods
-        .iter()
-        .map(|p| stream_log(&client, p, namespace, follow, tail, Some(p.as_str())));
+    // Several pods: each line after its pod, the pods read together.
+    let mut streams = Vec::new();
+    let client = &client;
+    for p in &pods {
+        let opts = args.options(p)?;
+        streams.push(async move { stream_log(client, &opts, Some(p.as_str())).await });
+    }
     let mut failed = false;
     for r in futures_util::future::join_all(streams).await {
         if let Err(e) = r {
@@ -1420,18 +1494,11 @@ async fn log_target(client: &Client, target: &str, namespace: &str) -> anyhow::R
 /// line led by `[pod/NAME] `.
 async fn stream_log(
     client: &Client,
-    pod: &str,
-    namespace: &str,
-    follow: bool,
-    tail: Option<u32>,
+    opts: &LogOptions,
     prefix: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let req = Request::Logs {
-        namespace: namespace.to_string(),
-        name: pod.to_string(),
-        follow,
-        tail_lines: tail,
-    };
+    let pod = &opts.name;
+    let req = opts.request();
     let (_send, mut recv) = client.open(&req).await.map_err(explain)?;
     let mut out = std::io::stdout();
     let mut partial: Vec<u8> = Vec::new();

@@ -96,23 +96,8 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
-    /// Print a pod's logs.
-    Logs {
-        /// A pod, `pod/NAME`, or `deploy/NAME` / `rs/NAME` (one of its pods).
-        pod: Option<String>,
-        /// The logs of every pod these labels select (e.g. app=web), each
-        /// line prefixed with its pod.
-        #[arg(short = 'l', long)]
-        selector: Option<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Keep streaming new output.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only the last N lines.
-        #[arg(long)]
-        tail: Option<u32>,
-    },
+    /// Print a pod's logs (kept on its node, across restarts of the node).
+    Logs(commands::LogsArgs),
     /// Delete objects by kind and name, or those in manifest files.
     Delete {
         kind: Option<String>,
@@ -359,6 +344,14 @@ struct NodeArgs {
     /// How long a module no pod uses is kept on disk, e.g. 10m; 0s deletes it at once.
     #[arg(long, default_value = "10m")]
     module_cache_grace: String,
+    /// Size at which a pod's log file is rotated, e.g. 1Mi or 10Mi.
+    #[arg(long, default_value = "1Mi")]
+    log_max_size: String,
+    /// Log files kept per run of a pod's program (the one written and
+    /// the rotated ones), at least 2; the current run and the one before
+    /// it (`logs --previous`) are kept.
+    #[arg(long, default_value_t = 2)]
+    log_max_files: u32,
     /// Most memory compiling one module may take, e.g. 512Mi or 2Gi; a module
     /// that needs more fails its pod with reason CompileLimit
     /// [default: half the machine's memory, at most 1Gi].
@@ -642,6 +635,25 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// `--log-max-size` and `--log-max-files`, checked.
+#[cfg(feature = "node")]
+fn log_limits(size: &str, files: u32) -> anyhow::Result<flotilla_node::LogLimits> {
+    let max_size = flotilla_api::quantity::parse_bytes(size)
+        .map_err(|e| anyhow::anyhow!("--log-max-size: {e}"))?;
+    if max_size < 4096 {
+        anyhow::bail!("--log-max-size {size} is too small: give at least 4Ki, e.g. 1Mi");
+    }
+    if files < 2 {
+        anyhow::bail!(
+            "--log-max-files {files}: give at least 2 (the file written and one rotated)"
+        );
+    }
+    Ok(flotilla_node::LogLimits {
+        max_size,
+        max_files: files,
+    })
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli
         .config
@@ -714,6 +726,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 engine: offer.engine,
                 precompiled: offer.precompiled,
                 release_startup_code: true,
+                logs: log_limits(&a.log_max_size, a.log_max_files)?,
             };
             flotilla_node::run(cfg, shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
@@ -782,23 +795,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             namespace,
         } => commands::describe(&config, &kind, &name, &namespace).await,
-        Command::Logs {
-            pod,
-            selector,
-            namespace,
-            follow,
-            tail,
-        } => {
-            commands::logs(
-                &config,
-                pod.as_deref(),
-                selector.as_deref(),
-                &namespace,
-                follow,
-                tail,
-            )
-            .await
-        }
+        Command::Logs(args) => commands::logs(&config, &args).await,
         Command::Delete {
             kind,
             names,
@@ -1167,6 +1164,7 @@ async fn up(a: UpArgs, config: PathBuf) -> anyhow::Result<()> {
         precompiled: offer.precompiled,
         // The master in this process runs the code the node would give back.
         release_startup_code: false,
+        logs: Default::default(),
     };
     eprintln!(
         "flotilla up: master on {addr}, client config {}",

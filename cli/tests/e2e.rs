@@ -280,7 +280,9 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
             .expect("count")
             >= 2
     );
-    assert!(c.ok(&["logs", "crasher"]).contains("crashing now"));
+    // The run that crashed last, or if the next has just started, the one before.
+    let last = c.ok(&["logs", "crasher"]) + &c.ok(&["logs", "crasher", "--previous"]);
+    assert!(last.contains("crashing now"), "{last}");
 
     // hog grows memory past its limit: it fails with a clear reason, and ticker keeps running.
     let hog = c.manifest(
@@ -868,32 +870,134 @@ fn logs_follow_ends_when_the_pod_has_ended() {
 }
 
 #[test]
-fn a_restarted_node_agent_counts_a_restart() {
+fn a_restarted_node_agent_counts_a_restart_and_keeps_the_logs() {
     let mut c = Cluster::start("10s");
-    c.start_node("n1");
+    c.start_node_args("n1", &["--log-max-size", "64Ki", "--log-max-files", "3"]);
     c.wait_node_ready("n1", "Ready", T);
     let ticker = c.manifest(
         "ticker.yaml",
         &pod_yaml("ticker", "ticker", &[], "Always", ""),
     );
     c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    let hello = c.manifest("hello.yaml", &pod_yaml("hello", "hello", &[], "Never", ""));
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
     c.wait_phase("ticker", "Running", T);
+    c.wait_phase("hello", "Succeeded", T);
     assert_eq!(c.pod_field("ticker", "restartCount"), "0");
+    wait_for("ticker's second tick", T, || {
+        c.ok(&["logs", "ticker"]).contains("tick 2\n").then_some(())
+    });
+    let err = c.run(&["logs", "ticker", "--previous"]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr)
+            .contains("pod default/ticker: it has not restarted on this node: there is no previous run to show (leave out --previous)"),
+        "{err:?}"
+    );
 
     // Each restart of the agent runs the pod again from the node's local
     // store, and that run counts, as a kubelet restart does; the count
     // itself survives in the local store.
     for want in ["1", "2"] {
         c.kill_node("n1");
-        c.start_node("n1");
+        c.start_node_args("n1", &["--log-max-size", "64Ki", "--log-max-files", "3"]);
         wait_for(&format!("ticker running with {want} restarts"), T, || {
             (c.pod_field("ticker", "restartCount") == want
                 && c.pod_field("ticker", "phase") == "Running")
                 .then_some(())
         });
+        wait_for("the new run's second tick", T, || {
+            c.ok(&["logs", "ticker"]).contains("tick 2\n").then_some(())
+        });
     }
     let row = pod_row(&c, "ticker");
     assert_eq!(&row[2..4], ["Running", "2"], "{row:?}");
+
+    // The logs outlived the node's process: the finished pod's output is
+    // still there, the running pod's current run is shown, and the run
+    // before the last restart with --previous.
+    wait_for("hello's logs after the node restarted", T, || {
+        let out = c.run(&["logs", "hello"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("hello from flotilla")
+            .then_some(())
+    });
+    let previous = c.ok(&["logs", "ticker", "-p"]);
+    assert!(previous.starts_with("tick 1\ntick 2\n"), "{previous}");
+    let current = c.ok(&["logs", "ticker"]);
+    assert!(current.starts_with("tick 1\n"), "{current}");
+
+    // --timestamps, --since, --since-time, --tail and --prefix.
+    let stamped = c.ok(&["logs", "ticker", "--timestamps", "--tail", "2"]);
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 2, "{stamped}");
+    for l in &lines {
+        let (stamp, text) = l.split_once(' ').expect("a stamped line");
+        assert!(
+            stamp.len() == 30 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{l}"
+        );
+        assert!(text.starts_with("tick "), "{l}");
+    }
+    assert!(c
+        .ok(&["logs", "ticker", "--since", "1h"])
+        .contains("tick 1\n"));
+    assert_eq!(
+        c.ok(&["logs", "ticker", "--since-time", "2100-01-01T00:00:00Z"]),
+        ""
+    );
+    let prefixed = c.ok(&["logs", "ticker", "--prefix", "--tail", "1"]);
+    assert!(prefixed.starts_with("[pod/ticker] tick "), "{prefixed}");
+
+    // Bad flags say what to write, before anything is asked of the cluster.
+    for (args, want) in [
+        (
+            &["logs", "ticker", "--since", "soon"][..],
+            "--since: \"soon\" is not a duration",
+        ),
+        (
+            &["logs", "ticker", "--since-time", "today"][..],
+            "is not a time; write it as RFC 3339",
+        ),
+        (
+            &["logs", "ticker", "-p", "-f"][..],
+            "--previous shows a run that has ended: leave out -f",
+        ),
+    ] {
+        let out = c.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    // They are files on the node, a directory per pod and a file per run;
+    // deleting the pod deletes them.
+    let dir = c.path("n1").join("logs");
+    let ticker_dir = std::fs::read_dir(&dir)
+        .expect("the node's log directory")
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("default_ticker_")
+        })
+        .expect("ticker's logs")
+        .path();
+    let mut runs: Vec<String> = std::fs::read_dir(&ticker_dir)
+        .expect("runs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        ["1.log", "2.log"],
+        "the current run and the one before"
+    );
+    c.ok(&["delete", "pod", "ticker"]);
+    wait_for("ticker's logs to go with it", T, || {
+        (!ticker_dir.exists()).then_some(())
+    });
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use crate::join;
 use crate::local::LocalStore;
-use crate::logs::{LogBuffer, LogEvent};
+use crate::logs::{Follower, LogStore};
 use crate::runtime::Runtime;
 use crate::worker::{self, WorkerCtx, WorkerHandle};
 use crate::NodeError;
@@ -22,7 +22,7 @@ use flotilla_api::net::{read_frame, write_frame, Client, NetError};
 use flotilla_api::objects::{NodeCapacity, NodeEngine, NodeInfo, PodPhase};
 use flotilla_api::protocol::{
     status_batches, ApiError, ErrorCode, EventType, ListCollector, ListOptions, ListStreamError,
-    Request, Response, WatchOptions, ALPN,
+    LogOptions, Request, Response, WatchOptions, ALPN,
 };
 use flotilla_api::time::Time;
 use flotilla_api::{annotations, labels, Kind, Node, Object, ObjectMeta, Pod};
@@ -70,6 +70,8 @@ pub struct NodeConfig {
     /// starting ran ([`crate::memory`]): for a process that is only a node,
     /// not one that is also a busy master.
     pub release_startup_code: bool,
+    /// How much of each pod's output is kept on disk.
+    pub logs: crate::logs::LogLimits,
 }
 
 /// How often the node tells the master it is alive.
@@ -89,16 +91,16 @@ const MIN_RECONNECT: Duration = Duration::from_millis(200);
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// How long after a failed certificate renewal the next is tried.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// Most bytes of log text in one frame (frames stay far below `MAX_FRAME`).
+const LOG_CHUNK: usize = 256 << 10;
 /// How often undelivered status reports are retried.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
-
-type Logs = Arc<Mutex<HashMap<String, Arc<LogBuffer>>>>;
 
 struct Agent {
     name: String,
     ctx: Arc<WorkerCtx>,
     workers: HashMap<String, WorkerHandle>,
-    logs: Logs,
+    logs: Arc<LogStore>,
     /// What is held, as this connection's registration reported it.
     reported: crate::node_status::Reported,
     /// Where other nodes reach this node's proxy (empty: no proxy).
@@ -110,15 +112,6 @@ fn pod_key(p: &Pod) -> String {
 }
 
 impl Agent {
-    fn log_buffer(&self, key: &str) -> Arc<LogBuffer> {
-        self.logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_string())
-            .or_default()
-            .clone()
-    }
-
     /// Makes sure a worker runs `pod` (replacing one for an older pod of the same name).
     fn ensure(&mut self, pod: Pod) {
         let key = pod_key(&pod);
@@ -144,11 +137,23 @@ impl Agent {
         }
         if let Some(old) = self.workers.remove(&key) {
             old.stop.cancel();
+            // A new pod of the same name: the old one's logs go once its
+            // program has stopped writing them.
+            if old.uid != pod.metadata.uid {
+                let dir = self.logs.forget(&key);
+                tokio::spawn(async move {
+                    let _ = old.task.await;
+                    if let Some(dir) = dir {
+                        let _ = tokio::task::spawn_blocking(move || crate::logs::remove_dir(&dir))
+                            .await;
+                    }
+                });
+            }
         }
         if let Err(e) = self.ctx.local.put_pod(&pod) {
             tracing::warn!(pod = %key, error = %e, "cannot persist pod locally");
         }
-        let logs = self.log_buffer(&key);
+        let logs = self.logs.for_pod(&key, &crate::volumes::pod_dir_name(&pod));
         tracing::info!(pod = %key, "starting worker");
         self.workers
             .insert(key, worker::spawn(pod, self.ctx.clone(), logs));
@@ -167,20 +172,20 @@ impl Agent {
                 tracing::warn!(pod = %key, error = %e, "cannot remove pod from local store");
             }
             let (cfg, ns, name) = (self.ctx.volumes.clone(), ns.to_string(), name.to_string());
+            let logs = self.logs.forget(key);
             tokio::spawn(async move {
                 if let Some(task) = stopped {
                     let _ = task.await;
                 }
                 let _ = tokio::task::spawn_blocking(move || {
-                    crate::volumes::remove_pod(&cfg, &ns, &name)
+                    crate::volumes::remove_pod(&cfg, &ns, &name);
+                    if let Some(dir) = logs {
+                        crate::logs::remove_dir(&dir);
+                    }
                 })
                 .await;
             });
         }
-        self.logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
     }
 
     /// Brings the workers in line with the full list of pods bound here.
@@ -194,8 +199,11 @@ impl Agent {
             .filter(|p| !p.metadata.is_deleting())
             .map(crate::volumes::pod_dir_name)
             .collect();
-        let cfg = self.ctx.volumes.clone();
-        tokio::task::spawn_blocking(move || crate::volumes::remove_others(&cfg, &keep));
+        let (cfg, logs) = (self.ctx.volumes.clone(), self.logs.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::volumes::remove_others(&cfg, &keep);
+            logs.remove_others(&keep);
+        });
         let gone: Vec<String> = self
             .workers
             .keys()
@@ -281,7 +289,7 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         name: cfg.name.clone(),
         ctx,
         workers: HashMap::new(),
-        logs: Logs::default(),
+        logs: LogStore::new(&cfg.data_dir.join("logs"), cfg.logs),
         reported: Default::default(),
         proxy_endpoint: proxy
             .as_ref()
@@ -299,6 +307,8 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         agent.ensure(p);
     }
     let reporter = tokio::spawn(report_loop(report_rx, client_rx.clone(), shutdown.clone()));
+    let logs_stop = CancellationToken::new();
+    let log_writer = tokio::spawn(agent.logs.clone().write_behind(logs_stop.clone()));
     let gc_stop = CancellationToken::new();
     let gc = tokio::spawn(crate::module_gc::run(
         local.clone(),
@@ -452,6 +462,9 @@ pub async fn run(cfg: NodeConfig, shutdown: CancellationToken) -> Result<(), Nod
         w.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), w.task).await;
     }
+    // What the pods wrote last reaches their files.
+    logs_stop.cancel();
+    let _ = log_writer.await;
     reporter.abort();
     if let Some(release) = release {
         release.abort();
@@ -863,7 +876,7 @@ async fn report_loop(
 }
 
 /// Answers the master's requests on this node's connection (pod logs).
-async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationToken) {
+async fn serve_master(conn: quinn::Connection, logs: Arc<LogStore>, done: CancellationToken) {
     loop {
         let (mut send, mut recv) = tokio::select! {
             _ = done.cancelled() => return,
@@ -876,24 +889,13 @@ async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationTok
                 Ok(Some(r)) => r,
                 _ => return,
             };
-            let Request::Logs {
-                namespace,
-                name,
-                follow,
-                tail_lines,
-            } = req
-            else {
+            let Some(opts) = LogOptions::of(&req) else {
                 let err = ApiError::new(ErrorCode::Invalid, "nodes answer only log requests");
                 let _ = write_frame(&mut send, &Response::Error(err)).await;
                 return;
             };
-            let key = format!("{namespace}/{name}");
-            let buf = logs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .cloned();
-            let Some(buf) = buf else {
+            let key = format!("{}/{}", opts.namespace, opts.name);
+            let Some(log) = logs.get(&key) else {
                 let err = ApiError::new(
                     ErrorCode::NotFound,
                     format!("pod {key} has no logs on this node (it has not started here)"),
@@ -901,14 +903,32 @@ async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationTok
                 let _ = write_frame(&mut send, &Response::Error(err)).await;
                 return;
             };
-            let (snapshot, rx) = buf.snapshot(tail_lines, follow);
-            drop(buf);
-            if !snapshot.is_empty()
-                && write_frame(&mut send, &Response::Chunk(snapshot))
+            let read = {
+                let opts = opts.clone();
+                tokio::task::spawn_blocking(move || log.read(&opts, std::time::SystemTime::now()))
+                    .await
+            };
+            let (text, rx) = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    let code = match e {
+                        crate::logs::ReadError::NoPrevious => ErrorCode::NotFound,
+                        crate::logs::ReadError::Io(_) => ErrorCode::Internal,
+                    };
+                    let err = ApiError::new(code, format!("pod {key}: {e}"));
+                    let _ = write_frame(&mut send, &Response::Error(err)).await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut follower = Follower::new(&opts, &text);
+            for piece in text.chunks(LOG_CHUNK) {
+                if write_frame(&mut send, &Response::Chunk(piece.to_vec()))
                     .await
                     .is_err()
-            {
-                return;
+                {
+                    return;
+                }
             }
             if let Some(mut rx) = rx {
                 loop {
@@ -917,25 +937,23 @@ async fn serve_master(conn: quinn::Connection, logs: Logs, done: CancellationTok
                         _ = send.stopped() => return,
                         m = rx.recv() => m,
                     };
-                    match msg {
-                        // The pod's program ended for good: so does the stream.
-                        Ok(LogEvent::Ended) => break,
-                        Ok(LogEvent::Bytes(bytes)) => {
-                            if write_frame(&mut send, &Response::Chunk(bytes))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
+                    let bytes = match msg {
+                        Ok(event) => match follower.format(&event) {
+                            Some(bytes) => bytes,
+                            // The pod's program ended for good: so does the stream.
+                            None => break,
+                        },
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            let note = format!(
-                                "[flotilla: {n} log chunks dropped: the reader was too slow]\n"
-                            );
-                            let _ =
-                                write_frame(&mut send, &Response::Chunk(note.into_bytes())).await;
+                            format!("[flotilla: {n} log chunks dropped: the reader was too slow]\n")
+                                .into_bytes()
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    if write_frame(&mut send, &Response::Chunk(bytes))
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
                 }
             }

@@ -38,6 +38,7 @@ pub mod volumes;
 pub mod worker;
 
 pub use agent::NodeConfig;
+pub use logs::LogLimits;
 pub use module_gc::ModuleCacheConfig;
 pub use node_status::Reserve;
 pub use runtime::{CompileLimits, Deny};

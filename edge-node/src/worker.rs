@@ -6,7 +6,7 @@
 //! memory holds only programs that may still run ([`crate::module_gc`]).
 
 use crate::local::LocalStore;
-use crate::logs::LogBuffer;
+use crate::logs::PodLog;
 use crate::module_gc::{InUse, Lease};
 use crate::network::{Allowance, Refusals};
 use crate::pod::{Action, Event, Exit, PodMachine};
@@ -67,10 +67,10 @@ impl WorkerHandle {
 }
 
 /// Starts a worker for `pod`, logging into `logs`.
-pub fn spawn(pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>) -> WorkerHandle {
+pub fn spawn(pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<PodLog>) -> WorkerHandle {
     let stop = CancellationToken::new();
     let uid = pod.metadata.uid.clone();
-    // The buffer may have been closed by an earlier pod of the same name.
+    // The log may have been closed by an earlier worker of this pod.
     logs.reopen();
     let last = Arc::new(Mutex::new(pod.clone()));
     // Taken before the task starts: the module is in use from the moment
@@ -88,7 +88,7 @@ pub fn spawn(pod: Pod, ctx: Arc<WorkerCtx>, logs: Arc<LogBuffer>) -> WorkerHandl
 async fn run(
     mut pod: Pod,
     ctx: Arc<WorkerCtx>,
-    logs: Arc<LogBuffer>,
+    logs: Arc<PodLog>,
     last: Arc<Mutex<Pod>>,
     stop: CancellationToken,
     // Held until the worker is gone: the pod keeps its module on disk.
@@ -126,7 +126,7 @@ async fn run(
             None => {
                 // Nothing left to do: the program ended for good. Followers of
                 // its log get the end of the stream (unless this worker is
-                // being replaced, and the buffer already belongs to the next).
+                // being replaced, and the log already belongs to the next).
                 if !stop.is_cancelled() {
                     logs.end();
                 }
@@ -209,6 +209,12 @@ async fn run(
                     }
                 }
                 tracing::info!(pod = %key, restarts = machine.restart_count, "started pod");
+                // Each run writes a log of its own; the one before stays for `logs --previous`.
+                {
+                    let logs = logs.clone();
+                    let restarts = machine.restart_count;
+                    let _ = tokio::task::spawn_blocking(move || logs.start_run(restarts)).await;
+                }
                 if let Err(e) = crate::data::sync_volumes(&ctx, &pod).await {
                     tracing::warn!(pod = %key, error = %e, "cannot mount the pod's configmaps and secrets");
                     actions = machine.step(exit_event(e.reason(), e.to_string()), Time::now());
@@ -785,7 +791,10 @@ mod tests {
             served: Default::default(),
             precompiled: false,
         });
-        let start = |p: Pod| spawn(p, ctx.clone(), Arc::new(LogBuffer::default()));
+        let start = |p: Pod| {
+            let logs = PodLog::in_dir(&dir.path().join("logs").join(&p.metadata.name));
+            spawn(p, ctx.clone(), logs)
+        };
         let a = start(pod("a", &ticker, RestartPolicy::Always));
         let b = start(pod("b", &ticker, RestartPolicy::Always));
         let c = start(pod("c", &hello, RestartPolicy::Never));

@@ -5,7 +5,7 @@ use super::admission::not_found;
 use super::{store_err, ApiServer, Caller};
 use super::{Action, Subresource, Verb};
 use flotilla_api::net::{read_frame, write_frame};
-use flotilla_api::protocol::{ApiError, ErrorCode, Request, Response};
+use flotilla_api::protocol::{ApiError, ErrorCode, LogOptions, Request, Response};
 use flotilla_api::{Kind, Object};
 
 /// The frames of a log stream (`Chunk`s, then `End` or an `Error`).
@@ -32,14 +32,8 @@ impl LogStream {
 
 impl ApiServer {
     /// Opens the log stream of a pod on its node.
-    pub async fn logs(
-        &self,
-        caller: &Caller,
-        namespace: &str,
-        name: &str,
-        follow: bool,
-        tail_lines: Option<u32>,
-    ) -> Result<LogStream, ApiError> {
+    pub async fn logs(&self, caller: &Caller, opts: &LogOptions) -> Result<LogStream, ApiError> {
+        let (namespace, name) = (opts.namespace.as_str(), opts.name.as_str());
         let verb = Verb::object(
             Action::Get,
             Kind::Pod,
@@ -59,19 +53,18 @@ impl ApiServer {
         // A pod that ended for good writes nothing more: following it would
         // only wait. (Its node ends such a stream too; this spares the wait
         // for what the master already knows.)
-        let follow = follow && !pod.status.phase.is_terminal();
+        let follow = opts.follow && !pod.status.phase.is_terminal();
         let node = pod.spec.node_name.ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unavailable,
                 format!("pod {name} is not bound to a node yet; it has no logs"),
             )
         })?;
-        let req = Request::Logs {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+        let req = LogOptions {
             follow,
-            tail_lines,
-        };
+            ..opts.clone()
+        }
+        .request();
         let unavailable = |e: &dyn std::fmt::Display| {
             ApiError::new(ErrorCode::Unavailable, format!("node {node}: {e}"))
         };

@@ -10,8 +10,8 @@ use crate::store::TokenUsage;
 use flotilla_api::identity::Identity;
 use flotilla_api::net::{read_frame, write_frame, NetError, CLIENT_STREAMS};
 use flotilla_api::protocol::{
-    list_frames, ApiError, ErrorCode, Request, Response, WatchOptions, LIST_FRAME_BYTES, MAX_FRAME,
-    MODULE_CHUNK, PROTOCOL_VERSION,
+    list_frames, ApiError, ErrorCode, LogOptions, Request, Response, WatchOptions,
+    LIST_FRAME_BYTES, MAX_FRAME, MODULE_CHUNK, PROTOCOL_VERSION,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -351,15 +351,9 @@ async fn handle(
             }
             Response::End
         }
-        Request::Logs {
-            namespace,
-            name,
-            follow,
-            tail_lines,
-        } => {
-            let mut logs = api
-                .logs(caller, &namespace, &name, follow, tail_lines)
-                .await?;
+        req @ (Request::Logs { .. } | Request::PodLogs(_)) => {
+            let opts = LogOptions::of(&req).unwrap_or_default();
+            let mut logs = api.logs(caller, &opts).await?;
             loop {
                 let frame = tokio::select! {
                     f = logs.next() => f?,

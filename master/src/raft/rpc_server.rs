@@ -48,6 +48,7 @@ pub fn check(protocol: Protocol, caller: &Caller, req: &Request) -> Result<(), A
         Request::Hello { .. }
             | Request::Raft { .. }
             | Request::Logs { .. }
+            | Request::PodLogs(_)
             | Request::AddMaster { .. }
     );
     match protocol {
