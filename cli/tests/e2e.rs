@@ -304,6 +304,28 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
         "{}",
         c.pod_field("hog", "message")
     );
+    assert_eq!(
+        c.pod_field("hog", "exitCode"),
+        "137",
+        "as the kubelet reports an OOM kill"
+    );
+    // A Rust panic traps: the backtrace names the program's functions as its
+    // source does, and the pod exits 134, as wasmtime's command line does.
+    let panics = c.manifest(
+        "panics.yaml",
+        &pod_yaml("panics", "crasher", &["panic"], "Never", ""),
+    );
+    c.ok(&["apply", "-f", panics.to_str().expect("utf8")]);
+    c.wait_phase("panics", "Failed", T);
+    assert_eq!(c.pod_field("panics", "reason"), "Trap");
+    assert_eq!(c.pod_field("panics", "exitCode"), "134");
+    let message = c.pod_field("panics", "message");
+    assert!(message.contains(": crasher::give_up\n"), "{message}");
+    assert!(
+        message.contains("the standard library's panic and abort"),
+        "{message}"
+    );
+    assert!(c.ok(&["logs", "panics"]).contains("crasher gives up"));
     let spin = c.manifest(
         "spin.yaml",
         &pod_yaml("spin", "hog", &["spin"], "Never", ""),

@@ -46,6 +46,20 @@ pub struct Exit {
     pub at: Time,
 }
 
+/// The exit code a run that ended without one of its own reports, by how
+/// it ended: the codes a shell gives a process ended by a signal (128 + N),
+/// as wasmtime's command line reports a trap (134, SIGABRT) and the kubelet
+/// a container killed for its memory or its liveness probe (137, SIGKILL)
+/// or one that could not start (128).
+pub fn exit_code_of(reason: &str) -> Option<i32> {
+    match reason {
+        "Trap" => Some(134),
+        "OOMKilled" | "Unhealthy" => Some(137),
+        "StartError" => Some(128),
+        _ => None,
+    }
+}
+
 impl Exit {
     fn success(&self) -> bool {
         self.code == Some(0) && self.reason.is_empty()

@@ -424,7 +424,7 @@ async fn watch_sizes(limited: Vec<crate::volumes::Limited>) -> String {
 
 fn exit_event(reason: &str, message: String) -> Event {
     Event::Exited(Exit {
-        code: None,
+        code: crate::pod::exit_code_of(reason),
         reason: reason.to_string(),
         message,
         at: Time::now(),

@@ -323,6 +323,34 @@ async fn trap_is_reported_with_backtrace() {
 }
 
 #[tokio::test]
+async fn a_rust_panic_traps_with_the_functions_named_as_in_the_source() {
+    let (rt, _dir) = runtime();
+    let program = load(&rt, &flotilla_workloads::path("crasher"));
+    let (outcome, out) = run(&rt, &program, spec("crasher", &["panic"])).await;
+    assert!(
+        out.stderr().contains("crasher gives up"),
+        "{}",
+        out.stderr()
+    );
+    match outcome {
+        RunOutcome::Failed { reason, message } => {
+            assert_eq!(reason, "Trap");
+            assert!(message.contains("wasm backtrace:"), "{message}");
+            eprintln!("trap message: {message}");
+            assert!(message.contains("crasher::give_up"), "{message}");
+            assert!(
+                message.contains("the standard library's panic and abort"),
+                "{message}"
+            );
+            // Demangled, without the symbol's hash.
+            assert!(!message.contains("_ZN"), "{message}");
+            assert!(!message.contains("17h"), "{message}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn p1_proc_exit_code_is_the_exit_code() {
     let (rt, _dir) = runtime();
     let (program, _) = rt.load("sha256:exit3", EXIT_3_MODULE).unwrap();

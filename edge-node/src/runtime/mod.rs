@@ -1108,20 +1108,64 @@ fn trap_message(err: &wasmtime::Error) -> String {
         .collect::<Vec<_>>()
         .join(": ");
     if let Some(bt) = backtrace {
-        let frames = bt.frames();
-        if !frames.is_empty() {
+        // Rust names demangled, without their hash (`{:#}`); others (C,
+        // names a module gave itself) print as they are.
+        let names: Vec<String> = bt
+            .frames()
+            .iter()
+            .map(|f| {
+                f.func_name().map_or_else(
+                    || "<unknown>".to_string(),
+                    |n| format!("{:#}", rustc_demangle::demangle(n)),
+                )
+            })
+            .collect();
+        if !names.is_empty() {
             msg.push_str("\nwasm backtrace:");
-            for (i, frame) in frames.iter().take(MAX_TRAP_FRAMES).enumerate() {
-                let name = frame.func_name().unwrap_or("<unknown>");
+            // A panic's first frames are the standard library raising it and
+            // aborting: summed up in a line, so the frames shown are the
+            // program's own.
+            let skip = match names.iter().take_while(|n| panic_machinery(n)).count() {
+                n if n == names.len() => 0,
+                n => n,
+            };
+            if skip > 0 {
+                msg.push_str(&format!(
+                    "\n  0-{}: the standard library's panic and abort",
+                    skip - 1
+                ));
+            }
+            for (i, name) in names.iter().enumerate().skip(skip).take(MAX_TRAP_FRAMES) {
                 msg.push_str(&format!("\n  {i}: {name}"));
             }
-            if frames.len() > MAX_TRAP_FRAMES {
-                msg.push_str(&format!("\n  ... {} more", frames.len() - MAX_TRAP_FRAMES));
+            let shown = skip + MAX_TRAP_FRAMES;
+            if names.len() > shown {
+                msg.push_str(&format!("\n  ... {} more", names.len() - shown));
             }
         }
     }
     truncate(&mut msg, MAX_TRAP_MESSAGE);
     msg
+}
+
+/// Whether a (demangled) frame is the standard library's panic or abort
+/// path rather than the program's own code.
+fn panic_machinery(name: &str) -> bool {
+    name == "abort"
+        || [
+            "std::",
+            "core::",
+            "alloc::",
+            "<std::",
+            "<core::",
+            "<alloc::",
+            "__rustc::",
+            "__rust_",
+            "rust_panic",
+            "panic_abort::",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
