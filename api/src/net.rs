@@ -152,8 +152,37 @@ pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
 ) -> Result<quinn::Endpoint, NetError> {
-    quinn::Endpoint::server(quic_server_config(tls)?, addr)
-        .map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
+    server_endpoint_on(server_socket(addr)?, tls)
+}
+
+/// The UDP socket a server listens on, bound to `addr`: taken before
+/// anything else when starting, so that a port in use fails at once.
+pub fn server_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
+    std::net::UdpSocket::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            ": another program (another master, or `flotilla up`) listens there; stop it or choose another address with --listen"
+        } else {
+            ""
+        };
+        NetError::Connect(format!("cannot listen on {addr}: {e}{hint}"))
+    })
+}
+
+/// A server endpoint on a socket from [`server_socket`].
+pub fn server_endpoint_on(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::Endpoint, NetError> {
+    let addr = socket
+        .local_addr()
+        .map_or_else(|_| "its address".to_string(), |a| a.to_string());
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_server_config(tls)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| NetError::Connect(format!("cannot listen on {addr}: {e}")))
 }
 
 /// A client endpoint on an ephemeral port.

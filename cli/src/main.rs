@@ -606,8 +606,13 @@ fn lean_allocator() {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        // openraft narrates every election and vote at info; its warnings are what an operator needs.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        // openraft narrates every election and vote at info; its warnings
+        // are what an operator needs, except the one for a write whose
+        // caller stopped waiting (a loop cancelled at shutdown), which
+        // says nothing about the cluster.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,openraft=warn,openraft::raft::responder=error")
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

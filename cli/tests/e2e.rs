@@ -1023,6 +1023,50 @@ fn a_restarted_node_agent_counts_a_restart_and_keeps_the_logs() {
 }
 
 #[test]
+fn a_master_that_cannot_listen_or_stops_says_so_in_one_line() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let ticker = c.manifest(
+        "ticker.yaml",
+        &pod_yaml("ticker", "ticker", &[], "Always", ""),
+    );
+    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+    c.wait_phase("ticker", "Running", T);
+
+    // A second master on the same port: one line saying what to do, and
+    // nothing made (no data directory, no config).
+    let data = c.path("second");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["master", "--listen", &c.addr, "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(c.path("second-config"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("error: cannot listen on {}: ", c.addr))
+            && err.contains("another program (another master, or `flotilla up`) listens there; stop it or choose another address with --listen"),
+        "{err}"
+    );
+    assert!(!data.exists() && !c.path("second-config").exists());
+
+    // A master stopped with its node connected and its loops writing says
+    // it is shutting down, and the raft library adds no complaint.
+    c.stop_master();
+    let log = std::fs::read_to_string(c.path("master.log")).expect("log");
+    assert!(log.contains("shutting down"), "{log}");
+    let raft_noise: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("openraft") && (l.contains(" WARN ") || l.contains(" ERROR ")))
+        .collect();
+    assert!(raft_noise.is_empty(), "{raft_noise:#?}");
+}
+
+#[test]
 fn pods_of_a_lost_node_show_unknown_until_it_returns() {
     let mut c = Cluster::start("3s");
     c.start_node("n1");

@@ -47,6 +47,8 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
             identity::MIN_CERT_LIFETIME
         )));
     }
+    // The port next: one in use must fail before anything is made or started.
+    let socket = flotilla_api::net::server_socket(config.listen)?;
     flotilla_api::perms::create_dir(&config.data_dir).map_err(|source| MasterError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -126,22 +128,37 @@ pub async fn start(config: MasterConfig) -> Result<(Master, Running), MasterErro
     }
     let store = store::Store::open(&config.data_dir.join("state.redb"), HISTORY_WINDOW)?;
     let (raft, network) = start_raft(&config, &pki, &store, &advertise).await?;
-    if let Some(image) = backup {
-        restore(&raft, image).await?;
-    }
-    let tls = pki.server_tls()?;
-    let endpoint = flotilla_api::net::server_endpoint(config.listen, tls)?;
-    let local_addr = endpoint
-        .local_addr()
-        .map_err(|source| MasterError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-    // Only now that the master listens: one that fails to start must not
-    // leave a config pointing at a cluster that is not there.
-    if let Some(path) = &config.admin_config {
-        pki.write_admin_config(path, &advertise, config.replace_config)?;
-    }
+    let serving = async {
+        if let Some(image) = backup {
+            restore(&raft, image).await?;
+        }
+        let tls = pki.server_tls()?;
+        let endpoint = flotilla_api::net::server_endpoint_on(socket, tls)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| MasterError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        // Only now that the master listens: one that fails to start must not
+        // leave a config pointing at a cluster that is not there.
+        if let Some(path) = &config.admin_config {
+            pki.write_admin_config(path, &advertise, config.replace_config)?;
+        }
+        Ok::<_, MasterError>((endpoint, local_addr))
+    };
+    let (endpoint, local_addr) = match serving.await {
+        Ok(s) => s,
+        Err(e) => {
+            // Raft stops before the error is reported, so the error is the
+            // last word, not raft's complaints about its tasks going away.
+            if let Err(stop) = raft.shutdown().await {
+                tracing::debug!(error = %stop, "raft did not shut down cleanly");
+            }
+            network.close();
+            return Err(e);
+        }
+    };
     let cluster = raft::Cluster::new(raft.clone(), network.clone(), &config.cluster_name);
     let master = Master {
         store: store.clone(),
