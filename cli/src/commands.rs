@@ -1,7 +1,7 @@
 //! The client commands: each connects to a master with the client config,
 //! does one thing, and prints what happened the way kubectl would.
 
-use crate::output::{self, Format};
+use crate::output::{self, Format, Table};
 use anyhow::{anyhow, bail, Context};
 use flotilla_api::config::ClientConfigFile;
 use flotilla_api::identity::{Identity, Validity};
@@ -14,7 +14,7 @@ use flotilla_api::protocol::{
 };
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -837,9 +837,13 @@ pub struct GetArgs {
     /// Label selector, e.g. app=web,tier!=db.
     #[arg(short = 'l', long, default_value = "")]
     selector: String,
-    /// After listing, keep printing changes.
+    /// After listing, keep printing changes: a row when an object is added
+    /// or changes what its row shows, marked `(deleted)` when it goes.
     #[arg(short, long)]
     watch: bool,
+    /// With -w, an EVENT column first: ADDED, MODIFIED or DELETED.
+    #[arg(long, requires = "watch")]
+    output_watch_events: bool,
     /// Read the answering master's copy without confirming with the leader:
     /// works without a majority of masters, but may miss the latest writes.
     #[arg(long)]
@@ -869,74 +873,198 @@ fn render(
     objs: &[Object],
     format: Format,
     single: bool,
-    with_header: bool,
     users: &output::ModuleUsers,
 ) -> anyhow::Result<String> {
-    let now = Time::now();
-    let out = match format {
-        Format::Json | Format::Yaml => return output::structured(objs, format, single),
+    match format {
+        Format::Json | Format::Yaml => output::structured(objs, format, single),
         Format::Table | Format::Wide => {
-            let wide = format == Format::Wide;
-            match kind {
-                Kind::Pod => output::pods(&typed::<flotilla_api::Pod>(objs), wide, now),
-                Kind::Node => output::nodes(&typed::<flotilla_api::Node>(objs), wide, now),
-                Kind::Deployment => output::deployments(&typed::<Deployment>(objs), wide, now),
-                Kind::DaemonSet => {
-                    output::daemon_sets(&typed::<flotilla_api::objects::DaemonSet>(objs), wide, now)
-                }
-                Kind::Job => output::jobs(&typed::<flotilla_api::objects::Job>(objs), wide, now),
-                Kind::CronJob => {
-                    output::cron_jobs(&typed::<flotilla_api::objects::CronJob>(objs), wide, now)
-                }
-                Kind::Event => output::events(
-                    &typed::<flotilla_api::objects::event::Event>(objs),
-                    wide,
-                    now,
-                ),
-                Kind::ConfigMap => {
-                    output::config_maps(&typed::<flotilla_api::objects::ConfigMap>(objs), now)
-                }
-                Kind::Secret => output::secrets(&typed::<flotilla_api::objects::Secret>(objs), now),
-                Kind::Service => output::services(
-                    &typed::<flotilla_api::objects::service::Service>(objs),
-                    wide,
-                    now,
-                ),
-                Kind::Endpoints => output::endpoints(
-                    &typed::<flotilla_api::objects::service::Endpoints>(objs),
-                    now,
-                ),
-                Kind::Namespace => {
-                    output::namespaces(&typed::<flotilla_api::objects::Namespace>(objs), now)
-                }
-                Kind::ReplicaSet => output::replica_sets(&typed::<ReplicaSet>(objs), wide, now),
-                Kind::PriorityClass => output::priority_classes(
-                    &typed::<flotilla_api::objects::PriorityClass>(objs),
-                    now,
-                ),
-                _ => output::modules(
-                    &objs
-                        .iter()
-                        .filter_map(|o| {
-                            if let Object::Module(m) = o {
-                                Some(m.clone())
-                            } else {
-                                None
-                            }
-                        })
-                        .collect::<Vec<_>>(),
-                    users,
-                    wide,
-                    now,
-                ),
+            Ok(render_table(kind, objs, format == Format::Wide, users).to_string())
+        }
+    }
+}
+
+/// The table `get` prints for `objs`.
+fn render_table(kind: Kind, objs: &[Object], wide: bool, users: &output::ModuleUsers) -> Table {
+    let now = Time::now();
+    match kind {
+        Kind::Pod => output::pods(&typed::<flotilla_api::Pod>(objs), wide, now),
+        Kind::Node => output::nodes(&typed::<flotilla_api::Node>(objs), wide, now),
+        Kind::Deployment => output::deployments(&typed::<Deployment>(objs), wide, now),
+        Kind::DaemonSet => {
+            output::daemon_sets(&typed::<flotilla_api::objects::DaemonSet>(objs), wide, now)
+        }
+        Kind::Job => output::jobs(&typed::<flotilla_api::objects::Job>(objs), wide, now),
+        Kind::CronJob => {
+            output::cron_jobs(&typed::<flotilla_api::objects::CronJob>(objs), wide, now)
+        }
+        Kind::Event => output::events(
+            &typed::<flotilla_api::objects::event::Event>(objs),
+            wide,
+            now,
+        ),
+        Kind::ConfigMap => {
+            output::config_maps(&typed::<flotilla_api::objects::ConfigMap>(objs), now)
+        }
+        Kind::Secret => output::secrets(&typed::<flotilla_api::objects::Secret>(objs), now),
+        Kind::Service => output::services(
+            &typed::<flotilla_api::objects::service::Service>(objs),
+            wide,
+            now,
+        ),
+        Kind::Endpoints => output::endpoints(
+            &typed::<flotilla_api::objects::service::Endpoints>(objs),
+            now,
+        ),
+        Kind::Namespace => {
+            output::namespaces(&typed::<flotilla_api::objects::Namespace>(objs), now)
+        }
+        Kind::ReplicaSet => output::replica_sets(&typed::<ReplicaSet>(objs), wide, now),
+        Kind::PriorityClass => {
+            output::priority_classes(&typed::<flotilla_api::objects::PriorityClass>(objs), now)
+        }
+        _ => output::modules(
+            &objs
+                .iter()
+                .filter_map(|o| {
+                    if let Object::Module(m) = o {
+                        Some(m.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<_>>(),
+            users,
+            wide,
+            now,
+        ),
+    }
+}
+
+/// What `get -w` prints as a table: rows aligned with those before them
+/// (columns keep their widths, and widen only for a wider cell), one row
+/// per change that shows (an update that leaves the row as it was, but for
+/// its age, prints nothing), deletions marked.
+struct WatchTable {
+    /// The widths so far; empty until the header is printed.
+    widths: Vec<usize>,
+    /// Which column is AGE (left out when comparing rows).
+    age: Option<usize>,
+    /// The row each object last printed, by namespace and name.
+    last: HashMap<(String, String), Vec<String>>,
+    /// Whether an EVENT column comes first (`--output-watch-events`).
+    events: bool,
+}
+
+impl WatchTable {
+    fn new(events: bool) -> WatchTable {
+        WatchTable {
+            widths: Vec::new(),
+            age: None,
+            last: HashMap::new(),
+            events,
+        }
+    }
+
+    /// The listed objects' table, remembering the row of each object.
+    fn listed(&mut self, table: &Table, rows: Vec<((String, String), Vec<String>)>) -> String {
+        let mut table = table.clone();
+        self.age = table.header.iter().position(|h| h == "AGE");
+        self.last = rows.into_iter().collect();
+        if table.rows.is_empty() {
+            // Nothing yet: the header comes with the first row.
+            return String::new();
+        }
+        if self.events {
+            table.header.insert(0, "EVENT".into());
+            for r in &mut table.rows {
+                r.insert(0, "ADDED".into());
             }
         }
-    };
-    Ok(if with_header {
-        out
-    } else {
-        out.lines().skip(1).map(|l| format!("{l}\n")).collect()
-    })
+        self.widths = table.widths();
+        reserve_status(&mut self.widths, &table.header);
+        let rows: Vec<String> = std::iter::once(&table.header)
+            .chain(&table.rows)
+            .map(|r| output::table_line(r, &self.widths) + "\n")
+            .collect();
+        rows.concat()
+    }
+
+    /// The line for an event, if it shows a change.
+    fn event(&mut self, event: EventType, obj: &Object, table: &Table) -> Option<String> {
+        let mut row = table.rows.first()?.clone();
+        let key = key_of(obj);
+        let mark = match event {
+            EventType::Deleted => {
+                self.last.remove(&key);
+                "DELETED"
+            }
+            EventType::Added | EventType::Modified => {
+                let unchanged = self.last.get(&key).is_some_and(|before| {
+                    let differs =
+                        |(i, (a, b)): (usize, (&String, &String))| Some(i) != self.age && a != b;
+                    before.len() == row.len() && !before.iter().zip(&row).enumerate().any(differs)
+                });
+                self.last.insert(key, row.clone());
+                if unchanged {
+                    return None;
+                }
+                if event == EventType::Added {
+                    "ADDED"
+                } else {
+                    "MODIFIED"
+                }
+            }
+            EventType::Bookmark => return None,
+        };
+        let mut out = String::new();
+        if self.widths.is_empty() {
+            // The first row: the header comes with it, both to their widths.
+            let mut header = table.header.clone();
+            let mut first = row.clone();
+            if self.events {
+                header.insert(0, "EVENT".into());
+                first.insert(0, mark.into());
+            }
+            self.age = table.header.iter().position(|h| h == "AGE");
+            self.widths = header.iter().map(|h| h.chars().count()).collect();
+            output::widen(&mut self.widths, &first);
+            reserve_status(&mut self.widths, &header);
+            out = output::table_line(&header, &self.widths) + "\n";
+        }
+        if self.events {
+            row.insert(0, mark.into());
+        } else if event == EventType::Deleted {
+            row.push("(deleted)".into());
+        }
+        // A cell wider than its column: the columns widen, and the header
+        // is printed again above the row, so every row lines up with the
+        // header above it.
+        let before = self.widths.clone();
+        output::widen(&mut self.widths, &row);
+        if out.is_empty() && self.widths != before {
+            let mut header = table.header.clone();
+            if self.events {
+                header.insert(0, "EVENT".into());
+            }
+            out = output::table_line(&header, &self.widths) + "\n";
+        }
+        out.push_str(&output::table_line(&row, &self.widths));
+        out.push('\n');
+        Some(out)
+    }
+}
+
+/// A STATUS column as wide as `CrashLoopBackOff` from the start: the
+/// statuses a watched object goes through (`Pending`, `Preparing`,
+/// `Succeeded`…) then line up without widening the table.
+fn reserve_status(widths: &mut [usize], header: &[String]) {
+    if let Some(i) = header.iter().position(|h| h == "STATUS") {
+        widths[i] = widths[i].max("CrashLoopBackOff".len());
+    }
+}
+
+fn key_of(o: &Object) -> (String, String) {
+    (o.meta().namespace.clone(), o.meta().name.clone())
 }
 
 /// The pods of every namespace by the digest of their module, as
@@ -1047,15 +1175,12 @@ async fn get_all(config: &Path, a: &GetArgs) -> anyhow::Result<ExitCode> {
     let users = output::ModuleUsers::new();
     if matches!(a.output, Format::Json | Format::Yaml) {
         let all: Vec<Object> = sections.into_iter().flat_map(|(_, o)| o).collect();
-        print!(
-            "{}",
-            render(Kind::Pod, &all, a.output, false, true, &users)?
-        );
+        print!("{}", render(Kind::Pod, &all, a.output, false, &users)?);
         return Ok(ExitCode::SUCCESS);
     }
     let tables: Vec<String> = sections
         .iter()
-        .map(|(kind, objs)| render(*kind, objs, a.output, false, true, &users))
+        .map(|(kind, objs)| render(*kind, objs, a.output, false, &users))
         .collect::<anyhow::Result<_>>()?;
     print!("{}", tables.join("\n"));
     Ok(ExitCode::SUCCESS)
@@ -1118,10 +1243,27 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
     } else {
         output::ModuleUsers::new()
     };
-    print!(
-        "{}",
-        render(kind, &objs, a.output, a.name.is_some(), true, &users)?
-    );
+    let wide = a.output == Format::Wide;
+    let tabular = matches!(a.output, Format::Table | Format::Wide);
+    let mut watch_table = WatchTable::new(a.output_watch_events);
+    if a.watch && tabular {
+        let rows = objs
+            .iter()
+            .filter_map(|o| {
+                let row = render_table(kind, std::slice::from_ref(o), wide, &users).rows;
+                Some((key_of(o), row.into_iter().next()?))
+            })
+            .collect();
+        print!(
+            "{}",
+            watch_table.listed(&render_table(kind, &objs, wide, &users), rows)
+        );
+    } else {
+        print!(
+            "{}",
+            render(kind, &objs, a.output, a.name.is_some(), &users)?
+        );
+    }
     if !a.watch {
         return Ok(ExitCode::SUCCESS);
     }
@@ -1153,17 +1295,15 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
                 {
                     continue;
                 }
-                print!(
-                    "{}",
-                    render(
-                        kind,
-                        std::slice::from_ref(&ev.object),
-                        a.output,
-                        true,
-                        false,
-                        &users
-                    )?
-                );
+                let one = std::slice::from_ref(&ev.object);
+                if tabular {
+                    let table = render_table(kind, one, wide, &users);
+                    if let Some(line) = watch_table.event(ev.kind, &ev.object, &table) {
+                        print!("{line}");
+                    }
+                } else {
+                    print!("{}", render(kind, one, a.output, true, &users)?);
+                }
                 let _ = std::io::stdout().flush();
             }
             Some(Response::Error(e)) => bail!("watch ended: {}", e.message),
@@ -1860,6 +2000,97 @@ pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str, phase: flotilla_api::objects::PodPhase) -> Object {
+        let mut p = flotilla_api::Pod::default();
+        p.metadata.namespace = "default".into();
+        p.metadata.name = name.into();
+        // Ten days and a minute: the same AGE however long the test takes.
+        p.metadata.creation_timestamp = Some(Time(Time::now().millis() - 864_060_000));
+        p.status.phase = phase;
+        Object::Pod(p)
+    }
+
+    fn row(o: &Object) -> Vec<String> {
+        render_table(
+            Kind::Pod,
+            std::slice::from_ref(o),
+            false,
+            &Default::default(),
+        )
+        .rows
+        .remove(0)
+    }
+
+    #[test]
+    fn a_watch_prints_aligned_rows_only_for_changes_and_marks_deletions() {
+        use flotilla_api::objects::PodPhase::{Pending, Running};
+        let a = pod("a", Pending);
+        let listed = [a.clone()];
+        let mut w = WatchTable::new(false);
+        let table = render_table(Kind::Pod, &listed, false, &Default::default());
+        let out = w.listed(&table, vec![(key_of(&a), row(&a))]);
+        assert_eq!(
+            out,
+            "NAMESPACE   NAME   STATUS             RESTARTS   AGE\ndefault     a      Pending            0          10d\n"
+        );
+        let one = |o: &Object| {
+            render_table(
+                Kind::Pod,
+                std::slice::from_ref(o),
+                false,
+                &Default::default(),
+            )
+        };
+        // The same row again (a write that shows nothing new): no line.
+        assert_eq!(w.event(EventType::Modified, &a, &one(&a)), None);
+        // A change: a line under the header's columns.
+        let running = pod("a", Running);
+        assert_eq!(
+            w.event(EventType::Modified, &running, &one(&running))
+                .as_deref(),
+            Some("default     a      Running            0          10d\n")
+        );
+        // A wider cell widens its column from then on, under a header
+        // printed again at the new widths.
+        let long = pod("a-much-longer-name", Pending);
+        assert_eq!(
+            w.event(EventType::Added, &long, &one(&long)).as_deref(),
+            Some("NAMESPACE   NAME                 STATUS             RESTARTS   AGE\ndefault     a-much-longer-name   Pending            0          10d\n")
+        );
+        // A deletion is marked, even with the row as it was.
+        assert_eq!(
+            w.event(EventType::Deleted, &running, &one(&running))
+                .as_deref(),
+            Some(
+                "default     a                    Running            0          10d   (deleted)\n"
+            )
+        );
+        assert_eq!(w.event(EventType::Bookmark, &a, &one(&a)), None);
+    }
+
+    #[test]
+    fn a_watch_of_nothing_prints_the_header_with_the_first_row_and_events_first_if_asked() {
+        use flotilla_api::objects::PodPhase::Pending;
+        let mut w = WatchTable::new(true);
+        let empty = render_table(Kind::Pod, &[], false, &Default::default());
+        assert_eq!(w.listed(&empty, Vec::new()), "");
+        let a = pod("a", Pending);
+        let one = render_table(
+            Kind::Pod,
+            std::slice::from_ref(&a),
+            false,
+            &Default::default(),
+        );
+        assert_eq!(
+            w.event(EventType::Added, &a, &one).as_deref(),
+            Some("EVENT   NAMESPACE   NAME   STATUS             RESTARTS   AGE\nADDED   default     a      Pending            0          10d\n")
+        );
+        assert_eq!(
+            w.event(EventType::Deleted, &a, &one).as_deref(),
+            Some("EVENT     NAMESPACE   NAME   STATUS             RESTARTS   AGE\nDELETED   default     a      Pending            0          10d\n")
+        );
+    }
 
     #[test]
     fn the_master_that_answered_comes_first_and_learned_ones_last() {

@@ -20,32 +20,66 @@ pub enum Format {
 
 /// Renders rows as columns separated by three spaces, as kubectl does.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
-            }
+    Table::new(header, rows.to_vec()).to_string()
+}
+
+/// A table of a `get`: its header and rows, printed as [`table`] does, or
+/// row by row against column widths kept from earlier rows (`get -w`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str], rows: Vec<Vec<String>>) -> Table {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows,
         }
     }
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
-            }
+
+    /// Each column's width: its widest cell, header included.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            widen(&mut widths, r);
         }
-        s.trim_end().to_string()
-    };
-    let mut out = line(header.to_vec());
-    out.push('\n');
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-        out.push('\n');
+        widths
     }
-    out
+}
+
+/// Makes `widths` fit `cells` too.
+pub fn widen(widths: &mut [usize], cells: &[String]) {
+    for (w, c) in widths.iter_mut().zip(cells) {
+        *w = (*w).max(c.chars().count());
+    }
+}
+
+/// One line of a table: every cell but the last padded to its width, three
+/// spaces between.
+pub fn table_line(cells: &[String], widths: &[usize]) -> String {
+    let mut s = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        if i + 1 == cells.len() {
+            s.push_str(c);
+        } else {
+            let w = widths.get(i).copied().unwrap_or(0);
+            s.push_str(&format!("{c:<w$}   "));
+        }
+    }
+    s.trim_end().to_string()
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let widths = self.widths();
+        writeln!(f, "{}", table_line(&self.header, &widths))?;
+        for r in &self.rows {
+            writeln!(f, "{}", table_line(r, &widths))?;
+        }
+        Ok(())
+    }
 }
 
 fn or_none(s: &str) -> String {
@@ -73,7 +107,7 @@ pub fn pod_status(p: &Pod) -> String {
     }
 }
 
-pub fn pods(items: &[Pod], wide: bool, now: Time) -> String {
+pub fn pods(items: &[Pod], wide: bool, now: Time) -> Table {
     let mut header = vec!["NAMESPACE", "NAME", "STATUS", "RESTARTS", "AGE"];
     if wide {
         header.extend(["NODE", "EXIT", "MODULE"]);
@@ -104,7 +138,7 @@ pub fn pods(items: &[Pod], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 fn age_of(m: &flotilla_api::ObjectMeta, now: Time) -> String {
@@ -132,7 +166,7 @@ fn selector_text(s: &flotilla_api::objects::LabelSelector) -> String {
 
 /// Deployments, as kubectl lists them: READY is ready/wanted, UP-TO-DATE
 /// the pods of the current template, AVAILABLE those ready long enough.
-pub fn deployments(items: &[Deployment], wide: bool, now: Time) -> String {
+pub fn deployments(items: &[Deployment], wide: bool, now: Time) -> Table {
     let mut header = vec![
         "NAMESPACE",
         "NAME",
@@ -162,11 +196,11 @@ pub fn deployments(items: &[Deployment], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// DaemonSets, as kubectl lists them: counts of nodes.
-pub fn daemon_sets(items: &[DaemonSet], wide: bool, now: Time) -> String {
+pub fn daemon_sets(items: &[DaemonSet], wide: bool, now: Time) -> Table {
     let mut header = vec![
         "NAMESPACE",
         "NAME",
@@ -201,11 +235,11 @@ pub fn daemon_sets(items: &[DaemonSet], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// ReplicaSets, as kubectl lists them.
-pub fn replica_sets(items: &[ReplicaSet], wide: bool, now: Time) -> String {
+pub fn replica_sets(items: &[ReplicaSet], wide: bool, now: Time) -> Table {
     let mut header = vec!["NAMESPACE", "NAME", "DESIRED", "CURRENT", "READY", "AGE"];
     if wide {
         header.extend(["MODULE", "SELECTOR"]);
@@ -228,12 +262,12 @@ pub fn replica_sets(items: &[ReplicaSet], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// Jobs, as kubectl lists them: COMPLETIONS is succeeded/wanted, DURATION
 /// from the start to completion (or to now while running).
-pub fn jobs(items: &[Job], wide: bool, now: Time) -> String {
+pub fn jobs(items: &[Job], wide: bool, now: Time) -> Table {
     let mut header = vec![
         "NAMESPACE",
         "NAME",
@@ -269,7 +303,7 @@ pub fn jobs(items: &[Job], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 fn last_seen(e: &Event) -> Time {
@@ -281,7 +315,7 @@ fn last_seen(e: &Event) -> Time {
 
 /// Events, as kubectl lists them, oldest first: LAST SEEN, TYPE, REASON,
 /// OBJECT, MESSAGE (`-o wide` adds SOURCE, COUNT, FIRST SEEN, NAME).
-pub fn events(items: &[Event], wide: bool, now: Time) -> String {
+pub fn events(items: &[Event], wide: bool, now: Time) -> Table {
     let mut header = vec!["NAMESPACE", "LAST SEEN", "TYPE", "REASON", "OBJECT"];
     if wide {
         header.extend(["SOURCE", "COUNT", "FIRST SEEN", "NAME"]);
@@ -309,7 +343,7 @@ pub fn events(items: &[Event], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// What `describe pod` says of the pod's mounts and network, after the
@@ -439,7 +473,7 @@ pub fn describe_events(items: &[Event], now: Time) -> String {
 }
 
 /// ConfigMaps: how many keys each holds.
-pub fn config_maps(items: &[flotilla_api::objects::ConfigMap], now: Time) -> String {
+pub fn config_maps(items: &[flotilla_api::objects::ConfigMap], now: Time) -> Table {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|c| {
@@ -451,11 +485,11 @@ pub fn config_maps(items: &[flotilla_api::objects::ConfigMap], now: Time) -> Str
             ]
         })
         .collect();
-    table(&["NAMESPACE", "NAME", "DATA", "AGE"], &rows)
+    Table::new(&["NAMESPACE", "NAME", "DATA", "AGE"], rows)
 }
 
 /// Secrets: their type and how many keys each holds (never the values).
-pub fn secrets(items: &[flotilla_api::objects::Secret], now: Time) -> String {
+pub fn secrets(items: &[flotilla_api::objects::Secret], now: Time) -> Table {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
@@ -468,16 +502,12 @@ pub fn secrets(items: &[flotilla_api::objects::Secret], now: Time) -> String {
             ]
         })
         .collect();
-    table(&["NAMESPACE", "NAME", "TYPE", "DATA", "AGE"], &rows)
+    Table::new(&["NAMESPACE", "NAME", "TYPE", "DATA", "AGE"], rows)
 }
 
 /// Services: the ports every node serves (`8080:80/TCP` when the pods'
 /// port differs) and the selector; wide adds host names and affinity.
-pub fn services(
-    items: &[flotilla_api::objects::service::Service],
-    wide: bool,
-    now: Time,
-) -> String {
+pub fn services(items: &[flotilla_api::objects::service::Service], wide: bool, now: Time) -> Table {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
@@ -527,12 +557,12 @@ pub fn services(
     if wide {
         headers.extend(["HOSTS", "TLS", "AFFINITY"]);
     }
-    table(&headers, &rows)
+    Table::new(&headers, rows)
 }
 
 /// Endpoints: the ready pods as `pod@node` (at most three, then how many
 /// more), and how many are not ready.
-pub fn endpoints(items: &[flotilla_api::objects::service::Endpoints], now: Time) -> String {
+pub fn endpoints(items: &[flotilla_api::objects::service::Endpoints], now: Time) -> Table {
     const SHOWN: usize = 3;
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -560,9 +590,9 @@ pub fn endpoints(items: &[flotilla_api::objects::service::Endpoints], now: Time)
             ]
         })
         .collect();
-    table(
+    Table::new(
         &["NAMESPACE", "NAME", "ENDPOINTS", "NOT-READY", "AGE"],
-        &rows,
+        rows,
     )
 }
 
@@ -582,7 +612,7 @@ pub fn describe_service_endpoints(e: Option<&flotilla_api::objects::service::End
 }
 
 /// Namespaces: Active, or Terminating while their contents are deleted.
-pub fn namespaces(items: &[Namespace], now: Time) -> String {
+pub fn namespaces(items: &[Namespace], now: Time) -> Table {
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|n| {
@@ -593,11 +623,11 @@ pub fn namespaces(items: &[Namespace], now: Time) -> String {
             ]
         })
         .collect();
-    table(&["NAME", "STATUS", "AGE"], &rows)
+    Table::new(&["NAME", "STATUS", "AGE"], rows)
 }
 
 /// CronJobs, as kubectl lists them.
-pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> String {
+pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> Table {
     let mut header = vec![
         "NAMESPACE",
         "NAME",
@@ -644,10 +674,10 @@ pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
-pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
+pub fn nodes(items: &[Node], wide: bool, now: Time) -> Table {
     let mut header = vec!["NAME", "STATUS", "ARCH", "AGE"];
     if wide {
         header.extend([
@@ -700,7 +730,7 @@ pub fn nodes(items: &[Node], wide: bool, now: Time) -> String {
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// How a node runs code: `pulley32`, `cranelift-baseline` (code any
@@ -752,7 +782,7 @@ const IMPORTS_WIDTH: usize = 60;
 const COMMON_PACKAGES: [&str; 3] = ["wasi:cli", "wasi:clocks", "wasi:io"];
 
 /// PriorityClasses, as kubectl lists them.
-pub fn priority_classes(items: &[PriorityClass], now: Time) -> String {
+pub fn priority_classes(items: &[PriorityClass], now: Time) -> Table {
     let header = vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "PREEMPTION", "AGE"];
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -769,14 +799,14 @@ pub fn priority_classes(items: &[PriorityClass], now: Time) -> String {
             ]
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// Modules with their IN-USE column: how many pods use each, or `no` for a
 /// module the master removes once it has been unused for `--module-grace`.
 /// Wide adds what the program does (`command` or `http`), the pods' names
 /// and what the module imports.
-pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> String {
+pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> Table {
     let mut header = vec!["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"];
     if wide {
         header.extend(["WORKLOAD", "PODS", "IMPORTS"]);
@@ -816,7 +846,7 @@ pub fn modules(items: &[Module], users: &ModuleUsers, wide: bool, now: Time) -> 
             r
         })
         .collect();
-    table(&header, &rows)
+    Table::new(&header, rows)
 }
 
 /// A module's imports, comma-joined; when that is wider than
@@ -978,14 +1008,14 @@ mod tests {
             "metadata: {name: web, namespace: default}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080, targetPort: 80}, {name: raw, port: 9000}], hosts: [web.local]}",
         )
         .unwrap();
-        let text = services(&[svc], true, Time(0));
+        let text = services(&[svc], true, Time(0)).to_string();
         assert!(text.contains("8080:80/TCP,9000/TCP"), "{text}");
         assert!(text.contains("web.local   <none>   None"), "{text}");
         let secure: flotilla_api::objects::service::Service = serde_yaml::from_str(
             "metadata: {name: shop, namespace: default}\nspec: {selector: {app: shop}, ports: [{port: 8443}], hosts: [shop.local, shop.local/api], tls: {secretName: shop-tls}}",
         )
         .unwrap();
-        let shop = services(&[secure], true, Time(0));
+        let shop = services(&[secure], true, Time(0)).to_string();
         assert!(
             shop.contains("shop.local,shop.local/api   shop-tls   None"),
             "{shop}"
@@ -998,11 +1028,11 @@ mod tests {
             "metadata: {name: web, namespace: default}\nendpoints:\n- {pod: a, node: n1, ready: true}\n- {pod: b, node: n2}\n- {pod: c, node: n1, ready: true}\n- {pod: d, node: n1, ready: true}\n- {pod: e, node: n2, ready: true}\n",
         )
         .unwrap();
-        let text = endpoints(&[ep], Time(0));
+        let text = endpoints(&[ep], Time(0)).to_string();
         assert!(text.contains("a@n1,c@n1,d@n1 + 1 more...   1"), "{text}");
         let empty: flotilla_api::objects::service::Endpoints =
             serde_yaml::from_str("metadata: {name: idle, namespace: default}").unwrap();
-        assert!(endpoints(&[empty], Time(0)).contains("<none>"));
+        assert!(endpoints(&[empty], Time(0)).to_string().contains("<none>"));
     }
 
     #[test]
@@ -1061,12 +1091,12 @@ mod tests {
         let pods: Vec<String> = (1..=4).map(|i| format!("default/web-{i}")).collect();
         let users: ModuleUsers = [(used.clone(), pods)].into();
         let now = Time(0);
-        let t = modules(&items, &users, false, now);
+        let t = modules(&items, &users, false, now).to_string();
         let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(rows[0], ["DIGEST", "SIZE", "SOURCE", "IN-USE", "AGE"]);
         assert_eq!(rows[1][3], "4");
         assert_eq!(rows[2][3], "no");
-        let wide = modules(&items, &users, true, now);
+        let wide = modules(&items, &users, true, now).to_string();
         let rows: Vec<Vec<&str>> = wide
             .lines()
             .map(|l| l.split_whitespace().collect())

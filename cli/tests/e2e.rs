@@ -1067,6 +1067,88 @@ fn a_master_that_cannot_listen_or_stops_says_so_in_one_line() {
 }
 
 #[test]
+fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let mut watch = Command::new(common::BIN)
+        .args(["get", "pods", "-w"])
+        .env("FLOTILLA_CONFIG", &c.config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().expect("lines").push(l);
+            }
+        })
+    };
+    let hello = c.manifest(
+        "hello.yaml",
+        &pod_yaml("hello-with-a-long-name", "hello", &[], "Never", ""),
+    );
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello-with-a-long-name", "Succeeded", T);
+    c.ok(&["delete", "pod", "hello-with-a-long-name"]);
+    wait_for("the watch to show the deletion", T, || {
+        let lines = lines.lock().expect("lines");
+        lines.iter().any(|l| l.ends_with("(deleted)")).then_some(())
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    let lines = lines.lock().expect("lines").clone();
+    let text = lines.join("\n");
+
+    // Nothing listed at first: the header comes with the first row.
+    assert!(lines[0].starts_with("NAMESPACE   NAME"), "{text}");
+    // Every row's columns start where those of the header above it do (a
+    // wider cell prints the header again, widened).
+    let mut starts = Vec::new();
+    let mut rows = Vec::new();
+    for line in &lines {
+        if line.starts_with("NAMESPACE ") {
+            starts = ["NAME", "STATUS", "RESTARTS", "AGE"]
+                .iter()
+                .map(|h| line.find(&format!(" {h}")).expect("column") + 1)
+                .collect();
+            continue;
+        }
+        rows.push(line.clone());
+        for &at in &starts {
+            let b = line.as_bytes();
+            assert!(
+                b.get(at - 1) == Some(&b' ') && b.get(at).is_some_and(|c| *c != b' '),
+                "column at {at} misaligned in {line:?}:\n{text}"
+            );
+        }
+    }
+    // The statuses a pod goes through fit the STATUS column as first printed.
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("NAMESPACE ")).count(),
+        1,
+        "{text}"
+    );
+    // A row only when it changes (its age aside): never the same row twice running.
+    let shown = |l: &str| l.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+    for pair in rows.windows(2).filter(|p| !p[1].ends_with("(deleted)")) {
+        assert_ne!(shown(&pair[0]), shown(&pair[1]), "a repeated row:\n{text}");
+    }
+    assert!(lines.iter().any(|l| l.contains(" Succeeded ")), "{text}");
+    let last = lines.last().expect("rows");
+    assert!(
+        last.contains("hello-with-a-long-name") && last.ends_with("(deleted)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn pods_of_a_lost_node_show_unknown_until_it_returns() {
     let mut c = Cluster::start("3s");
     c.start_node("n1");
