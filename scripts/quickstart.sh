@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Builds Flotilla, starts a local cluster (`flotilla up`: master and node in
 # one process), deploys the hello-http app behind a Service and requests it
-# once, then runs the sample command pods. The cluster keeps running
-# afterwards; the script prints how to use and stop it.
+# once, then runs two sample command pods (hello, which prints and ends,
+# and ticker, which runs on). The cluster keeps running afterwards; the
+# script prints how to use and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 scripts/setup.sh
-echo "== building flotilla (release) and the sample Wasm workloads =="
+if [ ! -x "${CARGO_TARGET_DIR:-$root/target}/release/flotilla" ]; then
+    echo "== building flotilla (release) and the sample Wasm workloads: the first build compiles wasmtime and takes about 10 minutes on a 2-core machine; later ones take seconds =="
+else
+    echo "== building flotilla (release) and the sample Wasm workloads =="
+fi
 cargo build --release -p flotilla -p flotilla-workloads
 
 demo=${FLOTILLA_DEMO_DIR:-$HOME/.flotilla/demo}
@@ -58,7 +63,7 @@ wait_until "the app to answer on port 30080" serves
 echo "== curl http://127.0.0.1:30080/ =="
 get 127.0.0.1 30080 /
 
-echo "== applying workloads/hello and workloads/ticker =="
+echo "== two sample command pods: workloads/hello (prints and ends) and workloads/ticker (ticks on) =="
 "$flotilla" apply -f workloads/hello/pod.yaml -f workloads/ticker/pod.yaml
 wait_until "hello to finish" hello_done
 sleep 2

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building and testing Flotilla needs beyond the Rust toolchain:
-# the Wasm targets for the sample workloads, iproute2 and nftables for the
-# chaos tests (network namespaces, packet loss) and, with --cross (what the
-# tests use), the aarch64 (glibc and static musl) and armv7 cross toolchains,
-# qemu-user for the ARM tests and libfaketime for the certificate tests.
-# Safe to run again.
+# Installs what building Flotilla needs beyond the Rust toolchain: the Wasm
+# targets for the sample workloads. With --cross (what the tests use), also
+# rustfmt and clippy, iproute2 and nftables for the chaos tests (network
+# namespaces, packet loss), curl, the aarch64 (glibc and static musl) and
+# armv7 cross toolchains, qemu-user for the ARM tests and libfaketime for
+# the certificate tests. Safe to run again.
 set -euo pipefail
 
 cross=0
@@ -27,16 +27,15 @@ if [ -n "$missing" ]; then
     echo "setup: adding Rust targets:$missing"
     rustup target add $missing
 fi
-for c in rustfmt clippy; do
-    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
-done
-
 pkgs=""
-command -v ip >/dev/null || pkgs="$pkgs iproute2"
-command -v nft >/dev/null || pkgs="$pkgs nftables"
-# curl: the TLS host-port test speaks HTTP/2 over TLS through it.
-command -v curl >/dev/null || pkgs="$pkgs curl"
 if [ $cross = 1 ]; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+    command -v ip >/dev/null || pkgs="$pkgs iproute2"
+    command -v nft >/dev/null || pkgs="$pkgs nftables"
+    # curl: the TLS host-port test speaks HTTP/2 over TLS through it.
+    command -v curl >/dev/null || pkgs="$pkgs curl"
     command -v aarch64-linux-gnu-gcc >/dev/null || pkgs="$pkgs gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
     command -v arm-linux-gnueabihf-gcc >/dev/null || pkgs="$pkgs gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
     command -v qemu-aarch64 >/dev/null || pkgs="$pkgs qemu-user"

@@ -1660,7 +1660,12 @@ async fn stream_log(
         match read_frame::<Response>(&mut recv).await.map_err(explain)? {
             Some(Response::Chunk(b)) => write(&b, &mut out)?,
             Some(Response::End) | None => break,
-            Some(Response::Error(e)) => bail!("pod/{pod}: {}", e.message),
+            // Worded as every command words an error from the master; with
+            // several pods, after the pod it is about.
+            Some(Response::Error(e)) => match prefix {
+                Some(_) => bail!("pod/{pod}: {} ({:?})", e.message, e.code),
+                None => bail!("{} ({:?})", e.message, e.code),
+            },
             Some(_) => {}
         }
     }

@@ -383,10 +383,15 @@ impl ApiServer {
             propagation,
             at: Time::now(),
         };
-        match self.apply(cmd).await? {
+        match self.apply(cmd).await {
             // Removed, or marked while its finalizers run.
-            Outcome::Deleted(o) | Outcome::Object(o) => Ok(o),
-            other => Err(unexpected(other)),
+            Ok(Outcome::Deleted(o) | Outcome::Object(o)) => Ok(o),
+            Ok(other) => Err(unexpected(other)),
+            // Worded as `get` and `describe` word it.
+            Err(e) if e.code == ErrorCode::NotFound => {
+                Err(admission::not_found(kind, namespace, name))
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -1,0 +1,202 @@
+//! The examples of docs/cli.md marked `<!-- tested -->` run against a real
+//! cluster, and print what the page says they print: the page cannot drift
+//! from the binary.
+//!
+//! A marked example is the fenced block after the marker: lines `$ flotilla
+//! ARGS` (arguments split at spaces) each followed by the lines the command
+//! prints, standard output then standard error. `…` in an expected line
+//! stands for any text. `<!-- tested: n1 stopped -->` runs its block after
+//! node n1 has been stopped. Every example runs in a cluster of one master
+//! and node `n1`, where `workloads/hello/pod.yaml` has run to completion,
+//! from a directory holding `hello-v2.yaml` (that pod with other `args`).
+
+mod common;
+
+use common::Cluster;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// One `$ flotilla …` line and what it prints.
+#[derive(Debug)]
+struct Example {
+    args: Vec<String>,
+    expected: Vec<String>,
+}
+
+/// The marked blocks of `page`: (the state after `tested:`, the examples).
+fn tested_blocks(page: &str) -> Vec<(String, Vec<Example>)> {
+    let mut blocks = Vec::new();
+    let mut lines = page.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim().strip_prefix("<!-- tested") else {
+            continue;
+        };
+        let state = rest
+            .trim_end_matches("-->")
+            .trim()
+            .trim_start_matches(':')
+            .trim()
+            .to_string();
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("```"),
+            "a fence after {line:?}"
+        );
+        let mut examples: Vec<Example> = Vec::new();
+        for l in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            match l.strip_prefix("$ flotilla ") {
+                Some(cmd) => examples.push(Example {
+                    args: cmd.split_whitespace().map(String::from).collect(),
+                    expected: Vec::new(),
+                }),
+                None => examples
+                    .last_mut()
+                    .unwrap_or_else(|| panic!("output before any command: {l:?}"))
+                    .expected
+                    .push(l.to_string()),
+            }
+        }
+        blocks.push((state, examples));
+    }
+    blocks
+}
+
+/// Whether `line` is `pattern`, where `…` stands for any text.
+fn matches(pattern: &str, line: &str) -> bool {
+    let mut parts = pattern.split('…');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = line.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// What `flotilla ARGS` prints, run from `dir`.
+fn printed(c: &Cluster, dir: &Path, args: &[String]) -> Vec<String> {
+    let out = Command::new(common::BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("FLOTILLA_CONFIG", &c.config)
+        .output()
+        .expect("run flotilla");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(|l| l.trim_end().to_string()).collect()
+}
+
+/// The first example of `block` that does not print what the page says.
+fn mismatch(c: &Cluster, dir: &Path, block: &[Example]) -> Option<String> {
+    for e in block {
+        let got = printed(c, dir, &e.args);
+        let same = got.len() == e.expected.len()
+            && got.iter().zip(&e.expected).all(|(g, x)| matches(x, g));
+        if !same {
+            return Some(format!(
+                "$ flotilla {}\nthe page says:\n{}\nit prints:\n{}",
+                e.args.join(" "),
+                e.expected.join("\n"),
+                got.join("\n")
+            ));
+        }
+    }
+    None
+}
+
+#[test]
+fn the_pattern_matcher_takes_ellipses_as_any_text() {
+    assert!(matches("a … b", "a x y b"));
+    assert!(matches("a…", "abc"));
+    assert!(matches("exact", "exact"));
+    assert!(!matches("exact", "exactly"));
+    assert!(!matches("a … b", "a x y c"));
+    assert!(matches("…(NotFound)", "error: x (NotFound)"));
+}
+
+#[test]
+fn the_documented_examples_print_what_docs_cli_md_says() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md"))
+        .expect("docs/cli.md");
+    let blocks = tested_blocks(&page);
+    assert!(blocks.len() >= 4, "marked examples: {blocks:?}");
+
+    let mut c = Cluster::start("10s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workloads/hello/pod.yaml");
+    c.ok(&["apply", "-f", hello.to_str().expect("utf8")]);
+    c.wait_phase("hello", "Succeeded", T);
+    let dir = tempfile::tempdir().expect("tmp");
+    let module = std::fs::canonicalize(flotilla_workloads::path("hello")).expect("hello.wasm");
+    let v2 = std::fs::read_to_string(&hello)
+        .expect("manifest")
+        .replace(
+            "../../target/guests/wasm32-wasip2/release/hello.wasm",
+            module.to_str().expect("utf8"),
+        )
+        .replace(r#"args: ["world"]"#, r#"args: ["v2"]"#);
+    assert!(v2.contains(r#"["v2"]"#), "{v2}");
+    std::fs::write(dir.path().join("hello-v2.yaml"), v2).expect("write");
+
+    let (now, later): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(s, _)| s.is_empty());
+    for (_, block) in &now {
+        if let Some(m) = mismatch(&c, dir.path(), block) {
+            panic!("{m}");
+        }
+    }
+    for (state, block) in &later {
+        match state.as_str() {
+            "n1 stopped" => c.signal_node("n1", "TERM"),
+            other => panic!("unknown state {other:?} in docs/cli.md"),
+        }
+        // The master learns of the change when it happens: wait for it.
+        let mut last = None;
+        let done = std::time::Instant::now() + T;
+        while std::time::Instant::now() < done {
+            last = mismatch(&c, dir.path(), block);
+            if last.is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if let Some(m) = last {
+            panic!("{state}: {m}");
+        }
+    }
+}
+
+#[test]
+fn the_readme_manifest_is_the_sample_pod_that_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let block = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block in README.md");
+    let sample =
+        std::fs::read_to_string(root.join("workloads/hello/pod.yaml")).expect("the sample");
+    assert_eq!(
+        block.trim(),
+        sample.trim(),
+        "README.md shows workloads/hello/pod.yaml"
+    );
+}
