@@ -1,6 +1,7 @@
 //! The client commands: each connects to a master with the client config,
 //! does one thing, and prints what happened the way kubectl would.
 
+use crate::listing::{self, FieldSelector, Output, Shape};
 use crate::output::{self, Format, Table};
 use anyhow::{anyhow, bail, Context};
 use flotilla_api::config::ClientConfigFile;
@@ -821,22 +822,44 @@ pub(crate) async fn create_on(
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
+    /// What to get: a kind (`pods`), kinds (`pod,node`), a kind and names
+    /// (`pods a b`), or KIND/NAME for each (`pods/a nodes/n1`). Kinds:
     /// pods (po), deployments (deploy), replicasets (rs), daemonsets (ds),
-    /// jobs (job), cronjobs (cj), nodes (no), modules, priorityclasses (pc),
-    /// or `all` (the namespace's pods and workloads).
-    kind: String,
-    /// Only this object.
-    name: Option<String>,
-    #[arg(short, long, value_enum, default_value = "table")]
-    output: Format,
+    /// jobs (job), cronjobs (cj), nodes (no), services (svc), endpoints
+    /// (ep), configmaps (cm), secrets, events (ev), namespaces (ns),
+    /// modules, priorityclasses (pc); or `all` (the namespace's pods and
+    /// workloads).
+    #[arg(required = true, value_name = "KIND[,KIND…] [NAME…] | KIND/NAME…")]
+    targets: Vec<String>,
+    /// table, wide, json, yaml, name, jsonpath=TEMPLATE or
+    /// custom-columns=HEADER:PATH,…
+    #[arg(short, long, default_value = "table", value_parser = Output::parse)]
+    output: Output,
     #[arg(short, long, default_value = "default")]
     namespace: String,
-    /// Every namespace.
+    /// Every namespace (and a NAMESPACE column).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
     /// Label selector, e.g. app=web,tier!=db.
     #[arg(short = 'l', long, default_value = "")]
     selector: String,
+    /// Field selector, e.g. status.phase=Running,spec.nodeName!=pi-1: any
+    /// field of the manifest, compared as text.
+    #[arg(long, default_value = "")]
+    field_selector: String,
+    /// Sort by a field, as a JSONPath: .metadata.creationTimestamp,
+    /// .status.restartCount, {.metadata.name}.
+    #[arg(long)]
+    sort_by: Option<String>,
+    /// A LABELS column.
+    #[arg(long)]
+    show_labels: bool,
+    /// A column for each of these label keys (comma-separated, repeatable).
+    #[arg(short = 'L', long = "label-columns", value_delimiter = ',')]
+    label_columns: Vec<String>,
+    /// Tables without their header.
+    #[arg(long)]
+    no_headers: bool,
     /// After listing, keep printing changes: a row when an object is added
     /// or changes what its row shows, marked `(deleted)` when it goes.
     #[arg(short, long)]
@@ -855,10 +878,7 @@ pub struct GetArgs {
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
-    Kind::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        anyhow!("unknown kind {s:?}; use one of {}", all.join(", "))
-    })
+    listing::parse_kind(s)
 }
 
 /// The objects of type `T` among `objs`.
@@ -866,21 +886,6 @@ fn typed<T: flotilla_api::objects::Typed>(objs: &[Object]) -> Vec<T> {
     objs.iter()
         .filter_map(|o| o.as_kind::<T>().cloned())
         .collect()
-}
-
-fn render(
-    kind: Kind,
-    objs: &[Object],
-    format: Format,
-    single: bool,
-    users: &output::ModuleUsers,
-) -> anyhow::Result<String> {
-    match format {
-        Format::Json | Format::Yaml => output::structured(objs, format, single),
-        Format::Table | Format::Wide => {
-            Ok(render_table(kind, objs, format == Format::Wide, users).to_string())
-        }
-    }
 }
 
 /// The table `get` prints for `objs`.
@@ -1139,14 +1144,15 @@ const ALL: [Kind; 6] = [
 /// `get all`: a table per kind that has objects, each name prefixed with
 /// its kind (`deployment/web`).
 async fn get_all(config: &Path, a: &GetArgs) -> anyhow::Result<ExitCode> {
-    if a.name.is_some() || a.watch {
+    if a.targets.len() > 1 || a.watch {
         bail!("`get all` lists; name a kind to get one object or to watch");
     }
     flotilla_api::selector::Selector::parse(&a.selector)?;
+    let fields = FieldSelector::parse(&a.field_selector)?;
     let client = connect(config).await?;
-    let mut sections = Vec::new();
+    let mut groups = Vec::new();
     for kind in ALL {
-        let (_, mut objs) = list_all(
+        let (_, objs) = list_all(
             &client,
             ListOptions {
                 kind: Some(kind),
@@ -1157,122 +1163,245 @@ async fn get_all(config: &Path, a: &GetArgs) -> anyhow::Result<ExitCode> {
             },
         )
         .await?;
-        if objs.is_empty() {
-            continue;
+        let objs = select(objs, &fields, a.sort_by.as_deref())?;
+        if !objs.is_empty() {
+            groups.push((kind, objs));
         }
-        if matches!(a.output, Format::Table | Format::Wide) {
-            for o in &mut objs {
-                let m = o.meta_mut();
-                m.name = format!("{}/{}", kind.as_str().to_lowercase(), m.name);
-            }
-        }
-        sections.push((kind, objs));
     }
-    if sections.is_empty() {
+    if groups.is_empty() {
         eprintln!("No resources found in {} namespace.", a.namespace);
         return Ok(ExitCode::SUCCESS);
     }
-    let users = output::ModuleUsers::new();
-    if matches!(a.output, Format::Json | Format::Yaml) {
-        let all: Vec<Object> = sections.into_iter().flat_map(|(_, o)| o).collect();
-        print!("{}", render(Kind::Pod, &all, a.output, false, &users)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let tables: Vec<String> = sections
-        .iter()
-        .map(|(kind, objs)| render(*kind, objs, a.output, false, &users))
-        .collect::<anyhow::Result<_>>()?;
-    print!("{}", tables.join("\n"));
+    // As kubectl: every section's names as KIND/NAME.
+    let prefix = true;
+    print!(
+        "{}",
+        print_groups(&groups, a, false, prefix, &output::ModuleUsers::new())?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
+/// The objects `fields` selects, sorted by `sort_by` if given.
+fn select(
+    objs: Vec<Object>,
+    fields: &FieldSelector,
+    sort_by: Option<&str>,
+) -> anyhow::Result<Vec<Object>> {
+    let mut objs: Vec<Object> = if fields.is_empty() {
+        objs
+    } else {
+        objs.into_iter()
+            .filter(|o| fields.matches(&listing::manifest(o)))
+            .collect()
+    };
+    if let Some(by) = sort_by {
+        let t = crate::jsonpath::Template::parse(by).map_err(|e| anyhow!("--sort-by: {e}"))?;
+        listing::sort_by(&mut objs, &t);
+    }
+    Ok(objs)
+}
+
+/// How `get` shapes tables beyond each kind's columns.
+fn shape_of(a: &GetArgs, prefix: Option<Kind>) -> Shape {
+    Shape {
+        namespace: a.all_namespaces,
+        show_labels: a.show_labels,
+        label_columns: a.label_columns.clone(),
+        kind_prefix: prefix,
+    }
+}
+
+/// The table of `objs` of `kind`, a row per object in their order, shaped
+/// as the arguments ask.
+fn shaped_table(
+    kind: Kind,
+    objs: &[Object],
+    a: &GetArgs,
+    prefix: Option<Kind>,
+    users: &output::ModuleUsers,
+) -> Table {
+    let wide = a.output == Output::Wide;
+    let header = render_table(kind, &[], wide, users).header;
+    let rows = objs
+        .iter()
+        .map(|o| {
+            render_table(kind, std::slice::from_ref(o), wide, users)
+                .rows
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+        })
+        .collect();
+    listing::shape(&header, rows, objs, &shape_of(a, prefix))
+}
+
+/// What `get` prints for groups of objects by kind, in the format asked.
+fn print_groups(
+    groups: &[(Kind, Vec<Object>)],
+    a: &GetArgs,
+    single: bool,
+    prefix: bool,
+    users: &output::ModuleUsers,
+) -> anyhow::Result<String> {
+    let all: Vec<Object> = groups.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
+    let table_text = |t: &Table| {
+        if a.no_headers {
+            listing::without_header(t)
+        } else {
+            t.to_string()
+        }
+    };
+    Ok(match &a.output {
+        Output::Json | Output::Yaml => {
+            let format = a.output.structured().unwrap_or(Format::Yaml);
+            output::structured(&all, format, single)?
+        }
+        Output::Name => all.iter().map(|o| listing::name_of(o) + "\n").collect(),
+        Output::JsonPath(t) => t.render(&listing::jsonpath_input(&all, single)),
+        Output::CustomColumns(cols) => table_text(&listing::custom_table(cols, &all)),
+        Output::Table | Output::Wide => groups
+            .iter()
+            .filter(|(_, objs)| !objs.is_empty())
+            .map(|(kind, objs)| {
+                table_text(&shaped_table(
+                    *kind,
+                    objs,
+                    a,
+                    prefix.then_some(*kind),
+                    users,
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
 pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
-    if a.kind == "all" {
+    if a.targets.first().map(String::as_str) == Some("all") {
         return get_all(config, &a).await;
     }
-    let kind = parse_kind(&a.kind)?;
+    let groups = listing::targets(&a.targets)?;
     flotilla_api::selector::Selector::parse(&a.selector)?;
-    let client = connect(config).await?;
-    let namespace = if !kind.namespaced() {
-        String::new()
-    } else {
-        a.namespace.clone()
-    };
-    let (revision, objs) = if let Some(name) = &a.name {
-        match call(
-            &client,
-            &Request::Get {
-                kind,
-                namespace: namespace.clone(),
-                name: name.clone(),
-                stale: a.stale,
-            },
-        )
-        .await?
-        {
-            Response::Object(o) => (0, vec![o]),
-            other => bail!("unexpected answer {other:?}"),
+    let fields = FieldSelector::parse(&a.field_selector)?;
+    if let Some(by) = &a.sort_by {
+        crate::jsonpath::Template::parse(by).map_err(|e| anyhow!("--sort-by: {e}"))?;
+    }
+    let watched = match groups.as_slice() {
+        [(kind, names)] if names.len() <= 1 => Some((*kind, names.first().cloned())),
+        _ if a.watch => {
+            bail!("-w watches one kind (and at most one name): run one `get -w` per kind")
         }
-    } else {
-        let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
-        list_all(
-            &client,
-            ListOptions {
-                kind: Some(kind),
-                namespace: ns,
-                label_selector: a.selector.clone(),
-                node_name: None,
-                stale: a.stale,
-            },
-        )
-        .await?
+        _ => None,
     };
-    if objs.is_empty() && !a.watch {
-        eprintln!("No {} found.", kind.plural());
+    let client = connect(config).await?;
+    let mut fetched: Vec<(Kind, Vec<Object>)> = Vec::new();
+    let mut missing = Vec::new();
+    let mut revision = 0;
+    for (kind, names) in &groups {
+        let kind = *kind;
+        let namespace = if kind.namespaced() {
+            a.namespace.clone()
+        } else {
+            String::new()
+        };
+        let objs = if names.is_empty() {
+            let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
+            let (rev, objs) = list_all(
+                &client,
+                ListOptions {
+                    kind: Some(kind),
+                    namespace: ns,
+                    label_selector: a.selector.clone(),
+                    node_name: None,
+                    stale: a.stale,
+                },
+            )
+            .await?;
+            revision = rev;
+            objs
+        } else {
+            let mut objs = Vec::new();
+            for name in names {
+                let got = call(
+                    &client,
+                    &Request::Get {
+                        kind,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        stale: a.stale,
+                    },
+                )
+                .await;
+                match got {
+                    Ok(Response::Object(o)) => objs.push(o),
+                    Ok(other) => bail!("unexpected answer {other:?}"),
+                    // One missing name of several: the others still print.
+                    Err(e) if names.len() > 1 || groups.len() > 1 => missing.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            objs
+        };
+        let objs = select(objs, &fields, a.sort_by.as_deref())?;
+        let objs = if a.show_secrets && kind == Kind::Secret {
+            reveal_secrets(&client, objs, a.stale).await?
+        } else {
+            objs
+        };
+        fetched.push((kind, objs));
+    }
+    let single = groups.len() == 1 && groups[0].1.len() == 1;
+    let empty = fetched.iter().all(|(_, o)| o.is_empty());
+    if empty && !a.watch && missing.is_empty() {
+        match fetched.as_slice() {
+            [(kind, _)] => eprintln!("No {} found.", kind.plural()),
+            _ => eprintln!("No resources found."),
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let objs = if a.show_secrets && kind == Kind::Secret {
-        reveal_secrets(&client, objs, a.stale).await?
-    } else {
-        objs
-    };
     // Which pods use each module (the IN-USE column): what module
     // collection goes by, so people see what will be removed.
-    let users = if kind == Kind::Module && matches!(a.output, Format::Table | Format::Wide) {
+    let users = if fetched.iter().any(|(k, _)| *k == Kind::Module) && a.output.tabular() {
         module_users(&client, a.stale).await?
     } else {
         output::ModuleUsers::new()
     };
-    let wide = a.output == Format::Wide;
-    let tabular = matches!(a.output, Format::Table | Format::Wide);
-    let mut watch_table = WatchTable::new(a.output_watch_events);
-    if a.watch && tabular {
-        let rows = objs
-            .iter()
-            .filter_map(|o| {
-                let row = render_table(kind, std::slice::from_ref(o), wide, &users).rows;
-                Some((key_of(o), row.into_iter().next()?))
-            })
-            .collect();
+    let Some((kind, name)) = watched.filter(|_| a.watch) else {
         print!(
             "{}",
-            watch_table.listed(&render_table(kind, &objs, wide, &users), rows)
+            print_groups(&fetched, &a, single, groups.len() > 1, &users)?
         );
+        for e in &missing {
+            eprintln!("error: {e}");
+        }
+        return Ok(if missing.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    };
+    let objs = fetched.pop().map(|(_, o)| o).unwrap_or_default();
+    let mut watch_table = WatchTable::new(a.output_watch_events);
+    let one = |o: &Object| shaped_table(kind, std::slice::from_ref(o), &a, None, &users);
+    if a.output.tabular() {
+        let rows = objs
+            .iter()
+            .filter_map(|o| Some((key_of(o), one(o).rows.into_iter().next()?)))
+            .collect();
+        let listed = shaped_table(kind, &objs, &a, None, &users);
+        print!("{}", watch_table.listed(&listed, rows));
     } else {
         print!(
             "{}",
-            render(kind, &objs, a.output, a.name.is_some(), &users)?
+            print_groups(&[(kind, objs.clone())], &a, name.is_some(), false, &users)?
         );
-    }
-    if !a.watch {
-        return Ok(ExitCode::SUCCESS);
     }
     let revision = if revision == 0 {
         objs.first().map(|o| o.meta().resource_version).unwrap_or(0)
     } else {
         revision
     };
-    let ns = (kind.namespaced() && !a.all_namespaces).then(|| namespace.clone());
+    let ns = (kind.namespaced() && !a.all_namespaces).then(|| a.namespace.clone());
     let list = ListOptions {
         kind: Some(kind),
         namespace: ns,
@@ -1290,19 +1419,28 @@ pub async fn get(config: &Path, a: GetArgs) -> anyhow::Result<ExitCode> {
     loop {
         match read_frame::<Response>(&mut recv).await.map_err(explain)? {
             Some(Response::Event(ev)) => {
-                if a.name.as_ref().is_some_and(|n| *n != ev.object.meta().name)
+                if name.as_ref().is_some_and(|n| *n != ev.object.meta().name)
                     || ev.kind == EventType::Bookmark
+                    || !(fields.is_empty() || fields.matches(&listing::manifest(&ev.object)))
                 {
                     continue;
                 }
-                let one = std::slice::from_ref(&ev.object);
-                if tabular {
-                    let table = render_table(kind, one, wide, &users);
-                    if let Some(line) = watch_table.event(ev.kind, &ev.object, &table) {
+                if a.output.tabular() {
+                    if let Some(line) = watch_table.event(ev.kind, &ev.object, &one(&ev.object)) {
                         print!("{line}");
                     }
                 } else {
-                    print!("{}", render(kind, one, a.output, true, &users)?);
+                    let group = [(kind, vec![ev.object.clone()])];
+                    let text = print_groups(&group, &a, true, false, &users)?;
+                    // Custom columns: the header was printed with the list.
+                    let text = match &a.output {
+                        Output::CustomColumns(_) => text
+                            .split_once('\n')
+                            .map(|(_, r)| r.to_string())
+                            .unwrap_or_default(),
+                        _ => text,
+                    };
+                    print!("{text}");
                 }
                 let _ = std::io::stdout().flush();
             }
@@ -1677,39 +1815,92 @@ async fn stream_log(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `delete` deletes.
+pub struct DeleteTargets {
+    /// `KIND NAME…`, `KIND/NAME…`, or a kind with `all` or `selector`.
+    pub targets: Vec<String>,
+    pub files: Vec<PathBuf>,
+    pub namespace: String,
+    /// Every object of the kind(s).
+    pub all: bool,
+    pub selector: Option<String>,
+    /// With `all` or `selector`: in every namespace.
+    pub all_namespaces: bool,
+}
+
 pub async fn delete(
     config: &Path,
-    kind: Option<&str>,
-    names: &[String],
-    files: &[PathBuf],
-    namespace: &str,
+    which: &DeleteTargets,
     cascade: Propagation,
     wait: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(Kind, String, String)> = Vec::new();
-    if !files.is_empty() {
-        for (_, _, o) in load_manifests(files)?.0 {
+    if !which.files.is_empty() {
+        for (_, _, o) in load_manifests(&which.files)?.0 {
             targets.push((o.kind(), o.meta().namespace.clone(), o.meta().name.clone()));
         }
     }
-    if let Some(k) = kind {
-        let kind = parse_kind(k)?;
-        if names.is_empty() {
-            bail!(
-                "name the {} to delete, e.g. `flotilla delete {} NAME`",
+    let groups = if which.targets.is_empty() {
+        Vec::new()
+    } else {
+        listing::targets(&which.targets)?
+    };
+    let by_query = which.all || which.selector.is_some();
+    if let Some(sel) = &which.selector {
+        flotilla_api::selector::Selector::parse(sel)?;
+    }
+    // (kind, selector) pairs to list before deleting what they find.
+    let mut queries = Vec::new();
+    for (kind, names) in &groups {
+        let kind = *kind;
+        match (names.is_empty(), by_query) {
+            (true, false) => bail!(
+                "name the {} to delete, e.g. `flotilla delete {} NAME`, or give --all or -l SELECTOR",
                 kind.plural(),
                 kind.as_str().to_lowercase()
-            );
+            ),
+            (false, true) => bail!("give names, or --all / -l, not both"),
+            (true, true) => queries.push(kind),
+            (false, false) => {
+                let ns = if kind.namespaced() {
+                    which.namespace.clone()
+                } else {
+                    String::new()
+                };
+                targets.extend(names.iter().map(|n| (kind, ns.clone(), n.clone())));
+            }
         }
-        let ns = if kind.namespaced() {
-            namespace.to_string()
-        } else {
-            String::new()
-        };
-        targets.extend(names.iter().map(|n| (kind, ns.clone(), n.clone())));
     }
-    if targets.is_empty() {
+    if by_query && groups.is_empty() {
+        bail!("name the kind to delete with --all or -l, e.g. `flotilla delete pods --all`");
+    }
+    if targets.is_empty() && queries.is_empty() {
         bail!("nothing to delete: give a kind and names, or -f FILE");
+    }
+    let client = connect(config).await?;
+    for kind in queries {
+        let ns = (kind.namespaced() && !which.all_namespaces).then(|| which.namespace.clone());
+        let (_, objs) = list_all(
+            &client,
+            ListOptions {
+                kind: Some(kind),
+                namespace: ns,
+                label_selector: which.selector.clone().unwrap_or_default(),
+                node_name: None,
+                stale: false,
+            },
+        )
+        .await?;
+        if objs.is_empty() {
+            eprintln!("No {} found.", kind.plural());
+        }
+        for o in objs {
+            if kind == Kind::Namespace && o.meta().name == flotilla_api::meta::DEFAULT_NAMESPACE {
+                // `delete ns --all` empties the others; the default one stays.
+                continue;
+            }
+            targets.push((kind, o.meta().namespace.clone(), o.meta().name.clone()));
+        }
     }
     let client = connect(config).await?;
     let mut failed = false;
@@ -2037,7 +2228,7 @@ mod tests {
         let out = w.listed(&table, vec![(key_of(&a), row(&a))]);
         assert_eq!(
             out,
-            "NAMESPACE   NAME   STATUS             RESTARTS   AGE\ndefault     a      Pending            0          10d\n"
+            "NAMESPACE   NAME   READY   STATUS             RESTARTS   AGE\ndefault     a      0/1     Pending            0          10d\n"
         );
         let one = |o: &Object| {
             render_table(
@@ -2054,21 +2245,21 @@ mod tests {
         assert_eq!(
             w.event(EventType::Modified, &running, &one(&running))
                 .as_deref(),
-            Some("default     a      Running            0          10d\n")
+            Some("default     a      0/1     Running            0          10d\n")
         );
         // A wider cell widens its column from then on, under a header
         // printed again at the new widths.
         let long = pod("a-much-longer-name", Pending);
         assert_eq!(
             w.event(EventType::Added, &long, &one(&long)).as_deref(),
-            Some("NAMESPACE   NAME                 STATUS             RESTARTS   AGE\ndefault     a-much-longer-name   Pending            0          10d\n")
+            Some("NAMESPACE   NAME                 READY   STATUS             RESTARTS   AGE\ndefault     a-much-longer-name   0/1     Pending            0          10d\n")
         );
         // A deletion is marked, even with the row as it was.
         assert_eq!(
             w.event(EventType::Deleted, &running, &one(&running))
                 .as_deref(),
             Some(
-                "default     a                    Running            0          10d   (deleted)\n"
+                "default     a                    0/1     Running            0          10d   (deleted)\n"
             )
         );
         assert_eq!(w.event(EventType::Bookmark, &a, &one(&a)), None);
@@ -2089,11 +2280,11 @@ mod tests {
         );
         assert_eq!(
             w.event(EventType::Added, &a, &one).as_deref(),
-            Some("EVENT   NAMESPACE   NAME   STATUS             RESTARTS   AGE\nADDED   default     a      Pending            0          10d\n")
+            Some("EVENT   NAMESPACE   NAME   READY   STATUS             RESTARTS   AGE\nADDED   default     a      0/1     Pending            0          10d\n")
         );
         assert_eq!(
             w.event(EventType::Deleted, &a, &one).as_deref(),
-            Some("EVENT     NAMESPACE   NAME   STATUS             RESTARTS   AGE\nDELETED   default     a      Pending            0          10d\n")
+            Some("EVENT     NAMESPACE   NAME   READY   STATUS             RESTARTS   AGE\nDELETED   default     a      0/1     Pending            0          10d\n")
         );
     }
 

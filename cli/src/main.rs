@@ -13,6 +13,8 @@
 mod commands;
 #[cfg(feature = "node")]
 mod hollow;
+mod jsonpath;
+mod listing;
 mod nodes;
 mod output;
 mod workloads;
@@ -91,8 +93,9 @@ enum Command {
     Get(commands::GetArgs),
     /// Show an object in detail.
     Describe {
+        /// A kind (with NAME), or KIND/NAME.
         kind: String,
-        name: String,
+        name: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
@@ -100,12 +103,22 @@ enum Command {
     Logs(commands::LogsArgs),
     /// Delete objects by kind and name, or those in manifest files.
     Delete {
-        kind: Option<String>,
-        names: Vec<String>,
+        /// `KIND NAME…`, `KIND/NAME…`, or a kind with --all or -l.
+        #[arg(value_name = "KIND [NAME…] | KIND/NAME…")]
+        targets: Vec<String>,
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Every object of the kind in the namespace.
+        #[arg(long)]
+        all: bool,
+        /// The objects of the kind these labels select, e.g. app=web.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// With --all or -l: in every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
         /// What becomes of the objects it owns (a Deployment's ReplicaSets,
         /// their pods): `background` deletes them soon after, `foreground`
         /// before the owner goes, `orphan` keeps them, without the
@@ -799,13 +812,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             kind,
             name,
             namespace,
-        } => commands::describe(&config, &kind, &name, &namespace).await,
+        } => {
+            let (kind, name) = match (kind.split_once('/'), name) {
+                (Some((k, n)), None) => (k.to_string(), n.to_string()),
+                (None, Some(n)) => (kind, n),
+                (Some(_), Some(_)) => {
+                    anyhow::bail!("give KIND NAME or KIND/NAME, not both")
+                }
+                (None, None) => anyhow::bail!(
+                    "name the object to describe: `flotilla describe {kind} NAME` or `flotilla describe {kind}/NAME`"
+                ),
+            };
+            commands::describe(&config, &kind, &name, &namespace).await
+        }
         Command::Logs(args) => commands::logs(&config, &args).await,
         Command::Delete {
-            kind,
-            names,
+            targets,
             files,
             namespace,
+            all,
+            selector,
+            all_namespaces,
             cascade,
             wait,
             timeout,
@@ -815,16 +842,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
-            commands::delete(
-                &config,
-                kind.as_deref(),
-                &names,
-                &files,
-                &namespace,
-                cascade.into(),
-                wait,
-            )
-            .await
+            let which = commands::DeleteTargets {
+                targets,
+                files,
+                namespace,
+                all,
+                selector,
+                all_namespaces,
+            };
+            commands::delete(&config, &which, cascade.into(), wait).await
         }
         Command::Scale {
             target,

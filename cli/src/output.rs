@@ -90,7 +90,8 @@ fn or_none(s: &str) -> String {
     }
 }
 
-/// Pod STATUS column: the reason when there is one (CrashLoopBackOff, OOMKilled), else the phase.
+/// Pod STATUS column: the reason when there is one (CrashLoopBackOff,
+/// OOMKilled, `Completed` for a pod that ran to success), else the phase.
 /// `Unknown` (the pod's node is not ready) shows as such, as kubectl shows
 /// it; the reason (`NodeLost`) is in `describe`.
 pub fn pod_status(p: &Pod) -> String {
@@ -100,7 +101,7 @@ pub fn pod_status(p: &Pod) -> String {
     if p.status.phase == PodPhase::Unknown {
         return p.status.phase.to_string();
     }
-    if !p.status.reason.is_empty() && p.status.reason != "Completed" {
+    if !p.status.reason.is_empty() {
         p.status.reason.clone()
     } else {
         p.status.phase.to_string()
@@ -108,18 +109,23 @@ pub fn pod_status(p: &Pod) -> String {
 }
 
 pub fn pods(items: &[Pod], wide: bool, now: Time) -> Table {
-    let mut header = vec!["NAMESPACE", "NAME", "STATUS", "RESTARTS", "AGE"];
+    let mut header = vec!["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"];
     if wide {
         header.extend(["NODE", "EXIT", "MODULE"]);
     }
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|p| {
+            let ready = p
+                .status
+                .condition(flotilla_api::objects::condition::READY)
+                .is_some_and(|c| c.status);
             let mut r = vec![
                 p.metadata.namespace.clone(),
                 p.metadata.name.clone(),
+                format!("{}/1", u8::from(ready)),
                 pod_status(p),
-                p.status.restart_count.to_string(),
+                restarts(p, now),
                 p.metadata
                     .creation_timestamp
                     .map(|t| age(t, now))
@@ -139,6 +145,16 @@ pub fn pods(items: &[Pod], wide: bool, now: Time) -> Table {
         })
         .collect();
     Table::new(&header, rows)
+}
+
+/// RESTARTS as kubectl shows it: the count, and how long ago the last
+/// restarted run ended (`2 (20s ago)`).
+fn restarts(p: &Pod, now: Time) -> String {
+    let n = p.status.restart_count;
+    match p.status.last_state.as_ref().and_then(|l| l.finished_at) {
+        Some(at) if n > 0 => format!("{n} ({} ago)", age(at, now)),
+        _ => n.to_string(),
+    }
 }
 
 fn age_of(m: &flotilla_api::ObjectMeta, now: Time) -> String {
@@ -1175,13 +1191,37 @@ mod tests {
                 pod(PodPhase::Running, "CrashLoopBackOff"),
                 "CrashLoopBackOff",
             ),
-            (pod(PodPhase::Succeeded, "Completed"), "Succeeded"),
+            (pod(PodPhase::Succeeded, "Completed"), "Completed"),
             (pod(PodPhase::Failed, "InvalidModule"), "InvalidModule"),
             (pod(PodPhase::Unknown, "NodeLost"), "Unknown"),
         ];
         for (p, want) in cases {
             assert_eq!(pod_status(&p), want, "{:?}", p.status);
         }
+    }
+
+    #[test]
+    fn pods_show_ready_and_when_they_last_restarted() {
+        let mut p = Pod::default();
+        p.metadata.name = "web".into();
+        p.metadata.creation_timestamp = Some(Time(0));
+        p.status.phase = PodPhase::Running;
+        p.status.restart_count = 2;
+        p.status.last_state = Some(flotilla_api::objects::LastState {
+            exit_code: Some(1),
+            finished_at: Some(Time(3_580_000)),
+            ..Default::default()
+        });
+        p.status.set_condition(flotilla_api::objects::PodCondition {
+            type_: flotilla_api::objects::condition::READY.into(),
+            status: true,
+            ..Default::default()
+        });
+        let t = pods(&[p], false, Time(3_600_000));
+        assert_eq!(
+            t.to_string(),
+            "NAMESPACE   NAME   READY   STATUS    RESTARTS      AGE\n            web    1/1     Running   2 (20s ago)   60m\n"
+        );
     }
 
     #[test]

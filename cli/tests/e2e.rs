@@ -132,7 +132,7 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
     let wide = c.ok(&["get", "pods", "-o", "wide"]);
     assert!(
         wide.lines().any(|l| l.contains("hello")
-            && l.contains("Succeeded")
+            && l.contains("Completed")
             && (l.contains("n1") || l.contains("n2"))),
         "{wide}"
     );
@@ -633,7 +633,7 @@ fn up_runs_master_and_node_in_one_process() {
         .success());
     wait_for("hello to succeed", T, || {
         String::from_utf8_lossy(&run(&["get", "pods"]).stdout)
-            .contains("Succeeded")
+            .contains("Completed")
             .then_some(())
     });
     assert!(
@@ -816,7 +816,6 @@ fn data_files_and_backups_are_private_to_their_owner() {
     );
 }
 
-/// The `get pods` columns of one pod: NAMESPACE NAME STATUS RESTARTS AGE.
 /// The environment process `pid` runs with.
 fn environ(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -826,11 +825,13 @@ fn environ(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The `get pods` cells of one pod (NAME READY STATUS RESTARTS AGE), split
+/// at spaces.
 fn pod_row(c: &Cluster, pod: &str) -> Vec<String> {
     c.ok(&["get", "pods"])
         .lines()
         .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
-        .find(|cols| cols.get(1).map(String::as_str) == Some(pod))
+        .find(|cols| cols.first().map(String::as_str) == Some(pod))
         .unwrap_or_default()
 }
 
@@ -1107,14 +1108,14 @@ fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
     let text = lines.join("\n");
 
     // Nothing listed at first: the header comes with the first row.
-    assert!(lines[0].starts_with("NAMESPACE   NAME"), "{text}");
+    assert!(lines[0].starts_with("NAME   "), "{text}");
     // Every row's columns start where those of the header above it do (a
     // wider cell prints the header again, widened).
     let mut starts = Vec::new();
     let mut rows = Vec::new();
     for line in &lines {
-        if line.starts_with("NAMESPACE ") {
-            starts = ["NAME", "STATUS", "RESTARTS", "AGE"]
+        if line.starts_with("NAME ") {
+            starts = ["READY", "STATUS", "RESTARTS", "AGE"]
                 .iter()
                 .map(|h| line.find(&format!(" {h}")).expect("column") + 1)
                 .collect();
@@ -1131,16 +1132,16 @@ fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
     }
     // The statuses a pod goes through fit the STATUS column as first printed.
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("NAMESPACE ")).count(),
+        lines.iter().filter(|l| l.starts_with("NAME ")).count(),
         1,
         "{text}"
     );
     // A row only when it changes (its age aside): never the same row twice running.
-    let shown = |l: &str| l.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+    let shown = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     for pair in rows.windows(2).filter(|p| !p[1].ends_with("(deleted)")) {
         assert_ne!(shown(&pair[0]), shown(&pair[1]), "a repeated row:\n{text}");
     }
-    assert!(lines.iter().any(|l| l.contains(" Succeeded ")), "{text}");
+    assert!(lines.iter().any(|l| l.contains(" Completed ")), "{text}");
     let last = lines.last().expect("rows");
     assert!(
         last.contains("hello-with-a-long-name") && last.ends_with("(deleted)"),

@@ -123,6 +123,9 @@ pub struct PodMachine {
     /// The pod ran before this machine existed (the node agent restarted):
     /// its next start is a restart and counts as one.
     pub ran_before: bool,
+    /// The last run that was followed by a restart: when it started, and
+    /// how it ended (the status's `lastState`).
+    pub restarted_run: Option<(Option<Time>, Exit)>,
 }
 
 impl PodMachine {
@@ -138,6 +141,7 @@ impl PodMachine {
             start_time: None,
             current_backoff: Duration::ZERO,
             ran_before: false,
+            restarted_run: None,
         };
         (m, vec![Action::Report, Action::Prepare])
     }
@@ -154,6 +158,7 @@ impl PodMachine {
         let (mut m, actions) = PodMachine::new(policy, status.restart_count);
         m.start_time = status.start_time;
         m.ran_before = status.start_time.is_some();
+        m.restarted_run = restarted_run_of(status);
         (m, actions)
     }
 
@@ -175,6 +180,7 @@ impl PodMachine {
             start_time: status.start_time,
             current_backoff: Duration::ZERO,
             ran_before: false,
+            restarted_run: restarted_run_of(status),
         }
     }
 
@@ -240,14 +246,15 @@ impl PodMachine {
                 vec![Report]
             }
             (State::Running { since }, Event::Exited(exit)) => {
-                if now.since(*since) >= BACKOFF_RESET_AFTER.as_millis() as i64 {
+                let since = *since;
+                if now.since(since) >= BACKOFF_RESET_AFTER.as_millis() as i64 {
                     self.next_backoff = BACKOFF_INITIAL;
                 }
-                self.finish(exit, now)
+                self.finish(Some(since), exit, now)
             }
             // An instance that failed to start ends like one that exited at once.
             (State::Preparing, Event::Exited(exit))
-            | (State::CrashBackOff { .. }, Event::Exited(exit)) => self.finish(exit, now),
+            | (State::CrashBackOff { .. }, Event::Exited(exit)) => self.finish(None, exit, now),
             (State::CrashBackOff { .. }, Event::BackOffElapsed) => {
                 self.restart_count = self.restart_count.saturating_add(1);
                 vec![Start]
@@ -269,9 +276,12 @@ impl PodMachine {
         }
     }
 
-    fn finish(&mut self, exit: Exit, now: Time) -> Vec<Action> {
+    fn finish(&mut self, started: Option<Time>, exit: Exit, now: Time) -> Vec<Action> {
         let restart = self.wants_restart(&exit);
         let success = exit.success();
+        if restart {
+            self.restarted_run = Some((started, exit.clone()));
+        }
         self.last_exit = Some(exit);
         if restart {
             let d = self.backoff(now);
@@ -295,6 +305,15 @@ impl PodMachine {
             restart_count: self.restart_count,
             start_time: self.start_time,
             exit_code: self.last_exit.as_ref().and_then(|e| e.code),
+            last_state: self.restarted_run.as_ref().map(|(started, e)| {
+                flotilla_api::objects::LastState {
+                    exit_code: e.code,
+                    reason: e.reason.clone(),
+                    message: e.message.clone(),
+                    started_at: *started,
+                    finished_at: Some(e.at),
+                }
+            }),
             ..PodStatus::default()
         };
         let exit_desc = |e: &Exit| match (&e.code, e.reason.as_str()) {
@@ -362,6 +381,21 @@ impl PodMachine {
         }
         s
     }
+}
+
+/// The run a status says was last followed by a restart.
+fn restarted_run_of(status: &PodStatus) -> Option<(Option<Time>, Exit)> {
+    status.last_state.as_ref().map(|l| {
+        (
+            l.started_at,
+            Exit {
+                code: l.exit_code,
+                reason: l.reason.clone(),
+                message: l.message.clone(),
+                at: l.finished_at.unwrap_or_default(),
+            },
+        )
+    })
 }
 
 fn add(t: Time, d: Duration) -> Time {

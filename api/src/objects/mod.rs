@@ -50,7 +50,7 @@ pub use node::{
     ReadyState,
 };
 pub use pod::{
-    condition, EnvVar, Pod, PodCondition, PodPhase, PodSpec, PodStatus, ResourceList,
+    condition, EnvVar, LastState, Pod, PodCondition, PodPhase, PodSpec, PodStatus, ResourceList,
     ResourceRequirements, RestartPolicy,
 };
 pub use priority_class::PriorityClass;

@@ -353,6 +353,28 @@ pub struct PodStatus {
     /// `spec.network`, refused.
     #[serde(skip_serializing_if = "crate::is_default")]
     pub network_refusals: Option<super::network::NetworkRefusals>,
+    /// How the last run that was followed by a restart ended (kubectl's
+    /// Last State): set once the program has been restarted.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub last_state: Option<LastState>,
+}
+
+/// How one run of a pod's program ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LastState {
+    /// The program's exit code, or the code of how it was ended (see `exitCode`).
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub exit_code: Option<i32>,
+    /// Empty for a plain exit; `OOMKilled`, `Trap`, `Unhealthy`… otherwise.
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub message: String,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub started_at: Option<Time>,
+    #[serde(skip_serializing_if = "crate::is_default")]
+    pub finished_at: Option<Time>,
 }
 
 /// A milestone in a pod's life, with when it happened.
