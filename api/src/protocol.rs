@@ -196,6 +196,8 @@ pub enum Request {
     /// older form, without `previous`, `timestamps` and `since`, still
     /// understood, and still sent to nodes when it says enough).
     PodLogs(LogOptions),
+    /// Which release the master runs: answered `Version`.
+    Version,
 }
 
 /// What of a pod's logs is asked for.
@@ -445,6 +447,11 @@ pub enum Response {
     Code {
         sha256: String,
         size: u64,
+    },
+    /// The master's release (`Cargo` version) and protocol version.
+    Version {
+        version: String,
+        protocol: u32,
     },
 }
 
@@ -757,6 +764,7 @@ mod tests {
                 since_time: Some(crate::time::Time(1_000)),
                 ..LogOptions::default()
             }),
+            Request::Version,
         ]
     }
 
@@ -937,7 +945,15 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        for resp in [Response::Raft(vec![9, 8, 7]), Response::Ok, Response::End] {
+        for resp in [
+            Response::Raft(vec![9, 8, 7]),
+            Response::Ok,
+            Response::End,
+            Response::Version {
+                version: "0.2.0".into(),
+                protocol: PROTOCOL_VERSION,
+            },
+        ] {
             let bytes = encode_frame(&resp).expect("encodes");
             assert_eq!(decode_frame::<Response>(&bytes).expect("decodes"), resp);
         }

@@ -162,6 +162,55 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The manifest files `-f` names: files as they are, `-` for standard
+/// input, and for a directory the `.yaml`, `.yml` and `.json` files in it,
+/// by name (with `recursive`, those of its subdirectories too, as kubectl's
+/// `-R`).
+pub fn expand_files(given: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| anyhow!("cannot read the directory {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                if recursive {
+                    walk(&p, recursive, out)?;
+                }
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for f in given {
+        if f != Path::new("-") && f.is_dir() {
+            let before = out.len();
+            walk(f, recursive, &mut out)?;
+            if out.len() == before {
+                bail!(
+                    "{} holds no .yaml, .yml or .json file{}",
+                    f.display(),
+                    if recursive {
+                        ""
+                    } else {
+                        " (add -R to read its subdirectories)"
+                    }
+                );
+            }
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Reads and validates every file first: a bad document anywhere changes
 /// nothing. Each object comes with its file and its document number there.
 /// The objects of every file, all or nothing, and the hints to print beside
@@ -1112,7 +1161,10 @@ async fn module_users(client: &Client, stale: bool) -> anyhow::Result<output::Mo
 /// Lists in as many frames as it takes (`ListStream`): a list of any
 /// number of objects, each up to the 1.5 MiB object limit, never needs one
 /// answer larger than a frame.
-async fn list_all(client: &Client, list: ListOptions) -> anyhow::Result<(u64, Vec<Object>)> {
+pub(crate) async fn list_all(
+    client: &Client,
+    list: ListOptions,
+) -> anyhow::Result<(u64, Vec<Object>)> {
     let (_send, mut recv) = client
         .open(&Request::ListStream(list))
         .await

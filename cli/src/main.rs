@@ -17,6 +17,7 @@ mod jsonpath;
 mod listing;
 mod nodes;
 mod output;
+mod verbs;
 mod workloads;
 
 use clap::{Parser, Subcommand};
@@ -52,9 +53,13 @@ enum Command {
     Up(UpArgs),
     /// Create or update objects from manifest files.
     Apply {
-        /// Manifest files (YAML, several documents each); `-` reads standard input.
+        /// Manifest files (YAML, several documents each), directories of
+        /// them (.yaml, .yml, .json); `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Read the subdirectories of directories given with -f too.
+        #[arg(short = 'R', long)]
+        recursive: bool,
         /// Put every namespaced object in this namespace.
         #[arg(short, long)]
         namespace: Option<String>,
@@ -108,6 +113,9 @@ enum Command {
         targets: Vec<String>,
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
+        /// Read the subdirectories of directories given with -f too.
+        #[arg(short = 'R', long)]
+        recursive: bool,
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// Every object of the kind in the namespace.
@@ -133,6 +141,63 @@ enum Command {
         #[arg(long, default_value = "5m")]
         timeout: String,
     },
+    /// Set or remove labels: `label pod/hello tier=db`, `label pod hello tier-`.
+    Label {
+        /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
+        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-")]
+        args: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Replace a label that has a value already.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set or remove annotations: `annotate deploy/web note='moved to pi-3'`.
+    Annotate {
+        /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
+        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-")]
+        args: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Replace an annotation that has a value already.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Change an object with a JSON merge patch: `patch deploy web -p '{"spec":{"replicas":3}}'`.
+    Patch {
+        /// KIND NAME or KIND/NAME.
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME")]
+        target: Vec<String>,
+        /// The patch, JSON (or YAML): keys it sets replace, `null` removes.
+        #[arg(short, long)]
+        patch: String,
+        /// Only `merge` (RFC 7386), the patch kubectl takes with --type merge.
+        #[arg(long, default_value = "merge")]
+        r#type: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Wait for objects: `wait --for=condition=Ready pod/web`, `--for=delete`,
+    /// `--for=jsonpath='{.status.phase}'=Succeeded`.
+    Wait {
+        /// KIND NAME..., or KIND/NAME...
+        #[arg(required = true, value_name = "KIND/NAME")]
+        targets: Vec<String>,
+        /// condition=NAME[=true|false], delete, or jsonpath=PATH=VALUE.
+        #[arg(long = "for")]
+        until: String,
+        /// How long to wait at most, e.g. 30s or 5m.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// The client's release and the master's.
+    Version,
+    /// The kinds the cluster knows, their short names and scope.
+    ApiResources,
+    /// Where the masters are, which leads, and how many nodes are Ready.
+    ClusterInfo,
     /// Set the replicas of a Deployment or ReplicaSet: `scale deploy/web --replicas 3`.
     Scale {
         /// `KIND/NAME`, or `KIND NAME`.
@@ -499,7 +564,19 @@ struct UpArgs {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                if let Some(advice) = args.iter().find_map(|a| kubectl_advice(a)) {
+                    eprintln!("error: {advice}");
+                    return ExitCode::from(2);
+                }
+            }
+            e.exit()
+        }
+    };
     // A compiler child needs no async runtime, logging or TLS: it reads,
     // compiles and writes, under the memory limit its node gave it.
     #[cfg(feature = "node")]
@@ -653,6 +730,29 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// What to do instead of a kubectl command Flotilla does not have.
+fn kubectl_advice(verb: &str) -> Option<String> {
+    let instead = match verb {
+        "exec" | "attach" | "debug" => "a pod's WebAssembly program has no shell to enter: read its output with `flotilla logs POD` (`-f` to follow), and `flotilla describe pod POD` for its state",
+        "cp" => "a pod has no file system of its own to copy from: give it files through volumes (configMap, secret, hostPath, emptyDir; docs/manifests.md)",
+        "port-forward" | "proxy" => "reach an http or TCP pod through a Service on every node's proxy: `flotilla expose deployment NAME --port PORT`, then the node's address and that port",
+        "run" => "write a manifest with `spec.module` naming your .wasm file and `flotilla apply -f` it (workloads/hello/pod.yaml is one)",
+        "edit" => "`flotilla get KIND NAME -o yaml > f.yaml`, change it, `flotilla apply -f f.yaml`; or `flotilla patch KIND NAME -p '{...}'`",
+        "replace" => "`flotilla apply -f FILE` updates objects in place",
+        "explain" => "docs/manifests.md describes every field of every kind",
+        "diff" => "`flotilla get KIND NAME -o yaml` shows what the cluster holds; `flotilla apply` says `unchanged` for objects that would not change",
+        "top" => "`flotilla describe node NAME` shows the requests allocated on a node; `flotilla get nodes -o wide` its capacity",
+        "set" => "change the manifest and `flotilla apply -f` it, or `flotilla patch`",
+        "autoscale" => "there is no autoscaler: `flotilla scale deploy/NAME --replicas N`",
+        "auth" | "certificate" => "an admin's certificate may do everything; `flotilla token create` lets nodes join (docs/security.md)",
+        "kustomize" | "plugin" | "alpha" | "events" => "not available; `flotilla get events` lists events",
+        _ => return None,
+    };
+    Some(format!(
+        "`{verb}` is a kubectl command that flotilla does not have: {instead}. `flotilla --help` lists the commands; docs/from-kubectl.md says what each kubectl habit does here"
+    ))
+}
+
 /// `--log-max-size` and `--log-max-files`, checked.
 #[cfg(feature = "node")]
 fn log_limits(size: &str, files: u32) -> anyhow::Result<flotilla_node::LogLimits> {
@@ -757,9 +857,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Apply {
             files,
+            recursive,
             namespace,
             create_namespace,
-        } => commands::apply(&config, &files, namespace.as_deref(), create_namespace).await,
+        } => {
+            let files = commands::expand_files(&files, recursive)?;
+            commands::apply(&config, &files, namespace.as_deref(), create_namespace).await
+        }
         Command::Create {
             kind,
             name,
@@ -826,9 +930,49 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::describe(&config, &kind, &name, &namespace).await
         }
         Command::Logs(args) => commands::logs(&config, &args).await,
+        Command::Label {
+            args,
+            namespace,
+            overwrite,
+        } => verbs::label_or_annotate(&config, &args, &namespace, overwrite, true).await,
+        Command::Annotate {
+            args,
+            namespace,
+            overwrite,
+        } => verbs::label_or_annotate(&config, &args, &namespace, overwrite, false).await,
+        Command::Patch {
+            target,
+            patch,
+            r#type,
+            namespace,
+        } => {
+            if r#type != "merge" {
+                anyhow::bail!(
+                    "--type {type}: only merge patches (RFC 7386) are taken; write the change as one, e.g. -p '{{\"spec\":{{\"replicas\":3}}}}'",
+                    type = r#type
+                );
+            }
+            verbs::patch(&config, &target, &namespace, &patch).await
+        }
+        Command::Wait {
+            targets,
+            until,
+            timeout,
+            namespace,
+        } => {
+            let timeout = commands::parse_duration(&timeout)?;
+            verbs::wait(&config, &targets, &namespace, &until, timeout).await
+        }
+        Command::Version => verbs::version(&config).await,
+        Command::ApiResources => {
+            print!("{}", verbs::api_resources());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ClusterInfo => verbs::cluster_info(&config).await,
         Command::Delete {
             targets,
             files,
+            recursive,
             namespace,
             all,
             selector,
@@ -844,7 +988,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let which = commands::DeleteTargets {
                 targets,
-                files,
+                files: commands::expand_files(&files, recursive)?,
                 namespace,
                 all,
                 selector,

@@ -111,14 +111,19 @@ pub fn parse_target(target: &[String]) -> anyhow::Result<(Kind, String)> {
     Ok((kind, name.to_string()))
 }
 
-fn api_error(e: NetError) -> anyhow::Error {
+pub(crate) fn api_error(e: NetError) -> anyhow::Error {
     match e {
         NetError::Api(e) => anyhow!("{} ({:?})", e.message, e.code),
         e => anyhow!("{e}"),
     }
 }
 
-async fn get(client: &Client, kind: Kind, namespace: &str, name: &str) -> anyhow::Result<Object> {
+pub(crate) async fn get(
+    client: &Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Object> {
     let req = Request::Get {
         kind,
         namespace: namespace.to_string(),
@@ -133,7 +138,7 @@ async fn get(client: &Client, kind: Kind, namespace: &str, name: &str) -> anyhow
 
 /// Reads an object, lets `change` change it (false: nothing to write) and
 /// writes it back with compare-and-swap, again if it changed meanwhile.
-async fn update(
+pub(crate) async fn update(
     client: &Client,
     kind: Kind,
     namespace: &str,

@@ -8,7 +8,8 @@
 //! stands for any text. `<!-- tested: n1 stopped -->` runs its block after
 //! node n1 has been stopped. Every example runs in a cluster of one master
 //! and node `n1`, where `workloads/hello/pod.yaml` has run to completion,
-//! from a directory holding `hello-v2.yaml` (that pod with other `args`).
+//! from a directory holding `hello-v2.yaml` (that pod with other `args`)
+//! and `config/` (ConfigMaps `settings`, and `extra` in `config/more/`).
 
 mod common;
 
@@ -52,7 +53,7 @@ fn tested_blocks(page: &str) -> Vec<(String, Vec<Example>)> {
             }
             match l.strip_prefix("$ flotilla ") {
                 Some(cmd) => examples.push(Example {
-                    args: cmd.split_whitespace().map(String::from).collect(),
+                    args: shell_words(cmd),
                     expected: Vec::new(),
                 }),
                 None => examples
@@ -65,6 +66,43 @@ fn tested_blocks(page: &str) -> Vec<(String, Vec<Example>)> {
         blocks.push((state, examples));
     }
     blocks
+}
+
+/// A command line split as a shell splits it: at spaces, but not inside
+/// single or double quotes, which are taken away (no escapes, no
+/// expansion: the examples need none).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            (None, c) if c.is_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// Whether the lines printed are those the page shows: line by line, where
+/// a line of just `…` stands for any number of lines.
+fn lines_match(expected: &[String], got: &[String]) -> bool {
+    match expected.split_first() {
+        None => got.is_empty(),
+        Some((e, rest)) if e == "…" => {
+            (0..=got.len()).any(|skip| lines_match(rest, &got[skip..]))
+        }
+        Some((e, rest)) => got
+            .split_first()
+            .is_some_and(|(g, more)| matches(e, g) && lines_match(rest, more)),
+    }
 }
 
 /// Whether `line` is `pattern`, where `…` stands for any text (the spaces
@@ -115,9 +153,7 @@ fn printed(c: &Cluster, dir: &Path, args: &[String]) -> Vec<String> {
 fn mismatch(c: &Cluster, dir: &Path, block: &[Example]) -> Option<String> {
     for e in block {
         let got = printed(c, dir, &e.args);
-        let same = got.len() == e.expected.len()
-            && got.iter().zip(&e.expected).all(|(g, x)| matches(x, g));
-        if !same {
+        if !lines_match(&e.expected, &got) {
             return Some(format!(
                 "$ flotilla {}\nthe page says:\n{}\nit prints:\n{}",
                 e.args.join(" "),
@@ -139,6 +175,14 @@ fn the_pattern_matcher_takes_ellipses_as_any_text() {
     assert!(matches("…(NotFound)", "error: x (NotFound)"));
     assert!(matches("a   …     b", "a   12m   b"));
     assert!(!matches("a   …     b", "a   12m   c"));
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(lines_match(&v(&["a", "…", "z"]), &v(&["a", "b", "c", "z"])));
+    assert!(lines_match(&v(&["a", "…"]), &v(&["a"])));
+    assert!(!lines_match(&v(&["a", "…", "z"]), &v(&["a", "b"])));
+    assert_eq!(
+        shell_words(r#"get pods -o jsonpath='{.items[*]}' "a b"  c"#),
+        ["get", "pods", "-o", "jsonpath={.items[*]}", "a b", "c"]
+    );
 }
 
 #[test]
@@ -165,6 +209,14 @@ fn the_documented_examples_print_what_docs_cli_md_says() {
         .replace(r#"args: ["world"]"#, r#"args: ["v2"]"#);
     assert!(v2.contains(r#"["v2"]"#), "{v2}");
     std::fs::write(dir.path().join("hello-v2.yaml"), v2).expect("write");
+    // A directory of manifests, one of them a level down (`apply -f DIR -R`).
+    let cm = |name: &str| {
+        format!("apiVersion: flotilla.dev/v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  level: \"2\"\n")
+    };
+    std::fs::create_dir_all(dir.path().join("config/more")).expect("mkdir");
+    std::fs::write(dir.path().join("config/settings.yaml"), cm("settings")).expect("write");
+    std::fs::write(dir.path().join("config/more/extra.yaml"), cm("extra")).expect("write");
+    std::fs::write(dir.path().join("config/README.txt"), "not a manifest").expect("write");
 
     let (now, later): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(s, _)| s.is_empty());
     for (_, block) in &now {

@@ -405,6 +405,10 @@ async fn handle(
             }
             Response::End
         }
+        Request::Version => Response::Version {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+        },
         Request::ClusterStatus => {
             Response::ClusterStatus(Box::pin(api.cluster_status(caller)).await?)
         }

@@ -247,7 +247,7 @@ pub fn check_pod_update(stored: &Pod, new: &Pod) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(invalid(format!(
-            "spec: the spec of pod {}/{} cannot change once created (only labels and annotations can); delete it and apply it again",
+            "spec: the spec of pod {}/{} cannot change once created (only labels and annotations can); delete it and apply it again, or run it from a Deployment, which replaces its pods when its template changes",
             stored.metadata.namespace, stored.metadata.name
         )))
     }

@@ -1,0 +1,544 @@
+//! kubectl's verbs that work on any kind: `label`, `annotate`, `patch`,
+//! `wait`, and what describes the cluster itself: `version`,
+//! `api-resources`, `cluster-info`.
+
+use crate::jsonpath::{self, Template};
+use crate::listing;
+use crate::workloads::{api_error, update};
+use anyhow::{anyhow, bail};
+use flotilla_api::net::{Client, NetError};
+use flotilla_api::protocol::{ApiError, ErrorCode, Request, Response};
+use flotilla_api::{Kind, Object};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// `KIND NAME` or `KIND/NAME` at the start of `args`, and what follows.
+fn split_target(args: &[String]) -> anyhow::Result<((Kind, String), &[String])> {
+    match args {
+        [one, rest @ ..] if one.contains('/') => {
+            let (k, n) = one.split_once('/').unwrap_or_default();
+            if n.is_empty() {
+                bail!("{one:?} names no object: write KIND/NAME, e.g. pod/hello");
+            }
+            Ok(((listing::parse_kind(k)?, n.to_string()), rest))
+        }
+        [kind, name, rest @ ..] => Ok(((listing::parse_kind(kind)?, name.clone()), rest)),
+        _ => bail!("name the object: KIND NAME or KIND/NAME, e.g. pod/hello"),
+    }
+}
+
+fn namespace_for(kind: Kind, namespace: &str) -> String {
+    if kind.namespaced() {
+        namespace.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// One change a `label` or `annotate` argument asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Set(String, String),
+    Remove(String),
+}
+
+/// `key=value` sets, `key-` removes; keys and (for labels) values checked.
+pub fn parse_changes(args: &[String], labels: bool) -> anyhow::Result<Vec<Change>> {
+    let what = if labels { "label" } else { "annotation" };
+    if args.is_empty() {
+        bail!("give at least one {what}: KEY=VALUE to set it, KEY- to remove it");
+    }
+    args.iter()
+        .map(|a| {
+            let change = match a.split_once('=') {
+                Some((k, v)) => Change::Set(k.to_string(), v.to_string()),
+                None => match a.strip_suffix('-') {
+                    Some(k) => Change::Remove(k.to_string()),
+                    None => bail!("{a:?}: write KEY=VALUE to set a {what}, KEY- to remove it"),
+                },
+            };
+            let key = match &change {
+                Change::Set(k, _) | Change::Remove(k) => k,
+            };
+            if !flotilla_api::manifest::is_label_key(key) {
+                bail!("{key:?} is not a valid {what} key: a name of letters, digits, '-', '_' and '.', at most 63 characters, with an optional DNS prefix and '/' (example.com/tier)");
+            }
+            if let (true, Change::Set(_, v)) = (labels, &change) {
+                if !flotilla_api::manifest::is_label_value(v) {
+                    bail!("{v:?} is not a valid label value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit (or empty)");
+                }
+            }
+            Ok(change)
+        })
+        .collect()
+}
+
+/// Applies changes to a map of labels or annotations: whether anything
+/// changed, or why not (a value there already, without `overwrite`).
+pub fn apply_changes(
+    map: &mut BTreeMap<String, String>,
+    changes: &[Change],
+    overwrite: bool,
+) -> anyhow::Result<bool> {
+    let mut changed = false;
+    for c in changes {
+        match c {
+            Change::Set(k, v) => match map.get(k) {
+                Some(old) if old == v => {}
+                Some(old) if !overwrite => {
+                    bail!("{k:?} already has a value ({old}); pass --overwrite to replace it")
+                }
+                _ => {
+                    map.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            },
+            Change::Remove(k) => changed |= map.remove(k).is_some(),
+        }
+    }
+    Ok(changed)
+}
+
+/// `flotilla label` and `flotilla annotate`.
+pub async fn label_or_annotate(
+    config: &Path,
+    args: &[String],
+    namespace: &str,
+    overwrite: bool,
+    labels: bool,
+) -> anyhow::Result<ExitCode> {
+    let ((kind, name), rest) = split_target(args)?;
+    let changes = parse_changes(rest, labels)?;
+    let client = crate::commands::connect(config).await?;
+    let ns = namespace_for(kind, namespace);
+    let changed = update(&client, kind, &ns, &name, &|o: &mut Object| {
+        let meta = o.meta_mut();
+        let map = if labels {
+            &mut meta.labels
+        } else {
+            &mut meta.annotations
+        };
+        apply_changes(map, &changes, overwrite)
+    })
+    .await?;
+    let done = if labels { "labeled" } else { "annotated" };
+    let target = format!("{}/{name}", kind.as_str().to_lowercase());
+    if changed {
+        println!("{target} {done}");
+    } else {
+        println!("{target} not {done} (nothing to change)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// RFC 7386: `patch` merged into `target`; `null` removes a key.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `flotilla patch KIND NAME -p PATCH`: a JSON merge patch (YAML works too)
+/// on the object's manifest, validated as `apply` validates, written with
+/// compare-and-swap.
+pub async fn patch(
+    config: &Path,
+    args: &[String],
+    namespace: &str,
+    patch_text: &str,
+) -> anyhow::Result<ExitCode> {
+    let ((kind, name), rest) = split_target(args)?;
+    if !rest.is_empty() {
+        bail!("patch takes one object; give the patch with -p");
+    }
+    let patch: Value = serde_yaml::from_str(patch_text).map_err(|e| {
+        anyhow!("-p is not JSON or YAML: {e}; e.g. -p '{{\"spec\":{{\"replicas\":3}}}}'")
+    })?;
+    if !patch.is_object() {
+        bail!("-p must be an object, e.g. '{{\"metadata\":{{\"labels\":{{\"tier\":\"db\"}}}}}}'");
+    }
+    let client = crate::commands::connect(config).await?;
+    let ns = namespace_for(kind, namespace);
+    let changed = update(&client, kind, &ns, &name, &|o: &mut Object| {
+        let before = o.to_manifest_value();
+        let mut value = before.clone();
+        merge_patch(&mut value, &patch);
+        if value == before {
+            return Ok(false);
+        }
+        let yaml: serde_yaml::Value = serde_json::from_value(value)?;
+        let mut patched = flotilla_api::manifest::parse_document(yaml).map_err(|errs| {
+            let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            anyhow!(
+                "the patched {} is not valid:\n  {}",
+                kind.as_str().to_lowercase(),
+                lines.join("\n  ")
+            )
+        })?;
+        if patched.kind() != kind || patched.meta().name != name || patched.meta().namespace != ns {
+            bail!("a patch cannot change an object's kind, name or namespace");
+        }
+        // Written over the version read, whatever the patch says of it.
+        patched.meta_mut().resource_version = o.meta().resource_version;
+        *o = patched;
+        Ok(true)
+    })
+    .await?;
+    let target = format!("{}/{name}", kind.as_str().to_lowercase());
+    if changed {
+        println!("{target} patched");
+    } else {
+        println!("{target} patched (no change)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `wait --for` waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Until {
+    /// A condition of `.status.conditions` with this status (`true`, `false`).
+    Condition(String, bool),
+    /// The object is gone.
+    Delete,
+    /// What the path finds printed as this text.
+    JsonPath(Template, String),
+}
+
+impl Until {
+    /// `condition=Ready`, `condition=Ready=false`, `delete`,
+    /// `jsonpath={.status.phase}=Succeeded`.
+    pub fn parse(s: &str) -> anyhow::Result<Until> {
+        let hint = "write --for=condition=NAME[=true|false], --for=delete or --for=jsonpath='{.status.phase}'=VALUE";
+        if s == "delete" {
+            return Ok(Until::Delete);
+        }
+        if let Some(c) = s.strip_prefix("condition=") {
+            let (name, want) = match c.split_once('=') {
+                Some((n, v)) => match v.to_ascii_lowercase().as_str() {
+                    "true" => (n, true),
+                    "false" => (n, false),
+                    _ => bail!("--for={s}: a condition is true or false; {hint}"),
+                },
+                None => (c, true),
+            };
+            if name.is_empty() {
+                bail!("--for={s}: name the condition; {hint}");
+            }
+            return Ok(Until::Condition(name.to_string(), want));
+        }
+        if let Some(j) = s.strip_prefix("jsonpath=") {
+            // The path ends where its braces do (or at the last `=`).
+            let (path, want) = match j.rfind("}=") {
+                Some(at) => (&j[..=at], &j[at + 2..]),
+                None => j.rsplit_once('=').ok_or_else(|| {
+                    anyhow!("--for={s}: give the value: jsonpath='{{.status.phase}}'=Succeeded")
+                })?,
+            };
+            let t = Template::parse(path).map_err(|e| anyhow!("--for: {e}"))?;
+            return Ok(Until::JsonPath(t, want.to_string()));
+        }
+        bail!("--for={s}: {hint}")
+    }
+
+    /// Whether the object (None: it is gone) is as waited for.
+    pub fn holds(&self, obj: Option<&Object>) -> bool {
+        let Some(o) = obj else {
+            return *self == Until::Delete;
+        };
+        let m = listing::manifest(o);
+        match self {
+            Until::Delete => false,
+            Until::Condition(name, want) => {
+                let status = m["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| {
+                        cs.iter().find(|c| {
+                            c["type"]
+                                .as_str()
+                                .is_some_and(|t| t.eq_ignore_ascii_case(name))
+                        })
+                    })
+                    .map(|c| match &c["status"] {
+                        Value::Bool(b) => *b,
+                        Value::String(s) => s.eq_ignore_ascii_case("true"),
+                        // A pod's condition leaves out `status: false`.
+                        _ => false,
+                    });
+                status.unwrap_or(false) == *want && (status.is_some() || !*want)
+            }
+            Until::JsonPath(t, want) => {
+                let found: Vec<String> = t.find(&m).into_iter().map(jsonpath::scalar).collect();
+                found.len() == 1 && found[0] == *want
+            }
+        }
+    }
+
+    fn met(&self) -> &'static str {
+        match self {
+            Until::Delete => "deleted",
+            _ => "condition met",
+        }
+    }
+}
+
+/// `flotilla wait`: until each named object is as `--for` says, or the
+/// timeout. Prints `pod/hello condition met` for each.
+pub async fn wait(
+    config: &Path,
+    args: &[String],
+    namespace: &str,
+    until: &str,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let until = Until::parse(until)?;
+    let groups = listing::targets(args)?;
+    let mut objects = Vec::new();
+    for (kind, names) in groups {
+        if names.is_empty() {
+            bail!("name what to wait for: KIND NAME or KIND/NAME, e.g. `flotilla wait --for=condition=Ready pod/hello`");
+        }
+        objects.extend(names.into_iter().map(|n| (kind, n)));
+    }
+    let client = crate::commands::connect(config).await?;
+    let deadline = Instant::now() + timeout;
+    for (kind, name) in objects {
+        let ns = namespace_for(kind, namespace);
+        let target = format!("{}/{name}", kind.as_str().to_lowercase());
+        loop {
+            let now = fetch(&client, kind, &ns, &name).await?;
+            if now.is_none() && until != Until::Delete {
+                bail!("{target} not found in namespace {namespace}: nothing to wait for");
+            }
+            if until.holds(now.as_ref()) {
+                println!("{target} {}", until.met());
+                break;
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "error: timed out after {}s waiting for {target} ({})",
+                    timeout.as_secs(),
+                    describe_until(&until)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_until(u: &Until) -> String {
+    match u {
+        Until::Delete => "to be deleted".into(),
+        Until::Condition(c, true) => format!("condition {c}"),
+        Until::Condition(c, false) => format!("condition {c} to be false"),
+        Until::JsonPath(_, v) => format!("the path to be {v:?}"),
+    }
+}
+
+/// The object, or None if it is not there.
+async fn fetch(
+    client: &Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<Option<Object>> {
+    let req = Request::Get {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        stale: false,
+    };
+    match client.call(&req).await {
+        Ok(Response::Object(o)) => Ok(Some(o)),
+        Ok(other) => bail!("unexpected answer {other:?}"),
+        Err(NetError::Api(ApiError {
+            code: ErrorCode::NotFound,
+            ..
+        })) => Ok(None),
+        Err(e) => Err(api_error(e)),
+    }
+}
+
+/// `flotilla api-resources`: every kind, as kubectl lists them.
+pub fn api_resources() -> String {
+    let rows: Vec<Vec<String>> = Kind::ALL
+        .iter()
+        .map(|k| {
+            vec![
+                k.plural().to_string(),
+                k.short_names().join(","),
+                flotilla_api::API_VERSION.to_string(),
+                k.namespaced().to_string(),
+                k.as_str().to_string(),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"],
+        &rows,
+    )
+}
+
+/// `flotilla version`: this client's, and the master's it reaches.
+pub async fn version(config: &Path) -> anyhow::Result<ExitCode> {
+    println!(
+        "Client Version: {} (protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        flotilla_api::protocol::PROTOCOL_VERSION
+    );
+    let client = crate::commands::connect(config).await?;
+    match client.call(&Request::Version).await {
+        Ok(Response::Version { version, protocol }) => {
+            println!(
+                "Master Version: {version} (protocol {protocol}) at {}",
+                client.addr
+            )
+        }
+        Ok(other) => bail!("unexpected answer {other:?}"),
+        // A master older than the version request.
+        Err(NetError::Api(e)) if e.code == ErrorCode::Invalid => println!(
+            "Master Version: older than 0.2.0 (protocol {}) at {}: it does not say",
+            flotilla_api::protocol::PROTOCOL_VERSION,
+            client.addr
+        ),
+        Err(e) => return Err(api_error(e)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla cluster-info`: where the masters are, which leads, and the nodes.
+pub async fn cluster_info(config: &Path) -> anyhow::Result<ExitCode> {
+    let client = crate::commands::connect(config).await?;
+    let status = match client
+        .call(&Request::ClusterStatus)
+        .await
+        .map_err(api_error)?
+    {
+        Response::ClusterStatus(s) => s,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    println!(
+        "Cluster {} (masters answer at {})",
+        status.cluster, client.addr
+    );
+    for m in &status.members {
+        let role = match (Some(m.node_id) == status.leader, m.voter) {
+            (true, _) => "leader",
+            (false, true) => "follower",
+            (false, false) => "learner",
+        };
+        println!("  master {} at {} ({role})", m.node_id, m.addr);
+    }
+    let (_, nodes) = crate::commands::list_all(
+        &client,
+        flotilla_api::protocol::ListOptions {
+            kind: Some(Kind::Node),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let ready = nodes
+        .iter()
+        .filter_map(|o| o.as_node())
+        .filter(|n| n.is_ready())
+        .count();
+    println!("Nodes: {} ({ready} Ready)", nodes.len());
+    println!("\nFor more: `flotilla cluster status`, `flotilla get nodes -o wide`.");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn label_changes_set_remove_and_refuse_to_overwrite() {
+        let a = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let changes = parse_changes(&a(&["tier=db", "old-"]), true).expect("ok");
+        let mut m: BTreeMap<String, String> =
+            [("old".to_string(), "x".to_string())].into_iter().collect();
+        assert!(apply_changes(&mut m, &changes, false).expect("ok"));
+        assert_eq!(
+            m,
+            [("tier".to_string(), "db".to_string())]
+                .into_iter()
+                .collect()
+        );
+        assert!(
+            !apply_changes(&mut m, &changes, false).expect("same"),
+            "no change"
+        );
+        let other = parse_changes(&a(&["tier=web"]), true).expect("ok");
+        let e = apply_changes(&mut m, &other, false).expect_err("no overwrite");
+        assert!(e.to_string().contains("--overwrite"), "{e}");
+        assert!(apply_changes(&mut m, &other, true).expect("overwrite"));
+        for bad in [&["x"][..], &["bad key=1"], &["k=not valid"], &[]] {
+            assert!(parse_changes(&a(bad), true).is_err(), "{bad:?}");
+        }
+        // Annotation values may be anything.
+        assert!(parse_changes(&a(&["note=any text, really"]), false).is_ok());
+    }
+
+    #[test]
+    fn merge_patches_as_rfc_7386_says() {
+        let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut v, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(v, json!({"a": "z", "c": {"d": "e"}}));
+        let mut v = json!({"a": [1, 2]});
+        merge_patch(&mut v, &json!({"a": [3], "n": {"m": 1}}));
+        assert_eq!(v, json!({"a": [3], "n": {"m": 1}}));
+    }
+
+    #[test]
+    fn wait_conditions_parse_and_hold() {
+        let mut p = flotilla_api::Pod::default();
+        p.metadata.name = "hello".into();
+        p.status.phase = flotilla_api::objects::PodPhase::Succeeded;
+        p.status.set_condition(flotilla_api::objects::PodCondition {
+            type_: "PodScheduled".into(),
+            status: true,
+            ..Default::default()
+        });
+        p.status.set_condition(flotilla_api::objects::PodCondition {
+            type_: "Ready".into(),
+            status: false,
+            ..Default::default()
+        });
+        let o = Object::Pod(p);
+        let holds = |s: &str| Until::parse(s).expect(s).holds(Some(&o));
+        assert!(holds("condition=podscheduled"));
+        assert!(!holds("condition=Ready"));
+        assert!(holds("condition=Ready=false"));
+        assert!(!holds("condition=Nope"));
+        assert!(holds("jsonpath={.status.phase}=Succeeded"));
+        assert!(!holds("jsonpath={.status.phase}=Running"));
+        assert!(!holds("delete"));
+        assert!(Until::parse("delete").expect("d").holds(None));
+        for bad in [
+            "ready",
+            "condition=",
+            "condition=Ready=maybe",
+            "jsonpath={.a",
+        ] {
+            assert!(Until::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
