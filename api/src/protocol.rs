@@ -198,6 +198,15 @@ pub enum Request {
     PodLogs(LogOptions),
     /// Which release the master runs: answered `Version`.
     Version,
+    /// What creating (or, with `update`, updating) `object` would store,
+    /// checked as the write would be (who may, admission) but not written
+    /// (`apply --dry-run=server`). `modules` are digests the client would
+    /// upload first: counted as uploaded. Answered `Object`.
+    DryRun {
+        object: Object,
+        update: bool,
+        modules: Vec<String>,
+    },
 }
 
 /// What of a pod's logs is asked for.
@@ -765,6 +774,11 @@ mod tests {
                 ..LogOptions::default()
             }),
             Request::Version,
+            Request::DryRun {
+                object: Object::Pod(crate::Pod::default()),
+                update: true,
+                modules: vec!["sha256:00".into()],
+            },
         ]
     }
 

@@ -423,12 +423,28 @@ async fn upload(client: &Client, m: &LocalModule) -> anyhow::Result<bool> {
     }
 }
 
-pub async fn apply(
-    config: &Path,
-    files: &[PathBuf],
-    namespace: Option<&str>,
-    create_namespace: bool,
-) -> anyhow::Result<ExitCode> {
+/// `apply --dry-run`: what would be done, checked by the client alone
+/// (manifests, modules, what exists) or by the master too (admission, who
+/// may), with nothing uploaded or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DryRun {
+    None,
+    Client,
+    Server,
+}
+
+/// The objects of manifest files as `apply` would send them: validated,
+/// `-n` applied, no two naming one object, local modules read and named by
+/// their digests. With the modules to upload, the pods whose module is a
+/// local file, and the hints to print.
+struct Prepared {
+    objects: Vec<(PathBuf, usize, Object)>,
+    modules: BTreeMap<PathBuf, LocalModule>,
+    uploading_pods: Vec<usize>,
+    notes: Vec<String>,
+}
+
+fn prepare(files: &[PathBuf], namespace: Option<&str>) -> anyhow::Result<Prepared> {
     let (mut objects, notes) = load_manifests(files)?;
     if let Some(ns) = namespace {
         for (_, _, obj) in &mut objects {
@@ -466,8 +482,140 @@ pub async fn apply(
             }
         }
     }
+    Ok(Prepared {
+        objects,
+        modules: hashed,
+        uploading_pods,
+        notes,
+    })
+}
+
+/// `obj` as an update of `current` would write it: over its version and
+/// uid, keeping the finalizers and (for a pod) the fields the master sets.
+fn as_update(obj: &Object, current: &Object) -> Object {
+    let mut updated = obj.clone();
+    let cm = current.meta();
+    let um = updated.meta_mut();
+    um.resource_version = cm.resource_version;
+    um.uid = cm.uid.clone();
+    // The system's finalizers stay; the manifest's own are the ones it
+    // lists (removing one lets a deleted object go).
+    for f in cm.finalizers.iter().filter(|f| is_system_finalizer(f)) {
+        if !um.finalizers.contains(f) {
+            um.finalizers.push(f.clone());
+        }
+    }
+    if let (Object::Pod(new), Object::Pod(old)) = (&mut updated, current) {
+        // The binding and the priority are the master's; a manifest without them keeps them.
+        new.spec.keep_server_fields(&old.spec);
+    }
+    updated
+}
+
+/// The object stored under `obj`'s kind, namespace and name, if any.
+async fn current_of(client: &Client, obj: &Object) -> anyhow::Result<Option<Object>> {
+    let m = obj.meta();
+    let req = Request::Get {
+        kind: obj.kind(),
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+        stale: false,
+    };
+    match client.call(&req).await {
+        Ok(Response::Object(o)) => Ok(Some(o)),
+        Ok(other) => bail!("unexpected answer {other:?}"),
+        Err(NetError::Api(ApiError {
+            code: ErrorCode::NotFound,
+            ..
+        })) => Ok(None),
+        Err(e) => Err(explain(e)),
+    }
+}
+
+/// An object as `diff` compares it: its manifest without its status and
+/// the metadata the master keeps (uid, versions, creation time), a
+/// Secret's values hidden as the master shows them.
+fn comparable(o: &Object) -> String {
+    let o = match o {
+        Object::Secret(s) => Object::Secret(s.redacted()),
+        other => other.clone(),
+    };
+    let mut v = o.to_manifest_value();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        for k in ["uid", "resourceVersion", "generation", "creationTimestamp"] {
+            meta.remove(k);
+        }
+    }
+    output::prune(v)
+        .and_then(|v| serde_yaml::to_string(&v).ok())
+        .unwrap_or_default()
+}
+
+/// `flotilla diff -f FILE`: what `apply` would change, as a unified diff of
+/// each object as it is and as it would be; exit 1 when anything differs,
+/// as `kubectl diff` and `diff` do.
+pub async fn diff(
+    config: &Path,
+    files: &[PathBuf],
+    namespace: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let prepared = prepare(files, namespace)?;
     let client = connect(config).await?;
-    if create_namespace {
+    let mut differs = false;
+    for (_, _, obj) in &prepared.objects {
+        let current = current_of(&client, obj).await?;
+        let live = current.as_ref().map(comparable).unwrap_or_default();
+        let applied = comparable(&match &current {
+            Some(c) => as_update(obj, c),
+            None => obj.clone(),
+        });
+        let m = obj.meta();
+        let name = if m.namespace.is_empty() {
+            format!("{}/{}", obj.kind().as_str().to_lowercase(), m.name)
+        } else {
+            format!(
+                "{}/{}/{}",
+                obj.kind().as_str().to_lowercase(),
+                m.namespace,
+                m.name
+            )
+        };
+        let d = crate::diff::unified(
+            &format!("live/{name}"),
+            &format!("applied/{name}"),
+            &live,
+            &applied,
+        );
+        if !d.is_empty() {
+            differs = true;
+            print!("{d}");
+        }
+    }
+    Ok(if differs {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn apply(
+    config: &Path,
+    files: &[PathBuf],
+    namespace: Option<&str>,
+    create_namespace: bool,
+    dry_run: DryRun,
+) -> anyhow::Result<ExitCode> {
+    let Prepared {
+        objects,
+        modules: hashed,
+        uploading_pods,
+        notes,
+    } = prepare(files, namespace)?;
+    let client = connect(config).await?;
+    if create_namespace && dry_run == DryRun::None {
         let mut wanted: Vec<String> = objects
             .iter()
             .filter(|(_, _, o)| o.kind().namespaced())
@@ -519,6 +667,38 @@ pub async fn apply(
     let mut modules: Vec<LocalModule> = hashed.into_values().collect();
     modules.sort_by(|a, b| a.digest.cmp(&b.digest));
     modules.dedup_by(|a, b| a.digest == b.digest);
+    if dry_run != DryRun::None {
+        let digests: Vec<String> = modules.iter().map(|m| m.digest.clone()).collect();
+        let mark = if dry_run == DryRun::Server {
+            "(server dry run)"
+        } else {
+            "(dry run)"
+        };
+        for (_, _, obj) in &objects {
+            let what = format!("{}/{}", obj.kind().as_str().to_lowercase(), obj.meta().name);
+            let current = current_of(&client, obj).await?;
+            let (verb, update) = match &current {
+                None => ("created", None),
+                Some(c) if same_desired(c, obj) => ("unchanged", None),
+                Some(c) => ("configured", Some(as_update(obj, c))),
+            };
+            if dry_run == DryRun::Server && verb != "unchanged" {
+                let req = Request::DryRun {
+                    update: update.is_some(),
+                    object: update.unwrap_or_else(|| obj.clone()),
+                    modules: digests.clone(),
+                };
+                call(&client, &req)
+                    .await
+                    .with_context(|| format!("applying {what} {mark}"))?;
+            }
+            println!("{what} {verb} {mark}");
+        }
+        for note in notes {
+            eprintln!("{note}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     for m in &modules {
         if upload(&client, m).await? {
             eprintln!(
@@ -556,23 +736,7 @@ pub async fn apply(
                     println!("{what} unchanged");
                     continue;
                 }
-                let mut updated = obj.clone();
-                let cm = current.meta();
-                let um = updated.meta_mut();
-                um.resource_version = cm.resource_version;
-                um.uid = cm.uid.clone();
-                // The system's finalizers stay; the manifest's own are
-                // the ones it lists (removing one lets a deleted object go).
-                for f in cm.finalizers.iter().filter(|f| is_system_finalizer(f)) {
-                    if !um.finalizers.contains(f) {
-                        um.finalizers.push(f.clone());
-                    }
-                }
-                if let (Object::Pod(new), Object::Pod(old)) = (&mut updated, &current) {
-                    // The binding and the priority are the master's; a manifest without them keeps them.
-                    new.spec.keep_server_fields(&old.spec);
-                }
-                call(&client, &Request::Update(updated)).await?;
+                call(&client, &Request::Update(as_update(&obj, &current))).await?;
                 println!("{what} configured");
             }
             Err(e) => return Err(explain(e).context(format!("applying {what}"))),

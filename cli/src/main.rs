@@ -11,6 +11,7 @@
 //! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
+mod diff;
 #[cfg(feature = "node")]
 mod hollow;
 mod jsonpath;
@@ -66,6 +67,22 @@ enum Command {
         /// Create the namespaces the objects are in when they do not exist.
         #[arg(long)]
         create_namespace: bool,
+        /// Say what would be done, uploading and writing nothing: `client`
+        /// checks the manifests, modules and what exists; `server` has the
+        /// master check each object too, as it would check the write.
+        #[arg(long, value_enum, default_value = "none", default_missing_value = "client", num_args = 0..=1, require_equals = true)]
+        dry_run: commands::DryRun,
+    },
+    /// Show what `apply -f` would change, as a unified diff per object
+    /// (exit 1 when something would change).
+    Diff {
+        /// Manifest files or directories, as `apply -f` takes them.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
     /// Create an object from the command line: `create namespace NAME`,
     /// `create configmap NAME --from-literal k=v --from-file path`,
@@ -740,7 +757,6 @@ fn kubectl_advice(verb: &str) -> Option<String> {
         "edit" => "`flotilla get KIND NAME -o yaml > f.yaml`, change it, `flotilla apply -f f.yaml`; or `flotilla patch KIND NAME -p '{...}'`",
         "replace" => "`flotilla apply -f FILE` updates objects in place",
         "explain" => "docs/manifests.md describes every field of every kind",
-        "diff" => "`flotilla get KIND NAME -o yaml` shows what the cluster holds; `flotilla apply` says `unchanged` for objects that would not change",
         "top" => "`flotilla describe node NAME` shows the requests allocated on a node; `flotilla get nodes -o wide` its capacity",
         "set" => "change the manifest and `flotilla apply -f` it, or `flotilla patch`",
         "autoscale" => "there is no autoscaler: `flotilla scale deploy/NAME --replicas N`",
@@ -860,9 +876,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             recursive,
             namespace,
             create_namespace,
+            dry_run,
         } => {
             let files = commands::expand_files(&files, recursive)?;
-            commands::apply(&config, &files, namespace.as_deref(), create_namespace).await
+            commands::apply(
+                &config,
+                &files,
+                namespace.as_deref(),
+                create_namespace,
+                dry_run,
+            )
+            .await
+        }
+        Command::Diff {
+            files,
+            recursive,
+            namespace,
+        } => {
+            let files = commands::expand_files(&files, recursive)?;
+            commands::diff(&config, &files, namespace.as_deref()).await
         }
         Command::Create {
             kind,

@@ -173,6 +173,53 @@ impl ApiServer {
         }
     }
 
+    /// What a create (or an update) of `obj` would store, checked as the
+    /// write would be but not written. `modules` (digests about to be
+    /// uploaded) count as uploaded.
+    pub async fn dry_run(
+        &self,
+        caller: &Caller,
+        obj: Object,
+        update: bool,
+        modules: &[String],
+    ) -> Result<Object, ApiError> {
+        let (kind, m) = (obj.kind(), obj.meta().clone());
+        let action = if update {
+            Action::Update
+        } else {
+            Action::Create
+        };
+        authorize(
+            caller,
+            &Verb::object(action, kind, &m.namespace, &m.name, None),
+        )?;
+        // The checks read what is committed, as the write would.
+        self.before_read(false).await?;
+        let lookup = admission::WithModules {
+            inner: &self.store,
+            digests: modules,
+        };
+        let stored = self
+            .store
+            .get(kind, &m.namespace, &m.name)
+            .map_err(store_err)?;
+        match (update, stored) {
+            (false, Some(_)) => Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!("{} already exists", obj.describe()),
+            )),
+            (false, None) => admission::admit_create(caller, obj, &lookup, new_uid(), Time::now()),
+            (true, None) => Err(not_found(kind, &m.namespace, &m.name)),
+            (true, Some(stored)) => {
+                let stored = match stored {
+                    Object::Secret(old) => Object::Secret(self.pki.secret_key().open(&old)?),
+                    other => other,
+                };
+                admission::admit_update(caller, obj, Some(&stored), &lookup).map(|(o, _)| o)
+            }
+        }
+    }
+
     /// Replaces an object's spec and metadata (compare-and-swap when it
     /// carries a resourceVersion).
     pub async fn update(&self, caller: &Caller, obj: Object) -> Result<Object, ApiError> {

@@ -232,6 +232,11 @@ async fn handle(
         } => Box::pin(api.join_master(caller, &token, node_id, &addr)).await?,
         Request::Create(obj) => Response::Object(Box::pin(api.create(caller, obj)).await?),
         Request::Update(obj) => Response::Object(Box::pin(api.update(caller, obj)).await?),
+        Request::DryRun {
+            object,
+            update,
+            modules,
+        } => Response::Object(Box::pin(api.dry_run(caller, object, update, &modules)).await?),
         Request::UpdateStatus(obj) => {
             Response::Object(Box::pin(api.update_status(caller, obj)).await?)
         }

@@ -18,6 +18,32 @@ pub trait Lookup {
     fn list(&self, kind: Kind) -> Result<Vec<Object>, ApiError>;
 }
 
+/// A lookup that also finds modules a client is about to upload
+/// (`apply --dry-run=server`), as uploaded modules with no more than their
+/// digest.
+pub struct WithModules<'a> {
+    pub inner: &'a dyn Lookup,
+    pub digests: &'a [String],
+}
+
+impl Lookup for WithModules<'_> {
+    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Object>, ApiError> {
+        if kind == Kind::Module {
+            if let Some(d) = self.digests.iter().find(|d| module_name(d) == name) {
+                let mut m = flotilla_api::Module::default();
+                m.metadata.name = name.to_string();
+                m.spec.digest = d.clone();
+                return Ok(Some(Object::Module(m)));
+            }
+        }
+        self.inner.get(kind, namespace, name)
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<Object>, ApiError> {
+        self.inner.list(kind)
+    }
+}
+
 pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Invalid, msg)
 }
