@@ -884,7 +884,7 @@ fn same_desired(a: &Object, b: &Object) -> bool {
 }
 
 /// The Secrets among `objs` read again with their values (admins only).
-async fn reveal_secrets(
+pub(crate) async fn reveal_secrets(
     client: &Client,
     objs: Vec<Object>,
     stale: bool,
@@ -1030,6 +1030,20 @@ pub(crate) async fn create_on(
     call(client, &Request::Create(object)).await?;
     println!("{what}/{name} {done}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How every command says an object is not there (`get`, `describe`,
+/// `logs`, `delete` say it the same way).
+pub fn not_found_text(kind: Kind, namespace: &str, name: &str) -> String {
+    let where_ = if namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {namespace}")
+    };
+    format!(
+        "{} {name:?} not found{where_} (NotFound)",
+        kind.as_str().to_lowercase()
+    )
 }
 
 /// Arguments of `get`.

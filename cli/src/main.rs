@@ -194,6 +194,15 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Edit an object's YAML in $EDITOR (or FLOTILLA_EDITOR, KUBE_EDITOR)
+    /// and save it back: `edit deploy/web`.
+    Edit {
+        /// KIND NAME or KIND/NAME.
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME")]
+        target: Vec<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
     /// Wait for objects: `wait --for=condition=Ready pod/web`, `--for=delete`,
     /// `--for=jsonpath='{.status.phase}'=Succeeded`.
     Wait {
@@ -754,7 +763,6 @@ fn kubectl_advice(verb: &str) -> Option<String> {
         "cp" => "a pod has no file system of its own to copy from: give it files through volumes (configMap, secret, hostPath, emptyDir; docs/manifests.md)",
         "port-forward" | "proxy" => "reach an http or TCP pod through a Service on every node's proxy: `flotilla expose deployment NAME --port PORT`, then the node's address and that port",
         "run" => "write a manifest with `spec.module` naming your .wasm file and `flotilla apply -f` it (workloads/hello/pod.yaml is one)",
-        "edit" => "`flotilla get KIND NAME -o yaml > f.yaml`, change it, `flotilla apply -f f.yaml`; or `flotilla patch KIND NAME -p '{...}'`",
         "replace" => "`flotilla apply -f FILE` updates objects in place",
         "explain" => "docs/manifests.md describes every field of every kind",
         "top" => "`flotilla describe node NAME` shows the requests allocated on a node; `flotilla get nodes -o wide` its capacity",
@@ -995,6 +1003,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let timeout = commands::parse_duration(&timeout)?;
             verbs::wait(&config, &targets, &namespace, &until, timeout).await
         }
+        Command::Edit { target, namespace } => verbs::edit(&config, &target, &namespace).await,
         Command::Version => verbs::version(&config).await,
         Command::ApiResources => {
             print!("{}", verbs::api_resources());

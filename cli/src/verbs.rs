@@ -464,6 +464,146 @@ pub async fn cluster_info(config: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The editor `edit` runs: `FLOTILLA_EDITOR`, `KUBE_EDITOR` or `EDITOR`
+/// (split at spaces, so `code --wait` works), else `vi`.
+fn editor() -> Vec<String> {
+    ["FLOTILLA_EDITOR", "KUBE_EDITOR", "EDITOR"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|e| !e.trim().is_empty()))
+        .unwrap_or_else(|| "vi".into())
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+const EDIT_HEADER: &str = "# Edit the object below and save to apply it; lines starting with '#' are\n# left out. Save an empty file (or change nothing) to cancel.\n";
+
+/// The text without `#` comment lines (what is compared and applied).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// What an edited text asks for: the object, or why it cannot be applied.
+pub fn edited_object(text: &str, kind: Kind, ns: &str, name: &str) -> Result<Object, String> {
+    let objects = flotilla_api::manifest::parse_manifests(text).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let [obj] = objects.as_slice() else {
+        return Err(format!(
+            "the file holds {} objects; keep the one being edited",
+            objects.len()
+        ));
+    };
+    let m = obj.meta();
+    if obj.kind() != kind || m.name != name || m.namespace != ns {
+        return Err(format!(
+            "kind, name and namespace cannot change in an edit (it was {} {name}{}); create another object with `flotilla apply`",
+            kind.as_str().to_lowercase(),
+            if ns.is_empty() { String::new() } else { format!(" in namespace {ns}") }
+        ));
+    }
+    Ok(obj.clone())
+}
+
+/// `flotilla edit KIND NAME`: the object as YAML in an editor; what is
+/// saved is validated and written with compare-and-swap. A save that
+/// fails comes back in the editor with the reason at the top; closing it
+/// unchanged gives up and keeps the edit in a file.
+pub async fn edit(config: &Path, args: &[String], namespace: &str) -> anyhow::Result<ExitCode> {
+    let ((kind, name), rest) = split_target(args)?;
+    if !rest.is_empty() {
+        bail!("edit takes one object: KIND NAME or KIND/NAME");
+    }
+    let ns = namespace_for(kind, namespace);
+    let client = crate::commands::connect(config).await?;
+    let current = fetch(&client, kind, &ns, &name)
+        .await?
+        .ok_or_else(|| anyhow!("{}", crate::commands::not_found_text(kind, &ns, &name)))?;
+    // A Secret is edited with its values (admins only), or saving would
+    // write the placeholders `get` shows in their place.
+    let current = if kind == Kind::Secret {
+        crate::commands::reveal_secrets(&client, vec![current], false)
+            .await?
+            .pop()
+            .ok_or_else(|| anyhow!("the master returned no secret"))?
+    } else {
+        current
+    };
+    let original = crate::output::structured(
+        std::slice::from_ref(&current),
+        crate::output::Format::Yaml,
+        true,
+    )?;
+    let path = std::env::temp_dir().join(format!(
+        "flotilla-edit-{}-{}-{}.yaml",
+        kind.as_str().to_lowercase(),
+        name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    flotilla_api::perms::create_file(&path)
+        .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
+    let mut shown = format!("{EDIT_HEADER}{original}");
+    let target = format!("{}/{name}", kind.as_str().to_lowercase());
+    loop {
+        std::fs::write(&path, &shown)
+            .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        let cmd = editor();
+        let status = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .arg(&path)
+            .status()
+            .map_err(|e| {
+                anyhow!(
+                    "cannot run the editor {:?}: {e}; set EDITOR (or FLOTILLA_EDITOR)",
+                    cmd[0]
+                )
+            })?;
+        if !status.success() {
+            bail!(
+                "the editor {:?} failed ({status}); your edit is kept in {}",
+                cmd[0],
+                path.display()
+            );
+        }
+        let saved = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        let body = without_comments(&saved);
+        if body.trim().is_empty() || body == without_comments(&original) {
+            let _ = std::fs::remove_file(&path);
+            println!("Edit cancelled, no changes made.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if saved == shown {
+            // Closed without a change after an error: give up, keep the edit.
+            bail!(
+                "{target} was not edited; your edit is kept in {}",
+                path.display()
+            );
+        }
+        let reason = match edited_object(&body, kind, &ns, &name) {
+            Err(why) => why,
+            Ok(obj) => match client.call(&Request::Update(obj)).await {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&path);
+                    println!("{target} edited");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => api_error(e).to_string(),
+            },
+        };
+        eprintln!("error: {target} cannot be saved: {reason}");
+        let comments: String = reason.lines().map(|l| format!("# {l}\n")).collect();
+        shown = format!("{EDIT_HEADER}#\n# {target} cannot be saved:\n{comments}#\n{body}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

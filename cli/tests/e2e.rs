@@ -1067,6 +1067,119 @@ fn a_master_that_cannot_listen_or_stops_says_so_in_one_line() {
     assert!(raft_noise.is_empty(), "{raft_noise:#?}");
 }
 
+/// `flotilla ARGS` with the editor `script` (a shell command run with the
+/// file as `$1`).
+fn edit_with(c: &Cluster, args: &[&str], script: &str) -> std::process::Output {
+    let editor = c.path(&format!("editor-{}.sh", script.len()));
+    std::fs::write(&editor, format!("#!/bin/sh\n{script}\n")).expect("editor");
+    let mut perms = std::fs::metadata(&editor).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&editor, perms).expect("chmod");
+    Command::new(common::BIN)
+        .args(args)
+        .env("FLOTILLA_CONFIG", &c.config)
+        .env("EDITOR", &editor)
+        .env_remove("FLOTILLA_EDITOR")
+        .env_remove("KUBE_EDITOR")
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn edit_saves_a_good_edit_brings_back_a_bad_one_and_keeps_it() {
+    let c = Cluster::start("10s");
+    c.ok(&["create", "configmap", "app", "--from-literal", "level=1"]);
+    let level = || c.ok(&["get", "cm", "app", "-o", "jsonpath={.data.level}"]);
+
+    // Nothing changed: nothing written.
+    let out = edit_with(&c, &["edit", "cm", "app"], "true");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Edit cancelled, no changes made."),
+        "{out:?}"
+    );
+
+    // A good edit is saved.
+    let out = edit_with(
+        &c,
+        &["edit", "configmap/app"],
+        r#"sed -i "s/level: .*/level: '2'/" "$1""#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configmap/app edited\n"
+    );
+    assert_eq!(level(), "2");
+
+    // A bad one (a new name) comes back in the editor with the reason on
+    // top; closed unchanged, it is kept in a file and nothing is written.
+    let out = edit_with(
+        &c,
+        &["edit", "cm", "app"],
+        r#"sed -i "s/name: app/name: other/" "$1""#,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: configmap/app cannot be saved: kind, name and namespace cannot change in an edit"),
+        "{err}"
+    );
+    let kept = err
+        .split("your edit is kept in ")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("where the edit is kept: {err}"));
+    let text = std::fs::read_to_string(kept).expect("the kept edit");
+    assert!(
+        text.contains("# configmap/app cannot be saved:") && text.contains("name: other"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(kept);
+    assert_eq!(level(), "2");
+    assert!(c.get_json("configmap", "other").is_none());
+
+    // A refusal of the master comes back the same way: an immutable
+    // ConfigMap's data cannot change.
+    c.ok(&["patch", "cm", "app", "-p", r#"{"immutable":true}"#]);
+    let out = edit_with(
+        &c,
+        &["edit", "cm", "app"],
+        r#"sed -i "s/level: .*/level: '3'/" "$1""#,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: configmap/app cannot be saved: "),
+        "{err}"
+    );
+    assert_eq!(level(), "2");
+
+    // A Secret is edited with its values, so they survive the save.
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal",
+        "pw=abc",
+    ]);
+    let out = edit_with(
+        &c,
+        &["edit", "secret", "db"],
+        r#"sed -i "s/^  name: db$/  name: db\n  labels: {tier: db}/" "$1""#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let pw = c.ok(&[
+        "get",
+        "secret",
+        "db",
+        "--show-secrets",
+        "-o",
+        "jsonpath={.data.pw} {.metadata.labels.tier}",
+    ]);
+    assert_eq!(pw, "YWJj db", "abc, base64");
+}
+
 #[test]
 fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
     let mut c = Cluster::start("10s");
