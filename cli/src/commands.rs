@@ -1708,20 +1708,25 @@ pub async fn describe(
         Response::Object(o) => o,
         other => bail!("unexpected answer {other:?}"),
     };
-    let v = output::prune(obj.to_manifest_value()).unwrap_or_default();
-    let mut text = serde_yaml::to_string(&v)?;
-    if let Object::Pod(p) = &obj {
-        text.push_str(&format!(
-            "\nSummary: {} on {}",
-            output::pod_status(p),
-            p.spec.node_name.as_deref().unwrap_or("<unbound>")
-        ));
-        if !p.status.message.is_empty() {
-            text.push_str(&format!(" — {}", p.status.message));
+    let now = Time::now();
+    let mut text = match &obj {
+        Object::Pod(p) => crate::describe::pod(p, now),
+        Object::Node(n) => {
+            let (_, pods) = list_all(
+                &client,
+                ListOptions {
+                    kind: Some(Kind::Pod),
+                    node_name: Some(n.metadata.name.clone()),
+                    ..ListOptions::default()
+                },
+            )
+            .await?;
+            let pods: Vec<flotilla_api::Pod> =
+                pods.iter().filter_map(|o| o.as_pod()).cloned().collect();
+            crate::describe::node(n, &pods, now)
         }
-        text.push('\n');
-        text.push_str(&output::describe_pod_capabilities(p));
-    }
+        other => crate::describe::generic(other, now),
+    };
     if let Object::Service(svc) = &obj {
         let endpoints = match call(
             &client,

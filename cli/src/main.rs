@@ -11,6 +11,7 @@
 //! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
+mod describe;
 mod diff;
 #[cfg(feature = "node")]
 mod hollow;

@@ -59,10 +59,13 @@ fn assert_waits(c: &Cluster, pod: &str, message: &str) {
     assert_eq!(row["STATUS"], "Unschedulable", "{row:?}");
     assert_eq!(row["NODE"], "<none>", "{row:?}");
     let described = c.ok(&["describe", "pod", pod]);
-    assert!(
-        described.contains(&format!("Summary: Unschedulable on <unbound> — {message}")),
-        "{described}"
-    );
+    for (key, value) in [
+        ("Status", "Unschedulable"),
+        ("Node", "<none>"),
+        ("Message", message),
+    ] {
+        assert_eq!(field(&described, key), value, "{described}");
+    }
     let condition = pod_scheduled(c, pod);
     assert_eq!(condition["status"], false, "{condition}");
     assert_eq!(condition["reason"], "Unschedulable", "{condition}");
@@ -91,7 +94,16 @@ fn assert_placed(c: &Cluster, pod: &str, node: &str) {
         "{condition}"
     );
     let described = c.ok(&["describe", "pod", pod]);
-    assert!(described.contains(&format!(" on {node}")), "{described}");
+    assert_eq!(field(&described, "Node"), node, "{described}");
+}
+
+/// The value of a top-level `Key:  value` line of `describe`.
+fn field<'a>(described: &'a str, key: &str) -> &'a str {
+    described
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in:\n{described}"))
 }
 
 /// A node field of `status` (`capacity`, `allocatable`) as a number.
