@@ -207,6 +207,24 @@ pub enum Request {
         update: bool,
         modules: Vec<String>,
     },
+    /// The join tokens (admins): answered `Tokens`.
+    ListTokens,
+    /// Revokes a join token by its id (the third part of the token):
+    /// answered `Ok`. A node or master that joined with it keeps its
+    /// certificate.
+    RevokeToken {
+        id: String,
+    },
+}
+
+/// A join token as `token list` shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    /// `node`, `node NAME` (for that node name only) or `master`.
+    pub kind: String,
+    pub description: String,
+    pub expires: crate::time::Time,
 }
 
 /// What of a pod's logs is asked for.
@@ -462,6 +480,8 @@ pub enum Response {
         version: String,
         protocol: u32,
     },
+    /// The join tokens (`ListTokens`).
+    Tokens(Vec<TokenInfo>),
 }
 
 /// One certificate a master knows of, for `flotilla cluster status`.
@@ -779,6 +799,8 @@ mod tests {
                 update: true,
                 modules: vec!["sha256:00".into()],
             },
+            Request::ListTokens,
+            Request::RevokeToken { id: "abc".into() },
         ]
     }
 

@@ -2243,6 +2243,39 @@ pub async fn token_create(
 
 /// `flotilla cluster status`: the masters, the leader, the term, the commit
 /// index and each member's lag, as the leader sees them.
+/// `flotilla token list`.
+pub async fn token_list(config: &Path, format: Format) -> anyhow::Result<ExitCode> {
+    let client = connect(config).await?;
+    let tokens = match call(&client, &Request::ListTokens).await? {
+        Response::Tokens(t) => t,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&tokens)?),
+        Format::Table | Format::Wide => {
+            if tokens.is_empty() {
+                eprintln!("No tokens found.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", output::tokens(&tokens, Time::now()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla token revoke ID` (or the whole token).
+pub async fn token_revoke(config: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    // A whole token names its id in its third part.
+    let id = flotilla_api::identity::JoinToken::parse(id)
+        .map(|t| t.id)
+        .unwrap_or_else(|_| id.to_string());
+    let client = connect(config).await?;
+    call(&client, &Request::RevokeToken { id: id.clone() }).await?;
+    println!("token {id} revoked");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let client = connect(config).await?;
     let status = match call(&client, &Request::ClusterStatus).await? {

@@ -339,6 +339,14 @@ enum TokenCommand {
         #[arg(long, conflicts_with = "master")]
         node: Option<String>,
     },
+    /// List the join tokens: id, kind, description, expiry (never the secret).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: output::Format,
+    },
+    /// Revoke a join token by its id (or the whole token): nothing more
+    /// joins with it; what joined with it keeps its certificate.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1071,6 +1079,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             master,
             node,
         }) => commands::token_create(&config, &ttl, &description, master, node).await,
+        Command::Token(TokenCommand::List { output }) => {
+            commands::token_list(&config, output).await
+        }
+        Command::Token(TokenCommand::Revoke { id }) => commands::token_revoke(&config, &id).await,
         Command::Cluster(ClusterCommand::Status { output }) => {
             commands::cluster_status(&config, output).await
         }

@@ -949,6 +949,28 @@ pub fn structured(objects: &[Object], format: Format, single: bool) -> anyhow::R
     })
 }
 
+/// `token list`: a row per token, soonest to expire first.
+pub fn tokens(tokens: &[flotilla_api::protocol::TokenInfo], now: Time) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            let left = t.expires.since(now);
+            let expires = if left <= 0 {
+                format!("{} (expired)", t.expires)
+            } else {
+                format!("{} (in {})", t.expires, age(now, t.expires))
+            };
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                or_none(&t.description),
+                expires,
+            ]
+        })
+        .collect();
+    table(&["ID", "KIND", "DESCRIPTION", "EXPIRES"], &rows)
+}
+
 /// `cluster status`: a summary line, then one row per master.
 pub fn cluster_status(
     s: &flotilla_api::protocol::ClusterStatus,

@@ -1181,6 +1181,56 @@ fn edit_saves_a_good_edit_brings_back_a_bad_one_and_keeps_it() {
 }
 
 #[test]
+fn a_revoked_token_joins_nothing_and_listing_shows_no_secret() {
+    let c = Cluster::start("10s");
+    let token = c
+        .ok(&["token", "create", "--description", "rack 2"])
+        .trim()
+        .to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    let (id, secret) = (parts[2], parts[3]);
+    let list = c.ok(&["token", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("{id} missing from:\n{list}"));
+    assert!(
+        row.contains(" node ") && row.contains("rack 2") && row.contains("(in 23h)"),
+        "{row}"
+    );
+    assert!(!list.contains(secret), "the secret is never shown:\n{list}");
+
+    // Revoked by its id (the whole token works too), it joins nothing.
+    assert_eq!(
+        c.ok(&["token", "revoke", &token]),
+        format!("token {id} revoked\n")
+    );
+    assert!(!c.ok(&["token", "list"]).contains(id));
+    let out = c.run(&["token", "revoke", id]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    let node = std::process::Command::new(common::BIN)
+        .args([
+            "node",
+            "--master",
+            &c.addr,
+            "--name",
+            "late",
+            "--token",
+            &token,
+            "--data-dir",
+        ])
+        .arg(c.path("late"))
+        .output()
+        .expect("node");
+    assert!(!node.status.success());
+    let err = String::from_utf8_lossy(&node.stderr);
+    assert!(err.contains("join refused: unknown token"), "{err}");
+}
+
+#[test]
 fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
     let mut c = Cluster::start("10s");
     c.start_node("n1");

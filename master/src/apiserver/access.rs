@@ -201,6 +201,46 @@ impl ApiServer {
         Ok((token.to_string(), expires))
     }
 
+    /// The join tokens, without their secrets (admins only).
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<flotilla_api::protocol::TokenInfo>, ApiError> {
+        super::authorize(caller, &Verb::on(Action::List, Target::Token))?;
+        self.before_read(false).await?;
+        let mut tokens: Vec<flotilla_api::protocol::TokenInfo> = self
+            .store
+            .tokens()
+            .map_err(super::store_err)?
+            .into_iter()
+            .map(|t| flotilla_api::protocol::TokenInfo {
+                id: t.id,
+                kind: match t.usage {
+                    TokenUsage::Node => "node".into(),
+                    TokenUsage::Master => "master".into(),
+                    TokenUsage::NodeNamed(n) => format!("node {n}"),
+                },
+                description: t.description,
+                expires: t.expires,
+            })
+            .collect();
+        tokens.sort_by_key(|t| t.expires);
+        Ok(tokens)
+    }
+
+    /// Revokes a join token: it joins nothing more.
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), ApiError> {
+        super::authorize(caller, &Verb::on(Action::Delete, Target::Token))?;
+        match self.apply(Command::DeleteToken { id: id.to_string() }).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ErrorCode::NotFound => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("token {id:?} not found: `flotilla token list` shows the tokens there are (an expired one may have been removed)"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Signs a new certificate for the caller's own identity, whatever the
     /// request asks; gives it and the CA.
     pub fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<(String, String), ApiError> {

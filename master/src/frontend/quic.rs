@@ -410,6 +410,11 @@ async fn handle(
             }
             Response::End
         }
+        Request::ListTokens => Response::Tokens(Box::pin(api.list_tokens(caller)).await?),
+        Request::RevokeToken { id } => {
+            Box::pin(api.revoke_token(caller, &id)).await?;
+            Response::Ok
+        }
         Request::Version => Response::Version {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: PROTOCOL_VERSION,

@@ -503,6 +503,22 @@ impl Store {
         }
     }
 
+    /// Every join token, by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        use redb::ReadableTable;
+        self.inner.checks.serving()?;
+        let txn = self.read()?;
+        let tokens = txn
+            .open_table(TOKENS)
+            .map_err(db("opening the tokens table"))?;
+        let mut out = Vec::new();
+        for entry in tokens.iter().map_err(db("reading the tokens"))? {
+            let (k, v) = entry.map_err(db("reading a token"))?;
+            out.push(decode_value("tokens", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` history events after revision `after`, oldest first;
     /// `TooOld` if events after it were compacted away.
     pub fn history_after(&self, after: u64, limit: usize) -> Result<Vec<WatchEvent>, StoreError> {
