@@ -65,6 +65,17 @@ pub async fn connect(config: &Path) -> anyhow::Result<Client> {
     }
 }
 
+/// A connection for shell completion: no warnings on stderr, the config
+/// left as it is.
+pub async fn connect_quietly(config: &Path) -> anyhow::Result<Client> {
+    let cfg = read_config(config)?;
+    let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    Client::connect(&cfg.masters, tls, "flotilla-cli")
+        .await
+        .map_err(explain)
+}
+
 /// The config's master list after `answered` answered and listed the
 /// cluster's masters in `told`: the one that answered first (the next
 /// command tries it first, so a master that is down costs nothing), then
@@ -1056,7 +1067,7 @@ pub struct GetArgs {
     /// (ep), configmaps (cm), secrets, events (ev), namespaces (ns),
     /// modules, priorityclasses (pc); or `all` (the namespace's pods and
     /// workloads).
-    #[arg(required = true, value_name = "KIND[,KIND…] [NAME…] | KIND/NAME…")]
+    #[arg(required = true, value_name = "KIND[,KIND…] [NAME…] | KIND/NAME…", add = clap_complete::engine::ArgValueCompleter::new(crate::complete::Objects))]
     targets: Vec<String>,
     /// table, wide, json, yaml, name, jsonpath=TEMPLATE or
     /// custom-columns=HEADER:PATH,…
@@ -1799,6 +1810,7 @@ const MAX_LOG_PODS: usize = 20;
 pub struct LogsArgs {
     /// A pod, `pod/NAME`, or `deploy/NAME` / `rs/NAME` / `ds/NAME` /
     /// `job/NAME` (one of its pods).
+    #[arg(add = clap_complete::engine::ArgValueCompleter::new(crate::complete::Objects))]
     pod: Option<String>,
     /// The logs of every pod these labels select (e.g. app=web), each
     /// line after its pod's name.

@@ -11,6 +11,7 @@
 //! - [`hollow`]: `hollow-nodes`, simulated nodes for testing masters at scale.
 
 mod commands;
+mod complete;
 mod describe;
 mod diff;
 #[cfg(feature = "node")]
@@ -23,6 +24,7 @@ mod verbs;
 mod workloads;
 
 use clap::{Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -117,7 +119,9 @@ enum Command {
     /// Show an object in detail.
     Describe {
         /// A kind (with NAME), or KIND/NAME.
+        #[arg(add = ArgValueCompleter::new(complete::Objects))]
         kind: String,
+        #[arg(add = ArgValueCompleter::new(complete::Objects))]
         name: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -127,7 +131,7 @@ enum Command {
     /// Delete objects by kind and name, or those in manifest files.
     Delete {
         /// `KIND NAME…`, `KIND/NAME…`, or a kind with --all or -l.
-        #[arg(value_name = "KIND [NAME…] | KIND/NAME…")]
+        #[arg(value_name = "KIND [NAME…] | KIND/NAME…", add = ArgValueCompleter::new(complete::Objects))]
         targets: Vec<String>,
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
@@ -162,7 +166,7 @@ enum Command {
     /// Set or remove labels: `label pod/hello tier=db`, `label pod hello tier-`.
     Label {
         /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
-        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-")]
+        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
         args: Vec<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -173,7 +177,7 @@ enum Command {
     /// Set or remove annotations: `annotate deploy/web note='moved to pi-3'`.
     Annotate {
         /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
-        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-")]
+        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
         args: Vec<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -184,7 +188,7 @@ enum Command {
     /// Change an object with a JSON merge patch: `patch deploy web -p '{"spec":{"replicas":3}}'`.
     Patch {
         /// KIND NAME or KIND/NAME.
-        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME")]
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME", add = ArgValueCompleter::new(complete::Objects))]
         target: Vec<String>,
         /// The patch, JSON (or YAML): keys it sets replace, `null` removes.
         #[arg(short, long)]
@@ -199,7 +203,7 @@ enum Command {
     /// and save it back: `edit deploy/web`.
     Edit {
         /// KIND NAME or KIND/NAME.
-        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME")]
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME", add = ArgValueCompleter::new(complete::Objects))]
         target: Vec<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -208,7 +212,7 @@ enum Command {
     /// `--for=jsonpath='{.status.phase}'=Succeeded`.
     Wait {
         /// KIND NAME..., or KIND/NAME...
-        #[arg(required = true, value_name = "KIND/NAME")]
+        #[arg(required = true, value_name = "KIND/NAME", add = ArgValueCompleter::new(complete::Objects))]
         targets: Vec<String>,
         /// condition=NAME[=true|false], delete, or jsonpath=PATH=VALUE.
         #[arg(long = "for")]
@@ -599,6 +603,9 @@ struct UpArgs {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // A shell asking for completions (`COMPLETE=bash flotilla -- WORDS`)
+    // is answered here, and the process ends.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -1103,13 +1110,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completion { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
+            // The script asks this binary (`COMPLETE=SHELL flotilla -- WORDS`),
+            // so completion knows kinds and the master's object names.
+            let name = shell.to_string();
+            let shells = clap_complete::env::Shells::builtins();
+            let completer = shells
+                .completer(&name)
+                .ok_or_else(|| anyhow::anyhow!("no completion for {name}"))?;
+            // Registered for the command people type; the binary that runs
+            // now answers, wherever it is installed.
+            let answers = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.to_str().map(String::from))
+                .unwrap_or_else(|| "flotilla".into());
+            completer.write_registration(
+                "COMPLETE",
                 "flotilla",
+                "flotilla",
+                &answers,
                 &mut std::io::stdout(),
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -218,6 +218,37 @@ fn the_documented_examples_print_what_docs_cli_md_says() {
     std::fs::write(dir.path().join("config/more/extra.yaml"), cm("extra")).expect("write");
     std::fs::write(dir.path().join("config/README.txt"), "not a manifest").expect("write");
 
+    // Completion knows kinds and asks the master for names.
+    let complete = |words: &str| -> Vec<String> {
+        let out = Command::new(common::BIN)
+            .arg("--")
+            .args(words.split(' '))
+            .env("COMPLETE", "fish")
+            .env("FLOTILLA_CONFIG", &c.config)
+            .output()
+            .expect("complete");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(complete("flotilla get po"), ["pods", "po"]);
+    assert_eq!(complete("flotilla get pods he"), ["hello"]);
+    assert_eq!(complete("flotilla describe pod/"), ["pod/hello"]);
+    // An empty word is offered the names first, then the flags.
+    assert_eq!(
+        complete("flotilla logs ").first().map(String::as_str),
+        Some("hello")
+    );
+    assert_eq!(
+        complete("flotilla describe nodes ")
+            .first()
+            .map(String::as_str),
+        Some("n1")
+    );
+    assert!(complete("flotilla get ").contains(&"deployments".to_string()));
+    assert!(complete("flotilla lo").contains(&"logs".to_string()));
+
     let (now, later): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|(s, _)| s.is_empty());
     for (_, block) in &now {
         if let Some(m) = mismatch(&c, dir.path(), block) {
