@@ -31,6 +31,31 @@ pub fn words(key: &str) -> String {
     out
 }
 
+/// Maps whose keys are people's own (printed as they are).
+const FREE_FORM: &[&str] = &[
+    "labels",
+    "annotations",
+    "matchLabels",
+    "nodeSelector",
+    "data",
+    "binaryData",
+    "stringData",
+    "capacity",
+    "allocatable",
+    "limits",
+    "requests",
+];
+
+/// Whether the map under `key` holds people's own keys: one of
+/// [`FREE_FORM`], or a selector of labels (`{app: web}`, not
+/// `{matchLabels: ...}`).
+fn free_form(key: &str, v: &Value) -> bool {
+    FREE_FORM.contains(&key)
+        || (key == "selector"
+            && v.as_object()
+                .is_some_and(|m| m.values().all(Value::is_string)))
+}
+
 /// Lines `Key:  value`, the values of a block lined up.
 #[derive(Default)]
 struct Block {
@@ -47,14 +72,17 @@ impl Block {
         self.lines.push((indent, key.to_string(), None));
     }
 
-    /// A JSON value under `key`, recursively.
-    fn value(&mut self, indent: usize, key: &str, v: &Value) {
+    /// A JSON value under `key`, recursively. The keys of maps that hold
+    /// people's own keys (labels, data, selectors) are printed as they
+    /// are (`verbatim`); the others as words.
+    fn value_in(&mut self, indent: usize, key: &str, v: &Value, verbatim: bool) {
+        let child_key = |k: &str| if verbatim { k.to_string() } else { words(k) };
         match v {
             Value::Object(m) if m.is_empty() => self.field(indent, key, "<none>"),
             Value::Object(m) => {
                 self.heading(indent, key);
                 for (k, v) in m {
-                    self.value(indent + 1, &words(k), v);
+                    self.value_in(indent + 1, &child_key(k), v, free_form(k, v));
                 }
             }
             Value::Array(a) if a.is_empty() => self.field(indent, key, "<none>"),
@@ -67,8 +95,13 @@ impl Block {
                 for item in a {
                     match item {
                         Value::Object(m) => {
-                            for (k, v) in m {
-                                self.value(indent + 1, &words(k), v);
+                            // Each item starts with `- `, its name or type first.
+                            let mut keys: Vec<&String> = m.keys().collect();
+                            keys.sort_by_key(|k| !matches!(k.as_str(), "name" | "type"));
+                            for (i, k) in keys.into_iter().enumerate() {
+                                let mark = if i == 0 { "- " } else { "  " };
+                                let label = format!("{mark}{}", words(k));
+                                self.value_in(indent + 1, &label, &m[k], free_form(k, &m[k]));
                             }
                         }
                         other => self.field(indent + 1, "-", crate::jsonpath::scalar(other)),
@@ -157,7 +190,8 @@ pub fn generic(o: &Object, now: Time) -> String {
             if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                 continue;
             }
-            b.value(0, &words(&k), &v);
+            let verbatim = free_form(&k, &v);
+            b.value_in(0, &words(&k), &v, verbatim);
         }
     }
     b.render()
@@ -423,10 +457,15 @@ mod tests {
         let mut b = Block::default();
         b.field(0, "Name", "web");
         b.field(0, "Restart Policy", "Never");
-        b.value(0, "Spec", &serde_json::json!({"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "args": ["a", "b"], "empty": []}));
+        b.value_in(
+            0,
+            "Spec",
+            &serde_json::json!({"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "args": ["a", "b"], "empty": [], "conditions": [{"status": "True", "type": "Ready"}]}),
+            false,
+        );
         assert_eq!(
             b.render(),
-            "Name:            web\nRestart Policy:  Never\nSpec:\n  Args:      a, b\n  Empty:     <none>\n  Replicas:  3\n  Selector:\n    Match Labels:\n      App:  web\n"
+            "Name:            web\nRestart Policy:  Never\nSpec:\n  Args:      a, b\n  Conditions:\n    - Type:    Ready\n      Status:  True\n  Empty:     <none>\n  Replicas:  3\n  Selector:\n    Match Labels:\n      app:  web\n"
         );
     }
 
