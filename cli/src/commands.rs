@@ -526,10 +526,21 @@ fn as_update(obj: &Object, current: &Object) -> Object {
 /// The object stored under `obj`'s kind, namespace and name, if any.
 async fn current_of(client: &Client, obj: &Object) -> anyhow::Result<Option<Object>> {
     let m = obj.meta();
+    lookup(client, obj.kind(), &m.namespace, &m.name).await
+}
+
+/// The object of `kind` named `name` in `namespace`, or None if there is
+/// none (any other failure is an error).
+pub(crate) async fn lookup(
+    client: &Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Option<Object>> {
     let req = Request::Get {
-        kind: obj.kind(),
-        namespace: m.namespace.clone(),
-        name: m.name.clone(),
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
         stale: false,
     };
     match client.call(&req).await {

@@ -338,13 +338,17 @@ pub fn pod(p: &Pod, now: Time) -> String {
                 ]
             })
             .collect();
-        for line in crate::output::table(&["Type", "Status", "Reason"], &rows).lines() {
-            out.push_str("  ");
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.push_str(&indented(&["Type", "Status", "Reason"], &rows));
     }
     out
+}
+
+/// A table under a heading, indented by two spaces.
+fn indented(header: &[&str], rows: &[Vec<String>]) -> String {
+    crate::output::table(header, rows)
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect()
 }
 
 /// A node as kubectl describes one: the generic part, then the pods bound
@@ -407,11 +411,7 @@ pub fn node(n: &Node, pods: &[Pod], now: Time) -> String {
             "Memory Limits",
             "Age",
         ];
-        for line in crate::output::table(&header, &rows).lines() {
-            out.push_str("  ");
-            out.push_str(line);
-            out.push('\n');
-        }
+        out.push_str(&indented(&header, &rows));
     }
     out.push_str("Allocated resources:\n");
     let rows = vec![
@@ -431,11 +431,7 @@ pub fn node(n: &Node, pods: &[Pod], now: Time) -> String {
             String::new(),
         ],
     ];
-    for line in crate::output::table(&["Resource", "Requests", "Limits"], &rows).lines() {
-        out.push_str("  ");
-        out.push_str(line);
-        out.push('\n');
-    }
+    out.push_str(&indented(&["Resource", "Requests", "Limits"], &rows));
     out
 }
 

@@ -164,27 +164,9 @@ enum Command {
         timeout: String,
     },
     /// Set or remove labels: `label pod/hello tier=db`, `label pod hello tier-`.
-    Label {
-        /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
-        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
-        args: Vec<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Replace a label that has a value already.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Label(MetadataChange),
     /// Set or remove annotations: `annotate deploy/web note='moved to pi-3'`.
-    Annotate {
-        /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
-        #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
-        args: Vec<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Replace an annotation that has a value already.
-        #[arg(long)]
-        overwrite: bool,
-    },
+    Annotate(MetadataChange),
     /// Change an object with a JSON merge patch: `patch deploy web -p '{"spec":{"replicas":3}}'`.
     Patch {
         /// KIND NAME or KIND/NAME.
@@ -323,6 +305,19 @@ struct CompileArgs {
     /// The new file to write the compiled code to.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// Arguments of `label` and `annotate`.
+#[derive(clap::Args, Debug)]
+struct MetadataChange {
+    /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
+    #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
+    args: Vec<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Replace a value that is there already.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -986,16 +981,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::describe(&config, &kind, &name, &namespace).await
         }
         Command::Logs(args) => commands::logs(&config, &args).await,
-        Command::Label {
-            args,
-            namespace,
-            overwrite,
-        } => verbs::label_or_annotate(&config, &args, &namespace, overwrite, true).await,
-        Command::Annotate {
-            args,
-            namespace,
-            overwrite,
-        } => verbs::label_or_annotate(&config, &args, &namespace, overwrite, false).await,
+        Command::Label(a) => {
+            verbs::label_or_annotate(&config, &a.args, &a.namespace, a.overwrite, true).await
+        }
+        Command::Annotate(a) => {
+            verbs::label_or_annotate(&config, &a.args, &a.namespace, a.overwrite, false).await
+        }
         Command::Patch {
             target,
             patch,

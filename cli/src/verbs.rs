@@ -6,8 +6,8 @@ use crate::jsonpath::{self, Template};
 use crate::listing;
 use crate::workloads::{api_error, update};
 use anyhow::{anyhow, bail};
-use flotilla_api::net::{Client, NetError};
-use flotilla_api::protocol::{ApiError, ErrorCode, Request, Response};
+use flotilla_api::net::NetError;
+use flotilla_api::protocol::{ErrorCode, Request, Response};
 use flotilla_api::{Kind, Object};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -321,7 +321,7 @@ pub async fn wait(
         let ns = namespace_for(kind, namespace);
         let target = format!("{}/{name}", kind.as_str().to_lowercase());
         loop {
-            let now = fetch(&client, kind, &ns, &name).await?;
+            let now = crate::commands::lookup(&client, kind, &ns, &name).await?;
             if now.is_none() && until != Until::Delete {
                 bail!("{target} not found in namespace {namespace}: nothing to wait for");
             }
@@ -349,30 +349,6 @@ fn describe_until(u: &Until) -> String {
         Until::Condition(c, true) => format!("condition {c}"),
         Until::Condition(c, false) => format!("condition {c} to be false"),
         Until::JsonPath(_, v) => format!("the path to be {v:?}"),
-    }
-}
-
-/// The object, or None if it is not there.
-async fn fetch(
-    client: &Client,
-    kind: Kind,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<Option<Object>> {
-    let req = Request::Get {
-        kind,
-        namespace: ns.to_string(),
-        name: name.to_string(),
-        stale: false,
-    };
-    match client.call(&req).await {
-        Ok(Response::Object(o)) => Ok(Some(o)),
-        Ok(other) => bail!("unexpected answer {other:?}"),
-        Err(NetError::Api(ApiError {
-            code: ErrorCode::NotFound,
-            ..
-        })) => Ok(None),
-        Err(e) => Err(api_error(e)),
     }
 }
 
@@ -522,7 +498,7 @@ pub async fn edit(config: &Path, args: &[String], namespace: &str) -> anyhow::Re
     }
     let ns = namespace_for(kind, namespace);
     let client = crate::commands::connect(config).await?;
-    let current = fetch(&client, kind, &ns, &name)
+    let current = crate::commands::lookup(&client, kind, &ns, &name)
         .await?
         .ok_or_else(|| anyhow!("{}", crate::commands::not_found_text(kind, &ns, &name)))?;
     // A Secret is edited with its values (admins only), or saving would
