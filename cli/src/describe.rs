@@ -31,6 +31,9 @@ pub fn words(key: &str) -> String {
     out
 }
 
+/// Lists longer than this (joined) print an item a line.
+const LONG_LIST: usize = 100;
+
 /// Maps whose keys are people's own (printed as they are).
 const FREE_FORM: &[&str] = &[
     "labels",
@@ -59,17 +62,27 @@ fn free_form(key: &str, v: &Value) -> bool {
 /// Lines `Key:  value`, the values of a block lined up.
 #[derive(Default)]
 struct Block {
-    lines: Vec<(usize, String, Option<String>)>,
+    lines: Vec<(usize, String, Entry)>,
+}
+
+/// What a line of a [`Block`] is.
+enum Entry {
+    /// `Key:  value`.
+    Field(String),
+    /// `Key:`, with what is under it on the next lines.
+    Heading,
+    /// A bare item of a long list.
+    Item,
 }
 
 impl Block {
     fn field(&mut self, indent: usize, key: &str, value: impl Into<String>) {
         self.lines
-            .push((indent, key.to_string(), Some(value.into())));
+            .push((indent, key.to_string(), Entry::Field(value.into())));
     }
 
     fn heading(&mut self, indent: usize, key: &str) {
-        self.lines.push((indent, key.to_string(), None));
+        self.lines.push((indent, key.to_string(), Entry::Heading));
     }
 
     /// A JSON value under `key`, recursively. The keys of maps that hold
@@ -88,7 +101,16 @@ impl Block {
             Value::Array(a) if a.is_empty() => self.field(indent, key, "<none>"),
             Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
                 let items: Vec<String> = a.iter().map(crate::jsonpath::scalar).collect();
-                self.field(indent, key, items.join(", "));
+                let line = items.join(", ");
+                if line.chars().count() <= LONG_LIST {
+                    self.field(indent, key, line);
+                } else {
+                    // A long list (a node's interfaces): an item a line.
+                    self.heading(indent, key);
+                    for item in items {
+                        self.lines.push((indent + 1, item, Entry::Item));
+                    }
+                }
             }
             Value::Array(a) => {
                 self.heading(indent, key);
@@ -117,18 +139,19 @@ impl Block {
     /// after the longest key at that indentation.
     fn render(&self) -> String {
         let mut widths: BTreeMap<usize, usize> = BTreeMap::new();
-        for (ind, key, value) in &self.lines {
-            if value.is_some() {
+        for (ind, key, entry) in &self.lines {
+            if matches!(entry, Entry::Field(_)) {
                 let w = widths.entry(*ind).or_default();
                 *w = (*w).max(key.chars().count());
             }
         }
         let mut out = String::new();
-        for (ind, key, value) in &self.lines {
+        for (ind, key, entry) in &self.lines {
             let indent = "  ".repeat(*ind);
-            match value {
-                None => out.push_str(&format!("{indent}{key}:\n")),
-                Some(v) => {
+            match entry {
+                Entry::Heading => out.push_str(&format!("{indent}{key}:\n")),
+                Entry::Item => out.push_str(&format!("{indent}{key}\n")),
+                Entry::Field(v) => {
                     let pad = widths.get(ind).copied().unwrap_or(0) - key.chars().count();
                     let line = format!("{indent}{key}:{}  {v}", " ".repeat(pad));
                     out.push_str(line.trim_end());
@@ -463,6 +486,21 @@ mod tests {
             b.render(),
             "Name:            web\nRestart Policy:  Never\nSpec:\n  Args:      a, b\n  Conditions:\n    - Type:    Ready\n      Status:  True\n  Empty:     <none>\n  Replicas:  3\n  Selector:\n    Match Labels:\n      app:  web\n"
         );
+    }
+
+    #[test]
+    fn long_lists_print_an_item_a_line() {
+        let mut b = Block::default();
+        let many: Vec<String> = (0..20)
+            .map(|i| format!("wasi:cli/thing-{i}@0.2.6"))
+            .collect();
+        b.value_in(0, "Interfaces", &serde_json::json!(many), false);
+        let text = b.render();
+        assert!(
+            text.starts_with("Interfaces:\n  wasi:cli/thing-0@0.2.6\n  wasi:cli/thing-1@0.2.6\n"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 21);
     }
 
     #[test]

@@ -4,7 +4,15 @@
 //!
 //! Layout:
 //! - `main.rs`: the command line and process wiring (signals, logging).
-//! - [`commands`]: the client commands (apply, get, describe, logs, delete, token).
+//! - [`commands`]: the client commands (apply, diff, get, describe, logs, delete, token).
+//! - [`listing`]: what `get` does with what it lists, the same for every
+//!   kind (addressing, selectors, sorting, output formats, table shape);
+//!   [`jsonpath`]: kubectl's JSONPath templates.
+//! - [`verbs`]: `label`, `annotate`, `patch`, `edit`, `wait`, `version`,
+//!   `api-resources`, `cluster-info`.
+//! - [`describe`]: `describe` laid out as kubectl's.
+//! - [`diff`]: unified diffs for `flotilla diff`.
+//! - [`complete`]: shell completion of kinds and object names.
 //! - [`nodes`]: `taint`, `cordon`, `uncordon`: what admins change on a node.
 //! - [`output`]: tables, YAML and JSON.
 //! - [`workloads`]: `scale` and `rollout`, for Deployments and ReplicaSets.

@@ -85,6 +85,15 @@ fn previous_release_node_runs_pods_beside_this_release_and_upgrades_in_place() {
     let message = c.hello_on("old", wait);
     assert!(!message.contains("precompiled"), "{message}");
     assert!(c.ok(&["logs", "hello-old"]).contains("hello from flotilla"));
+    // Options the old node does not know: said, not an empty answer.
+    let out = c.run(&["logs", "hello-old", "--timestamps"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "node old closed the log stream without answering; a node of a release before 0.2.0 answers only"
+        ),
+        "{out:?}"
+    );
     let message = c.hello_on("new", wait);
     assert!(message.contains("precompiled by the master"), "{message}");
     let records = c.code_records("hello");

@@ -522,10 +522,17 @@ impl Follower {
 
 /// The line a follower sees where the program started again.
 pub fn separator(at: u64, restarts: u32) -> String {
-    format!(
-        "--- flotilla: the program started again at {} (restart {restarts}) ---\n",
-        format_nanos(at)
-    )
+    match restarts {
+        // A follower that waited for the first start (a pod still Pending).
+        0 => format!(
+            "--- flotilla: the program started at {} ---\n",
+            format_nanos(at)
+        ),
+        n => format!(
+            "--- flotilla: the program started again at {} (restart {n}) ---\n",
+            format_nanos(at)
+        ),
+    }
 }
 
 /// The first moment the request wants lines from, in nanoseconds.
@@ -834,6 +841,7 @@ mod tests {
         assert!(lines[2].starts_with("--- flotilla: the program started again at "));
         assert!(lines[2].ends_with("(restart 1) ---"), "{out}");
         assert!(lines[3].ends_with("Z again"), "{out}");
+        assert!(separator(0, 0).starts_with("--- flotilla: the program started at 1970-"));
 
         // Following a finished pod gives what there is and no follower.
         let (snap, rx) = log.read(&o, SystemTime::now()).expect("read");

@@ -16,17 +16,35 @@ pub struct LogStream {
     _send: quinn::SendStream,
     recv: quinn::RecvStream,
     node: String,
+    /// Whether the node has answered at all (a node always ends its
+    /// answer with `End` or an error).
+    answered: bool,
 }
 
 impl LogStream {
     /// The next frame; None once the node's side ended.
     pub async fn next(&mut self) -> Result<Option<Response>, ApiError> {
         if let Some(first) = self.first.take() {
+            self.answered = true;
             return Ok(Some(first));
         }
-        read_frame::<Response>(&mut self.recv)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("node {}: {e}", self.node)))
+        let frame = read_frame::<Response>(&mut self.recv).await.map_err(|e| {
+            ApiError::new(ErrorCode::Unavailable, format!("node {}: {e}", self.node))
+        })?;
+        match frame {
+            // Closed without a word: the node did not understand the request.
+            None if !self.answered => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} closed the log stream without answering; a node of a release before 0.2.0 answers only `logs` without --previous, --timestamps and --since: upgrade it",
+                    self.node
+                ),
+            )),
+            other => {
+                self.answered = true;
+                Ok(other)
+            }
+        }
     }
 }
 
@@ -80,6 +98,7 @@ impl ApiServer {
                     _send: send,
                     recv,
                     node,
+                    answered: false,
                 })
             }
             // The node is connected to another master (or to none): ask the
@@ -108,6 +127,7 @@ impl ApiServer {
                         _send: send,
                         recv,
                         node: node.to_string(),
+                        answered: true,
                     })
                 }
             }
