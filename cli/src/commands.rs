@@ -1054,20 +1054,6 @@ pub(crate) async fn create_on(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How every command says an object is not there (`get`, `describe`,
-/// `logs`, `delete` say it the same way).
-pub fn not_found_text(kind: Kind, namespace: &str, name: &str) -> String {
-    let where_ = if namespace.is_empty() {
-        String::new()
-    } else {
-        format!(" in namespace {namespace}")
-    };
-    format!(
-        "{} {name:?} not found{where_} (NotFound)",
-        kind.as_str().to_lowercase()
-    )
-}
-
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
@@ -1495,7 +1481,9 @@ fn print_groups(
     prefix: bool,
     users: &output::ModuleUsers,
 ) -> anyhow::Result<String> {
-    let all: Vec<Object> = groups.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
+    // The objects of every group in one list, for the formats that print
+    // them together (tables print a group at a time, without a copy).
+    let all = || -> Vec<Object> { groups.iter().flat_map(|(_, o)| o.iter().cloned()).collect() };
     let table_text = |t: &Table| {
         if a.no_headers {
             listing::without_header(t)
@@ -1506,11 +1494,14 @@ fn print_groups(
     Ok(match &a.output {
         Output::Json | Output::Yaml => {
             let format = a.output.structured().unwrap_or(Format::Yaml);
-            output::structured(&all, format, single)?
+            output::structured(&all(), format, single)?
         }
-        Output::Name => all.iter().map(|o| listing::name_of(o) + "\n").collect(),
-        Output::JsonPath(t) => t.render(&listing::jsonpath_input(&all, single)),
-        Output::CustomColumns(cols) => table_text(&listing::custom_table(cols, &all)),
+        Output::Name => groups
+            .iter()
+            .flat_map(|(_, objs)| objs.iter().map(|o| listing::name_of(o) + "\n"))
+            .collect(),
+        Output::JsonPath(t) => t.render(&listing::jsonpath_input(&all(), single)),
+        Output::CustomColumns(cols) => table_text(&listing::custom_table(cols, &all())),
         Output::Table | Output::Wide => groups
             .iter()
             .filter(|(_, objs)| !objs.is_empty())

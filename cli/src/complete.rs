@@ -24,33 +24,22 @@ fn words() -> Vec<String> {
     }
 }
 
-/// Flags whose value is the next word (so that word is no argument).
-const VALUE_FLAGS: &[&str] = &[
-    "-n",
-    "--namespace",
-    "-o",
-    "--output",
-    "-l",
-    "--selector",
-    "-f",
-    "--filename",
-    "--config",
-    "--field-selector",
-    "--sort-by",
-    "-L",
-    "--label-columns",
-    "--tail",
-    "--since",
-    "--since-time",
-    "--for",
-    "--timeout",
-    "-p",
-    "--patch",
-    "--type",
-    "--replicas",
-    "--port",
-    "--cascade",
-];
+/// Whether `flag` (`-n`, `--namespace`) of `command` (or a global flag)
+/// takes a value, so that the next word is no argument: read from the
+/// command line's own definition.
+fn takes_value(cli: &clap::Command, command: &str, flag: &str) -> bool {
+    let is = |a: &clap::Arg| {
+        let named = match flag.strip_prefix("--") {
+            Some(long) => a.get_long() == Some(long),
+            None => flag.strip_prefix('-').and_then(|s| s.chars().next()) == a.get_short(),
+        };
+        named && a.get_action().takes_values()
+    };
+    cli.get_arguments().any(is)
+        || cli
+            .find_subcommand(command)
+            .is_some_and(|sub| sub.get_arguments().any(is))
+}
 
 /// The positional words after the command (flags and their values left
 /// out), and the namespace and config the line gives.
@@ -62,8 +51,8 @@ pub struct Line {
     pub config: Option<String>,
 }
 
-/// Reads a command line (without the word being completed).
-pub fn parse_line(words: &[String]) -> Line {
+/// Reads a command line (without the word being completed) of `cli`.
+pub fn parse_line(cli: &clap::Command, words: &[String]) -> Line {
     let mut line = Line::default();
     let mut i = 1;
     while i < words.len() {
@@ -75,7 +64,7 @@ pub fn parse_line(words: &[String]) -> Line {
                 "--config" => line.config = Some(v.to_string()),
                 _ => {}
             }
-        } else if VALUE_FLAGS.contains(&w.as_str()) {
+        } else if w.starts_with('-') && takes_value(cli, &line.command, w) {
             match w.as_str() {
                 "-n" | "--namespace" => line.namespace = value(i),
                 "--config" => line.config = value(i),
@@ -205,7 +194,7 @@ impl ValueCompleter for Objects {
         let current = current.to_string_lossy().into_owned();
         // The word being completed is the last; what comes before says where it is.
         words.pop();
-        let line = parse_line(&words);
+        let line = parse_line(&<crate::Cli as clap::CommandFactory>::command(), &words);
         let index = line.positionals.len();
         candidates(&line, index, &current, &|k| ask_master(&line, k))
             .into_iter()
@@ -220,6 +209,10 @@ mod tests {
 
     fn w(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    fn parse_line(words: &[String]) -> Line {
+        super::parse_line(&<crate::Cli as clap::CommandFactory>::command(), words)
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! allocated). Pure: objects in, text out.
 
 use crate::output::pod_status;
-use flotilla_api::objects::{condition, Node, Pod, PodPhase};
+use flotilla_api::objects::{condition, LastState, Node, Pod, PodPhase};
 use flotilla_api::quantity::format_bytes;
 use flotilla_api::time::age;
 use flotilla_api::time::Time;
@@ -220,6 +220,28 @@ pub fn generic(o: &Object, now: Time) -> String {
     b.render()
 }
 
+/// How a run ended, under `State` or `Last State`: its reason
+/// (`default_reason` when it gave none), exit code, the first line of its
+/// message, when it started (`with_start`) and when it finished.
+fn terminated(b: &mut Block, run: &LastState, default_reason: &str, with_start: bool, now: Time) {
+    let reason = if run.reason.is_empty() {
+        default_reason
+    } else {
+        &run.reason
+    };
+    b.field(1, "Reason", reason);
+    if let Some(code) = run.exit_code {
+        b.field(1, "Exit Code", code.to_string());
+    }
+    if let Some(first) = run.message.lines().next() {
+        b.field(1, "Message", first);
+    }
+    if with_start {
+        b.field(1, "Started", when(run.started_at, now));
+    }
+    b.field(1, "Finished", when(run.finished_at, now));
+}
+
 /// A pod as kubectl describes one.
 pub fn pod(p: &Pod, now: Time) -> String {
     let mut b = Block::default();
@@ -258,19 +280,14 @@ pub fn pod(p: &Pod, now: Time) -> String {
         }
         PodPhase::Succeeded | PodPhase::Failed => {
             b.field(0, "State", "Terminated");
-            b.field(
-                1,
-                "Reason",
-                if st.reason.is_empty() {
-                    "Completed".into()
-                } else {
-                    st.reason.clone()
-                },
-            );
-            if let Some(code) = st.exit_code {
-                b.field(1, "Exit Code", code.to_string());
-            }
-            b.field(1, "Finished", when(st.finish_time, now));
+            // The message is the pod's, printed above.
+            let run = LastState {
+                exit_code: st.exit_code,
+                reason: st.reason.clone(),
+                finished_at: st.finish_time,
+                ..LastState::default()
+            };
+            terminated(&mut b, &run, "Completed", false, now);
         }
         _ => {
             b.field(0, "State", "Waiting");
@@ -281,27 +298,7 @@ pub fn pod(p: &Pod, now: Time) -> String {
     }
     if let Some(l) = &st.last_state {
         b.field(0, "Last State", "Terminated");
-        b.field(
-            1,
-            "Reason",
-            if l.reason.is_empty() {
-                "Error".into()
-            } else {
-                l.reason.clone()
-            },
-        );
-        if let Some(code) = l.exit_code {
-            b.field(1, "Exit Code", code.to_string());
-        }
-        if !l.message.is_empty() {
-            b.field(
-                1,
-                "Message",
-                l.message.lines().next().unwrap_or_default().to_string(),
-            );
-        }
-        b.field(1, "Started", when(l.started_at, now));
-        b.field(1, "Finished", when(l.finished_at, now));
+        terminated(&mut b, l, "Error", true, now);
     }
     let ready = st.condition(condition::READY).is_some_and(|c| c.status);
     b.field(0, "Ready", if ready { "True" } else { "False" });

@@ -65,13 +65,8 @@ enum Command {
     Up(UpArgs),
     /// Create or update objects from manifest files.
     Apply {
-        /// Manifest files (YAML, several documents each), directories of
-        /// them (.yaml, .yml, .json); `-` reads standard input.
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-        /// Read the subdirectories of directories given with -f too.
-        #[arg(short = 'R', long)]
-        recursive: bool,
+        #[command(flatten)]
+        manifests: Manifests,
         /// Put every namespaced object in this namespace.
         #[arg(short, long)]
         namespace: Option<String>,
@@ -87,11 +82,9 @@ enum Command {
     /// Show what `apply -f` would change, as a unified diff per object
     /// (exit 1 when something would change).
     Diff {
-        /// Manifest files or directories, as `apply -f` takes them.
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-        #[arg(short = 'R', long)]
-        recursive: bool,
+        #[command(flatten)]
+        manifests: Manifests,
+        /// Put every namespaced object in this namespace, as `apply -n` does.
         #[arg(short, long)]
         namespace: Option<String>,
     },
@@ -313,6 +306,25 @@ struct CompileArgs {
     /// The new file to write the compiled code to.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// The manifests `apply` and `diff` read.
+#[derive(clap::Args, Debug)]
+struct Manifests {
+    /// Manifest files (YAML, several documents each), directories of
+    /// them (.yaml, .yml, .json); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Read the subdirectories of directories given with -f too.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+}
+
+impl Manifests {
+    /// The files, directories expanded.
+    fn files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        commands::expand_files(&self.files, self.recursive)
+    }
 }
 
 /// Arguments of `label` and `annotate`.
@@ -899,13 +911,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply {
-            files,
-            recursive,
+            manifests,
             namespace,
             create_namespace,
             dry_run,
         } => {
-            let files = commands::expand_files(&files, recursive)?;
+            let files = manifests.files()?;
             commands::apply(
                 &config,
                 &files,
@@ -916,11 +927,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Diff {
-            files,
-            recursive,
+            manifests,
             namespace,
         } => {
-            let files = commands::expand_files(&files, recursive)?;
+            let files = manifests.files()?;
             commands::diff(&config, &files, namespace.as_deref()).await
         }
         Command::Create {

@@ -4,7 +4,7 @@
 
 use crate::jsonpath::{self, Template};
 use crate::listing;
-use crate::workloads::{api_error, update};
+use crate::workloads::{api_error, parse_target, update};
 use anyhow::{anyhow, bail};
 use flotilla_api::net::NetError;
 use flotilla_api::protocol::{ErrorCode, Request, Response};
@@ -17,17 +17,11 @@ use std::time::{Duration, Instant};
 
 /// `KIND NAME` or `KIND/NAME` at the start of `args`, and what follows.
 fn split_target(args: &[String]) -> anyhow::Result<((Kind, String), &[String])> {
-    match args {
-        [one, rest @ ..] if one.contains('/') => {
-            let (k, n) = one.split_once('/').unwrap_or_default();
-            if n.is_empty() {
-                bail!("{one:?} names no object: write KIND/NAME, e.g. pod/hello");
-            }
-            Ok(((listing::parse_kind(k)?, n.to_string()), rest))
-        }
-        [kind, name, rest @ ..] => Ok(((listing::parse_kind(kind)?, name.clone()), rest)),
-        _ => bail!("name the object: KIND NAME or KIND/NAME, e.g. pod/hello"),
-    }
+    let head = match args.first() {
+        Some(one) if one.contains('/') => 1,
+        _ => 2.min(args.len()),
+    };
+    Ok((parse_target(&args[..head])?, &args[head..]))
 }
 
 fn namespace_for(kind: Kind, namespace: &str) -> String {
@@ -500,7 +494,7 @@ pub async fn edit(config: &Path, args: &[String], namespace: &str) -> anyhow::Re
     let client = crate::commands::connect(config).await?;
     let current = crate::commands::lookup(&client, kind, &ns, &name)
         .await?
-        .ok_or_else(|| anyhow!("{}", crate::commands::not_found_text(kind, &ns, &name)))?;
+        .ok_or_else(|| anyhow!("{} (NotFound)", kind.not_found(&ns, &name)))?;
     // A Secret is edited with its values (admins only), or saving would
     // write the placeholders `get` shows in their place.
     let current = if kind == Kind::Secret {

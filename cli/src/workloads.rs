@@ -104,7 +104,7 @@ pub fn parse_target(target: &[String]) -> anyhow::Result<(Kind, String)> {
         [kind, name] => (kind.as_str(), name.as_str()),
         _ => bail!("write KIND/NAME (deploy/web) or KIND NAME"),
     };
-    let kind = Kind::parse(kind).ok_or_else(|| anyhow!("{kind:?} is not a kind"))?;
+    let kind = crate::listing::parse_kind(kind)?;
     if name.is_empty() {
         bail!("name the {}", kind.as_str().to_lowercase());
     }

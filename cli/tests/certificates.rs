@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{pod_yaml, wait_for, Cluster};
+use common::{wait_for, Cluster};
 use flotilla_api::identity::Validity;
 use flotilla_api::time::Time;
 use std::path::Path;
@@ -50,15 +50,7 @@ fn restart_at(c: &mut Cluster, at: Time) {
 
 #[test]
 fn a_cluster_outlives_its_first_certificates() {
-    let mut c = Cluster::start("20s");
-    c.start_node("n1");
-    c.wait_node_ready("n1", "Ready", T);
-    let ticker = c.manifest(
-        "ticker.yaml",
-        &pod_yaml("ticker", "ticker", &[], "Always", ""),
-    );
-    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
-    c.wait_phase("ticker", "Running", T);
+    let mut c = Cluster::with_ticker("20s");
 
     let today = Time::now();
     let creds = c.path("n1").join("credentials.yaml");

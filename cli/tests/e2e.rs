@@ -382,7 +382,7 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
 
 #[test]
 fn nodes_survive_their_own_and_the_masters_failures() {
-    let mut c = with_ticker("3s");
+    let mut c = Cluster::with_ticker("3s");
 
     // A killed node turns NotReady after the grace period, and Ready again when it returns.
     c.kill_node("n1");
@@ -808,20 +808,6 @@ fn data_files_and_backups_are_private_to_their_owner() {
     );
 }
 
-/// A master, node `n1` and the pod `ticker` running on it.
-fn with_ticker(grace: &str) -> Cluster {
-    let mut c = Cluster::start(grace);
-    c.start_node("n1");
-    c.wait_node_ready("n1", "Ready", T);
-    let ticker = c.manifest(
-        "ticker.yaml",
-        &pod_yaml("ticker", "ticker", &[], "Always", ""),
-    );
-    c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
-    c.wait_phase("ticker", "Running", T);
-    c
-}
-
 /// The environment process `pid` runs with.
 fn environ(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -1031,7 +1017,7 @@ fn a_restarted_node_agent_counts_a_restart_and_keeps_the_logs() {
 
 #[test]
 fn a_master_that_cannot_listen_or_stops_says_so_in_one_line() {
-    let mut c = with_ticker("10s");
+    let mut c = Cluster::with_ticker("10s");
 
     // A second master on the same port: one line saying what to do, and
     // nothing made (no data directory, no config).
@@ -1312,7 +1298,7 @@ fn get_watch_prints_aligned_rows_for_changes_and_marks_deletions() {
 
 #[test]
 fn pods_of_a_lost_node_show_unknown_until_it_returns() {
-    let mut c = with_ticker("3s");
+    let mut c = Cluster::with_ticker("3s");
 
     // A paused node: NotReady after the grace period, its pod Unknown.
     c.signal_node("n1", "STOP");

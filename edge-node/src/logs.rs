@@ -132,11 +132,6 @@ impl LogStore {
         self.lock().remove(key).map(|l| l.dir.clone())
     }
 
-    /// The directory of a pod's logs, by its volumes' directory name.
-    pub fn dir_of(&self, dir_name: &str) -> PathBuf {
-        self.root.join(dir_name)
-    }
-
     /// Removes the directories of pods not in `keep` (directory names):
     /// pods deleted while the node was down.
     pub fn remove_others(&self, keep: &HashSet<String>) {

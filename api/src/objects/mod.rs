@@ -357,6 +357,20 @@ pub trait Typed: Resource {
 }
 
 impl Kind {
+    /// How every side words a missing object: `pod "web" not found in
+    /// namespace default` (`node "pi-1" not found` for cluster-scoped kinds).
+    pub fn not_found(self, namespace: &str, name: &str) -> String {
+        let where_ = if namespace.is_empty() {
+            String::new()
+        } else {
+            format!(" in namespace {namespace}")
+        };
+        format!(
+            "{} {name:?} not found{where_}",
+            self.as_str().to_lowercase()
+        )
+    }
+
     /// Parses a kind the way kubectl does: `pod`, `pods`, `po`, `Pod`.
     pub fn parse(s: &str) -> Option<Kind> {
         let s = s.to_ascii_lowercase();

@@ -68,6 +68,21 @@ impl Cluster {
         Cluster::start_with(grace, &[])
     }
 
+    /// A master, node `n1` and the pod `ticker` running on it.
+    pub fn with_ticker(grace: &str) -> Cluster {
+        let timeout = Duration::from_secs(60);
+        let mut c = Cluster::start(grace);
+        c.start_node("n1");
+        c.wait_node_ready("n1", "Ready", timeout);
+        let ticker = c.manifest(
+            "ticker.yaml",
+            &pod_yaml("ticker", "ticker", &[], "Always", ""),
+        );
+        c.ok(&["apply", "-f", ticker.to_str().expect("utf8")]);
+        c.wait_phase("ticker", "Running", timeout);
+        c
+    }
+
     /// Starts a master with more flags and waits until it answers.
     pub fn start_with(grace: &str, master_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");

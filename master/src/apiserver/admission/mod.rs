@@ -387,18 +387,7 @@ fn one_global_default(lookup: &dyn Lookup, name: &str) -> Result<(), ApiError> {
 
 /// `NotFound`, naming the object as people write it.
 pub fn not_found(kind: Kind, namespace: &str, name: &str) -> ApiError {
-    let where_ = if namespace.is_empty() {
-        String::new()
-    } else {
-        format!(" in namespace {namespace}")
-    };
-    ApiError::new(
-        ErrorCode::NotFound,
-        format!(
-            "{} {name:?} not found{where_}",
-            kind.as_str().to_lowercase()
-        ),
-    )
+    ApiError::new(ErrorCode::NotFound, kind.not_found(namespace, name))
 }
 
 #[cfg(test)]
