@@ -43,8 +43,6 @@ const FREE_FORM: &[&str] = &[
     "data",
     "binaryData",
     "stringData",
-    "capacity",
-    "allocatable",
     "limits",
     "requests",
 ];
