@@ -19,6 +19,10 @@ pub struct ClientConfigFile {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The namespace commands use without `-n` (a user limited to one
+    /// namespace gets a config that names it); empty: `default`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 impl ClientConfigFile {

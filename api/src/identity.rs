@@ -2,8 +2,10 @@
 //! identity a certificate carries, and join tokens that pin the CA.
 //!
 //! Every certificate's common name says who holds it: `flotilla:admin`,
-//! `flotilla:viewer`, `flotilla:node:<name>` or `flotilla:master:<raft id>`. The master reads it from the
-//! verified client certificate of each connection; nothing else is trusted.
+//! `flotilla:viewer`, `flotilla:node:<name>`, `flotilla:master:<raft id>`
+//! or `flotilla:user:<name>` (with the uid of the User object as its
+//! organizational unit). The master reads it from the verified client
+//! certificate of each connection; nothing else is trusted.
 
 use crate::time::Time;
 use rcgen::{
@@ -46,7 +48,14 @@ pub enum Identity {
     /// A master, by its raft node id: may exchange raft messages with the
     /// other masters (and do what admins do, to forward writes).
     Master(u64),
+    /// A user made by `flotilla user create`: what they may do is read from
+    /// the User object of this name and uid (a user deleted and made again
+    /// has another uid, and the old certificates name nobody).
+    User { name: String, uid: String },
 }
+
+/// The common name's prefix of a user's certificate.
+const USER_PREFIX: &str = "flotilla:user:";
 
 impl Identity {
     /// The common name written into the certificate.
@@ -56,10 +65,39 @@ impl Identity {
             Identity::Viewer => "flotilla:viewer".into(),
             Identity::Node(n) => format!("flotilla:node:{n}"),
             Identity::Master(id) => format!("flotilla:master:{id}"),
+            Identity::User { name, .. } => format!("{USER_PREFIX}{name}"),
         }
     }
 
-    /// Parses a common name back into an identity.
+    /// The organizational unit written into the certificate: a user's uid.
+    fn unit(&self) -> Option<&str> {
+        match self {
+            Identity::User { uid, .. } => Some(uid),
+            _ => None,
+        }
+    }
+
+    /// Parses a common name (and, for users, the organizational unit) back
+    /// into an identity.
+    pub fn from_names(cn: &str, unit: Option<&str>) -> Option<Identity> {
+        match cn.strip_prefix(USER_PREFIX) {
+            Some(name) => {
+                let uid = unit.filter(|u| {
+                    !u.is_empty()
+                        && u.len() <= 64
+                        && u.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+                })?;
+                crate::manifest::is_dns_label(name).then(|| Identity::User {
+                    name: name.to_string(),
+                    uid: uid.to_string(),
+                })
+            }
+            None => Identity::from_common_name(cn),
+        }
+    }
+
+    /// Parses a common name back into an identity (users need their unit
+    /// too: [`Identity::from_names`]).
     pub fn from_common_name(cn: &str) -> Option<Identity> {
         match cn {
             "flotilla:admin" => Some(Identity::Admin),
@@ -92,7 +130,12 @@ impl Identity {
             .and_then(|a| a.as_str().ok())
             .unwrap_or_default()
             .to_string();
-        Identity::from_common_name(&cn).ok_or(IdentityError::UnknownSubject(cn))
+        let unit = cert
+            .subject()
+            .iter_organizational_unit()
+            .next()
+            .and_then(|a| a.as_str().ok());
+        Identity::from_names(&cn, unit).ok_or(IdentityError::UnknownSubject(cn))
     }
 }
 
@@ -140,6 +183,7 @@ impl fmt::Display for Identity {
             Identity::Viewer => f.write_str("viewer"),
             Identity::Node(n) => write!(f, "node {n}"),
             Identity::Master(id) => write!(f, "master {id}"),
+            Identity::User { name, .. } => write!(f, "user {name}"),
         }
     }
 }
@@ -425,6 +469,11 @@ fn client_params(
     params
         .distinguished_name
         .push(DnType::OrganizationName, "flotilla");
+    if let Some(unit) = identity.unit() {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, unit);
+    }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     // A node's proxy also serves the other nodes' proxies, under its name.
     if let Identity::Node(n) = identity {
@@ -438,6 +487,12 @@ fn client_params(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity.apply(&mut params)?;
     Ok(params)
+}
+
+/// Whether `csr_pem` is a certificate request the CA can sign.
+pub fn check_csr(csr_pem: &str) -> Result<(), IdentityError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(())
 }
 
 /// A new key and a CSR for it (what a joining node sends).
@@ -625,6 +680,10 @@ mod tests {
             Identity::Viewer,
             Identity::Node("n1".into()),
             Identity::Master(3),
+            Identity::User {
+                name: "alice".into(),
+                uid: "0123abcd-4567-89ef-0123-456789abcdef".into(),
+            },
         ] {
             let ck = ca.issue_client(&id, year_from_now()).expect("issue");
             let der = crate::tls::parse_certs(&ck.cert_pem).expect("pem");
@@ -674,6 +733,17 @@ mod tests {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Identity::from_common_name("flotilla:node:../x"), None);
+        // A user's name alone is no identity: the uid says which user.
+        assert_eq!(Identity::from_common_name("flotilla:user:alice"), None);
+        assert_eq!(Identity::from_names("flotilla:user:alice", None), None);
+        assert_eq!(
+            Identity::from_names("flotilla:user:Al ice", Some("ab")),
+            None
+        );
+        assert_eq!(
+            Identity::from_names("flotilla:user:alice", Some("a/b")),
+            None
+        );
     }
 
     #[test]

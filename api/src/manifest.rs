@@ -51,7 +51,7 @@ pub(crate) fn fe(path: impl Into<String>, message: impl Into<String>) -> FieldEr
 }
 
 /// Kinds a user may apply.
-pub const APPLYABLE: [Kind; 11] = [
+pub const APPLYABLE: [Kind; 12] = [
     Kind::Namespace,
     Kind::ConfigMap,
     Kind::Secret,
@@ -63,6 +63,7 @@ pub const APPLYABLE: [Kind; 11] = [
     Kind::DaemonSet,
     Kind::Job,
     Kind::CronJob,
+    Kind::User,
 ];
 
 /// Parses every document of a YAML file into objects, validating each.

@@ -215,16 +215,44 @@ pub enum Request {
     RevokeToken {
         id: String,
     },
+    /// A join token for nodes that counts its uses, limited to
+    /// `max_uses` joins (None: as many as come before it expires) and to
+    /// node names that start with `name_prefix` (empty: any). Answered `Token`.
+    CreateLimitedToken {
+        ttl_seconds: u64,
+        description: String,
+        name_prefix: String,
+        max_uses: Option<u32>,
+    },
+    /// Makes a User (admins only) and signs `csr_pem` for it: answered
+    /// `Joined` with the user's certificate, the CA and the masters.
+    CreateUser {
+        #[serde(with = "crate::objects::as_object")]
+        user: crate::objects::User,
+        csr_pem: String,
+    },
+    /// Revokes a user: every master refuses its certificates from now on.
+    /// Answered `Object` with the User as revoked.
+    RevokeUser {
+        name: String,
+    },
 }
 
 /// A join token as `token list` shows it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     pub id: String,
-    /// `node`, `node NAME` (for that node name only) or `master`.
+    /// `node`, `node NAME` (for that node name only), `node PREFIX*`
+    /// (for names with that prefix) or `master`.
     pub kind: String,
     pub description: String,
     pub expires: crate::time::Time,
+    /// The joins made with it so far, for tokens that count them (every
+    /// node token made since counting began).
+    pub uses: Option<u32>,
+    /// How many joins it allows; None: as many as come before it expires.
+    pub max_uses: Option<u32>,
 }
 
 /// What of a pod's logs is asked for.
@@ -801,6 +829,17 @@ mod tests {
             },
             Request::ListTokens,
             Request::RevokeToken { id: "abc".into() },
+            Request::CreateLimitedToken {
+                ttl_seconds: 60,
+                description: "pis".into(),
+                name_prefix: "pi-".into(),
+                max_uses: Some(1),
+            },
+            Request::CreateUser {
+                user: crate::objects::User::default(),
+                csr_pem: "csr".into(),
+            },
+            Request::RevokeUser { name: "bob".into() },
         ]
     }
 

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Reads the client config file.
-fn read_config(config: &Path) -> anyhow::Result<ClientConfigFile> {
+pub(crate) fn read_config(config: &Path) -> anyhow::Result<ClientConfigFile> {
     let text = std::fs::read_to_string(config).map_err(|e| {
         anyhow!(
             "cannot read the client config {}: {e}\n  start a master (`flotilla master` or `flotilla up`) — it writes one — or pass --config / set FLOTILLA_CONFIG",
@@ -38,19 +38,30 @@ pub async fn connect(config: &Path) -> anyhow::Result<Client> {
     let cfg = read_config(config)?;
     let validity = Validity::of_pem(&cfg.cert_pem).ok();
     let now = Time::now();
-    if let Some(v) = validity.filter(|v| !v.expired(now) && v.expires_soon(now)) {
-        eprintln!(
-            "warning: the certificate in {} expires {} ({}); run `flotilla config renew`",
-            config.display(),
-            v.left(now),
-            v.not_after
-        );
-    }
     let tls = flotilla_api::tls::client_config(&cfg.ca_pem, cfg.client_key().as_ref(), ALPN)
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     match Client::connect(&cfg.masters, tls, "flotilla-cli").await {
         Ok(c) => {
             remember_masters(config, &cfg, &c);
+            // Two thirds into its lifetime, the certificate is renewed on
+            // the way (as nodes renew theirs); the config keeps working
+            // for as long as it is used now and then.
+            if let Some(v) = validity.filter(|v| !v.expired(now) && v.renewal_due(now)) {
+                match renew_config(config, &c).await {
+                    Ok((who, new)) => eprintln!(
+                        "renewed the certificate of {who} in {}: valid until {} ({})",
+                        config.display(),
+                        new.not_after,
+                        new.left(Time::now())
+                    ),
+                    Err(e) => eprintln!(
+                        "warning: the certificate in {} expires {} ({}) and could not be renewed: {e:#}; run `flotilla config renew`",
+                        config.display(),
+                        v.left(now),
+                        v.not_after
+                    ),
+                }
+            }
             Ok(c)
         }
         Err(e) => match validity.filter(|v| v.expired(now)) {
@@ -123,7 +134,7 @@ fn explain(e: NetError) -> anyhow::Error {
     }
 }
 
-async fn call(client: &Client, req: &Request) -> anyhow::Result<Response> {
+pub(crate) async fn call(client: &Client, req: &Request) -> anyhow::Result<Response> {
     client.call(req).await.map_err(explain)
 }
 
@@ -135,15 +146,17 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let n: u64 = n
         .parse()
         .map_err(|_| anyhow!("{s:?} is not a duration; write e.g. 30s, 10m, 24h, 7d"))?;
-    let secs = match unit {
+    let unit_secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => bail!("{s:?} is not a duration; write e.g. 30s, 10m, 24h, 7d"),
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| anyhow!("{s:?} is longer than any duration Flotilla keeps"))
 }
 
 /// Parses `key=value` labels (a node's `--label`).
@@ -1070,7 +1083,7 @@ pub struct GetArgs {
     /// custom-columns=HEADER:PATH,…
     #[arg(short, long, default_value = "table", value_parser = Output::parse)]
     output: Output,
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, default_value_t = crate::default_namespace())]
     namespace: String,
     /// Every namespace (and a NAMESPACE column).
     #[arg(short = 'A', long)]
@@ -1162,6 +1175,7 @@ fn render_table(kind: Kind, objs: &[Object], wide: bool, users: &output::ModuleU
         Kind::PriorityClass => {
             output::priority_classes(&typed::<flotilla_api::objects::PriorityClass>(objs), now)
         }
+        Kind::User => output::users(&typed::<flotilla_api::objects::User>(objs), now),
         _ => output::modules(
             &objs
                 .iter()
@@ -1818,7 +1832,7 @@ pub struct LogsArgs {
     /// line after its pod's name.
     #[arg(short = 'l', long)]
     selector: Option<String>,
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, default_value_t = crate::default_namespace())]
     namespace: String,
     /// Keep streaming new output; a line marks where the program started again.
     #[arg(short, long)]
@@ -2219,24 +2233,45 @@ async fn wait_gone(client: &Client, o: &Object, limit: Duration) -> anyhow::Resu
     }
 }
 
+/// What a node token allows: how many joins, and which names.
+#[derive(Debug, Default)]
+pub struct TokenLimits {
+    pub uses: Option<u32>,
+    pub name_prefix: Option<String>,
+}
+
 pub async fn token_create(
     config: &Path,
     ttl: &str,
     description: &str,
     master: bool,
     node: Option<String>,
+    limits: TokenLimits,
 ) -> anyhow::Result<ExitCode> {
     let ttl = parse_duration(ttl)?;
+    if limits.uses == Some(0) {
+        bail!("--uses 0 would join nothing; give 1 or more, or leave it out");
+    }
     let client = connect(config).await?;
+    let ttl_seconds = ttl.as_secs().max(1);
+    let description = description.to_string();
     let req = match &node {
         Some(name) => Request::CreateNodeToken {
-            ttl_seconds: ttl.as_secs().max(1),
-            description: description.to_string(),
+            ttl_seconds,
+            description,
             node_name: name.clone(),
         },
+        None if limits.uses.is_some() || limits.name_prefix.is_some() => {
+            Request::CreateLimitedToken {
+                ttl_seconds,
+                description,
+                name_prefix: limits.name_prefix.clone().unwrap_or_default(),
+                max_uses: limits.uses,
+            }
+        }
         None => Request::CreateToken {
-            ttl_seconds: ttl.as_secs().max(1),
-            description: description.to_string(),
+            ttl_seconds,
+            description,
             master,
         },
     };
@@ -2246,8 +2281,17 @@ pub async fn token_create(
             if master {
                 eprintln!("valid until {expires}; it hands out the cluster CA's key: keep it secret. Join a master with:\n  flotilla master --join {} --token {token} --advertise <HOST:PORT> --data-dir <DIR>", client.addr);
             } else {
-                let name = node.as_deref().unwrap_or("<NAME>");
-                eprintln!("valid until {expires}; join a node with:\n  flotilla node --master {} --token {token} --name {name}", client.addr);
+                let name = match (&node, &limits.name_prefix) {
+                    (Some(n), _) => n.clone(),
+                    (None, Some(p)) => format!("{p}<NAME>"),
+                    (None, None) => "<NAME>".into(),
+                };
+                let joins = match limits.uses {
+                    Some(1) => " for one node".to_string(),
+                    Some(n) => format!(" for {n} nodes"),
+                    None => String::new(),
+                };
+                eprintln!("valid until {expires}{joins}; join a node with:\n  flotilla node --master {} --token {token} --name {name}", client.addr);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -2255,8 +2299,6 @@ pub async fn token_create(
     }
 }
 
-/// `flotilla cluster status`: the masters, the leader, the term, the commit
-/// index and each member's lag, as the leader sees them.
 /// `flotilla token list`.
 pub async fn token_list(config: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let client = connect(config).await?;
@@ -2290,6 +2332,8 @@ pub async fn token_revoke(config: &Path, id: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flotilla cluster status`: the masters, the leader, the term, the commit
+/// index and each member's lag, as the leader sees them.
 pub async fn cluster_status(config: &Path, format: Format) -> anyhow::Result<ExitCode> {
     let client = connect(config).await?;
     let status = match call(&client, &Request::ClusterStatus).await? {
@@ -2444,6 +2488,31 @@ pub fn config_view(config: &Path) -> anyhow::Result<ExitCode> {
 /// `flotilla config renew`: a new key and certificate for the same identity,
 /// signed by the master while the current certificate is still valid.
 pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
+    let before = read_config(config)?.cert_pem;
+    // Connecting renews a certificate that is due already (and says so
+    // on stderr); otherwise it is renewed here.
+    let client = connect(config).await?;
+    let now = read_config(config)?.cert_pem;
+    let (identity, v) = if now != before {
+        let der = flotilla_api::tls::parse_certs(&now)?;
+        let first = der.first().ok_or_else(|| anyhow!("no certificate"))?;
+        (Identity::from_cert_der(first.as_ref())?, Validity::of_pem(&now)?)
+    } else {
+        renew_config(config, &client).await?
+    };
+    println!(
+        "renewed the certificate of {identity} in {}: valid until {} ({})",
+        config.display(),
+        v.not_after,
+        v.left(Time::now())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces the certificate of the config at `config` with a new one (and
+/// a new key) that the master signs for the same identity; gives the
+/// identity and the new certificate's validity.
+async fn renew_config(config: &Path, client: &Client) -> anyhow::Result<(Identity, Validity)> {
     let cfg = read_config(config)?;
     let der = flotilla_api::tls::parse_certs(&cfg.cert_pem)?;
     let identity = der
@@ -2451,9 +2520,8 @@ pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
         .map(|c| Identity::from_cert_der(c.as_ref()))
         .transpose()?
         .ok_or_else(|| anyhow!("{} holds no client certificate to renew", config.display()))?;
-    let client = connect(config).await?;
     let (csr_pem, key_pem) = flotilla_api::identity::new_csr(&identity)?;
-    let (cert_pem, ca_pem) = match call(&client, &Request::RenewCertificate { csr_pem }).await? {
+    let (cert_pem, ca_pem) = match call(client, &Request::RenewCertificate { csr_pem }).await? {
         Response::Renewed { cert_pem, ca_pem } => (cert_pem, ca_pem),
         other => bail!("unexpected answer {other:?}"),
     };
@@ -2465,14 +2533,7 @@ pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
     };
     flotilla_api::net::write_private_file(config, &renewed.render())
         .with_context(|| format!("cannot write {}", config.display()))?;
-    let v = Validity::of_pem(&renewed.cert_pem)?;
-    println!(
-        "renewed the certificate of {identity} in {}: valid until {} ({})",
-        config.display(),
-        v.not_after,
-        v.left(Time::now())
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok((identity, Validity::of_pem(&renewed.cert_pem)?))
 }
 
 #[cfg(test)]

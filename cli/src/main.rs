@@ -28,6 +28,7 @@ mod jsonpath;
 mod listing;
 mod nodes;
 mod output;
+mod users;
 mod verbs;
 mod workloads;
 
@@ -112,7 +113,7 @@ enum Command {
         /// `KEY=PATH` (repeatable).
         #[arg(long = "from-file", value_name = "[KEY=]PATH")]
         from_file: Vec<String>,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// List objects: pods, nodes or modules.
@@ -124,7 +125,7 @@ enum Command {
         kind: String,
         #[arg(add = ArgValueCompleter::new(complete::Objects))]
         name: Option<String>,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// Print a pod's logs (kept on its node, across restarts of the node).
@@ -139,7 +140,7 @@ enum Command {
         /// Read the subdirectories of directories given with -f too.
         #[arg(short = 'R', long)]
         recursive: bool,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
         /// Every object of the kind in the namespace.
         #[arg(long)]
@@ -179,7 +180,7 @@ enum Command {
         /// Only `merge` (RFC 7386), the patch kubectl takes with --type merge.
         #[arg(long, default_value = "merge")]
         r#type: String,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// Edit an object's YAML in $EDITOR (or FLOTILLA_EDITOR, KUBE_EDITOR)
@@ -188,7 +189,7 @@ enum Command {
         /// KIND NAME or KIND/NAME.
         #[arg(required = true, num_args = 1..=2, value_name = "KIND/NAME", add = ArgValueCompleter::new(complete::Objects))]
         target: Vec<String>,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// Wait for objects: `wait --for=condition=Ready pod/web`, `--for=delete`,
@@ -203,7 +204,7 @@ enum Command {
         /// How long to wait at most, e.g. 30s or 5m.
         #[arg(long, default_value = "30s")]
         timeout: String,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// The client's release and the master's.
@@ -219,7 +220,7 @@ enum Command {
         target: Vec<String>,
         #[arg(long)]
         replicas: u32,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// Make a Service for a deployment's (replicaset's, daemonset's) pods,
@@ -237,7 +238,7 @@ enum Command {
         /// The Service's name; the object's name when left out.
         #[arg(long)]
         name: Option<String>,
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value_t = crate::default_namespace())]
         namespace: String,
     },
     /// Rollouts of a Deployment: status, history, undo, pause, resume, restart.
@@ -268,6 +269,10 @@ enum Command {
     /// Join tokens for new nodes and masters.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// People and scripts with configs of their own, roles and revocation
+    /// (`flotilla get users` lists them).
+    #[command(subcommand)]
+    User(UserCommand),
     /// The masters' raft cluster: members, leader, membership changes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -333,7 +338,7 @@ struct MetadataChange {
     /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
     #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
     args: Vec<String>,
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, default_value_t = crate::default_namespace())]
     namespace: String,
     /// Replace a value that is there already.
     #[arg(long)]
@@ -357,6 +362,13 @@ enum TokenCommand {
         /// name from a node that joined before (a machine that replaces it).
         #[arg(long, conflicts_with = "master")]
         node: Option<String>,
+        /// How many nodes may join with it (e.g. 1 for a one-use token);
+        /// without it, as many as come before it expires.
+        #[arg(long, conflicts_with_all = ["master", "node"])]
+        uses: Option<u32>,
+        /// Only nodes whose names start with this may join with it (e.g. `pi-`).
+        #[arg(long, conflicts_with_all = ["master", "node"])]
+        name_prefix: Option<String>,
     },
     /// List the join tokens: id, kind, description, expiry (never the secret).
     List {
@@ -366,6 +378,35 @@ enum TokenCommand {
     /// Revoke a join token by its id (or the whole token): nothing more
     /// joins with it; what joined with it keeps its certificate.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Make a user and write a client config for it (a key made here, a
+    /// certificate signed by the cluster CA): hand the file to the user.
+    Create {
+        name: String,
+        /// admin (anything), operator (runs workloads: writes the objects of
+        /// namespaces and uploads modules) or viewer (reads, but not a
+        /// Secret's values).
+        #[arg(long)]
+        role: String,
+        /// The one namespace the user may work in (its config's default);
+        /// without it, every namespace.
+        #[arg(long = "namespace", short = 'n')]
+        namespace: Option<String>,
+        /// How long its certificates live, e.g. 90d, 12h; renewed after two
+        /// thirds of it. Default: the master's --cert-lifetime.
+        #[arg(long)]
+        lifetime: Option<String>,
+        /// Where to write the config [default: ./NAME.config]; `-` for
+        /// standard output. An existing file is not replaced.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Revoke a user: every master refuses its certificates from now on
+    /// (delete it afterwards to reuse its name).
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -617,7 +658,51 @@ struct UpArgs {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The namespace of the client config, read before the command line is
+/// parsed (it is `-n`'s default).
+static CONFIG_NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What `-n` is when it is not given: the client config's namespace (a user
+/// limited to one namespace has it there), else `default`.
+fn default_namespace() -> String {
+    config_namespace_given().unwrap_or_else(|| flotilla_api::meta::DEFAULT_NAMESPACE.to_string())
+}
+
+/// The client config's namespace, if it names one: where `apply` and
+/// `diff` put what they read, as with `-n`, for a user limited to it.
+fn config_namespace_given() -> Option<String> {
+    CONFIG_NAMESPACE.get().filter(|ns| !ns.is_empty()).cloned()
+}
+
+/// The namespace named by the client config the command line (`--config
+/// FILE`), the environment or the default path points at; empty if none.
+/// A config that cannot be read names none (the command says why later).
+fn config_namespace(args: &[String]) -> String {
+    let mut path = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            path = Some(PathBuf::from(v));
+        } else if a == "--config" {
+            path = args.get(i + 1).map(PathBuf::from);
+        }
+    }
+    let path = path.unwrap_or_else(flotilla_api::config::default_path);
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| flotilla_api::config::ClientConfigFile::parse(&t).ok())
+        .map(|c| c.namespace)
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let _ = CONFIG_NAMESPACE.set(config_namespace(&args));
     // A shell asking for completions (`COMPLETE=bash flotilla -- WORDS`)
     // is answered here, and the process ends.
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
@@ -625,7 +710,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
-                let args: Vec<String> = std::env::args().skip(1).collect();
                 if let Some(advice) = args.iter().find_map(|a| kubectl_advice(a)) {
                     eprintln!("error: {advice}");
                     return ExitCode::from(2);
@@ -917,6 +1001,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
         } => {
             let files = manifests.files()?;
+            let namespace = namespace.or_else(config_namespace_given);
             commands::apply(
                 &config,
                 &files,
@@ -931,6 +1016,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             namespace,
         } => {
             let files = manifests.files()?;
+            let namespace = namespace.or_else(config_namespace_given);
             commands::diff(&config, &files, namespace.as_deref()).await
         }
         Command::Create {
@@ -1094,7 +1180,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             description,
             master,
             node,
-        }) => commands::token_create(&config, &ttl, &description, master, node).await,
+            uses,
+            name_prefix,
+        }) => {
+            let limits = commands::TokenLimits { uses, name_prefix };
+            commands::token_create(&config, &ttl, &description, master, node, limits).await
+        }
+        Command::User(UserCommand::Create {
+            name,
+            role,
+            namespace,
+            lifetime,
+            output,
+        }) => {
+            let spec = users::NewUser {
+                name,
+                role,
+                namespace: namespace.unwrap_or_default(),
+                lifetime,
+            };
+            users::create(&config, spec, output).await
+        }
+        Command::User(UserCommand::Revoke { name }) => users::revoke(&config, &name).await,
         Command::Token(TokenCommand::List { output }) => {
             commands::token_list(&config, output).await
         }

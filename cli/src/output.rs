@@ -642,6 +642,42 @@ pub fn namespaces(items: &[Namespace], now: Time) -> Table {
     Table::new(&["NAME", "STATUS", "AGE"], rows)
 }
 
+/// Users: their role, the namespace they are limited to, whether they are
+/// revoked, and when their newest certificate expires.
+pub fn users(items: &[flotilla_api::objects::User], now: Time) -> Table {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|u| {
+            let scope = if u.spec.namespace.is_empty() {
+                "<all namespaces>".to_string()
+            } else {
+                u.spec.namespace.clone()
+            };
+            let status = match u.status.revoked {
+                Some(at) => format!("Revoked {} ago", age(at, now)),
+                None => "Active".into(),
+            };
+            let expires = match u.status.expires {
+                Some(t) if t.since(now) <= 0 => format!("{t} (expired)"),
+                Some(t) => format!("{t} (in {})", age(now, t)),
+                None => "<none>".into(),
+            };
+            vec![
+                u.metadata.name.clone(),
+                u.spec.role.to_string(),
+                scope,
+                status,
+                expires,
+                age_of(&u.metadata, now),
+            ]
+        })
+        .collect();
+    Table::new(
+        &["NAME", "ROLE", "SCOPE", "STATUS", "CERT EXPIRES", "AGE"],
+        rows,
+    )
+}
+
 /// CronJobs, as kubectl lists them.
 pub fn cron_jobs(items: &[CronJob], wide: bool, now: Time) -> Table {
     let mut header = vec![
@@ -960,15 +996,21 @@ pub fn tokens(tokens: &[flotilla_api::protocol::TokenInfo], now: Time) -> String
             } else {
                 format!("{} (in {})", t.expires, age(now, t.expires))
             };
+            let uses = match (t.uses, t.max_uses) {
+                (Some(n), Some(max)) => format!("{n}/{max}"),
+                (Some(n), None) => n.to_string(),
+                (None, _) => "<uncounted>".into(),
+            };
             vec![
                 t.id.clone(),
                 t.kind.clone(),
                 or_none(&t.description),
                 expires,
+                uses,
             ]
         })
         .collect();
-    table(&["ID", "KIND", "DESCRIPTION", "EXPIRES"], &rows)
+    table(&["ID", "KIND", "DESCRIPTION", "EXPIRES", "USES"], &rows)
 }
 
 /// `cluster status`: a summary line, then one row per master.

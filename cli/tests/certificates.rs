@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{faketime, wait_for, Cluster};
 use flotilla_api::identity::Validity;
 use flotilla_api::time::Time;
 use std::path::Path;
@@ -14,12 +14,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 const DAY_MS: i64 = 86_400_000;
-
-/// libfaketime's absolute form of a time: `@YYYY-MM-DD hh:mm:ss`.
-fn faketime(t: Time) -> String {
-    let s = t.to_string();
-    format!("@{}", s.get(..19).unwrap_or(&s).replace('T', " "))
-}
 
 fn cert_of(file: &Path) -> Validity {
     let text = std::fs::read_to_string(file).expect("read");

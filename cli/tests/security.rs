@@ -867,3 +867,254 @@ fn large_objects_are_refused_and_lists_of_big_ones_still_work() {
     let table = c.ok(&["get", "pods"]);
     assert_eq!(table.lines().count(), names.len() + 1, "{table}");
 }
+
+/// What `flotilla ARGS` printed with the config at `config`, and whether it
+/// succeeded: (success, stdout, stderr).
+fn as_user(c: &Cluster, config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = c.run_with(args, config);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Users made with `flotilla user create` do what their role allows, in
+/// their namespace only if they have one; a revoked or deleted user is
+/// refused whatever certificate it holds, and a user's certificate renews
+/// itself as it is used.
+#[test]
+fn users_have_roles_and_namespaces_and_are_revoked() {
+    let mut c = Cluster::start("20s");
+    c.start_node("n1");
+    c.wait_node_ready("n1", "Ready", T);
+    c.ok(&["create", "namespace", "team"]);
+    let alice = c.path("alice.config");
+    let alice_s = alice.to_str().expect("utf8");
+    let (ok, _, err) = as_user(
+        &c,
+        &c.config,
+        &[
+            "user", "create", "alice", "--role", "operator", "-n", "team", "-o", alice_s,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("user alice created: operator in namespace team"),
+        "{err}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&alice).expect("config").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "a user's config is private");
+    assert_eq!(load(&alice).namespace, "team");
+    // The file is never overwritten: it may hold someone's key.
+    let (ok, _, err) = as_user(
+        &c,
+        &c.config,
+        &[
+            "user", "create", "alice2", "--role", "viewer", "-o", alice_s,
+        ],
+    );
+    assert!(!ok && err.contains("exists already"), "{err}");
+    // Bad input says which flag is wrong, and makes nothing.
+    let (ok, _, err) = as_user(
+        &c,
+        &c.config,
+        &["user", "create", "Bad_Name", "--role", "root", "-o", "-"],
+    );
+    assert!(
+        !ok && err.contains("--role: unknown role \"root\""),
+        "{err}"
+    );
+
+    // The operator works in its namespace without saying so.
+    let pod = c.manifest("p.yaml", &common::pod_yaml("p", "hello", &[], "Never", ""));
+    let (ok, out, err) = as_user(&c, &alice, &["apply", "-f", pod.to_str().expect("utf8")]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = as_user(&c, &alice, &["get", "pods", "-o", "name"]);
+    assert!(ok && out.contains("pod/p"), "{out}{err}");
+    assert!(c
+        .ok(&["get", "pods", "-n", "team", "-o", "name"])
+        .contains("pod/p"));
+    let (ok, _, _) = as_user(&c, &alice, &["get", "nodes"]);
+    assert!(ok, "an operator reads what is in no namespace");
+    for (args, want) in [
+        (
+            &["get", "pods", "-n", "default"][..],
+            "works in namespace team only: default is not its namespace; add -n team",
+        ),
+        (
+            &["get", "pods", "-A"][..],
+            "may not reach every namespace at once",
+        ),
+        (
+            &["token", "create"][..],
+            "managing join tokens is for admins of every namespace",
+        ),
+        (
+            &["get", "users"][..],
+            "users are for admins of every namespace",
+        ),
+        (&["cordon", "n1"][..], "nodes are not in any namespace"),
+    ] {
+        let (ok, _, err) = as_user(&c, &alice, args);
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
+
+    // A viewer of every namespace reads, and writes nothing.
+    let bob = c.path("bob.config");
+    c.ok(&[
+        "user",
+        "create",
+        "bob",
+        "--role",
+        "viewer",
+        "-o",
+        bob.to_str().expect("utf8"),
+    ]);
+    let (ok, out, err) = as_user(&c, &bob, &["get", "pods", "-A", "-o", "name"]);
+    assert!(ok && out.contains("pod/p"), "{out}{err}");
+    let (ok, _, err) = as_user(&c, &bob, &["delete", "pod", "p", "-n", "team"]);
+    assert!(!ok && err.contains("viewers may only read"), "{err}");
+
+    // Roles are read on every request: a changed role applies at once.
+    c.ok(&[
+        "patch",
+        "user",
+        "bob",
+        "-p",
+        r#"{"spec":{"role":"operator"}}"#,
+    ]);
+    let (ok, _, err) = as_user(&c, &bob, &["label", "pod", "p", "x=y", "-n", "team"]);
+    assert!(ok, "{err}");
+    let users = c.ok(&["get", "users"]);
+    let row = |name: &str| -> Vec<String> {
+        users
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.split_whitespace().take(4).map(String::from).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("alice"),
+        ["alice", "operator", "team", "Active"],
+        "{users}"
+    );
+    assert_eq!(row("bob")[..2], ["bob", "operator"], "{users}");
+
+    // Revoked: refused by every request, the user kept in the list.
+    let out = c.ok(&["user", "revoke", "alice"]);
+    assert!(out.contains("user alice revoked"), "{out}");
+    let (ok, _, err) = as_user(&c, &alice, &["get", "pods"]);
+    assert!(!ok && err.contains("user alice was revoked at"), "{err}");
+    let users = c.ok(&["get", "users"]);
+    assert!(users.contains("Revoked"), "{users}");
+    let (ok, _, err) = as_user(
+        &c,
+        &c.config,
+        &["user", "create", "alice", "--role", "viewer", "-o", "-"],
+    );
+    assert!(!ok && err.contains("revoke and delete it first"), "{err}");
+    // Deleted and made again, the name is another user: the old config
+    // stays refused, the new one works.
+    c.ok(&["delete", "user", "alice"]);
+    let again = c.path("alice-again.config");
+    c.ok(&[
+        "user",
+        "create",
+        "alice",
+        "--role",
+        "viewer",
+        "-o",
+        again.to_str().expect("utf8"),
+    ]);
+    let (ok, _, err) = as_user(&c, &alice, &["get", "pods"]);
+    assert!(!ok && err.contains("earlier user named alice"), "{err}");
+    let (ok, _, err) = as_user(&c, &again, &["get", "pods", "-A"]);
+    assert!(ok, "{err}");
+
+    // A certificate two thirds into its life renews itself on the next
+    // command, for as long as the user asked (here a minute).
+    let carol = c.path("carol.config");
+    c.ok(&[
+        "user",
+        "create",
+        "carol",
+        "--role",
+        "viewer",
+        "--lifetime",
+        "60s",
+        "-o",
+        carol.to_str().expect("utf8"),
+    ]);
+    let first_pem = load(&carol).cert_pem;
+    let first = flotilla_api::identity::Validity::of_pem(&first_pem).expect("cert");
+    let lifetime = first.not_after.since(first.issued());
+    assert!((59_000..=61_000).contains(&lifetime), "{lifetime} ms");
+    c.fake_time = Some(common::faketime(flotilla_api::time::Time(
+        first.issued().0 + 45_000,
+    )));
+    let (ok, _, err) = as_user(&c, &carol, &["get", "nodes"]);
+    c.fake_time = None;
+    assert!(
+        ok && err.contains("renewed the certificate of user carol"),
+        "{err}"
+    );
+    let renewed_pem = load(&carol).cert_pem;
+    assert_ne!(renewed_pem, first_pem, "a new certificate");
+    let renewed = flotilla_api::identity::Validity::of_pem(&renewed_pem).expect("cert");
+    let lifetime = renewed.not_after.since(renewed.issued());
+    assert!(
+        (59_000..=61_000).contains(&lifetime),
+        "renewed for {lifetime} ms"
+    );
+    // A revoked user cannot renew either.
+    c.ok(&["user", "revoke", "carol"]);
+    let (ok, _, err) = as_user(&c, &carol, &["config", "renew"]);
+    assert!(!ok && err.contains("user carol was revoked"), "{err}");
+}
+
+/// Node tokens count their joins, and may be limited to a number of joins
+/// and to node names with a prefix.
+#[test]
+fn node_tokens_are_limited_to_uses_and_name_prefixes() {
+    let c = Cluster::start("20s");
+    let once = c
+        .ok(&["token", "create", "--uses", "1", "--name-prefix", "pi-"])
+        .trim()
+        .to_string();
+    let list = c.ok(&["token", "list"]);
+    assert!(list.contains("node pi-*") && list.contains("0/1"), "{list}");
+    let (joined, err) = try_join(&c, "web", "web-1", &once);
+    assert!(
+        !joined && err.contains("node names that start with \"pi-\""),
+        "{err}"
+    );
+    let (joined, err) = try_join(&c, "pi1", "pi-1", &once);
+    assert!(joined, "{err}");
+    assert!(c.ok(&["token", "list"]).contains("1/1"));
+    let (joined, err) = try_join(&c, "pi2", "pi-2", &once);
+    assert!(
+        !joined && err.contains("used 1 times, all it allows"),
+        "{err}"
+    );
+    // The refused join left its name free.
+    assert!(c.get_json("node", "pi-2").is_none());
+    // Plain node tokens count too.
+    let any = c.token();
+    for (dir, name) in [("a", "a-1"), ("b", "b-1")] {
+        let (joined, err) = try_join(&c, dir, name, &any);
+        assert!(joined, "{err}");
+    }
+    let id = any.split('.').nth(2).expect("id");
+    let row = c
+        .ok(&["token", "list"])
+        .lines()
+        .find(|l| l.starts_with(id))
+        .map(String::from)
+        .expect("row");
+    assert!(row.trim_end().ends_with(" 2"), "{row}");
+    let (ok, _, err) = as_user(&c, &c.config, &["token", "create", "--uses", "0"]);
+    assert!(!ok && err.contains("--uses 0 would join nothing"), "{err}");
+}

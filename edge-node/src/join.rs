@@ -83,6 +83,7 @@ pub async fn credentials(
         ca_pem,
         cert_pem,
         key_pem,
+        namespace: String::new(),
     };
     write_private_file(&path, &creds.render())
         .map_err(|e| NodeError::Config(format!("{}: {e}", path.display())))?;

@@ -344,6 +344,19 @@ impl Pki {
             .sign_csr(csr_pem, identity, self.validity(Time::now()))
     }
 
+    /// Signs a CSR for `identity` to live `lifetime` (None: this master's
+    /// certificate lifetime): a user's certificates live as long as its
+    /// User object says.
+    pub fn sign_lasting(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        lifetime: Option<Duration>,
+    ) -> Result<String, IdentityError> {
+        let validity = Validity::new(Time::now(), lifetime.unwrap_or(self.cert_lifetime));
+        self.ca.sign_csr(csr_pem, identity, validity)
+    }
+
     /// Writes an admin client config to `path`: a new one when there is
     /// none, a renewed certificate in the one there when its renewal is
     /// due. A config of another cluster is replaced only when `replace`

@@ -32,6 +32,7 @@ pub mod replica_set;
 pub mod scheduling;
 pub mod secret;
 pub mod service;
+pub mod user;
 pub mod volume;
 pub mod workload;
 
@@ -60,6 +61,7 @@ pub use scheduling::{
     PreemptionPolicy, Taint, TaintEffect, Toleration, TopologySpreadConstraint,
 };
 pub use secret::Secret;
+pub use user::{Role, User};
 
 use crate::manifest::FieldError;
 use crate::meta::ObjectMeta;
@@ -336,6 +338,7 @@ kinds! {
     Secret(secret::Secret), "secrets", [], true;
     Service(service::Service), "services", ["svc"], true;
     Endpoints(service::Endpoints), "endpoints", ["ep"], true;
+    User(user::User), "users", [], false;
 }
 
 /// The kinds whose objects run a module or make pods that do

@@ -49,6 +49,12 @@ pub struct Cluster {
 /// libfaketime from Debian's `faketime` package (installed by scripts/setup.sh).
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// libfaketime's absolute form of a time: `@YYYY-MM-DD hh:mm:ss`.
+pub fn faketime(t: flotilla_api::time::Time) -> String {
+    let s = t.to_string();
+    format!("@{}", s.get(..19).unwrap_or(&s).replace('T', " "))
+}
+
 /// Makes `cmd` run with its wall clock starting at `at` (`@YYYY-MM-DD
 /// hh:mm:ss`); timers and timeouts (the monotonic clock) stay real.
 pub fn fake_clock(cmd: &mut Command, at: &str) {

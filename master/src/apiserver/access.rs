@@ -8,7 +8,7 @@ use crate::store::{Command, StoreError, TokenRecord, TokenUsage};
 use flotilla_api::identity::{Identity, JoinToken};
 use flotilla_api::protocol::{ApiError, CertificateStatus, ErrorCode, Response};
 use flotilla_api::time::Time;
-use flotilla_api::{Object, ObjectMeta};
+use flotilla_api::{Kind, Object, ObjectMeta};
 use std::time::Duration;
 
 /// Join tokens live this long unless asked otherwise (as kubeadm's do).
@@ -45,7 +45,19 @@ impl ApiServer {
             }
             // The admin said this machine takes the name over.
             TokenUsage::NodeNamed(_) => {}
-            _ => self.claim_node_name(node_name).await?,
+            TokenUsage::NodeCounted { name_prefix, .. } => {
+                if !node_name.starts_with(&name_prefix) {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        format!("join refused: this token is for node names that start with {name_prefix:?}, not {node_name:?}; join with a --name that does, or create another token with `flotilla token create`"),
+                    ));
+                }
+                let claimed = self.claim_node_name(node_name).await?;
+                self.count_use(&token.id, node_name, claimed).await?;
+            }
+            _ => {
+                self.claim_node_name(node_name).await?;
+            }
         }
         let cert_pem = self
             .pki
@@ -65,7 +77,7 @@ impl ApiServer {
     /// another machine with a join token (it would receive that node's pods
     /// and their secrets). The name is free again once an admin deletes the
     /// Node.
-    async fn claim_node_name(&self, name: &str) -> Result<(), ApiError> {
+    async fn claim_node_name(&self, name: &str) -> Result<Object, ApiError> {
         let node = flotilla_api::Node {
             metadata: ObjectMeta {
                 name: name.to_string(),
@@ -79,7 +91,8 @@ impl ApiServer {
             object: Object::Node(node),
         };
         match self.apply(create).await {
-            Ok(_) => Ok(()),
+            Ok(crate::store::Outcome::Object(o)) => Ok(o),
+            Ok(other) => Err(super::unexpected(other)),
             Err(e) if e.code == ErrorCode::AlreadyExists => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -91,6 +104,34 @@ impl ApiServer {
             )),
             Err(e) => Err(e),
         }
+    }
+
+    /// Counts a join with a counting token. A token that allows no more
+    /// joins (another node took its last one first) refuses this one, and
+    /// the name `claimed` for it is given back.
+    async fn count_use(&self, id: &str, node_name: &str, claimed: Object) -> Result<(), ApiError> {
+        let Err(e) = self.apply(Command::UseToken { id: id.to_string() }).await else {
+            return Ok(());
+        };
+        let release = Command::Delete {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: node_name.to_string(),
+            expected_rv: Some(claimed.meta().resource_version),
+        };
+        if let Err(undo) = self.apply(release).await {
+            tracing::warn!(node = node_name, error = %undo, "could not release the name of a refused join");
+        }
+        Err(match e.code {
+            ErrorCode::Invalid | ErrorCode::NotFound => ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "join refused: {}; create a new token with `flotilla token create`",
+                    e.message
+                ),
+            ),
+            _ => e,
+        })
     }
 
     /// Checks a join token against the store (linearizably: a token just
@@ -127,14 +168,19 @@ impl ApiServer {
         if record.expires < Time::now() {
             return Err(deny("the token has expired"));
         }
-        let fits = matches!(
-            (&record.usage, &usage),
-            (TokenUsage::Master, TokenUsage::Master)
-                | (
-                    TokenUsage::Node | TokenUsage::NodeNamed(_),
-                    TokenUsage::Node
-                )
-        );
+        if let TokenUsage::NodeCounted {
+            max_uses: Some(max),
+            uses,
+            ..
+        } = record.usage
+        {
+            if uses >= max {
+                return Err(deny(&format!(
+                    "the token has been used {uses} times, all it allows"
+                )));
+            }
+        }
+        let fits = record.usage.joins_nodes() == usage.joins_nodes();
         if !fits {
             return Err(deny(match usage {
                 TokenUsage::Master => "this token is for joining nodes, not masters",
@@ -187,8 +233,25 @@ impl ApiServer {
         usage: TokenUsage,
     ) -> Result<(String, Time), ApiError> {
         super::authorize(caller, &Verb::on(Action::Create, Target::Token))?;
-        if let TokenUsage::NodeNamed(name) = &usage {
-            check_node_name(name)?;
+        match &usage {
+            TokenUsage::NodeNamed(name) => check_node_name(name)?,
+            TokenUsage::NodeCounted {
+                name_prefix,
+                max_uses,
+                ..
+            } => {
+                if !name_prefix.is_empty() && !is_name_prefix(name_prefix) {
+                    return Err(invalid(format!(
+                        "name prefix {name_prefix:?}: lowercase letters, digits, '-' and '.', starting with a letter or digit"
+                    )));
+                }
+                if *max_uses == Some(0) {
+                    return Err(invalid(
+                        "a token for 0 joins would join nothing; give --uses 1 or more, or leave it out",
+                    ));
+                }
+            }
+            _ => {}
         }
         let ttl = if ttl.is_zero() {
             DEFAULT_TOKEN_TTL
@@ -213,15 +276,32 @@ impl ApiServer {
             .tokens()
             .map_err(super::store_err)?
             .into_iter()
-            .map(|t| flotilla_api::protocol::TokenInfo {
-                id: t.id,
-                kind: match t.usage {
-                    TokenUsage::Node => "node".into(),
-                    TokenUsage::Master => "master".into(),
-                    TokenUsage::NodeNamed(n) => format!("node {n}"),
-                },
-                description: t.description,
-                expires: t.expires,
+            .map(|t| {
+                let (kind, uses, max_uses) = match t.usage {
+                    TokenUsage::Node => ("node".into(), None, None),
+                    TokenUsage::Master => ("master".into(), None, None),
+                    TokenUsage::NodeNamed(n) => (format!("node {n}"), None, None),
+                    TokenUsage::NodeCounted {
+                        name_prefix,
+                        max_uses,
+                        uses,
+                    } => {
+                        let kind = if name_prefix.is_empty() {
+                            "node".into()
+                        } else {
+                            format!("node {name_prefix}*")
+                        };
+                        (kind, Some(uses), max_uses)
+                    }
+                };
+                flotilla_api::protocol::TokenInfo {
+                    id: t.id,
+                    kind,
+                    description: t.description,
+                    expires: t.expires,
+                    uses,
+                    max_uses,
+                }
             })
             .collect();
         tokens.sort_by_key(|t| t.expires);
@@ -243,7 +323,11 @@ impl ApiServer {
 
     /// Signs a new certificate for the caller's own identity, whatever the
     /// request asks; gives it and the CA.
-    pub fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<(String, String), ApiError> {
+    pub async fn renew(
+        &self,
+        caller: &Caller,
+        csr_pem: &str,
+    ) -> Result<(String, String), ApiError> {
         super::authorize(caller, &Verb::on(Action::Update, Target::Certificate))?;
         let identity = caller.identity().ok_or_else(|| {
             ApiError::new(
@@ -251,10 +335,13 @@ impl ApiServer {
                 "renewing a certificate needs a valid one of this cluster",
             )
         })?;
-        let cert_pem = self
-            .pki
-            .sign_for(csr_pem, &identity)
-            .map_err(|e| invalid(format!("certificate request: {e}")))?;
+        let cert_pem = if let Caller::User { .. } = caller {
+            self.renew_user(caller, csr_pem).await?
+        } else {
+            self.pki
+                .sign_for(csr_pem, &identity)
+                .map_err(|e| invalid(format!("certificate request: {e}")))?
+        };
         tracing::info!(caller = %identity, "renewed a certificate");
         Ok((cert_pem, self.pki.ca.key.cert_pem.clone()))
     }
@@ -275,6 +362,15 @@ impl ApiServer {
         }
         Ok(all)
     }
+}
+
+/// Whether `p` can start a node name: what names are made of, from their
+/// first character on.
+fn is_name_prefix(p: &str) -> bool {
+    p.len() <= 200
+        && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// A fresh token and the record the store keeps of it (only the secret's hash).

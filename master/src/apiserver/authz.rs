@@ -3,9 +3,12 @@
 //! node may write only its own Node, its heartbeat and the status of pods
 //! bound to it (Kubernetes' NodeRestriction), and read only its own Node,
 //! its pods and their modules (the node authorizer). A caller without a
-//! certificate may only join. Raft messages come only from masters.
+//! certificate may only join. Raft messages come only from masters. A user
+//! made by `flotilla user create` may do what its role allows
+//! ([`authorize_user`]), within its namespace if it has one.
 
-use super::verb::{Action, Caller, Subresource, Target, Verb};
+use super::verb::{Action, Caller, Grant, Subresource, Target, Verb};
+use flotilla_api::objects::Role;
 use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::{Kind, Object, Pod};
 
@@ -17,6 +20,12 @@ fn forbidden(msg: String) -> ApiError {
 /// itself is checked apart: [`node_may_read`] for a node's reads,
 /// [`authorize_pod_status`] for its pod status writes.
 pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
+    if let Caller::User {
+        name, grant: None, ..
+    } = caller
+    {
+        return Err(unresolved(name));
+    }
     match &verb.target {
         // Whoever may send raft messages can rewrite the cluster's history:
         // only masters, whatever else a caller may do.
@@ -63,25 +72,15 @@ pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
             "this connection presented no client certificate of this cluster; use the credentials in ~/.flotilla/config (or --config / FLOTILLA_CONFIG)",
         )),
         Caller::Admin | Caller::Master(_) | Caller::Controller(_) => Ok(()),
-        Caller::Viewer => {
-            if matches!(
-                verb.target,
-                Target::Object {
-                    subresource: Some(Subresource::Data),
-                    ..
-                }
-            ) {
-                Err(forbidden(
-                    "viewers may not read a Secret's values (they see its keys and sizes); ask an admin".into(),
-                ))
-            } else if verb.action.reads() && !matches!(verb.target, Target::Token) {
-                Ok(())
-            } else {
-                Err(forbidden(
-                    "viewers may only read; ask an admin for credentials that may write".into(),
-                ))
-            }
-        }
+        Caller::Viewer => viewer_may(verb),
+        Caller::User {
+            name,
+            grant: Some(grant),
+            ..
+        } => authorize_user(name, grant, verb),
+        Caller::User {
+            name, grant: None, ..
+        } => Err(unresolved(name)),
         Caller::Node(me) => {
             let ok = match &verb.target {
                 Target::Object {
@@ -114,6 +113,139 @@ pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
                 )))
             }
         }
+    }
+}
+
+/// The front end reads a user's User object before any request
+/// ([`super::ApiServer::resolve`]); without it, a user is nobody.
+fn unresolved(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthenticated,
+        format!("user {name}: what it may do was not read; try again"),
+    )
+}
+
+/// What viewers may do: read anything but a Secret's values and the join tokens.
+fn viewer_may(verb: &Verb) -> Result<(), ApiError> {
+    if matches!(
+        verb.target,
+        Target::Object {
+            subresource: Some(Subresource::Data),
+            ..
+        }
+    ) {
+        Err(forbidden(
+            "viewers may not read a Secret's values (they see its keys and sizes); ask an admin"
+                .into(),
+        ))
+    } else if verb.action.reads() && !matches!(verb.target, Target::Token) {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "viewers may only read; ask an admin for credentials that may write".into(),
+        ))
+    }
+}
+
+/// What user `name` may do with `grant`: first its namespace (a user of one
+/// namespace reaches the objects of that namespace, reads what is not in
+/// any namespace but users, and uploads modules), then its role (admins
+/// anything, operators the objects of namespaces and modules, viewers
+/// reads but Secret values and tokens).
+pub fn authorize_user(name: &str, grant: &Grant, verb: &Verb) -> Result<(), ApiError> {
+    if let Some(ns) = &grant.namespace {
+        within_namespace(name, ns, verb)?;
+    }
+    match grant.role {
+        Role::Admin => Ok(()),
+        Role::Viewer => viewer_may(verb),
+        Role::Operator => {
+            let ok = match &verb.target {
+                Target::Object { .. } | Target::Cluster if verb.action.reads() => true,
+                Target::Object {
+                    kind: Some(kind),
+                    subresource,
+                    ..
+                } => match kind {
+                    Kind::Module => verb.action == Action::Create,
+                    Kind::User | Kind::Node | Kind::Namespace | Kind::PriorityClass => false,
+                    k => k.namespaced() && subresource.is_none(),
+                },
+                _ => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(forbidden(format!(
+                    "user {name} is an operator: it reads everything and writes the objects of namespaces \
+                     and modules; {} is an admin's (ask one)",
+                    what_of(verb)
+                )))
+            }
+        }
+    }
+}
+
+/// A user limited to namespace `ns`.
+fn within_namespace(name: &str, ns: &str, verb: &Verb) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(forbidden(format!(
+            "user {name} works in namespace {ns} only: {why}"
+        )))
+    };
+    match &verb.target {
+        Target::Object {
+            kind, namespace, ..
+        } if kind.is_none_or(|k| k.namespaced()) => {
+            if namespace == ns {
+                Ok(())
+            } else if namespace.is_empty() {
+                refuse(format!(
+                    "it may not reach every namespace at once; add -n {ns}"
+                ))
+            } else {
+                refuse(format!("{namespace} is not its namespace; add -n {ns}"))
+            }
+        }
+        Target::Object {
+            kind: Some(kind), ..
+        } => match kind {
+            Kind::User => refuse("users are for admins of every namespace".into()),
+            Kind::Module if verb.action == Action::Create => Ok(()),
+            _ if verb.action.reads() => Ok(()),
+            k => refuse(format!(
+                "{} are not in any namespace, so they are for admins of every namespace",
+                k.plural()
+            )),
+        },
+        Target::Cluster if verb.action.reads() => Ok(()),
+        _ => refuse(format!(
+            "{} is for admins of every namespace",
+            what_of(verb)
+        )),
+    }
+}
+
+/// How a refusal names what was asked: `writing nodes`, `managing join tokens`.
+fn what_of(verb: &Verb) -> String {
+    match &verb.target {
+        Target::Object {
+            kind: Some(kind), ..
+        } => format!(
+            "{} {}",
+            if verb.action.reads() {
+                "reading"
+            } else {
+                "writing"
+            },
+            kind.plural()
+        ),
+        Target::Object { kind: None, .. } => "reaching every kind at once".into(),
+        Target::Token => "managing join tokens".into(),
+        Target::Certificate => "renewing certificates".into(),
+        Target::Cluster => "changing the cluster's membership".into(),
+        Target::Backup => "taking a backup of the cluster state".into(),
+        Target::Raft => "sending raft messages".into(),
     }
 }
 
@@ -291,6 +423,109 @@ mod tests {
                 "{caller} {verb:?}"
             );
         }
+    }
+
+    #[test]
+    fn users_do_what_their_role_allows_within_their_namespace() {
+        let user = |role, namespace: Option<&str>| Caller::User {
+            name: "u".into(),
+            uid: "1".into(),
+            grant: Some(Grant {
+                role,
+                namespace: namespace.map(String::from),
+            }),
+        };
+        let admin = user(Role::Admin, None);
+        let team_admin = user(Role::Admin, Some("team"));
+        let op = user(Role::Operator, None);
+        let team_op = user(Role::Operator, Some("team"));
+        let viewer = user(Role::Viewer, None);
+        let unresolved = Caller::User {
+            name: "u".into(),
+            uid: "1".into(),
+            grant: None,
+        };
+        let pod = |a, ns: &str| Verb::object(a, Kind::Pod, ns, "x", None);
+        let cluster = |a, k| Verb::object(a, k, "", "x", None);
+        let secret_data = Verb::object(
+            Action::Get,
+            Kind::Secret,
+            "team",
+            "s",
+            Some(Subresource::Data),
+        );
+        let upload = Verb::object(
+            Action::Create,
+            Kind::Module,
+            "",
+            "sha256-x",
+            Some(Subresource::Bytes),
+        );
+        let every_ns = Verb::collection(Action::List, Some(Kind::Pod), None);
+        let every_kind_team = Verb::collection(Action::Watch, None, Some("team"));
+        let token = Verb::on(Action::Create, Target::Token);
+        let renew = Verb::on(Action::Update, Target::Certificate);
+        let status = Verb::on(Action::Get, Target::Cluster);
+        let remove_master = Verb::on(Action::Delete, Target::Cluster);
+        let pod_status = Verb::object(
+            Action::Update,
+            Kind::Pod,
+            "team",
+            "x",
+            Some(Subresource::Status),
+        );
+        use ErrorCode::{Forbidden as F, Unauthenticated as U};
+        let cases: Vec<(&Caller, Verb, Option<ErrorCode>)> = vec![
+            (&unresolved, pod(Action::Get, "team"), Some(U)),
+            (&unresolved, renew.clone(), Some(U)),
+            (&admin, token.clone(), None),
+            (&admin, remove_master.clone(), None),
+            (&admin, cluster(Action::Create, Kind::User), None),
+            (&team_admin, pod(Action::Delete, "team"), None),
+            (&team_admin, pod(Action::Get, "other"), Some(F)),
+            (&team_admin, every_ns.clone(), Some(F)),
+            (&team_admin, every_kind_team.clone(), None),
+            (&team_admin, token.clone(), Some(F)),
+            (&team_admin, cluster(Action::Update, Kind::Node), Some(F)),
+            (&team_admin, cluster(Action::Get, Kind::Node), None),
+            (&team_admin, cluster(Action::Get, Kind::User), Some(F)),
+            (&team_admin, upload.clone(), None),
+            (&team_admin, status.clone(), None),
+            (&team_admin, renew.clone(), None),
+            (&op, pod(Action::Create, "any"), None),
+            (&op, every_ns.clone(), None),
+            (&op, secret_data.clone(), None),
+            (&op, upload.clone(), None),
+            (&op, pod_status.clone(), Some(F)),
+            (&op, cluster(Action::Update, Kind::Node), Some(F)),
+            (&op, cluster(Action::Create, Kind::Namespace), Some(F)),
+            (&op, cluster(Action::Create, Kind::PriorityClass), Some(F)),
+            (&op, cluster(Action::Create, Kind::User), Some(F)),
+            (&op, cluster(Action::Get, Kind::User), None),
+            (&op, token.clone(), Some(F)),
+            (&op, remove_master.clone(), Some(F)),
+            (&op, status.clone(), None),
+            (&team_op, pod(Action::Update, "team"), None),
+            (&team_op, pod(Action::Update, "default"), Some(F)),
+            (&viewer, pod(Action::Get, "any"), None),
+            (&viewer, pod(Action::Create, "any"), Some(F)),
+            (&viewer, secret_data.clone(), Some(F)),
+            (&viewer, token.clone(), Some(F)),
+            (&viewer, upload.clone(), Some(F)),
+            (&viewer, renew.clone(), None),
+        ];
+        for (caller, verb, want) in cases {
+            assert_eq!(
+                authorize(caller, &verb).err().map(|e| e.code),
+                want,
+                "{caller:?} {verb:?}"
+            );
+        }
+        let err = authorize(&team_op, &pod(Action::Get, "default")).unwrap_err();
+        assert_eq!(
+            err.message,
+            "user u works in namespace team only: default is not its namespace; add -n team"
+        );
     }
 
     #[test]

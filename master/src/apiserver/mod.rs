@@ -20,6 +20,7 @@ pub mod authz;
 mod logs;
 mod modules;
 mod node_watches;
+mod users;
 pub mod verb;
 pub mod watch;
 

@@ -4,6 +4,7 @@
 //! rules never see a wire type.
 
 use flotilla_api::identity::Identity;
+use flotilla_api::objects::Role;
 use flotilla_api::Kind;
 use std::fmt;
 
@@ -24,6 +25,22 @@ pub enum Caller {
     /// A controller of this master (the scheduler, node lifecycle, ...),
     /// calling in-process: what admins do, through the same admission.
     Controller(&'static str),
+    /// A user made by `flotilla user create`, by the name and uid its
+    /// certificate carries; `grant` is what its User object allows, read
+    /// for each request ([`super::ApiServer::resolve`]). Until then, none.
+    User {
+        name: String,
+        uid: String,
+        grant: Option<Grant>,
+    },
+}
+
+/// What a User object allows its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub role: Role,
+    /// The one namespace the user may work in; None: every namespace.
+    pub namespace: Option<String>,
 }
 
 impl From<Identity> for Caller {
@@ -33,6 +50,11 @@ impl From<Identity> for Caller {
             Identity::Viewer => Caller::Viewer,
             Identity::Node(n) => Caller::Node(n),
             Identity::Master(m) => Caller::Master(m),
+            Identity::User { name, uid } => Caller::User {
+                name,
+                uid,
+                grant: None,
+            },
         }
     }
 }
@@ -54,6 +76,10 @@ impl Caller {
             Caller::Viewer => Some(Identity::Viewer),
             Caller::Node(n) => Some(Identity::Node(n.clone())),
             Caller::Master(m) => Some(Identity::Master(*m)),
+            Caller::User { name, uid, .. } => Some(Identity::User {
+                name: name.clone(),
+                uid: uid.clone(),
+            }),
             Caller::Anonymous | Caller::Controller(_) => None,
         }
     }

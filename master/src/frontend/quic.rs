@@ -21,6 +21,8 @@ use tokio_util::task::TaskTracker;
 
 /// A request must arrive this soon after its stream opens.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a user's open watch checks that the user may still watch.
+const USER_RECHECK: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `shutdown` fires.
 pub async fn accept_loop(
@@ -127,6 +129,19 @@ async fn serve_stream(
     if let Err(e) = rpc_server::check(protocol, caller, &req) {
         return finish(send, Err(e)).await;
     }
+    // A user may do what its User object says now, if it still exists.
+    let resolved;
+    let caller = if let Caller::User { .. } = **caller {
+        match api.resolve(caller) {
+            Ok(c) => {
+                resolved = Arc::new(c);
+                &resolved
+            }
+            Err(e) => return finish(send, Err(e)).await,
+        }
+    } else {
+        caller
+    };
     let req = match req {
         // A watch stays open as long as its client does (a node's, as long
         // as the node is connected): it gets a task of its own, sized for a
@@ -163,10 +178,17 @@ async fn watch_events(
     opts: WatchOptions,
 ) -> Result<(), ApiError> {
     let mut watch = api.watch(caller, opts).await?;
+    // A user's watch ends once the user is revoked or deleted.
+    let mut recheck = tokio::time::interval(USER_RECHECK);
+    recheck.tick().await;
     loop {
         let ev = tokio::select! {
             ev = watch.next() => ev?,
             _ = send.stopped() => return Ok(()),
+            _ = recheck.tick(), if matches!(caller, Caller::User { .. }) => {
+                api.resolve(caller)?;
+                continue;
+            }
         };
         // One event per frame, and an event always fits: its object is at
         // most MAX_OBJECT_SIZE (1.5 MiB, checked when it is written), well
@@ -388,7 +410,11 @@ async fn handle(
             let usage = if master {
                 TokenUsage::Master
             } else {
-                TokenUsage::Node
+                TokenUsage::NodeCounted {
+                    name_prefix: String::new(),
+                    max_uses: None,
+                    uses: 0,
+                }
             };
             Box::pin(token(api, caller, ttl_seconds, description, usage)).await?
         }
@@ -431,8 +457,27 @@ async fn handle(
             Response::Ok
         }
         Request::RenewCertificate { csr_pem } => {
-            let (cert_pem, ca_pem) = api.renew(caller, &csr_pem)?;
+            let (cert_pem, ca_pem) = Box::pin(api.renew(caller, &csr_pem)).await?;
             Response::Renewed { cert_pem, ca_pem }
+        }
+        Request::CreateLimitedToken {
+            ttl_seconds,
+            description,
+            name_prefix,
+            max_uses,
+        } => {
+            let usage = TokenUsage::NodeCounted {
+                name_prefix,
+                max_uses,
+                uses: 0,
+            };
+            Box::pin(token(api, caller, ttl_seconds, description, usage)).await?
+        }
+        Request::CreateUser { user, csr_pem } => {
+            Box::pin(api.create_user(caller, user, &csr_pem)).await?
+        }
+        Request::RevokeUser { name } => {
+            Response::Object(Box::pin(api.revoke_user(caller, &name)).await?)
         }
         Request::Certificates => Response::Certificates(api.certificates(caller)?),
         _ => {

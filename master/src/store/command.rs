@@ -144,6 +144,12 @@ pub enum Command {
         propagation: flotilla_api::protocol::Propagation,
         at: Time,
     },
+    /// Counts one join with the token `id`, if its usage counts joins
+    /// ([`TokenUsage::NodeCounted`]): `Invalid` once it has had all the
+    /// joins it allows (of two joins racing for a token's last use, the
+    /// log orders them and the second is refused), `NotFound` if the token
+    /// is gone. Other tokens are left as they are.
+    UseToken { id: String },
 }
 
 /// What a command did.
@@ -182,4 +188,20 @@ pub enum TokenUsage {
     /// Join an edge node under this name even if a node holds it (a machine
     /// that replaces a dead one): `flotilla token create --node NAME`.
     NodeNamed(String),
+    // Stored and logged as postcard: new variants come last.
+    /// Join edge nodes under names no node has, counting the joins
+    /// ([`Command::UseToken`]): names must start with `name_prefix` (any if
+    /// empty), and at most `max_uses` nodes join (None: no limit).
+    NodeCounted {
+        name_prefix: String,
+        max_uses: Option<u32>,
+        uses: u32,
+    },
+}
+
+impl TokenUsage {
+    /// Whether the token joins edge nodes (rather than masters).
+    pub fn joins_nodes(&self) -> bool {
+        !matches!(self, TokenUsage::Master)
+    }
 }

@@ -55,6 +55,33 @@ impl<'t> Machine<'t> {
         })
     }
 
+    /// Counts a join with a counting token (see [`Command::UseToken`]).
+    fn use_token(&mut self, id: &str) -> Result<Outcome, StoreError> {
+        let key = id.as_bytes();
+        let stored = self
+            .tokens
+            .get(key)
+            .map_err(db("reading a token"))?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| StoreError::not_found(format!("token {id}")))?;
+        let mut record: super::TokenRecord = decode_value("tokens", key, &stored)?;
+        let super::TokenUsage::NodeCounted { max_uses, uses, .. } = &mut record.usage else {
+            return Ok(Outcome::Done);
+        };
+        if max_uses.is_some_and(|max| *uses >= max) {
+            return Err(StoreError::invalid(format!(
+                "token {id} has been used {uses} times, all it allows"
+            )));
+        }
+        *uses = uses.saturating_add(1);
+        let value = encode_value("tokens", key, "a token", &record)?;
+        self.tokens
+            .insert(key, value.as_slice())
+            .map_err(db("writing a token"))?;
+        self.changed = true;
+        Ok(Outcome::Done)
+    }
+
     /// Applies one command, then [`finish`](Machine::finish) must run before commit.
     pub(crate) fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         match cmd {
@@ -124,6 +151,7 @@ impl<'t> Machine<'t> {
                 self.changed = true;
                 Ok(Outcome::Done)
             }
+            Command::UseToken { id } => self.use_token(&id),
             Command::DeleteToken { id } => {
                 if self
                     .tokens

@@ -144,6 +144,8 @@ pub fn admit_create(
             one_global_default(lookup, &c.metadata.name)?;
         }
         Object::Service(svc) => ports_free(lookup, svc)?,
+        // What the masters record of a user's certificates starts empty.
+        Object::User(u) => u.status = Default::default(),
         _ => {}
     }
     let m = obj.meta_mut();
