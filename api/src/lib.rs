@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod cron;
+pub mod explain;
 pub mod identity;
 pub mod manifest;
 pub mod meta;

@@ -13,7 +13,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// the master; values in a manifest are ignored on create. API clients that
 /// send `resourceVersion` on update get compare-and-swap (`flotilla apply`
 /// sends the version it just read).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ObjectMeta {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -55,7 +55,7 @@ pub const FOREGROUND_DELETION: &str = "foregroundDeletion";
 pub const NAMESPACE_FINALIZER: &str = "flotilla.dev/namespace";
 
 /// Points at the object that owns this one (set by controllers).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct OwnerReference {
     #[serde(skip_serializing_if = "crate::is_default")]

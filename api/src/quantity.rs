@@ -114,6 +114,19 @@ pub fn format_bytes(b: u64) -> String {
     b.to_string()
 }
 
+impl schemars::JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An amount, as Kubernetes writes them: CPU as 500m or 2, memory and sizes as 64Mi, 1Gi or bytes."
+        })
+    }
+}
+
 impl Serialize for Quantity {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

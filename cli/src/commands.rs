@@ -2496,7 +2496,10 @@ pub async fn config_renew(config: &Path) -> anyhow::Result<ExitCode> {
     let (identity, v) = if now != before {
         let der = flotilla_api::tls::parse_certs(&now)?;
         let first = der.first().ok_or_else(|| anyhow!("no certificate"))?;
-        (Identity::from_cert_der(first.as_ref())?, Validity::of_pem(&now)?)
+        (
+            Identity::from_cert_der(first.as_ref())?,
+            Validity::of_pem(&now)?,
+        )
     } else {
         renew_config(config, &client).await?
     };

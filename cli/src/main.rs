@@ -211,6 +211,15 @@ enum Command {
     Version,
     /// The kinds the cluster knows, their short names and scope.
     ApiResources,
+    /// The fields of a kind's manifests and what they mean: `explain pod`,
+    /// `explain deploy.spec.strategy` (from the types that read manifests).
+    Explain {
+        /// `KIND`, or `KIND.field.field...`.
+        path: String,
+        /// Every field below, as a tree.
+        #[arg(long)]
+        recursive: bool,
+    },
     /// Where the masters are, which leads, and how many nodes are Ready.
     ClusterInfo,
     /// Set the replicas of a Deployment or ReplicaSet: `scale deploy/web --replicas 3`.
@@ -879,11 +888,10 @@ fn kubectl_advice(verb: &str) -> Option<String> {
         "port-forward" | "proxy" => "reach an http or TCP pod through a Service on every node's proxy: `flotilla expose deployment NAME --port PORT`, then the node's address and that port",
         "run" => "write a manifest with `spec.module` naming your .wasm file and `flotilla apply -f` it (workloads/hello/pod.yaml is one)",
         "replace" => "`flotilla apply -f FILE` updates objects in place",
-        "explain" => "docs/manifests.md describes every field of every kind",
         "top" => "`flotilla describe node NAME` shows the requests allocated on a node; `flotilla get nodes -o wide` its capacity",
         "set" => "change the manifest and `flotilla apply -f` it, or `flotilla patch`",
         "autoscale" => "there is no autoscaler: `flotilla scale deploy/NAME --replicas N`",
-        "auth" | "certificate" => "an admin's certificate may do everything; `flotilla token create` lets nodes join (docs/security.md)",
+        "auth" | "certificate" => "users get a role with `flotilla user create NAME --role admin|operator|viewer`, and `flotilla token create` lets nodes join (docs/security.md)",
         "kustomize" | "plugin" | "alpha" | "events" => "not available; `flotilla get events` lists events",
         _ => return None,
     };
@@ -1118,6 +1126,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => verbs::version(&config).await,
         Command::ApiResources => {
             print!("{}", verbs::api_resources());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { path, recursive } => {
+            let text = flotilla_api::explain::explain(&path, recursive)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::ClusterInfo => verbs::cluster_info(&config).await,

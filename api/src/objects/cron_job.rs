@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const SCHEDULED_AT: &str = "cronjob.flotilla.dev/scheduled-at";
 
 /// Jobs on a schedule.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CronJob {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -26,7 +26,7 @@ pub struct CronJob {
 }
 
 /// When to run, what, and what to keep.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CronJobSpec {
     /// Cron syntax: `minute hour day-of-month month day-of-week`, or the
@@ -72,7 +72,9 @@ impl CronJobSpec {
 }
 
 /// What to do when a run is due while an earlier Job still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ConcurrencyPolicy {
     /// Run them side by side (the default).
     #[default]
@@ -84,7 +86,7 @@ pub enum ConcurrencyPolicy {
 }
 
 /// The Jobs a CronJob makes look like.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct JobTemplateSpec {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -94,7 +96,7 @@ pub struct JobTemplateSpec {
 }
 
 /// What the controller observed.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CronJobStatus {
     /// Names of the CronJob's Jobs that have not finished.

@@ -13,7 +13,7 @@ use crate::meta::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 /// A pod on every suitable node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DaemonSet {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -25,7 +25,7 @@ pub struct DaemonSet {
 }
 
 /// Which pods, made from what, replaced how.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DaemonSetSpec {
     /// The pods this DaemonSet counts as its own (fixed once created).
@@ -41,7 +41,7 @@ pub struct DaemonSetSpec {
 }
 
 /// How pods of an old template are replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DaemonSetUpdateStrategy {
     #[serde(rename = "type", skip_serializing_if = "crate::is_default")]
@@ -52,7 +52,9 @@ pub struct DaemonSetUpdateStrategy {
 
 /// RollingUpdate (the default): old pods are replaced node by node.
 /// OnDelete: only when someone deletes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum DaemonSetStrategyType {
     #[default]
     RollingUpdate,
@@ -60,7 +62,7 @@ pub enum DaemonSetStrategyType {
 }
 
 /// Bounds of a DaemonSet's rolling update.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RollingUpdateDaemonSet {
     /// Nodes whose pod may be missing or not available during the update
@@ -83,7 +85,7 @@ impl DaemonSetSpec {
 }
 
 /// What the controller observed, in nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DaemonSetStatus {
     /// Nodes that should run the pod.

@@ -38,7 +38,7 @@ pub mod reason {
 }
 
 /// A versioned set of identical pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Deployment {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -50,7 +50,7 @@ pub struct Deployment {
 }
 
 /// What the user wants.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DeploymentSpec {
     /// How many pods; 1 when left out.
@@ -121,7 +121,7 @@ impl DeploymentSpec {
 }
 
 /// How old pods are replaced by new ones.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DeploymentStrategy {
     #[serde(rename = "type", skip_serializing_if = "crate::is_default")]
@@ -131,7 +131,9 @@ pub struct DeploymentStrategy {
 }
 
 /// RollingUpdate (the default) or Recreate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum StrategyType {
     #[default]
     RollingUpdate,
@@ -139,7 +141,7 @@ pub enum StrategyType {
 }
 
 /// Bounds of a rolling update; 25% each when left out.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct RollingUpdate {
     /// Pods above `replicas` while rolling out (a number or a percentage, rounded up).
@@ -151,7 +153,7 @@ pub struct RollingUpdate {
 }
 
 /// What the controller observed.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DeploymentStatus {
     #[serde(skip_serializing_if = "crate::is_default")]

@@ -16,7 +16,7 @@ use std::fmt;
 pub const MAX_MESSAGE: usize = 1024;
 
 /// A happening, and how often it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Event {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -45,7 +45,9 @@ pub struct Event {
 }
 
 /// The object an Event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ObjectReference {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -76,7 +78,9 @@ impl ObjectReference {
 }
 
 /// Who saw an Event: a master component, or a node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EventSource {
     /// `scheduler`, `replicaset-controller`, `node`, ...
@@ -98,7 +102,9 @@ impl fmt::Display for EventSource {
 }
 
 /// Normal, or Warning for what someone may have to act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum EventType {
     #[default]
     Normal,

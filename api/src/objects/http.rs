@@ -20,7 +20,7 @@ pub const MAX_CONCURRENCY: u32 = 10_000;
 pub const MAX_TIMEOUT_SECONDS: u32 = 3_600;
 
 /// `spec.http`: limits on an http pod's requests.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpOptions {
     /// Requests served at once; one more is answered 503 at once
@@ -52,7 +52,7 @@ impl HttpOptions {
 }
 
 /// A health check of a pod.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Probe {
     /// An HTTP GET to the pod (http pods only): a status from 200 to 399
@@ -78,7 +78,7 @@ pub struct Probe {
 }
 
 /// What an HTTP probe asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpGetAction {
     /// The path and query, starting with `/` (default `/`).

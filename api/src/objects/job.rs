@@ -36,7 +36,7 @@ pub mod reason {
 }
 
 /// Pods run to completion.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Job {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -48,7 +48,7 @@ pub struct Job {
 }
 
 /// How many pods must succeed, how many run at once, and when to give up.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct JobSpec {
     /// Pods that must succeed; 1 when left out (fixed once created).
@@ -134,7 +134,7 @@ impl JobSpec {
 }
 
 /// What the controller observed.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct JobStatus {
     /// Pods running or waiting to run.

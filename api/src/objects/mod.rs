@@ -174,6 +174,15 @@ macro_rules! kinds {
                 }
             }
 
+            /// The JSON Schema of the kind's manifests, derived from the
+            /// type that reads them (its serde attributes and its fields'
+            /// doc comments): what `flotilla explain` shows.
+            pub fn schema(self) -> schemars::Schema {
+                match self {
+                    $(Kind::$variant => schemars::schema_for!($ty),)*
+                }
+            }
+
             /// Whether objects of this kind live in a namespace.
             pub fn namespaced(self) -> bool {
                 match self {

@@ -7,7 +7,7 @@ use crate::meta::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 /// An uploaded Wasm binary, addressed by its digest; the bytes are stored beside it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Module {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -19,7 +19,7 @@ pub struct Module {
 }
 
 /// Digest, size and origin of a module.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ModuleSpec {
     /// `sha256:<64 hex>`.
@@ -33,7 +33,7 @@ pub struct ModuleSpec {
 }
 
 /// What the master read in the binary when it was uploaded.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ModuleStatus {
     /// `component` or `module` (a core module); empty for modules uploaded
@@ -65,7 +65,7 @@ pub struct ModuleStatus {
 pub const MAX_MODULE_CODE: usize = 32;
 
 /// Code a master compiled from a module for one engine.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ModuleCode {
     /// The fingerprint of the engine the code is for (a node's

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// A pod's network allowance.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Where the program may connect (TCP) or send datagrams (UDP).
@@ -22,7 +22,7 @@ pub struct NetworkSpec {
 }
 
 /// One destination, or a set of them.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NetworkAllow {
     /// An address (`10.0.0.5`, `::1`), a network (`192.168.1.0/24`), a
@@ -39,7 +39,7 @@ pub struct NetworkAllow {
 }
 
 /// A port the program may serve on.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ListenPort {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -51,7 +51,7 @@ pub struct ListenPort {
 
 /// Set by the node in the pod's status: the program's attempts to reach
 /// what its allowance does not list, across its restarts on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NetworkRefusals {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -64,7 +64,9 @@ pub struct NetworkRefusals {
 }
 
 /// A transport protocol, as Kubernetes spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An edge machine that runs pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Node {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -22,7 +22,7 @@ pub struct Node {
 }
 
 /// What the operator wants of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeSpec {
     /// No new pods are bound to an unschedulable node.
@@ -34,7 +34,7 @@ pub struct NodeSpec {
 }
 
 /// What a node reports of itself, plus the master's view of its liveness.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeStatus {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -83,7 +83,9 @@ pub struct NodeStatus {
 }
 
 /// Whether a node is fit to run pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ReadyState {
     #[default]
     Unknown,
@@ -98,7 +100,7 @@ impl fmt::Display for ReadyState {
 }
 
 /// Resources of a node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeCapacity {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -110,7 +112,7 @@ pub struct NodeCapacity {
 }
 
 /// Facts about the node's machine and agent.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeInfo {
     /// `amd64`, `arm64`, `arm`.
@@ -133,7 +135,7 @@ pub struct NodeInfo {
 /// told by its flags), and the fingerprint of the code its engine runs.
 /// Masters compile modules for the profiles their nodes report
 /// ([`NodeEngine::code`]), so that a node loads code instead of compiling.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeEngine {
     /// `tiny`, `small` or `standard`, from the machine's memory.
@@ -156,7 +158,7 @@ pub struct NodeEngine {
 
 /// What compiled code is for: enough for a master to set up the same
 /// engine and check it by the fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CodeTarget {
     /// A target triple (`aarch64-unknown-linux-gnu`), or `pulley32` /
@@ -177,7 +179,9 @@ pub struct CodeTarget {
 }
 
 /// How a node came by its compiled code since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct CodeCounts {
     /// Modules the node compiled itself.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// A Wasm program scheduled onto a node.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Pod {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -24,7 +24,7 @@ pub struct Pod {
 }
 
 /// What the user wants a pod to be.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodSpec {
     /// A local path (the CLI uploads it), `sha256:<hex>` once uploaded.
@@ -117,7 +117,7 @@ impl PodSpec {
 }
 
 /// One environment variable.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvVar {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -132,7 +132,7 @@ pub struct EnvVar {
 
 /// A variable's value from a ConfigMap's or a Secret's key, or from the
 /// pod itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvVarSource {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -144,7 +144,7 @@ pub struct EnvVarSource {
 }
 
 /// A key of a ConfigMap or a Secret in the pod's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct KeySelector {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -158,7 +158,7 @@ pub struct KeySelector {
 }
 
 /// A field of the pod: one of [`FIELD_PATHS`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FieldSelector {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -174,7 +174,7 @@ pub const FIELD_PATHS: [&str; 4] = [
 ];
 
 /// All the keys of a ConfigMap or a Secret as variables.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvFromSource {
     /// Put before each key's name.
@@ -187,7 +187,7 @@ pub struct EnvFromSource {
 }
 
 /// A ConfigMap or Secret in the pod's namespace whose keys become variables.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EnvSourceRef {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -250,7 +250,7 @@ impl PodSpec {
 
 /// Requests (what the scheduler reserves) and limits (what the node
 /// enforces); see docs/manifests.md.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ResourceRequirements {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -260,7 +260,7 @@ pub struct ResourceRequirements {
 }
 
 /// CPU and memory quantities.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ResourceList {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -288,7 +288,9 @@ impl ResourceRequirements {
 }
 
 /// When a finished pod is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum RestartPolicy {
     #[default]
     Always,
@@ -297,7 +299,9 @@ pub enum RestartPolicy {
 }
 
 /// The phase of a pod, as in Kubernetes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum PodPhase {
     #[default]
     Pending,
@@ -321,7 +325,7 @@ impl fmt::Display for PodPhase {
 }
 
 /// What the node observed of a pod.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodStatus {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -360,7 +364,7 @@ pub struct PodStatus {
 }
 
 /// How one run of a pod's program ended.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LastState {
     /// The program's exit code, or the code of how it was ended (see `exitCode`).
@@ -378,7 +382,7 @@ pub struct LastState {
 }
 
 /// A milestone in a pod's life, with when it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodCondition {
     /// `PodScheduled`, `ModuleReady` or `Ready`.

@@ -10,7 +10,7 @@ use crate::meta::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 /// A named priority for pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PriorityClass {
     #[serde(skip_serializing_if = "crate::is_default")]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_REPLICAS: u32 = 100_000;
 
 /// A set of identical pods, kept at a count.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ReplicaSet {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -26,7 +26,7 @@ pub struct ReplicaSet {
 }
 
 /// How many pods, which ones, and made from what.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ReplicaSetSpec {
     /// How many pods; 1 when left out.
@@ -50,7 +50,7 @@ impl ReplicaSetSpec {
 }
 
 /// What the controller observed.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ReplicaSetStatus {
     /// Pods the set owns that have not ended.

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// What a taint does to pods that do not tolerate it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum TaintEffect {
     /// No new pod is placed on the node.
     #[default]
@@ -30,7 +32,7 @@ impl fmt::Display for TaintEffect {
 
 /// A mark on a node that repels pods which do not tolerate it
 /// (`flotilla taint node pi-1 dedicated=gpu:NoSchedule`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Taint {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -55,7 +57,9 @@ impl fmt::Display for Taint {
 }
 
 /// How a toleration compares its key and value with a taint's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum TolerationOperator {
     /// Key and value must both match.
     #[default]
@@ -65,7 +69,7 @@ pub enum TolerationOperator {
 }
 
 /// Lets a pod onto (or stay on) nodes with a matching taint.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Toleration {
     /// Empty with `Exists`: tolerates every taint.
@@ -103,7 +107,7 @@ pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
 }
 
 /// Where a pod would like to run, beyond `nodeSelector`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Affinity {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -111,7 +115,7 @@ pub struct Affinity {
 }
 
 /// Rules over a node's labels: required ones filter, preferred ones score.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeAffinity {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -121,7 +125,7 @@ pub struct NodeAffinity {
 }
 
 /// Terms ORed together: a node matches if it matches any term.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeSelector {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -136,7 +140,7 @@ impl NodeSelector {
 }
 
 /// Requirements ANDed together.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeSelectorTerm {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -153,7 +157,9 @@ impl NodeSelectorTerm {
 }
 
 /// How a requirement compares a label with its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum NodeSelectorOperator {
     #[default]
     In,
@@ -167,7 +173,7 @@ pub enum NodeSelectorOperator {
 }
 
 /// One requirement on one label key.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct NodeSelectorRequirement {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -206,7 +212,7 @@ impl NodeSelectorRequirement {
 }
 
 /// A preference with its weight (1 to 100).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PreferredSchedulingTerm {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -216,7 +222,9 @@ pub struct PreferredSchedulingTerm {
 }
 
 /// What to do with a pod that would break a spread constraint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum UnsatisfiableConstraintAction {
     /// Leave it Pending.
     #[default]
@@ -228,7 +236,7 @@ pub enum UnsatisfiableConstraintAction {
 /// Spreads the pods matching `labelSelector` over the values of a node
 /// label (`topologyKey`, e.g. `topology.kubernetes.io/zone`), so that the
 /// counts in any two domains differ by at most `maxSkew`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TopologySpreadConstraint {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -243,7 +251,7 @@ pub struct TopologySpreadConstraint {
 
 /// Selects objects by their labels: every `matchLabels` pair and every
 /// expression must hold.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LabelSelector {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -263,7 +271,9 @@ impl LabelSelector {
 }
 
 /// How a label selector requirement compares a label with its values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum LabelSelectorOperator {
     #[default]
     In,
@@ -273,7 +283,7 @@ pub enum LabelSelectorOperator {
 }
 
 /// One requirement of a [`LabelSelector`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -298,7 +308,9 @@ impl LabelSelectorRequirement {
 }
 
 /// Whether a pod may evict lower-priority pods to fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum PreemptionPolicy {
     #[default]
     PreemptLowerPriority,

@@ -29,7 +29,7 @@ pub const OPAQUE: &str = "Opaque";
 pub const HIDDEN_PREFIX: &str = "<hidden";
 
 /// Sensitive data as keys and values.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Secret {
     #[serde(skip_serializing_if = "crate::is_default")]

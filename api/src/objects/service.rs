@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_PORTS: usize = 32;
 
 /// A set of pods behind ports that every node serves.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Service {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -25,7 +25,7 @@ pub struct Service {
     pub spec: ServiceSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServiceSpec {
     /// The pods of the Service's namespace with all these labels.
@@ -47,7 +47,7 @@ pub struct ServiceSpec {
 }
 
 /// Where a Service's TLS certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServiceTls {
     /// A Secret of the Service's namespace with the certificate chain in
@@ -63,7 +63,7 @@ pub const TLS_CERT_KEY: &str = "tls.crt";
 pub const TLS_KEY_KEY: &str = "tls.key";
 
 /// One port of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServicePort {
     /// Required when there are several ports; a DNS label.
@@ -88,7 +88,9 @@ impl ServicePort {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum SessionAffinity {
     #[default]
     None,
@@ -245,7 +247,7 @@ impl Resource for Service {
 
 /// The pods behind a Service, as its Endpoints controller last saw them;
 /// named as its Service and owned by it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Endpoints {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -259,7 +261,7 @@ pub struct Endpoints {
 }
 
 /// One pod of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Endpoint {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -284,7 +286,7 @@ pub struct Endpoint {
 }
 
 /// A port of the Service's pods.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EndpointPort {
     #[serde(skip_serializing_if = "crate::is_default")]

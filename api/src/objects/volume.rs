@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 pub const MAX_VOLUMES: usize = 32;
 
 /// A named directory a pod may mount.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Volume {
     /// Mounts name it; a DNS label, unique in the pod.
@@ -35,7 +35,7 @@ pub struct Volume {
 /// The keys of a Secret in the pod's namespace as files, always read-only,
 /// in a directory only the node's user may enter, updated in place when
 /// the Secret changes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct SecretVolume {
     /// The Secret's name (Kubernetes' field name).
@@ -46,6 +46,7 @@ pub struct SecretVolume {
     pub items: Vec<KeyToPath>,
     /// The files' mode (as for a configMap volume); 0644 when left out.
     #[serde(skip_serializing_if = "crate::is_default", with = "file_mode")]
+    #[schemars(with = "Option<u32>")]
     pub default_mode: Option<u32>,
 }
 
@@ -53,7 +54,7 @@ pub struct SecretVolume {
 /// first pod to use it makes it on its node, and every later pod that
 /// mounts it is scheduled to that node (the node reports the volumes it
 /// holds). Removed only by the node's operator.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PersistentVolume {
     /// The volume's name in the pod's namespace; pods of the namespace
@@ -68,7 +69,7 @@ pub struct PersistentVolume {
 
 /// The keys of a ConfigMap in the pod's namespace as files, always
 /// read-only, updated in place (an atomic swap) when it changes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ConfigMapVolume {
     /// The ConfigMap's name.
@@ -82,11 +83,12 @@ pub struct ConfigMapVolume {
     /// (`420` is 0644), a string with a leading zero is octal (`"0644"`,
     /// and `0644` unquoted, which YAML reads as a string); 0644 when left out.
     #[serde(skip_serializing_if = "crate::is_default", with = "file_mode")]
+    #[schemars(with = "Option<u32>")]
     pub default_mode: Option<u32>,
 }
 
 /// One key, and the relative path of its file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct KeyToPath {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -98,7 +100,7 @@ pub struct KeyToPath {
 /// A directory made for the pod on its node, empty at first: kept while
 /// the pod is on the node (across restarts of its program), removed with
 /// the pod.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct EmptyDirVolume {
     /// Most bytes the directory may hold; past it the node stops the pod
@@ -109,7 +111,7 @@ pub struct EmptyDirVolume {
 
 /// A directory of the node, under a prefix its operator allows
 /// (`flotilla node --allow-host-path`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HostPathVolume {
     /// An absolute path on the node; it must exist and be a directory.
@@ -118,7 +120,7 @@ pub struct HostPathVolume {
 }
 
 /// Where the program sees a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct VolumeMount {
     /// The volume's name.

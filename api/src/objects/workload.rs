@@ -22,7 +22,7 @@ pub const CHANGE_CAUSE: &str = "flotilla.dev/change-cause";
 pub const RESTARTED_AT: &str = "flotilla.dev/restartedAt";
 
 /// The labels and annotations every pod made from a template gets.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TemplateMeta {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -32,7 +32,7 @@ pub struct TemplateMeta {
 }
 
 /// What pods a controller makes look like.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PodTemplateSpec {
     #[serde(skip_serializing_if = "crate::is_default")]
@@ -161,7 +161,7 @@ pub fn validate_pod_template(template: &PodTemplateSpec) -> Vec<FieldError> {
 
 /// A count given as a number (`1`) or a percentage of another (`25%`), as
 /// a Deployment's maxSurge and maxUnavailable are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum IntOrPercent {
     Int(u32),
@@ -211,7 +211,9 @@ impl IntOrPercent {
 }
 
 /// True, False or Unknown, as Kubernetes conditions say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ConditionStatus {
     True,
     False,
@@ -230,7 +232,7 @@ impl fmt::Display for ConditionStatus {
 }
 
 /// A condition of a workload's status.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Condition {
     #[serde(rename = "type", skip_serializing_if = "crate::is_default")]
