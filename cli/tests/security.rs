@@ -1096,7 +1096,7 @@ fn node_tokens_are_limited_to_uses_and_name_prefixes() {
     assert!(c.ok(&["token", "list"]).contains("1/1"));
     let (joined, err) = try_join(&c, "pi2", "pi-2", &once);
     assert!(
-        !joined && err.contains("used 1 times, all it allows"),
+        !joined && err.contains("has had all the joins it allows (1)"),
         "{err}"
     );
     // The refused join left its name free.

@@ -318,6 +318,7 @@ async fn start_raft(
         })?;
     }
     let sm = raft::StateMachine::open(store.clone(), &config.data_dir.join(raft::SNAPSHOT_FILE))?;
+    log.guard_purges(sm.purge_guard());
     let node_id = config.node_id.unwrap_or(1);
     let client = pki.master_client(node_id)?;
     let network = raft::Network::new(node_id, pki.master_client_tls(&client)?)?;

@@ -281,5 +281,11 @@ impl Drop for Fleet {
         }
         // The processes are gone before their namespaces are removed.
         self.net.take();
+        // A failing test keeps the masters' data directories and logs when
+        // FLOTILLA_TEST_KEEP is set, and says where.
+        if std::thread::panicking() && std::env::var_os("FLOTILLA_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept the fleet's files in {}", dir.keep().display());
+        }
     }
 }

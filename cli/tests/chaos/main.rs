@@ -519,3 +519,57 @@ async fn chaos_leader_killed_mid_rollout_the_new_leader_finishes_it_without_extr
     fleet.restart_master(leader);
     fleet.wait_voters(3);
 }
+
+/// A user revoked through one master is refused by every master, also by
+/// one that was down when the revocation was written and catches up after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_a_revoked_user_is_refused_by_every_master() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut fleet = Fleet::loopback(3);
+    fleet.start_all();
+    let alice = fleet.path("alice.config");
+    fleet.ok(&[
+        "user",
+        "create",
+        "alice",
+        "--role",
+        "viewer",
+        "-o",
+        alice.to_str().expect("path"),
+    ]);
+    // Alice's config, asking master `i` only.
+    let alice_at = |i: usize| {
+        let path = fleet.path(&format!("alice-m{i}"));
+        let text = std::fs::read_to_string(&alice).expect("config");
+        let mut cfg = flotilla_api::config::ClientConfigFile::parse(&text).expect("parses");
+        cfg.masters = vec![fleet.addrs[i].clone()];
+        std::fs::write(&path, cfg.render()).expect("config");
+        path
+    };
+    let configs: Vec<_> = (0..3).map(alice_at).collect();
+    let answer = |i: usize| common::run_flotilla(&["get", "nodes"], &configs[i]);
+    for i in 0..3 {
+        // A master that has not applied the User yet says it does not exist.
+        wait_for(
+            &format!("master {i} to know alice"),
+            Duration::from_secs(30),
+            || answer(i).status.success().then_some(()),
+        );
+    }
+    let down = (fleet.leader() + 1) % 3;
+    fleet.kill_master(down);
+    fleet.ok(&["user", "revoke", "alice"]);
+    fleet.restart_master(down);
+    for i in 0..3 {
+        let err = wait_for(
+            &format!("master {i} to refuse alice"),
+            Duration::from_secs(60),
+            || {
+                let out = answer(i);
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                (!out.status.success() && err.contains("user alice was revoked at")).then_some(err)
+            },
+        );
+        assert!(err.contains("(Unauthenticated)"), "master {i}: {err}");
+    }
+}

@@ -176,7 +176,7 @@ impl ApiServer {
         {
             if uses >= max {
                 return Err(deny(&format!(
-                    "the token has been used {uses} times, all it allows"
+                    "the token has had all the joins it allows ({max})"
                 )));
             }
         }

@@ -19,7 +19,8 @@
 //! the flusher thread; the flusher `fdatasync`s once for every append that
 //! arrived while it was busy and only then tells openraft, through the
 //! callbacks, that those entries are on disk. The vote, truncations and
-//! purges are synced before their call returns. The committed id is written
+//! purges are synced before their call returns. A purge first waits until a
+//! snapshot on disk covers the entries it drops ([`LogStore::guard_purges`]). The committed id is written
 //! without a sync of its own: the next sync carries it, and raft only needs
 //! it not to run ahead of the log.
 //!
@@ -99,7 +100,15 @@ struct Inner {
     state: Mutex<State>,
     /// Appends waiting for the flusher's sync, in order.
     flushes: Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    /// How far a snapshot on disk covers the log, if purges must wait for
+    /// one ([`LogStore::guard_purges`]).
+    guard: Mutex<Option<super::PurgeGuard>>,
 }
+
+/// How long a purge waits for the snapshot that covers it (a follower's
+/// state machine installing a large snapshot on an SD card) before raft is
+/// told the log cannot be purged.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What the file holds, as replayed, and where the next record goes.
 struct State {
@@ -679,6 +688,7 @@ impl LogStore {
                 compact_at,
                 state: Mutex::new(state),
                 flushes: Mutex::new(flushes),
+                guard: Mutex::new(None),
             }),
         };
         // The flusher holds the store weakly: it ends when the store is dropped
@@ -906,6 +916,40 @@ impl RaftLogReader<TypeConfig> for LogStore {
 /// entry always goes): objects are at most 1.5 MiB and a frame 4 MiB.
 pub(crate) const REPLICATION_BUDGET: u64 = 2 << 20;
 
+impl LogStore {
+    /// Makes purges wait until `guard` says a snapshot on disk (or the
+    /// store, durably) holds what the purged entries did, so that a crash
+    /// never finds entries gone that nothing else holds
+    /// ([`StateMachine::purge_guard`](super::StateMachine::purge_guard)).
+    pub fn guard_purges(&self, guard: super::PurgeGuard) {
+        *lock(&self.inner.guard) = Some(guard);
+    }
+
+    /// Waits until the entries up to `upto` may go (at once without a guard).
+    async fn wait_covered(&self, upto: LogId) -> Result<(), StorageError<u64>> {
+        let Some(mut guard) = lock(&self.inner.guard).clone() else {
+            return Ok(());
+        };
+        let covered = tokio::time::timeout(
+            PURGE_WAIT,
+            guard.wait_for(|c| c.is_some_and(|c| c.index >= upto.index)),
+        )
+        .await
+        .map(|r| r.map(drop));
+        match covered {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(write_logs(StoreError::Broken(
+                "raft log: the state machine is gone; no snapshot will cover a purge".into(),
+            ))),
+            Err(_) => Err(write_logs(StoreError::Broken(format!(
+                "raft log: no snapshot on disk covered the entries up to {upto} within {}s, \
+                 so they were kept; restart the master",
+                PURGE_WAIT.as_secs()
+            )))),
+        }
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
@@ -1015,6 +1059,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        self.wait_covered(log_id).await?;
         let this = self.clone();
         blocking(ErrorSubject::Logs, move || {
             record(KIND_PURGE, &log_id)

@@ -45,7 +45,7 @@ pub use cluster::{Cluster, LeaderAnswer, MembershipChange};
 pub use log_store::LogStore;
 pub use network::{CallError, Hook, Network, Peer, RaftNetError, Verdict};
 pub use propose::{propose, raft_config, Raft, DEFAULT_ELECTION_TIMEOUT, ELECTION_TIMEOUT_RANGE};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{PurgeGuard, SnapshotBuilder, StateMachine};
 
 use crate::store::{self, Outcome, StoreError};
 // Raft responses carry the store's refusals as they are; the store defines

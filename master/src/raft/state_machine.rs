@@ -65,7 +65,15 @@ struct Snapshots {
     current: Mutex<Option<Meta>>,
     /// Makes snapshot ids unique within a process.
     built: AtomicU64,
+    /// The last log id whose effects are on disk outside the raft log: the
+    /// snapshot file's, or what the store held when it was opened. The log
+    /// store purges no entry beyond it ([`StateMachine::purge_guard`]).
+    covered: tokio::sync::watch::Sender<Option<LogId>>,
 }
+
+/// What lets the raft log drop entries: the last log id whose effects are
+/// on disk outside it ([`StateMachine::purge_guard`]).
+pub type PurgeGuard = tokio::sync::watch::Receiver<Option<LogId>>;
 
 type Meta = SnapshotMeta<u64, BasicNode>;
 
@@ -105,28 +113,44 @@ impl StateMachine {
             message,
         };
         let file = read_snapshot_file(snapshot_path)?;
+        let applied = || -> Result<Option<LogId>, RaftStoreError> {
+            Ok(applied_state(&store.raft_meta()?)
+                .map_err(|m| RaftStoreError::Store(StoreError::Corrupt(m)))?
+                .0)
+        };
         let current = match file {
             None => None,
             Some(file) => {
                 let image = checked_image(&file.meta, &file.data).map_err(corrupt)?;
-                let applied = applied_state(&store.raft_meta()?)
-                    .map_err(|m| RaftStoreError::Store(StoreError::Corrupt(m)))?
-                    .0;
-                if file.meta.last_log_id > applied {
+                if file.meta.last_log_id > applied()? {
                     store.install(&image)?;
                 }
                 Some(file.meta)
             }
         };
+        // Just read from the disk, the store's applied id is durable too.
+        let covered = current.as_ref().and_then(|m| m.last_log_id).max(applied()?);
         Ok(StateMachine {
             store,
             snapshots: Arc::new(Snapshots {
                 path: snapshot_path.to_path_buf(),
                 current: Mutex::new(current),
                 built: AtomicU64::new(0),
+                covered: tokio::sync::watch::Sender::new(covered),
             }),
             last_durable: std::time::Instant::now(),
         })
+    }
+
+    /// What the raft log waits for before it drops entries
+    /// ([`LogStore::guard_purges`](super::LogStore::guard_purges)). openraft
+    /// purges a follower's log when it installs a snapshot from the leader,
+    /// at the same time as the state machine's task installs it: a log
+    /// purged first, and a crash before the snapshot file was written, would
+    /// leave the master with neither the entries nor the snapshot, unable to
+    /// start ("Failed to get log entries").
+    pub fn purge_guard(&self) -> PurgeGuard {
+        self.snapshots.covered.subscribe()
     }
 
     /// The store this state machine applies to.
@@ -159,6 +183,13 @@ impl Snapshots {
         let body = encode("a snapshot", &file).map_err(|e| fail(e.to_string()))?;
         write_atomically(&self.path, &seal_snapshot(&body)).map_err(|e| fail(e.to_string()))?;
         *current = Some(meta.clone());
+        self.covered.send_if_modified(|covered| {
+            let further = meta.last_log_id > *covered;
+            if further {
+                *covered = meta.last_log_id;
+            }
+            further
+        });
         Ok(())
     }
 

@@ -493,3 +493,53 @@ fn basic_nodes_and_entries_round_trip_through_postcard() {
         format!("{:?}", entry.payload)
     );
 }
+
+/// openraft purges a follower's log when it installs a snapshot from the
+/// leader, while the state machine's own task installs it: the purge waits
+/// until the snapshot is on disk, so that a crash between the two never
+/// leaves a master with neither (it could not start again).
+#[test]
+fn a_purge_waits_for_a_snapshot_on_disk_that_covers_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (dl, df) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_leader, snapshot) = leader_with_snapshot(&dl, &rt);
+    let upto = snapshot
+        .meta
+        .last_log_id
+        .expect("the snapshot's last log id");
+    let (log, mut follower) = open_both(&df);
+    log.guard_purges(follower.purge_guard());
+    let entries: Vec<Entry> = commands()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| command_entry(i as u64 + 1, c))
+        .collect();
+    let mut appending = log.clone();
+    rt.block_on(appending.blocking_append(entries)).unwrap();
+    let mut purging = log.clone();
+    let purge = rt.spawn(async move { purging.purge(upto).await });
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+    assert!(
+        !purge.is_finished(),
+        "the log was purged before a snapshot on disk held its entries"
+    );
+    let mut reading = log.clone();
+    let state = rt.block_on(reading.get_log_state()).unwrap();
+    assert_eq!(state.last_purged_log_id, None, "nothing is gone yet");
+    rt.block_on(follower.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()))
+        .unwrap();
+    rt.block_on(purge).unwrap().unwrap();
+    let state = rt.block_on(reading.get_log_state()).unwrap();
+    assert_eq!(state.last_purged_log_id, Some(upto));
+    drop((log, appending, reading, follower));
+
+    // Reopened, the store's applied id is on disk: purges up to it go at once.
+    let (mut log, follower) = open_both(&df);
+    log.guard_purges(follower.purge_guard());
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), log.purge(upto))
+            .await
+            .expect("no wait")
+    })
+    .unwrap();
+}

@@ -68,13 +68,22 @@ impl<'t> Machine<'t> {
         let super::TokenUsage::NodeCounted { max_uses, uses, .. } = &mut record.usage else {
             return Ok(Outcome::Done);
         };
-        if max_uses.is_some_and(|max| *uses >= max) {
+        if let Some(max) = max_uses.filter(|max| *uses >= *max) {
             return Err(StoreError::invalid(format!(
-                "token {id} has been used {uses} times, all it allows"
+                "token {id} has had all the joins it allows ({max})"
             )));
         }
         *uses = uses.saturating_add(1);
-        let value = encode_value("tokens", key, "a token", &record)?;
+        self.put_token(&record)
+    }
+
+    /// Stores (or replaces) a token record.
+    fn put_token(&mut self, record: &super::TokenRecord) -> Result<Outcome, StoreError> {
+        if record.id.is_empty() {
+            return Err(StoreError::invalid("a token needs an id"));
+        }
+        let key = record.id.as_bytes();
+        let value = encode_value("tokens", key, "a token", record)?;
         self.tokens
             .insert(key, value.as_slice())
             .map_err(db("writing a token"))?;
@@ -139,18 +148,7 @@ impl<'t> Machine<'t> {
             Command::Batch(_) => Err(StoreError::invalid(
                 "a batch of commands is applied from the raft log, one command at a time",
             )),
-            Command::PutToken { record } => {
-                if record.id.is_empty() {
-                    return Err(StoreError::invalid("a token needs an id"));
-                }
-                let key = record.id.as_bytes();
-                let value = encode_value("tokens", key, "a token", &record)?;
-                self.tokens
-                    .insert(key, value.as_slice())
-                    .map_err(db("writing a token"))?;
-                self.changed = true;
-                Ok(Outcome::Done)
-            }
+            Command::PutToken { record } => self.put_token(&record),
             Command::UseToken { id } => self.use_token(&id),
             Command::DeleteToken { id } => {
                 if self
