@@ -10,8 +10,19 @@ use std::fmt::Write as _;
 /// How deep `--recursive` goes (the object types nest far less).
 const MAX_DEPTH: usize = 12;
 
-/// The text `flotilla explain PATH` prints, or what is wrong with `PATH`.
-pub fn explain(path: &str, recursive: bool) -> Result<String, String> {
+/// Where a path leads in a kind's schema.
+struct Walked {
+    kind: Kind,
+    walker: Walker,
+    root: Value,
+    /// What the path names, its references followed.
+    node: Value,
+    /// The last field of the path and its schema (None for the kind itself).
+    field: Option<(String, Value)>,
+}
+
+/// Follows `KIND[.field]...` through the kind's schema.
+fn walk(path: &str) -> Result<Walked, String> {
     let mut parts = path.trim().split('.');
     let kind_word = parts.next().unwrap_or_default();
     let kind = Kind::parse(kind_word).ok_or_else(|| {
@@ -35,17 +46,13 @@ pub fn explain(path: &str, recursive: bool) -> Result<String, String> {
     for name in parts {
         let props = walker.properties(&node);
         let Some(found) = props.get(name) else {
-            let names: Vec<&String> = props.keys().collect();
+            let names: Vec<&str> = props.keys().map(String::as_str).collect();
             return Err(if names.is_empty() {
                 format!("{walked} has no fields; {name:?} is not one")
             } else {
                 format!(
                     "field {name:?} does not exist in {walked}; its fields are: {}",
-                    names
-                        .iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    names.join(", ")
                 )
             });
         };
@@ -53,6 +60,32 @@ pub fn explain(path: &str, recursive: bool) -> Result<String, String> {
         field = Some((name.to_string(), found.clone()));
         node = walker.resolve(&walker.element(found));
     }
+    Ok(Walked {
+        kind,
+        walker,
+        root,
+        node,
+        field,
+    })
+}
+
+/// The fields under `KIND[.field]...`, for completion (none if the path
+/// leads nowhere).
+pub fn field_names(path: &str) -> Vec<String> {
+    walk(path)
+        .map(|w| w.walker.properties(&w.node).keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The text `flotilla explain PATH` prints, or what is wrong with `PATH`.
+pub fn explain(path: &str, recursive: bool) -> Result<String, String> {
+    let Walked {
+        kind,
+        walker,
+        root,
+        node,
+        field,
+    } = walk(path)?;
     let mut out = String::new();
     let _ = writeln!(out, "KIND:       {}", kind.as_str());
     let _ = writeln!(out, "VERSION:    {}", crate::API_VERSION);

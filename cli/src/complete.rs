@@ -203,9 +203,47 @@ impl ValueCompleter for Objects {
     }
 }
 
+/// The completer of `explain`'s path: kinds, then the fields under them.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields;
+
+impl ValueCompleter for Fields {
+    fn complete(&self, current: &OsStr) -> Vec<CompletionCandidate> {
+        explain_candidates(&current.to_string_lossy())
+            .into_iter()
+            .map(CompletionCandidate::new)
+            .collect()
+    }
+}
+
+/// What may follow `current` in `explain KIND.field...`: a kind before the
+/// first dot, then the fields under what comes before the last one.
+fn explain_candidates(current: &str) -> Vec<String> {
+    match current.rsplit_once('.') {
+        None => Kind::ALL
+            .iter()
+            .map(|k| k.as_str().to_lowercase())
+            .filter(|k| k.starts_with(current))
+            .collect(),
+        Some((path, partial)) => flotilla_api::explain::field_names(path)
+            .into_iter()
+            .filter(|f| f.starts_with(partial))
+            .map(|f| format!("{path}.{f}"))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explain_completes_kinds_then_fields() {
+        assert_eq!(explain_candidates("dep"), ["deployment"]);
+        assert_eq!(explain_candidates("pod.spec.mo"), ["pod.spec.module"]);
+        assert!(explain_candidates("pod.").contains(&"pod.spec".to_string()));
+        assert!(explain_candidates("pod.nope.").is_empty());
+    }
 
     fn w(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()

@@ -215,6 +215,7 @@ enum Command {
     /// `explain deploy.spec.strategy` (from the types that read manifests).
     Explain {
         /// `KIND`, or `KIND.field.field...`.
+        #[arg(add = ArgValueCompleter::new(complete::Fields))]
         path: String,
         /// Every field below, as a tree.
         #[arg(long)]
@@ -345,7 +346,7 @@ impl Manifests {
 #[derive(clap::Args, Debug)]
 struct MetadataChange {
     /// KIND NAME or KIND/NAME, then KEY=VALUE (set) or KEY- (remove)...
-    #[arg(required = true, num_args = 2.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
+    #[arg(required = true, num_args = 1.., value_name = "KIND/NAME KEY=VALUE|KEY-", add = ArgValueCompleter::new(complete::Objects))]
     args: Vec<String>,
     #[arg(short, long, default_value_t = crate::default_namespace())]
     namespace: String,

@@ -927,6 +927,21 @@ fn users_have_roles_and_namespaces_and_are_revoked() {
         !ok && err.contains("--role: unknown role \"root\""),
         "{err}"
     );
+    let (ok, _, err) = as_user(
+        &c,
+        &c.config,
+        &[
+            "user", "create", "dan", "--role", "viewer", "-n", "nope", "-o", "-",
+        ],
+    );
+    assert!(
+        !ok && err.contains("namespace \"nope\" does not exist; create it first"),
+        "{err}"
+    );
+    assert!(
+        c.get_json("user", "dan").is_none(),
+        "a refused user is not made"
+    );
 
     // The operator works in its namespace without saying so.
     let pod = c.manifest("p.yaml", &common::pod_yaml("p", "hello", &[], "Never", ""));
@@ -986,7 +1001,7 @@ fn users_have_roles_and_namespaces_and_are_revoked() {
         "-p",
         r#"{"spec":{"role":"operator"}}"#,
     ]);
-    let (ok, _, err) = as_user(&c, &bob, &["label", "pod", "p", "x=y", "-n", "team"]);
+    let (ok, _, err) = as_user(&c, &bob, &["label", "pod", "p", "-n", "team", "x=y"]);
     assert!(ok, "{err}");
     let users = c.ok(&["get", "users"]);
     let row = |name: &str| -> Vec<String> {

@@ -107,7 +107,7 @@ pub const MIN_EXPIRATION_SECONDS: u64 = 60;
 pub const MAX_EXPIRATION_SECONDS: u64 = 10 * 365 * 86_400;
 
 impl User {
-    /// Whether the user may still reach the cluster.
+    /// Whether the user was revoked: every certificate of it is refused.
     pub fn is_revoked(&self) -> bool {
         self.status.revoked.is_some()
     }

@@ -45,6 +45,14 @@ pub fn authorize(caller: &Caller, verb: &Verb) -> Result<(), ApiError> {
         Target::Backup => {
             return match caller {
                 Caller::Admin | Caller::Master(_) | Caller::Controller(_) => Ok(()),
+                Caller::User {
+                    grant:
+                        Some(Grant {
+                            role: Role::Admin,
+                            namespace: None,
+                        }),
+                    ..
+                } => Ok(()),
                 other => Err(forbidden(format!(
                     "{other} may not take a backup of the cluster state; use an admin config"
                 ))),
@@ -479,6 +487,10 @@ mod tests {
             (&unresolved, pod(Action::Get, "team"), Some(U)),
             (&unresolved, renew.clone(), Some(U)),
             (&admin, token.clone(), None),
+            (&admin, Verb::on(Action::Get, Target::Backup), None),
+            (&team_admin, Verb::on(Action::Get, Target::Backup), Some(F)),
+            (&op, Verb::on(Action::Get, Target::Backup), Some(F)),
+            (&admin, Verb::on(Action::Update, Target::Raft), Some(F)),
             (&admin, remove_master.clone(), None),
             (&admin, cluster(Action::Create, Kind::User), None),
             (&team_admin, pod(Action::Delete, "team"), None),

@@ -79,6 +79,20 @@ impl ApiServer {
             &Verb::object(Action::Create, Kind::User, "", &name, None),
         )?;
         check_csr(csr_pem).map_err(|e| invalid(format!("certificate request: {e}")))?;
+        let ns = user.spec.namespace.clone();
+        if !ns.is_empty() && ns != flotilla_api::meta::DEFAULT_NAMESPACE {
+            self.before_read(false).await?;
+            if self
+                .store
+                .get(Kind::Namespace, "", &ns)
+                .map_err(store_err)?
+                .is_none()
+            {
+                return Err(invalid(format!(
+                    "namespace {ns:?} does not exist; create it first (`flotilla create namespace {ns}`), then the user"
+                )));
+            }
+        }
         let created = match self.create(caller, Object::User(user)).await {
             Ok(Object::User(u)) => u,
             Ok(other) => {
