@@ -67,9 +67,14 @@ const LIVE_CAPACITY: usize = 1024;
 
 /// redb's page cache (reads and not yet written pages). redb's default, 1
 /// GiB, let a master on a small machine grow by every module it stored or
-/// served; objects are small and read often, module chunks are read once
-/// per download and need not stay.
-const CACHE_BYTES: usize = 32 << 20;
+/// served. The leader's controllers keep every object in memory already
+/// (`controllers::runtime::Cache`), module chunks are read once per
+/// download, and what the cache misses the kernel's page cache of the file
+/// still holds (without counting in the master's RSS). At 32 MiB, a
+/// master with 5,000 nodes kept 28 MiB of pages here, and scheduled 10,000
+/// pods onto them no faster than at 8 (docs/testing.md, "Scheduling at
+/// scale").
+const CACHE_BYTES: usize = 8 << 20;
 
 /// Free space in `state.redb` worth compacting at open: at least this many
 /// bytes, and at least a quarter of the file. redb reuses freed pages for
