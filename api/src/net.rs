@@ -50,7 +50,13 @@ pub async fn write_frame<T: Serialize>(
     msg: &T,
 ) -> Result<(), NetError> {
     let bytes = encode_frame(msg)?;
-    send.write_all(&bytes).await.map_err(|e| match e {
+    write_encoded(send, &bytes).await
+}
+
+/// Writes a frame made by [`encode_frame`]: for a long-lived task, which
+/// then holds only the bytes across the write, not the message.
+pub async fn write_encoded(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), NetError> {
+    send.write_all(frame).await.map_err(|e| match e {
         quinn::WriteError::ConnectionLost(c) => NetError::Connection(c),
         other => NetError::Write(other),
     })
