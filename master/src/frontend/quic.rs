@@ -164,10 +164,8 @@ async fn serve_stream(
 
 /// Ends an answer: the error, if there is one, then the end of the stream.
 async fn finish(mut send: quinn::SendStream, answered: Result<(), ApiError>) {
-    // Encoded before the await, as in `reply`.
-    let error = answered.err().map(|e| encode_frame(&Response::Error(e)));
-    if let Some(Ok(frame)) = error {
-        let _ = write_encoded(&mut send, &frame).await;
+    if let Err(e) = answered {
+        let _ = reply(&mut send, Response::Error(e)).await;
     }
     let _ = send.finish();
 }
@@ -208,16 +206,9 @@ fn reply(
     send: &mut quinn::SendStream,
     r: Response,
 ) -> impl std::future::Future<Output = Result<(), ApiError>> + '_ {
-    let frame = encode_frame(&r);
-    drop(r);
-    async move {
-        let frame = frame.map_err(NetError::from);
-        let written = match frame {
-            Ok(frame) => write_encoded(send, &frame).await,
-            Err(e) => Err(e),
-        };
-        written.map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))
-    }
+    let unavailable = |e: NetError| ApiError::new(ErrorCode::Unavailable, e.to_string());
+    let frame = encode_frame(&r).map_err(|e| unavailable(e.into()));
+    async move { write_encoded(send, &frame?).await.map_err(unavailable) }
 }
 
 /// Translates one request into the core's verbs and writes the answer.
