@@ -20,7 +20,7 @@
 //!
 //! Run: `cargo run --release -p flotilla --example bench_schedule`
 //! (`BENCH_MASTERS=1` or `3` runs one setting; `BENCH_PERF=FILE` records
-//! the leader's CPU profile over the drain with `perf record -g`;
+//! the leader's CPU profile over the drain with `perf record --call-graph dwarf`;
 //! `BENCH_DIR=DIR` keeps the masters' data and logs, `BENCH_MASTER_LOG`
 //! sets their `FLOTILLA_LOG`).
 
@@ -423,7 +423,16 @@ async fn run(masters: usize, nodes: usize, pods: usize, burst: usize, base_port:
     let profile = std::env::var_os("BENCH_PERF").map(|out| {
         Proc(
             Command::new("perf")
-                .args(["record", "-g", "-F", "499", "-p", &leader.to_string(), "-o"])
+                .args([
+                    "record",
+                    "--call-graph",
+                    "dwarf",
+                    "-F",
+                    "499",
+                    "-p",
+                    &leader.to_string(),
+                    "-o",
+                ])
                 .arg(out)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

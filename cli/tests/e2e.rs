@@ -31,6 +31,10 @@ fn pods_run_restart_fail_and_stop_on_two_nodes() {
             "{want} not in {environ:?}"
         );
     }
+    // The master keeps its heap off transparent huge pages, where a few
+    // objects per 2 MiB page would hold the whole page resident.
+    let master = c.master_pid().expect("the master runs");
+    assert_eq!(thp_enabled(master), "0", "the master may use huge pages");
     // Once joined and settled, it hands back the pages of its start-up
     // code (docs/edge.md, "A node's memory"), and fewer stay resident.
     let line = wait_for("n1 to release its start-up code", T, || {
@@ -631,11 +635,13 @@ fn up_runs_master_and_node_in_one_process() {
     assert!(
         String::from_utf8_lossy(&run(&["logs", "hello"]).stdout).contains("hello from flotilla")
     );
-    // A master keeps mimalloc's defaults, which its throughput was measured with.
+    // A master keeps mimalloc's defaults, which its throughput was measured
+    // with, but not transparent huge pages.
     assert!(
         !environ(up.id()).iter().any(|v| v.starts_with("MIMALLOC_")),
         "up runs with lean allocator options"
     );
+    assert_eq!(thp_enabled(up.id()), "0", "up's master may use huge pages");
     // SIGTERM stops both cleanly.
     let _ = Command::new("kill").arg(up.id().to_string()).status();
     let status = wait_for("up to exit", T, || up.try_wait().expect("wait"));
@@ -806,6 +812,17 @@ fn data_files_and_backups_are_private_to_their_owner() {
         log.contains(&format!("run `chmod 600 {}`", state.display())),
         "{log}"
     );
+}
+
+/// The `THP_enabled` field of process `pid`'s status: "0" once it turned
+/// transparent huge pages off for itself.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no THP_enabled in the status of {pid}: {status}"))
 }
 
 /// The environment process `pid` runs with.

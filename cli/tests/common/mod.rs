@@ -278,6 +278,11 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// The process id of the master, while this cluster runs it.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(Child::id)
+    }
+
     /// The process id of node `name`'s agent, while this cluster runs it.
     pub fn node_pid(&self, name: &str) -> Option<u32> {
         self.nodes.get(name).map(Child::id)

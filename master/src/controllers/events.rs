@@ -24,7 +24,7 @@ use flotilla_api::protocol::{ApiError, ErrorCode};
 use flotilla_api::selector::Selector;
 use flotilla_api::time::Time;
 use flotilla_api::{Kind, Object, ObjectMeta, Pod};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -92,9 +92,13 @@ impl Happening {
     }
 }
 
+/// What makes two happenings the same one.
+type Key = (ObjectReference, String, EventType, String, EventSource);
+
 /// What one tracked happening is, and what of it is written.
 #[derive(Debug, Clone)]
 struct Tracked {
+    key: Key,
     event: Event,
     /// The stored Event's name, once written.
     stored: bool,
@@ -102,11 +106,38 @@ struct Tracked {
     seen: u64,
 }
 
+/// The happenings tracked, each under a number of its own. Every step is
+/// a lookup, never a walk over all of them: while thousands of pods are
+/// placed at once, each placement records an Event.
 #[derive(Debug, Default)]
 struct Pending {
-    by_key: HashMap<(ObjectReference, String, EventType, String, EventSource), Tracked>,
+    tracked: HashMap<u64, Tracked>,
+    by_key: HashMap<Key, u64>,
+    /// The tracked ones written and not seen since, as (seen, number):
+    /// the first is the one forgotten to make room.
+    clean: BTreeSet<(u64, u64)>,
     tick: u64,
     dropped: u64,
+}
+
+impl Pending {
+    /// Marks happening `id` as waiting to be written.
+    fn dirty(&mut self, id: u64) {
+        if let Some(t) = self.tracked.get_mut(&id) {
+            if !t.dirty {
+                self.clean.remove(&(t.seen, id));
+                t.dirty = true;
+            }
+        }
+    }
+
+    /// Forgets happening `id`.
+    fn forget(&mut self, id: u64) {
+        if let Some(t) = self.tracked.remove(&id) {
+            self.clean.remove(&(t.seen, id));
+            self.by_key.remove(&t.key);
+        }
+    }
 }
 
 /// What became of one Event's write.
@@ -160,24 +191,18 @@ impl Recorder {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.tick += 1;
         let tick = p.tick;
-        if let Some(t) = p.by_key.get_mut(&key) {
-            t.event.count = t.event.count.saturating_add(1);
-            t.event.last_timestamp = Some(at);
-            t.dirty = true;
-            t.seen = tick;
+        if let Some(id) = p.by_key.get(&key).copied() {
+            p.dirty(id);
+            if let Some(t) = p.tracked.get_mut(&id) {
+                t.event.count = t.event.count.saturating_add(1);
+                t.event.last_timestamp = Some(at);
+                t.seen = tick;
+            }
             return;
         }
-        if p.by_key.len() >= TRACKED {
-            let oldest = p
-                .by_key
-                .iter()
-                .filter(|(_, t)| !t.dirty)
-                .min_by_key(|(_, t)| t.seen)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    p.by_key.remove(&k);
-                }
+        if p.tracked.len() >= TRACKED {
+            match p.clean.first().copied() {
+                Some((_, oldest)) => p.forget(oldest),
                 None => {
                     p.dropped += 1;
                     return;
@@ -200,9 +225,12 @@ impl Recorder {
             last_timestamp: Some(at),
             source,
         };
-        p.by_key.insert(
-            key,
+        // Numbered by the tick of its first sighting, which no other shares.
+        p.by_key.insert(key.clone(), tick);
+        p.tracked.insert(
+            tick,
             Tracked {
+                key,
                 event,
                 stored: false,
                 dirty: true,
@@ -212,50 +240,41 @@ impl Recorder {
     }
 
     /// The Events waiting to be written (new, or counted again), each with
-    /// whether it is stored already; they count as written until
-    /// [`Recorder::failed`] says otherwise.
-    fn take_dirty(&self) -> Vec<(Event, bool)> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.by_key
-            .values_mut()
-            .filter(|t| t.dirty)
-            .map(|t| {
-                t.dirty = false;
-                let was = t.stored;
-                t.stored = true;
-                (t.event.clone(), was)
-            })
-            .collect()
+    /// whether it is stored already and its number for
+    /// [`Recorder::written`]; they count as written until that says
+    /// otherwise.
+    fn take_dirty(&self) -> Vec<(Event, bool, u64)> {
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut *guard;
+        let mut batch = Vec::new();
+        for (id, t) in p.tracked.iter_mut().filter(|(_, t)| t.dirty) {
+            t.dirty = false;
+            p.clean.insert((t.seen, *id));
+            let was = t.stored;
+            t.stored = true;
+            batch.push((t.event.clone(), was, *id));
+        }
+        batch
     }
 
-    /// What became of the write of the Event named `name` (`was_stored`:
+    /// What became of the write of happening `id`'s Event (`was_stored`:
     /// whether it was an update).
-    fn written(&self, name: &str, was_stored: bool, outcome: Written) {
+    fn written(&self, id: u64, was_stored: bool, outcome: Written) {
         let mut p = self.pending.lock().unwrap_or_else(|x| x.into_inner());
-        let Some(key) = p
-            .by_key
-            .iter()
-            .find(|(_, t)| t.event.metadata.name == name)
-            .map(|(k, _)| k.clone())
-        else {
-            return;
-        };
         match outcome {
             Written::Done => {}
-            Written::Drop => {
-                p.by_key.remove(&key);
-            }
+            Written::Drop => p.forget(id),
             Written::Gone => {
-                if let Some(t) = p.by_key.get_mut(&key) {
+                p.dirty(id);
+                if let Some(t) = p.tracked.get_mut(&id) {
                     t.stored = false;
                     t.event.metadata.name = event_name(&t.event.involved_object);
-                    t.dirty = true;
                 }
             }
             Written::Retry => {
-                if let Some(t) = p.by_key.get_mut(&key) {
+                p.dirty(id);
+                if let Some(t) = p.tracked.get_mut(&id) {
                     t.stored = was_stored;
-                    t.dirty = true;
                 }
             }
         }
@@ -298,15 +317,15 @@ async fn write(api: &ApiServer, recorder: &Recorder) {
     if batch.is_empty() {
         return;
     }
-    let writes = batch.into_iter().map(|(event, stored)| async move {
+    let writes = batch.into_iter().map(|(event, stored, id)| async move {
         let result = if stored {
-            api.update(&ME, Object::Event(event.clone())).await
+            api.update(&ME, Object::Event(event)).await
         } else {
-            api.create(&ME, Object::Event(event.clone())).await
+            api.create(&ME, Object::Event(event)).await
         };
-        (event, stored, result)
+        (id, stored, result)
     });
-    for (event, stored, result) in futures_util::future::join_all(writes).await {
+    for (id, stored, result) in futures_util::future::join_all(writes).await {
         let outcome = match result {
             Ok(_) => Written::Done,
             Err(e) if stored && e.code == ErrorCode::NotFound => Written::Gone,
@@ -322,7 +341,7 @@ async fn write(api: &ApiServer, recorder: &Recorder) {
                 Written::Retry
             }
         };
-        recorder.written(&event.metadata.name, stored, outcome);
+        recorder.written(id, stored, outcome);
     }
 }
 
@@ -804,7 +823,7 @@ mod tests {
         );
         let batch = r.take_dirty();
         assert_eq!(batch.len(), 1);
-        let (e, stored) = &batch[0];
+        let (e, stored, _) = &batch[0];
         assert!(!stored);
         assert_eq!(e.count, 2);
         assert_eq!(e.first_timestamp, Some(Time(1_000)));
@@ -835,7 +854,7 @@ mod tests {
         assert_eq!(r.take_dirty().len(), 1);
         // Deleted meanwhile: written again as a new Event.
         let name = batch[0].0.metadata.name.clone();
-        r.written(&name, true, Written::Gone);
+        r.written(batch[0].2, true, Written::Gone);
         let batch = r.take_dirty();
         assert_eq!(batch.len(), 1);
         assert!(!batch[0].1);
@@ -863,6 +882,73 @@ mod tests {
         );
         assert_eq!(r.take_dirty().len(), 1);
         assert_eq!(r.dropped(), 10);
+    }
+
+    #[test]
+    fn the_least_recently_seen_written_happening_is_forgotten_first() {
+        let r = Recorder::new();
+        let p = pod();
+        let record = |what: &str, at: i64| {
+            r.record_at(
+                ObjectReference::to(Kind::Pod, &p.metadata),
+                Happening::normal("node", "Started", what.to_string()),
+                Time(at),
+            )
+        };
+        for i in 0..TRACKED {
+            record(&format!("run {i}"), 1);
+        }
+        let first = r.take_dirty();
+        assert_eq!(first.len(), TRACKED);
+        // run 0 is seen again (so run 1 is now the least recently seen);
+        // a new happening makes room by forgetting run 1.
+        record("run 0", 2);
+        record("new", 2);
+        let batch = r.take_dirty();
+        let mut counted: Vec<(String, u32, bool)> = batch
+            .iter()
+            .map(|(e, stored, _)| (e.message.clone(), e.count, *stored))
+            .collect();
+        counted.sort();
+        assert_eq!(
+            counted,
+            [
+                ("new".to_string(), 1, false),
+                ("run 0".to_string(), 2, true)
+            ]
+        );
+        assert_eq!(r.dropped(), 0);
+        // run 1 was forgotten: seen again, it is a new Event (and run 3,
+        // the least recently seen by then, makes room); run 2 was not.
+        record("run 2", 3);
+        record("run 1", 3);
+        let mut again: Vec<(String, bool)> = r
+            .take_dirty()
+            .into_iter()
+            .map(|(e, stored, _)| (e.message, stored))
+            .collect();
+        again.sort();
+        assert_eq!(
+            again,
+            [("run 1".to_string(), false), ("run 2".to_string(), true)]
+        );
+        // A write refused for good forgets the happening; one to retry
+        // waits to be written again.
+        let (_, _, id) = first
+            .iter()
+            .find(|(e, _, _)| e.message == "run 10")
+            .expect("run 10")
+            .clone();
+        r.written(id, false, Written::Retry);
+        let retried = r.take_dirty();
+        assert_eq!(retried.len(), 1);
+        assert_eq!(
+            (retried[0].0.message.as_str(), retried[0].1),
+            ("run 10", false)
+        );
+        r.written(id, false, Written::Drop);
+        record("run 10", 4);
+        assert!(!r.take_dirty()[0].1, "dropped: a new Event");
     }
 
     #[test]

@@ -125,6 +125,28 @@ pub struct Plan {
     pub lost_pods: Vec<Pod>,
 }
 
+/// Whether [`plan`] would write anything for `node` (pure, and cheap for
+/// the usual node, which is Ready and heard from: nothing is cloned and its
+/// pods are looked at only while it is NotReady).
+pub fn due<'a>(
+    node: &Node,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    silence: Duration,
+    grace: Duration,
+    now: Time,
+) -> bool {
+    let registered = !node.status.node_info.architecture.is_empty();
+    match transition(node.status.ready, silence, grace, registered) {
+        Some(_) => true,
+        None => {
+            node.status.ready == ReadyState::NotReady
+                && pods
+                    .into_iter()
+                    .any(|p| lost_status(p, &node.metadata.name, now).is_some())
+        }
+    }
+}
+
 /// The plan for `node` (pure): its transition given how long it has been
 /// silent, and, while it is (or becomes) NotReady, the pods bound to it
 /// (`pods`) that do not show `Unknown` yet.
@@ -194,31 +216,60 @@ pub async fn run(api: ApiServer, cache: Cache, grace: Duration, shutdown: Cancel
     let queue = WorkQueue::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut changes = cache.subscribe();
     cache.synced().await;
-    let enqueue_all = |queue: &WorkQueue| {
-        let names: Vec<String> = cache
-            .read()
-            .of_kind(Kind::Node)
-            .map(|o| o.meta().name.clone())
-            .collect();
+    let silence = |name: &str, now: Instant| {
+        heartbeats
+            .silence(name, now)
+            .min(now.saturating_duration_since(leading_since))
+    };
+    // Every node is looked at each tick, in place: only those with
+    // something to write are queued (at thousands of nodes, queueing each
+    // one to find nothing cost a twentieth of the leader's CPU while pods
+    // were being placed).
+    let enqueue_due = |queue: &WorkQueue| {
+        let (now, wall) = (Instant::now(), Time::now());
+        let names: Vec<String> = {
+            let c = cache.read();
+            c.of_kind(Kind::Node)
+                .filter_map(|o| o.as_node())
+                .filter(|n| {
+                    let name = &n.metadata.name;
+                    let pods = c.on_node(name).filter_map(|o| o.as_pod());
+                    due(n, pods, silence(name, now), grace, wall)
+                })
+                .map(|n| n.metadata.name.clone())
+                .collect()
+        };
         for n in names {
             queue.add(n);
         }
+    };
+    // A pod's change matters here only on a node that is not Ready (it may
+    // have to show Unknown); a Ready node's transitions come with the tick.
+    let on_not_ready_node = |node: &str| {
+        let key = flotilla_api::objects::object_key(Kind::Node, "", node);
+        cache
+            .read()
+            .get(&key)
+            .and_then(|o| o.as_node())
+            .is_some_and(|n| n.status.ready != ReadyState::Ready)
     };
     let watcher = async {
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
-                _ = tick.tick() => enqueue_all(&queue),
-                _ = heartbeats.changed.notified() => enqueue_all(&queue),
+                _ = tick.tick() => enqueue_due(&queue),
+                _ = heartbeats.changed.notified() => enqueue_due(&queue),
                 change = changes.recv() => match change {
                     Ok(Change::Event { new, .. }) => match &*new {
                         Object::Node(n) => queue.add(n.metadata.name.clone()),
                         Object::Pod(p) => if let Some(n) = &p.spec.node_name {
-                            queue.add(n.clone());
+                            if on_not_ready_node(n) {
+                                queue.add(n.clone());
+                            }
                         },
                         _ => {}
                     },
-                    Ok(Change::Relisted) | Err(broadcast::error::RecvError::Lagged(_)) => enqueue_all(&queue),
+                    Ok(Change::Relisted) | Err(broadcast::error::RecvError::Lagged(_)) => enqueue_due(&queue),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
@@ -230,12 +281,14 @@ pub async fn run(api: ApiServer, cache: Cache, grace: Duration, shutdown: Cancel
                 let c = cache.read();
                 let key = flotilla_api::objects::object_key(Kind::Node, "", &name);
                 c.get(&key).and_then(|o| o.as_node()).map(|node| {
-                    let now = Instant::now();
-                    let silence = heartbeats
-                        .silence(&name, now)
-                        .min(now.saturating_duration_since(leading_since));
                     let pods: Vec<&Pod> = c.on_node(&name).filter_map(|o| o.as_pod()).collect();
-                    plan(node, &pods, silence, grace, Time::now())
+                    plan(
+                        node,
+                        &pods,
+                        silence(&name, Instant::now()),
+                        grace,
+                        Time::now(),
+                    )
                 })
             };
             if let Some(p) = planned {
@@ -419,6 +472,15 @@ mod tests {
         ];
         for (i, (n, pods, silence, want, lost)) in cases.into_iter().enumerate() {
             let p = plan(&n, &pods, Duration::from_secs(silence), g, Time(5));
+            // What the tick looks at says the same, without making the plan.
+            let looked = due(
+                &n,
+                pods.iter().copied(),
+                Duration::from_secs(silence),
+                g,
+                Time(5),
+            );
+            assert_eq!(looked, p != Plan::default(), "case {i}: due");
             assert_eq!(p.node.as_ref().map(|n| n.status.ready), want, "case {i}");
             assert_eq!(p.lost_pods.len(), lost, "case {i}");
             if let Some(changed) = &p.node {
